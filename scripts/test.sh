@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, GPU tests included.
+#
+# The GPU tests need a wgpu adapter. When there is none and this is a Debian or
+# Ubuntu machine where we may install packages (root, or password-less sudo),
+# Mesa's Vulkan drivers are installed: they include lavapipe, a software
+# adapter that is slow but exact enough for the parity tests. Otherwise the
+# exact command to run is printed. With CI=true, a missing adapter fails the
+# GPU tests instead of skipping them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+
+cargo build --release --bin rnn-wgpu
+
+if ! target/release/rnn-wgpu adapters >/dev/null 2>&1; then
+    echo "No GPU adapter found."
+    if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then
+            sudo=""
+        elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo -n"
+        else
+            sudo="none"
+        fi
+        if [ "$sudo" != none ]; then
+            echo "Installing Mesa's Vulkan drivers (mesa-vulkan-drivers, with the lavapipe software adapter)..."
+            $sudo apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+        else
+            echo "To run the GPU tests, install a Vulkan driver, e.g.: sudo apt-get install -y mesa-vulkan-drivers" >&2
+        fi
+    else
+        target/release/rnn-wgpu adapters || true
+    fi
+fi
+target/release/rnn-wgpu adapters || true
+
+cargo test --release "$@"

@@ -1,0 +1,110 @@
+// common.wgsl: helpers prepended to every shader file.
+//
+// Activation functions here are written to be stable for any finite input:
+// no exp() of a large positive number, no inf/inf. They are the WGSL twins of
+// src/ops/activation.rs, which computes the same functions in f32/f64.
+
+// Linear workgroup index of a grid the host folded into 2-D (GpuContext::grid).
+fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+// The lowest finite f32: the identity of max for finite inputs. (Shader
+// compilers may assume no infinities, so -inf is not used.)
+const F32_LOWEST: f32 = -3.4028234663852886e38;
+
+fn lowest() -> f32 {
+    return F32_LOWEST;
+}
+
+// Logistic sigmoid 1 / (1 + e^-x).
+fn sigmoid_f(x: f32) -> f32 {
+    if (x >= 0.0) {
+        return 1.0 / (1.0 + exp(-x));
+    }
+    let e = exp(x);
+    return e / (1.0 + e);
+}
+
+// tanh with a known error bound on every driver (builtin tanh is sometimes
+// computed as (e^2x - 1)/(e^2x + 1), which loses relative precision near 0 and
+// overflows to NaN for large x). Cephes tanhf: odd polynomial below 0.625
+// (peak relative error 2.5e-7), 1 - 2/(e^2|x| + 1) above; |x| >= 15 is +-1 in f32.
+fn tanh_f(x: f32) -> f32 {
+    let a = abs(x);
+    var r: f32;
+    if (a < 0.625) {
+        let z = x * x;
+        r = ((((-5.70498872745e-3 * z + 2.06390887954e-2) * z - 5.37397155531e-2) * z
+            + 1.33314422036e-1) * z - 3.33332819422e-1) * z * a + a;
+    } else {
+        r = 1.0 - 2.0 / (exp(2.0 * min(a, 15.0)) + 1.0);
+    }
+    return select(r, -r, x < 0.0);
+}
+
+// erfc(z) (Numerical Recipes' erfcc, fractional error below 1.2e-7 everywhere),
+// so that exact GELU keeps its relative accuracy on the far negative side.
+fn erfc_f(z: f32) -> f32 {
+    let a = abs(z);
+    let t = 1.0 / (1.0 + 0.5 * a);
+    let poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+        + t * (-0.82215223 + t * 0.17087277))))))));
+    let y = t * exp(-a * a + poly);
+    return select(y, 2.0 - y, z < 0.0);
+}
+
+// Activation kinds (same numbering as ops::activation::Activation).
+const ACT_SIGMOID: u32 = 0u;
+const ACT_TANH: u32 = 1u;
+const ACT_RELU: u32 = 2u;
+const ACT_LEAKY_RELU: u32 = 3u;
+const ACT_GELU_TANH: u32 = 4u;
+const ACT_GELU_ERF: u32 = 5u;
+const ACT_IDENTITY: u32 = 6u;
+
+const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+const GELU_C: f32 = 0.044715;
+const FRAC_1_SQRT_2: f32 = 0.7071067811865476;
+const FRAC_1_SQRT_2PI: f32 = 0.3989422804014327;
+
+fn act_f(kind: u32, x: f32, slope: f32) -> f32 {
+    switch kind {
+        case ACT_SIGMOID: { return sigmoid_f(x); }
+        case ACT_TANH: { return tanh_f(x); }
+        case ACT_RELU: { return max(x, 0.0); }
+        case ACT_LEAKY_RELU: { return select(slope * x, x, x > 0.0); }
+        case ACT_GELU_TANH: {
+            return 0.5 * x * (1.0 + tanh_f(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
+        }
+        case ACT_GELU_ERF: { return 0.5 * x * erfc_f(-x * FRAC_1_SQRT_2); }
+        default: { return x; }
+    }
+}
+
+// d act(x) / dx.
+fn act_d(kind: u32, x: f32, slope: f32) -> f32 {
+    switch kind {
+        case ACT_SIGMOID: {
+            let s = sigmoid_f(x);
+            return s * (1.0 - s);
+        }
+        case ACT_TANH: {
+            let t = tanh_f(x);
+            return 1.0 - t * t;
+        }
+        case ACT_RELU: { return select(0.0, 1.0, x > 0.0); }
+        case ACT_LEAKY_RELU: { return select(slope, 1.0, x > 0.0); }
+        case ACT_GELU_TANH: {
+            let t = tanh_f(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+            return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du;
+        }
+        case ACT_GELU_ERF: {
+            let cdf = 0.5 * erfc_f(-x * FRAC_1_SQRT_2);
+            return cdf + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+        }
+        default: { return 1.0; }
+    }
+}

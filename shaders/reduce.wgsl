@@ -1,0 +1,125 @@
+// reduce.wgsl: deterministic reductions (fixed element-to-invocation
+// assignment, fixed tree; no atomics), so results are bitwise reproducible.
+//
+//   sum_cols        out[c] (+)= sum over r of x[r, c]   (bias gradients)
+//   reduce_partial  one partial result per chunk of a vector
+//   reduce_final    one workgroup folds the partials
+// OP: 0 sum, 1 max, 2 sum of squares (the final stage sums the partial sums).
+// CPU twin: ops::reduce.
+
+struct Params {
+    n: u32,
+    cols: u32,
+    ld: u32,
+    x_off: u32,
+    out_off: u32,
+    chunk: u32,
+    parts: u32,
+    flags: u32,
+}
+
+const FLAG_ACCUMULATE: u32 = 1u;
+const OP_SUM: u32 = 0u;
+const OP_MAX: u32 = 1u;
+const OP_SUMSQ: u32 = 2u;
+
+override OP: u32 = 0u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(4) var<storage, read> partial_in: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> red: array<f32, 256>;
+
+fn identity() -> f32 {
+    if (OP == OP_MAX) {
+        return lowest();
+    }
+    return 0.0;
+}
+
+fn combine(acc: f32, v: f32) -> f32 {
+    if (OP == OP_MAX) {
+        return max(acc, v);
+    }
+    return acc + v;
+}
+
+fn tree(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] = combine(red[lid], red[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    return red[0];
+}
+
+// Rows are p.n, columns p.cols, row stride p.ld.
+@compute @workgroup_size(256)
+fn sum_cols(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let c = linear_group(wid, nwg) * 256u + lid;
+    if (c >= p.cols) {
+        return;
+    }
+    var s = 0.0;
+    for (var r = 0u; r < p.n; r++) {
+        s += x[p.x_off + r * p.ld + c];
+    }
+    if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+        s += out[p.out_off + c];
+    }
+    out[p.out_off + c] = s;
+}
+
+@compute @workgroup_size(256)
+fn reduce_partial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let part = linear_group(wid, nwg);
+    if (part >= p.parts) {
+        return;
+    }
+    let start = part * p.chunk;
+    let end = min(start + p.chunk, p.n);
+    var acc = identity();
+    for (var i = start + lid; i < end; i += WG) {
+        let v = x[p.x_off + i];
+        if (OP == OP_SUMSQ) {
+            acc += v * v;
+        } else {
+            acc = combine(acc, v);
+        }
+    }
+    let r = tree(lid, acc);
+    if (lid == 0u) {
+        partial[part] = r;
+    }
+}
+
+@compute @workgroup_size(256)
+fn reduce_final(@builtin(local_invocation_index) lid: u32) {
+    var acc = identity();
+    for (var i = lid; i < p.parts; i += WG) {
+        acc = combine(acc, partial_in[i]);
+    }
+    let r = tree(lid, acc);
+    if (lid == 0u) {
+        var v = r;
+        if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+            v = combine(out[p.out_off], v);
+        }
+        out[p.out_off] = v;
+    }
+}

@@ -1,0 +1,323 @@
+//! The CPU backend: every launch runs at once, in plain Rust, in f32 or f64.
+
+use std::marker::PhantomData;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+
+use super::{Backend, XentBuffers};
+use crate::error::{Error, Result};
+use crate::ops::activation::{self, Activation, Span};
+use crate::ops::matmul::{Gemm, gemm_cpu};
+use crate::ops::memory::{check_range, fill_cpu};
+use crate::ops::reduce::{ColSum, ReduceOp, reduce_cpu, sum_cols_cpu};
+use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, softmax_cpu, xent_cpu};
+use crate::real::Real;
+
+/// A host tensor. Cloning shares the storage (like a GPU buffer handle).
+#[derive(Clone, Debug)]
+pub struct CpuTensor<T> {
+    data: Arc<RwLock<Vec<T>>>,
+    shape: Vec<usize>,
+}
+
+impl<T: Clone> CpuTensor<T> {
+    /// A tensor owning `data` with `shape`.
+    pub fn new(shape: &[usize], data: Vec<T>) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::invalid(
+                "data",
+                format!(
+                    "{} values do not fill shape {shape:?} ({n} elements)",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(CpuTensor {
+            data: Arc::new(RwLock::new(data)),
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// Shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Borrow for reading; fails if `op` is writing this very storage.
+    pub fn read(&self, op: &str, arg: &str) -> Result<RwLockReadGuard<'_, Vec<T>>> {
+        match self.data.try_read() {
+            Ok(g) => Ok(g),
+            Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) => Err(Error::Aliasing {
+                op: op.into(),
+                arg: arg.into(),
+            }),
+        }
+    }
+
+    /// Borrow for writing; fails if `op` reads this very storage as an input.
+    pub fn write(&self, op: &str, arg: &str) -> Result<RwLockWriteGuard<'_, Vec<T>>> {
+        match self.data.try_write() {
+            Ok(g) => Ok(g),
+            Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) => Err(Error::Aliasing {
+                op: op.into(),
+                arg: arg.into(),
+            }),
+        }
+    }
+
+    /// A copy of the values.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self.data.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn same_storage(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.data, &other.data)
+    }
+}
+
+/// Runs every launch immediately on the host, in precision `T`.
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend<T> {
+    _t: PhantomData<T>,
+}
+
+impl<T: Real> CpuBackend<T> {
+    /// A CPU backend computing in `T`.
+    pub fn new() -> Self {
+        CpuBackend { _t: PhantomData }
+    }
+}
+
+impl<T: Real> Backend for CpuBackend<T> {
+    type Elem = T;
+    type Tensor = CpuTensor<T>;
+    type Ints = CpuTensor<i32>;
+
+    fn describe(&self) -> String {
+        format!("cpu ({})", T::NAME)
+    }
+
+    fn is_gpu(&self) -> bool {
+        false
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor> {
+        CpuTensor::new(shape, vec![T::zero(); shape.iter().product()])
+    }
+
+    fn tensor(&self, shape: &[usize], data: &[T]) -> Result<Self::Tensor> {
+        CpuTensor::new(shape, data.to_vec())
+    }
+
+    fn ints(&self, shape: &[usize], data: &[i32]) -> Result<Self::Ints> {
+        CpuTensor::new(shape, data.to_vec())
+    }
+
+    fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize] {
+        t.shape()
+    }
+
+    fn int_shape<'a>(&self, t: &'a Self::Ints) -> &'a [usize] {
+        t.shape()
+    }
+
+    fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
+        let n: usize = shape.iter().product();
+        if n != self.numel(t) {
+            return Err(Error::invalid(
+                "shape",
+                format!("cannot view {:?} as {shape:?}", t.shape()),
+            ));
+        }
+        Ok(CpuTensor {
+            data: t.data.clone(),
+            shape: shape.to_vec(),
+        })
+    }
+
+    fn read_many(&self, ts: &[&Self::Tensor]) -> Result<Vec<Vec<T>>> {
+        Ok(ts.iter().map(|t| t.to_vec()).collect())
+    }
+
+    fn read_i32(&self, t: &Self::Ints) -> Result<Vec<i32>> {
+        Ok(t.to_vec())
+    }
+
+    fn write(&self, t: &Self::Tensor, data: &[T]) -> Result<()> {
+        let mut g = t.write("write", "tensor")?;
+        if g.len() != data.len() {
+            return Err(Error::invalid(
+                "data",
+                format!("{} values for a tensor of {}", data.len(), g.len()),
+            ));
+        }
+        g.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn fill(&self, t: &Self::Tensor, off: usize, n: usize, value: f64) -> Result<()> {
+        fill_cpu(&mut t.write("fill", "tensor")?, off, n, T::of(value))
+    }
+
+    fn copy(
+        &self,
+        src: &Self::Tensor,
+        src_off: usize,
+        dst: &Self::Tensor,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()> {
+        if src.same_storage(dst) {
+            let mut d = dst.write("copy", "destination")?;
+            check_range("copy source", src_off, n, d.len())?;
+            check_range("copy destination", dst_off, n, d.len())?;
+            d.copy_within(src_off..src_off + n, dst_off);
+            return Ok(());
+        }
+        let s = src.read("copy", "source")?;
+        let mut d = dst.write("copy", "destination")?;
+        check_range("copy source", src_off, n, s.len())?;
+        check_range("copy destination", dst_off, n, d.len())?;
+        d[dst_off..dst_off + n].copy_from_slice(&s[src_off..src_off + n]);
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        g: &Gemm,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        c: &Self::Tensor,
+    ) -> Result<()> {
+        let a = a.read("matmul", "A")?;
+        let b = b.read("matmul", "B")?;
+        let bias = bias.map(|t| t.read("matmul", "bias")).transpose()?;
+        let mut c = c.write("matmul", "C")?;
+        gemm_cpu(g, &a, &b, bias.as_deref().map(|v| v.as_slice()), &mut c)
+    }
+
+    fn activation(
+        &self,
+        act: Activation,
+        span: Span,
+        x: &Self::Tensor,
+        y: &Self::Tensor,
+    ) -> Result<()> {
+        let x = x.read("activation", "x")?;
+        let mut y = y.write("activation", "y")?;
+        check_range("activation x", span.x_off, span.n, x.len())?;
+        check_range("activation y", span.out_off, span.n, y.len())?;
+        activation::forward_cpu(
+            act,
+            &x[span.x_off..span.x_off + span.n],
+            &mut y[span.out_off..span.out_off + span.n],
+        )
+    }
+
+    fn activation_backward(
+        &self,
+        act: Activation,
+        span: Span,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        dx: &Self::Tensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        let x = x.read("activation backward", "x")?;
+        let dy = dy.read("activation backward", "dy")?;
+        let mut dx = dx.write("activation backward", "dx")?;
+        check_range("activation x", span.x_off, span.n, x.len())?;
+        check_range("activation dy", span.dy_off, span.n, dy.len())?;
+        check_range("activation dx", span.out_off, span.n, dx.len())?;
+        activation::backward_cpu(
+            act,
+            &x[span.x_off..span.x_off + span.n],
+            &dy[span.dy_off..span.dy_off + span.n],
+            &mut dx[span.out_off..span.out_off + span.n],
+            accumulate,
+        )
+    }
+
+    fn softmax(&self, shape: Rows, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        let x = x.read("softmax", "x")?;
+        let mut y = y.write("softmax", "y")?;
+        softmax_cpu(shape, &x, &mut y)
+    }
+
+    fn xent(
+        &self,
+        shape: Rows,
+        x: &Self::Tensor,
+        targets: &Self::Ints,
+        ignore_index: i32,
+        scale: f64,
+        out: &XentBuffers<Self>,
+        dx: Option<&Self::Tensor>,
+    ) -> Result<()> {
+        let x = x.read("cross_entropy", "logits")?;
+        let t = targets.read("cross_entropy", "targets")?;
+        let mut loss = out.loss.write("cross_entropy", "loss")?;
+        let mut dx = dx
+            .map(|d| d.write("cross_entropy", "dlogits"))
+            .transpose()?;
+        let s = xent_cpu(
+            shape,
+            &x,
+            &t,
+            ignore_index,
+            T::of(scale),
+            &mut loss,
+            dx.as_deref_mut().map(|v| v.as_mut_slice()),
+        )?;
+        let mut summary = out.summary.write("cross_entropy", "summary")?;
+        if summary.len() < SUMMARY_LEN {
+            return Err(Error::invalid("summary", "needs 4 elements"));
+        }
+        summary[..SUMMARY_LEN].copy_from_slice(&[
+            T::of(s.mean),
+            T::of(s.count as f64),
+            T::of(s.sum),
+            T::of(s.invalid as f64),
+        ]);
+        Ok(())
+    }
+
+    fn sum_cols(&self, s: &ColSum, x: &Self::Tensor, out: &Self::Tensor) -> Result<()> {
+        let x = x.read("sum_cols", "x")?;
+        let mut out = out.write("sum_cols", "out")?;
+        sum_cols_cpu(s, &x, &mut out)
+    }
+
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        x: &Self::Tensor,
+        x_off: usize,
+        n: usize,
+        out: &Self::Tensor,
+        out_off: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let x = x.read("reduce", "x")?;
+        let mut out = out.write("reduce", "out")?;
+        check_range("reduce x", x_off, n, x.len())?;
+        check_range("reduce out", out_off, 1, out.len())?;
+        let v = reduce_cpu(op, &x[x_off..x_off + n])?;
+        out[out_off] = match (accumulate, op) {
+            (false, _) => v,
+            (true, ReduceOp::Max) => out[out_off].max(v),
+            (true, _) => out[out_off] + v,
+        };
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}

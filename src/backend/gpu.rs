@@ -1,0 +1,206 @@
+//! The GPU backend: every launch is recorded into the context's pending
+//! submission; nothing runs until a read (or an explicit flush).
+
+use std::sync::Arc;
+
+use super::{Backend, XentBuffers};
+use crate::error::Result;
+use crate::gpu::{DType, GpuContext, GpuTensor, download_many};
+use crate::ops::activation::{self, Activation, Span};
+use crate::ops::matmul::{Gemm, GemmKernel, gemm_gpu};
+use crate::ops::memory::{copy_gpu, fill_gpu};
+use crate::ops::reduce::{self, ColSum, ReduceOp, reduce_gpu, sum_cols_gpu};
+use crate::ops::softmax_xent::{self, Rows, XentOut};
+
+/// Records every launch for the GPU.
+#[derive(Clone, Debug)]
+pub struct GpuBackend {
+    ctx: Arc<GpuContext>,
+    gemm: GemmKernel,
+    // Partial results of whole-vector reductions (at most 1024 partials).
+    scratch: GpuTensor,
+}
+
+impl GpuBackend {
+    /// A backend on `ctx`, using the tiled matmul.
+    pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
+        let scratch = GpuTensor::zeros(&ctx, &[reduce::partials(usize::MAX)], DType::F32)?;
+        Ok(GpuBackend {
+            ctx,
+            gemm: GemmKernel::Tiled,
+            scratch,
+        })
+    }
+
+    /// Opens the best adapter (honouring `RNN_WGPU_BACKEND` / `RNN_WGPU_ADAPTER`).
+    pub fn from_env() -> Result<Self> {
+        Self::new(Arc::new(GpuContext::from_env()?))
+    }
+
+    /// Selects the matmul variant.
+    pub fn with_gemm_kernel(mut self, kernel: GemmKernel) -> Self {
+        self.gemm = kernel;
+        self
+    }
+
+    /// The context.
+    pub fn ctx(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+}
+
+impl Backend for GpuBackend {
+    type Elem = f32;
+    type Tensor = GpuTensor;
+    type Ints = GpuTensor;
+
+    fn describe(&self) -> String {
+        format!("gpu: {}", self.ctx.adapter())
+    }
+
+    fn is_gpu(&self) -> bool {
+        true
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<GpuTensor> {
+        GpuTensor::zeros(&self.ctx, shape, DType::F32)
+    }
+
+    fn tensor(&self, shape: &[usize], data: &[f32]) -> Result<GpuTensor> {
+        GpuTensor::from_f32(&self.ctx, shape, data)
+    }
+
+    fn ints(&self, shape: &[usize], data: &[i32]) -> Result<GpuTensor> {
+        GpuTensor::from_i32(&self.ctx, shape, data)
+    }
+
+    fn shape<'a>(&self, t: &'a GpuTensor) -> &'a [usize] {
+        t.shape()
+    }
+
+    fn int_shape<'a>(&self, t: &'a GpuTensor) -> &'a [usize] {
+        t.shape()
+    }
+
+    fn reshape(&self, t: &GpuTensor, shape: &[usize]) -> Result<GpuTensor> {
+        t.reshape(shape)
+    }
+
+    fn read_many(&self, ts: &[&GpuTensor]) -> Result<Vec<Vec<f32>>> {
+        download_many(&self.ctx, ts)
+    }
+
+    fn read_i32(&self, t: &GpuTensor) -> Result<Vec<i32>> {
+        t.to_i32_vec(&self.ctx)
+    }
+
+    fn write(&self, t: &GpuTensor, data: &[f32]) -> Result<()> {
+        t.write_f32(&self.ctx, data)
+    }
+
+    fn fill(&self, t: &GpuTensor, off: usize, n: usize, value: f64) -> Result<()> {
+        self.ctx
+            .record(|rec| fill_gpu(rec, t, off, n, value as f32))
+    }
+
+    fn copy(
+        &self,
+        src: &GpuTensor,
+        src_off: usize,
+        dst: &GpuTensor,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.ctx
+            .record(|rec| copy_gpu(rec, src, src_off, dst, dst_off, n))
+    }
+
+    fn gemm(
+        &self,
+        g: &Gemm,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        bias: Option<&GpuTensor>,
+        c: &GpuTensor,
+    ) -> Result<()> {
+        self.ctx
+            .record(|rec| gemm_gpu(rec, self.gemm, g, a, b, bias, c))
+    }
+
+    fn activation(&self, act: Activation, span: Span, x: &GpuTensor, y: &GpuTensor) -> Result<()> {
+        self.ctx
+            .record(|rec| activation::forward_gpu(rec, act, span, x, y))
+    }
+
+    fn activation_backward(
+        &self,
+        act: Activation,
+        span: Span,
+        x: &GpuTensor,
+        dy: &GpuTensor,
+        dx: &GpuTensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.ctx
+            .record(|rec| activation::backward_gpu(rec, act, span, x, dy, dx, accumulate))
+    }
+
+    fn softmax(&self, shape: Rows, x: &GpuTensor, y: &GpuTensor) -> Result<()> {
+        self.ctx
+            .record(|rec| softmax_xent::softmax_gpu(rec, shape, x, y))
+    }
+
+    fn xent(
+        &self,
+        shape: Rows,
+        x: &GpuTensor,
+        targets: &GpuTensor,
+        ignore_index: i32,
+        scale: f64,
+        out: &XentBuffers<Self>,
+        dx: Option<&GpuTensor>,
+    ) -> Result<()> {
+        let out = XentOut {
+            loss: &out.loss,
+            stats: &out.stats,
+            summary: &out.summary,
+            dlogits: dx,
+        };
+        self.ctx.record(|rec| {
+            softmax_xent::xent_gpu(rec, shape, x, targets, ignore_index, scale as f32, out)
+        })
+    }
+
+    fn sum_cols(&self, s: &ColSum, x: &GpuTensor, out: &GpuTensor) -> Result<()> {
+        self.ctx.record(|rec| sum_cols_gpu(rec, s, x, out))
+    }
+
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        x: &GpuTensor,
+        x_off: usize,
+        n: usize,
+        out: &GpuTensor,
+        out_off: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.ctx.record(|rec| {
+            reduce_gpu(
+                rec,
+                op,
+                x,
+                x_off,
+                n,
+                &self.scratch,
+                out,
+                out_off,
+                accumulate,
+            )
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.ctx.flush()
+    }
+}

@@ -1,0 +1,338 @@
+//! The backend trait: one set of kernel launches, two implementations.
+//!
+//! Layers, the BPTT scheduler and the training loop are written once against
+//! [`Backend`]. [`CpuBackend`] runs every launch immediately in plain Rust
+//! (generic over f32 and f64); [`GpuBackend`] records it for the GPU and submits
+//! when results are read. The same schedule running on both is what lets us
+//! compare CPU and GPU at every level: one kernel, one step, one layer, one
+//! training step.
+//!
+//! Launches address tensors with element offsets, so a time step of a `[T, B, H]`
+//! sequence or one gate block of a weight is an offset, not a copy.
+
+mod cpu;
+mod gpu;
+
+pub use cpu::{CpuBackend, CpuTensor};
+pub use gpu::GpuBackend;
+
+use std::fmt::Debug;
+
+use crate::error::{Error, Result};
+use crate::ops::activation::{Activation, Span};
+use crate::ops::matmul::Gemm;
+use crate::ops::reduce::{ColSum, ReduceOp};
+use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, XentSummary};
+use crate::real::Real;
+
+/// Buffers one cross-entropy evaluation writes.
+#[derive(Clone, Debug)]
+pub struct XentBuffers<B: Backend + ?Sized> {
+    /// Per-row loss `[R]`.
+    pub loss: B::Tensor,
+    /// Per-row `(max, Σ exp(x − max))` pairs `[2R]` (scratch).
+    pub stats: B::Tensor,
+    /// `[mean, count, sum, invalid]`.
+    pub summary: B::Tensor,
+}
+
+impl<B: Backend + ?Sized> XentBuffers<B> {
+    /// Buffers for `rows` rows.
+    pub fn new(backend: &B, rows: usize) -> Result<Self> {
+        Ok(XentBuffers {
+            loss: backend.zeros(&[rows])?,
+            stats: backend.zeros(&[2 * rows])?,
+            summary: backend.zeros(&[SUMMARY_LEN])?,
+        })
+    }
+}
+
+/// A device that can run rnn-wgpu's kernels.
+pub trait Backend {
+    /// Scalar type computed in (f32 on the GPU; f32 or f64 on the CPU).
+    type Elem: Real;
+    /// A float tensor.
+    type Tensor: Clone + Debug;
+    /// An i32 tensor (class targets, sequence lengths).
+    type Ints: Clone + Debug;
+
+    /// What this backend runs on, in words.
+    fn describe(&self) -> String;
+
+    /// True for the GPU backend.
+    fn is_gpu(&self) -> bool;
+
+    /// A zero-filled tensor.
+    fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor>;
+
+    /// A tensor holding `data`.
+    fn tensor(&self, shape: &[usize], data: &[Self::Elem]) -> Result<Self::Tensor>;
+
+    /// An i32 tensor holding `data`.
+    fn ints(&self, shape: &[usize], data: &[i32]) -> Result<Self::Ints>;
+
+    /// Shape of a tensor.
+    fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
+
+    /// Shape of an i32 tensor.
+    fn int_shape<'a>(&self, t: &'a Self::Ints) -> &'a [usize];
+
+    /// The same storage with another shape of the same number of elements.
+    fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
+
+    /// Reads several tensors back (on the GPU: one submission, one map).
+    fn read_many(&self, ts: &[&Self::Tensor]) -> Result<Vec<Vec<Self::Elem>>>;
+
+    /// Reads an i32 tensor back.
+    fn read_i32(&self, t: &Self::Ints) -> Result<Vec<i32>>;
+
+    /// Overwrites a tensor with `data`, after all work recorded so far.
+    fn write(&self, t: &Self::Tensor, data: &[Self::Elem]) -> Result<()>;
+
+    /// `t[off .. off + n] = value`.
+    fn fill(&self, t: &Self::Tensor, off: usize, n: usize, value: f64) -> Result<()>;
+
+    /// Copies `n` elements.
+    fn copy(
+        &self,
+        src: &Self::Tensor,
+        src_off: usize,
+        dst: &Self::Tensor,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()>;
+
+    /// `C = op(A)·op(B) (+ bias) (+ C)`; see [`Gemm`].
+    fn gemm(
+        &self,
+        g: &Gemm,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        c: &Self::Tensor,
+    ) -> Result<()>;
+
+    /// `y = act(x)` over `span`.
+    fn activation(
+        &self,
+        act: Activation,
+        span: Span,
+        x: &Self::Tensor,
+        y: &Self::Tensor,
+    ) -> Result<()>;
+
+    /// `dx (+)= dy·act'(x)` over `span`.
+    fn activation_backward(
+        &self,
+        act: Activation,
+        span: Span,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        dx: &Self::Tensor,
+        accumulate: bool,
+    ) -> Result<()>;
+
+    /// Row softmax of `x` `[R, V]` into `y`.
+    fn softmax(&self, shape: Rows, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
+
+    /// Softmax cross-entropy of `x` `[R, V]` against `targets`, writing
+    /// `out.loss`, `out.summary` and, if given, `dx = scale·(softmax − onehot)/count`.
+    #[allow(clippy::too_many_arguments)]
+    fn xent(
+        &self,
+        shape: Rows,
+        x: &Self::Tensor,
+        targets: &Self::Ints,
+        ignore_index: i32,
+        scale: f64,
+        out: &XentBuffers<Self>,
+        dx: Option<&Self::Tensor>,
+    ) -> Result<()>;
+
+    /// Column sums; see [`ColSum`].
+    fn sum_cols(&self, s: &ColSum, x: &Self::Tensor, out: &Self::Tensor) -> Result<()>;
+
+    /// `out[out_off] (+)= op(x[x_off .. x_off + n])`.
+    #[allow(clippy::too_many_arguments)]
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        x: &Self::Tensor,
+        x_off: usize,
+        n: usize,
+        out: &Self::Tensor,
+        out_off: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+
+    /// Submits recorded work (no-op on the CPU).
+    fn flush(&self) -> Result<()>;
+
+    // ---- conveniences built on the above ----
+
+    /// Number of elements of a tensor.
+    fn numel(&self, t: &Self::Tensor) -> usize {
+        self.shape(t).iter().product()
+    }
+
+    /// A tensor from f64 values (rounded to the backend's precision).
+    fn tensor_f64(&self, shape: &[usize], data: &[f64]) -> Result<Self::Tensor> {
+        let v: Vec<Self::Elem> = data.iter().map(|&x| Self::Elem::of(x)).collect();
+        self.tensor(shape, &v)
+    }
+
+    /// A tensor from f32 values.
+    fn tensor_f32(&self, shape: &[usize], data: &[f32]) -> Result<Self::Tensor> {
+        let v: Vec<Self::Elem> = data.iter().map(|&x| Self::Elem::of(x as f64)).collect();
+        self.tensor(shape, &v)
+    }
+
+    /// Reads a tensor back.
+    fn read(&self, t: &Self::Tensor) -> Result<Vec<Self::Elem>> {
+        Ok(self.read_many(&[t])?.pop().unwrap_or_default())
+    }
+
+    /// Reads a tensor back as f64.
+    fn read_f64(&self, t: &Self::Tensor) -> Result<Vec<f64>> {
+        Ok(self.read(t)?.iter().map(|v| v.f64()).collect())
+    }
+
+    /// Reads a cross-entropy summary.
+    fn read_summary(&self, out: &XentBuffers<Self>) -> Result<XentSummary> {
+        Ok(XentSummary::from_slice(&self.read_f64(&out.summary)?))
+    }
+}
+
+/// Fails unless `got` equals `want`, naming `arg` and the expected shape in letters.
+pub fn expect_shape(arg: &str, letters: &str, want: &[usize], got: &[usize]) -> Result<()> {
+    if want != got {
+        return Err(Error::shape(arg, format!("{letters} = {want:?}"), got));
+    }
+    Ok(())
+}
+
+/// Tensor-level operations with shape checks: the convenient way to call the
+/// kernels on either backend.
+pub mod api {
+    use super::*;
+
+    /// `op(a)·op(b) (+ bias)` for 2-D `a`, `b`; returns a new `[M, N]` tensor.
+    pub fn matmul<B: Backend>(
+        backend: &B,
+        a: &B::Tensor,
+        b: &B::Tensor,
+        trans_a: bool,
+        trans_b: bool,
+        bias: Option<&B::Tensor>,
+    ) -> Result<B::Tensor> {
+        let (sa, sb) = (backend.shape(a), backend.shape(b));
+        if sa.len() != 2 {
+            return Err(Error::shape(
+                "a",
+                "a matrix [M, K] (or [K, M] transposed)",
+                sa,
+            ));
+        }
+        if sb.len() != 2 {
+            return Err(Error::shape(
+                "b",
+                "a matrix [K, N] (or [N, K] transposed)",
+                sb,
+            ));
+        }
+        let (m, k) = if trans_a {
+            (sa[1], sa[0])
+        } else {
+            (sa[0], sa[1])
+        };
+        let (kb, n) = if trans_b {
+            (sb[1], sb[0])
+        } else {
+            (sb[0], sb[1])
+        };
+        if kb != k {
+            let want = if trans_b { [n, k] } else { [k, n] };
+            return Err(Error::shape(
+                "b",
+                format!(
+                    "{} = {want:?} (K from a)",
+                    if trans_b { "[N, K]" } else { "[K, N]" }
+                ),
+                sb,
+            ));
+        }
+        let mut g = Gemm::nn(m, n, k);
+        g.trans_a = trans_a;
+        g.trans_b = trans_b;
+        g.lda = sa[1];
+        g.ldb = sb[1];
+        if let Some(bias) = bias {
+            expect_shape("bias", "[N]", &[n], backend.shape(bias))?;
+            g = g.with_bias(0);
+        }
+        let c = backend.zeros(&[m, n])?;
+        backend.gemm(&g, a, b, bias, &c)?;
+        Ok(c)
+    }
+
+    /// `act(x)`, any shape.
+    pub fn activate<B: Backend>(backend: &B, act: Activation, x: &B::Tensor) -> Result<B::Tensor> {
+        let shape = backend.shape(x).to_vec();
+        let y = backend.zeros(&shape)?;
+        backend.activation(act, Span::all(backend.numel(x)), x, &y)?;
+        Ok(y)
+    }
+
+    /// `dy·act'(x)`, any shape.
+    pub fn activate_backward<B: Backend>(
+        backend: &B,
+        act: Activation,
+        x: &B::Tensor,
+        dy: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        let shape = backend.shape(x).to_vec();
+        expect_shape("dy", "the shape of x", &shape, backend.shape(dy))?;
+        let dx = backend.zeros(&shape)?;
+        backend.activation_backward(act, Span::all(backend.numel(x)), x, dy, &dx, false)?;
+        Ok(dx)
+    }
+
+    fn rows_of<B: Backend>(backend: &B, arg: &str, x: &B::Tensor) -> Result<Rows> {
+        match backend.shape(x) {
+            [r, v] if *r > 0 && *v > 0 => Ok(Rows { rows: *r, cols: *v }),
+            s => Err(Error::shape(arg, "[R, V] with R, V >= 1", s)),
+        }
+    }
+
+    /// Row softmax of `[R, V]`.
+    pub fn softmax<B: Backend>(backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        let rows = rows_of(backend, "x", x)?;
+        let y = backend.zeros(&[rows.rows, rows.cols])?;
+        backend.softmax(rows, x, &y)?;
+        Ok(y)
+    }
+
+    /// Mean cross-entropy of `logits` `[R, V]` against `targets` `[R]`, and its
+    /// gradient with respect to the logits. Out-of-range targets are an error.
+    pub fn cross_entropy<B: Backend>(
+        backend: &B,
+        logits: &B::Tensor,
+        targets: &B::Ints,
+        ignore_index: i32,
+    ) -> Result<(XentSummary, B::Tensor)> {
+        let rows = rows_of(backend, "logits", logits)?;
+        expect_shape("targets", "[R]", &[rows.rows], backend.int_shape(targets))?;
+        let out = XentBuffers::new(backend, rows.rows)?;
+        let dx = backend.zeros(&[rows.rows, rows.cols])?;
+        backend.xent(rows, logits, targets, ignore_index, 1.0, &out, Some(&dx))?;
+        let summary = backend.read_summary(&out)?.check(rows.cols)?;
+        Ok((summary, dx))
+    }
+
+    /// Σ, max or Σx² of a whole tensor.
+    pub fn reduce<B: Backend>(backend: &B, op: ReduceOp, x: &B::Tensor) -> Result<f64> {
+        let out = backend.zeros(&[1])?;
+        backend.reduce(op, x, 0, backend.numel(x), &out, 0, false)?;
+        Ok(backend.read_f64(&out)?[0])
+    }
+}

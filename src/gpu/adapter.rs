@@ -1,0 +1,229 @@
+//! Choosing an adapter: by backend, by name, or the best one available.
+//!
+//! Environment variables (read by [`ContextOptions::from_env`]):
+//! - `RNN_WGPU_BACKEND`: comma list of `vulkan`, `metal`, `dx12`, `gl`, `primary`, `all`.
+//! - `RNN_WGPU_ADAPTER`: a case-insensitive substring of the adapter name.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How a [`GpuContext`](super::GpuContext) picks and configures its adapter.
+#[derive(Clone, Debug)]
+pub struct ContextOptions {
+    /// Backends to consider.
+    pub backends: wgpu::Backends,
+    /// Case-insensitive substring the adapter name must contain.
+    pub adapter_name: Option<String>,
+    /// Lower the per-dimension workgroup limit used for grid folding (tests use this
+    /// to run the folding paths on small shapes). `None` uses the adapter's limit.
+    pub max_workgroups_per_dim: Option<u32>,
+    /// How long to wait for the GPU before giving up with [`Error::Timeout`].
+    pub timeout: Duration,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        ContextOptions {
+            backends: wgpu::Backends::all(),
+            adapter_name: None,
+            max_workgroups_per_dim: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ContextOptions {
+    /// Options from `RNN_WGPU_BACKEND` and `RNN_WGPU_ADAPTER`; defaults where unset.
+    pub fn from_env() -> Result<Self> {
+        let mut opts = ContextOptions::default();
+        if let Ok(list) = std::env::var("RNN_WGPU_BACKEND")
+            && !list.trim().is_empty()
+        {
+            opts.backends = parse_backends(&list)
+                .map_err(|reason| Error::invalid("RNN_WGPU_BACKEND", reason))?;
+        }
+        if let Ok(name) = std::env::var("RNN_WGPU_ADAPTER")
+            && !name.trim().is_empty()
+        {
+            opts.adapter_name = Some(name.trim().to_string());
+        }
+        Ok(opts)
+    }
+}
+
+/// Parses a comma list of backend names.
+pub fn parse_backends(list: &str) -> std::result::Result<wgpu::Backends, String> {
+    let mut out = wgpu::Backends::empty();
+    for word in list.split(',').map(|w| w.trim().to_ascii_lowercase()) {
+        out |= match word.as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            "primary" => wgpu::Backends::PRIMARY,
+            "all" => wgpu::Backends::all(),
+            other => {
+                return Err(format!(
+                    "unknown backend {other:?}; expected a comma list of vulkan, metal, dx12, gl, primary, all"
+                ));
+            }
+        };
+    }
+    Ok(out)
+}
+
+/// What an adapter is, in words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSummary {
+    /// Adapter name, e.g. `NVIDIA H100 80GB HBM3` or `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// Backend, e.g. `Vulkan`.
+    pub backend: wgpu::Backend,
+    /// Device type; `Cpu` means a software rasterizer such as llvmpipe.
+    pub device_type: wgpu::DeviceType,
+    /// Driver name and version as reported.
+    pub driver: String,
+}
+
+impl AdapterSummary {
+    pub(crate) fn of(info: &wgpu::AdapterInfo) -> Self {
+        let driver = match (info.driver.is_empty(), info.driver_info.is_empty()) {
+            (false, false) => format!("{} {}", info.driver, info.driver_info),
+            (false, true) => info.driver.clone(),
+            (true, _) => info.driver_info.clone(),
+        };
+        AdapterSummary {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver,
+        }
+    }
+
+    /// True for software adapters (device type `Cpu`, e.g. llvmpipe/lavapipe, WARP, SwiftShader).
+    pub fn is_software(&self) -> bool {
+        self.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Ranking used for "best available": discrete > integrated > virtual > software,
+    /// then native APIs before GL.
+    fn rank(&self) -> (u8, u8) {
+        let kind = match self.device_type {
+            wgpu::DeviceType::DiscreteGpu => 4,
+            wgpu::DeviceType::IntegratedGpu => 3,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Cpu => 1,
+            wgpu::DeviceType::Other => 0,
+        };
+        let api = match self.backend {
+            wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 2,
+            wgpu::Backend::Gl => 1,
+            _ => 0,
+        };
+        (kind, api)
+    }
+}
+
+impl fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({:?}, {:?}, driver {})",
+            self.name, self.backend, self.device_type, self.driver
+        )
+    }
+}
+
+/// What to install when no adapter exists, for this platform.
+pub fn install_hint() -> String {
+    if cfg!(target_os = "linux") {
+        "Install a Vulkan driver: your GPU vendor's driver, or Mesa's (on Debian/Ubuntu: \
+         `sudo apt-get install -y mesa-vulkan-drivers`, which also provides the lavapipe \
+         software adapter). Set RNN_WGPU_BACKEND=gl to try OpenGL instead."
+            .to_string()
+    } else if cfg!(target_os = "macos") {
+        "Metal should always be available on macOS 10.13 or later; check that the process \
+         is not sandboxed away from the GPU."
+            .to_string()
+    } else if cfg!(target_os = "windows") {
+        "Install or update your GPU driver (DirectX 12 or Vulkan); the WARP software adapter \
+         ships with Windows 10 and later."
+            .to_string()
+    } else {
+        "Install a Vulkan, Metal or DirectX 12 driver for this machine.".to_string()
+    }
+}
+
+/// All adapters the instance can see for `backends`.
+pub fn list_adapters(backends: wgpu::Backends) -> Vec<AdapterSummary> {
+    let instance = new_instance(backends);
+    pollster::block_on(instance.enumerate_adapters(backends))
+        .iter()
+        .map(|a| AdapterSummary::of(&a.get_info()))
+        .collect()
+}
+
+pub(crate) fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Picks the adapter `opts` asks for: the best matching one.
+pub(crate) fn choose_adapter(
+    instance: &wgpu::Instance,
+    opts: &ContextOptions,
+) -> Result<wgpu::Adapter> {
+    let adapters = pollster::block_on(instance.enumerate_adapters(opts.backends));
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter {
+            hint: install_hint(),
+        });
+    }
+    let summaries: Vec<AdapterSummary> = adapters
+        .iter()
+        .map(|a| AdapterSummary::of(&a.get_info()))
+        .collect();
+    let wanted = opts.adapter_name.as_ref().map(|n| n.to_lowercase());
+    let best = adapters
+        .into_iter()
+        .zip(summaries.iter())
+        .filter(|(_, s)| {
+            wanted
+                .as_ref()
+                .is_none_or(|w| s.name.to_lowercase().contains(w.as_str()))
+        })
+        .max_by_key(|(_, s)| s.rank());
+    match best {
+        Some((adapter, _)) => Ok(adapter),
+        None => Err(Error::AdapterNotFound {
+            wanted: format!(
+                "name containing {:?}",
+                opts.adapter_name.clone().unwrap_or_default()
+            ),
+            available: summaries
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_lists_parse() {
+        assert_eq!(parse_backends("vulkan").unwrap(), wgpu::Backends::VULKAN);
+        assert_eq!(
+            parse_backends("Metal, dx12").unwrap(),
+            wgpu::Backends::METAL | wgpu::Backends::DX12
+        );
+        let err = parse_backends("vulkan,cuda").unwrap_err();
+        assert!(err.contains("\"cuda\""), "{err}");
+    }
+}

@@ -1,0 +1,786 @@
+//! The GPU context: instance, adapter, device, queue, limits, caches, and the
+//! command recorder that turns many kernel launches into one submission.
+//!
+//! Flow of a launch: an op calls [`GpuContext::record`], which hands it a
+//! [`Recorder`]; the op appends dispatches (kernel, buffers, a small parameter
+//! block) and copies. Nothing reaches the GPU until [`GpuContext::flush`] or a
+//! readback: then every parameter block is written into one uniform arena with
+//! a single `write_buffer`, every command is encoded into one command encoder
+//! (consecutive dispatches share a compute pass), and the encoder is submitted
+//! once inside error scopes that turn wgpu errors into [`Error`]s.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::adapter::{AdapterSummary, ContextOptions, choose_adapter, new_instance};
+use super::kernel::{Kernel, KernelSpec, PARAM_WINDOW, PipelineKey, Shader, bind_group_layout};
+use crate::error::{Error, Result};
+
+/// Shared device health, written by wgpu's callbacks.
+#[derive(Debug, Default)]
+struct DeviceState {
+    lost: AtomicBool,
+    lost_reason: Mutex<Option<String>>,
+    uncaptured: Mutex<Vec<String>>,
+}
+
+/// Counts of GPU work, for benchmarks and for checking the scheduler's structure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Compute dispatches recorded.
+    pub dispatches: u64,
+    /// Queue submissions.
+    pub submits: u64,
+    /// Readbacks (buffer maps).
+    pub readbacks: u64,
+}
+
+#[derive(Debug)]
+enum Cmd {
+    Dispatch {
+        kernel: Arc<Kernel>,
+        buffers: Vec<wgpu::Buffer>,
+        param_offset: u32,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: wgpu::Buffer,
+        src_offset: u64,
+        dst: wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    },
+    Clear {
+        buffer: wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Arena {
+    buffer: wgpu::Buffer,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BindKey {
+    kernel: u64,
+    buffers: Vec<wgpu::Buffer>,
+}
+
+/// Work recorded but not yet submitted.
+#[derive(Debug, Default)]
+struct Pending {
+    cmds: Vec<Cmd>,
+    params: Vec<u8>,
+    arena: Option<Arena>,
+    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
+}
+
+/// Bind groups kept before the cache is cleared (each holds its buffers alive).
+const BIND_GROUP_CACHE: usize = 1024;
+
+/// Owns everything GPU-side. Cheap to share behind an `Arc`; safe to use from several threads.
+#[derive(Debug)]
+pub struct GpuContext {
+    _instance: wgpu::Instance,
+    _adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    summary: AdapterSummary,
+    limits: wgpu::Limits,
+    max_groups_per_dim: u32,
+    timeout: Duration,
+    param_align: usize,
+    state: Arc<DeviceState>,
+    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
+    next_kernel_id: AtomicU64,
+    pending: Mutex<Pending>,
+    dispatches: AtomicU64,
+    submits: AtomicU64,
+    readbacks: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of our locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl GpuContext {
+    /// Opens the best adapter allowed by `opts` and creates a device on it.
+    pub fn new(opts: ContextOptions) -> Result<Self> {
+        let instance = new_instance(opts.backends);
+        let adapter = choose_adapter(&instance, &opts)?;
+        let summary = AdapterSummary::of(&adapter.get_info());
+        // Ask for what the adapter offers, not WebGPU's conservative defaults:
+        // our kernels want large storage bindings, more storage buffers per stage
+        // and more workgroup memory than the defaults give.
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("rnn-wgpu"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::RequestDevice {
+                adapter: summary.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        let state = Arc::new(DeviceState::default());
+        {
+            let state = state.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                *lock(&state.lost_reason) = Some(format!("{reason:?}: {message}"));
+                state.lost.store(true, Ordering::SeqCst);
+            });
+        }
+        {
+            // Errors outside our error scopes must never panic (wgpu's default handler does).
+            let state = state.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                lock(&state.uncaptured).push(e.to_string());
+            }));
+        }
+        let max_groups_per_dim = opts
+            .max_workgroups_per_dim
+            .unwrap_or(u32::MAX)
+            .min(limits.max_compute_workgroups_per_dimension)
+            .max(1);
+        let param_align = (limits.min_uniform_buffer_offset_alignment as usize).max(16);
+        Ok(GpuContext {
+            _instance: instance,
+            _adapter: adapter,
+            device,
+            queue,
+            summary,
+            limits,
+            max_groups_per_dim,
+            timeout: opts.timeout,
+            param_align,
+            state,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            next_kernel_id: AtomicU64::new(0),
+            pending: Mutex::new(Pending::default()),
+            dispatches: AtomicU64::new(0),
+            submits: AtomicU64::new(0),
+            readbacks: AtomicU64::new(0),
+        })
+    }
+
+    /// Opens a context as configured by the environment (`RNN_WGPU_BACKEND`, `RNN_WGPU_ADAPTER`).
+    pub fn from_env() -> Result<Self> {
+        Self::new(ContextOptions::from_env()?)
+    }
+
+    /// The adapter this context runs on.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.summary
+    }
+
+    /// The device limits in force.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The wgpu device (for callers that record their own work).
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The per-dimension workgroup count above which grids are folded into 2-D.
+    pub fn max_workgroups_per_dim(&self) -> u32 {
+        self.max_groups_per_dim
+    }
+
+    /// Counts of dispatches, submits and readbacks so far.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+            submits: self.submits.load(Ordering::Relaxed),
+            readbacks: self.readbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Destroys the device. Every later call returns [`Error::DeviceLost`]; used to test recovery.
+    pub fn destroy_device(&self) {
+        self.device.destroy();
+        // The lost callback runs on the next poll; make the state visible now.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        if !self.state.lost.load(Ordering::SeqCst) {
+            *lock(&self.state.lost_reason) = Some("Destroyed: device destroyed".into());
+            self.state.lost.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Fails with [`Error::DeviceLost`] once the device is gone.
+    pub fn check_alive(&self) -> Result<()> {
+        if self.state.lost.load(Ordering::SeqCst) {
+            let reason = lock(&self.state.lost_reason)
+                .clone()
+                .unwrap_or_else(|| "unknown".into());
+            return Err(Error::DeviceLost { reason });
+        }
+        Ok(())
+    }
+
+    /// Workgroup grid for `groups` workgroups, folded into 2-D when it exceeds the
+    /// per-dimension limit. Kernels rebuild the linear index with `linear_group()`.
+    pub fn grid(&self, groups: u64) -> Result<[u32; 3]> {
+        let max = self.max_groups_per_dim as u64;
+        if groups <= max {
+            return Ok([groups.max(1) as u32, 1, 1]);
+        }
+        let y = groups.div_ceil(max);
+        if y > max {
+            return Err(Error::Limit {
+                what: format!("a grid of {groups} workgroups"),
+                limit: "max_compute_workgroups_per_dimension (squared)",
+                value: groups,
+                max: max * max,
+            });
+        }
+        Ok([max as u32, y as u32, 1])
+    }
+
+    /// Checks that a buffer of `bytes` can be bound as one storage binding.
+    pub fn check_binding_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let max = self.limits.max_storage_buffer_binding_size;
+        if bytes > max {
+            return Err(Error::Limit {
+                what: what.to_string(),
+                limit: "max_storage_buffer_binding_size",
+                value: bytes,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates a storage buffer of `bytes` (rounded up to 4), zero-filled or holding `data`.
+    pub(crate) fn create_buffer(
+        &self,
+        label: &str,
+        bytes: u64,
+        data: Option<&[u8]>,
+    ) -> Result<wgpu::Buffer> {
+        self.check_alive()?;
+        let size = bytes.max(4).div_ceil(4) * 4;
+        if size > self.limits.max_buffer_size {
+            return Err(Error::Limit {
+                what: format!("buffer {label}"),
+                limit: "max_buffer_size",
+                value: size,
+                max: self.limits.max_buffer_size,
+            });
+        }
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: data.is_some(),
+        });
+        if let Some(data) = data {
+            // Mapped at creation: fill it directly, no staging copy.
+            match buffer.slice(..).get_mapped_range_mut() {
+                Ok(mut view) => {
+                    view.slice(..data.len()).copy_from_slice(data);
+                    view.slice(data.len()..).fill(0);
+                }
+                Err(e) => {
+                    return Err(Error::Gpu {
+                        op: format!("upload {label}"),
+                        message: e.to_string(),
+                    });
+                }
+            }
+            buffer.unmap();
+        }
+        self.pop_scopes(val, oom, &format!("allocate {label} ({size} bytes)"))?;
+        Ok(buffer)
+    }
+
+    /// Writes `data` into `buffer` at byte `offset`, after all work recorded so far.
+    pub(crate) fn write_buffer(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let mut pending = lock(&self.pending);
+        // queue.write_buffer lands before the next submission's commands, so
+        // earlier recorded work must be submitted first to keep program order.
+        self.flush_locked(&mut pending, "write")?;
+        self.queue.write_buffer(buffer, offset, data);
+        Ok(())
+    }
+
+    fn module(&self, shader: Shader) -> Result<wgpu::ShaderModule> {
+        let mut modules = lock(&self.modules);
+        if let Some(m) = modules.get(&shader) {
+            return Ok(m.clone());
+        }
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let source = shader.source();
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.file()),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        if let Some(e) = pollster::block_on(val.pop()) {
+            return Err(Error::ShaderCompile {
+                shader: shader.file().into(),
+                entry: "(module)".into(),
+                message: e.to_string(),
+            });
+        }
+        modules.insert(shader, module.clone());
+        Ok(module)
+    }
+
+    /// The pipeline for `spec` with `constants`, built once and cached.
+    pub(crate) fn kernel(
+        &self,
+        spec: KernelSpec,
+        constants: &[(&'static str, f64)],
+    ) -> Result<Arc<Kernel>> {
+        let key = PipelineKey::new(spec, constants);
+        if let Some(k) = lock(&self.pipelines).get(&key) {
+            return Ok(k.clone());
+        }
+        let module = self.module(spec.shader)?;
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = bind_group_layout(&self.device, &spec);
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(spec.entry),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(spec.entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(val.pop()) {
+            return Err(Error::ShaderCompile {
+                shader: spec.shader.file().into(),
+                entry: spec.entry.into(),
+                message: e.to_string(),
+            });
+        }
+        let kernel = Arc::new(Kernel {
+            id: self.next_kernel_id.fetch_add(1, Ordering::Relaxed),
+            spec,
+            pipeline,
+            layout,
+        });
+        lock(&self.pipelines).insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    /// Records GPU work. Everything `f` records is appended to the pending
+    /// submission as a unit, and only if `f` succeeds.
+    pub fn record<R>(&self, f: impl FnOnce(&mut Recorder<'_>) -> Result<R>) -> Result<R> {
+        self.check_alive()?;
+        let mut rec = Recorder {
+            ctx: self,
+            cmds: Vec::new(),
+            params: Vec::new(),
+        };
+        let out = f(&mut rec)?;
+        let Recorder { cmds, params, .. } = rec;
+        let mut pending = lock(&self.pending);
+        let base = pending.params.len().div_ceil(self.param_align) * self.param_align;
+        pending.params.resize(base, 0);
+        pending.params.extend_from_slice(&params);
+        for mut cmd in cmds {
+            if let Cmd::Dispatch { param_offset, .. } = &mut cmd {
+                *param_offset += base as u32;
+            }
+            pending.cmds.push(cmd);
+        }
+        Ok(out)
+    }
+
+    /// Submits everything recorded so far (one command buffer, one submit).
+    pub fn flush(&self) -> Result<()> {
+        let mut pending = lock(&self.pending);
+        self.flush_locked(&mut pending, "flush")
+    }
+
+    /// Submits everything and waits for the GPU to finish it.
+    pub fn sync(&self) -> Result<()> {
+        self.flush()?;
+        self.wait("sync")
+    }
+
+    fn wait(&self, op: &str) -> Result<()> {
+        match self.device.poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: Some(self.timeout),
+        }) {
+            Ok(_) => self.check_alive(),
+            Err(wgpu::PollError::Timeout) => {
+                self.check_alive()?;
+                Err(Error::Timeout {
+                    op: op.into(),
+                    seconds: self.timeout.as_secs(),
+                })
+            }
+            Err(e) => {
+                self.check_alive()?;
+                Err(Error::Gpu {
+                    op: op.into(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn pop_scopes(
+        &self,
+        val: wgpu::ErrorScopeGuard,
+        oom: wgpu::ErrorScopeGuard,
+        op: &str,
+    ) -> Result<()> {
+        // Scopes pop in reverse order of their pushes.
+        let val = pollster::block_on(val.pop());
+        let oom = pollster::block_on(oom.pop());
+        self.check_alive()?;
+        if oom.is_some() {
+            return Err(Error::OutOfMemory { op: op.into() });
+        }
+        if let Some(e) = val {
+            return Err(Error::Gpu {
+                op: op.into(),
+                message: e.to_string(),
+            });
+        }
+        let uncaptured = std::mem::take(&mut *lock(&self.state.uncaptured));
+        if !uncaptured.is_empty() {
+            return Err(Error::Gpu {
+                op: op.into(),
+                message: uncaptured.join("; "),
+            });
+        }
+        Ok(())
+    }
+
+    fn flush_locked(&self, pending: &mut Pending, op: &str) -> Result<()> {
+        self.check_alive()?;
+        if pending.cmds.is_empty() {
+            return Ok(());
+        }
+        let cmds = std::mem::take(&mut pending.cmds);
+        let params = std::mem::take(&mut pending.params);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+
+        // One uniform arena holds every dispatch's parameters; grow it (and drop
+        // the bind groups that point at the old one) when this batch needs more.
+        let need = (params.len() as u64 + PARAM_WINDOW).next_power_of_two();
+        let arena_ok = pending
+            .arena
+            .as_ref()
+            .is_some_and(|a| a.buffer.size() >= need);
+        if !arena_ok {
+            pending.bind_groups.clear();
+            pending.arena = Some(Arena {
+                buffer: self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params arena"),
+                    size: need.max(4096),
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+            });
+        }
+        let Some(arena) = pending.arena.as_ref().map(|a| a.buffer.clone()) else {
+            return Err(Error::Gpu {
+                op: op.into(),
+                message: "internal: parameter arena missing".into(),
+            });
+        };
+        if !params.is_empty() {
+            self.queue.write_buffer(&arena, 0, &params);
+        }
+        if pending.bind_groups.len() > BIND_GROUP_CACHE {
+            pending.bind_groups.clear();
+        }
+
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
+        let mut i = 0;
+        let mut n_dispatch = 0u64;
+        while i < cmds.len() {
+            match &cmds[i] {
+                Cmd::Dispatch { .. } => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: None,
+                    });
+                    while let Some(Cmd::Dispatch {
+                        kernel,
+                        buffers,
+                        param_offset,
+                        groups,
+                    }) = cmds.get(i)
+                    {
+                        let key = BindKey {
+                            kernel: kernel.id,
+                            buffers: buffers.clone(),
+                        };
+                        let bind_group = pending
+                            .bind_groups
+                            .entry(key)
+                            .or_insert_with(|| self.bind_group(kernel, &arena, buffers))
+                            .clone();
+                        pass.set_pipeline(&kernel.pipeline);
+                        pass.set_bind_group(0, &bind_group, &[*param_offset]);
+                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        n_dispatch += 1;
+                        i += 1;
+                    }
+                }
+                Cmd::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    size,
+                } => {
+                    encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+                    i += 1;
+                }
+                Cmd::Clear {
+                    buffer,
+                    offset,
+                    size,
+                } => {
+                    encoder.clear_buffer(buffer, *offset, Some(*size));
+                    i += 1;
+                }
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+        self.submits.fetch_add(1, Ordering::Relaxed);
+        self.dispatches.fetch_add(n_dispatch, Ordering::Relaxed);
+        // Let wgpu retire finished work without blocking.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        self.pop_scopes(val, oom, op)
+    }
+
+    fn bind_group(
+        &self,
+        kernel: &Kernel,
+        arena: &wgpu::Buffer,
+        buffers: &[wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: arena,
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAM_WINDOW),
+            }),
+        }];
+        for (&(binding, _), buffer) in kernel.spec.bindings.iter().zip(buffers) {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: buffer.as_entire_binding(),
+            });
+        }
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.spec.entry),
+            layout: &kernel.layout,
+            entries: &entries,
+        })
+    }
+
+    /// Copies byte ranges of buffers back to the host, in one submission and one map.
+    pub(crate) fn read_buffers(&self, parts: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        self.check_alive()?;
+        let mut layout = Vec::with_capacity(parts.len());
+        let mut total = 0u64;
+        for &(_, _, size) in parts {
+            let padded = size.div_ceil(4) * 4;
+            layout.push(total);
+            // Map offsets must be multiples of 8.
+            total += padded.div_ceil(8) * 8;
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback staging"),
+            size: total.max(8),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut pending = lock(&self.pending);
+            for (&(buffer, offset, size), &at) in parts.iter().zip(&layout) {
+                let padded = size.div_ceil(4) * 4;
+                if padded > 0 {
+                    pending.cmds.push(Cmd::Copy {
+                        src: buffer.clone(),
+                        src_offset: offset,
+                        dst: staging.clone(),
+                        dst_offset: at,
+                        size: padded,
+                    });
+                }
+            }
+            self.flush_locked(&mut pending, "readback")?;
+        }
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            sender.send(r).ok();
+        });
+        self.wait("readback")?;
+        self.readbacks.fetch_add(1, Ordering::Relaxed);
+        match pollster::block_on(receiver.receive()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                self.check_alive()?;
+                return Err(Error::Gpu {
+                    op: "readback".into(),
+                    message: e.to_string(),
+                });
+            }
+            None => {
+                self.check_alive()?;
+                return Err(Error::Gpu {
+                    op: "readback".into(),
+                    message: "the map callback was dropped".into(),
+                });
+            }
+        }
+        let out = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu {
+                    op: "readback".into(),
+                    message: e.to_string(),
+                })?;
+            parts
+                .iter()
+                .zip(&layout)
+                .map(|(&(_, _, size), &at)| view[at as usize..(at + size) as usize].to_vec())
+                .collect()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+/// Collects the commands of one op (or a group of ops) before they join the pending submission.
+pub struct Recorder<'a> {
+    ctx: &'a GpuContext,
+    cmds: Vec<Cmd>,
+    params: Vec<u8>,
+}
+
+impl Recorder<'_> {
+    /// The context being recorded into.
+    pub fn ctx(&self) -> &GpuContext {
+        self.ctx
+    }
+
+    /// Records one dispatch of `spec` (with override `constants`) over `groups`
+    /// workgroups, with `buffers` bound in the order of `spec.bindings` and
+    /// `params` as the uniform block.
+    pub(crate) fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        spec: KernelSpec,
+        constants: &[(&'static str, f64)],
+        buffers: &[&wgpu::Buffer],
+        params: &P,
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let bytes = bytemuck::bytes_of(params);
+        if bytes.len() as u64 > PARAM_WINDOW || buffers.len() != spec.bindings.len() {
+            return Err(Error::Gpu {
+                op: spec.entry.into(),
+                message: format!(
+                    "internal: {} parameter bytes (max {PARAM_WINDOW}), {} buffers for {} bindings",
+                    bytes.len(),
+                    buffers.len(),
+                    spec.bindings.len()
+                ),
+            });
+        }
+        for b in buffers {
+            self.ctx.check_binding_size(spec.entry, b.size())?;
+        }
+        let kernel = self.ctx.kernel(spec, constants)?;
+        let align = self.ctx.param_align;
+        let offset = self.params.len().div_ceil(align) * align;
+        self.params.resize(offset, 0);
+        self.params.extend_from_slice(bytes);
+        self.cmds.push(Cmd::Dispatch {
+            kernel,
+            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
+            param_offset: offset as u32,
+            groups,
+        });
+        Ok(())
+    }
+
+    /// Records a buffer-to-buffer copy of `size` bytes (offsets and size multiples of 4).
+    pub(crate) fn copy(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    ) {
+        if size > 0 {
+            self.cmds.push(Cmd::Copy {
+                src: src.clone(),
+                src_offset,
+                dst: dst.clone(),
+                dst_offset,
+                size,
+            });
+        }
+    }
+
+    /// Records zeroing `size` bytes of `buffer` from `offset` (multiples of 4).
+    pub(crate) fn clear(&mut self, buffer: &wgpu::Buffer, offset: u64, size: u64) {
+        if size > 0 {
+            self.cmds.push(Cmd::Clear {
+                buffer: buffer.clone(),
+                offset,
+                size,
+            });
+        }
+    }
+}

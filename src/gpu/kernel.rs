@@ -1,0 +1,138 @@
+//! Shader sources, kernel descriptions and the pipelines built from them.
+//!
+//! Every kernel has the same binding convention:
+//! - binding 0: a small uniform block of parameters (sizes, element offsets,
+//!   strides, flags), bound with a dynamic offset into the context's parameter
+//!   arena so that one bind group serves many dispatches;
+//! - bindings 1..: storage buffers, read-only or read-write, as listed in the
+//!   [`KernelSpec`].
+//!
+//! Tuning knobs and variants (transposes, activation kind) are WGSL `override`
+//! constants set through the pipeline's compilation options, never string templates.
+
+/// WGSL helpers prepended to every shader (stable activations, grid folding).
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// One WGSL file (one kernel family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    /// `shaders/matmul.wgsl`
+    Matmul,
+    /// `shaders/activation.wgsl`
+    Activation,
+    /// `shaders/softmax_xent.wgsl`
+    SoftmaxXent,
+    /// `shaders/reduce.wgsl`
+    Reduce,
+    /// `shaders/memory.wgsl`
+    Memory,
+}
+
+impl Shader {
+    /// File name, for messages.
+    pub fn file(self) -> &'static str {
+        match self {
+            Shader::Matmul => "matmul.wgsl",
+            Shader::Activation => "activation.wgsl",
+            Shader::SoftmaxXent => "softmax_xent.wgsl",
+            Shader::Reduce => "reduce.wgsl",
+            Shader::Memory => "memory.wgsl",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::Activation => include_str!("../../shaders/activation.wgsl"),
+            Shader::SoftmaxXent => include_str!("../../shaders/softmax_xent.wgsl"),
+            Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Shader::Memory => include_str!("../../shaders/memory.wgsl"),
+        }
+    }
+
+    /// The full WGSL source: the common helpers followed by the file.
+    pub fn source(self) -> String {
+        format!("{COMMON}\n{}", self.body())
+    }
+}
+
+/// How a kernel uses a storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// `var<storage, read>`
+    Read,
+    /// `var<storage, read_write>`
+    ReadWrite,
+}
+
+/// A kernel: an entry point of a shader and the storage bindings it uses, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelSpec {
+    /// The WGSL file.
+    pub shader: Shader,
+    /// The entry point.
+    pub entry: &'static str,
+    /// `(binding number, access)` of each storage buffer, in the order buffers are passed.
+    pub bindings: &'static [(u32, Access)],
+}
+
+/// Size of the uniform parameter window each dispatch sees. Every kernel's
+/// `Params` struct must fit in it.
+pub(crate) const PARAM_WINDOW: u64 = 256;
+
+/// A compiled kernel: pipeline plus its bind group layout.
+#[derive(Debug)]
+pub(crate) struct Kernel {
+    pub id: u64,
+    pub spec: KernelSpec,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// Key of the pipeline cache: the kernel and its override constants (as bit patterns).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineKey {
+    pub spec: KernelSpec,
+    pub constants: Vec<(&'static str, u64)>,
+}
+
+impl PipelineKey {
+    pub fn new(spec: KernelSpec, constants: &[(&'static str, f64)]) -> Self {
+        PipelineKey {
+            spec,
+            constants: constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
+        }
+    }
+}
+
+pub(crate) fn bind_group_layout(device: &wgpu::Device, spec: &KernelSpec) -> wgpu::BindGroupLayout {
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            // One arena serves every dispatch; each dispatch picks its window by offset.
+            has_dynamic_offset: true,
+            min_binding_size: None,
+        },
+        count: None,
+    }];
+    for &(binding, access) in spec.bindings {
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: access == Access::Read,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+    }
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(spec.entry),
+        entries: &entries,
+    })
+}

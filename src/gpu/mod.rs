@@ -1,0 +1,12 @@
+//! GPU side: adapter choice, the context (device, queue, limits, pipeline and
+//! bind group caches, the recorder that batches launches into one submission),
+//! and tensors.
+
+pub mod adapter;
+pub mod context;
+pub mod kernel;
+pub mod tensor;
+
+pub use adapter::{AdapterSummary, ContextOptions, install_hint, list_adapters};
+pub use context::{Counters, GpuContext, Recorder};
+pub use tensor::{DType, GpuTensor, download_many, numel};

@@ -1,0 +1,204 @@
+//! GPU tensors: a storage buffer that knows its shape and element type.
+//!
+//! Kernels compute in f32. `F16` tensors store IEEE half floats packed two per
+//! 32-bit word (the layout `pack2x16float` produces) and are converted on the
+//! GPU with [`GpuTensor::cast`]; `I32` holds class targets and sequence lengths.
+
+use half::f16;
+
+use super::GpuContext;
+use crate::error::{Error, Result};
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float, packed two per word.
+    F16,
+    /// 32-bit signed integer.
+    I32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
+/// Number of elements of `shape`.
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// A tensor living in a GPU storage buffer. Cloning shares the buffer.
+#[derive(Clone, Debug)]
+pub struct GpuTensor {
+    buffer: wgpu::Buffer,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl GpuTensor {
+    fn alloc(ctx: &GpuContext, shape: &[usize], dtype: DType, data: Option<&[u8]>) -> Result<Self> {
+        let bytes = numel(shape)
+            .checked_mul(dtype.size())
+            .ok_or_else(|| Error::invalid("shape", format!("{shape:?} is too large")))?;
+        let buffer = ctx.create_buffer(&format!("{dtype:?}{shape:?}"), bytes as u64, data)?;
+        Ok(GpuTensor {
+            buffer,
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    fn check_len(arg: &str, shape: &[usize], len: usize) -> Result<()> {
+        if numel(shape) != len {
+            return Err(Error::invalid(
+                arg,
+                format!(
+                    "{len} values do not fill shape {shape:?} ({} elements)",
+                    numel(shape)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A zero-filled tensor.
+    pub fn zeros(ctx: &GpuContext, shape: &[usize], dtype: DType) -> Result<Self> {
+        Self::alloc(ctx, shape, dtype, None)
+    }
+
+    /// Uploads f32 values.
+    pub fn from_f32(ctx: &GpuContext, shape: &[usize], data: &[f32]) -> Result<Self> {
+        Self::check_len("data", shape, data.len())?;
+        Self::alloc(ctx, shape, DType::F32, Some(bytemuck::cast_slice(data)))
+    }
+
+    /// Uploads f16 values (stored packed; see [`GpuTensor::cast`]).
+    pub fn from_f16(ctx: &GpuContext, shape: &[usize], data: &[f16]) -> Result<Self> {
+        Self::check_len("data", shape, data.len())?;
+        Self::alloc(ctx, shape, DType::F16, Some(bytemuck::cast_slice(data)))
+    }
+
+    /// Uploads i32 values.
+    pub fn from_i32(ctx: &GpuContext, shape: &[usize], data: &[i32]) -> Result<Self> {
+        Self::check_len("data", shape, data.len())?;
+        Self::alloc(ctx, shape, DType::I32, Some(bytemuck::cast_slice(data)))
+    }
+
+    /// Shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    /// True when the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The underlying buffer.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// The same storage seen with another shape of the same number of elements.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        if numel(shape) != self.len() {
+            return Err(Error::invalid(
+                "shape",
+                format!(
+                    "cannot view {:?} ({} elements) as {shape:?}",
+                    self.shape,
+                    self.len()
+                ),
+            ));
+        }
+        Ok(GpuTensor {
+            buffer: self.buffer.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
+    }
+
+    /// Fails unless the tensor has element type `dtype`.
+    pub fn expect_dtype(&self, arg: &str, dtype: DType) -> Result<()> {
+        if self.dtype != dtype {
+            return Err(Error::invalid(
+                arg,
+                format!("expected {dtype:?} elements, got {:?}", self.dtype),
+            ));
+        }
+        Ok(())
+    }
+
+    fn read_bytes(&self, ctx: &GpuContext) -> Result<Vec<u8>> {
+        let bytes = (self.len() * self.dtype.size()) as u64;
+        let mut parts = ctx.read_buffers(&[(&self.buffer, 0, bytes)])?;
+        Ok(parts.pop().unwrap_or_default())
+    }
+
+    /// Downloads an f32 tensor (an f16 tensor is widened on the host).
+    pub fn to_f32_vec(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        match self.dtype {
+            DType::F32 => Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(ctx)?)),
+            DType::F16 => Ok(self.to_f16_vec(ctx)?.iter().map(|h| h.to_f32()).collect()),
+            DType::I32 => Err(Error::invalid("tensor", "is I32; use to_i32_vec")),
+        }
+    }
+
+    /// Downloads an f16 tensor.
+    pub fn to_f16_vec(&self, ctx: &GpuContext) -> Result<Vec<f16>> {
+        self.expect_dtype("tensor", DType::F16)?;
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(ctx)?))
+    }
+
+    /// Downloads an i32 tensor.
+    pub fn to_i32_vec(&self, ctx: &GpuContext) -> Result<Vec<i32>> {
+        self.expect_dtype("tensor", DType::I32)?;
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(ctx)?))
+    }
+
+    /// Overwrites the tensor with f32 `data` (after all work recorded so far).
+    pub fn write_f32(&self, ctx: &GpuContext, data: &[f32]) -> Result<()> {
+        self.expect_dtype("tensor", DType::F32)?;
+        Self::check_len("data", &self.shape, data.len())?;
+        ctx.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data))
+    }
+
+    /// Converts between F32 and F16 on the GPU (round to nearest even).
+    pub fn cast(&self, ctx: &GpuContext, dtype: DType) -> Result<Self> {
+        crate::ops::memory::cast(ctx, self, dtype)
+    }
+}
+
+/// Downloads several f32 tensors in one submission and one map.
+pub fn download_many(ctx: &GpuContext, tensors: &[&GpuTensor]) -> Result<Vec<Vec<f32>>> {
+    for t in tensors {
+        t.expect_dtype("tensor", DType::F32)?;
+    }
+    let parts: Vec<(&wgpu::Buffer, u64, u64)> = tensors
+        .iter()
+        .map(|t| (t.buffer(), 0, (t.len() * 4) as u64))
+        .collect();
+    Ok(ctx
+        .read_buffers(&parts)?
+        .iter()
+        .map(|b| bytemuck::pod_collect_to_vec(b))
+        .collect())
+}

@@ -1,0 +1,165 @@
+//! Fill, copy, and f32 ↔ f16 conversion.
+//!
+//! CPU twin: [`fill_cpu`], [`f32_to_f16_cpu`], [`f16_to_f32_cpu`] (through the
+//! `half` crate, round to nearest even). GPU: `shaders/memory.wgsl` and buffer copies.
+
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+use super::matmul::u32_of;
+use crate::error::{Error, Result};
+use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::{DType, GpuContext, GpuTensor, Recorder};
+use crate::real::Real;
+
+/// `x[off .. off + n] = value`.
+pub fn fill_cpu<T: Real>(x: &mut [T], off: usize, n: usize, value: T) -> Result<()> {
+    check_range("fill", off, n, x.len())?;
+    x[off..off + n].fill(value);
+    Ok(())
+}
+
+/// f32 → f16, round to nearest even, overflow to ±inf.
+pub fn f32_to_f16_cpu(x: &[f32]) -> Vec<f16> {
+    x.iter().map(|&v| f16::from_f32(v)).collect()
+}
+
+/// f16 → f32 (exact).
+pub fn f16_to_f32_cpu(x: &[f16]) -> Vec<f32> {
+    x.iter().map(|v| v.to_f32()).collect()
+}
+
+pub(crate) fn check_range(arg: &str, off: usize, n: usize, len: usize) -> Result<()> {
+    if off.checked_add(n).is_none_or(|end| end > len) {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "range {off}..{} exceeds {len} elements",
+                off.saturating_add(n)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    off: u32,
+    value: f32,
+    src_off: u32,
+}
+
+const FILL: KernelSpec = KernelSpec {
+    shader: Shader::Memory,
+    entry: "fill",
+    bindings: &[(1, Access::ReadWrite)],
+};
+
+const TO_F16: KernelSpec = KernelSpec {
+    shader: Shader::Memory,
+    entry: "f32_to_f16",
+    bindings: &[(2, Access::Read), (3, Access::ReadWrite)],
+};
+
+const TO_F32: KernelSpec = KernelSpec {
+    shader: Shader::Memory,
+    entry: "f16_to_f32",
+    bindings: &[(4, Access::Read), (1, Access::ReadWrite)],
+};
+
+/// Records `x[off .. off + n] = value` on the GPU (a clear when the value is 0
+/// and the range is word aligned, a fill kernel otherwise).
+pub fn fill_gpu(
+    rec: &mut Recorder<'_>,
+    x: &GpuTensor,
+    off: usize,
+    n: usize,
+    value: f32,
+) -> Result<()> {
+    x.expect_dtype("fill", DType::F32)?;
+    check_range("fill", off, n, x.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    if value == 0.0 && value.is_sign_positive() {
+        rec.clear(x.buffer(), off as u64 * 4, n as u64 * 4);
+        return Ok(());
+    }
+    let params = Params {
+        n: u32_of("n", n)?,
+        off: u32_of("off", off)?,
+        value,
+        src_off: 0,
+    };
+    let grid = rec.ctx().grid((n as u64).div_ceil(256))?;
+    rec.dispatch(FILL, &[], &[x.buffer()], &params, grid)
+}
+
+/// Records a copy of `n` f32/i32 elements between tensors.
+pub fn copy_gpu(
+    rec: &mut Recorder<'_>,
+    src: &GpuTensor,
+    src_off: usize,
+    dst: &GpuTensor,
+    dst_off: usize,
+    n: usize,
+) -> Result<()> {
+    if src.dtype() != dst.dtype() || src.dtype() == DType::F16 {
+        return Err(Error::invalid(
+            "copy",
+            format!(
+                "copies F32 or I32 between tensors of one type, got {:?} -> {:?}",
+                src.dtype(),
+                dst.dtype()
+            ),
+        ));
+    }
+    check_range("copy source", src_off, n, src.len())?;
+    check_range("copy destination", dst_off, n, dst.len())?;
+    rec.copy(
+        src.buffer(),
+        src_off as u64 * 4,
+        dst.buffer(),
+        dst_off as u64 * 4,
+        n as u64 * 4,
+    );
+    Ok(())
+}
+
+/// Converts an F32 tensor to F16 or back on the GPU; other pairs are errors.
+pub fn cast(ctx: &GpuContext, x: &GpuTensor, dtype: DType) -> Result<GpuTensor> {
+    let n = x.len();
+    let out = GpuTensor::zeros(ctx, x.shape(), dtype)?;
+    if n == 0 || x.dtype() == dtype {
+        if n > 0 {
+            ctx.record(|rec| {
+                rec.copy(x.buffer(), 0, out.buffer(), 0, x.buffer().size());
+                Ok(())
+            })?;
+        }
+        return Ok(out);
+    }
+    let params = Params {
+        n: u32_of("n", n)?,
+        off: 0,
+        value: 0.0,
+        src_off: 0,
+    };
+    let spec = match (x.dtype(), dtype) {
+        (DType::F32, DType::F16) => TO_F16,
+        (DType::F16, DType::F32) => TO_F32,
+        (from, to) => {
+            return Err(Error::invalid(
+                "cast",
+                format!("converts between F32 and F16, not {from:?} -> {to:?}"),
+            ));
+        }
+    };
+    ctx.record(|rec| {
+        let grid = rec.ctx().grid((n as u64).div_ceil(2).div_ceil(256))?;
+        rec.dispatch(spec, &[], &[x.buffer(), out.buffer()], &params, grid)
+    })?;
+    Ok(out)
+}

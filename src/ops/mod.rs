@@ -1,0 +1,9 @@
+//! Kernels, one module per family. Each module holds the CPU reference (plain
+//! Rust, generic over f32/f64, written to be read first) beside the GPU launcher
+//! that records its WGSL twin from `shaders/`.
+
+pub mod activation;
+pub mod matmul;
+pub mod memory;
+pub mod reduce;
+pub mod softmax_xent;

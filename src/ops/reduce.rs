@@ -1,0 +1,261 @@
+//! Reductions with a fixed order: column sums (bias gradients) and whole-vector
+//! sum / max / sum of squares (loss totals, gradient norms).
+//!
+//! The GPU versions assign elements to invocations and combine partial results
+//! in an order that depends only on the sizes, never on timing, and use no
+//! atomics: the same inputs give bitwise the same outputs on the same adapter.
+//!
+//! CPU twin: [`sum_cols_cpu`], [`reduce_cpu`]. GPU: `shaders/reduce.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::matmul::u32_of;
+use crate::error::{Error, Result};
+use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::{DType, GpuTensor, Recorder};
+use crate::real::Real;
+
+/// A whole-vector reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Σ x
+    Sum,
+    /// max x
+    Max,
+    /// Σ x²
+    SumSquares,
+}
+
+impl ReduceOp {
+    fn code(self) -> u32 {
+        match self {
+            ReduceOp::Sum => 0,
+            ReduceOp::Max => 1,
+            ReduceOp::SumSquares => 2,
+        }
+    }
+}
+
+/// Column sums of a row-major matrix: `out[c] (+)= Σ_r x[x_off + r·ld + c]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColSum {
+    /// Rows summed over.
+    pub rows: usize,
+    /// Columns (outputs).
+    pub cols: usize,
+    /// Row stride of x.
+    pub ld: usize,
+    /// Offset of x.
+    pub x_off: usize,
+    /// Offset of out.
+    pub out_off: usize,
+    /// Add to out instead of overwriting.
+    pub accumulate: bool,
+}
+
+impl ColSum {
+    /// Contiguous `[rows, cols]` summed into `[cols]`.
+    pub fn new(rows: usize, cols: usize) -> Self {
+        ColSum {
+            rows,
+            cols,
+            ld: cols,
+            x_off: 0,
+            out_off: 0,
+            accumulate: false,
+        }
+    }
+
+    fn validate(&self, x_len: usize, out_len: usize) -> Result<()> {
+        if self.rows == 0 || self.cols == 0 {
+            return Err(Error::invalid(
+                "sum_cols",
+                format!("empty matrix {}x{}", self.rows, self.cols),
+            ));
+        }
+        if self.ld < self.cols {
+            return Err(Error::invalid(
+                "sum_cols ld",
+                format!("row stride {} below {} columns", self.ld, self.cols),
+            ));
+        }
+        let need = self.x_off + (self.rows - 1) * self.ld + self.cols;
+        if need > x_len {
+            return Err(Error::invalid(
+                "sum_cols x",
+                format!("needs {need} elements, has {x_len}"),
+            ));
+        }
+        if self.out_off + self.cols > out_len {
+            return Err(Error::invalid(
+                "sum_cols out",
+                format!("needs {} elements, has {out_len}", self.out_off + self.cols),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// CPU column sums, rows added in order.
+pub fn sum_cols_cpu<T: Real>(s: &ColSum, x: &[T], out: &mut [T]) -> Result<()> {
+    s.validate(x.len(), out.len())?;
+    let out = &mut out[s.out_off..s.out_off + s.cols];
+    if !s.accumulate {
+        out.fill(T::zero());
+    }
+    // Row-major accumulation: for each output the rows are still added in order 0..R.
+    let mut acc = vec![T::zero(); s.cols];
+    for r in 0..s.rows {
+        let row = &x[s.x_off + r * s.ld..s.x_off + r * s.ld + s.cols];
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o += a;
+    }
+    Ok(())
+}
+
+/// CPU reduction of a whole slice (in order).
+pub fn reduce_cpu<T: Real>(op: ReduceOp, x: &[T]) -> Result<T> {
+    if x.is_empty() {
+        return Err(Error::invalid("reduce x", "is empty"));
+    }
+    Ok(match op {
+        ReduceOp::Sum => x.iter().fold(T::zero(), |a, &v| a + v),
+        ReduceOp::Max => x.iter().copied().fold(T::min_value(), T::max),
+        ReduceOp::SumSquares => x.iter().fold(T::zero(), |a, &v| a + v * v),
+    })
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    cols: u32,
+    ld: u32,
+    x_off: u32,
+    out_off: u32,
+    chunk: u32,
+    parts: u32,
+    flags: u32,
+}
+
+const SUM_COLS: KernelSpec = KernelSpec {
+    shader: Shader::Reduce,
+    entry: "sum_cols",
+    bindings: &[(1, Access::Read), (2, Access::ReadWrite)],
+};
+
+const PARTIAL: KernelSpec = KernelSpec {
+    shader: Shader::Reduce,
+    entry: "reduce_partial",
+    bindings: &[(1, Access::Read), (3, Access::ReadWrite)],
+};
+
+const FINAL: KernelSpec = KernelSpec {
+    shader: Shader::Reduce,
+    entry: "reduce_final",
+    bindings: &[(4, Access::Read), (2, Access::ReadWrite)],
+};
+
+/// Records column sums on the GPU (one invocation per column, rows in order).
+pub fn sum_cols_gpu(
+    rec: &mut Recorder<'_>,
+    s: &ColSum,
+    x: &GpuTensor,
+    out: &GpuTensor,
+) -> Result<()> {
+    x.expect_dtype("sum_cols x", DType::F32)?;
+    out.expect_dtype("sum_cols out", DType::F32)?;
+    s.validate(x.len(), out.len())?;
+    let params = Params {
+        n: u32_of("rows", s.rows)?,
+        cols: u32_of("cols", s.cols)?,
+        ld: u32_of("ld", s.ld)?,
+        x_off: u32_of("x_off", s.x_off)?,
+        out_off: u32_of("out_off", s.out_off)?,
+        chunk: 0,
+        parts: 0,
+        flags: s.accumulate as u32,
+    };
+    let grid = rec.ctx().grid((s.cols as u64).div_ceil(256))?;
+    rec.dispatch(SUM_COLS, &[], &[x.buffer(), out.buffer()], &params, grid)
+}
+
+/// Number of partial results (and scratch elements) a GPU reduction of `n` elements uses.
+/// Depends only on `n`, so the combination order does too.
+pub fn partials(n: usize) -> usize {
+    n.div_ceil(4096).clamp(1, 1024)
+}
+
+/// Records `out[out_off] (+)= op(x[x_off .. x_off + n])` on the GPU: one pass
+/// of [`partials`]`(n)` workgroups into `scratch`, then one workgroup.
+#[allow(clippy::too_many_arguments)]
+pub fn reduce_gpu(
+    rec: &mut Recorder<'_>,
+    op: ReduceOp,
+    x: &GpuTensor,
+    x_off: usize,
+    n: usize,
+    scratch: &GpuTensor,
+    out: &GpuTensor,
+    out_off: usize,
+    accumulate: bool,
+) -> Result<()> {
+    x.expect_dtype("reduce x", DType::F32)?;
+    out.expect_dtype("reduce out", DType::F32)?;
+    scratch.expect_dtype("reduce scratch", DType::F32)?;
+    if n == 0 {
+        return Err(Error::invalid("reduce x", "is empty"));
+    }
+    if x_off + n > x.len() {
+        return Err(Error::invalid(
+            "reduce x",
+            format!(
+                "{n} elements at offset {x_off} exceed its {} elements",
+                x.len()
+            ),
+        ));
+    }
+    if out_off >= out.len() {
+        return Err(Error::invalid(
+            "reduce out",
+            format!("offset {out_off} outside its {} elements", out.len()),
+        ));
+    }
+    let parts = partials(n);
+    if scratch.len() < parts {
+        return Err(Error::invalid(
+            "reduce scratch",
+            format!("needs {parts} elements, has {}", scratch.len()),
+        ));
+    }
+    let params = Params {
+        n: u32_of("n", n)?,
+        cols: 0,
+        ld: 0,
+        x_off: u32_of("x_off", x_off)?,
+        out_off: u32_of("out_off", out_off)?,
+        chunk: u32_of("chunk", n.div_ceil(parts))?,
+        parts: parts as u32,
+        flags: accumulate as u32,
+    };
+    let constants = [("OP", op.code() as f64)];
+    let grid = rec.ctx().grid(parts as u64)?;
+    rec.dispatch(
+        PARTIAL,
+        &constants,
+        &[x.buffer(), scratch.buffer()],
+        &params,
+        grid,
+    )?;
+    rec.dispatch(
+        FINAL,
+        &constants,
+        &[scratch.buffer(), out.buffer()],
+        &params,
+        [1, 1, 1],
+    )
+}

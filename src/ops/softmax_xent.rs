@@ -1,0 +1,371 @@
+//! Row softmax, and softmax cross-entropy fused with its gradient.
+//!
+//! For logits `x` of shape `[R, V]` and integer targets `t` of shape `[R]`:
+//! - `loss[r] = logsumexp(x[r]) − x[r, t[r]]` (0 for ignored rows), computed as
+//!   `(max − x[r, t]) + ln Σ exp(x − max)`;
+//! - mean loss = Σ loss / count, count = number of rows whose target is a class
+//!   (not `ignore_index`), as PyTorch's `cross_entropy(reduction='mean')`;
+//! - `dx[r, v] = scale · (softmax(x[r])[v] − [v = t[r]]) / count` (0 for ignored rows).
+//!
+//! A target outside `[0, V)` that is not `ignore_index` is counted in
+//! [`XentSummary::invalid`] and otherwise ignored; [`XentSummary::check`]
+//! turns it into an error. (The GPU cannot fail a kernel, so it counts, and
+//! the host reports when it reads the summary.) With no valid row at all the
+//! mean loss and the gradient are 0 (PyTorch returns NaN there).
+//!
+//! CPU twin: [`softmax_cpu`], [`xent_cpu`]. GPU: `shaders/softmax_xent.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::matmul::u32_of;
+use crate::error::{Error, Result};
+use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::{DType, GpuTensor, Recorder};
+use crate::real::Real;
+
+/// PyTorch's default `ignore_index`.
+pub const IGNORE_INDEX: i32 = -100;
+
+/// Number of values in a summary tensor: `[mean, count, sum, invalid]`.
+pub const SUMMARY_LEN: usize = 4;
+
+/// Result of a cross-entropy evaluation.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct XentSummary {
+    /// Mean loss over valid rows.
+    pub mean: f64,
+    /// Number of valid rows.
+    pub count: usize,
+    /// Sum of the row losses.
+    pub sum: f64,
+    /// Targets outside `[0, V)` that were not `ignore_index`.
+    pub invalid: usize,
+}
+
+impl XentSummary {
+    /// Reads the `[mean, count, sum, invalid]` layout.
+    pub fn from_slice(v: &[f64]) -> Self {
+        XentSummary {
+            mean: v.first().copied().unwrap_or(0.0),
+            count: v.get(1).copied().unwrap_or(0.0) as usize,
+            sum: v.get(2).copied().unwrap_or(0.0),
+            invalid: v.get(3).copied().unwrap_or(0.0) as usize,
+        }
+    }
+
+    /// Fails if any target was out of range.
+    pub fn check(self, classes: usize) -> Result<Self> {
+        if self.invalid > 0 {
+            return Err(Error::invalid(
+                "targets",
+                format!(
+                    "{} targets are outside [0, {classes}) and are not the ignore index",
+                    self.invalid
+                ),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// Shape of a softmax / cross-entropy problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    /// Number of rows R.
+    pub rows: usize,
+    /// Number of classes V.
+    pub cols: usize,
+}
+
+impl Rows {
+    fn validate(&self) -> Result<()> {
+        if self.rows == 0 {
+            return Err(Error::invalid("rows", "must be at least 1 (empty batch)"));
+        }
+        if self.cols == 0 {
+            return Err(Error::invalid("classes", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn check_len(&self, arg: &str, len: usize, want: usize) -> Result<()> {
+        if len < want {
+            return Err(Error::invalid(
+                arg,
+                format!(
+                    "has {len} elements, needs {want} for {} rows of {} classes",
+                    self.rows, self.cols
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Row maximum `m` and `s = Σ exp(x − m)`. Kept apart (not as `m + ln s`) so
+/// that `exp(x − m) / s` stays accurate for logits of any magnitude.
+fn row_stats<T: Real>(row: &[T]) -> (T, T) {
+    let m = row.iter().copied().fold(T::min_value(), T::max);
+    let s: T = row.iter().map(|&v| (v - m).exp()).sum();
+    (m, s)
+}
+
+/// `y[r] = softmax(x[r])`, subtracting the row maximum first.
+pub fn softmax_cpu<T: Real>(shape: Rows, x: &[T], y: &mut [T]) -> Result<()> {
+    shape.validate()?;
+    let n = shape.rows * shape.cols;
+    shape.check_len("softmax x", x.len(), n)?;
+    shape.check_len("softmax y", y.len(), n)?;
+    for (xr, yr) in x[..n]
+        .chunks_exact(shape.cols)
+        .zip(y[..n].chunks_exact_mut(shape.cols))
+    {
+        let (m, s) = row_stats(xr);
+        for (y, &x) in yr.iter_mut().zip(xr) {
+            *y = (x - m).exp() / s;
+        }
+    }
+    Ok(())
+}
+
+fn is_valid(t: i32, ignore_index: i32, cols: usize) -> bool {
+    t != ignore_index && t >= 0 && (t as usize) < cols
+}
+
+/// Cross-entropy of logits `x` `[R, V]` against `targets` `[R]`: fills `loss`
+/// `[R]` and, if given, `dx` `[R, V]` with `scale · (softmax − onehot) / count`.
+pub fn xent_cpu<T: Real>(
+    shape: Rows,
+    x: &[T],
+    targets: &[i32],
+    ignore_index: i32,
+    scale: T,
+    loss: &mut [T],
+    dx: Option<&mut [T]>,
+) -> Result<XentSummary> {
+    shape.validate()?;
+    let (rows, cols) = (shape.rows, shape.cols);
+    shape.check_len("logits", x.len(), rows * cols)?;
+    shape.check_len("targets", targets.len(), rows)?;
+    shape.check_len("loss", loss.len(), rows)?;
+    let mut stats = vec![(T::zero(), T::one()); rows];
+    let mut summary = XentSummary::default();
+    let mut sum = T::zero();
+    for r in 0..rows {
+        let row = &x[r * cols..(r + 1) * cols];
+        stats[r] = row_stats(row);
+        let t = targets[r];
+        loss[r] = if is_valid(t, ignore_index, cols) {
+            summary.count += 1;
+            let (m, s) = stats[r];
+            let l = (m - row[t as usize]) + s.ln();
+            sum += l;
+            l
+        } else {
+            if t != ignore_index {
+                summary.invalid += 1;
+            }
+            T::zero()
+        };
+    }
+    summary.sum = sum.f64();
+    if summary.count > 0 {
+        summary.mean = (sum / T::of(summary.count as f64)).f64();
+    }
+    if let Some(dx) = dx {
+        shape.check_len("dlogits", dx.len(), rows * cols)?;
+        let coef = if summary.count > 0 {
+            scale / T::of(summary.count as f64)
+        } else {
+            T::zero()
+        };
+        for r in 0..rows {
+            let t = targets[r];
+            let valid = is_valid(t, ignore_index, cols) && summary.count > 0;
+            for v in 0..cols {
+                let i = r * cols + v;
+                dx[i] = if valid {
+                    let onehot = if v as i32 == t { T::one() } else { T::zero() };
+                    let (m, s) = stats[r];
+                    ((x[i] - m).exp() / s - onehot) * coef
+                } else {
+                    T::zero()
+                };
+            }
+        }
+    }
+    Ok(summary)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    ld: u32,
+    x_off: u32,
+    ignore_index: i32,
+    out_off: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+const SOFTMAX: KernelSpec = KernelSpec {
+    shader: Shader::SoftmaxXent,
+    entry: "softmax_rows",
+    bindings: &[(1, Access::Read), (8, Access::ReadWrite)],
+};
+
+const XENT_ROWS: KernelSpec = KernelSpec {
+    shader: Shader::SoftmaxXent,
+    entry: "xent_rows",
+    bindings: &[
+        (1, Access::Read),
+        (2, Access::Read),
+        (3, Access::ReadWrite),
+        (4, Access::ReadWrite),
+    ],
+};
+
+const XENT_REDUCE: KernelSpec = KernelSpec {
+    shader: Shader::SoftmaxXent,
+    entry: "xent_reduce",
+    bindings: &[(2, Access::Read), (6, Access::Read), (5, Access::ReadWrite)],
+};
+
+const XENT_GRAD: KernelSpec = KernelSpec {
+    shader: Shader::SoftmaxXent,
+    entry: "xent_grad",
+    bindings: &[
+        (1, Access::Read),
+        (2, Access::Read),
+        (7, Access::Read),
+        (9, Access::Read),
+        (8, Access::ReadWrite),
+    ],
+};
+
+fn params(shape: Rows, ignore_index: i32, scale: f32) -> Result<Params> {
+    Ok(Params {
+        rows: u32_of("rows", shape.rows)?,
+        cols: u32_of("classes", shape.cols)?,
+        ld: u32_of("classes", shape.cols)?,
+        x_off: 0,
+        ignore_index,
+        out_off: 0,
+        scale,
+        _pad: 0,
+    })
+}
+
+/// Records `y = softmax(x)` row by row on the GPU.
+pub fn softmax_gpu(
+    rec: &mut Recorder<'_>,
+    shape: Rows,
+    x: &GpuTensor,
+    y: &GpuTensor,
+) -> Result<()> {
+    shape.validate()?;
+    x.expect_dtype("softmax x", DType::F32)?;
+    y.expect_dtype("softmax y", DType::F32)?;
+    let n = shape.rows * shape.cols;
+    shape.check_len("softmax x", x.len(), n)?;
+    shape.check_len("softmax y", y.len(), n)?;
+    let grid = rec.ctx().grid(shape.rows as u64)?;
+    rec.dispatch(
+        SOFTMAX,
+        &[],
+        &[x.buffer(), y.buffer()],
+        &params(shape, 0, 1.0)?,
+        grid,
+    )
+}
+
+/// GPU buffers one cross-entropy evaluation writes.
+#[derive(Clone, Debug)]
+pub struct XentOut<'a> {
+    /// Per-row loss `[R]`.
+    pub loss: &'a GpuTensor,
+    /// Scratch: per-row `(max, Σ exp(x − max))` pairs `[2R]`.
+    pub stats: &'a GpuTensor,
+    /// `[mean, count, sum, invalid]`.
+    pub summary: &'a GpuTensor,
+    /// Gradient of `scale · mean loss` with respect to the logits `[R, V]`, if wanted.
+    pub dlogits: Option<&'a GpuTensor>,
+}
+
+/// Records the fused cross-entropy: per-row losses, their fixed-order mean, and
+/// (when `out.dlogits` is set) the gradient — two or three dispatches.
+pub fn xent_gpu(
+    rec: &mut Recorder<'_>,
+    shape: Rows,
+    x: &GpuTensor,
+    targets: &GpuTensor,
+    ignore_index: i32,
+    scale: f32,
+    out: XentOut<'_>,
+) -> Result<()> {
+    shape.validate()?;
+    x.expect_dtype("logits", DType::F32)?;
+    targets.expect_dtype("targets", DType::I32)?;
+    for (arg, t) in [
+        ("loss", out.loss),
+        ("stats", out.stats),
+        ("summary", out.summary),
+    ] {
+        t.expect_dtype(arg, DType::F32)?;
+    }
+    shape.check_len("logits", x.len(), shape.rows * shape.cols)?;
+    shape.check_len("targets", targets.len(), shape.rows)?;
+    shape.check_len("loss", out.loss.len(), shape.rows)?;
+    shape.check_len("stats", out.stats.len(), 2 * shape.rows)?;
+    if out.summary.len() < SUMMARY_LEN {
+        return Err(Error::invalid(
+            "summary",
+            format!("needs {SUMMARY_LEN} elements, has {}", out.summary.len()),
+        ));
+    }
+    let p = params(shape, ignore_index, scale)?;
+    let ctx = rec.ctx();
+    let row_grid = ctx.grid(shape.rows as u64)?;
+    rec.dispatch(
+        XENT_ROWS,
+        &[],
+        &[
+            x.buffer(),
+            targets.buffer(),
+            out.loss.buffer(),
+            out.stats.buffer(),
+        ],
+        &p,
+        row_grid,
+    )?;
+    rec.dispatch(
+        XENT_REDUCE,
+        &[],
+        &[targets.buffer(), out.loss.buffer(), out.summary.buffer()],
+        &p,
+        [1, 1, 1],
+    )?;
+    if let Some(dx) = out.dlogits {
+        dx.expect_dtype("dlogits", DType::F32)?;
+        shape.check_len("dlogits", dx.len(), shape.rows * shape.cols)?;
+        let grid = rec
+            .ctx()
+            .grid((shape.rows as u64 * shape.cols as u64).div_ceil(256))?;
+        rec.dispatch(
+            XENT_GRAD,
+            &[],
+            &[
+                x.buffer(),
+                targets.buffer(),
+                out.stats.buffer(),
+                out.summary.buffer(),
+                dx.buffer(),
+            ],
+            &p,
+            grid,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! A self-check a user can run on their own machine: every kernel on the chosen
+//! adapter against the CPU reference in f64, with the worst errors, so one can
+//! tell whether a driver computes correctly.
+
+use std::time::Instant;
+
+use crate::backend::{Backend, CpuBackend, GpuBackend, XentBuffers, api};
+use crate::error::Result;
+use crate::ops::activation::{Activation, Span};
+use crate::ops::matmul::{Gemm, GemmKernel};
+use crate::ops::reduce::{ColSum, ReduceOp};
+use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
+use crate::parity::{Tolerance, compare, uniform, uniform_i32};
+
+/// One line of the report.
+#[derive(Clone, Debug)]
+pub struct CheckRow {
+    /// What was checked.
+    pub name: String,
+    /// Largest absolute difference from the reference.
+    pub max_abs: f64,
+    /// Largest relative difference.
+    pub max_rel: f64,
+    /// Whether it is within tolerance.
+    pub pass: bool,
+    /// The mismatch report when it is not (or the error that stopped it).
+    pub detail: Option<String>,
+}
+
+/// A collection of check rows, printable as a table.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The rows, in order.
+    pub rows: Vec<CheckRow>,
+}
+
+impl Report {
+    /// True when every row passed.
+    pub fn passed(&self) -> bool {
+        self.rows.iter().all(|r| r.pass)
+    }
+
+    /// Compares `actual` against `expected` and records the outcome.
+    pub fn compare(&mut self, name: &str, expected: &[f64], actual: &[f64], tol: Tolerance) {
+        let row = match compare(name, expected, actual, tol) {
+            Ok(c) => CheckRow {
+                name: name.into(),
+                max_abs: c.max_abs,
+                max_rel: c.max_rel,
+                pass: true,
+                detail: None,
+            },
+            Err(m) => CheckRow {
+                name: name.into(),
+                max_abs: m.stats.max_abs,
+                max_rel: m.stats.max_rel,
+                pass: false,
+                detail: Some(m.to_string()),
+            },
+        };
+        self.rows.push(row);
+    }
+
+    /// Records a check that could not run.
+    pub fn error(&mut self, name: &str, e: &crate::Error) {
+        self.rows.push(CheckRow {
+            name: name.into(),
+            max_abs: f64::NAN,
+            max_rel: f64::NAN,
+            pass: false,
+            detail: Some(e.to_string()),
+        });
+    }
+
+    /// The report as a text table (with failure details underneath).
+    pub fn table(&self) -> String {
+        let width = self
+            .rows
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut s = format!(
+            "{:<width$}  {:>11}  {:>11}  result\n",
+            "check", "max |diff|", "max rel"
+        );
+        for r in &self.rows {
+            s += &format!(
+                "{:<width$}  {:>11.3e}  {:>11.3e}  {}\n",
+                r.name,
+                r.max_abs,
+                r.max_rel,
+                if r.pass { "pass" } else { "FAIL" }
+            );
+        }
+        for r in self.rows.iter().filter(|r| !r.pass) {
+            if let Some(d) = &r.detail {
+                s += &format!("\n{d}");
+            }
+        }
+        s
+    }
+}
+
+/// Runs `f` on the CPU reference (f64) and on the GPU and compares.
+fn both(
+    report: &mut Report,
+    name: &str,
+    tol: Tolerance,
+    f: &dyn Fn(&dyn Runner) -> Result<Vec<f64>>,
+    gpu: &GpuBackend,
+) {
+    let cpu = CpuBackend::<f64>::new();
+    let expected = match f(&cpu) {
+        Ok(v) => v,
+        Err(e) => return report.error(name, &e),
+    };
+    match f(gpu) {
+        Ok(actual) => report.compare(name, &expected, &actual, tol),
+        Err(e) => report.error(name, &e),
+    }
+}
+
+/// The kernel checks, written once for any backend.
+trait Runner {
+    fn matmul(
+        &self,
+        g: &Gemm,
+        a: &[f64],
+        b: &[f64],
+        bias: &[f64],
+        c_len: usize,
+    ) -> Result<Vec<f64>>;
+    fn act(&self, act: Activation, x: &[f64], dy: &[f64]) -> Result<Vec<f64>>;
+    fn xent(&self, rows: usize, cols: usize, x: &[f64], t: &[i32]) -> Result<Vec<f64>>;
+    fn softmax(&self, rows: usize, cols: usize, x: &[f64]) -> Result<Vec<f64>>;
+    fn reduce(&self, x: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>>;
+}
+
+impl<B: Backend> Runner for B {
+    fn matmul(
+        &self,
+        g: &Gemm,
+        a: &[f64],
+        b: &[f64],
+        bias: &[f64],
+        c_len: usize,
+    ) -> Result<Vec<f64>> {
+        let c = self.zeros(&[c_len])?;
+        let bias = self.tensor_f64(&[bias.len()], bias)?;
+        self.gemm(
+            g,
+            &self.tensor_f64(&[a.len()], a)?,
+            &self.tensor_f64(&[b.len()], b)?,
+            g.bias.then_some(&bias),
+            &c,
+        )?;
+        self.read_f64(&c)
+    }
+
+    fn act(&self, act: Activation, x: &[f64], dy: &[f64]) -> Result<Vec<f64>> {
+        let n = x.len();
+        let (xt, dyt) = (self.tensor_f64(&[n], x)?, self.tensor_f64(&[n], dy)?);
+        let (y, dx) = (self.zeros(&[n])?, self.zeros(&[n])?);
+        self.activation(act, Span::all(n), &xt, &y)?;
+        self.activation_backward(act, Span::all(n), &xt, &dyt, &dx, false)?;
+        let v = self.read_many(&[&y, &dx])?.concat();
+        Ok(v.iter().map(|x| crate::Real::f64(*x)).collect())
+    }
+
+    fn xent(&self, rows: usize, cols: usize, x: &[f64], t: &[i32]) -> Result<Vec<f64>> {
+        let shape = Rows { rows, cols };
+        let xt = self.tensor_f64(&[rows, cols], x)?;
+        let tt = self.ints(&[rows], t)?;
+        let out = XentBuffers::new(self, rows)?;
+        let dx = self.zeros(&[rows, cols])?;
+        self.xent(shape, &xt, &tt, IGNORE_INDEX, 1.0, &out, Some(&dx))?;
+        let mut v = self.read_f64(&out.summary)?[..1].to_vec();
+        v.extend(self.read_f64(&out.loss)?);
+        v.extend(self.read_f64(&dx)?);
+        Ok(v)
+    }
+
+    fn softmax(&self, rows: usize, cols: usize, x: &[f64]) -> Result<Vec<f64>> {
+        let y = api::softmax(self, &self.tensor_f64(&[rows, cols], x)?)?;
+        self.read_f64(&y)
+    }
+
+    fn reduce(&self, x: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>> {
+        let xt = self.tensor_f64(&[x.len()], x)?;
+        let out = self.zeros(&[3 + cols])?;
+        for (i, op) in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::SumSquares]
+            .into_iter()
+            .enumerate()
+        {
+            self.reduce(op, &xt, 0, x.len(), &out, i, false)?;
+        }
+        let s = ColSum {
+            out_off: 3,
+            ..ColSum::new(rows, cols)
+        };
+        self.sum_cols(&s, &xt, &out)?;
+        self.read_f64(&out)
+    }
+}
+
+/// Runs every kernel on `gpu` against the f64 CPU reference.
+pub fn run_kernels(gpu: &GpuBackend) -> Report {
+    let mut report = Report::default();
+    let shapes = [(1, 1, 1), (33, 65, 70), (3, 5, 700), (128, 96, 64)];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        for (ta, tb) in [(false, true), (false, false), (true, false)] {
+            let mut g = Gemm::nn(m, n, k).with_bias(0);
+            g.trans_a = ta;
+            g.trans_b = tb;
+            g.lda = if ta { m } else { k };
+            g.ldb = if tb { k } else { n };
+            let a = uniform(10 + i as u64, m * k, -1.0, 1.0);
+            let b = uniform(20 + i as u64, k * n, -1.0, 1.0);
+            let bias = uniform(30 + i as u64, n, -1.0, 1.0);
+            let tol = Tolerance::new(4e-6 * (k as f64).sqrt() + 1e-6, 1e-5);
+            for kernel in [GemmKernel::Naive, GemmKernel::Tiled] {
+                let layout = format!(
+                    "{}{}",
+                    if ta { "T" } else { "N" },
+                    if tb { "T" } else { "N" }
+                );
+                let name = format!("matmul {kernel:?} {layout} {m}x{n}x{k}");
+                let gk = gpu.clone().with_gemm_kernel(kernel);
+                both(
+                    &mut report,
+                    &name,
+                    tol,
+                    &|r| r.matmul(&g, &a, &b, &bias, m * n),
+                    &gk,
+                );
+            }
+        }
+    }
+    let mut x = uniform(40, 500, -8.0, 8.0);
+    x.extend([100.0, -100.0, 1e4, -1e4, 0.0]);
+    let dy = uniform(41, x.len(), -1.0, 1.0);
+    let x32: Vec<f64> = x.iter().map(|&v| v as f32 as f64).collect();
+    for act in Activation::ALL {
+        both(
+            &mut report,
+            &format!("activation {act:?} fwd+bwd"),
+            Tolerance::new(1e-5, 1e-5),
+            &|r| r.act(act, &x32, &dy),
+            gpu,
+        );
+    }
+    for (rows, cols) in [(1, 1), (40, 257), (3, 2000)] {
+        let logits = uniform(50 + rows as u64, rows * cols, -6.0, 6.0);
+        let mut t = uniform_i32(60 + rows as u64, rows, 0, cols as i32);
+        if rows > 2 {
+            t[1] = IGNORE_INDEX;
+        }
+        both(
+            &mut report,
+            &format!("softmax {rows}x{cols}"),
+            Tolerance::new(1e-7, 1e-5),
+            &|r| r.softmax(rows, cols, &logits),
+            gpu,
+        );
+        both(
+            &mut report,
+            &format!("cross-entropy {rows}x{cols}"),
+            Tolerance::new(2e-6, 1e-4),
+            &|r| r.xent(rows, cols, &logits, &t),
+            gpu,
+        );
+    }
+    let v = uniform(70, 300 * 41, -1.0, 1.0);
+    both(
+        &mut report,
+        "reductions (sum, max, sumsq, column sums)",
+        Tolerance::new(1e-4, 1e-5),
+        &|r| r.reduce(&v, 300, 41),
+        gpu,
+    );
+    report
+}
+
+/// Runs the kernel checks and reports timing.
+pub fn selfcheck(gpu: &GpuBackend) -> (Report, f64) {
+    let start = Instant::now();
+    let report = run_kernels(gpu);
+    (report, start.elapsed().as_secs_f64())
+}

@@ -1,0 +1,66 @@
+//! Shared test setup: one GPU context per test binary, and the CI rule that a
+//! missing adapter is a failure, never a skip.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use rnn_wgpu::backend::GpuBackend;
+use rnn_wgpu::gpu::{ContextOptions, GpuContext};
+
+static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// The shared GPU context, or `None` (with a message saying what to install)
+/// when this machine has no adapter. Under `CI=true` a missing adapter panics.
+pub fn gpu_ctx() -> Option<Arc<GpuContext>> {
+    CTX.get_or_init(|| {
+        let opened = ContextOptions::from_env().and_then(GpuContext::new);
+        match opened {
+            Ok(ctx) => {
+                eprintln!("GPU tests run on {}", ctx.adapter());
+                Some(Arc::new(ctx))
+            }
+            Err(e) if in_ci() => {
+                panic!("CI=true and the GPU tests cannot run: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping GPU tests: {e}");
+                None
+            }
+        }
+    })
+    .clone()
+}
+
+/// A GPU backend on the shared context.
+pub fn gpu() -> Option<GpuBackend> {
+    let ctx = gpu_ctx()?;
+    match GpuBackend::new(ctx) {
+        Ok(b) => Some(b),
+        Err(e) => panic!("GPU backend setup failed: {e}"),
+    }
+}
+
+/// A context of its own with a lowered per-dimension workgroup limit, so the
+/// grid folding paths run on small shapes.
+pub fn gpu_with_fold(max_per_dim: u32) -> Option<GpuBackend> {
+    gpu_ctx()?;
+    let mut opts = ContextOptions::from_env().ok()?;
+    opts.max_workgroups_per_dim = Some(max_per_dim);
+    let ctx = GpuContext::new(opts).unwrap_or_else(|e| panic!("second context: {e}"));
+    Some(GpuBackend::new(Arc::new(ctx)).unwrap_or_else(|e| panic!("backend: {e}")))
+}
+
+/// Returns early from a GPU test when there is no adapter (outside CI).
+#[macro_export]
+macro_rules! gpu_or_skip {
+    () => {
+        match common::gpu() {
+            Some(b) => b,
+            None => return,
+        }
+    };
+}

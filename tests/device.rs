@@ -1,0 +1,83 @@
+//! Context behaviour: batching into one submission, device loss, typed errors.
+
+mod common;
+
+use std::sync::Arc;
+
+use rnn_wgpu::Error;
+use rnn_wgpu::backend::{Backend, GpuBackend, api};
+use rnn_wgpu::gpu::{ContextOptions, DType, GpuContext, GpuTensor};
+use rnn_wgpu::ops::activation::Activation;
+
+#[test]
+fn many_launches_make_one_submission_and_one_readback() {
+    let Some(_) = common::gpu_ctx() else { return };
+    // A context of its own so other tests' work does not count.
+    let ctx = Arc::new(GpuContext::new(ContextOptions::from_env().unwrap()).unwrap());
+    let gpu = GpuBackend::new(ctx.clone()).unwrap();
+    let x = gpu.tensor_f32(&[4, 4], &[0.5; 16]).unwrap();
+    let before = ctx.counters();
+    let mut y = x.clone();
+    for _ in 0..10 {
+        y = api::matmul(&gpu, &y, &x, false, false, None).unwrap();
+        y = api::activate(&gpu, Activation::Tanh, &y).unwrap();
+    }
+    let v = gpu.read(&y).unwrap();
+    let after = ctx.counters();
+    assert_eq!(after.submits - before.submits, 1, "{before:?} -> {after:?}");
+    assert_eq!(after.readbacks - before.readbacks, 1);
+    assert_eq!(after.dispatches - before.dispatches, 20);
+    assert!(v.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn a_lost_device_fails_every_later_call_cleanly() {
+    let Some(_) = common::gpu_ctx() else { return };
+    let ctx = Arc::new(GpuContext::new(ContextOptions::from_env().unwrap()).unwrap());
+    let gpu = GpuBackend::new(ctx.clone()).unwrap();
+    let x = gpu.tensor_f32(&[2, 2], &[1.0; 4]).unwrap();
+    ctx.destroy_device();
+    let err = api::matmul(&gpu, &x, &x, false, false, None).unwrap_err();
+    assert!(matches!(err, Error::DeviceLost { .. }), "{err}");
+    assert!(matches!(gpu.read(&x), Err(Error::DeviceLost { .. })));
+    assert!(matches!(gpu.zeros(&[3]), Err(Error::DeviceLost { .. })));
+    assert!(err.to_string().contains("device was lost"), "{err}");
+}
+
+#[test]
+fn wrong_dtypes_and_lengths_are_errors() {
+    let gpu = gpu_or_skip!();
+    let ctx = gpu.ctx();
+    let ints = GpuTensor::from_i32(ctx, &[3], &[1, 2, 3]).unwrap();
+    let err = ints.to_f32_vec(ctx).unwrap_err();
+    assert!(err.to_string().contains("I32"), "{err}");
+    let err = GpuTensor::from_f32(ctx, &[2, 2], &[1.0; 3]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("3 values do not fill shape [2, 2]"),
+        "{err}"
+    );
+    let err = ints.cast(ctx, DType::F16).unwrap_err();
+    assert!(err.to_string().contains("cast"), "{err}");
+    let x = gpu.tensor_f32(&[4], &[0.0; 4]).unwrap();
+    assert!(gpu.reshape(&x, &[3]).is_err());
+    assert_eq!(gpu.reshape(&x, &[2, 2]).unwrap().shape(), &[2, 2]);
+}
+
+#[test]
+fn an_oversized_buffer_is_rejected_up_front() {
+    let gpu = gpu_or_skip!();
+    let max = gpu.ctx().limits().max_buffer_size;
+    let elems = (max / 4 + 1) as usize;
+    let err = gpu.zeros(&[elems]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Limit {
+                limit: "max_buffer_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -1,0 +1,716 @@
+//! Kernel parity: every GPU kernel against its CPU twin (in f64) on named edge
+//! shapes and seeded random shapes, plus stability and determinism checks.
+
+mod common;
+
+use rnn_wgpu::backend::{Backend, CpuBackend, GpuBackend, XentBuffers, api};
+use rnn_wgpu::ops::activation::{Activation, Span};
+use rnn_wgpu::ops::matmul::{Gemm, GemmKernel};
+use rnn_wgpu::ops::reduce::{ColSum, ReduceOp};
+use rnn_wgpu::ops::softmax_xent::{IGNORE_INDEX, Rows, XentSummary};
+use rnn_wgpu::parity::{Tolerance, compare, rng, uniform, uniform_i32};
+use rnn_wgpu::{Error, Real};
+
+use rand::RngExt;
+
+fn cpu() -> CpuBackend<f64> {
+    CpuBackend::new()
+}
+
+fn check(name: &str, expected: &[f64], actual: &[f64], tol: Tolerance) {
+    if let Err(m) = compare(name, expected, actual, tol) {
+        panic!("{m}");
+    }
+}
+
+/// Runs one Gemm on the CPU (f64) and on the GPU with both kernels and compares.
+fn gemm_case(
+    gpu: &GpuBackend,
+    name: &str,
+    g: Gemm,
+    a_len: usize,
+    b_len: usize,
+    c_len: usize,
+    seed: u64,
+) {
+    let a = uniform(seed, a_len, -1.0, 1.0);
+    let b = uniform(seed + 1, b_len, -1.0, 1.0);
+    let bias = uniform(seed + 2, g.bias_off + g.n, -1.0, 1.0);
+    let c0 = uniform(seed + 3, c_len, -1.0, 1.0);
+    let cpu = cpu();
+    let c_ref = cpu.tensor_f64(&[c_len], &c0).unwrap();
+    cpu.gemm(
+        &g,
+        &cpu.tensor_f64(&[a_len], &a).unwrap(),
+        &cpu.tensor_f64(&[b_len], &b).unwrap(),
+        g.bias
+            .then(|| cpu.tensor_f64(&[bias.len()], &bias).unwrap())
+            .as_ref(),
+        &c_ref,
+    )
+    .unwrap();
+    let expected = cpu.read_f64(&c_ref).unwrap();
+    // Error of an f32 dot product grows with sqrt(K) in practice.
+    let tol = Tolerance::new(4e-6 * (g.k as f64).sqrt() + 1e-6, 1e-5);
+    for kernel in [GemmKernel::Naive, GemmKernel::Tiled] {
+        let gpu = gpu.clone().with_gemm_kernel(kernel);
+        let c = gpu.tensor_f64(&[c_len], &c0).unwrap();
+        gpu.gemm(
+            &g,
+            &gpu.tensor_f64(&[a_len], &a).unwrap(),
+            &gpu.tensor_f64(&[b_len], &b).unwrap(),
+            g.bias
+                .then(|| gpu.tensor_f64(&[bias.len()], &bias).unwrap())
+                .as_ref(),
+            &c,
+        )
+        .unwrap();
+        check(
+            &format!("matmul {name} ({kernel:?})"),
+            &expected,
+            &gpu.read_f64(&c).unwrap(),
+            tol,
+        );
+    }
+}
+
+fn contiguous(m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Gemm {
+    let mut g = Gemm::nn(m, n, k);
+    g.trans_a = ta;
+    g.trans_b = tb;
+    g.lda = if ta { m } else { k };
+    g.ldb = if tb { k } else { n };
+    g
+}
+
+const LAYOUTS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
+
+#[test]
+fn matmul_named_edge_shapes() {
+    let gpu = gpu_or_skip!();
+    let shapes = [
+        ("1x1x1", 1, 1, 1),
+        ("k_much_larger_than_m_n", 2, 3, 1000),
+        ("shapes_smaller_than_tile", 5, 7, 3),
+        ("not_multiple_of_tile", 65, 67, 33),
+        ("exact_tile", 64, 64, 16),
+        ("single_row", 1, 130, 17),
+        ("single_column", 130, 1, 17),
+    ];
+    for (i, (name, m, n, k)) in shapes.into_iter().enumerate() {
+        for (ta, tb) in LAYOUTS {
+            let g = contiguous(m, n, k, ta, tb);
+            gemm_case(
+                &gpu,
+                &format!("{name} ta={ta} tb={tb}"),
+                g,
+                m * k,
+                k * n,
+                m * n,
+                i as u64 * 10,
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_bias_accumulate_offsets_strides() {
+    let gpu = gpu_or_skip!();
+    for (ta, tb) in LAYOUTS {
+        let mut g = contiguous(9, 70, 13, ta, tb)
+            .with_bias(3)
+            .accumulating(true);
+        g.lda += 2;
+        g.ldb += 1;
+        g.ldc = 75;
+        g = g.offsets(5, 7, 11);
+        let a_len = g.a_off + if ta { 13 * g.lda } else { 9 * g.lda };
+        let b_len = g.b_off + if tb { 70 * g.ldb } else { 13 * g.ldb };
+        let c_len = g.c_off + 9 * g.ldc;
+        gemm_case(
+            &gpu,
+            &format!("strided ta={ta} tb={tb}"),
+            g,
+            a_len,
+            b_len,
+            c_len,
+            99,
+        );
+    }
+}
+
+#[test]
+fn matmul_random_shapes() {
+    let gpu = gpu_or_skip!();
+    let mut r = rng(2024);
+    for case in 0..12 {
+        let (m, n, k) = (
+            r.random_range(1..90),
+            r.random_range(1..90),
+            r.random_range(1..120),
+        );
+        let (ta, tb) = LAYOUTS[case % 4];
+        let g = contiguous(m, n, k, ta, tb).with_bias(0);
+        gemm_case(
+            &gpu,
+            &format!("random #{case} {m}x{n}x{k}"),
+            g,
+            m * k,
+            k * n,
+            m * n,
+            500 + case as u64,
+        );
+    }
+}
+
+#[test]
+fn matmul_rejects_empty_and_out_of_bounds() {
+    let gpu = gpu_or_skip!();
+    let a = gpu.zeros(&[4]).unwrap();
+    let err = gpu.gemm(&Gemm::nn(0, 2, 2), &a, &a, None, &a).unwrap_err();
+    assert!(err.to_string().contains("matmul m"), "{err}");
+    let err = gpu.gemm(&Gemm::nn(2, 2, 3), &a, &a, None, &a).unwrap_err();
+    assert!(err.to_string().contains("matmul A"), "{err}");
+    // The shape-checked API names the argument and the expected shape.
+    let x = gpu.zeros(&[2, 3]).unwrap();
+    let w = gpu.zeros(&[4, 5]).unwrap();
+    let err = api::matmul(&gpu, &x, &w, false, false, None).unwrap_err();
+    assert!(
+        matches!(err, Error::Shape { ref arg, .. } if arg == "b"),
+        "{err}"
+    );
+    let empty = gpu.zeros(&[0, 3]).unwrap();
+    assert!(api::matmul(&gpu, &empty, &x, false, true, None).is_err());
+}
+
+fn special_inputs() -> Vec<f64> {
+    let mut x = uniform(5, 300, -6.0, 6.0);
+    x.extend([0.0, -0.0, 1e-7, -1e-7, 0.5, -0.5, 0.625, -0.625, 3.0, -3.0]);
+    x.extend([
+        100.0, -100.0, 1e4, -1e4, 20.0, -20.0, 15.0, -15.0, 88.0, -88.0,
+    ]);
+    x
+}
+
+#[test]
+fn activations_forward_and_backward_match_cpu() {
+    let gpu = gpu_or_skip!();
+    let cpu = cpu();
+    let x = special_inputs();
+    let dy = uniform(6, x.len(), -2.0, 2.0);
+    let n = x.len();
+    for act in Activation::ALL {
+        let xc = cpu.tensor_f64(&[n], &x).unwrap();
+        let dyc = cpu.tensor_f64(&[n], &dy).unwrap();
+        let y_ref = cpu
+            .read_f64(&api::activate(&cpu, act, &xc).unwrap())
+            .unwrap();
+        let dx_ref = cpu
+            .read_f64(&api::activate_backward(&cpu, act, &xc, &dyc).unwrap())
+            .unwrap();
+        // The GPU sees x rounded to f32; the reference must too.
+        let x32: Vec<f64> = x.iter().map(|&v| v as f32 as f64).collect();
+        let xc32 = cpu.tensor_f64(&[n], &x32).unwrap();
+        let y_ref32 = cpu
+            .read_f64(&api::activate(&cpu, act, &xc32).unwrap())
+            .unwrap();
+        assert!(
+            y_ref.iter().chain(&dx_ref).all(|v| v.is_finite()),
+            "{act:?}: reference not finite"
+        );
+
+        let xg = gpu.tensor_f64(&[n], &x).unwrap();
+        let dyg = gpu.tensor_f64(&[n], &dy).unwrap();
+        let y = gpu
+            .read_f64(&api::activate(&gpu, act, &xg).unwrap())
+            .unwrap();
+        let dx = gpu
+            .read_f64(&api::activate_backward(&gpu, act, &xg, &dyg).unwrap())
+            .unwrap();
+        assert!(
+            y.iter().chain(&dx).all(|v| v.is_finite()),
+            "{act:?}: GPU produced non-finite values"
+        );
+        check(
+            &format!("{act:?} forward"),
+            &y_ref32,
+            &y,
+            Tolerance::new(2e-6, 2e-6),
+        );
+        check(
+            &format!("{act:?} backward"),
+            &dx_ref,
+            &dx,
+            Tolerance::new(1e-5, 1e-5),
+        );
+    }
+}
+
+#[test]
+fn activation_backward_accumulates_and_respects_offsets() {
+    let gpu = gpu_or_skip!();
+    let cpu = cpu();
+    let x = uniform(1, 50, -3.0, 3.0);
+    let dy = uniform(2, 50, -1.0, 1.0);
+    let dx0 = uniform(3, 60, -1.0, 1.0);
+    let span = Span {
+        n: 30,
+        x_off: 5,
+        out_off: 20,
+        dy_off: 10,
+    };
+    let act = Activation::GeluTanh;
+    let expected = {
+        let x = cpu.tensor_f64(&[50], &x).unwrap();
+        let dy = cpu.tensor_f64(&[50], &dy).unwrap();
+        let dx = cpu.tensor_f64(&[60], &dx0).unwrap();
+        cpu.activation_backward(act, span, &x, &dy, &dx, true)
+            .unwrap();
+        cpu.read_f64(&dx).unwrap()
+    };
+    let (xg, dyg, dxg) = (
+        gpu.tensor_f64(&[50], &x).unwrap(),
+        gpu.tensor_f64(&[50], &dy).unwrap(),
+        gpu.tensor_f64(&[60], &dx0).unwrap(),
+    );
+    gpu.activation_backward(act, span, &xg, &dyg, &dxg, true)
+        .unwrap();
+    check(
+        "accumulate with offsets",
+        &expected,
+        &gpu.read_f64(&dxg).unwrap(),
+        Tolerance::F32,
+    );
+    // Untouched elements stay exactly as they were.
+    let got = gpu.read_f64(&dxg).unwrap();
+    for i in (0..20).chain(50..60) {
+        assert_eq!(got[i], dx0[i] as f32 as f64, "element {i} changed");
+    }
+}
+
+/// Cross-entropy on one backend: summary, row losses, dlogits.
+fn run_xent<B: Backend>(
+    b: &B,
+    rows: usize,
+    cols: usize,
+    logits: &[f64],
+    targets: &[i32],
+) -> (XentSummary, Vec<f64>, Vec<f64>) {
+    let x = b.tensor_f64(&[rows, cols], logits).unwrap();
+    let t = b.ints(&[rows], targets).unwrap();
+    let out = XentBuffers::new(b, rows).unwrap();
+    let dx = b.zeros(&[rows, cols]).unwrap();
+    b.xent(
+        Rows { rows, cols },
+        &x,
+        &t,
+        IGNORE_INDEX,
+        1.0,
+        &out,
+        Some(&dx),
+    )
+    .unwrap();
+    (
+        b.read_summary(&out).unwrap(),
+        b.read_f64(&out.loss).unwrap(),
+        b.read_f64(&dx).unwrap(),
+    )
+}
+
+fn xent_case(
+    gpu: &GpuBackend,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    logits: &[f64],
+    targets: &[i32],
+) {
+    let (s_ref, loss_ref, dx_ref) = run_xent(&cpu(), rows, cols, logits, targets);
+    let (s, loss, dx) = run_xent(gpu, rows, cols, logits, targets);
+    assert_eq!(s.count, s_ref.count, "{name}: valid rows");
+    assert_eq!(s.invalid, s_ref.invalid, "{name}: invalid targets");
+    let scale = logits.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let tol = Tolerance::new(2e-6 * scale, 1e-5);
+    check(&format!("{name} mean loss"), &[s_ref.mean], &[s.mean], tol);
+    check(&format!("{name} row losses"), &loss_ref, &loss, tol);
+    check(
+        &format!("{name} dlogits"),
+        &dx_ref,
+        &dx,
+        Tolerance::new(1e-6, 1e-4),
+    );
+}
+
+#[test]
+fn cross_entropy_named_shapes() {
+    let gpu = gpu_or_skip!();
+    let cases: [(&str, usize, usize); 5] = [
+        ("1x1", 1, 1),
+        ("one_row_many_classes", 1, 1000),
+        ("few_classes", 37, 5),
+        ("not_multiple_of_workgroup", 30, 257),
+        ("many_rows", 300, 3),
+    ];
+    for (i, (name, rows, cols)) in cases.into_iter().enumerate() {
+        let logits = uniform(40 + i as u64, rows * cols, -4.0, 4.0);
+        let mut targets = uniform_i32(50 + i as u64, rows, 0, cols as i32);
+        if rows > 2 {
+            targets[1] = IGNORE_INDEX;
+        }
+        xent_case(&gpu, name, rows, cols, &logits, &targets);
+    }
+}
+
+#[test]
+fn cross_entropy_random_shapes() {
+    let gpu = gpu_or_skip!();
+    let mut r = rng(77);
+    for case in 0..6 {
+        let (rows, cols) = (r.random_range(1..60), r.random_range(1..300));
+        let logits = uniform(100 + case, rows * cols, -8.0, 8.0);
+        let targets = uniform_i32(200 + case, rows, 0, cols as i32);
+        xent_case(
+            &gpu,
+            &format!("random #{case} {rows}x{cols}"),
+            rows,
+            cols,
+            &logits,
+            &targets,
+        );
+    }
+}
+
+#[test]
+fn cross_entropy_is_stable_for_huge_and_equal_logits() {
+    let gpu = gpu_or_skip!();
+    let (rows, cols) = (4, 6);
+    let mut logits = vec![0.0; rows * cols];
+    for (i, v) in logits.iter_mut().enumerate() {
+        *v = match i / cols {
+            0 => {
+                if i % 2 == 0 {
+                    1e4
+                } else {
+                    -1e4
+                }
+            }
+            1 => 1e4,
+            2 => -1e4,
+            _ => 3.0,
+        };
+    }
+    let targets = [1, 2, 3, 4];
+    xent_case(&gpu, "huge logits", rows, cols, &logits, &targets);
+    // Equal logits: the loss is ln V exactly and the softmax is uniform.
+    let x = gpu.tensor_f64(&[rows, cols], &logits).unwrap();
+    let t = gpu.ints(&[rows], &targets).unwrap();
+    let (s, _) = api::cross_entropy(&gpu, &x, &t, IGNORE_INDEX).unwrap();
+    // Row 0: three columns at 1e4, the target at -1e4; rows 1-3: equal logits.
+    let expected = (2e4 + 3f64.ln() + 6f64.ln() * 3.0) / 4.0;
+    assert!(
+        (s.mean - expected).abs() < 1e-2,
+        "mean {} vs {expected}",
+        s.mean
+    );
+    let sm = gpu.read_f64(&api::softmax(&gpu, &x).unwrap()).unwrap();
+    for (i, v) in sm.iter().enumerate().skip(cols) {
+        assert!((v - 1.0 / 6.0).abs() < 1e-6, "softmax[{i}] = {v}");
+    }
+}
+
+#[test]
+fn cross_entropy_ignored_and_invalid_targets() {
+    let gpu = gpu_or_skip!();
+    let logits = uniform(9, 12, -1.0, 1.0);
+    // All rows ignored: mean 0, gradient 0.
+    xent_case(&gpu, "all ignored", 3, 4, &logits, &[IGNORE_INDEX; 3]);
+    // Out-of-range targets are counted and rejected by the API.
+    xent_case(&gpu, "invalid counted", 3, 4, &logits, &[0, 7, -3]);
+    let x = gpu.tensor_f64(&[3, 4], &logits).unwrap();
+    let t = gpu.ints(&[3], &[0, 7, -3]).unwrap();
+    let err = api::cross_entropy(&gpu, &x, &t, IGNORE_INDEX).unwrap_err();
+    assert!(
+        err.to_string().contains("2 targets are outside [0, 4)"),
+        "{err}"
+    );
+    let t_bad = gpu.ints(&[2], &[0, 1]).unwrap();
+    let err = api::cross_entropy(&gpu, &x, &t_bad, IGNORE_INDEX).unwrap_err();
+    assert!(
+        matches!(err, Error::Shape { ref arg, .. } if arg == "targets"),
+        "{err}"
+    );
+}
+
+#[test]
+fn softmax_matches_cpu() {
+    let gpu = gpu_or_skip!();
+    let cpu = cpu();
+    for (i, (rows, cols)) in [(1, 1), (3, 1000), (50, 7), (2, 257)]
+        .into_iter()
+        .enumerate()
+    {
+        let x = uniform(300 + i as u64, rows * cols, -10.0, 10.0);
+        let expected = cpu
+            .read_f64(&api::softmax(&cpu, &cpu.tensor_f64(&[rows, cols], &x).unwrap()).unwrap())
+            .unwrap();
+        let got = gpu
+            .read_f64(&api::softmax(&gpu, &gpu.tensor_f64(&[rows, cols], &x).unwrap()).unwrap())
+            .unwrap();
+        check(
+            &format!("softmax {rows}x{cols}"),
+            &expected,
+            &got,
+            Tolerance::new(1e-7, 1e-5),
+        );
+    }
+}
+
+#[test]
+fn reductions_match_cpu_and_repeat_bitwise() {
+    let gpu = gpu_or_skip!();
+    let cpu = cpu();
+    for (i, n) in [1usize, 255, 256, 4097, 100_000].into_iter().enumerate() {
+        let x = uniform(400 + i as u64, n, -1.0, 1.0);
+        let xc = cpu.tensor_f64(&[n], &x).unwrap();
+        let xg = gpu.tensor_f64(&[n], &x).unwrap();
+        for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::SumSquares] {
+            let e = api::reduce(&cpu, op, &xc).unwrap();
+            let a = api::reduce(&gpu, op, &xg).unwrap();
+            let b = api::reduce(&gpu, op, &xg).unwrap();
+            check(
+                &format!("{op:?} of {n}"),
+                &[e],
+                &[a],
+                Tolerance::new(1e-6 * (n as f64).sqrt(), 1e-5),
+            );
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{op:?} of {n} is not reproducible"
+            );
+        }
+    }
+}
+
+#[test]
+fn column_sums_match_cpu() {
+    let gpu = gpu_or_skip!();
+    let cpu = cpu();
+    let (rows, cols, ld) = (37, 300, 310);
+    let x = uniform(7, 5 + rows * ld, -1.0, 1.0);
+    let out0 = uniform(8, cols + 4, -1.0, 1.0);
+    for accumulate in [false, true] {
+        let s = ColSum {
+            rows,
+            cols,
+            ld,
+            x_off: 5,
+            out_off: 4,
+            accumulate,
+        };
+        let oc = cpu.tensor_f64(&[cols + 4], &out0).unwrap();
+        cpu.sum_cols(&s, &cpu.tensor_f64(&[x.len()], &x).unwrap(), &oc)
+            .unwrap();
+        let og = gpu.tensor_f64(&[cols + 4], &out0).unwrap();
+        gpu.sum_cols(&s, &gpu.tensor_f64(&[x.len()], &x).unwrap(), &og)
+            .unwrap();
+        check(
+            "sum_cols",
+            &cpu.read_f64(&oc).unwrap(),
+            &gpu.read_f64(&og).unwrap(),
+            Tolerance::new(1e-5, 1e-5),
+        );
+    }
+}
+
+#[test]
+fn every_kernel_is_bitwise_reproducible() {
+    let gpu = gpu_or_skip!();
+    let x = uniform(11, 70 * 90, -2.0, 2.0);
+    let run = || {
+        let a = gpu.tensor_f64(&[70, 90], &x).unwrap();
+        let c = api::matmul(&gpu, &a, &a, false, true, None).unwrap();
+        let y = api::activate(&gpu, Activation::GeluErf, &c).unwrap();
+        let t = gpu.ints(&[70], &uniform_i32(3, 70, 0, 70)).unwrap();
+        let (s, dx) = api::cross_entropy(&gpu, &y, &t, IGNORE_INDEX).unwrap();
+        let mut v = gpu.read_f64(&dx).unwrap();
+        v.push(s.mean);
+        v
+    };
+    let (first, second) = (run(), run());
+    assert!(
+        first
+            .iter()
+            .zip(&second)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
+}
+
+#[test]
+fn folded_grids_cover_every_element() {
+    // At most 80 workgroups per dimension: every launch below needs more, so
+    // each one runs on a grid folded into 2-D with a ragged last row.
+    let Some(gpu) = common::gpu_with_fold(80) else {
+        return;
+    };
+    let cpu = cpu();
+    let n = 256 * 90 + 3;
+    let x = uniform(12, n, -3.0, 3.0);
+    let y = api::activate(&gpu, Activation::Tanh, &gpu.tensor_f64(&[n], &x).unwrap()).unwrap();
+    let y_ref = api::activate(&cpu, Activation::Tanh, &cpu.tensor_f64(&[n], &x).unwrap()).unwrap();
+    check(
+        "folded tanh",
+        &cpu.read_f64(&y_ref).unwrap(),
+        &gpu.read_f64(&y).unwrap(),
+        Tolerance::F32,
+    );
+
+    // 100 tiles for the tiled kernel, 5625 groups for the naive one.
+    let g = contiguous(600, 600, 4, false, true);
+    gemm_case(&gpu, "folded matmul", g, 600 * 4, 600 * 4, 600 * 600, 13);
+
+    let (rows, cols) = (85, 9);
+    let logits = uniform(14, rows * cols, -2.0, 2.0);
+    xent_case(
+        &gpu,
+        "folded xent",
+        rows,
+        cols,
+        &logits,
+        &uniform_i32(15, rows, 0, cols as i32),
+    );
+
+    let big = uniform(16, 4096 * 100, -1.0, 1.0);
+    let e = api::reduce(
+        &cpu,
+        ReduceOp::Sum,
+        &cpu.tensor_f64(&[big.len()], &big).unwrap(),
+    )
+    .unwrap();
+    let a = api::reduce(
+        &gpu,
+        ReduceOp::Sum,
+        &gpu.tensor_f64(&[big.len()], &big).unwrap(),
+    )
+    .unwrap();
+    check("folded sum", &[e], &[a], Tolerance::new(1e-3, 1e-5));
+    assert_eq!(gpu.ctx().grid(81).unwrap(), [80, 2, 1]);
+    assert!(
+        gpu.ctx().grid(80 * 80 + 1).is_err(),
+        "grids beyond max^2 must be rejected"
+    );
+}
+
+#[test]
+fn fill_copy_and_f16_round_trip() {
+    let gpu = gpu_or_skip!();
+    let t = gpu.tensor_f64(&[10], &[1.0; 10]).unwrap();
+    gpu.fill(&t, 2, 3, 7.5).unwrap();
+    gpu.fill(&t, 6, 2, 0.0).unwrap();
+    let u = gpu.zeros(&[4]).unwrap();
+    gpu.copy(&t, 1, &u, 0, 4).unwrap();
+    assert_eq!(
+        gpu.read_f64(&t).unwrap(),
+        [1.0, 1.0, 7.5, 7.5, 7.5, 1.0, 0.0, 0.0, 1.0, 1.0]
+    );
+    assert_eq!(gpu.read_f64(&u).unwrap(), [1.0, 7.5, 7.5, 7.5]);
+    assert!(gpu.fill(&t, 8, 3, 1.0).is_err());
+
+    use half::f16;
+    use rnn_wgpu::gpu::{DType, GpuTensor};
+    use rnn_wgpu::ops::memory::{f16_to_f32_cpu, f32_to_f16_cpu};
+    let ctx = gpu.ctx();
+    let mut vals: Vec<f32> = uniform(17, 101, -70000.0, 70000.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    vals.extend([0.0, -0.0, 1.0, 65504.0, -65519.0, 1e-5, 3.25]);
+    let x = GpuTensor::from_f32(ctx, &[vals.len()], &vals).unwrap();
+    let h = x.cast(ctx, DType::F16).unwrap();
+    let got = h.to_f16_vec(ctx).unwrap();
+    let want = f32_to_f16_cpu(&vals);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let d = (g.to_bits() as i32 - w.to_bits() as i32).abs();
+        assert!(d <= 1, "f16 of {} : got {g} want {w}", vals[i]);
+    }
+    // f16 -> f32 is exact.
+    let halves: Vec<f16> = want.clone();
+    let back = GpuTensor::from_f16(ctx, &[halves.len()], &halves)
+        .unwrap()
+        .cast(ctx, DType::F32)
+        .unwrap()
+        .to_f32_vec(ctx)
+        .unwrap();
+    assert_eq!(back, f16_to_f32_cpu(&halves));
+}
+
+#[test]
+fn cpu_f32_path_agrees_with_f64_path() {
+    let c32 = CpuBackend::<f32>::new();
+    let c64 = cpu();
+    let a = uniform(20, 12 * 30, -1.0, 1.0);
+    let b = uniform(21, 30 * 7, -1.0, 1.0);
+    fn product<B: Backend>(be: &B, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let x = be.tensor_f64(&[12, 30], a).unwrap();
+        let y = be.tensor_f64(&[30, 7], b).unwrap();
+        be.read_f64(&api::matmul(be, &x, &y, false, false, None).unwrap())
+            .unwrap()
+    }
+    let (r32, r64) = (product(&c32, &a, &b), product(&c64, &a, &b));
+    check("cpu f32 vs f64", &r64, &r32, Tolerance::new(1e-5, 1e-5));
+    assert_eq!(f64::NAME, "f64");
+}
+
+#[test]
+fn cpu_f32_path_is_stable_at_extremes() {
+    let c32 = CpuBackend::<f32>::new();
+    let c64 = cpu();
+    let x = [100.0, -100.0, 1e4, -1e4, 88.5, -88.5, 0.0];
+    let dy = [1.0; 7];
+    for act in Activation::ALL {
+        let y32 = c32
+            .read_f64(&api::activate(&c32, act, &c32.tensor_f64(&[7], &x).unwrap()).unwrap())
+            .unwrap();
+        let y64 = c64
+            .read_f64(&api::activate(&c64, act, &c64.tensor_f64(&[7], &x).unwrap()).unwrap())
+            .unwrap();
+        let d32 = c32
+            .read_f64(
+                &api::activate_backward(
+                    &c32,
+                    act,
+                    &c32.tensor_f64(&[7], &x).unwrap(),
+                    &c32.tensor_f64(&[7], &dy).unwrap(),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        assert!(
+            y32.iter().chain(&d32).all(|v| v.is_finite()),
+            "{act:?}: {y32:?} {d32:?}"
+        );
+        check(
+            &format!("{act:?} f32 vs f64"),
+            &y64,
+            &y32,
+            Tolerance::new(1e-6, 1e-6),
+        );
+    }
+    // Cross-entropy with logits of +-1e4 in f32.
+    let logits = [1e4, -1e4, 1e4, -1e4, -1e4, -1e4];
+    let (s32, _, dx32) = run_xent(&c32, 2, 3, &logits, &[1, 0]);
+    let (s64, _, dx64) = run_xent(&c64, 2, 3, &logits, &[1, 0]);
+    assert!(s32.mean.is_finite() && dx32.iter().all(|v| v.is_finite()));
+    check(
+        "xent f32 vs f64",
+        &[s64.mean],
+        &[s32.mean],
+        Tolerance::new(1e-3, 1e-6),
+    );
+    check(
+        "xent grad f32 vs f64",
+        &dx64,
+        &dx32,
+        Tolerance::new(1e-7, 1e-6),
+    );
+}
