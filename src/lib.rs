@@ -37,6 +37,7 @@ pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod gradcheck;
+pub mod nn;
 pub mod ops;
 pub mod parity;
 pub mod real;

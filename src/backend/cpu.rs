@@ -3,9 +3,10 @@
 use std::marker::PhantomData;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
-use super::{Backend, XentBuffers};
+use super::{Backend, StepBackward, StepForward, XentBuffers};
 use crate::error::{Error, Result};
 use crate::ops::activation::{self, Activation, Span};
+use crate::ops::cell::{self, BackwardSlices, Cell, ForwardSlices, StepSpec};
 use crate::ops::matmul::{Gemm, gemm_cpu};
 use crate::ops::memory::{check_range, fill_cpu};
 use crate::ops::reduce::{ColSum, ReduceOp, reduce_cpu, sum_cols_cpu};
@@ -315,6 +316,58 @@ impl<T: Real> Backend for CpuBackend<T> {
             (true, _) => out[out_off] + v,
         };
         Ok(())
+    }
+
+    fn cell_forward(&self, cell: Cell, s: &StepSpec, b: &StepForward<'_, Self>) -> Result<()> {
+        const OP: &str = "cell forward";
+        let xg = b.xg.read(OP, "xg")?;
+        let weights = b.weights.read(OP, "weights")?;
+        let lengths = b.lengths.map(|l| l.read(OP, "lengths")).transpose()?;
+        let mut hs = b.hs.write(OP, "hs")?;
+        let mut cs = b.cs.map(|t| t.write(OP, "cs")).transpose()?;
+        let mut gates = b.gates.map(|t| t.write(OP, "gates")).transpose()?;
+        let mut out = b.out.write(OP, "out")?;
+        cell::forward_step_cpu(
+            cell,
+            s,
+            ForwardSlices {
+                xg: &xg,
+                weights: &weights,
+                lengths: lengths.as_deref().map(|v| v.as_slice()),
+                hs: &mut hs,
+                cs: cs.as_deref_mut().map(|v| v.as_mut_slice()),
+                gates: gates.as_deref_mut().map(|v| v.as_mut_slice()),
+                out: &mut out,
+            },
+        )
+    }
+
+    fn cell_backward(&self, cell: Cell, s: &StepSpec, b: &StepBackward<'_, Self>) -> Result<()> {
+        const OP: &str = "cell backward";
+        let weights = b.weights.read(OP, "weights")?;
+        let lengths = b.lengths.map(|l| l.read(OP, "lengths")).transpose()?;
+        let hs = b.hs.read(OP, "hs")?;
+        let cs = b.cs.map(|t| t.read(OP, "cs")).transpose()?;
+        let gates = b.gates.map(|t| t.read(OP, "gates")).transpose()?;
+        let dout = b.dout.read(OP, "dout")?;
+        let mut dgh = b.dgh.write(OP, "dgh")?;
+        let mut dgx = b.dgx.map(|t| t.write(OP, "dgx")).transpose()?;
+        let mut carry = b.carry.write(OP, "carry")?;
+        cell::backward_step_cpu(
+            cell,
+            s,
+            BackwardSlices {
+                weights: &weights,
+                lengths: lengths.as_deref().map(|v| v.as_slice()),
+                hs: &hs,
+                cs: cs.as_deref().map(|v| v.as_slice()),
+                gates: gates.as_deref().map(|v| v.as_slice()),
+                dout: &dout,
+                dgh: &mut dgh,
+                dgx: dgx.as_deref_mut().map(|v| v.as_mut_slice()),
+                carry: &mut carry,
+            },
+        )
     }
 
     fn flush(&self) -> Result<()> {

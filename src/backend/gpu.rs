@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use super::{Backend, XentBuffers};
+use super::{Backend, StepBackward, StepForward, XentBuffers};
 use crate::error::Result;
 use crate::gpu::{DType, GpuContext, GpuTensor, download_many};
 use crate::ops::activation::{self, Activation, Span};
+use crate::ops::cell::{self, Cell, StepSpec};
 use crate::ops::matmul::{Gemm, GemmKernel, gemm_gpu};
 use crate::ops::memory::{copy_gpu, fill_gpu};
 use crate::ops::reduce::{self, ColSum, ReduceOp, reduce_gpu, sum_cols_gpu};
@@ -19,16 +20,20 @@ pub struct GpuBackend {
     gemm: GemmKernel,
     // Partial results of whole-vector reductions (at most 1024 partials).
     scratch: GpuTensor,
+    // Bound where a kernel's optional i32 input (sequence lengths) is absent.
+    dummy_ints: GpuTensor,
 }
 
 impl GpuBackend {
     /// A backend on `ctx`, using the tiled matmul.
     pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
         let scratch = GpuTensor::zeros(&ctx, &[reduce::partials(usize::MAX)], DType::F32)?;
+        let dummy_ints = GpuTensor::zeros(&ctx, &[1], DType::I32)?;
         Ok(GpuBackend {
             ctx,
             gemm: GemmKernel::Tiled,
             scratch,
+            dummy_ints,
         })
     }
 
@@ -198,6 +203,16 @@ impl Backend for GpuBackend {
                 accumulate,
             )
         })
+    }
+
+    fn cell_forward(&self, cell: Cell, s: &StepSpec, b: &StepForward<'_, Self>) -> Result<()> {
+        self.ctx
+            .record(|rec| cell::forward_step_gpu(rec, cell, s, b, &self.dummy_ints))
+    }
+
+    fn cell_backward(&self, cell: Cell, s: &StepSpec, b: &StepBackward<'_, Self>) -> Result<()> {
+        self.ctx
+            .record(|rec| cell::backward_step_gpu(rec, cell, s, b, &self.dummy_ints))
     }
 
     fn flush(&self) -> Result<()> {

@@ -20,6 +20,7 @@ use std::fmt::Debug;
 
 use crate::error::{Error, Result};
 use crate::ops::activation::{Activation, Span};
+use crate::ops::cell::{Cell, StepSpec};
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::{ColSum, ReduceOp};
 use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, XentSummary};
@@ -27,7 +28,7 @@ use crate::real::Real;
 
 /// Buffers one cross-entropy evaluation writes.
 #[derive(Clone, Debug)]
-pub struct XentBuffers<B: Backend + ?Sized> {
+pub struct XentBuffers<B: Backend> {
     /// Per-row loss `[R]`.
     pub loss: B::Tensor,
     /// Per-row `(max, Σ exp(x − max))` pairs `[2R]` (scratch).
@@ -36,7 +37,7 @@ pub struct XentBuffers<B: Backend + ?Sized> {
     pub summary: B::Tensor,
 }
 
-impl<B: Backend + ?Sized> XentBuffers<B> {
+impl<B: Backend> XentBuffers<B> {
     /// Buffers for `rows` rows.
     pub fn new(backend: &B, rows: usize) -> Result<Self> {
         Ok(XentBuffers {
@@ -47,8 +48,48 @@ impl<B: Backend + ?Sized> XentBuffers<B> {
     }
 }
 
+/// Tensors of a forward cell step (see [`crate::ops::cell`] for the layouts).
+pub struct StepForward<'a, B: Backend> {
+    /// `[T, B, G·H]` input projections.
+    pub xg: &'a B::Tensor,
+    /// Flat parameters (W_hh, b_hh at the step's offsets).
+    pub weights: &'a B::Tensor,
+    /// `[B]` sequence lengths, or `None` for full length.
+    pub lengths: Option<&'a B::Ints>,
+    /// `[T+1, B, H]` hidden-state slots.
+    pub hs: &'a B::Tensor,
+    /// `[T+1, B, H]` cell-state slots (LSTM).
+    pub cs: Option<&'a B::Tensor>,
+    /// `[T, B, 4H]` saved gates (LSTM, GRU).
+    pub gates: Option<&'a B::Tensor>,
+    /// `[T, B, D·H]` layer output.
+    pub out: &'a B::Tensor,
+}
+
+/// Tensors of a backward cell step.
+pub struct StepBackward<'a, B: Backend> {
+    /// Flat parameters.
+    pub weights: &'a B::Tensor,
+    /// `[B]` sequence lengths, or `None`.
+    pub lengths: Option<&'a B::Ints>,
+    /// `[T+1, B, H]`
+    pub hs: &'a B::Tensor,
+    /// `[T+1, B, H]` (LSTM)
+    pub cs: Option<&'a B::Tensor>,
+    /// `[T, B, 4H]` (LSTM, GRU)
+    pub gates: Option<&'a B::Tensor>,
+    /// `[T, B, D·H]` gradient of the layer output.
+    pub dout: &'a B::Tensor,
+    /// `[T, B, G·H]` gradient of the recurrent pre-activations.
+    pub dgh: &'a B::Tensor,
+    /// `[T, B, G·H]` gradient of the input pre-activations (GRU).
+    pub dgx: Option<&'a B::Tensor>,
+    /// `[2, 2, B, H]` ping-pong carries.
+    pub carry: &'a B::Tensor,
+}
+
 /// A device that can run rnn-wgpu's kernels.
-pub trait Backend {
+pub trait Backend: Clone {
     /// Scalar type computed in (f32 on the GPU; f32 or f64 on the CPU).
     type Elem: Real;
     /// A float tensor.
@@ -164,6 +205,12 @@ pub trait Backend {
         out_off: usize,
         accumulate: bool,
     ) -> Result<()>;
+
+    /// One fused forward step of a recurrent cell.
+    fn cell_forward(&self, cell: Cell, s: &StepSpec, bufs: &StepForward<'_, Self>) -> Result<()>;
+
+    /// One fused backward step of a recurrent cell.
+    fn cell_backward(&self, cell: Cell, s: &StepSpec, bufs: &StepBackward<'_, Self>) -> Result<()>;
 
     /// Submits recorded work (no-op on the CPU).
     fn flush(&self) -> Result<()>;

@@ -13,6 +13,13 @@
 /// WGSL helpers prepended to every shader (stable activations, grid folding).
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
+/// The tiled recurrent products and the step bindings, prepended to the cell shaders.
+const RECURRENT: &str = concat!(
+    include_str!("../../shaders/recurrent.wgsl"),
+    "\n",
+    include_str!("../../shaders/cell_common.wgsl")
+);
+
 /// One WGSL file (one kernel family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
@@ -26,6 +33,12 @@ pub enum Shader {
     Reduce,
     /// `shaders/memory.wgsl`
     Memory,
+    /// `shaders/lstm.wgsl` (after `recurrent.wgsl` and `cell_common.wgsl`)
+    Lstm,
+    /// `shaders/gru.wgsl` (after `recurrent.wgsl` and `cell_common.wgsl`)
+    Gru,
+    /// `shaders/rnn.wgsl` (after `recurrent.wgsl` and `cell_common.wgsl`)
+    Rnn,
 }
 
 impl Shader {
@@ -37,6 +50,9 @@ impl Shader {
             Shader::SoftmaxXent => "softmax_xent.wgsl",
             Shader::Reduce => "reduce.wgsl",
             Shader::Memory => "memory.wgsl",
+            Shader::Lstm => "lstm.wgsl",
+            Shader::Gru => "gru.wgsl",
+            Shader::Rnn => "rnn.wgsl",
         }
     }
 
@@ -47,12 +63,21 @@ impl Shader {
             Shader::SoftmaxXent => include_str!("../../shaders/softmax_xent.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Memory => include_str!("../../shaders/memory.wgsl"),
+            Shader::Lstm => include_str!("../../shaders/lstm.wgsl"),
+            Shader::Gru => include_str!("../../shaders/gru.wgsl"),
+            Shader::Rnn => include_str!("../../shaders/rnn.wgsl"),
         }
     }
 
-    /// The full WGSL source: the common helpers followed by the file.
+    /// The full WGSL source: the common helpers (and for the cells the
+    /// recurrent helpers) followed by the file.
     pub fn source(self) -> String {
-        format!("{COMMON}\n{}", self.body())
+        match self {
+            Shader::Lstm | Shader::Gru | Shader::Rnn => {
+                format!("{COMMON}\n{RECURRENT}\n{}", self.body())
+            }
+            _ => format!("{COMMON}\n{}", self.body()),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! that records its WGSL twin from `shaders/`.
 
 pub mod activation;
+pub mod cell;
 pub mod matmul;
 pub mod memory;
 pub mod reduce;

@@ -1,0 +1,113 @@
+// gru.wgsl: fused GRU step, forward and backward (PyTorch's nn.GRU).
+//
+//   r, z = sigmoid(xg + W_hh h + b_hh)                        gate order r, z, n
+//   n = tanh(xg_n + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
+//
+// The reset gate multiplies the recurrent product including b_hn, so the
+// forward saves r, z, n and hn = W_hn h + b_hn: gates is [T, B, 4H].
+// The backward writes two gate gradients: dgx (of the input pre-activations,
+// for W_ih, b_ih and the input) and dgh (of the recurrent ones, for W_hh, b_hh
+// and h); they differ only in the n block, by the factor r.
+// CPU twin: ops::cell (Cell::Gru).
+
+const G: u32 = 3u;
+
+@compute @workgroup_size(32, 8)
+fn gru_forward(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = step_tile(wid, nwg);
+    if (tile.x >= p.B) {
+        return;
+    }
+    let bh = p.B * p.H;
+    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * bh);
+    let b = tile.x + lid.y;
+    let j = tile.y + lid.x;
+    if (b >= p.B || j >= p.H) {
+        return;
+    }
+    let gh = G * p.H;
+    let row = (p.t * p.B + b) * gh;
+    let srow = (p.t * p.B + b) * 4u * p.H;
+    let hc = b * p.H + j;
+    let h_prev = hs[prev_slot() * bh + hc];
+    if (!is_live(b)) {
+        hs[next_slot() * bh + hc] = h_prev;
+        for (var g = 0u; g < 4u; g++) {
+            gates[srow + g * p.H + j] = 0.0;
+        }
+        out[out_index(b, j)] = 0.0;
+        return;
+    }
+    let hr = acc[0] + weights[p.bhh_off + j];
+    let hz = acc[1] + weights[p.bhh_off + p.H + j];
+    let hn = acc[2] + weights[p.bhh_off + 2u * p.H + j];
+    let r = sigmoid_f(xg[row + j] + hr);
+    let z = sigmoid_f(xg[row + p.H + j] + hz);
+    let n = tanh_f(xg[row + 2u * p.H + j] + r * hn);
+    let h = (1.0 - z) * n + z * h_prev;
+    gates[srow + j] = r;
+    gates[srow + p.H + j] = z;
+    gates[srow + 2u * p.H + j] = n;
+    gates[srow + 3u * p.H + j] = hn;
+    hs[next_slot() * bh + hc] = h;
+    out[out_index(b, j)] = h;
+}
+
+@compute @workgroup_size(32, 8)
+fn gru_backward(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = step_tile(wid, nwg);
+    if (tile.x >= p.B) {
+        return;
+    }
+    let gh = G * p.H;
+    var acc = 0.0;
+    if (p.first == 0u) {
+        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * gh);
+    }
+    let b = tile.x + lid.y;
+    let j = tile.y + lid.x;
+    if (b >= p.B || j >= p.H) {
+        return;
+    }
+    let bh = p.B * p.H;
+    let hc = b * p.H + j;
+    let row = (p.t * p.B + b) * gh;
+    let srow = (p.t * p.B + b) * 4u * p.H;
+    let live = is_live(b);
+    var dh = acc + carry[carry_index(p.parity, 0u, b, j)];
+    if (live) {
+        dh += dout[out_index(b, j)];
+    }
+    let out_par = 1u - p.parity;
+    if (!live) {
+        for (var g = 0u; g < G; g++) {
+            dgh[row + g * p.H + j] = 0.0;
+            dgx[row + g * p.H + j] = 0.0;
+        }
+        carry[carry_index(out_par, 0u, b, j)] = dh;
+        return;
+    }
+    let r = gates[srow + j];
+    let z = gates[srow + p.H + j];
+    let n = gates[srow + 2u * p.H + j];
+    let hn = gates[srow + 3u * p.H + j];
+    let h_prev = hs[prev_slot() * bh + hc];
+    let dn = dh * (1.0 - z) * (1.0 - n * n);
+    let dr = dn * hn * r * (1.0 - r);
+    let dz = dh * (h_prev - n) * z * (1.0 - z);
+    dgx[row + j] = dr;
+    dgx[row + p.H + j] = dz;
+    dgx[row + 2u * p.H + j] = dn;
+    dgh[row + j] = dr;
+    dgh[row + p.H + j] = dz;
+    dgh[row + 2u * p.H + j] = dn * r;
+    carry[carry_index(out_par, 0u, b, j)] = dh * z;
+}

@@ -1,0 +1,83 @@
+// rnn.wgsl: fused vanilla RNN step, forward and backward (PyTorch's nn.RNN).
+//
+//   h' = tanh(xg + W_hh h + b_hh)   (or relu when p.relu == 1)
+//
+// Nothing beyond the states is saved: the derivative is read off h'.
+// CPU twin: ops::cell (Cell::Rnn).
+
+const G: u32 = 1u;
+
+@compute @workgroup_size(32, 8)
+fn rnn_forward(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = step_tile(wid, nwg);
+    if (tile.x >= p.B) {
+        return;
+    }
+    let bh = p.B * p.H;
+    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * bh);
+    let b = tile.x + lid.y;
+    let j = tile.y + lid.x;
+    if (b >= p.B || j >= p.H) {
+        return;
+    }
+    let hc = b * p.H + j;
+    if (!is_live(b)) {
+        hs[next_slot() * bh + hc] = hs[prev_slot() * bh + hc];
+        out[out_index(b, j)] = 0.0;
+        return;
+    }
+    let pre = xg[(p.t * p.B + b) * p.H + j] + (acc[0] + weights[p.bhh_off + j]);
+    var h: f32;
+    if (p.relu == 1u) {
+        h = max(pre, 0.0);
+    } else {
+        h = tanh_f(pre);
+    }
+    hs[next_slot() * bh + hc] = h;
+    out[out_index(b, j)] = h;
+}
+
+@compute @workgroup_size(32, 8)
+fn rnn_backward(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = step_tile(wid, nwg);
+    if (tile.x >= p.B) {
+        return;
+    }
+    var acc = 0.0;
+    if (p.first == 0u) {
+        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * p.H);
+    }
+    let b = tile.x + lid.y;
+    let j = tile.y + lid.x;
+    if (b >= p.B || j >= p.H) {
+        return;
+    }
+    let hc = b * p.H + j;
+    let idx = (p.t * p.B + b) * p.H + j;
+    let live = is_live(b);
+    var dh = acc + carry[carry_index(p.parity, 0u, b, j)];
+    let out_par = 1u - p.parity;
+    if (!live) {
+        dgh[idx] = 0.0;
+        carry[carry_index(out_par, 0u, b, j)] = dh;
+        return;
+    }
+    dh += dout[out_index(b, j)];
+    let h = hs[next_slot() * p.B * p.H + hc];
+    var d: f32;
+    if (p.relu == 1u) {
+        d = select(0.0, dh, h > 0.0);
+    } else {
+        d = dh * (1.0 - h * h);
+    }
+    dgh[idx] = d;
+    carry[carry_index(out_par, 0u, b, j)] = 0.0;
+}

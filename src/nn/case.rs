@@ -1,0 +1,294 @@
+//! Seeded cases for recurrent stacks: inputs, one full forward + backward on
+//! any backend, and the finite-difference check of every gradient.
+//!
+//! Shared by the test suite, `rnn-wgpu gradcheck` and the self-checks, so that
+//! "what is checked" is defined once.
+
+use super::rnn::{Rnn, RnnConfig};
+use crate::backend::{Backend, CpuBackend};
+use crate::error::Result;
+use crate::gradcheck::{GradCheck, spread_indices};
+use crate::parity::{Comparison, Mismatch, uniform};
+use crate::real::Real;
+
+/// A recurrent stack and the shape of one batch to run through it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RnnCase {
+    /// The stack.
+    pub config: RnnConfig,
+    /// T
+    pub steps: usize,
+    /// B
+    pub batch: usize,
+    /// Packed-sequence lengths `[B]`, if any.
+    pub lengths: Option<Vec<i32>>,
+    /// Pass an initial hidden state.
+    pub with_h0: bool,
+    /// Pass an initial cell state (LSTM).
+    pub with_c0: bool,
+    /// Seed of every random input.
+    pub seed: u64,
+}
+
+/// The values of a case, in f64: parameters, inputs and output gradients.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RnnCaseData {
+    /// Flat parameters `[P]`.
+    pub params: Vec<f64>,
+    /// `[T, B, I]`
+    pub x: Vec<f64>,
+    /// `[L·D, B, H]`
+    pub h0: Option<Vec<f64>>,
+    /// `[L·D, B, H]`
+    pub c0: Option<Vec<f64>>,
+    /// `[T, B, D·H]`
+    pub grad_output: Vec<f64>,
+    /// `[L·D, B, H]`
+    pub grad_hn: Vec<f64>,
+    /// `[L·D, B, H]` (LSTM)
+    pub grad_cn: Option<Vec<f64>>,
+}
+
+/// Everything a forward and backward produce, in f64.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RnnResults {
+    /// `[T, B, D·H]`
+    pub output: Vec<f64>,
+    /// `[L·D, B, H]`
+    pub hn: Vec<f64>,
+    /// `[L·D, B, H]`
+    pub cn: Vec<f64>,
+    /// `[T, B, I]`
+    pub grad_input: Vec<f64>,
+    /// `[L·D, B, H]`
+    pub grad_h0: Vec<f64>,
+    /// `[L·D, B, H]`
+    pub grad_c0: Vec<f64>,
+    /// `[P]`
+    pub grad_params: Vec<f64>,
+}
+
+impl RnnCase {
+    /// A full-length case without initial states.
+    pub fn new(config: RnnConfig, steps: usize, batch: usize, seed: u64) -> Self {
+        RnnCase {
+            config,
+            steps,
+            batch,
+            lengths: None,
+            with_h0: false,
+            with_c0: false,
+            seed,
+        }
+    }
+
+    /// With initial states (h0, and c0 for an LSTM).
+    pub fn with_states(mut self) -> Self {
+        self.with_h0 = true;
+        self.with_c0 = self.config.cell.has_cell_state();
+        self
+    }
+
+    /// With packed-sequence lengths.
+    pub fn with_lengths(mut self, lengths: Vec<i32>) -> Self {
+        self.lengths = Some(lengths);
+        self
+    }
+
+    /// A short description, e.g. `lstm I=3 H=4 L=2 bi T=5 B=2 lengths h0`.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        format!(
+            "{} I={} H={} L={}{} T={} B={}{}{}",
+            c.cell.name(),
+            c.input_size,
+            c.hidden_size,
+            c.num_layers,
+            if c.bidirectional { " bi" } else { "" },
+            self.steps,
+            self.batch,
+            if self.lengths.is_some() {
+                " lengths"
+            } else {
+                ""
+            },
+            if self.with_h0 { " h0" } else { "" },
+        )
+    }
+
+    fn state_len(&self) -> usize {
+        let c = &self.config;
+        c.num_layers * c.directions() * self.batch * c.hidden_size
+    }
+
+    /// Seeded values: parameters in PyTorch's default range, inputs and
+    /// gradients uniform in ±1.
+    pub fn data(&self) -> RnnCaseData {
+        let c = &self.config;
+        let k = 1.0 / (c.hidden_size as f64).sqrt();
+        let s = self.seed;
+        let n_state = self.state_len();
+        let out_len = self.steps * self.batch * c.output_size();
+        let lstm = c.cell.has_cell_state();
+        RnnCaseData {
+            params: uniform(s, c.layout().total, -k, k),
+            x: uniform(s + 1, self.steps * self.batch * c.input_size, -1.0, 1.0),
+            h0: self.with_h0.then(|| uniform(s + 2, n_state, -1.0, 1.0)),
+            c0: (self.with_c0 && lstm).then(|| uniform(s + 3, n_state, -1.0, 1.0)),
+            grad_output: uniform(s + 4, out_len, -1.0, 1.0),
+            grad_hn: uniform(s + 5, n_state, -1.0, 1.0),
+            grad_cn: lstm.then(|| uniform(s + 6, n_state, -1.0, 1.0)),
+        }
+    }
+}
+
+/// Runs forward and backward of `case` on `backend` with `data`; returns every result in f64.
+pub fn run_case<B: Backend>(backend: &B, case: &RnnCase, data: &RnnCaseData) -> Result<RnnResults> {
+    let c = &case.config;
+    let conv = |v: &[f64]| -> Vec<B::Elem> { v.iter().map(|&x| B::Elem::of(x)).collect() };
+    let mut rnn = Rnn::from_params(backend.clone(), *c, &conv(&data.params))?;
+    let state = [c.num_layers * c.directions(), case.batch, c.hidden_size];
+    let x = backend.tensor_f64(&[case.steps, case.batch, c.input_size], &data.x)?;
+    let h0 = data
+        .h0
+        .as_ref()
+        .map(|v| backend.tensor_f64(&state, v))
+        .transpose()?;
+    let c0 = data
+        .c0
+        .as_ref()
+        .map(|v| backend.tensor_f64(&state, v))
+        .transpose()?;
+    let out = rnn.forward(&x, h0.as_ref(), c0.as_ref(), case.lengths.as_deref())?;
+    let go = backend.tensor_f64(
+        &[case.steps, case.batch, c.output_size()],
+        &data.grad_output,
+    )?;
+    let ghn = backend.tensor_f64(&state, &data.grad_hn)?;
+    let gcn = data
+        .grad_cn
+        .as_ref()
+        .map(|v| backend.tensor_f64(&state, v))
+        .transpose()?;
+    let grads = rnn.zeros_like_params()?;
+    let g = rnn.backward(Some(&go), Some(&ghn), gcn.as_ref(), &grads)?;
+    let mut list = vec![&out.output, &out.hn, &g.input, &g.h0, &grads];
+    if let (Some(cn), Some(gc0)) = (&out.cn, &g.c0) {
+        list.push(cn);
+        list.push(gc0);
+    }
+    let mut vals: Vec<Vec<f64>> = backend
+        .read_many(&list)?
+        .into_iter()
+        .map(|v| v.iter().map(|x| x.f64()).collect())
+        .collect();
+    let take = |v: &mut Vec<Vec<f64>>| {
+        if v.is_empty() {
+            Vec::new()
+        } else {
+            v.remove(0)
+        }
+    };
+    let mut r = RnnResults {
+        output: take(&mut vals),
+        hn: take(&mut vals),
+        grad_input: take(&mut vals),
+        grad_h0: take(&mut vals),
+        grad_params: take(&mut vals),
+        ..Default::default()
+    };
+    r.cn = take(&mut vals);
+    r.grad_c0 = take(&mut vals);
+    Ok(r)
+}
+
+/// The scalar whose gradients `run_case` computes:
+/// `Σ output⊙grad_output + Σ hn⊙grad_hn + Σ cn⊙grad_cn`, on the f64 CPU path.
+pub fn case_loss(case: &RnnCase, data: &RnnCaseData) -> Result<f64> {
+    let cpu = CpuBackend::<f64>::new();
+    let c = &case.config;
+    let mut rnn = Rnn::from_params(cpu.clone(), *c, &data.params)?;
+    let state = [c.num_layers * c.directions(), case.batch, c.hidden_size];
+    let x = cpu.tensor(&[case.steps, case.batch, c.input_size], &data.x)?;
+    let h0 = data
+        .h0
+        .as_ref()
+        .map(|v| cpu.tensor(&state, v))
+        .transpose()?;
+    let c0 = data
+        .c0
+        .as_ref()
+        .map(|v| cpu.tensor(&state, v))
+        .transpose()?;
+    let out = rnn.forward(&x, h0.as_ref(), c0.as_ref(), case.lengths.as_deref())?;
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let mut loss =
+        dot(&cpu.read(&out.output)?, &data.grad_output) + dot(&cpu.read(&out.hn)?, &data.grad_hn);
+    if let (Some(cn), Some(g)) = (&out.cn, &data.grad_cn) {
+        loss += dot(&cpu.read(cn)?, g);
+    }
+    Ok(loss)
+}
+
+/// One line of a gradient check: what, and how it went.
+pub type CheckLine = (String, std::result::Result<Comparison, Box<Mismatch>>);
+
+/// Checks every gradient of `case` (each parameter tensor, the input, h0, c0)
+/// against central finite differences on the f64 CPU path. At most
+/// `max_per_tensor` coordinates of each tensor are probed (evenly spread).
+pub fn check_case_gradients(
+    case: &RnnCase,
+    gc: &GradCheck,
+    max_per_tensor: usize,
+) -> Result<Vec<CheckLine>> {
+    let data = case.data();
+    let analytic = run_case(&CpuBackend::<f64>::new(), case, &data)?;
+    let mut lines = Vec::new();
+    let mut err = None;
+    {
+        let mut probe =
+            |name: String, x: &[f64], grad: &[f64], set: &dyn Fn(&mut RnnCaseData, &[f64])| {
+                let idx = spread_indices(x.len(), max_per_tensor);
+                let mut f = |v: &[f64]| {
+                    let mut d = data.clone();
+                    set(&mut d, v);
+                    match case_loss(case, &d) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            err = Some(e);
+                            f64::NAN
+                        }
+                    }
+                };
+                lines.push((name.clone(), gc.check(&name, &mut f, x, grad, Some(&idx))));
+            };
+        for e in &case.config.layout().entries {
+            let range = e.range();
+            let slice = data.params[range.clone()].to_vec();
+            let grad = analytic.grad_params[range.clone()].to_vec();
+            probe(format!("grad.{}", e.name), &slice, &grad, &|d, v| {
+                d.params[range.clone()].copy_from_slice(v)
+            });
+        }
+        probe(
+            "grad_input".into(),
+            &data.x,
+            &analytic.grad_input,
+            &|d, v| d.x = v.to_vec(),
+        );
+        if let Some(h0) = &data.h0 {
+            probe("grad_h0".into(), h0, &analytic.grad_h0, &|d, v| {
+                d.h0 = Some(v.to_vec())
+            });
+        }
+        if let Some(c0) = &data.c0 {
+            probe("grad_c0".into(), c0, &analytic.grad_c0, &|d, v| {
+                d.c0 = Some(v.to_vec())
+            });
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(lines),
+    }
+}

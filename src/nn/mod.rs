@@ -1,0 +1,8 @@
+//! Layers built from the kernels, written once against [`crate::backend::Backend`].
+
+pub mod case;
+pub mod params;
+pub mod rnn;
+
+pub use params::{ParamEntry, ParamLayout};
+pub use rnn::{Rnn, RnnConfig, RnnInputGrads, RnnOutput};

@@ -1,0 +1,662 @@
+//! Recurrent stacks (`nn.RNN` / `nn.LSTM` / `nn.GRU`): parameters, workspace,
+//! and the schedule of a whole sequence forward and backward (full BPTT).
+//!
+//! The schedule is written once against [`Backend`]; on the GPU every launch
+//! below is recorded into the pending submission and nothing is read back, so
+//! a whole forward (or backward) pass is one submission.
+//!
+//! ## Forward, per layer `l` and direction `d`
+//! 1. `xg = input · W_ihᵀ + b_ih` for all T steps: one matmul `[T·B, In] × [In, G·H]`.
+//! 2. The initial state goes into slot 0 (forward) or slot T (reverse) of `hs`/`cs`.
+//! 3. T fused cell steps, `t = 0..T` forward or `T−1..0` reverse, each writing
+//!    its columns of the layer output `[T, B, D·H]`.
+//! 4. The final slot is copied to `hn`/`cn`.
+//!
+//! ## Backward, layers from the top
+//! 1. The carries start at `grad_hn`/`grad_cn`.
+//! 2. T fused backward steps in the opposite time order, each computing its
+//!    gate gradients `dG_t` (saved for step 4) and the carries.
+//! 3. `grad_h0 = carry + dG_first·W_hh`, `grad_c0 = carry`.
+//! 4. Weight gradients over all steps at once: `dW_ih += dGxᵀ·input`,
+//!    `dW_hh += dGhᵀ·h_prev`, `db += Σ dG` (matmuls over `T·B` rows).
+//! 5. The gradient of the layer input, `dGx · W_ih`, summed over directions,
+//!    is the output gradient of the layer below.
+
+use super::params::{ParamEntry, ParamLayout};
+use crate::backend::{Backend, StepBackward, StepForward, expect_shape};
+use crate::error::{Error, Result};
+use crate::ops::cell::{Cell, StepSpec};
+use crate::ops::matmul::Gemm;
+use crate::ops::reduce::ColSum;
+use crate::parity::rng;
+use crate::real::Real;
+
+use rand::RngExt;
+
+/// Shape of a recurrent stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RnnConfig {
+    /// Cell type.
+    pub cell: Cell,
+    /// Input features I.
+    pub input_size: usize,
+    /// Hidden size H.
+    pub hidden_size: usize,
+    /// Layers L.
+    pub num_layers: usize,
+    /// Two directions (D = 2) when true.
+    pub bidirectional: bool,
+}
+
+/// Offsets of one layer-direction's parameters in the flat buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirParams {
+    /// `weight_ih` `[G·H, In]`
+    pub w_ih: usize,
+    /// `weight_hh` `[G·H, H]`
+    pub w_hh: usize,
+    /// `bias_ih` `[G·H]`
+    pub b_ih: usize,
+    /// `bias_hh` `[G·H]`
+    pub b_hh: usize,
+}
+
+impl RnnConfig {
+    /// One layer, one direction.
+    pub fn new(cell: Cell, input_size: usize, hidden_size: usize) -> Self {
+        RnnConfig {
+            cell,
+            input_size,
+            hidden_size,
+            num_layers: 1,
+            bidirectional: false,
+        }
+    }
+
+    /// With `n` layers.
+    pub fn layers(mut self, n: usize) -> Self {
+        self.num_layers = n;
+        self
+    }
+
+    /// Bidirectional or not.
+    pub fn bidirectional(mut self, yes: bool) -> Self {
+        self.bidirectional = yes;
+        self
+    }
+
+    /// D: 2 when bidirectional, else 1.
+    pub fn directions(&self) -> usize {
+        if self.bidirectional { 2 } else { 1 }
+    }
+
+    /// Input width of layer `l`: I for the first, D·H above.
+    pub fn layer_input(&self, l: usize) -> usize {
+        if l == 0 {
+            self.input_size
+        } else {
+            self.directions() * self.hidden_size
+        }
+    }
+
+    /// Output width D·H.
+    pub fn output_size(&self) -> usize {
+        self.directions() * self.hidden_size
+    }
+
+    /// Rejects empty sizes.
+    pub fn validate(&self) -> Result<()> {
+        for (arg, v) in [
+            ("input_size", self.input_size),
+            ("hidden_size", self.hidden_size),
+            ("num_layers", self.num_layers),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(arg, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// PyTorch's parameter name suffix: `_l{k}` and `_reverse` for the backward direction.
+    pub fn suffix(l: usize, d: usize) -> String {
+        format!("_l{l}{}", if d == 1 { "_reverse" } else { "" })
+    }
+
+    /// Parameters in PyTorch's order (per layer, per direction: `weight_ih`,
+    /// `weight_hh`, `bias_ih`, `bias_hh`), packed into one flat buffer.
+    pub fn layout(&self) -> ParamLayout {
+        let gh = self.cell.gates() * self.hidden_size;
+        let mut layout = ParamLayout::default();
+        for l in 0..self.num_layers {
+            for d in 0..self.directions() {
+                let sfx = Self::suffix(l, d);
+                layout.push(format!("weight_ih{sfx}"), &[gh, self.layer_input(l)]);
+                layout.push(format!("weight_hh{sfx}"), &[gh, self.hidden_size]);
+                layout.push(format!("bias_ih{sfx}"), &[gh]);
+                layout.push(format!("bias_hh{sfx}"), &[gh]);
+            }
+        }
+        layout
+    }
+
+    /// Offsets of layer `l`, direction `d` in a buffer laid out by [`RnnConfig::layout`].
+    pub fn dir_params(&self, l: usize, d: usize) -> DirParams {
+        let gh = self.cell.gates() * self.hidden_size;
+        let h = self.hidden_size;
+        let mut off = 0;
+        for ll in 0..l {
+            off += self.directions() * gh * (self.layer_input(ll) + h + 2);
+        }
+        off += d * gh * (self.layer_input(l) + h + 2);
+        let w_ih = off;
+        let w_hh = w_ih + gh * self.layer_input(l);
+        let b_ih = w_hh + gh * h;
+        DirParams {
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh: b_ih + gh,
+        }
+    }
+}
+
+/// Workspace of one layer and direction.
+#[derive(Debug)]
+struct DirWs<B: Backend> {
+    xg: B::Tensor,
+    hs: B::Tensor,
+    cs: Option<B::Tensor>,
+    gates: Option<B::Tensor>,
+    dgh: B::Tensor,
+    dgx: Option<B::Tensor>,
+    carry: B::Tensor,
+}
+
+#[derive(Debug)]
+struct LayerWs<B: Backend> {
+    dirs: Vec<DirWs<B>>,
+    out: B::Tensor,
+    dx: B::Tensor,
+}
+
+/// Everything one forward saves for its backward, sized for `(T, B)`.
+#[derive(Debug)]
+struct Workspace<B: Backend> {
+    steps: usize,
+    batch: usize,
+    layers: Vec<LayerWs<B>>,
+    hn: B::Tensor,
+    cn: Option<B::Tensor>,
+    grad_h0: B::Tensor,
+    grad_c0: Option<B::Tensor>,
+    zero_dout: Option<B::Tensor>,
+    input: Option<B::Tensor>,
+    lengths: Option<B::Ints>,
+}
+
+/// Result of a forward pass. The tensors live in the layer's workspace and
+/// are overwritten by the next forward.
+#[derive(Clone, Debug)]
+pub struct RnnOutput<B: Backend> {
+    /// `[T, B, D·H]`
+    pub output: B::Tensor,
+    /// `[L·D, B, H]`
+    pub hn: B::Tensor,
+    /// `[L·D, B, H]` (LSTM)
+    pub cn: Option<B::Tensor>,
+}
+
+/// Gradients of the inputs of a forward pass (parameter gradients are
+/// accumulated into the caller's flat buffer).
+#[derive(Clone, Debug)]
+pub struct RnnInputGrads<B: Backend> {
+    /// `[T, B, I]`
+    pub input: B::Tensor,
+    /// `[L·D, B, H]`
+    pub h0: B::Tensor,
+    /// `[L·D, B, H]` (LSTM)
+    pub c0: Option<B::Tensor>,
+}
+
+/// A recurrent stack on backend `B`.
+#[derive(Debug)]
+pub struct Rnn<B: Backend> {
+    config: RnnConfig,
+    layout: ParamLayout,
+    backend: B,
+    params: B::Tensor,
+    ws: Option<Workspace<B>>,
+}
+
+impl<B: Backend> Rnn<B> {
+    /// A stack with PyTorch's default initialization: every parameter uniform
+    /// in `±1/√H`, from `seed`.
+    pub fn new(backend: B, config: RnnConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let layout = config.layout();
+        let k = 1.0 / (config.hidden_size as f64).sqrt();
+        let mut r = rng(seed);
+        let values: Vec<B::Elem> = (0..layout.total)
+            .map(|_| B::Elem::of(r.random_range(-k..k)))
+            .collect();
+        Self::from_params(backend, config, &values)
+    }
+
+    /// A stack holding the flat parameters `values` (laid out by [`RnnConfig::layout`]).
+    pub fn from_params(backend: B, config: RnnConfig, values: &[B::Elem]) -> Result<Self> {
+        config.validate()?;
+        let layout = config.layout();
+        if values.len() != layout.total {
+            return Err(Error::invalid(
+                "parameters",
+                format!(
+                    "{} values given, the {} layout has {}",
+                    values.len(),
+                    config.cell.name(),
+                    layout.total
+                ),
+            ));
+        }
+        let params = backend.tensor(&[layout.total], values)?;
+        Ok(Rnn {
+            config,
+            layout,
+            backend,
+            params,
+            ws: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RnnConfig {
+        &self.config
+    }
+
+    /// Names, shapes and offsets of the parameters.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The flat parameter tensor `[P]`.
+    pub fn params(&self) -> &B::Tensor {
+        &self.params
+    }
+
+    /// A zero tensor shaped like the parameters, for gradients.
+    pub fn zeros_like_params(&self) -> Result<B::Tensor> {
+        self.backend.zeros(&[self.layout.total])
+    }
+
+    fn ensure_workspace(&mut self, steps: usize, batch: usize) -> Result<()> {
+        if let Some(ws) = &self.ws
+            && ws.steps == steps
+            && ws.batch == batch
+        {
+            return Ok(());
+        }
+        let b = &self.backend;
+        let c = &self.config;
+        let (h, gh, dirs) = (
+            c.hidden_size,
+            c.cell.gates() * c.hidden_size,
+            c.directions(),
+        );
+        let lstm = c.cell.has_cell_state();
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let mut dws = Vec::with_capacity(dirs);
+            for _ in 0..dirs {
+                dws.push(DirWs {
+                    xg: b.zeros(&[steps, batch, gh])?,
+                    hs: b.zeros(&[steps + 1, batch, h])?,
+                    cs: lstm.then(|| b.zeros(&[steps + 1, batch, h])).transpose()?,
+                    gates: (c.cell.saved() > 0)
+                        .then(|| b.zeros(&[steps, batch, c.cell.saved() * h]))
+                        .transpose()?,
+                    dgh: b.zeros(&[steps, batch, gh])?,
+                    dgx: (c.cell == Cell::Gru)
+                        .then(|| b.zeros(&[steps, batch, gh]))
+                        .transpose()?,
+                    carry: b.zeros(&[2, 2, batch, h])?,
+                });
+            }
+            layers.push(LayerWs {
+                dirs: dws,
+                out: b.zeros(&[steps, batch, c.output_size()])?,
+                dx: b.zeros(&[steps, batch, c.layer_input(l)])?,
+            });
+        }
+        let state = [c.num_layers * dirs, batch, h];
+        self.ws = Some(Workspace {
+            steps,
+            batch,
+            layers,
+            hn: b.zeros(&state)?,
+            cn: lstm.then(|| b.zeros(&state)).transpose()?,
+            grad_h0: b.zeros(&state)?,
+            grad_c0: lstm.then(|| b.zeros(&state)).transpose()?,
+            zero_dout: None,
+            input: None,
+            lengths: None,
+        });
+        Ok(())
+    }
+
+    fn state_letters(&self) -> String {
+        "[L·D, B, H]".to_string()
+    }
+
+    /// Runs the whole sequence `x` `[T, B, I]` from initial states `h0`, `c0`
+    /// `[L·D, B, H]` (zeros when `None`; `c0` only for the LSTM), with optional
+    /// per-row `lengths` (each in `1..=T`, PyTorch's packed-sequence meaning).
+    pub fn forward(
+        &mut self,
+        x: &B::Tensor,
+        h0: Option<&B::Tensor>,
+        c0: Option<&B::Tensor>,
+        lengths: Option<&[i32]>,
+    ) -> Result<RnnOutput<B>> {
+        let cfg = self.config;
+        let xs = self.backend.shape(x).to_vec();
+        if xs.len() != 3 || xs[2] != cfg.input_size || xs[0] == 0 || xs[1] == 0 {
+            return Err(Error::shape(
+                "input",
+                format!("[T, B, I] with T, B >= 1 and I = {}", cfg.input_size),
+                &xs,
+            ));
+        }
+        let (steps, batch) = (xs[0], xs[1]);
+        let (h, dirs) = (cfg.hidden_size, cfg.directions());
+        let state = [cfg.num_layers * dirs, batch, h];
+        if let Some(h0) = h0 {
+            expect_shape("h0", &self.state_letters(), &state, self.backend.shape(h0))?;
+        }
+        if let Some(c0) = c0 {
+            if !cfg.cell.has_cell_state() {
+                return Err(Error::invalid(
+                    "c0",
+                    format!("only an LSTM has a cell state; this is {}", cfg.cell.name()),
+                ));
+            }
+            expect_shape("c0", &self.state_letters(), &state, self.backend.shape(c0))?;
+        }
+        let lengths = lengths
+            .map(|l| {
+                check_lengths(l, batch, steps)?;
+                self.backend.ints(&[batch], l)
+            })
+            .transpose()?;
+        self.ensure_workspace(steps, batch)?;
+        let Some(ws) = self.ws.as_mut() else {
+            return Err(Error::invalid("workspace", "missing after allocation"));
+        };
+        let b = &self.backend;
+        let bh = batch * h;
+        let gh = cfg.cell.gates() * h;
+        for l in 0..cfg.num_layers {
+            let input = if l == 0 {
+                x.clone()
+            } else {
+                ws.layers[l - 1].out.clone()
+            };
+            let in_size = cfg.layer_input(l);
+            let layer = &ws.layers[l];
+            for (d, dw) in layer.dirs.iter().enumerate() {
+                let p = cfg.dir_params(l, d);
+                let g = Gemm::nt(steps * batch, gh, in_size)
+                    .offsets(0, p.w_ih, 0)
+                    .with_bias(p.b_ih);
+                b.gemm(&g, &input, &self.params, Some(&self.params), &dw.xg)?;
+                let sd = l * dirs + d;
+                let (first, last) = if d == 0 { (0, steps) } else { (steps, 0) };
+                load_state(b, h0, sd * bh, &dw.hs, first * bh, bh)?;
+                if let Some(cs) = &dw.cs {
+                    load_state(b, c0, sd * bh, cs, first * bh, bh)?;
+                }
+                let bufs = StepForward {
+                    xg: &dw.xg,
+                    weights: &self.params,
+                    lengths: lengths.as_ref(),
+                    hs: &dw.hs,
+                    cs: dw.cs.as_ref(),
+                    gates: dw.gates.as_ref(),
+                    out: &layer.out,
+                };
+                for s in 0..steps {
+                    let spec = StepSpec {
+                        batch,
+                        hidden: h,
+                        steps,
+                        t: if d == 0 { s } else { steps - 1 - s },
+                        reverse: d == 1,
+                        whh_off: p.w_hh,
+                        bhh_off: p.b_hh,
+                        out_col: d * h,
+                        out_ld: dirs * h,
+                        ..Default::default()
+                    };
+                    b.cell_forward(cfg.cell, &spec, &bufs)?;
+                }
+                b.copy(&dw.hs, last * bh, &ws.hn, sd * bh, bh)?;
+                if let (Some(cs), Some(cn)) = (&dw.cs, &ws.cn) {
+                    b.copy(cs, last * bh, cn, sd * bh, bh)?;
+                }
+            }
+        }
+        ws.input = Some(x.clone());
+        ws.lengths = lengths;
+        Ok(RnnOutput {
+            output: ws.layers[cfg.num_layers - 1].out.clone(),
+            hn: ws.hn.clone(),
+            cn: ws.cn.clone(),
+        })
+    }
+
+    /// Backpropagates through the last forward: the gradients of
+    /// `Σ output⊙grad_output + Σ hn⊙grad_hn + Σ cn⊙grad_cn` (absent gradients
+    /// count as zero). Parameter gradients are **added** to `param_grads` `[P]`;
+    /// the input and initial-state gradients are returned.
+    pub fn backward(
+        &mut self,
+        grad_output: Option<&B::Tensor>,
+        grad_hn: Option<&B::Tensor>,
+        grad_cn: Option<&B::Tensor>,
+        param_grads: &B::Tensor,
+    ) -> Result<RnnInputGrads<B>> {
+        let cfg = self.config;
+        let b = &self.backend;
+        let Some(ws) = self.ws.as_mut() else {
+            return Err(Error::invalid("backward", "called before any forward"));
+        };
+        let Some(input0) = ws.input.clone() else {
+            return Err(Error::invalid("backward", "called before any forward"));
+        };
+        let (steps, batch, h, dirs) = (ws.steps, ws.batch, cfg.hidden_size, cfg.directions());
+        let state = [cfg.num_layers * dirs, batch, h];
+        let out_shape = [steps, batch, cfg.output_size()];
+        expect_shape(
+            "param_grads",
+            "[P]",
+            &[self.layout.total],
+            b.shape(param_grads),
+        )?;
+        if let Some(g) = grad_output {
+            expect_shape("grad_output", "[T, B, D·H]", &out_shape, b.shape(g))?;
+        }
+        if let Some(g) = grad_hn {
+            expect_shape("grad_hn", "[L·D, B, H]", &state, b.shape(g))?;
+        }
+        if let Some(g) = grad_cn {
+            if !cfg.cell.has_cell_state() {
+                return Err(Error::invalid(
+                    "grad_cn",
+                    format!("only an LSTM has a cell state; this is {}", cfg.cell.name()),
+                ));
+            }
+            expect_shape("grad_cn", "[L·D, B, H]", &state, b.shape(g))?;
+        }
+        let dout_top = match grad_output {
+            Some(g) => g.clone(),
+            None => {
+                if ws.zero_dout.is_none() {
+                    ws.zero_dout = Some(b.zeros(&out_shape)?);
+                }
+                match &ws.zero_dout {
+                    Some(z) => z.clone(),
+                    None => return Err(Error::invalid("grad_output", "could not allocate zeros")),
+                }
+            }
+        };
+        let bh = batch * h;
+        let gh = cfg.cell.gates() * h;
+        let rows = steps * batch;
+        for l in (0..cfg.num_layers).rev() {
+            let dout = if l + 1 == cfg.num_layers {
+                dout_top.clone()
+            } else {
+                ws.layers[l + 1].dx.clone()
+            };
+            let input = if l == 0 {
+                input0.clone()
+            } else {
+                ws.layers[l - 1].out.clone()
+            };
+            let in_size = cfg.layer_input(l);
+            let layer = &ws.layers[l];
+            for (d, dw) in layer.dirs.iter().enumerate() {
+                let p = cfg.dir_params(l, d);
+                let sd = l * dirs + d;
+                // Carries start at the gradients of the final states.
+                b.fill(&dw.carry, 0, 4 * bh, 0.0)?;
+                if let Some(g) = grad_hn {
+                    b.copy(g, sd * bh, &dw.carry, 0, bh)?;
+                }
+                if let Some(g) = grad_cn {
+                    b.copy(g, sd * bh, &dw.carry, bh, bh)?;
+                }
+                let bufs = StepBackward {
+                    weights: &self.params,
+                    lengths: ws.lengths.as_ref(),
+                    hs: &dw.hs,
+                    cs: dw.cs.as_ref(),
+                    gates: dw.gates.as_ref(),
+                    dout: &dout,
+                    dgh: &dw.dgh,
+                    dgx: dw.dgx.as_ref(),
+                    carry: &dw.carry,
+                };
+                for s in 0..steps {
+                    let spec = StepSpec {
+                        batch,
+                        hidden: h,
+                        steps,
+                        t: if d == 0 { steps - 1 - s } else { s },
+                        reverse: d == 1,
+                        first: s == 0,
+                        parity: s % 2,
+                        whh_off: p.w_hh,
+                        bhh_off: p.b_hh,
+                        out_col: d * h,
+                        out_ld: dirs * h,
+                    };
+                    b.cell_backward(cfg.cell, &spec, &bufs)?;
+                }
+                // grad_h0 = carry + dG(last step of the sweep) · W_hh
+                let par = steps % 2;
+                let t_last = if d == 0 { 0 } else { steps - 1 };
+                b.copy(&dw.carry, par * 2 * bh, &ws.grad_h0, sd * bh, bh)?;
+                let g = Gemm::nn(batch, h, gh)
+                    .offsets(t_last * batch * gh, p.w_hh, sd * bh)
+                    .accumulating(true);
+                b.gemm(&g, &dw.dgh, &self.params, None, &ws.grad_h0)?;
+                if let Some(gc0) = &ws.grad_c0 {
+                    b.copy(&dw.carry, (par * 2 + 1) * bh, gc0, sd * bh, bh)?;
+                }
+                // Weight gradients over all T·B rows at once.
+                let dgx = dw.dgx.as_ref().unwrap_or(&dw.dgh);
+                let g = Gemm::tn(gh, in_size, rows)
+                    .offsets(0, 0, p.w_ih)
+                    .accumulating(true);
+                b.gemm(&g, dgx, &input, None, param_grads)?;
+                let prev_rows = if d == 0 { 0 } else { bh };
+                let g = Gemm::tn(gh, h, rows)
+                    .offsets(0, prev_rows, p.w_hh)
+                    .accumulating(true);
+                b.gemm(&g, &dw.dgh, &dw.hs, None, param_grads)?;
+                for (src, off) in [(dgx, p.b_ih), (&dw.dgh, p.b_hh)] {
+                    let cs = ColSum {
+                        out_off: off,
+                        accumulate: true,
+                        ..ColSum::new(rows, gh)
+                    };
+                    b.sum_cols(&cs, src, param_grads)?;
+                }
+                // Gradient of this layer's input, summed over directions.
+                let g = Gemm::nn(rows, in_size, gh)
+                    .offsets(0, p.w_ih, 0)
+                    .accumulating(d > 0);
+                b.gemm(&g, dgx, &self.params, None, &layer.dx)?;
+            }
+        }
+        Ok(RnnInputGrads {
+            input: ws.layers[0].dx.clone(),
+            h0: ws.grad_h0.clone(),
+            c0: ws.grad_c0.clone(),
+        })
+    }
+
+    /// The parameter called `name` (PyTorch naming), read back.
+    pub fn read_param(&self, name: &str) -> Result<Vec<B::Elem>> {
+        let e = self.entry(name)?;
+        let all = self.backend.read(&self.params)?;
+        Ok(all[e.offset..e.offset + e.len()].to_vec())
+    }
+
+    fn entry(&self, name: &str) -> Result<&ParamEntry> {
+        self.layout
+            .get(name)
+            .ok_or_else(|| Error::invalid("parameter", format!("no parameter named {name:?}")))
+    }
+}
+
+fn load_state<B: Backend>(
+    b: &B,
+    src: Option<&B::Tensor>,
+    src_off: usize,
+    dst: &B::Tensor,
+    dst_off: usize,
+    n: usize,
+) -> Result<()> {
+    match src {
+        Some(s) => b.copy(s, src_off, dst, dst_off, n),
+        None => b.fill(dst, dst_off, n, 0.0),
+    }
+}
+
+/// Checks packed-sequence lengths: `[B]`, each in `1..=T`.
+pub fn check_lengths(lengths: &[i32], batch: usize, steps: usize) -> Result<()> {
+    if lengths.len() != batch {
+        return Err(Error::shape(
+            "lengths",
+            format!("[B] = [{batch}]"),
+            &[lengths.len()],
+        ));
+    }
+    if let Some((i, &v)) = lengths
+        .iter()
+        .enumerate()
+        .find(|(_, v)| **v < 1 || **v as i64 > steps as i64)
+    {
+        return Err(Error::invalid(
+            "lengths",
+            format!("lengths[{i}] = {v} is outside 1..={steps} (T)"),
+        ));
+    }
+    Ok(())
+}

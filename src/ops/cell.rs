@@ -1,0 +1,778 @@
+//! Fused recurrent cell steps (vanilla RNN, LSTM, GRU), forward and backward.
+//!
+//! One call computes one time step of one layer and direction for the whole
+//! batch: the recurrent product of every gate and the cell update. The input
+//! projection `xg = x·W_ihᵀ + b_ih` of all T steps is computed beforehand by one
+//! large matmul; the weight gradients afterwards by large matmuls over all steps
+//! (see `nn::rnn`). Semantics are PyTorch's `nn.RNN` / `nn.LSTM` / `nn.GRU`,
+//! including packed sequences (rows past their length carry their state and
+//! output zeros).
+//!
+//! ## Buffers of one layer and direction
+//! | buffer | shape | contents |
+//! |---|---|---|
+//! | `xg` | `[T, B, G·H]` | `W_ih x_t + b_ih` |
+//! | `hs`, `cs` | `[T+1, B, H]` | state slots; step `t` reads slot `t` and writes `t+1` (reverse: reads `t+1`, writes `t`) |
+//! | `gates` | `[T, B, 4H]` | LSTM: i, f, g, o; GRU: r, z, n, `W_hn h + b_hn` (RNN saves nothing) |
+//! | `out` | `[T, B, out_ld]` | `h_t` at columns `out_col..out_col+H` |
+//! | `dgh` | `[T, B, G·H]` | gradient of the recurrent pre-activations (LSTM/RNN: also of the input ones) |
+//! | `dgx` | `[T, B, G·H]` | GRU only: gradient of the input pre-activations |
+//! | `carry` | `[2, 2, B, H]` | backward ping-pong: gradient into the previous h and c |
+//!
+//! The backward step at time `t` computes `dh_t = dG_later·W_hh + carry + dout_t`
+//! (the product of the step processed just before it), then this step's gate
+//! gradients and carries: one dispatch per step, like the forward.
+//!
+//! CPU twin: [`forward_step_cpu`] / [`backward_step_cpu`], plain loops over
+//! `(b, j)` after a matmul for the recurrent product. GPU: `shaders/lstm.wgsl`,
+//! `gru.wgsl`, `rnn.wgsl` on top of `recurrent.wgsl` and `cell_common.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::activation::sigmoid;
+use super::matmul::{Gemm, gemm_cpu, u32_of};
+use crate::backend::{GpuBackend, StepBackward, StepForward};
+use crate::error::{Error, Result};
+use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::{DType, GpuTensor, Recorder};
+use crate::real::Real;
+
+/// Nonlinearity of a vanilla RNN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Nonlinearity {
+    /// `tanh` (PyTorch's default).
+    Tanh,
+    /// `relu`.
+    Relu,
+}
+
+/// A recurrent cell type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cell {
+    /// Vanilla RNN.
+    Rnn(Nonlinearity),
+    /// LSTM (gates i, f, g, o).
+    Lstm,
+    /// GRU (gates r, z, n).
+    Gru,
+}
+
+impl Cell {
+    /// Gates per hidden unit, G.
+    pub fn gates(self) -> usize {
+        match self {
+            Cell::Rnn(_) => 1,
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+        }
+    }
+
+    /// Values per hidden unit saved in `gates` for the backward (0 for the vanilla RNN).
+    pub fn saved(self) -> usize {
+        match self {
+            Cell::Rnn(_) => 0,
+            Cell::Lstm | Cell::Gru => 4,
+        }
+    }
+
+    /// True for the LSTM (it has a cell state c).
+    pub fn has_cell_state(self) -> bool {
+        self == Cell::Lstm
+    }
+
+    /// `lstm`, `gru`, `rnn_tanh` or `rnn_relu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cell::Rnn(Nonlinearity::Tanh) => "rnn_tanh",
+            Cell::Rnn(Nonlinearity::Relu) => "rnn_relu",
+            Cell::Lstm => "lstm",
+            Cell::Gru => "gru",
+        }
+    }
+
+    /// Parses the names [`Cell::name`] produces (and `rnn` for `rnn_tanh`).
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "lstm" => Cell::Lstm,
+            "gru" => Cell::Gru,
+            "rnn" | "rnn_tanh" => Cell::Rnn(Nonlinearity::Tanh),
+            "rnn_relu" => Cell::Rnn(Nonlinearity::Relu),
+            other => {
+                return Err(Error::invalid(
+                    "cell",
+                    format!("unknown cell {other:?}; expected lstm, gru, rnn_tanh or rnn_relu"),
+                ));
+            }
+        })
+    }
+
+    fn relu(self) -> bool {
+        self == Cell::Rnn(Nonlinearity::Relu)
+    }
+}
+
+/// Where one step sits: sizes, time, direction, and offsets into shared buffers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepSpec {
+    /// Batch B.
+    pub batch: usize,
+    /// Hidden size H.
+    pub hidden: usize,
+    /// Sequence length T.
+    pub steps: usize,
+    /// Time step t.
+    pub t: usize,
+    /// Reverse direction.
+    pub reverse: bool,
+    /// Backward only: the first step of the backward sweep (no product from a later step).
+    pub first: bool,
+    /// Backward only: which half of `carry` to read (the other is written).
+    pub parity: usize,
+    /// Offset of `W_hh` `[G·H, H]` in the weights buffer.
+    pub whh_off: usize,
+    /// Offset of `b_hh` `[G·H]` in the weights buffer.
+    pub bhh_off: usize,
+    /// First column of this direction in `out` / `dout`.
+    pub out_col: usize,
+    /// Row stride of `out` / `dout` (D·H).
+    pub out_ld: usize,
+}
+
+impl StepSpec {
+    fn prev(&self) -> usize {
+        self.t + self.reverse as usize
+    }
+
+    fn next(&self) -> usize {
+        self.t + 1 - self.reverse as usize
+    }
+
+    /// The time step processed just before this one in the backward sweep.
+    fn later(&self) -> usize {
+        if self.reverse { self.t - 1 } else { self.t + 1 }
+    }
+
+    fn out_index(&self, b: usize, j: usize) -> usize {
+        (self.t * self.batch + b) * self.out_ld + self.out_col + j
+    }
+
+    fn carry_index(&self, parity: usize, which: usize, b: usize, j: usize) -> usize {
+        ((parity * 2 + which) * self.batch + b) * self.hidden + j
+    }
+
+    fn need(arg: &str, want: usize, len: usize) -> Result<()> {
+        if len < want {
+            return Err(Error::invalid(
+                format!("cell step {arg}"),
+                format!("needs {want} elements, has {len}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the step against the cell and the buffer lengths it will touch.
+    fn validate(&self, cell: Cell, backward: bool, lens: &Lens) -> Result<()> {
+        let (b, h, t) = (self.batch, self.hidden, self.steps);
+        if b == 0 || h == 0 || t == 0 {
+            return Err(Error::invalid(
+                "cell step",
+                format!("empty sizes: B = {b}, H = {h}, T = {t}"),
+            ));
+        }
+        if self.t >= t {
+            return Err(Error::invalid(
+                "cell step t",
+                format!("{} >= T = {t}", self.t),
+            ));
+        }
+        if self.out_col + h > self.out_ld {
+            return Err(Error::invalid(
+                "cell step out_col",
+                format!(
+                    "columns {}..{} exceed the row stride {}",
+                    self.out_col,
+                    self.out_col + h,
+                    self.out_ld
+                ),
+            ));
+        }
+        if backward {
+            if self.parity > 1 {
+                return Err(Error::invalid("cell step parity", "must be 0 or 1"));
+            }
+            let edge = if self.reverse {
+                self.t == 0
+            } else {
+                self.t + 1 == t
+            };
+            if !self.first && edge {
+                return Err(Error::invalid(
+                    "cell step first",
+                    "the last time step of the sweep order has no later step",
+                ));
+            }
+        }
+        let gh = cell.gates() * h;
+        Self::need("weights (W_hh)", self.whh_off + gh * h, lens.weights)?;
+        Self::need("weights (b_hh)", self.bhh_off + gh, lens.weights)?;
+        Self::need("hs", (t + 1) * b * h, lens.hs)?;
+        if let Some(len) = lens.lengths {
+            Self::need("lengths", b, len)?;
+        }
+        if cell.has_cell_state() {
+            Self::need("cs", (t + 1) * b * h, lens.cs.unwrap_or(0))?;
+        }
+        if cell.saved() > 0 {
+            Self::need("gates", t * b * cell.saved() * h, lens.gates.unwrap_or(0))?;
+        }
+        let out_len = t * b * self.out_ld;
+        if backward {
+            Self::need("dout", out_len, lens.out)?;
+            Self::need("dgh", t * b * gh, lens.dgh)?;
+            if cell == Cell::Gru {
+                Self::need("dgx", t * b * gh, lens.dgx.unwrap_or(0))?;
+            }
+            Self::need("carry", 4 * b * h, lens.carry)?;
+        } else {
+            Self::need("xg", t * b * gh, lens.xg)?;
+            Self::need("out", out_len, lens.out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Buffer lengths, for validation.
+#[derive(Default)]
+struct Lens {
+    xg: usize,
+    weights: usize,
+    lengths: Option<usize>,
+    hs: usize,
+    cs: Option<usize>,
+    gates: Option<usize>,
+    out: usize,
+    dgh: usize,
+    dgx: Option<usize>,
+    carry: usize,
+}
+
+fn is_active(lengths: Option<&[i32]>, b: usize, t: usize) -> bool {
+    lengths.is_none_or(|l| (t as i64) < l[b] as i64)
+}
+
+/// Host buffers of a forward step.
+pub struct ForwardSlices<'a, T> {
+    /// `[T, B, G·H]`
+    pub xg: &'a [T],
+    /// Flat parameters (W_hh, b_hh at the spec's offsets).
+    pub weights: &'a [T],
+    /// `[B]`, optional.
+    pub lengths: Option<&'a [i32]>,
+    /// `[T+1, B, H]`
+    pub hs: &'a mut [T],
+    /// `[T+1, B, H]`, LSTM only.
+    pub cs: Option<&'a mut [T]>,
+    /// `[T, B, 4H]`, LSTM and GRU.
+    pub gates: Option<&'a mut [T]>,
+    /// `[T, B, out_ld]`
+    pub out: &'a mut [T],
+}
+
+/// Host buffers of a backward step.
+pub struct BackwardSlices<'a, T> {
+    /// Flat parameters.
+    pub weights: &'a [T],
+    /// `[B]`, optional.
+    pub lengths: Option<&'a [i32]>,
+    /// `[T+1, B, H]`
+    pub hs: &'a [T],
+    /// `[T+1, B, H]`, LSTM only.
+    pub cs: Option<&'a [T]>,
+    /// `[T, B, 4H]`, LSTM and GRU.
+    pub gates: Option<&'a [T]>,
+    /// `[T, B, out_ld]`
+    pub dout: &'a [T],
+    /// `[T, B, G·H]`
+    pub dgh: &'a mut [T],
+    /// `[T, B, G·H]`, GRU only.
+    pub dgx: Option<&'a mut [T]>,
+    /// `[2, 2, B, H]`
+    pub carry: &'a mut [T],
+}
+
+fn missing(arg: &str, cell: Cell) -> Error {
+    Error::invalid(
+        format!("cell step {arg}"),
+        format!("is required for {}", cell.name()),
+    )
+}
+
+/// One forward step on the host: the reference the GPU kernels are checked against.
+pub fn forward_step_cpu<T: Real>(
+    cell: Cell,
+    s: &StepSpec,
+    bufs: ForwardSlices<'_, T>,
+) -> Result<()> {
+    let ForwardSlices {
+        xg,
+        weights,
+        lengths,
+        hs,
+        mut cs,
+        mut gates,
+        out,
+    } = bufs;
+    let lens = Lens {
+        xg: xg.len(),
+        weights: weights.len(),
+        lengths: lengths.map(|l| l.len()),
+        hs: hs.len(),
+        cs: cs.as_ref().map(|c| c.len()),
+        gates: gates.as_ref().map(|g| g.len()),
+        out: out.len(),
+        ..Default::default()
+    };
+    s.validate(cell, false, &lens)?;
+    let (bsz, h) = (s.batch, s.hidden);
+    let gh = cell.gates() * h;
+    let bh = bsz * h;
+    let (prev, next) = (s.prev() * bh, s.next() * bh);
+
+    // rec[b, m] = Σ_k h_prev[b, k]·W_hh[m, k] + b_hh[m]
+    let mut rec = vec![T::zero(); bsz * gh];
+    let g = Gemm::nt(bsz, gh, h)
+        .offsets(prev, s.whh_off, 0)
+        .with_bias(s.bhh_off);
+    gemm_cpu(&g, hs, weights, Some(weights), &mut rec)?;
+
+    let one = T::one();
+    for b in 0..bsz {
+        let live = is_active(lengths, b, s.t);
+        let xrow = &xg[(s.t * bsz + b) * gh..(s.t * bsz + b + 1) * gh];
+        let rrow = &rec[b * gh..(b + 1) * gh];
+        for j in 0..h {
+            let hc = b * h + j;
+            let o_idx = s.out_index(b, j);
+            match cell {
+                Cell::Lstm => {
+                    let (cs, gates) = match (cs.as_deref_mut(), gates.as_deref_mut()) {
+                        (Some(c), Some(g)) => (c, g),
+                        _ => return Err(missing("cs/gates", cell)),
+                    };
+                    let srow = (s.t * bsz + b) * 4 * h;
+                    let c_prev = cs[prev + hc];
+                    if !live {
+                        hs[next + hc] = hs[prev + hc];
+                        cs[next + hc] = c_prev;
+                        for k in 0..4 {
+                            gates[srow + k * h + j] = T::zero();
+                        }
+                        out[o_idx] = T::zero();
+                        continue;
+                    }
+                    let pre = |k: usize| xrow[k * h + j] + rrow[k * h + j];
+                    let i = sigmoid(pre(0));
+                    let f = sigmoid(pre(1));
+                    let gg = pre(2).tanh();
+                    let o = sigmoid(pre(3));
+                    let c = f * c_prev + i * gg;
+                    let hv = o * c.tanh();
+                    for (k, v) in [i, f, gg, o].into_iter().enumerate() {
+                        gates[srow + k * h + j] = v;
+                    }
+                    cs[next + hc] = c;
+                    hs[next + hc] = hv;
+                    out[o_idx] = hv;
+                }
+                Cell::Gru => {
+                    let Some(gates) = gates.as_deref_mut() else {
+                        return Err(missing("gates", cell));
+                    };
+                    let srow = (s.t * bsz + b) * 4 * h;
+                    let h_prev = hs[prev + hc];
+                    if !live {
+                        hs[next + hc] = h_prev;
+                        for k in 0..4 {
+                            gates[srow + k * h + j] = T::zero();
+                        }
+                        out[o_idx] = T::zero();
+                        continue;
+                    }
+                    let hn = rrow[2 * h + j];
+                    let r = sigmoid(xrow[j] + rrow[j]);
+                    let z = sigmoid(xrow[h + j] + rrow[h + j]);
+                    let n = (xrow[2 * h + j] + r * hn).tanh();
+                    let hv = (one - z) * n + z * h_prev;
+                    for (k, v) in [r, z, n, hn].into_iter().enumerate() {
+                        gates[srow + k * h + j] = v;
+                    }
+                    hs[next + hc] = hv;
+                    out[o_idx] = hv;
+                }
+                Cell::Rnn(_) => {
+                    if !live {
+                        hs[next + hc] = hs[prev + hc];
+                        out[o_idx] = T::zero();
+                        continue;
+                    }
+                    let pre = xrow[j] + rrow[j];
+                    let hv = if cell.relu() {
+                        pre.max(T::zero())
+                    } else {
+                        pre.tanh()
+                    };
+                    hs[next + hc] = hv;
+                    out[o_idx] = hv;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One backward step on the host.
+pub fn backward_step_cpu<T: Real>(
+    cell: Cell,
+    s: &StepSpec,
+    bufs: BackwardSlices<'_, T>,
+) -> Result<()> {
+    let BackwardSlices {
+        weights,
+        lengths,
+        hs,
+        cs,
+        gates,
+        dout,
+        dgh,
+        mut dgx,
+        carry,
+    } = bufs;
+    let lens = Lens {
+        weights: weights.len(),
+        lengths: lengths.map(|l| l.len()),
+        hs: hs.len(),
+        cs: cs.map(|c| c.len()),
+        gates: gates.map(|g| g.len()),
+        out: dout.len(),
+        dgh: dgh.len(),
+        dgx: dgx.as_ref().map(|d| d.len()),
+        carry: carry.len(),
+        ..Default::default()
+    };
+    s.validate(cell, true, &lens)?;
+    let (bsz, h) = (s.batch, s.hidden);
+    let gh = cell.gates() * h;
+    let bh = bsz * h;
+    let (prev, next) = (s.prev() * bh, s.next() * bh);
+
+    // acc[b, j] = Σ_m dG_later[b, m]·W_hh[m, j]
+    let mut acc = vec![T::zero(); bh];
+    if !s.first {
+        let g = Gemm::nn(bsz, h, gh).offsets(s.later() * bsz * gh, s.whh_off, 0);
+        gemm_cpu(&g, dgh, weights, None, &mut acc)?;
+    }
+
+    let one = T::one();
+    let out_par = 1 - s.parity;
+    for b in 0..bsz {
+        let live = is_active(lengths, b, s.t);
+        let row = (s.t * bsz + b) * gh;
+        let srow = (s.t * bsz + b) * 4 * h;
+        for j in 0..h {
+            let hc = b * h + j;
+            let mut dh = acc[hc] + carry[s.carry_index(s.parity, 0, b, j)];
+            if live {
+                dh += dout[s.out_index(b, j)];
+            }
+            let dc_in = carry[s.carry_index(s.parity, 1, b, j)];
+            if !live {
+                for k in 0..cell.gates() {
+                    dgh[row + k * h + j] = T::zero();
+                    if let Some(dgx) = dgx.as_deref_mut() {
+                        dgx[row + k * h + j] = T::zero();
+                    }
+                }
+                carry[s.carry_index(out_par, 0, b, j)] = dh;
+                if cell.has_cell_state() {
+                    carry[s.carry_index(out_par, 1, b, j)] = dc_in;
+                }
+                continue;
+            }
+            match cell {
+                Cell::Lstm => {
+                    let (Some(cs), Some(gates)) = (cs, gates) else {
+                        return Err(missing("cs/gates", cell));
+                    };
+                    let (i, f, gg, o) = (
+                        gates[srow + j],
+                        gates[srow + h + j],
+                        gates[srow + 2 * h + j],
+                        gates[srow + 3 * h + j],
+                    );
+                    let tc = cs[next + hc].tanh();
+                    let c_prev = cs[prev + hc];
+                    let dc = dc_in + dh * o * (one - tc * tc);
+                    dgh[row + j] = dc * gg * i * (one - i);
+                    dgh[row + h + j] = dc * c_prev * f * (one - f);
+                    dgh[row + 2 * h + j] = dc * i * (one - gg * gg);
+                    dgh[row + 3 * h + j] = dh * tc * o * (one - o);
+                    carry[s.carry_index(out_par, 0, b, j)] = T::zero();
+                    carry[s.carry_index(out_par, 1, b, j)] = dc * f;
+                }
+                Cell::Gru => {
+                    let (Some(gates), Some(dgx)) = (gates, dgx.as_deref_mut()) else {
+                        return Err(missing("gates/dgx", cell));
+                    };
+                    let (r, z, n, hn) = (
+                        gates[srow + j],
+                        gates[srow + h + j],
+                        gates[srow + 2 * h + j],
+                        gates[srow + 3 * h + j],
+                    );
+                    let h_prev = hs[prev + hc];
+                    let dn = dh * (one - z) * (one - n * n);
+                    let dr = dn * hn * r * (one - r);
+                    let dz = dh * (h_prev - n) * z * (one - z);
+                    dgx[row + j] = dr;
+                    dgx[row + h + j] = dz;
+                    dgx[row + 2 * h + j] = dn;
+                    dgh[row + j] = dr;
+                    dgh[row + h + j] = dz;
+                    dgh[row + 2 * h + j] = dn * r;
+                    carry[s.carry_index(out_par, 0, b, j)] = dh * z;
+                }
+                Cell::Rnn(_) => {
+                    let hv = hs[next + hc];
+                    dgh[row + j] = if cell.relu() {
+                        if hv > T::zero() { dh } else { T::zero() }
+                    } else {
+                        dh * (one - hv * hv)
+                    };
+                    carry[s.carry_index(out_par, 0, b, j)] = T::zero();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    b: u32,
+    h: u32,
+    steps: u32,
+    t: u32,
+    reverse: u32,
+    first: u32,
+    parity: u32,
+    has_lengths: u32,
+    whh_off: u32,
+    bhh_off: u32,
+    out_col: u32,
+    out_ld: u32,
+    relu: u32,
+    _pad: [u32; 3],
+}
+
+impl Params {
+    fn of(cell: Cell, s: &StepSpec, has_lengths: bool) -> Result<Self> {
+        // Every index the kernels form must fit in u32.
+        let gh = cell.gates().max(cell.saved()) * s.hidden;
+        let biggest = (s.steps + 1)
+            .checked_mul(s.batch)
+            .and_then(|v| v.checked_mul(gh.max(s.out_ld)))
+            .ok_or_else(|| Error::invalid("cell step", "sizes overflow"))?;
+        u32_of("T·B·G·H", biggest)?;
+        Ok(Params {
+            b: u32_of("B", s.batch)?,
+            h: u32_of("H", s.hidden)?,
+            steps: u32_of("T", s.steps)?,
+            t: u32_of("t", s.t)?,
+            reverse: s.reverse as u32,
+            first: s.first as u32,
+            parity: s.parity as u32,
+            has_lengths: has_lengths as u32,
+            whh_off: u32_of("whh_off", s.whh_off)?,
+            bhh_off: u32_of("bhh_off", s.bhh_off)?,
+            out_col: u32_of("out_col", s.out_col)?,
+            out_ld: u32_of("out_ld", s.out_ld)?,
+            relu: cell.relu() as u32,
+            _pad: [0; 3],
+        })
+    }
+}
+
+const R: Access = Access::Read;
+const W: Access = Access::ReadWrite;
+
+fn forward_spec(cell: Cell) -> KernelSpec {
+    match cell {
+        Cell::Lstm => KernelSpec {
+            shader: Shader::Lstm,
+            entry: "lstm_forward",
+            bindings: &[(1, R), (2, R), (3, R), (4, W), (5, W), (6, W), (7, W)],
+        },
+        Cell::Gru => KernelSpec {
+            shader: Shader::Gru,
+            entry: "gru_forward",
+            bindings: &[(1, R), (2, R), (3, R), (4, W), (6, W), (7, W)],
+        },
+        Cell::Rnn(_) => KernelSpec {
+            shader: Shader::Rnn,
+            entry: "rnn_forward",
+            bindings: &[(1, R), (2, R), (3, R), (4, W), (7, W)],
+        },
+    }
+}
+
+fn backward_spec(cell: Cell) -> KernelSpec {
+    match cell {
+        Cell::Lstm => KernelSpec {
+            shader: Shader::Lstm,
+            entry: "lstm_backward",
+            bindings: &[(2, R), (3, R), (5, W), (6, W), (8, R), (9, W), (11, W)],
+        },
+        Cell::Gru => KernelSpec {
+            shader: Shader::Gru,
+            entry: "gru_backward",
+            bindings: &[
+                (2, R),
+                (3, R),
+                (4, W),
+                (6, W),
+                (8, R),
+                (9, W),
+                (10, W),
+                (11, W),
+            ],
+        },
+        Cell::Rnn(_) => KernelSpec {
+            shader: Shader::Rnn,
+            entry: "rnn_backward",
+            bindings: &[(2, R), (3, R), (4, W), (8, R), (9, W), (11, W)],
+        },
+    }
+}
+
+/// Workgroups of a step: 32 hidden units × 8 batch rows each.
+fn step_groups(s: &StepSpec) -> u64 {
+    (s.hidden as u64).div_ceil(32) * (s.batch as u64).div_ceil(8)
+}
+
+/// GPU buffers of a forward step.
+pub type ForwardTensors<'a> = StepForward<'a, GpuBackend>;
+
+/// GPU buffers of a backward step.
+pub type BackwardTensors<'a> = StepBackward<'a, GpuBackend>;
+
+fn f32_len(arg: &str, t: &GpuTensor) -> Result<usize> {
+    t.expect_dtype(arg, DType::F32)?;
+    Ok(t.len())
+}
+
+fn lengths_len(lengths: Option<&GpuTensor>) -> Result<Option<usize>> {
+    lengths
+        .map(|l| {
+            l.expect_dtype("lengths", DType::I32)?;
+            Ok(l.len())
+        })
+        .transpose()
+}
+
+/// Records one forward step. `dummy_ints` is bound in place of absent lengths.
+pub fn forward_step_gpu(
+    rec: &mut Recorder<'_>,
+    cell: Cell,
+    s: &StepSpec,
+    bufs: &ForwardTensors<'_>,
+    dummy_ints: &GpuTensor,
+) -> Result<()> {
+    let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
+    let lens = Lens {
+        xg: f32_len("xg", bufs.xg)?,
+        weights: f32_len("weights", bufs.weights)?,
+        lengths: lengths_len(bufs.lengths)?,
+        hs: f32_len("hs", bufs.hs)?,
+        cs: opt_len("cs", bufs.cs)?,
+        gates: opt_len("gates", bufs.gates)?,
+        out: f32_len("out", bufs.out)?,
+        ..Default::default()
+    };
+    s.validate(cell, false, &lens)?;
+    let params = Params::of(cell, s, bufs.lengths.is_some())?;
+    let lengths = bufs.lengths.unwrap_or(dummy_ints).buffer();
+    let mut buffers = vec![
+        bufs.xg.buffer(),
+        bufs.weights.buffer(),
+        lengths,
+        bufs.hs.buffer(),
+    ];
+    match (cell, bufs.cs, bufs.gates) {
+        (Cell::Lstm, Some(cs), Some(gates)) => buffers.extend([cs.buffer(), gates.buffer()]),
+        (Cell::Gru, _, Some(gates)) => buffers.push(gates.buffer()),
+        (Cell::Rnn(_), _, _) => {}
+        _ => return Err(missing("cs/gates", cell)),
+    }
+    buffers.push(bufs.out.buffer());
+    let grid = rec.ctx().grid(step_groups(s))?;
+    rec.dispatch(forward_spec(cell), &[], &buffers, &params, grid)
+}
+
+/// Records one backward step.
+pub fn backward_step_gpu(
+    rec: &mut Recorder<'_>,
+    cell: Cell,
+    s: &StepSpec,
+    bufs: &BackwardTensors<'_>,
+    dummy_ints: &GpuTensor,
+) -> Result<()> {
+    let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
+    let lens = Lens {
+        weights: f32_len("weights", bufs.weights)?,
+        lengths: lengths_len(bufs.lengths)?,
+        hs: f32_len("hs", bufs.hs)?,
+        cs: opt_len("cs", bufs.cs)?,
+        gates: opt_len("gates", bufs.gates)?,
+        out: f32_len("dout", bufs.dout)?,
+        dgh: f32_len("dgh", bufs.dgh)?,
+        dgx: opt_len("dgx", bufs.dgx)?,
+        carry: f32_len("carry", bufs.carry)?,
+        ..Default::default()
+    };
+    s.validate(cell, true, &lens)?;
+    let params = Params::of(cell, s, bufs.lengths.is_some())?;
+    let lengths = bufs.lengths.unwrap_or(dummy_ints).buffer();
+    let buffers: Vec<&wgpu::Buffer> = match (cell, bufs.cs, bufs.gates, bufs.dgx) {
+        (Cell::Lstm, Some(cs), Some(gates), _) => vec![
+            bufs.weights.buffer(),
+            lengths,
+            cs.buffer(),
+            gates.buffer(),
+            bufs.dout.buffer(),
+            bufs.dgh.buffer(),
+            bufs.carry.buffer(),
+        ],
+        (Cell::Gru, _, Some(gates), Some(dgx)) => vec![
+            bufs.weights.buffer(),
+            lengths,
+            bufs.hs.buffer(),
+            gates.buffer(),
+            bufs.dout.buffer(),
+            bufs.dgh.buffer(),
+            dgx.buffer(),
+            bufs.carry.buffer(),
+        ],
+        (Cell::Rnn(_), _, _, _) => vec![
+            bufs.weights.buffer(),
+            lengths,
+            bufs.hs.buffer(),
+            bufs.dout.buffer(),
+            bufs.dgh.buffer(),
+            bufs.carry.buffer(),
+        ],
+        _ => return Err(missing("cs/gates/dgx", cell)),
+    };
+    let grid = rec.ctx().grid(step_groups(s))?;
+    rec.dispatch(backward_spec(cell), &[], &buffers, &params, grid)
+}

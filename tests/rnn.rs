@@ -1,0 +1,366 @@
+//! Recurrent layers: gradients against finite differences (CPU, f64), the GPU
+//! against the CPU at step, layer and stack level, packed-sequence semantics,
+//! and input errors.
+
+mod common;
+
+use rnn_wgpu::Error;
+use rnn_wgpu::backend::{Backend, CpuBackend, GpuBackend, StepBackward, StepForward};
+use rnn_wgpu::gradcheck::GradCheck;
+use rnn_wgpu::nn::case::{RnnCase, RnnResults, check_case_gradients, run_case};
+use rnn_wgpu::nn::{Rnn, RnnConfig};
+use rnn_wgpu::ops::cell::{Cell, Nonlinearity, StepSpec};
+use rnn_wgpu::parity::{Tolerance, compare, rng, uniform};
+
+use rand::RngExt;
+
+const CELLS: [Cell; 4] = [
+    Cell::Lstm,
+    Cell::Gru,
+    Cell::Rnn(Nonlinearity::Tanh),
+    Cell::Rnn(Nonlinearity::Relu),
+];
+
+fn cpu() -> CpuBackend<f64> {
+    CpuBackend::new()
+}
+
+fn check(name: &str, expected: &[f64], actual: &[f64], tol: Tolerance) {
+    if let Err(m) = compare(name, expected, actual, tol) {
+        panic!("{m}");
+    }
+}
+
+fn gradcheck(case: &RnnCase) {
+    let lines = check_case_gradients(case, &GradCheck::default(), 24).unwrap();
+    assert!(!lines.is_empty());
+    for (name, r) in lines {
+        if let Err(m) = r {
+            panic!("{}: {name}: {m}", case.describe());
+        }
+    }
+}
+
+#[test]
+fn every_gradient_of_every_cell_matches_finite_differences() {
+    for (i, cell) in CELLS.into_iter().enumerate() {
+        let cfg = RnnConfig::new(cell, 3, 4).layers(2).bidirectional(true);
+        let case = RnnCase::new(cfg, 5, 3, 10 + i as u64)
+            .with_states()
+            .with_lengths(vec![5, 2, 4]);
+        gradcheck(&case);
+        let single = RnnCase::new(RnnConfig::new(cell, 2, 3), 4, 2, 20 + i as u64);
+        gradcheck(&single);
+    }
+}
+
+fn results_match(name: &str, expected: &RnnResults, actual: &RnnResults) {
+    let val = Tolerance::new(2e-5, 1e-4);
+    let grad = Tolerance::new(1e-4, 1e-3);
+    check(
+        &format!("{name}: output"),
+        &expected.output,
+        &actual.output,
+        val,
+    );
+    check(&format!("{name}: hn"), &expected.hn, &actual.hn, val);
+    check(&format!("{name}: cn"), &expected.cn, &actual.cn, val);
+    check(
+        &format!("{name}: grad_input"),
+        &expected.grad_input,
+        &actual.grad_input,
+        grad,
+    );
+    check(
+        &format!("{name}: grad_h0"),
+        &expected.grad_h0,
+        &actual.grad_h0,
+        grad,
+    );
+    check(
+        &format!("{name}: grad_c0"),
+        &expected.grad_c0,
+        &actual.grad_c0,
+        grad,
+    );
+    check(
+        &format!("{name}: param grads"),
+        &expected.grad_params,
+        &actual.grad_params,
+        grad,
+    );
+}
+
+fn gpu_vs_cpu(gpu: &GpuBackend, case: &RnnCase) {
+    let data = case.data();
+    let expected = run_case(&cpu(), case, &data).unwrap();
+    let actual = run_case(gpu, case, &data).unwrap();
+    results_match(&case.describe(), &expected, &actual);
+}
+
+#[test]
+fn gpu_matches_cpu_on_named_edge_cases() {
+    let gpu = gpu_or_skip!();
+    for (i, cell) in CELLS.into_iter().enumerate() {
+        let s = 100 * i as u64;
+        let cases = [
+            RnnCase::new(RnnConfig::new(cell, 1, 1), 3, 2, s + 1), // H = 1, I = 1
+            RnnCase::new(RnnConfig::new(cell, 3, 4), 4, 1, s + 2), // B = 1
+            RnnCase::new(RnnConfig::new(cell, 3, 4), 1, 3, s + 3).with_states(), // T = 1
+            RnnCase::new(RnnConfig::new(cell, 7, 33), 3, 9, s + 4), // tile edges: H = 33, B = 9
+            RnnCase::new(RnnConfig::new(cell, 5, 6).layers(3), 4, 2, s + 5).with_states(),
+            RnnCase::new(RnnConfig::new(cell, 4, 5).bidirectional(true), 5, 3, s + 6).with_states(),
+            RnnCase::new(
+                RnnConfig::new(cell, 3, 5).layers(2).bidirectional(true),
+                6,
+                4,
+                s + 7,
+            )
+            .with_states()
+            .with_lengths(vec![6, 1, 3, 5]),
+        ];
+        for case in &cases {
+            gpu_vs_cpu(&gpu, case);
+        }
+    }
+}
+
+#[test]
+fn gpu_matches_cpu_on_random_cases() {
+    let gpu = gpu_or_skip!();
+    let mut r = rng(31337);
+    for i in 0..8 {
+        let cell = CELLS[i % 4];
+        let (steps, batch) = (r.random_range(1..7), r.random_range(1..11));
+        let cfg = RnnConfig::new(cell, r.random_range(1..9), r.random_range(1..40))
+            .layers(r.random_range(1..4))
+            .bidirectional(r.random_range(0..2) == 1);
+        let mut case = RnnCase::new(cfg, steps, batch, 900 + i as u64);
+        if r.random_range(0..2) == 1 {
+            case = case.with_states();
+        }
+        if r.random_range(0..2) == 1 {
+            let lengths = (0..batch)
+                .map(|_| r.random_range(1..=steps as i32))
+                .collect();
+            case = case.with_lengths(lengths);
+        }
+        gpu_vs_cpu(&gpu, &case);
+    }
+}
+
+/// One forward and one backward step, GPU against CPU, on random buffers.
+#[test]
+fn single_steps_match_between_gpu_and_cpu() {
+    let gpu = gpu_or_skip!();
+    for (ci, cell) in CELLS.into_iter().enumerate() {
+        let (steps, batch, h) = (3, 5, 37);
+        let gh = cell.gates() * h;
+        let s = StepSpec {
+            batch,
+            hidden: h,
+            steps,
+            t: 1,
+            reverse: false,
+            first: false,
+            parity: 1,
+            whh_off: 7,
+            bhh_off: 7 + gh * h,
+            out_col: h,
+            out_ld: 2 * h,
+        };
+        let seed = 40 + ci as u64 * 10;
+        let weights = uniform(seed, 7 + gh * h + gh + 3, -0.3, 0.3);
+        let xg = uniform(seed + 1, steps * batch * gh, -2.0, 2.0);
+        let states = uniform(seed + 2, (steps + 1) * batch * h, -1.0, 1.0);
+        let gates = uniform(seed + 3, steps * batch * 4 * h, 0.05, 0.95);
+        let dout = uniform(seed + 4, steps * batch * 2 * h, -1.0, 1.0);
+        let dg = uniform(seed + 5, steps * batch * gh, -1.0, 1.0);
+        let carry = uniform(seed + 6, 4 * batch * h, -1.0, 1.0);
+        let lengths = [3, 1, 2, 3, 2];
+        fn run<B: Backend>(
+            b: &B,
+            cell: Cell,
+            s: &StepSpec,
+            v: [&[f64]; 7],
+            lengths: &[i32],
+        ) -> Vec<Vec<f64>> {
+            let [weights, xg, states, gates, dout, dg, carry] = v;
+            let t = |x: &[f64]| b.tensor_f64(&[x.len()], x).unwrap();
+            let (w, xg, hs, cs, gt) = (t(weights), t(xg), t(states), t(states), t(gates));
+            let out = b.zeros(&[dout.len()]).unwrap();
+            let lens = b.ints(&[lengths.len()], lengths).unwrap();
+            let lstm = cell.has_cell_state();
+            let saved = cell.saved() > 0;
+            let fwd = StepForward {
+                xg: &xg,
+                weights: &w,
+                lengths: Some(&lens),
+                hs: &hs,
+                cs: lstm.then_some(&cs),
+                gates: saved.then_some(&gt),
+                out: &out,
+            };
+            b.cell_forward(cell, s, &fwd).unwrap();
+            let (dout, dgh, dgx, carry) = (t(dout), t(dg), t(dg), t(carry));
+            let bwd = StepBackward {
+                weights: &w,
+                lengths: Some(&lens),
+                hs: &hs,
+                cs: lstm.then_some(&cs),
+                gates: saved.then_some(&gt),
+                dout: &dout,
+                dgh: &dgh,
+                dgx: (cell == Cell::Gru).then_some(&dgx),
+                carry: &carry,
+            };
+            b.cell_backward(cell, s, &bwd).unwrap();
+            [&hs, &cs, &gt, &out, &dgh, &dgx, &carry]
+                .iter()
+                .map(|x| b.read_f64(x).unwrap())
+                .collect()
+        }
+        let v = [&weights[..], &xg, &states, &gates, &dout, &dg, &carry];
+        let expected = run(&cpu(), cell, &s, v, &lengths);
+        let actual = run(&gpu, cell, &s, v, &lengths);
+        let names = ["hs", "cs", "gates", "out", "dgh", "dgx", "carry"];
+        for ((name, e), a) in names.iter().zip(&expected).zip(&actual) {
+            check(
+                &format!("{} step {name}", cell.name()),
+                e,
+                a,
+                Tolerance::new(2e-5, 1e-4),
+            );
+        }
+    }
+}
+
+/// Packed sequences: each row gives the same outputs and final states as the
+/// same row run alone with T = its length; outputs past the length are zero.
+#[test]
+fn lengths_mean_what_packed_sequences_mean() {
+    let b = cpu();
+    for (ci, cell) in CELLS.into_iter().enumerate() {
+        let cfg = RnnConfig::new(cell, 3, 4).layers(2).bidirectional(true);
+        let (steps, batch) = (6, 3);
+        let lengths = [6, 2, 4];
+        let mut rnn = Rnn::new(b.clone(), cfg, 5 + ci as u64).unwrap();
+        let x = uniform(70, steps * batch * 3, -1.0, 1.0);
+        let out = rnn
+            .forward(
+                &b.tensor(&[steps, batch, 3], &x).unwrap(),
+                None,
+                None,
+                Some(&lengths),
+            )
+            .unwrap();
+        let (y, hn) = (b.read(&out.output).unwrap(), b.read(&out.hn).unwrap());
+        let width = cfg.output_size();
+        for (row, &len) in lengths.iter().enumerate() {
+            let len = len as usize;
+            let xr: Vec<f64> = (0..len)
+                .flat_map(|t| x[(t * batch + row) * 3..(t * batch + row + 1) * 3].to_vec())
+                .collect();
+            let mut alone =
+                Rnn::from_params(b.clone(), cfg, &b.read(rnn.params()).unwrap()).unwrap();
+            let o = alone
+                .forward(&b.tensor(&[len, 1, 3], &xr).unwrap(), None, None, None)
+                .unwrap();
+            let (ya, hna) = (b.read(&o.output).unwrap(), b.read(&o.hn).unwrap());
+            for t in 0..steps {
+                let got = &y[(t * batch + row) * width..(t * batch + row + 1) * width];
+                if t < len {
+                    check(
+                        "output",
+                        &ya[t * width..(t + 1) * width],
+                        got,
+                        Tolerance::new(1e-12, 1e-12),
+                    );
+                } else {
+                    assert!(
+                        got.iter().all(|&v| v == 0.0),
+                        "{}: output past length",
+                        cell.name()
+                    );
+                }
+            }
+            for sd in 0..4 {
+                check(
+                    "hn",
+                    &hna[sd * 4..(sd + 1) * 4],
+                    &hn[(sd * batch + row) * 4..(sd * batch + row + 1) * 4],
+                    Tolerance::new(1e-12, 1e-12),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn layout_offsets_agree_with_the_layout() {
+    for cell in CELLS {
+        let cfg = RnnConfig::new(cell, 3, 5).layers(3).bidirectional(true);
+        let layout = cfg.layout();
+        for l in 0..3 {
+            for d in 0..2 {
+                let sfx = RnnConfig::suffix(l, d);
+                let p = cfg.dir_params(l, d);
+                assert_eq!(
+                    layout.get(&format!("weight_ih{sfx}")).unwrap().offset,
+                    p.w_ih
+                );
+                assert_eq!(
+                    layout.get(&format!("weight_hh{sfx}")).unwrap().offset,
+                    p.w_hh
+                );
+                assert_eq!(layout.get(&format!("bias_ih{sfx}")).unwrap().offset, p.b_ih);
+                assert_eq!(layout.get(&format!("bias_hh{sfx}")).unwrap().offset, p.b_hh);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let b = cpu();
+    let cfg = RnnConfig::new(Cell::Gru, 3, 4).layers(2);
+    let mut rnn = Rnn::new(b.clone(), cfg, 1).unwrap();
+    let grads = rnn.zeros_like_params().unwrap();
+    let err = rnn.backward(None, None, None, &grads).unwrap_err();
+    assert!(err.to_string().contains("before any forward"), "{err}");
+    let x = b.zeros(&[5, 2, 4]).unwrap();
+    let err = rnn.forward(&x, None, None, None).unwrap_err();
+    assert!(
+        matches!(err, Error::Shape { ref arg, .. } if arg == "input"),
+        "{err}"
+    );
+    let x = b.zeros(&[5, 2, 3]).unwrap();
+    let h0 = b.zeros(&[1, 2, 4]).unwrap();
+    let err = rnn.forward(&x, Some(&h0), None, None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("h0: expected shape [L·D, B, H] = [2, 2, 4]"),
+        "{err}"
+    );
+    let c0 = b.zeros(&[2, 2, 4]).unwrap();
+    let err = rnn.forward(&x, None, Some(&c0), None).unwrap_err();
+    assert!(err.to_string().contains("only an LSTM"), "{err}");
+    let err = rnn.forward(&x, None, None, Some(&[5, 6])).unwrap_err();
+    assert!(
+        err.to_string().contains("lengths[1] = 6 is outside 1..=5"),
+        "{err}"
+    );
+    let err = rnn.forward(&x, None, None, Some(&[5])).unwrap_err();
+    assert!(
+        matches!(err, Error::Shape { ref arg, .. } if arg == "lengths"),
+        "{err}"
+    );
+    let err = rnn.forward(&x, None, None, Some(&[0, 1])).unwrap_err();
+    assert!(err.to_string().contains("lengths[0] = 0"), "{err}");
+    rnn.forward(&x, None, None, None).unwrap();
+    let bad = b.zeros(&[5, 2, 3]).unwrap();
+    let err = rnn.backward(Some(&bad), None, None, &grads).unwrap_err();
+    assert!(err.to_string().contains("grad_output"), "{err}");
+    assert!(RnnConfig::new(Cell::Lstm, 0, 4).validate().is_err());
+    assert!(Rnn::from_params(b.clone(), cfg, &[0.0; 3]).is_err());
+}
