@@ -35,8 +35,10 @@
 pub mod backend;
 pub mod bench;
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod gradcheck;
+pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod parity;

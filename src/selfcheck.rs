@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use crate::backend::{Backend, CpuBackend, GpuBackend, XentBuffers, api};
 use crate::error::Result;
+use crate::nn::RnnConfig;
+use crate::nn::case::{RnnCase, run_case};
 use crate::ops::activation::{Activation, Span};
+use crate::ops::cell::{Cell, Nonlinearity};
 use crate::ops::matmul::{Gemm, GemmKernel};
 use crate::ops::reduce::{ColSum, ReduceOp};
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
@@ -280,7 +283,50 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
         &|r| r.reduce(&v, 300, 41),
         gpu,
     );
+    for (i, cell) in [
+        Cell::Lstm,
+        Cell::Gru,
+        Cell::Rnn(Nonlinearity::Tanh),
+        Cell::Rnn(Nonlinearity::Relu),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = RnnConfig::new(cell, 5, 37).layers(2).bidirectional(true);
+        let case = RnnCase::new(cfg, 6, 9, 80 + i as u64)
+            .with_states()
+            .with_lengths(vec![6, 3, 1, 6, 5, 2, 4, 6, 6]);
+        rnn_case(&mut report, gpu, &case);
+    }
     report
+}
+
+/// Compares a forward + backward of `case` on `gpu` with the f64 CPU path.
+pub fn rnn_case(report: &mut Report, gpu: &GpuBackend, case: &RnnCase) {
+    let name = case.describe();
+    let data = case.data();
+    let cpu = CpuBackend::<f64>::new();
+    let (expected, actual) = match (
+        run_case(&cpu, &case.config, &data, true),
+        run_case(gpu, &case.config, &data, true),
+    ) {
+        (Ok(e), Ok(a)) => (e, a),
+        (Err(e), _) | (_, Err(e)) => return report.error(&name, &e),
+    };
+    let values = Tolerance::new(2e-5, 1e-4);
+    let grads = Tolerance::new(1e-4, 1e-3);
+    report.compare(
+        &format!("{name}: forward"),
+        &expected.values(),
+        &actual.values(),
+        values,
+    );
+    report.compare(
+        &format!("{name}: backward"),
+        &expected.gradients(),
+        &actual.gradients(),
+        grads,
+    );
 }
 
 /// Runs the kernel checks and reports timing.

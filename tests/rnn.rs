@@ -93,8 +93,8 @@ fn results_match(name: &str, expected: &RnnResults, actual: &RnnResults) {
 
 fn gpu_vs_cpu(gpu: &GpuBackend, case: &RnnCase) {
     let data = case.data();
-    let expected = run_case(&cpu(), case, &data).unwrap();
-    let actual = run_case(gpu, case, &data).unwrap();
+    let expected = run_case(&cpu(), &case.config, &data, true).unwrap();
+    let actual = run_case(gpu, &case.config, &data, true).unwrap();
     results_match(&case.describe(), &expected, &actual);
 }
 

@@ -10,9 +10,11 @@
 //! Launches address tensors with element offsets, so a time step of a `[T, B, H]`
 //! sequence or one gate block of a weight is an offset, not a copy.
 
+mod choice;
 mod cpu;
 mod gpu;
 
+pub use choice::{BackendChoice, Chosen, choose};
 pub use cpu::{CpuBackend, CpuTensor};
 pub use gpu::GpuBackend;
 

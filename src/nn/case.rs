@@ -30,22 +30,29 @@ pub struct RnnCase {
     pub seed: u64,
 }
 
-/// The values of a case, in f64: parameters, inputs and output gradients.
+/// The values of one run, in f64: parameters, inputs and output gradients
+/// (what `rnn-wgpu eval` reads from its two files).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RnnCaseData {
+    /// T
+    pub steps: usize,
+    /// B
+    pub batch: usize,
     /// Flat parameters `[P]`.
     pub params: Vec<f64>,
     /// `[T, B, I]`
     pub x: Vec<f64>,
     /// `[L·D, B, H]`
     pub h0: Option<Vec<f64>>,
-    /// `[L·D, B, H]`
-    pub c0: Option<Vec<f64>>,
-    /// `[T, B, D·H]`
-    pub grad_output: Vec<f64>,
-    /// `[L·D, B, H]`
-    pub grad_hn: Vec<f64>,
     /// `[L·D, B, H]` (LSTM)
+    pub c0: Option<Vec<f64>>,
+    /// `[B]`, each in `1..=T`.
+    pub lengths: Option<Vec<i32>>,
+    /// `[T, B, D·H]`; zero when absent.
+    pub grad_output: Option<Vec<f64>>,
+    /// `[L·D, B, H]`; zero when absent.
+    pub grad_hn: Option<Vec<f64>>,
+    /// `[L·D, B, H]` (LSTM); zero when absent.
     pub grad_cn: Option<Vec<f64>>,
 }
 
@@ -66,6 +73,31 @@ pub struct RnnResults {
     pub grad_c0: Vec<f64>,
     /// `[P]`
     pub grad_params: Vec<f64>,
+}
+
+impl RnnResults {
+    /// Forward values, concatenated: output, hn, cn.
+    pub fn values(&self) -> Vec<f64> {
+        [&self.output, &self.hn, &self.cn]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Gradients, concatenated: input, h0, c0, parameters.
+    pub fn gradients(&self) -> Vec<f64> {
+        [
+            &self.grad_input,
+            &self.grad_h0,
+            &self.grad_c0,
+            &self.grad_params,
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect()
+    }
 }
 
 impl RnnCase {
@@ -131,24 +163,36 @@ impl RnnCase {
         let out_len = self.steps * self.batch * c.output_size();
         let lstm = c.cell.has_cell_state();
         RnnCaseData {
+            steps: self.steps,
+            batch: self.batch,
             params: uniform(s, c.layout().total, -k, k),
             x: uniform(s + 1, self.steps * self.batch * c.input_size, -1.0, 1.0),
             h0: self.with_h0.then(|| uniform(s + 2, n_state, -1.0, 1.0)),
             c0: (self.with_c0 && lstm).then(|| uniform(s + 3, n_state, -1.0, 1.0)),
-            grad_output: uniform(s + 4, out_len, -1.0, 1.0),
-            grad_hn: uniform(s + 5, n_state, -1.0, 1.0),
+            lengths: self.lengths.clone(),
+            grad_output: Some(uniform(s + 4, out_len, -1.0, 1.0)),
+            grad_hn: Some(uniform(s + 5, n_state, -1.0, 1.0)),
             grad_cn: lstm.then(|| uniform(s + 6, n_state, -1.0, 1.0)),
         }
     }
 }
 
-/// Runs forward and backward of `case` on `backend` with `data`; returns every result in f64.
-pub fn run_case<B: Backend>(backend: &B, case: &RnnCase, data: &RnnCaseData) -> Result<RnnResults> {
-    let c = &case.config;
+/// Runs the forward (and, if `backward`, the backward) of a stack shaped by
+/// `config` on `backend` with `data`; returns every result in f64. Without
+/// `backward` the gradient fields are empty; without a cell state, `cn` and
+/// `grad_c0` are.
+pub fn run_case<B: Backend>(
+    backend: &B,
+    config: &RnnConfig,
+    data: &RnnCaseData,
+    backward: bool,
+) -> Result<RnnResults> {
+    let c = config;
     let conv = |v: &[f64]| -> Vec<B::Elem> { v.iter().map(|&x| B::Elem::of(x)).collect() };
     let mut rnn = Rnn::from_params(backend.clone(), *c, &conv(&data.params))?;
-    let state = [c.num_layers * c.directions(), case.batch, c.hidden_size];
-    let x = backend.tensor_f64(&[case.steps, case.batch, c.input_size], &data.x)?;
+    let (steps, batch) = (data.steps, data.batch);
+    let state = [c.num_layers * c.directions(), batch, c.hidden_size];
+    let x = backend.tensor_f64(&[steps, batch, c.input_size], &data.x)?;
     let h0 = data
         .h0
         .as_ref()
@@ -159,75 +203,67 @@ pub fn run_case<B: Backend>(backend: &B, case: &RnnCase, data: &RnnCaseData) -> 
         .as_ref()
         .map(|v| backend.tensor_f64(&state, v))
         .transpose()?;
-    let out = rnn.forward(&x, h0.as_ref(), c0.as_ref(), case.lengths.as_deref())?;
-    let go = backend.tensor_f64(
-        &[case.steps, case.batch, c.output_size()],
-        &data.grad_output,
-    )?;
-    let ghn = backend.tensor_f64(&state, &data.grad_hn)?;
-    let gcn = data
-        .grad_cn
-        .as_ref()
-        .map(|v| backend.tensor_f64(&state, v))
-        .transpose()?;
-    let grads = rnn.zeros_like_params()?;
-    let g = rnn.backward(Some(&go), Some(&ghn), gcn.as_ref(), &grads)?;
-    let mut list = vec![&out.output, &out.hn, &g.input, &g.h0, &grads];
-    if let (Some(cn), Some(gc0)) = (&out.cn, &g.c0) {
-        list.push(cn);
-        list.push(gc0);
+    let out = rnn.forward(&x, h0.as_ref(), c0.as_ref(), data.lengths.as_deref())?;
+    let mut list = vec![&out.output, &out.hn];
+    list.extend(out.cn.as_ref());
+    let grads;
+    let input_grads;
+    if backward {
+        let go = data
+            .grad_output
+            .as_ref()
+            .map(|v| backend.tensor_f64(&[steps, batch, c.output_size()], v))
+            .transpose()?;
+        let ghn = data
+            .grad_hn
+            .as_ref()
+            .map(|v| backend.tensor_f64(&state, v))
+            .transpose()?;
+        let gcn = data
+            .grad_cn
+            .as_ref()
+            .map(|v| backend.tensor_f64(&state, v))
+            .transpose()?;
+        grads = rnn.zeros_like_params()?;
+        input_grads = rnn.backward(go.as_ref(), ghn.as_ref(), gcn.as_ref(), &grads)?;
+        list.extend([&input_grads.input, &input_grads.h0, &grads]);
+        list.extend(input_grads.c0.as_ref());
     }
-    let mut vals: Vec<Vec<f64>> = backend
+    // One readback for everything.
+    let mut vals = backend
         .read_many(&list)?
         .into_iter()
-        .map(|v| v.iter().map(|x| x.f64()).collect())
-        .collect();
-    let take = |v: &mut Vec<Vec<f64>>| {
-        if v.is_empty() {
-            Vec::new()
-        } else {
-            v.remove(0)
-        }
-    };
+        .map(|v| v.iter().map(|x| x.f64()).collect::<Vec<f64>>());
+    let mut next = || vals.next().unwrap_or_default();
+    let lstm = c.cell.has_cell_state();
     let mut r = RnnResults {
-        output: take(&mut vals),
-        hn: take(&mut vals),
-        grad_input: take(&mut vals),
-        grad_h0: take(&mut vals),
-        grad_params: take(&mut vals),
+        output: next(),
+        hn: next(),
         ..Default::default()
     };
-    r.cn = take(&mut vals);
-    r.grad_c0 = take(&mut vals);
+    if lstm {
+        r.cn = next();
+    }
+    if backward {
+        r.grad_input = next();
+        r.grad_h0 = next();
+        r.grad_params = next();
+        if lstm {
+            r.grad_c0 = next();
+        }
+    }
     Ok(r)
 }
 
 /// The scalar whose gradients `run_case` computes:
 /// `Σ output⊙grad_output + Σ hn⊙grad_hn + Σ cn⊙grad_cn`, on the f64 CPU path.
-pub fn case_loss(case: &RnnCase, data: &RnnCaseData) -> Result<f64> {
-    let cpu = CpuBackend::<f64>::new();
-    let c = &case.config;
-    let mut rnn = Rnn::from_params(cpu.clone(), *c, &data.params)?;
-    let state = [c.num_layers * c.directions(), case.batch, c.hidden_size];
-    let x = cpu.tensor(&[case.steps, case.batch, c.input_size], &data.x)?;
-    let h0 = data
-        .h0
-        .as_ref()
-        .map(|v| cpu.tensor(&state, v))
-        .transpose()?;
-    let c0 = data
-        .c0
-        .as_ref()
-        .map(|v| cpu.tensor(&state, v))
-        .transpose()?;
-    let out = rnn.forward(&x, h0.as_ref(), c0.as_ref(), case.lengths.as_deref())?;
-    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-    let mut loss =
-        dot(&cpu.read(&out.output)?, &data.grad_output) + dot(&cpu.read(&out.hn)?, &data.grad_hn);
-    if let (Some(cn), Some(g)) = (&out.cn, &data.grad_cn) {
-        loss += dot(&cpu.read(cn)?, g);
-    }
-    Ok(loss)
+pub fn case_loss(config: &RnnConfig, data: &RnnCaseData) -> Result<f64> {
+    let r = run_case(&CpuBackend::<f64>::new(), config, data, false)?;
+    let dot = |a: &[f64], b: &Option<Vec<f64>>| {
+        b.as_ref()
+            .map_or(0.0, |b| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>())
+    };
+    Ok(dot(&r.output, &data.grad_output) + dot(&r.hn, &data.grad_hn) + dot(&r.cn, &data.grad_cn))
 }
 
 /// One line of a gradient check: what, and how it went.
@@ -242,7 +278,7 @@ pub fn check_case_gradients(
     max_per_tensor: usize,
 ) -> Result<Vec<CheckLine>> {
     let data = case.data();
-    let analytic = run_case(&CpuBackend::<f64>::new(), case, &data)?;
+    let analytic = run_case(&CpuBackend::<f64>::new(), &case.config, &data, true)?;
     let mut lines = Vec::new();
     let mut err = None;
     {
@@ -252,7 +288,7 @@ pub fn check_case_gradients(
                 let mut f = |v: &[f64]| {
                     let mut d = data.clone();
                     set(&mut d, v);
-                    match case_loss(case, &d) {
+                    match case_loss(&case.config, &d) {
                         Ok(l) => l,
                         Err(e) => {
                             err = Some(e);
