@@ -11,7 +11,9 @@
 //   xent_rows   one workgroup per row: max, sum of exponentials, loss of the row
 //   xent_reduce one workgroup: mean loss over valid rows, in a fixed order
 //   xent_grad   one invocation per logit: scale * (softmax - onehot) / count
-// summary = [mean loss, valid rows, loss sum, invalid targets].
+// summary (at out_off) = [mean loss, valid rows, loss sum, invalid targets,
+// rows whose target has the largest logit]. Per-row scratch `stats` holds
+// (max, sum of exponentials, target-is-argmax) triples.
 // Every reduction uses a fixed assignment of elements to invocations and a
 // fixed tree, so results are bitwise reproducible run to run.
 // CPU twin: ops::softmax_xent.
@@ -124,15 +126,19 @@ fn xent_rows(
     }
     let st = row_stats(row, lid);
     if (lid == 0u) {
-        stats[2u * row] = st.x;
-        stats[2u * row + 1u] = st.y;
+        stats[3u * row] = st.x;
+        stats[3u * row + 1u] = st.y;
         let t = target_class(row);
         var v = 0.0;
+        var hit = 0.0;
         if (is_valid(t)) {
+            let xt = x[p.x_off + row * p.ld + u32(t)];
             // (max - x_t) first: exact for huge logits, then the small log term.
-            v = (st.x - x[p.x_off + row * p.ld + u32(t)]) + log(st.y);
+            v = (st.x - xt) + log(st.y);
+            hit = select(0.0, 1.0, xt >= st.x);
         }
         loss[row] = v;
+        stats[3u * row + 2u] = hit;
     }
 }
 
@@ -141,11 +147,13 @@ fn xent_reduce(@builtin(local_invocation_index) lid: u32) {
     var s = 0.0;
     var valid = 0.0;
     var invalid = 0.0;
+    var hits = 0.0;
     for (var r = lid; r < p.rows; r += WG) {
         let t = target_class(r);
         if (is_valid(t)) {
             s += loss_in[r];
             valid += 1.0;
+            hits += stats_in[3u * r + 2u];
         } else if (t != p.ignore_index) {
             invalid += 1.0;
         }
@@ -155,11 +163,15 @@ fn xent_reduce(@builtin(local_invocation_index) lid: u32) {
     let count = red2_sum(lid);
     red2[lid] = invalid;
     let bad = red2_sum(lid);
+    red2[lid] = hits;
+    let correct = red2_sum(lid);
     if (lid == 0u) {
-        summary[0] = select(0.0, total / count, count > 0.0);
-        summary[1] = count;
-        summary[2] = total;
-        summary[3] = bad;
+        let o = p.out_off;
+        summary[o] = select(0.0, total / count, count > 0.0);
+        summary[o + 1u] = count;
+        summary[o + 2u] = total;
+        summary[o + 3u] = bad;
+        summary[o + 4u] = correct;
     }
 }
 
@@ -191,10 +203,10 @@ fn xent_grad(
     let col = i % p.cols;
     let t = target_class(row);
     var g = 0.0;
-    let count = summary_in[1];
+    let count = summary_in[p.out_off + 1u];
     if (is_valid(t) && count > 0.0) {
-        let sm = exp(x[p.x_off + row * p.ld + col] - stats_in[2u * row]) / stats_in[2u * row + 1u];
+        let sm = exp(x[p.x_off + row * p.ld + col] - stats_in[3u * row]) / stats_in[3u * row + 1u];
         g = (sm - select(0.0, 1.0, u32(t) == col)) * (p.scale / count);
     }
-    out[p.out_off + row * p.cols + col] = g;
+    out[row * p.cols + col] = g;
 }

@@ -44,6 +44,7 @@ pub mod ops;
 pub mod parity;
 pub mod real;
 pub mod selfcheck;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use real::Real;

@@ -11,7 +11,14 @@ use rnn_wgpu::gpu::{GpuContext, list_adapters};
 use rnn_wgpu::gradcheck::GradCheck;
 use rnn_wgpu::nn::RnnConfig;
 use rnn_wgpu::nn::case::{RnnCase, check_case_gradients};
+use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
 use rnn_wgpu::ops::cell::{Cell, Nonlinearity};
+use rnn_wgpu::ops::optim::Optimizer;
+use rnn_wgpu::train::run::{RunOptions, run as run_training};
+use rnn_wgpu::train::sample::{SampleOptions, sample};
+use rnn_wgpu::train::schedule::Schedule;
+use rnn_wgpu::train::tasks::TaskSpec;
+use rnn_wgpu::train::{Bptt, NonFinite, TrainConfig};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +57,150 @@ enum NonlinearityArg {
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum TaskArg {
+    Add,
+    Copy,
+    Text,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ModelCell {
+    Lstm,
+    Gru,
+    RnnTanh,
+    RnnRelu,
+}
+
+impl From<ModelCell> for Cell {
+    fn from(c: ModelCell) -> Self {
+        match c {
+            ModelCell::Lstm => Cell::Lstm,
+            ModelCell::Gru => Cell::Gru,
+            ModelCell::RnnTanh => Cell::Rnn(Nonlinearity::Tanh),
+            ModelCell::RnnRelu => Cell::Rnn(Nonlinearity::Relu),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum OptimArg {
+    Sgd,
+    Momentum,
+    Nesterov,
+    Adagrad,
+    Rmsprop,
+    Adam,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum NonFiniteArg {
+    Error,
+    Skip,
+}
+
+/// Flags of `train`.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// add: "123+456=579"; copy: reproduce a random string; text: a character
+    /// model of --text FILE.
+    #[arg(long, value_enum, default_value = "add")]
+    task: TaskArg,
+    /// The UTF-8 file of the text task.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Most digits per operand (add).
+    #[arg(long, default_value_t = 3)]
+    digits: usize,
+    /// Longest string (copy).
+    #[arg(long, default_value_t = 10)]
+    copy_length: usize,
+    /// Alphabet size (copy).
+    #[arg(long, default_value_t = 8)]
+    symbols: usize,
+    /// Window length T (text).
+    #[arg(long, default_value_t = 64)]
+    seq_len: usize,
+    /// Cell type.
+    #[arg(long, value_enum, default_value = "lstm")]
+    cell: ModelCell,
+    /// Hidden size H.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// Layers L.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// Embedding width; 0 feeds one-hot vectors.
+    #[arg(long, default_value_t = 16)]
+    embed: usize,
+    /// Dropout between layers and before the decoder.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
+    /// Weight initialization: uniform (PyTorch's), xavier or he.
+    #[arg(long, default_value = "uniform")]
+    init: String,
+    /// Initial LSTM forget-gate bias.
+    #[arg(long, default_value_t = 1.0)]
+    forget_bias: f32,
+    /// Batch B.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Truncated BPTT: update every K steps (default: full BPTT).
+    #[arg(long)]
+    bptt: Option<usize>,
+    /// Truncated BPTT: backpropagate K2 >= K steps (default K).
+    #[arg(long)]
+    bptt_k2: Option<usize>,
+    /// Training steps.
+    #[arg(long, default_value_t = 5000)]
+    steps: u64,
+    /// Optimizer (PyTorch's rules and defaults; momentum/nesterov use 0.9).
+    #[arg(long, value_enum, default_value = "adam")]
+    optimizer: OptimArg,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.005)]
+    lr: f32,
+    /// Learning-rate schedule: constant, step[:every[:gamma]], cosine[:min_lr].
+    #[arg(long, default_value = "cosine:0.0002")]
+    schedule: String,
+    /// Clip the global gradient norm (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f32,
+    /// Seed of parameters, data and dropout.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// auto: a hardware GPU if there is one, else the CPU path.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Checkpoint file (default runs/<task>.safetensors).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Steps between checkpoints (0: only at the end).
+    #[arg(long, default_value_t = 500)]
+    save_every: u64,
+    /// Continue the run saved in --checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Loss-curve SVG (default runs/<task>-loss.svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Steps between held-out evaluations (default: a tenth of the run).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Held-out problems per evaluation.
+    #[arg(long, default_value_t = 1000)]
+    eval_problems: usize,
+    /// Stop after this many seconds (the final evaluation still runs).
+    #[arg(long)]
+    time_limit: Option<f64>,
+    /// On a NaN or infinite gradient norm: stop with an error, or skip the update.
+    #[arg(long, value_enum, default_value = "error")]
+    non_finite: NonFiniteArg,
+    /// Print one final JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum CellArg {
     Lstm,
     Gru,
@@ -85,6 +236,29 @@ enum Cmd {
         /// Nonlinearity of nn.RNN weights (default tanh).
         #[arg(long, value_enum)]
         nonlinearity: Option<NonlinearityArg>,
+    },
+    /// Train a sequence model (the main job; defaults: the add task).
+    Train(Box<TrainArgs>),
+    /// Generate from a checkpoint, e.g. complete "123+456=".
+    Sample {
+        /// A checkpoint written by train.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Text to start from (default: a held-out problem for add/copy, a newline for text).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// 0 for greedy decoding.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Most characters to generate.
+        #[arg(long, default_value_t = 200)]
+        length: usize,
+        /// Seed of the sampling.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where to run (auto: a hardware GPU, else the CPU).
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendArg,
     },
     /// Check every gradient of a recurrent stack against finite differences (CPU, f64).
     Gradcheck {
@@ -179,8 +353,144 @@ fn gradcheck(
     Ok(ok)
 }
 
+fn train(a: TrainArgs) -> rnn_wgpu::Result<bool> {
+    let task = match a.task {
+        TaskArg::Add => TaskSpec::Add { digits: a.digits },
+        TaskArg::Copy => TaskSpec::Copy {
+            length: a.copy_length,
+            symbols: a.symbols,
+        },
+        TaskArg::Text => TaskSpec::Text {
+            path: a.text.clone().ok_or_else(|| {
+                rnn_wgpu::Error::invalid("--text", "the text task needs --text FILE")
+            })?,
+            seq_len: a.seq_len,
+        },
+    };
+    let name = task.name();
+    let optimizer = match a.optimizer {
+        OptimArg::Sgd => Optimizer::sgd(a.lr),
+        OptimArg::Momentum => Optimizer::momentum(a.lr, 0.9, false),
+        OptimArg::Nesterov => Optimizer::momentum(a.lr, 0.9, true),
+        OptimArg::Adagrad => Optimizer::adagrad(a.lr),
+        OptimArg::Rmsprop => Optimizer::rmsprop(a.lr),
+        OptimArg::Adam => Optimizer::adam(a.lr),
+    };
+    if !(a.lr > 0.0 && a.lr.is_finite()) {
+        return Err(rnn_wgpu::Error::invalid(
+            "--lr",
+            format!("{} must be a positive number", a.lr),
+        ));
+    }
+    let bptt = match (a.bptt, a.bptt_k2) {
+        (None, None) => Bptt::Full,
+        (Some(k), k2) => Bptt::Truncated {
+            k1: k,
+            k2: k2.unwrap_or(k),
+        },
+        (None, Some(_)) => return Err(rnn_wgpu::Error::invalid("--bptt-k2", "needs --bptt K")),
+    };
+    let config = TrainConfig {
+        task,
+        model: ModelConfig {
+            vocab: 0,
+            input: if a.embed == 0 {
+                InputEncoding::OneHot
+            } else {
+                InputEncoding::Embedding(a.embed)
+            },
+            cell: a.cell.into(),
+            hidden: a.hidden,
+            layers: a.layers,
+            dropout: a.dropout,
+            forget_bias: a.forget_bias,
+            init: Init::parse(&a.init)?,
+        },
+        batch: a.batch,
+        steps: a.steps,
+        bptt,
+        optimizer,
+        schedule: Schedule::parse(&a.schedule, a.steps)?,
+        clip: (a.clip > 0.0).then_some(a.clip),
+        seed: a.seed,
+        non_finite: match a.non_finite {
+            NonFiniteArg::Error => NonFinite::Error,
+            NonFiniteArg::Skip => NonFinite::Skip,
+        },
+        eval_problems: a.eval_problems,
+    };
+    let default_dir = |file: String| -> rnn_wgpu::Result<PathBuf> {
+        std::fs::create_dir_all("runs").map_err(|e| rnn_wgpu::Error::io("runs", e))?;
+        Ok(PathBuf::from("runs").join(file))
+    };
+    let checkpoint = match a.checkpoint {
+        Some(p) => p,
+        None => default_dir(format!("{name}.safetensors"))?,
+    };
+    let plot = match a.plot {
+        Some(p) => p,
+        None => default_dir(format!("{name}-loss.svg"))?,
+    };
+    let opts = RunOptions {
+        config,
+        backend: a.backend.into(),
+        checkpoint: Some(checkpoint),
+        save_every: a.save_every,
+        resume: a.resume,
+        plot: Some(plot),
+        eval_every: a.eval_every.unwrap_or((a.steps / 10).max(1)),
+        time_limit: a.time_limit,
+        progress: true,
+    };
+    let summary = run_training(&opts, &mut |line| eprintln!("{line}"))?;
+    eprintln!(
+        "done: {} steps in {:.1} s ({:.0} tokens/s), final loss {:.4}, held-out accuracy {:.1} %",
+        summary.steps,
+        summary.seconds,
+        summary.tokens_per_second,
+        summary.final_loss,
+        100.0 * summary.accuracy
+    );
+    if a.json {
+        let line = serde_json::to_string(&summary)
+            .map_err(|e| rnn_wgpu::Error::invalid("json", e.to_string()))?;
+        println!("{line}");
+    }
+    Ok(true)
+}
+
 fn run(cli: Cli) -> rnn_wgpu::Result<bool> {
     match cli.cmd {
+        Cmd::Train(args) => train(*args),
+        Cmd::Sample {
+            checkpoint,
+            prompt,
+            temperature,
+            length,
+            seed,
+            backend,
+        } => {
+            let (chosen, _) = rnn_wgpu::backend::choose(backend.into())?;
+            let text = rnn_wgpu::with_backend!(chosen, b => {
+                let (mut model, task, config) =
+                    rnn_wgpu::train::checkpoint::load_model(b, &checkpoint)?;
+                let prompt = match prompt {
+                    Some(p) => p,
+                    None if task.has_answers() => {
+                        let batch = task.eval_batch(config.seed ^ seed, 1);
+                        let ids: Vec<i32> = (0..=batch.answers[0].0)
+                            .map(|t| batch.inputs[t])
+                            .collect();
+                        task.vocab().decode(&ids)
+                    }
+                    None => task.vocab().chars.first().map(|c| c.to_string()).unwrap_or_default(),
+                };
+                let opts = SampleOptions { prompt: prompt.clone(), temperature, length, seed };
+                sample(&mut model, &task, &opts).map(|s| format!("{prompt}{s}"))
+            })?;
+            println!("{text}");
+            Ok(true)
+        }
         Cmd::Adapters => {
             let adapters = list_adapters(wgpu::Backends::all());
             if adapters.is_empty() {
@@ -254,6 +564,14 @@ fn run(cli: Cli) -> rnn_wgpu::Result<bool> {
 }
 
 fn main() -> ExitCode {
+    // Mesa's drivers print "XDG_RUNTIME_DIR is invalid or not set" on every
+    // device they open when it is unset (a bare shell, a container, CI). Give
+    // them a directory before any thread exists.
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: first statement of main, before any other thread is started.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     match run(Cli::parse()) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

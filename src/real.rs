@@ -34,6 +34,13 @@ pub trait Real:
     /// The complementary error function, `1 - erf(x)`, accurate in relative terms even where it is tiny.
     fn erfc(self) -> Self;
 
+    /// `tanh`, as the cells compute it. For f32 this is the algorithm of the
+    /// shaders (`tanh_f` in `shaders/common.wgsl`, Cephes `tanhf`: an odd
+    /// polynomial below 0.625, `1 − 2/(e^{2|x|} + 1)` above; relative error
+    /// below 2.5e-7), several times faster than libm's `tanhf`; for f64 it is
+    /// libm's `tanh`, the reference.
+    fn tanh_cell(self) -> Self;
+
     /// General matrix multiply through `matrixmultiply`:
     /// `C = alpha * A·B + beta * C` with A `m×k`, B `k×n`, C `m×n`, each given
     /// by a row stride and a column stride (so transposes are free).
@@ -75,6 +82,24 @@ impl Real for f32 {
         libm::erfcf(self)
     }
 
+    // The coefficients are Cephes' published ones, digit for digit as in the shader.
+    #[allow(clippy::excessive_precision)]
+    fn tanh_cell(self) -> Self {
+        let a = self.abs();
+        let r = if a < 0.625 {
+            let z = self * self;
+            ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1)
+                * z
+                - 3.333_328_2e-1)
+                * z
+                * a
+                + a
+        } else {
+            1.0 - 2.0 / ((2.0 * a.min(15.0)).exp() + 1.0)
+        };
+        if self < 0.0 { -r } else { r }
+    }
+
     unsafe fn gemm_raw(
         m: usize,
         k: usize,
@@ -113,6 +138,10 @@ impl Real for f64 {
         libm::erfc(self)
     }
 
+    fn tanh_cell(self) -> Self {
+        self.tanh()
+    }
+
     unsafe fn gemm_raw(
         m: usize,
         k: usize,
@@ -133,5 +162,28 @@ impl Real for f64 {
         unsafe {
             matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_cell_tanh_is_accurate_and_odd() {
+        let mut worst = 0.0f64;
+        for i in -20000..=20000 {
+            let x = i as f32 * 1e-3;
+            let exact = (x as f64).tanh();
+            let got = x.tanh_cell() as f64;
+            assert_eq!(got, -((-x).tanh_cell() as f64));
+            if exact != 0.0 {
+                worst = worst.max(((got - exact) / exact).abs());
+            }
+        }
+        assert!(worst < 3e-7, "worst relative error {worst:e}");
+        assert_eq!(1e4f32.tanh_cell(), 1.0);
+        assert_eq!((-1e4f32).tanh_cell(), -1.0);
+        assert_eq!(0.5f64.tanh_cell(), 0.5f64.tanh());
     }
 }

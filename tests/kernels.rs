@@ -329,6 +329,7 @@ fn xent_case(
     let (s, loss, dx) = run_xent(gpu, rows, cols, logits, targets);
     assert_eq!(s.count, s_ref.count, "{name}: valid rows");
     assert_eq!(s.invalid, s_ref.invalid, "{name}: invalid targets");
+    assert_eq!(s.correct, s_ref.correct, "{name}: correct predictions");
     let scale = logits.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     let tol = Tolerance::new(2e-6 * scale, 1e-5);
     check(&format!("{name} mean loss"), &[s_ref.mean], &[s.mean], tol);
@@ -712,5 +713,112 @@ fn cpu_f32_path_is_stable_at_extremes() {
         &dx64,
         &dx32,
         Tolerance::new(1e-7, 1e-6),
+    );
+}
+
+#[test]
+fn embedding_matches_cpu() {
+    use rnn_wgpu::ops::embed::EmbedSpec;
+    let gpu = gpu_or_skip!();
+    let cpu = cpu();
+    let (n, e, v) = (300, 13, 17);
+    let s = EmbedSpec {
+        n,
+        e,
+        v,
+        table_off: 5,
+    };
+    let mut tokens = uniform_i32(1, n, 0, v as i32);
+    tokens[3] = -1; // out of range: zeros forward, ignored backward
+    tokens[9] = v as i32;
+    let table = uniform(2, 5 + v * e, -1.0, 1.0);
+    let dout = uniform(3, n * e, -1.0, 1.0);
+    let d0 = uniform(4, 5 + v * e, -1.0, 1.0);
+    fn run<B: Backend>(
+        b: &B,
+        s: &EmbedSpec,
+        t: &[i32],
+        table: &[f64],
+        dout: &[f64],
+        d0: &[f64],
+    ) -> Vec<f64> {
+        let tok = b.ints(&[t.len()], t).unwrap();
+        let out = b.zeros(&[s.n * s.e]).unwrap();
+        b.embed_forward(s, &tok, &b.tensor_f64(&[table.len()], table).unwrap(), &out)
+            .unwrap();
+        let dt = b.tensor_f64(&[d0.len()], d0).unwrap();
+        b.embed_backward(
+            s,
+            &tok,
+            &b.tensor_f64(&[dout.len()], dout).unwrap(),
+            &dt,
+            true,
+        )
+        .unwrap();
+        let mut v = b.read_f64(&out).unwrap();
+        v.extend(b.read_f64(&dt).unwrap());
+        v
+    }
+    let expected = run(&cpu, &s, &tokens, &table, &dout, &d0);
+    let got = run(&gpu, &s, &tokens, &table, &dout, &d0);
+    check("embedding", &expected, &got, Tolerance::new(1e-5, 1e-5));
+    assert!(got[3 * e..4 * e].iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn dropout_masks_are_bitwise_identical_on_cpu_and_gpu() {
+    use rnn_wgpu::ops::dropout::{DropoutKey, DropoutSpec};
+    let gpu = gpu_or_skip!();
+    let c32 = CpuBackend::<f32>::new();
+    let n = 5000;
+    let x = uniform(5, n + 7, -2.0, 2.0);
+    for (p, step) in [(0.1, 0u64), (0.5, 7), (0.9, u64::MAX - 3)] {
+        let s = DropoutSpec {
+            n,
+            x_off: 7,
+            y_off: 0,
+            p,
+            key: DropoutKey {
+                seed: 42,
+                layer: 3,
+                step,
+            },
+        };
+        fn run<B: Backend>(b: &B, s: &DropoutSpec, x: &[f64]) -> Vec<f64> {
+            let y = b.zeros(&[s.n]).unwrap();
+            b.dropout(s, &b.tensor_f64(&[x.len()], x).unwrap(), &y)
+                .unwrap();
+            b.read_f64(&y).unwrap()
+        }
+        let (a, g) = (run(&c32, &s, &x), run(&gpu, &s, &x));
+        assert!(
+            a.iter().zip(&g).all(|(a, g)| a.to_bits() == g.to_bits()),
+            "p = {p}"
+        );
+        let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+        assert!(
+            (dropped - p as f64).abs() < 0.03,
+            "p = {p}: dropped {dropped}"
+        );
+    }
+    let same = gpu.zeros(&[4]).unwrap();
+    let s = DropoutSpec {
+        n: 4,
+        x_off: 0,
+        y_off: 0,
+        p: 0.5,
+        key: DropoutKey {
+            seed: 1,
+            layer: 0,
+            step: 0,
+        },
+    };
+    assert!(matches!(
+        gpu.dropout(&s, &same, &same),
+        Err(Error::Aliasing { .. })
+    ));
+    assert!(
+        c32.dropout(&s, &c32.zeros(&[4]).unwrap(), &c32.zeros(&[3]).unwrap())
+            .is_err()
     );
 }

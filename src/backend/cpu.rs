@@ -7,8 +7,11 @@ use super::{Backend, StepBackward, StepForward, XentBuffers};
 use crate::error::{Error, Result};
 use crate::ops::activation::{self, Activation, Span};
 use crate::ops::cell::{self, BackwardSlices, Cell, ForwardSlices, StepSpec};
+use crate::ops::dropout::{self, DropoutSpec};
+use crate::ops::embed::{self, EmbedSpec};
 use crate::ops::matmul::{Gemm, gemm_cpu};
 use crate::ops::memory::{check_range, fill_cpu};
+use crate::ops::optim::{self, Optimizer, UpdateSpec};
 use crate::ops::reduce::{ColSum, ReduceOp, reduce_cpu, sum_cols_cpu};
 use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, softmax_cpu, xent_cpu};
 use crate::real::Real;
@@ -76,6 +79,22 @@ impl<T: Clone> CpuTensor<T> {
         }
     }
 
+    /// The same storage with another shape of the same number of elements.
+    pub fn view(&self, shape: &[usize]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        let have: usize = self.shape.iter().product();
+        if n != have {
+            return Err(Error::invalid(
+                "shape",
+                format!("cannot view {:?} as {shape:?}", self.shape),
+            ));
+        }
+        Ok(CpuTensor {
+            data: self.data.clone(),
+            shape: shape.to_vec(),
+        })
+    }
+
     fn same_storage(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.data, &other.data)
     }
@@ -128,17 +147,11 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
-        let n: usize = shape.iter().product();
-        if n != self.numel(t) {
-            return Err(Error::invalid(
-                "shape",
-                format!("cannot view {:?} as {shape:?}", t.shape()),
-            ));
-        }
-        Ok(CpuTensor {
-            data: t.data.clone(),
-            shape: shape.to_vec(),
-        })
+        t.view(shape)
+    }
+
+    fn reshape_ints(&self, t: &Self::Ints, shape: &[usize]) -> Result<Self::Ints> {
+        t.view(shape)
     }
 
     fn read_many(&self, ts: &[&Self::Tensor]) -> Result<Vec<Vec<T>>> {
@@ -150,6 +163,18 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn write(&self, t: &Self::Tensor, data: &[T]) -> Result<()> {
+        let mut g = t.write("write", "tensor")?;
+        if g.len() != data.len() {
+            return Err(Error::invalid(
+                "data",
+                format!("{} values for a tensor of {}", data.len(), g.len()),
+            ));
+        }
+        g.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn write_ints(&self, t: &Self::Ints, data: &[i32]) -> Result<()> {
         let mut g = t.write("write", "tensor")?;
         if g.len() != data.len() {
             return Err(Error::invalid(
@@ -277,15 +302,16 @@ impl<T: Real> Backend for CpuBackend<T> {
             dx.as_deref_mut().map(|v| v.as_mut_slice()),
         )?;
         let mut summary = out.summary.write("cross_entropy", "summary")?;
-        if summary.len() < SUMMARY_LEN {
-            return Err(Error::invalid("summary", "needs 4 elements"));
+        let off = out.summary_off;
+        if summary.len() < off + SUMMARY_LEN {
+            return Err(Error::invalid(
+                "summary",
+                format!("needs {SUMMARY_LEN} elements at offset {off}"),
+            ));
         }
-        summary[..SUMMARY_LEN].copy_from_slice(&[
-            T::of(s.mean),
-            T::of(s.count as f64),
-            T::of(s.sum),
-            T::of(s.invalid as f64),
-        ]);
+        for (d, v) in summary[off..off + SUMMARY_LEN].iter_mut().zip(s.to_vec()) {
+            *d = T::of(v);
+        }
         Ok(())
     }
 
@@ -368,6 +394,59 @@ impl<T: Real> Backend for CpuBackend<T> {
                 carry: &mut carry,
             },
         )
+    }
+
+    fn embed_forward(
+        &self,
+        s: &EmbedSpec,
+        tokens: &Self::Ints,
+        table: &Self::Tensor,
+        out: &Self::Tensor,
+    ) -> Result<()> {
+        let tokens = tokens.read("embedding", "tokens")?;
+        let table = table.read("embedding", "table")?;
+        let mut out = out.write("embedding", "output")?;
+        embed::forward_cpu(s, &tokens, &table, &mut out)
+    }
+
+    fn embed_backward(
+        &self,
+        s: &EmbedSpec,
+        tokens: &Self::Ints,
+        dout: &Self::Tensor,
+        dtable: &Self::Tensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        let tokens = tokens.read("embedding backward", "tokens")?;
+        let dout = dout.read("embedding backward", "dout")?;
+        let mut dtable = dtable.write("embedding backward", "dtable")?;
+        embed::backward_cpu(s, &tokens, &dout, &mut dtable, accumulate)
+    }
+
+    fn dropout(&self, s: &DropoutSpec, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        let x = x.read("dropout", "x")?;
+        let mut y = y.write("dropout", "y")?;
+        dropout::apply_cpu(s, &x, &mut y)
+    }
+
+    fn optim_update(
+        &self,
+        opt: &Optimizer,
+        s: &UpdateSpec,
+        params: &Self::Tensor,
+        grads: &Self::Tensor,
+        s1: &Self::Tensor,
+        s2: &Self::Tensor,
+        stats: &Self::Tensor,
+    ) -> Result<()> {
+        const OP: &str = "optimizer";
+        let grads = grads.read(OP, "gradients")?;
+        let stats = stats.read(OP, "stats")?;
+        let mut params = params.write(OP, "parameters")?;
+        let mut s1 = s1.write(OP, "state 1")?;
+        let mut s2 = s2.write(OP, "state 2")?;
+        optim::update_cpu(opt, s, &mut params, &grads, &mut s1, &mut s2, &stats)?;
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {

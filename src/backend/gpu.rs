@@ -8,8 +8,11 @@ use crate::error::Result;
 use crate::gpu::{DType, GpuContext, GpuTensor, download_many};
 use crate::ops::activation::{self, Activation, Span};
 use crate::ops::cell::{self, Cell, StepSpec};
+use crate::ops::dropout::{self, DropoutSpec};
+use crate::ops::embed::{self, EmbedSpec};
 use crate::ops::matmul::{Gemm, GemmKernel, gemm_gpu};
 use crate::ops::memory::{copy_gpu, fill_gpu};
+use crate::ops::optim::{self, Optimizer, UpdateSpec};
 use crate::ops::reduce::{self, ColSum, ReduceOp, reduce_gpu, sum_cols_gpu};
 use crate::ops::softmax_xent::{self, Rows, XentOut};
 
@@ -91,6 +94,10 @@ impl Backend for GpuBackend {
         t.reshape(shape)
     }
 
+    fn reshape_ints(&self, t: &GpuTensor, shape: &[usize]) -> Result<GpuTensor> {
+        t.reshape(shape)
+    }
+
     fn read_many(&self, ts: &[&GpuTensor]) -> Result<Vec<Vec<f32>>> {
         download_many(&self.ctx, ts)
     }
@@ -101,6 +108,10 @@ impl Backend for GpuBackend {
 
     fn write(&self, t: &GpuTensor, data: &[f32]) -> Result<()> {
         t.write_f32(&self.ctx, data)
+    }
+
+    fn write_ints(&self, t: &GpuTensor, data: &[i32]) -> Result<()> {
+        t.write_i32(&self.ctx, data)
     }
 
     fn fill(&self, t: &GpuTensor, off: usize, n: usize, value: f64) -> Result<()> {
@@ -169,6 +180,7 @@ impl Backend for GpuBackend {
             loss: &out.loss,
             stats: &out.stats,
             summary: &out.summary,
+            summary_off: out.summary_off,
             dlogits: dx,
         };
         self.ctx.record(|rec| {
@@ -213,6 +225,47 @@ impl Backend for GpuBackend {
     fn cell_backward(&self, cell: Cell, s: &StepSpec, b: &StepBackward<'_, Self>) -> Result<()> {
         self.ctx
             .record(|rec| cell::backward_step_gpu(rec, cell, s, b, &self.dummy_ints))
+    }
+
+    fn embed_forward(
+        &self,
+        s: &EmbedSpec,
+        tokens: &GpuTensor,
+        table: &GpuTensor,
+        out: &GpuTensor,
+    ) -> Result<()> {
+        self.ctx
+            .record(|rec| embed::forward_gpu(rec, s, tokens, table, out))
+    }
+
+    fn embed_backward(
+        &self,
+        s: &EmbedSpec,
+        tokens: &GpuTensor,
+        dout: &GpuTensor,
+        dtable: &GpuTensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.ctx
+            .record(|rec| embed::backward_gpu(rec, s, tokens, dout, dtable, accumulate))
+    }
+
+    fn dropout(&self, s: &DropoutSpec, x: &GpuTensor, y: &GpuTensor) -> Result<()> {
+        self.ctx.record(|rec| dropout::apply_gpu(rec, s, x, y))
+    }
+
+    fn optim_update(
+        &self,
+        opt: &Optimizer,
+        s: &UpdateSpec,
+        params: &GpuTensor,
+        grads: &GpuTensor,
+        s1: &GpuTensor,
+        s2: &GpuTensor,
+        stats: &GpuTensor,
+    ) -> Result<()> {
+        self.ctx
+            .record(|rec| optim::update_gpu(rec, opt, s, params, grads, s1, s2, stats))
     }
 
     fn flush(&self) -> Result<()> {

@@ -23,7 +23,10 @@ use std::fmt::Debug;
 use crate::error::{Error, Result};
 use crate::ops::activation::{Activation, Span};
 use crate::ops::cell::{Cell, StepSpec};
+use crate::ops::dropout::DropoutSpec;
+use crate::ops::embed::EmbedSpec;
 use crate::ops::matmul::Gemm;
+use crate::ops::optim::{Optimizer, UpdateSpec};
 use crate::ops::reduce::{ColSum, ReduceOp};
 use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, XentSummary};
 use crate::real::Real;
@@ -33,10 +36,12 @@ use crate::real::Real;
 pub struct XentBuffers<B: Backend> {
     /// Per-row loss `[R]`.
     pub loss: B::Tensor,
-    /// Per-row `(max, Σ exp(x − max))` pairs `[2R]` (scratch).
+    /// Per-row `(max, Σ exp(x − max), hit)` triples `[3R]` (scratch).
     pub stats: B::Tensor,
-    /// `[mean, count, sum, invalid]`.
+    /// Receives `[mean, count, sum, invalid, correct]` at `summary_off`.
     pub summary: B::Tensor,
+    /// Offset of the summary in `summary`.
+    pub summary_off: usize,
 }
 
 impl<B: Backend> XentBuffers<B> {
@@ -44,9 +49,17 @@ impl<B: Backend> XentBuffers<B> {
     pub fn new(backend: &B, rows: usize) -> Result<Self> {
         Ok(XentBuffers {
             loss: backend.zeros(&[rows])?,
-            stats: backend.zeros(&[2 * rows])?,
+            stats: backend.zeros(&[3 * rows])?,
             summary: backend.zeros(&[SUMMARY_LEN])?,
+            summary_off: 0,
         })
+    }
+
+    /// The same buffers writing their summary into `summary` at `offset`.
+    pub fn with_summary(mut self, summary: B::Tensor, offset: usize) -> Self {
+        self.summary = summary;
+        self.summary_off = offset;
+        self
     }
 }
 
@@ -123,6 +136,9 @@ pub trait Backend: Clone {
     /// The same storage with another shape of the same number of elements.
     fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
 
+    /// The same i32 storage with another shape of the same number of elements.
+    fn reshape_ints(&self, t: &Self::Ints, shape: &[usize]) -> Result<Self::Ints>;
+
     /// Reads several tensors back (on the GPU: one submission, one map).
     fn read_many(&self, ts: &[&Self::Tensor]) -> Result<Vec<Vec<Self::Elem>>>;
 
@@ -131,6 +147,9 @@ pub trait Backend: Clone {
 
     /// Overwrites a tensor with `data`, after all work recorded so far.
     fn write(&self, t: &Self::Tensor, data: &[Self::Elem]) -> Result<()>;
+
+    /// Overwrites an i32 tensor with `data`, after all work recorded so far.
+    fn write_ints(&self, t: &Self::Ints, data: &[i32]) -> Result<()>;
 
     /// `t[off .. off + n] = value`.
     fn fill(&self, t: &Self::Tensor, off: usize, n: usize, value: f64) -> Result<()>;
@@ -214,6 +233,41 @@ pub trait Backend: Clone {
     /// One fused backward step of a recurrent cell.
     fn cell_backward(&self, cell: Cell, s: &StepSpec, bufs: &StepBackward<'_, Self>) -> Result<()>;
 
+    /// `out[n, :] = table[tokens[n], :]`.
+    fn embed_forward(
+        &self,
+        s: &EmbedSpec,
+        tokens: &Self::Ints,
+        table: &Self::Tensor,
+        out: &Self::Tensor,
+    ) -> Result<()>;
+
+    /// `dtable[v, :] (+)= Σ_{n: tokens[n] = v} dout[n, :]`.
+    fn embed_backward(
+        &self,
+        s: &EmbedSpec,
+        tokens: &Self::Ints,
+        dout: &Self::Tensor,
+        dtable: &Self::Tensor,
+        accumulate: bool,
+    ) -> Result<()>;
+
+    /// Inverted dropout keyed on `s.key` (also its own backward).
+    fn dropout(&self, s: &DropoutSpec, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
+
+    /// One optimizer update, clipped by the norm in `stats` (skipped if not finite).
+    #[allow(clippy::too_many_arguments)]
+    fn optim_update(
+        &self,
+        opt: &Optimizer,
+        s: &UpdateSpec,
+        params: &Self::Tensor,
+        grads: &Self::Tensor,
+        s1: &Self::Tensor,
+        s2: &Self::Tensor,
+        stats: &Self::Tensor,
+    ) -> Result<()>;
+
     /// Submits recorded work (no-op on the CPU).
     fn flush(&self) -> Result<()>;
 
@@ -248,7 +302,10 @@ pub trait Backend: Clone {
 
     /// Reads a cross-entropy summary.
     fn read_summary(&self, out: &XentBuffers<Self>) -> Result<XentSummary> {
-        Ok(XentSummary::from_slice(&self.read_f64(&out.summary)?))
+        let v = self.read_f64(&out.summary)?;
+        Ok(XentSummary::from_slice(
+            v.get(out.summary_off..).unwrap_or(&[]),
+        ))
     }
 }
 

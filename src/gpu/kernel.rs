@@ -33,6 +33,12 @@ pub enum Shader {
     Reduce,
     /// `shaders/memory.wgsl`
     Memory,
+    /// `shaders/embed.wgsl`
+    Embed,
+    /// `shaders/dropout.wgsl`
+    Dropout,
+    /// `shaders/optim.wgsl`
+    Optim,
     /// `shaders/lstm.wgsl` (after `recurrent.wgsl` and `cell_common.wgsl`)
     Lstm,
     /// `shaders/gru.wgsl` (after `recurrent.wgsl` and `cell_common.wgsl`)
@@ -50,6 +56,9 @@ impl Shader {
             Shader::SoftmaxXent => "softmax_xent.wgsl",
             Shader::Reduce => "reduce.wgsl",
             Shader::Memory => "memory.wgsl",
+            Shader::Embed => "embed.wgsl",
+            Shader::Dropout => "dropout.wgsl",
+            Shader::Optim => "optim.wgsl",
             Shader::Lstm => "lstm.wgsl",
             Shader::Gru => "gru.wgsl",
             Shader::Rnn => "rnn.wgsl",
@@ -63,6 +72,9 @@ impl Shader {
             Shader::SoftmaxXent => include_str!("../../shaders/softmax_xent.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Memory => include_str!("../../shaders/memory.wgsl"),
+            Shader::Embed => include_str!("../../shaders/embed.wgsl"),
+            Shader::Dropout => include_str!("../../shaders/dropout.wgsl"),
+            Shader::Optim => include_str!("../../shaders/optim.wgsl"),
             Shader::Lstm => include_str!("../../shaders/lstm.wgsl"),
             Shader::Gru => include_str!("../../shaders/gru.wgsl"),
             Shader::Rnn => include_str!("../../shaders/rnn.wgsl"),

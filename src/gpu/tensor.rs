@@ -181,6 +181,13 @@ impl GpuTensor {
         ctx.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data))
     }
 
+    /// Overwrites the tensor with i32 `data` (after all work recorded so far).
+    pub fn write_i32(&self, ctx: &GpuContext, data: &[i32]) -> Result<()> {
+        self.expect_dtype("tensor", DType::I32)?;
+        Self::check_len("data", &self.shape, data.len())?;
+        ctx.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data))
+    }
+
     /// Converts between F32 and F16 on the GPU (round to nearest even).
     pub fn cast(&self, ctx: &GpuContext, dtype: DType) -> Result<Self> {
         crate::ops::memory::cast(ctx, self, dtype)

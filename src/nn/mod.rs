@@ -1,6 +1,8 @@
 //! Layers built from the kernels, written once against [`crate::backend::Backend`].
 
 pub mod case;
+pub mod dense;
+pub mod model;
 pub mod params;
 pub mod rnn;
 

@@ -26,6 +26,7 @@ use super::params::{ParamEntry, ParamLayout};
 use crate::backend::{Backend, StepBackward, StepForward, expect_shape};
 use crate::error::{Error, Result};
 use crate::ops::cell::{Cell, StepSpec};
+use crate::ops::dropout::{DropoutKey, DropoutSpec};
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::ColSum;
 use crate::parity::rng;
@@ -59,6 +60,47 @@ pub struct DirParams {
     pub b_ih: usize,
     /// `bias_hh` `[G·H]`
     pub b_hh: usize,
+}
+
+impl DirParams {
+    fn shifted(self, by: usize) -> Self {
+        DirParams {
+            w_ih: self.w_ih + by,
+            w_hh: self.w_hh + by,
+            b_ih: self.b_ih + by,
+            b_hh: self.b_hh + by,
+        }
+    }
+}
+
+/// Dropout on the outputs of every layer but the last (PyTorch's `dropout`
+/// argument of `nn.LSTM`), keyed for reproducible masks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerDropout {
+    /// Drop probability.
+    pub p: f32,
+    /// Training seed.
+    pub seed: u64,
+    /// Step (or chunk) counter: a new mask every step.
+    pub step: u64,
+    /// Dropout site of the first layer boundary (layer `l` uses `site + l`).
+    pub site: u32,
+}
+
+impl LayerDropout {
+    fn spec(&self, l: usize, n: usize) -> DropoutSpec {
+        DropoutSpec {
+            n,
+            x_off: 0,
+            y_off: 0,
+            p: self.p,
+            key: DropoutKey {
+                seed: self.seed,
+                layer: self.site + l as u32,
+                step: self.step,
+            },
+        }
+    }
 }
 
 impl RnnConfig {
@@ -178,6 +220,10 @@ struct LayerWs<B: Backend> {
     dirs: Vec<DirWs<B>>,
     out: B::Tensor,
     dx: B::Tensor,
+    // With dropout (all layers but the last): the masked output (the next
+    // layer's input) and the gradient of the unmasked output.
+    dropped: Option<B::Tensor>,
+    ddropped: Option<B::Tensor>,
 }
 
 /// Everything one forward saves for its backward, sized for `(T, B)`.
@@ -193,6 +239,7 @@ struct Workspace<B: Backend> {
     zero_dout: Option<B::Tensor>,
     input: Option<B::Tensor>,
     lengths: Option<B::Ints>,
+    dropout: Option<LayerDropout>,
 }
 
 /// Result of a forward pass. The tensors live in the layer's workspace and
@@ -219,15 +266,23 @@ pub struct RnnInputGrads<B: Backend> {
     pub c0: Option<B::Tensor>,
 }
 
-/// A recurrent stack on backend `B`.
+/// A recurrent stack on backend `B`. Its parameters live in a flat tensor,
+/// its own or a model's shared one (at `offset`); gradients use the same layout.
 #[derive(Debug)]
 pub struct Rnn<B: Backend> {
     config: RnnConfig,
     layout: ParamLayout,
     backend: B,
     params: B::Tensor,
-    ws: Option<Workspace<B>>,
+    offset: usize,
+    // Workspaces for the last few (T, B) shapes, most recent last; the last
+    // one belongs to the last forward (and its backward).
+    ws: Vec<Workspace<B>>,
 }
+
+/// Workspaces kept per stack (truncated BPTT alternates between a full and a
+/// partial chunk; evaluation and sampling use other shapes).
+const WORKSPACES_KEPT: usize = 4;
 
 impl<B: Backend> Rnn<B> {
     /// A stack with PyTorch's default initialization: every parameter uniform
@@ -259,13 +314,46 @@ impl<B: Backend> Rnn<B> {
             ));
         }
         let params = backend.tensor(&[layout.total], values)?;
+        Self::shared(backend, config, params, 0)
+    }
+
+    /// A stack whose parameters are the elements `offset..offset + P` of
+    /// `params` (a model's flat buffer); gradients go to the same range of the
+    /// gradient buffer passed to [`Rnn::backward`].
+    pub fn shared(backend: B, config: RnnConfig, params: B::Tensor, offset: usize) -> Result<Self> {
+        config.validate()?;
+        let layout = config.layout();
+        let len = backend.numel(&params);
+        if offset + layout.total > len {
+            return Err(Error::invalid(
+                "parameters",
+                format!(
+                    "{} parameters at offset {offset} do not fit in a buffer of {len}",
+                    layout.total
+                ),
+            ));
+        }
         Ok(Rnn {
             config,
             layout,
             backend,
             params,
-            ws: None,
+            offset,
+            ws: Vec::new(),
         })
+    }
+
+    /// The output `[T, B, D·H]` of the last forward, if any.
+    pub fn last_output(&self) -> Option<B::Tensor> {
+        self.ws
+            .last()
+            .and_then(|ws| ws.layers.last())
+            .map(|l| l.out.clone())
+    }
+
+    /// Offset of this stack's parameters in the flat buffer.
+    pub fn offset(&self) -> usize {
+        self.offset
     }
 
     /// The configuration.
@@ -288,17 +376,24 @@ impl<B: Backend> Rnn<B> {
         &self.params
     }
 
-    /// A zero tensor shaped like the parameters, for gradients.
+    /// A zero tensor shaped like the parameter buffer, for gradients.
     pub fn zeros_like_params(&self) -> Result<B::Tensor> {
-        self.backend.zeros(&[self.layout.total])
+        let shape = self.backend.shape(&self.params).to_vec();
+        self.backend.zeros(&shape)
     }
 
     fn ensure_workspace(&mut self, steps: usize, batch: usize) -> Result<()> {
-        if let Some(ws) = &self.ws
-            && ws.steps == steps
-            && ws.batch == batch
+        if let Some(i) = self
+            .ws
+            .iter()
+            .position(|w| w.steps == steps && w.batch == batch)
         {
+            let ws = self.ws.remove(i);
+            self.ws.push(ws);
             return Ok(());
+        }
+        if self.ws.len() >= WORKSPACES_KEPT {
+            self.ws.remove(0);
         }
         let b = &self.backend;
         let c = &self.config;
@@ -330,10 +425,12 @@ impl<B: Backend> Rnn<B> {
                 dirs: dws,
                 out: b.zeros(&[steps, batch, c.output_size()])?,
                 dx: b.zeros(&[steps, batch, c.layer_input(l)])?,
+                dropped: None,
+                ddropped: None,
             });
         }
         let state = [c.num_layers * dirs, batch, h];
-        self.ws = Some(Workspace {
+        self.ws.push(Workspace {
             steps,
             batch,
             layers,
@@ -344,6 +441,7 @@ impl<B: Backend> Rnn<B> {
             zero_dout: None,
             input: None,
             lengths: None,
+            dropout: None,
         });
         Ok(())
     }
@@ -362,7 +460,28 @@ impl<B: Backend> Rnn<B> {
         c0: Option<&B::Tensor>,
         lengths: Option<&[i32]>,
     ) -> Result<RnnOutput<B>> {
+        self.forward_with(x, h0, c0, lengths, None)
+    }
+
+    /// [`Rnn::forward`] with dropout between layers (training).
+    pub fn forward_with(
+        &mut self,
+        x: &B::Tensor,
+        h0: Option<&B::Tensor>,
+        c0: Option<&B::Tensor>,
+        lengths: Option<&[i32]>,
+        dropout: Option<LayerDropout>,
+    ) -> Result<RnnOutput<B>> {
         let cfg = self.config;
+        if let Some(d) = dropout
+            && !(0.0..1.0).contains(&d.p)
+        {
+            return Err(Error::invalid(
+                "dropout",
+                format!("probability {} is outside [0, 1)", d.p),
+            ));
+        }
+        let dropout = dropout.filter(|d| d.p > 0.0 && cfg.num_layers > 1);
         let xs = self.backend.shape(x).to_vec();
         if xs.len() != 3 || xs[2] != cfg.input_size || xs[0] == 0 || xs[1] == 0 {
             return Err(Error::shape(
@@ -393,22 +512,31 @@ impl<B: Backend> Rnn<B> {
             })
             .transpose()?;
         self.ensure_workspace(steps, batch)?;
-        let Some(ws) = self.ws.as_mut() else {
+        let Some(ws) = self.ws.last_mut() else {
             return Err(Error::invalid("workspace", "missing after allocation"));
         };
         let b = &self.backend;
         let bh = batch * h;
         let gh = cfg.cell.gates() * h;
+        if dropout.is_some() {
+            for layer in &mut ws.layers[..cfg.num_layers - 1] {
+                if layer.dropped.is_none() {
+                    let shape = [steps, batch, cfg.output_size()];
+                    layer.dropped = Some(b.zeros(&shape)?);
+                    layer.ddropped = Some(b.zeros(&shape)?);
+                }
+            }
+        }
         for l in 0..cfg.num_layers {
             let input = if l == 0 {
                 x.clone()
             } else {
-                ws.layers[l - 1].out.clone()
+                layer_input(&ws.layers[l - 1], dropout.is_some())?
             };
             let in_size = cfg.layer_input(l);
             let layer = &ws.layers[l];
             for (d, dw) in layer.dirs.iter().enumerate() {
-                let p = cfg.dir_params(l, d);
+                let p = cfg.dir_params(l, d).shifted(self.offset);
                 let g = Gemm::nt(steps * batch, gh, in_size)
                     .offsets(0, p.w_ih, 0)
                     .with_bias(p.b_ih);
@@ -448,9 +576,16 @@ impl<B: Backend> Rnn<B> {
                     b.copy(cs, last * bh, cn, sd * bh, bh)?;
                 }
             }
+            if let (Some(drop), Some(dropped)) = (dropout, &layer.dropped)
+                && l + 1 < cfg.num_layers
+            {
+                let n = steps * batch * cfg.output_size();
+                b.dropout(&drop.spec(l, n), &layer.out, dropped)?;
+            }
         }
         ws.input = Some(x.clone());
         ws.lengths = lengths;
+        ws.dropout = dropout;
         Ok(RnnOutput {
             output: ws.layers[cfg.num_layers - 1].out.clone(),
             hn: ws.hn.clone(),
@@ -471,7 +606,7 @@ impl<B: Backend> Rnn<B> {
     ) -> Result<RnnInputGrads<B>> {
         let cfg = self.config;
         let b = &self.backend;
-        let Some(ws) = self.ws.as_mut() else {
+        let Some(ws) = self.ws.last_mut() else {
             return Err(Error::invalid("backward", "called before any forward"));
         };
         let Some(input0) = ws.input.clone() else {
@@ -482,8 +617,8 @@ impl<B: Backend> Rnn<B> {
         let out_shape = [steps, batch, cfg.output_size()];
         expect_shape(
             "param_grads",
-            "[P]",
-            &[self.layout.total],
+            "the shape of the parameter buffer",
+            b.shape(&self.params),
             b.shape(param_grads),
         )?;
         if let Some(g) = grad_output {
@@ -516,21 +651,30 @@ impl<B: Backend> Rnn<B> {
         let bh = batch * h;
         let gh = cfg.cell.gates() * h;
         let rows = steps * batch;
+        let dropout = ws.dropout;
         for l in (0..cfg.num_layers).rev() {
             let dout = if l + 1 == cfg.num_layers {
                 dout_top.clone()
             } else {
-                ws.layers[l + 1].dx.clone()
+                match (dropout, &ws.layers[l].ddropped) {
+                    // The layer above saw the masked output: mask its gradient the same way.
+                    (Some(drop), Some(dd)) => {
+                        let n = rows * cfg.output_size();
+                        b.dropout(&drop.spec(l, n), &ws.layers[l + 1].dx, dd)?;
+                        dd.clone()
+                    }
+                    _ => ws.layers[l + 1].dx.clone(),
+                }
             };
             let input = if l == 0 {
                 input0.clone()
             } else {
-                ws.layers[l - 1].out.clone()
+                layer_input(&ws.layers[l - 1], dropout.is_some())?
             };
             let in_size = cfg.layer_input(l);
             let layer = &ws.layers[l];
             for (d, dw) in layer.dirs.iter().enumerate() {
-                let p = cfg.dir_params(l, d);
+                let p = cfg.dir_params(l, d).shifted(self.offset);
                 let sd = l * dirs + d;
                 // Carries start at the gradients of the final states.
                 b.fill(&dw.carry, 0, 4 * bh, 0.0)?;
@@ -615,13 +759,54 @@ impl<B: Backend> Rnn<B> {
     pub fn read_param(&self, name: &str) -> Result<Vec<B::Elem>> {
         let e = self.entry(name)?;
         let all = self.backend.read(&self.params)?;
-        Ok(all[e.offset..e.offset + e.len()].to_vec())
+        let start = self.offset + e.offset;
+        Ok(all[start..start + e.len()].to_vec())
+    }
+
+    /// Copies the states after `steps` time steps of the last forward (slot
+    /// `steps` of every layer) into `h` (and `c`), both `[L, B, H]`. Used by
+    /// truncated BPTT to restart from the middle of a window; unidirectional only.
+    pub fn state_after(&self, steps: usize, h: &B::Tensor, c: Option<&B::Tensor>) -> Result<()> {
+        let cfg = self.config;
+        if cfg.bidirectional {
+            return Err(Error::invalid(
+                "state_after",
+                "a bidirectional stack has no state in the middle of a sequence",
+            ));
+        }
+        let Some(ws) = self.ws.last() else {
+            return Err(Error::invalid("state_after", "called before any forward"));
+        };
+        if steps > ws.steps {
+            return Err(Error::invalid(
+                "state_after",
+                format!("step {steps} is beyond the last forward's T = {}", ws.steps),
+            ));
+        }
+        let bh = ws.batch * cfg.hidden_size;
+        for (l, layer) in ws.layers.iter().enumerate() {
+            let dw = &layer.dirs[0];
+            self.backend.copy(&dw.hs, steps * bh, h, l * bh, bh)?;
+            if let (Some(cs), Some(c)) = (&dw.cs, c) {
+                self.backend.copy(cs, steps * bh, c, l * bh, bh)?;
+            }
+        }
+        Ok(())
     }
 
     fn entry(&self, name: &str) -> Result<&ParamEntry> {
         self.layout
             .get(name)
             .ok_or_else(|| Error::invalid("parameter", format!("no parameter named {name:?}")))
+    }
+}
+
+/// The tensor layer `l + 1` reads: the output of layer `l`, masked when dropout is on.
+fn layer_input<B: Backend>(below: &LayerWs<B>, dropout: bool) -> Result<B::Tensor> {
+    match (dropout, &below.dropped) {
+        (false, _) => Ok(below.out.clone()),
+        (true, Some(d)) => Ok(d.clone()),
+        (true, None) => Err(Error::invalid("dropout", "workspace has no masked output")),
     }
 }
 

@@ -38,7 +38,7 @@ use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
 /// Nonlinearity of a vanilla RNN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Nonlinearity {
     /// `tanh` (PyTorch's default).
     Tanh,
@@ -47,7 +47,7 @@ pub enum Nonlinearity {
 }
 
 /// A recurrent cell type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Cell {
     /// Vanilla RNN.
     Rnn(Nonlinearity),
@@ -373,10 +373,10 @@ pub fn forward_step_cpu<T: Real>(
                     let pre = |k: usize| xrow[k * h + j] + rrow[k * h + j];
                     let i = sigmoid(pre(0));
                     let f = sigmoid(pre(1));
-                    let gg = pre(2).tanh();
+                    let gg = pre(2).tanh_cell();
                     let o = sigmoid(pre(3));
                     let c = f * c_prev + i * gg;
-                    let hv = o * c.tanh();
+                    let hv = o * c.tanh_cell();
                     for (k, v) in [i, f, gg, o].into_iter().enumerate() {
                         gates[srow + k * h + j] = v;
                     }
@@ -401,7 +401,7 @@ pub fn forward_step_cpu<T: Real>(
                     let hn = rrow[2 * h + j];
                     let r = sigmoid(xrow[j] + rrow[j]);
                     let z = sigmoid(xrow[h + j] + rrow[h + j]);
-                    let n = (xrow[2 * h + j] + r * hn).tanh();
+                    let n = (xrow[2 * h + j] + r * hn).tanh_cell();
                     let hv = (one - z) * n + z * h_prev;
                     for (k, v) in [r, z, n, hn].into_iter().enumerate() {
                         gates[srow + k * h + j] = v;
@@ -419,7 +419,7 @@ pub fn forward_step_cpu<T: Real>(
                     let hv = if cell.relu() {
                         pre.max(T::zero())
                     } else {
-                        pre.tanh()
+                        pre.tanh_cell()
                     };
                     hs[next + hc] = hv;
                     out[o_idx] = hv;
@@ -509,7 +509,7 @@ pub fn backward_step_cpu<T: Real>(
                         gates[srow + 2 * h + j],
                         gates[srow + 3 * h + j],
                     );
-                    let tc = cs[next + hc].tanh();
+                    let tc = cs[next + hc].tanh_cell();
                     let c_prev = cs[prev + hc];
                     let dc = dc_in + dh * o * (one - tc * tc);
                     dgh[row + j] = dc * gg * i * (one - i);

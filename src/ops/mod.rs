@@ -4,7 +4,10 @@
 
 pub mod activation;
 pub mod cell;
+pub mod dropout;
+pub mod embed;
 pub mod matmul;
 pub mod memory;
+pub mod optim;
 pub mod reduce;
 pub mod softmax_xent;

@@ -26,8 +26,8 @@ use crate::real::Real;
 /// PyTorch's default `ignore_index`.
 pub const IGNORE_INDEX: i32 = -100;
 
-/// Number of values in a summary tensor: `[mean, count, sum, invalid]`.
-pub const SUMMARY_LEN: usize = 4;
+/// Number of values in a summary: `[mean, count, sum, invalid, correct]`.
+pub const SUMMARY_LEN: usize = 5;
 
 /// Result of a cross-entropy evaluation.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -40,17 +40,32 @@ pub struct XentSummary {
     pub sum: f64,
     /// Targets outside `[0, V)` that were not `ignore_index`.
     pub invalid: usize,
+    /// Valid rows whose target has the largest logit (ties count as correct).
+    pub correct: usize,
 }
 
 impl XentSummary {
-    /// Reads the `[mean, count, sum, invalid]` layout.
+    /// Reads the `[mean, count, sum, invalid, correct]` layout.
     pub fn from_slice(v: &[f64]) -> Self {
+        let at = |i: usize| v.get(i).copied().unwrap_or(0.0);
         XentSummary {
-            mean: v.first().copied().unwrap_or(0.0),
-            count: v.get(1).copied().unwrap_or(0.0) as usize,
-            sum: v.get(2).copied().unwrap_or(0.0),
-            invalid: v.get(3).copied().unwrap_or(0.0) as usize,
+            mean: at(0),
+            count: at(1) as usize,
+            sum: at(2),
+            invalid: at(3) as usize,
+            correct: at(4) as usize,
         }
+    }
+
+    /// The layout `from_slice` reads.
+    pub fn to_vec(self) -> Vec<f64> {
+        vec![
+            self.mean,
+            self.count as f64,
+            self.sum,
+            self.invalid as f64,
+            self.correct as f64,
+        ]
     }
 
     /// Fails if any target was out of range.
@@ -158,6 +173,9 @@ pub fn xent_cpu<T: Real>(
         loss[r] = if is_valid(t, ignore_index, cols) {
             summary.count += 1;
             let (m, s) = stats[r];
+            if row[t as usize] >= m {
+                summary.correct += 1;
+            }
             let l = (m - row[t as usize]) + s.ln();
             sum += l;
             l
@@ -230,7 +248,12 @@ const XENT_ROWS: KernelSpec = KernelSpec {
 const XENT_REDUCE: KernelSpec = KernelSpec {
     shader: Shader::SoftmaxXent,
     entry: "xent_reduce",
-    bindings: &[(2, Access::Read), (6, Access::Read), (5, Access::ReadWrite)],
+    bindings: &[
+        (2, Access::Read),
+        (6, Access::Read),
+        (7, Access::Read),
+        (5, Access::ReadWrite),
+    ],
 };
 
 const XENT_GRAD: KernelSpec = KernelSpec {
@@ -286,10 +309,12 @@ pub fn softmax_gpu(
 pub struct XentOut<'a> {
     /// Per-row loss `[R]`.
     pub loss: &'a GpuTensor,
-    /// Scratch: per-row `(max, Σ exp(x − max))` pairs `[2R]`.
+    /// Scratch: per-row `(max, Σ exp(x − max), hit)` triples `[3R]`.
     pub stats: &'a GpuTensor,
-    /// `[mean, count, sum, invalid]`.
+    /// Receives `[mean, count, sum, invalid, correct]` at `summary_off`.
     pub summary: &'a GpuTensor,
+    /// Offset of the summary.
+    pub summary_off: usize,
     /// Gradient of `scale · mean loss` with respect to the logits `[R, V]`, if wanted.
     pub dlogits: Option<&'a GpuTensor>,
 }
@@ -318,14 +343,19 @@ pub fn xent_gpu(
     shape.check_len("logits", x.len(), shape.rows * shape.cols)?;
     shape.check_len("targets", targets.len(), shape.rows)?;
     shape.check_len("loss", out.loss.len(), shape.rows)?;
-    shape.check_len("stats", out.stats.len(), 2 * shape.rows)?;
-    if out.summary.len() < SUMMARY_LEN {
+    shape.check_len("stats", out.stats.len(), 3 * shape.rows)?;
+    if out.summary.len() < out.summary_off + SUMMARY_LEN {
         return Err(Error::invalid(
             "summary",
-            format!("needs {SUMMARY_LEN} elements, has {}", out.summary.len()),
+            format!(
+                "needs {SUMMARY_LEN} elements at offset {}, has {}",
+                out.summary_off,
+                out.summary.len()
+            ),
         ));
     }
-    let p = params(shape, ignore_index, scale)?;
+    let mut p = params(shape, ignore_index, scale)?;
+    p.out_off = u32_of("summary_off", out.summary_off)?;
     let ctx = rec.ctx();
     let row_grid = ctx.grid(shape.rows as u64)?;
     rec.dispatch(
@@ -343,7 +373,12 @@ pub fn xent_gpu(
     rec.dispatch(
         XENT_REDUCE,
         &[],
-        &[targets.buffer(), out.loss.buffer(), out.summary.buffer()],
+        &[
+            targets.buffer(),
+            out.loss.buffer(),
+            out.stats.buffer(),
+            out.summary.buffer(),
+        ],
         &p,
         [1, 1, 1],
     )?;

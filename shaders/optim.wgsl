@@ -1,0 +1,146 @@
+// optim.wgsl: optimizer updates with PyTorch's rules, and gradient clipping by
+// global norm, applied without a host round trip.
+//
+// stats[norm_idx] holds the sum of squared gradients (reduce.wgsl). Every
+// update first forms norm = sqrt(stats[norm_idx]); if it is not finite the
+// whole update is skipped (parameters and state untouched) and the host,
+// reading the same stats, reports it. With max_norm > 0 the gradient is
+// scaled by min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_).
+// CPU twin: ops::optim.
+
+struct Params {
+    n: u32,
+    norm_idx: u32,
+    step: u32,
+    flags: u32,        // bit 0: nesterov, bit 1: centered (RMSprop), bit 2: first momentum step
+    lr: f32,
+    weight_decay: f32,
+    momentum: f32,
+    dampening: f32,
+    beta1: f32,        // Adam beta1 / RMSprop alpha
+    beta2: f32,
+    eps: f32,
+    max_norm: f32,
+    bias_c1: f32,      // Adam: 1 - beta1^step
+    bias_c2_sqrt: f32, // Adam: sqrt(1 - beta2^step)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const NESTEROV: u32 = 1u;
+const CENTERED: u32 = 2u;
+const FIRST: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> params: array<f32>;
+@group(0) @binding(2) var<storage, read> grads: array<f32>;
+@group(0) @binding(3) var<storage, read_write> s1: array<f32>;
+@group(0) @binding(4) var<storage, read_write> s2: array<f32>;
+@group(0) @binding(5) var<storage, read> stats: array<f32>;
+
+fn is_finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+// The clipping coefficient, or a negative value when the step must be skipped.
+fn clip_coef() -> f32 {
+    let norm = sqrt(stats[p.norm_idx]);
+    if (!is_finite(norm)) {
+        return -1.0;
+    }
+    if (p.max_norm > 0.0) {
+        return min(1.0, p.max_norm / (norm + 1e-6));
+    }
+    return 1.0;
+}
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return linear_group(wid, nwg) * 256u + lid;
+}
+
+// The (clipped, decayed) gradient of element i.
+fn grad(i: u32, coef: f32) -> f32 {
+    return grads[i] * coef + p.weight_decay * params[i];
+}
+
+@compute @workgroup_size(256)
+fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    let coef = clip_coef();
+    if (i >= p.n || coef < 0.0) {
+        return;
+    }
+    var g = grad(i, coef);
+    if (p.momentum != 0.0) {
+        var buf: f32;
+        if ((p.flags & FIRST) != 0u) {
+            buf = g;
+        } else {
+            buf = p.momentum * s1[i] + (1.0 - p.dampening) * g;
+        }
+        s1[i] = buf;
+        if ((p.flags & NESTEROV) != 0u) {
+            g = g + p.momentum * buf;
+        } else {
+            g = buf;
+        }
+    }
+    params[i] = params[i] - p.lr * g;
+}
+
+@compute @workgroup_size(256)
+fn adagrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    let coef = clip_coef();
+    if (i >= p.n || coef < 0.0) {
+        return;
+    }
+    let g = grad(i, coef);
+    let sum = s1[i] + g * g;
+    s1[i] = sum;
+    params[i] = params[i] - p.lr * g / (sqrt(sum) + p.eps);
+}
+
+@compute @workgroup_size(256)
+fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    let coef = clip_coef();
+    if (i >= p.n || coef < 0.0) {
+        return;
+    }
+    let g = grad(i, coef);
+    let alpha = p.beta1;
+    let sq = alpha * s1[i] + (1.0 - alpha) * g * g;
+    s1[i] = sq;
+    var avg: f32;
+    if ((p.flags & CENTERED) != 0u) {
+        let ga = alpha * s2[p.n + i] + (1.0 - alpha) * g;
+        s2[p.n + i] = ga;
+        avg = sqrt(sq - ga * ga) + p.eps;
+    } else {
+        avg = sqrt(sq) + p.eps;
+    }
+    if (p.momentum > 0.0) {
+        let buf = p.momentum * s2[i] + g / avg;
+        s2[i] = buf;
+        params[i] = params[i] - p.lr * buf;
+    } else {
+        params[i] = params[i] - p.lr * g / avg;
+    }
+}
+
+@compute @workgroup_size(256)
+fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    let coef = clip_coef();
+    if (i >= p.n || coef < 0.0) {
+        return;
+    }
+    let g = grad(i, coef);
+    let m = p.beta1 * s1[i] + (1.0 - p.beta1) * g;
+    let v = p.beta2 * s2[i] + (1.0 - p.beta2) * g * g;
+    s1[i] = m;
+    s2[i] = v;
+    let denom = sqrt(v) / p.bias_c2_sqrt + p.eps;
+    params[i] = params[i] - (p.lr / p.bias_c1) * m / denom;
+}

@@ -1,0 +1,590 @@
+//! The sequence model: tokens → embedding (or one-hot) → recurrent stack →
+//! dropout → dense decoder → softmax cross-entropy at every step.
+//!
+//! All parameters live in one flat tensor with PyTorch-style names
+//! (`embedding.weight`, `rnn.weight_ih_l0`, …, `decoder.weight`,
+//! `decoder.bias`), and the gradients in another of the same layout, so an
+//! optimizer update is one kernel and a gradient norm one reduction.
+//!
+//! [`SeqModel::chunk`] records one forward + loss + backward over a chunk of
+//! time steps; the trainer (`crate::train`) strings chunks together for full
+//! or truncated BPTT.
+
+use serde::{Deserialize, Serialize};
+
+use super::params::ParamLayout;
+use super::rnn::{LayerDropout, Rnn, RnnConfig};
+use crate::backend::{Backend, XentBuffers, expect_shape};
+use crate::error::{Error, Result};
+use crate::ops::cell::Cell;
+use crate::ops::dropout::{DropoutKey, DropoutSpec};
+use crate::ops::embed::EmbedSpec;
+use crate::ops::matmul::Gemm;
+use crate::ops::reduce::ColSum;
+use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
+use crate::parity::rng;
+use crate::real::Real;
+
+use rand::RngExt;
+
+/// How tokens enter the recurrent stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputEncoding {
+    /// One-hot vectors of width V (no parameters).
+    OneHot,
+    /// A trained embedding table `[V, E]`.
+    Embedding(usize),
+}
+
+/// Shape of a sequence model.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Vocabulary V.
+    pub vocab: usize,
+    /// Input encoding.
+    pub input: InputEncoding,
+    /// Cell type.
+    pub cell: Cell,
+    /// Hidden size H.
+    pub hidden: usize,
+    /// Layers L.
+    pub layers: usize,
+    /// Dropout between layers and before the decoder (training only).
+    pub dropout: f32,
+    /// Initial value of the LSTM forget-gate biases (`bias_ih` and `bias_hh`
+    /// each get half, so their sum is this; Jozefowicz et al. 2015 recommend 1).
+    pub forget_bias: f32,
+    /// Weight initialization.
+    pub init: Init,
+}
+
+/// Weight initialization schemes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Init {
+    /// PyTorch's default for recurrent layers: every parameter U(±1/√H).
+    Uniform,
+    /// Xavier/Glorot uniform for weight matrices, zero biases.
+    Xavier,
+    /// He (Kaiming) uniform for weight matrices, zero biases.
+    He,
+}
+
+impl Init {
+    /// Parses `uniform`, `xavier` or `he`.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "uniform" | "pytorch" => Init::Uniform,
+            "xavier" | "glorot" => Init::Xavier,
+            "he" | "kaiming" => Init::He,
+            other => {
+                return Err(Error::invalid(
+                    "init",
+                    format!("unknown initialization {other:?}; expected uniform, xavier or he"),
+                ));
+            }
+        })
+    }
+}
+
+/// The site number of the dropout before the decoder (inner layers use 0..L-1).
+const OUTPUT_DROPOUT_SITE: u32 = 1 << 16;
+
+impl ModelConfig {
+    /// Input width of the recurrent stack.
+    pub fn input_width(&self) -> usize {
+        match self.input {
+            InputEncoding::OneHot => self.vocab,
+            InputEncoding::Embedding(e) => e,
+        }
+    }
+
+    /// The recurrent stack (unidirectional: a language model reads left to right).
+    pub fn rnn(&self) -> RnnConfig {
+        RnnConfig::new(self.cell, self.input_width(), self.hidden).layers(self.layers)
+    }
+
+    /// Checks sizes.
+    pub fn validate(&self) -> Result<()> {
+        if self.vocab < 2 {
+            return Err(Error::invalid(
+                "vocabulary",
+                format!("has {} symbols; needs at least 2", self.vocab),
+            ));
+        }
+        if let InputEncoding::Embedding(0) = self.input {
+            return Err(Error::invalid("embedding", "width must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid(
+                "dropout",
+                format!("{} is outside [0, 1)", self.dropout),
+            ));
+        }
+        self.rnn().validate()
+    }
+
+    /// Named parameters, packed: embedding, recurrent stack, decoder.
+    pub fn layout(&self) -> ParamLayout {
+        let mut l = ParamLayout::default();
+        if let InputEncoding::Embedding(e) = self.input {
+            l.push("embedding.weight", &[self.vocab, e]);
+        }
+        l.extend_prefixed("rnn.", &self.rnn().layout());
+        l.push("decoder.weight", &[self.vocab, self.hidden]);
+        l.push("decoder.bias", &[self.vocab]);
+        l
+    }
+
+    /// Initial parameters from `seed`.
+    pub fn init_params(&self, seed: u64) -> Vec<f64> {
+        let layout = self.layout();
+        let mut r = rng(seed);
+        let mut v = vec![0.0; layout.total];
+        let k = 1.0 / (self.hidden as f64).sqrt();
+        for e in &layout.entries {
+            let out = &mut v[e.range()];
+            let is_bias = e.shape.len() == 1;
+            let bound = match (e.name.as_str(), self.init) {
+                ("embedding.weight", _) => {
+                    // N(0, 1) like nn.Embedding, via Box-Muller.
+                    for x in out.iter_mut() {
+                        let (u1, u2): (f64, f64) =
+                            (r.random_range(1e-12..1.0), r.random_range(0.0..1.0));
+                        *x = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                    }
+                    continue;
+                }
+                (_, Init::Uniform) => k,
+                (_, _) if is_bias => 0.0,
+                (_, Init::Xavier) => (6.0 / (e.shape[0] + e.shape[1]) as f64).sqrt(),
+                (_, Init::He) => (6.0 / e.shape[1] as f64).sqrt(),
+            };
+            for x in out.iter_mut() {
+                *x = if bound > 0.0 {
+                    r.random_range(-bound..bound)
+                } else {
+                    0.0
+                };
+            }
+            if self.cell == Cell::Lstm && is_bias && e.name.starts_with("rnn.bias_") {
+                // Gate order i, f, g, o: the second block is the forget gate.
+                let h = self.hidden;
+                for x in &mut out[h..2 * h] {
+                    *x = self.forget_bias as f64 / 2.0;
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Per-(T, B) buffers of the model.
+#[derive(Debug)]
+struct ModelWs<B: Backend> {
+    steps: usize,
+    batch: usize,
+    x: B::Tensor,
+    top: Option<B::Tensor>,
+    logits: B::Tensor,
+    dlogits: B::Tensor,
+    dh: B::Tensor,
+    dtop: Option<B::Tensor>,
+    xent: XentBuffers<B>,
+}
+
+/// What a chunk's forward is allowed to do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Train {
+    /// Seed of the dropout masks.
+    pub seed: u64,
+    /// Counter keying this chunk's masks.
+    pub step: u64,
+}
+
+/// A sequence model on backend `B`.
+#[derive(Debug)]
+pub struct SeqModel<B: Backend> {
+    config: ModelConfig,
+    layout: ParamLayout,
+    backend: B,
+    params: B::Tensor,
+    grads: B::Tensor,
+    rnn: Rnn<B>,
+    rnn_offset: usize,
+    onehot: Option<B::Tensor>,
+    // Workspaces of recent (T, B) shapes, the current one last.
+    ws: Vec<ModelWs<B>>,
+}
+
+impl<B: Backend> SeqModel<B> {
+    /// A model holding the flat parameters `values` (laid out by [`ModelConfig::layout`]).
+    pub fn new(backend: B, config: ModelConfig, values: &[f64]) -> Result<Self> {
+        config.validate()?;
+        let layout = config.layout();
+        if values.len() != layout.total {
+            return Err(Error::invalid(
+                "parameters",
+                format!("{} values for a model of {}", values.len(), layout.total),
+            ));
+        }
+        let params = backend.tensor_f64(&[layout.total], values)?;
+        let grads = backend.zeros(&[layout.total])?;
+        let rnn_offset = layout
+            .get("rnn.weight_ih_l0")
+            .map(|e| e.offset)
+            .ok_or_else(|| Error::invalid("layout", "has no recurrent stack"))?;
+        let rnn = Rnn::shared(backend.clone(), config.rnn(), params.clone(), rnn_offset)?;
+        let onehot = match config.input {
+            InputEncoding::OneHot => {
+                let v = config.vocab;
+                let mut eye = vec![0.0; v * v];
+                for i in 0..v {
+                    eye[i * v + i] = 1.0;
+                }
+                Some(backend.tensor_f64(&[v, v], &eye)?)
+            }
+            InputEncoding::Embedding(_) => None,
+        };
+        Ok(SeqModel {
+            config,
+            layout,
+            backend,
+            params,
+            grads,
+            rnn,
+            rnn_offset,
+            onehot,
+            ws: Vec::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Parameter names, shapes and offsets.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The flat parameters `[P]`.
+    pub fn params(&self) -> &B::Tensor {
+        &self.params
+    }
+
+    /// The flat gradients `[P]`.
+    pub fn grads(&self) -> &B::Tensor {
+        &self.grads
+    }
+
+    fn offset(&self, name: &str) -> Result<usize> {
+        self.layout
+            .get(name)
+            .map(|e| e.offset)
+            .ok_or_else(|| Error::invalid("layout", format!("no parameter {name}")))
+    }
+
+    fn ensure_ws(&mut self, steps: usize, batch: usize) -> Result<()> {
+        if let Some(i) = self
+            .ws
+            .iter()
+            .position(|w| w.steps == steps && w.batch == batch)
+        {
+            let ws = self.ws.remove(i);
+            self.ws.push(ws);
+            return Ok(());
+        }
+        if self.ws.len() >= 4 {
+            self.ws.remove(0);
+        }
+        let b = &self.backend;
+        let (v, h, rows) = (self.config.vocab, self.config.hidden, steps * batch);
+        let drop = self.config.dropout > 0.0;
+        self.ws.push(ModelWs {
+            steps,
+            batch,
+            x: b.zeros(&[steps, batch, self.config.input_width()])?,
+            top: drop.then(|| b.zeros(&[steps, batch, h])).transpose()?,
+            logits: b.zeros(&[rows, v])?,
+            dlogits: b.zeros(&[rows, v])?,
+            dh: b.zeros(&[rows, h])?,
+            dtop: drop.then(|| b.zeros(&[rows, h])).transpose()?,
+            xent: XentBuffers::new(b, rows)?,
+        });
+        Ok(())
+    }
+
+    fn check_tokens(&self, arg: &str, t: &B::Ints) -> Result<(usize, usize)> {
+        match self.backend.int_shape(t) {
+            [steps, batch] if *steps > 0 && *batch > 0 => Ok((*steps, *batch)),
+            s => Err(Error::shape(arg, "[T, B] with T, B >= 1", s)),
+        }
+    }
+
+    /// Records the forward over `tokens` `[T, B]` from `state` (`[L, B, H]`
+    /// h and c; zeros when `None`): logits `[T·B, V]` in the workspace, the
+    /// final states in the stack's `hn`/`cn`. With `train`, dropout is on.
+    pub fn forward(
+        &mut self,
+        tokens: &B::Ints,
+        state: Option<(&B::Tensor, Option<&B::Tensor>)>,
+        train: Option<Train>,
+    ) -> Result<ForwardOut<B>> {
+        let (steps, batch) = self.check_tokens("tokens", tokens)?;
+        self.ensure_ws(steps, batch)?;
+        let Some(ws) = self.ws.last() else {
+            return Err(Error::invalid("workspace", "missing after allocation"));
+        };
+        let b = &self.backend;
+        let cfg = self.config;
+        let (v, h, rows) = (cfg.vocab, cfg.hidden, steps * batch);
+        let embed = EmbedSpec {
+            n: rows,
+            e: cfg.input_width(),
+            v,
+            table_off: 0,
+        };
+        match &self.onehot {
+            Some(eye) => b.embed_forward(&embed, tokens, eye, &ws.x)?,
+            None => {
+                let s = EmbedSpec {
+                    table_off: self.offset("embedding.weight")?,
+                    ..embed
+                };
+                b.embed_forward(&s, tokens, &self.params, &ws.x)?
+            }
+        }
+        let drop = train.filter(|_| cfg.dropout > 0.0).map(|t| LayerDropout {
+            p: cfg.dropout,
+            seed: t.seed,
+            step: t.step,
+            site: 0,
+        });
+        let (h0, c0) = match state {
+            Some((h, c)) => (Some(h), c),
+            None => (None, None),
+        };
+        let out = self.rnn.forward_with(&ws.x, h0, c0, None, drop)?;
+        let top = match (drop, &ws.top) {
+            (Some(d), Some(top)) => {
+                b.dropout(&output_dropout(d, rows * h), &out.output, top)?;
+                top.clone()
+            }
+            _ => out.output.clone(),
+        };
+        let g = Gemm::nt(rows, v, h)
+            .offsets(0, self.offset("decoder.weight")?, 0)
+            .with_bias(self.offset("decoder.bias")?);
+        b.gemm(&g, &top, &self.params, Some(&self.params), &ws.logits)?;
+        Ok(ForwardOut {
+            logits: ws.logits.clone(),
+            hn: out.hn,
+            cn: out.cn,
+        })
+    }
+
+    /// Records forward, loss and backward over one chunk: gradients of the mean
+    /// cross-entropy against `targets` `[T, B]` (`IGNORE_INDEX` where no loss)
+    /// are **added** to the gradient buffer, and the loss summary is written to
+    /// `stats` at `stats_off`. Gradients stop at the chunk's initial state.
+    pub fn chunk(
+        &mut self,
+        tokens: &B::Ints,
+        targets: &B::Ints,
+        state: Option<(&B::Tensor, Option<&B::Tensor>)>,
+        train: Option<Train>,
+        stats: &B::Tensor,
+        stats_off: usize,
+    ) -> Result<ForwardOut<B>> {
+        let (steps, batch) = self.check_tokens("tokens", tokens)?;
+        expect_shape(
+            "targets",
+            "[T, B]",
+            &[steps, batch],
+            self.backend.int_shape(targets),
+        )?;
+        let fwd = self.forward(tokens, state, train)?;
+        let Some(ws) = self.ws.last() else {
+            return Err(Error::invalid("workspace", "missing after forward"));
+        };
+        let b = &self.backend;
+        let cfg = self.config;
+        let (v, h, rows) = (cfg.vocab, cfg.hidden, steps * batch);
+        let xent = XentBuffers {
+            loss: ws.xent.loss.clone(),
+            stats: ws.xent.stats.clone(),
+            summary: stats.clone(),
+            summary_off: stats_off,
+        };
+        let targets_flat = b.reshape_ints(targets, &[rows])?;
+        b.xent(
+            Rows { rows, cols: v },
+            &ws.logits,
+            &targets_flat,
+            IGNORE_INDEX,
+            1.0,
+            &xent,
+            Some(&ws.dlogits),
+        )?;
+        // Decoder: logits = top · Wᵀ + b.
+        let w_off = self.offset("decoder.weight")?;
+        let b_off = self.offset("decoder.bias")?;
+        let top = match &ws.top {
+            Some(t) if train.is_some() && cfg.dropout > 0.0 => t.clone(),
+            _ => self.rnn_output()?,
+        };
+        b.gemm(
+            &Gemm::nn(rows, h, v).offsets(0, w_off, 0),
+            &ws.dlogits,
+            &self.params,
+            None,
+            &ws.dh,
+        )?;
+        b.gemm(
+            &Gemm::tn(v, h, rows).offsets(0, 0, w_off).accumulating(true),
+            &ws.dlogits,
+            &top,
+            None,
+            &self.grads,
+        )?;
+        let cs = ColSum {
+            out_off: b_off,
+            accumulate: true,
+            ..ColSum::new(rows, v)
+        };
+        b.sum_cols(&cs, &ws.dlogits, &self.grads)?;
+        let dout = match (train, &ws.dtop) {
+            (Some(t), Some(dtop)) if cfg.dropout > 0.0 => {
+                let d = LayerDropout {
+                    p: cfg.dropout,
+                    seed: t.seed,
+                    step: t.step,
+                    site: 0,
+                };
+                b.dropout(&output_dropout(d, rows * h), &ws.dh, dtop)?;
+                dtop.clone()
+            }
+            _ => ws.dh.clone(),
+        };
+        let dout = b.reshape(&dout, &[steps, batch, h])?;
+        let g = self.rnn.backward(Some(&dout), None, None, &self.grads)?;
+        if self.onehot.is_none() {
+            let s = EmbedSpec {
+                n: rows,
+                e: cfg.input_width(),
+                v,
+                table_off: self.offset("embedding.weight")?,
+            };
+            b.embed_backward(&s, tokens, &g.input, &self.grads, true)?;
+        }
+        Ok(fwd)
+    }
+
+    /// Records the forward (no dropout) and the loss against `targets`
+    /// `[T, B]`, summary into `stats` at `stats_off`; no gradients.
+    pub fn evaluate(
+        &mut self,
+        tokens: &B::Ints,
+        targets: &B::Ints,
+        stats: &B::Tensor,
+        stats_off: usize,
+    ) -> Result<ForwardOut<B>> {
+        let (steps, batch) = self.check_tokens("tokens", tokens)?;
+        expect_shape(
+            "targets",
+            "[T, B]",
+            &[steps, batch],
+            self.backend.int_shape(targets),
+        )?;
+        let fwd = self.forward(tokens, None, None)?;
+        let Some(ws) = self.ws.last() else {
+            return Err(Error::invalid("workspace", "missing after forward"));
+        };
+        let rows = steps * batch;
+        let xent = XentBuffers {
+            loss: ws.xent.loss.clone(),
+            stats: ws.xent.stats.clone(),
+            summary: stats.clone(),
+            summary_off: stats_off,
+        };
+        let targets_flat = self.backend.reshape_ints(targets, &[rows])?;
+        let shape = Rows {
+            rows,
+            cols: self.config.vocab,
+        };
+        self.backend.xent(
+            shape,
+            &ws.logits,
+            &targets_flat,
+            IGNORE_INDEX,
+            1.0,
+            &xent,
+            None,
+        )?;
+        Ok(fwd)
+    }
+
+    fn rnn_output(&self) -> Result<B::Tensor> {
+        self.rnn
+            .last_output()
+            .ok_or_else(|| Error::invalid("model", "no forward output"))
+    }
+
+    /// Offset of the recurrent stack's parameters.
+    pub fn rnn_offset(&self) -> usize {
+        self.rnn_offset
+    }
+
+    /// The recurrent stack.
+    pub fn rnn(&self) -> &Rnn<B> {
+        &self.rnn
+    }
+
+    /// Overwrites every parameter.
+    pub fn set_params(&self, values: &[f64]) -> Result<()> {
+        if values.len() != self.layout.total {
+            return Err(Error::invalid(
+                "parameters",
+                format!("{} values for {}", values.len(), self.layout.total),
+            ));
+        }
+        let v: Vec<B::Elem> = values.iter().map(|&x| B::Elem::of(x)).collect();
+        self.backend.write(&self.params, &v)
+    }
+
+    /// Zeroes the gradients.
+    pub fn zero_grads(&self) -> Result<()> {
+        self.backend.fill(&self.grads, 0, self.layout.total, 0.0)
+    }
+}
+
+fn output_dropout(d: LayerDropout, n: usize) -> DropoutSpec {
+    DropoutSpec {
+        n,
+        x_off: 0,
+        y_off: 0,
+        p: d.p,
+        key: DropoutKey {
+            seed: d.seed,
+            layer: OUTPUT_DROPOUT_SITE,
+            step: d.step,
+        },
+    }
+}
+
+/// What a forward produced (tensors in the workspace, valid until the next forward).
+#[derive(Clone, Debug)]
+pub struct ForwardOut<B: Backend> {
+    /// `[T·B, V]`
+    pub logits: B::Tensor,
+    /// `[L, B, H]`
+    pub hn: B::Tensor,
+    /// `[L, B, H]` (LSTM)
+    pub cn: Option<B::Tensor>,
+}

@@ -1,0 +1,178 @@
+//! Token embedding: forward gathers rows of a table, backward sums gradient
+//! rows per token (in position order, so it is deterministic).
+//!
+//! CPU twin: [`forward_cpu`], [`backward_cpu`]. GPU: `shaders/embed.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::matmul::u32_of;
+use crate::error::{Error, Result};
+use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::{DType, GpuTensor, Recorder};
+use crate::real::Real;
+
+/// Sizes and offsets of an embedding lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbedSpec {
+    /// Positions N (tokens).
+    pub n: usize,
+    /// Width E.
+    pub e: usize,
+    /// Vocabulary V.
+    pub v: usize,
+    /// Offset of the `[V, E]` table (and of its gradient).
+    pub table_off: usize,
+}
+
+impl EmbedSpec {
+    fn validate(&self, tokens: usize, table: usize, out: usize) -> Result<()> {
+        if self.n == 0 || self.e == 0 || self.v == 0 {
+            return Err(Error::invalid(
+                "embedding",
+                format!("empty sizes N = {}, E = {}, V = {}", self.n, self.e, self.v),
+            ));
+        }
+        let need = |arg: &str, want: usize, len: usize| {
+            if len < want {
+                return Err(Error::invalid(
+                    format!("embedding {arg}"),
+                    format!("needs {want} elements, has {len}"),
+                ));
+            }
+            Ok(())
+        };
+        need("tokens", self.n, tokens)?;
+        need("table", self.table_off + self.v * self.e, table)?;
+        need("output", self.n * self.e, out)
+    }
+}
+
+/// `out[n, :] = table[tokens[n], :]`; tokens outside `[0, V)` give zeros.
+pub fn forward_cpu<T: Real>(
+    s: &EmbedSpec,
+    tokens: &[i32],
+    table: &[T],
+    out: &mut [T],
+) -> Result<()> {
+    s.validate(tokens.len(), table.len(), out.len())?;
+    for (n, &t) in tokens[..s.n].iter().enumerate() {
+        let row = &mut out[n * s.e..(n + 1) * s.e];
+        if t >= 0 && (t as usize) < s.v {
+            let start = s.table_off + t as usize * s.e;
+            row.copy_from_slice(&table[start..start + s.e]);
+        } else {
+            row.fill(T::zero());
+        }
+    }
+    Ok(())
+}
+
+/// `dtable[v, :] (+)= Σ_{n: tokens[n] = v} dout[n, :]`, positions in order.
+pub fn backward_cpu<T: Real>(
+    s: &EmbedSpec,
+    tokens: &[i32],
+    dout: &[T],
+    dtable: &mut [T],
+    accumulate: bool,
+) -> Result<()> {
+    s.validate(tokens.len(), dtable.len(), dout.len())?;
+    let mut acc = vec![T::zero(); s.v * s.e];
+    for (n, &t) in tokens[..s.n].iter().enumerate() {
+        if t >= 0 && (t as usize) < s.v {
+            let row = &mut acc[t as usize * s.e..(t as usize + 1) * s.e];
+            for (a, &d) in row.iter_mut().zip(&dout[n * s.e..(n + 1) * s.e]) {
+                *a += d;
+            }
+        }
+    }
+    let dst = &mut dtable[s.table_off..s.table_off + s.v * s.e];
+    for (d, a) in dst.iter_mut().zip(acc) {
+        *d = if accumulate { *d + a } else { a };
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    e: u32,
+    v: u32,
+    table_off: u32,
+    out_off: u32,
+    accumulate: u32,
+    _pad: [u32; 2],
+}
+
+impl Params {
+    fn of(s: &EmbedSpec, accumulate: bool) -> Result<Self> {
+        u32_of("N·E", s.n * s.e)?;
+        u32_of("V·E", s.v * s.e)?;
+        Ok(Params {
+            n: u32_of("N", s.n)?,
+            e: u32_of("E", s.e)?,
+            v: u32_of("V", s.v)?,
+            table_off: u32_of("table_off", s.table_off)?,
+            out_off: 0,
+            accumulate: accumulate as u32,
+            _pad: [0; 2],
+        })
+    }
+}
+
+const FORWARD: KernelSpec = KernelSpec {
+    shader: Shader::Embed,
+    entry: "embed_forward",
+    bindings: &[(1, Access::Read), (2, Access::Read), (3, Access::ReadWrite)],
+};
+
+const BACKWARD: KernelSpec = KernelSpec {
+    shader: Shader::Embed,
+    entry: "embed_backward",
+    bindings: &[(1, Access::Read), (4, Access::Read), (5, Access::ReadWrite)],
+};
+
+/// Records the gather on the GPU.
+pub fn forward_gpu(
+    rec: &mut Recorder<'_>,
+    s: &EmbedSpec,
+    tokens: &GpuTensor,
+    table: &GpuTensor,
+    out: &GpuTensor,
+) -> Result<()> {
+    tokens.expect_dtype("embedding tokens", DType::I32)?;
+    table.expect_dtype("embedding table", DType::F32)?;
+    out.expect_dtype("embedding output", DType::F32)?;
+    s.validate(tokens.len(), table.len(), out.len())?;
+    let grid = rec.ctx().grid(((s.n * s.e) as u64).div_ceil(256))?;
+    rec.dispatch(
+        FORWARD,
+        &[],
+        &[tokens.buffer(), table.buffer(), out.buffer()],
+        &Params::of(s, false)?,
+        grid,
+    )
+}
+
+/// Records the gradient scatter on the GPU.
+pub fn backward_gpu(
+    rec: &mut Recorder<'_>,
+    s: &EmbedSpec,
+    tokens: &GpuTensor,
+    dout: &GpuTensor,
+    dtable: &GpuTensor,
+    accumulate: bool,
+) -> Result<()> {
+    tokens.expect_dtype("embedding tokens", DType::I32)?;
+    dout.expect_dtype("embedding dout", DType::F32)?;
+    dtable.expect_dtype("embedding dtable", DType::F32)?;
+    s.validate(tokens.len(), dtable.len(), dout.len())?;
+    let grid = rec.ctx().grid(((s.v * s.e) as u64).div_ceil(256))?;
+    rec.dispatch(
+        BACKWARD,
+        &[],
+        &[tokens.buffer(), dout.buffer(), dtable.buffer()],
+        &Params::of(s, accumulate)?,
+        grid,
+    )
+}

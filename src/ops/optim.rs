@@ -1,0 +1,506 @@
+//! Optimizers with PyTorch's update rules and defaults (SGD with momentum and
+//! Nesterov, Adagrad, RMSprop, Adam), and gradient clipping by global norm
+//! (`torch.nn.utils.clip_grad_norm_`: one norm over all parameters, scale
+//! `min(1, max_norm / (norm + 1e-6))`).
+//!
+//! The norm comes from a buffer (the sum of squared gradients, computed by a
+//! reduction), so the GPU clips and updates without a host round trip. When
+//! the norm is not finite the update is skipped entirely; the caller learns it
+//! when it reads the same value back with the loss.
+//!
+//! The step number (1-based, like PyTorch's `state['step']`) and the learning
+//! rate of this step come from the host, so learning-rate schedules need no
+//! GPU work; a skipped update still counts as a step.
+//!
+//! CPU twin: [`update_cpu`]. GPU: `shaders/optim.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::matmul::u32_of;
+use crate::error::{Error, Result};
+use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::{DType, GpuTensor, Recorder};
+use crate::real::Real;
+
+/// An optimizer and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Optimizer {
+    /// `torch.optim.SGD`
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum factor (0 = plain SGD).
+        momentum: f32,
+        /// Dampening for momentum.
+        dampening: f32,
+        /// Nesterov momentum.
+        nesterov: bool,
+        /// L2 penalty.
+        weight_decay: f32,
+    },
+    /// `torch.optim.Adagrad`
+    Adagrad {
+        /// Learning rate.
+        lr: f32,
+        /// Learning-rate decay per step.
+        lr_decay: f32,
+        /// Term added to the denominator.
+        eps: f32,
+        /// L2 penalty.
+        weight_decay: f32,
+    },
+    /// `torch.optim.RMSprop`
+    RmsProp {
+        /// Learning rate.
+        lr: f32,
+        /// Smoothing constant.
+        alpha: f32,
+        /// Term added to the denominator.
+        eps: f32,
+        /// Momentum factor.
+        momentum: f32,
+        /// Normalize by the estimated variance of the gradient.
+        centered: bool,
+        /// L2 penalty.
+        weight_decay: f32,
+    },
+    /// `torch.optim.Adam`
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// Decay of the first moment.
+        beta1: f32,
+        /// Decay of the second moment.
+        beta2: f32,
+        /// Term added to the denominator.
+        eps: f32,
+        /// L2 penalty.
+        weight_decay: f32,
+    },
+}
+
+impl Optimizer {
+    /// SGD with PyTorch's defaults (no momentum).
+    pub fn sgd(lr: f32) -> Self {
+        Optimizer::Sgd {
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// SGD with momentum (Nesterov or classical).
+    pub fn momentum(lr: f32, momentum: f32, nesterov: bool) -> Self {
+        Optimizer::Sgd {
+            lr,
+            momentum,
+            dampening: 0.0,
+            nesterov,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// Adagrad with PyTorch's defaults.
+    pub fn adagrad(lr: f32) -> Self {
+        Optimizer::Adagrad {
+            lr,
+            lr_decay: 0.0,
+            eps: 1e-10,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// RMSprop with PyTorch's defaults.
+    pub fn rmsprop(lr: f32) -> Self {
+        Optimizer::RmsProp {
+            lr,
+            alpha: 0.99,
+            eps: 1e-8,
+            momentum: 0.0,
+            centered: false,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// Adam with PyTorch's defaults.
+    pub fn adam(lr: f32) -> Self {
+        Optimizer::Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// Parses `sgd`, `momentum`, `nesterov`, `adagrad`, `rmsprop` or `adam` with learning rate `lr`.
+    pub fn parse(name: &str, lr: f32) -> Result<Self> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "sgd" => Self::sgd(lr),
+            "momentum" => Self::momentum(lr, 0.9, false),
+            "nesterov" => Self::momentum(lr, 0.9, true),
+            "adagrad" => Self::adagrad(lr),
+            "rmsprop" => Self::rmsprop(lr),
+            "adam" => Self::adam(lr),
+            other => {
+                return Err(Error::invalid(
+                    "optimizer",
+                    format!(
+                        "unknown optimizer {other:?}; expected sgd, momentum, nesterov, adagrad, rmsprop or adam"
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// A short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::Sgd {
+                momentum, nesterov, ..
+            } => match (*momentum != 0.0, *nesterov) {
+                (false, _) => "sgd",
+                (true, false) => "momentum",
+                (true, true) => "nesterov",
+            },
+            Optimizer::Adagrad { .. } => "adagrad",
+            Optimizer::RmsProp { .. } => "rmsprop",
+            Optimizer::Adam { .. } => "adam",
+        }
+    }
+
+    /// The base learning rate.
+    pub fn lr(&self) -> f32 {
+        match *self {
+            Optimizer::Sgd { lr, .. }
+            | Optimizer::Adagrad { lr, .. }
+            | Optimizer::RmsProp { lr, .. }
+            | Optimizer::Adam { lr, .. } => lr,
+        }
+    }
+
+    /// Lengths of the two state buffers for `n` parameters (PyTorch's state:
+    /// SGD momentum_buffer; Adagrad sum; RMSprop square_avg, then momentum_buffer
+    /// and grad_avg; Adam exp_avg, exp_avg_sq).
+    pub fn state_lens(&self, n: usize) -> (usize, usize) {
+        match self {
+            Optimizer::Sgd { momentum, .. } => (if *momentum != 0.0 { n } else { 0 }, 0),
+            Optimizer::Adagrad { .. } => (n, 0),
+            Optimizer::RmsProp { .. } => (n, 2 * n),
+            Optimizer::Adam { .. } => (n, n),
+        }
+    }
+
+    /// Names of the state buffers, as saved in checkpoints.
+    pub fn state_names(&self) -> (&'static str, &'static str) {
+        match self {
+            Optimizer::Sgd { .. } => ("momentum_buffer", "unused"),
+            Optimizer::Adagrad { .. } => ("sum", "unused"),
+            Optimizer::RmsProp { .. } => ("square_avg", "momentum_buffer_grad_avg"),
+            Optimizer::Adam { .. } => ("exp_avg", "exp_avg_sq"),
+        }
+    }
+}
+
+/// One update of `n` parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdateSpec {
+    /// Parameters.
+    pub n: usize,
+    /// 1-based step number.
+    pub step: u64,
+    /// Learning rate of this step (after any schedule).
+    pub lr: f32,
+    /// Clip the global gradient norm to this (None: no clipping).
+    pub max_norm: Option<f32>,
+    /// Index of the sum of squared gradients in the stats buffer.
+    pub norm_idx: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    norm_idx: u32,
+    step: u32,
+    flags: u32,
+    lr: f32,
+    weight_decay: f32,
+    momentum: f32,
+    dampening: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    max_norm: f32,
+    bias_c1: f32,
+    bias_c2_sqrt: f32,
+    _pad: [u32; 2],
+}
+
+const NESTEROV: u32 = 1;
+const CENTERED: u32 = 2;
+const FIRST: u32 = 4;
+
+impl Params {
+    /// The scalars of one update, computed once (in f64, then rounded) for both paths.
+    fn of(opt: &Optimizer, s: &UpdateSpec) -> Result<Self> {
+        if s.step == 0 {
+            return Err(Error::invalid(
+                "optimizer step",
+                "steps are numbered from 1",
+            ));
+        }
+        let mut p = Params {
+            n: u32_of("parameters", s.n)?,
+            norm_idx: u32_of("norm_idx", s.norm_idx)?,
+            step: s.step.min(u32::MAX as u64) as u32,
+            lr: s.lr,
+            max_norm: s.max_norm.unwrap_or(0.0),
+            bias_c1: 1.0,
+            bias_c2_sqrt: 1.0,
+            ..Default::default()
+        };
+        if s.step == 1 {
+            p.flags |= FIRST;
+        }
+        match *opt {
+            Optimizer::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+                ..
+            } => {
+                p.momentum = momentum;
+                p.dampening = dampening;
+                p.weight_decay = weight_decay;
+                if nesterov {
+                    p.flags |= NESTEROV;
+                }
+            }
+            Optimizer::Adagrad {
+                lr_decay,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                p.lr = (s.lr as f64 / (1.0 + (s.step - 1) as f64 * lr_decay as f64)) as f32;
+                p.eps = eps;
+                p.weight_decay = weight_decay;
+            }
+            Optimizer::RmsProp {
+                alpha,
+                eps,
+                momentum,
+                centered,
+                weight_decay,
+                ..
+            } => {
+                p.beta1 = alpha;
+                p.eps = eps;
+                p.momentum = momentum;
+                p.weight_decay = weight_decay;
+                if centered {
+                    p.flags |= CENTERED;
+                }
+            }
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                p.beta1 = beta1;
+                p.beta2 = beta2;
+                p.eps = eps;
+                p.weight_decay = weight_decay;
+                let step = s.step.min(i32::MAX as u64) as i32;
+                p.bias_c1 = (1.0 - (beta1 as f64).powi(step)) as f32;
+                p.bias_c2_sqrt = (1.0 - (beta2 as f64).powi(step)).sqrt() as f32;
+            }
+        }
+        Ok(p)
+    }
+}
+
+fn check_lens(opt: &Optimizer, s: &UpdateSpec, lens: [usize; 5]) -> Result<()> {
+    let [params, grads, s1, s2, stats] = lens;
+    let (n1, n2) = opt.state_lens(s.n);
+    for (arg, want, len) in [
+        ("parameters", s.n, params),
+        ("gradients", s.n, grads),
+        ("optimizer state 1", n1, s1),
+        ("optimizer state 2", n2, s2),
+        ("stats (norm)", s.norm_idx + 1, stats),
+    ] {
+        if len < want {
+            return Err(Error::invalid(
+                arg,
+                format!("needs {want} elements, has {len}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The clipping coefficient for a sum of squared gradients, or `None` to skip.
+pub fn clip_coef(norm_sq: f64, max_norm: Option<f32>) -> Option<f64> {
+    let norm = norm_sq.sqrt();
+    if !norm.is_finite() {
+        return None;
+    }
+    Some(match max_norm {
+        Some(m) if m > 0.0 => (m as f64 / (norm + 1e-6)).min(1.0),
+        _ => 1.0,
+    })
+}
+
+/// One update on the host. Returns false (and changes nothing) when the norm is not finite.
+pub fn update_cpu<T: Real>(
+    opt: &Optimizer,
+    s: &UpdateSpec,
+    params: &mut [T],
+    grads: &[T],
+    s1: &mut [T],
+    s2: &mut [T],
+    stats: &[T],
+) -> Result<bool> {
+    check_lens(
+        opt,
+        s,
+        [params.len(), grads.len(), s1.len(), s2.len(), stats.len()],
+    )?;
+    let p = Params::of(opt, s)?;
+    // Same arithmetic as the shader, in T.
+    let norm = stats[s.norm_idx].sqrt();
+    if !norm.is_finite() {
+        return Ok(false);
+    }
+    let one = T::one();
+    let coef = if p.max_norm > 0.0 {
+        (T::of(p.max_norm as f64) / (norm + T::of(1e-6))).min(one)
+    } else {
+        one
+    };
+    let c = |v: f32| T::of(v as f64);
+    let (lr, wd, mom, damp) = (c(p.lr), c(p.weight_decay), c(p.momentum), c(p.dampening));
+    let (b1, b2, eps) = (c(p.beta1), c(p.beta2), c(p.eps));
+    let n = s.n;
+    for i in 0..n {
+        let mut g = grads[i] * coef + wd * params[i];
+        match opt {
+            Optimizer::Sgd { .. } => {
+                if p.momentum != 0.0 {
+                    let buf = if p.flags & FIRST != 0 {
+                        g
+                    } else {
+                        mom * s1[i] + (one - damp) * g
+                    };
+                    s1[i] = buf;
+                    g = if p.flags & NESTEROV != 0 {
+                        g + mom * buf
+                    } else {
+                        buf
+                    };
+                }
+                params[i] -= lr * g;
+            }
+            Optimizer::Adagrad { .. } => {
+                let sum = s1[i] + g * g;
+                s1[i] = sum;
+                params[i] -= lr * g / (sum.sqrt() + eps);
+            }
+            Optimizer::RmsProp { .. } => {
+                let sq = b1 * s1[i] + (one - b1) * g * g;
+                s1[i] = sq;
+                let avg = if p.flags & CENTERED != 0 {
+                    let ga = b1 * s2[n + i] + (one - b1) * g;
+                    s2[n + i] = ga;
+                    (sq - ga * ga).sqrt() + eps
+                } else {
+                    sq.sqrt() + eps
+                };
+                if p.momentum > 0.0 {
+                    let buf = mom * s2[i] + g / avg;
+                    s2[i] = buf;
+                    params[i] -= lr * buf;
+                } else {
+                    params[i] -= lr * g / avg;
+                }
+            }
+            Optimizer::Adam { .. } => {
+                let m = b1 * s1[i] + (one - b1) * g;
+                let v = b2 * s2[i] + (one - b2) * g * g;
+                s1[i] = m;
+                s2[i] = v;
+                let denom = v.sqrt() / c(p.bias_c2_sqrt) + eps;
+                params[i] -= (lr / c(p.bias_c1)) * m / denom;
+            }
+        }
+    }
+    Ok(true)
+}
+
+const R: Access = Access::Read;
+const W: Access = Access::ReadWrite;
+const BINDINGS: &[(u32, Access)] = &[(1, W), (2, R), (3, W), (4, W), (5, R)];
+
+fn spec(opt: &Optimizer) -> KernelSpec {
+    let entry = match opt {
+        Optimizer::Sgd { .. } => "sgd",
+        Optimizer::Adagrad { .. } => "adagrad",
+        Optimizer::RmsProp { .. } => "rmsprop",
+        Optimizer::Adam { .. } => "adam",
+    };
+    KernelSpec {
+        shader: Shader::Optim,
+        entry,
+        bindings: BINDINGS,
+    }
+}
+
+/// Records one update on the GPU.
+#[allow(clippy::too_many_arguments)]
+pub fn update_gpu(
+    rec: &mut Recorder<'_>,
+    opt: &Optimizer,
+    s: &UpdateSpec,
+    params: &GpuTensor,
+    grads: &GpuTensor,
+    s1: &GpuTensor,
+    s2: &GpuTensor,
+    stats: &GpuTensor,
+) -> Result<()> {
+    for (arg, t) in [
+        ("parameters", params),
+        ("gradients", grads),
+        ("optimizer state 1", s1),
+        ("optimizer state 2", s2),
+        ("stats", stats),
+    ] {
+        t.expect_dtype(arg, DType::F32)?;
+    }
+    check_lens(
+        opt,
+        s,
+        [params.len(), grads.len(), s1.len(), s2.len(), stats.len()],
+    )?;
+    let p = Params::of(opt, s)?;
+    let grid = rec.ctx().grid((s.n as u64).div_ceil(256))?;
+    rec.dispatch(
+        spec(opt),
+        &[],
+        &[
+            params.buffer(),
+            grads.buffer(),
+            s1.buffer(),
+            s2.buffer(),
+            stats.buffer(),
+        ],
+        &p,
+        grid,
+    )
+}

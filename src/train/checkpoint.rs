@@ -1,0 +1,172 @@
+//! Checkpoints: one safetensors file holding the model's parameters under
+//! PyTorch-compatible names (`rnn.weight_ih_l0` … are an `nn.LSTM`/`nn.GRU`/
+//! `nn.RNN` state_dict after stripping `rnn.`), the optimizer state
+//! (`optimizer.<state>.<parameter>`), and in the metadata the run's
+//! configuration, vocabulary, counters and curves — everything `--resume`
+//! needs to continue the identical trajectory. Written atomically.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::tasks::{Task, Vocab};
+use super::{EvalReport, HistoryPoint, TrainConfig, Trainer};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::io::{HostTensor, TensorMap, read_safetensors, write_safetensors};
+use crate::nn::model::SeqModel;
+use crate::real::Real;
+
+/// Format tag stored in every checkpoint.
+pub const FORMAT: &str = "rnn-wgpu-checkpoint/1";
+
+/// What the metadata holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Meta {
+    config: TrainConfig,
+    vocab: Vocab,
+    step: u64,
+    updates: u64,
+    skipped: u64,
+    history: Vec<HistoryPoint>,
+    evals: Vec<EvalReport>,
+}
+
+fn meta_err(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::format(path, format!("not an rnn-wgpu checkpoint: {what}"))
+}
+
+fn read_meta(path: &Path) -> Result<(TensorMap, Meta)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| meta_err(path, e))?;
+    let md = header
+        .metadata()
+        .as_ref()
+        .ok_or_else(|| meta_err(path, "no metadata"))?;
+    if md.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(meta_err(path, format!("format is not {FORMAT}")));
+    }
+    let json = md
+        .get("run")
+        .ok_or_else(|| meta_err(path, "no run metadata"))?;
+    let meta: Meta = serde_json::from_str(json).map_err(|e| meta_err(path, e))?;
+    Ok((read_safetensors(path)?, meta))
+}
+
+fn slice_of(tensors: &TensorMap, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| Error::format(path, format!("tensor {name} is missing")))?;
+    if t.shape != shape {
+        return Err(Error::format(
+            path,
+            format!("{name}: expected shape {shape:?}, got {:?}", t.shape),
+        ));
+    }
+    t.floats(name)
+}
+
+impl<B: Backend> Trainer<B> {
+    /// Writes the run to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let b = &self.backend;
+        let v = b.read_many(&[self.model.params(), &self.s1, &self.s2])?;
+        let layout = self.model.layout();
+        let mut tensors = TensorMap::new();
+        let as_f32 = |x: &[B::Elem]| x.iter().map(|v| v.f64() as f32).collect::<Vec<f32>>();
+        for e in &layout.entries {
+            tensors.insert(
+                e.name.clone(),
+                HostTensor::f32(&e.shape, as_f32(&v[0][e.range()])),
+            );
+        }
+        let n = layout.total;
+        let (l1, l2) = self.config.optimizer.state_lens(n);
+        let (name1, name2) = self.config.optimizer.state_names();
+        for (state, len, name) in [(&v[1], l1, name1), (&v[2], l2, name2)] {
+            // Each state is one or more blocks of P values, saved per parameter.
+            for block in 0..len / n.max(1) {
+                for e in &layout.entries {
+                    let r = e.range();
+                    let key = if block == 0 {
+                        format!("optimizer.{name}.{}", e.name)
+                    } else {
+                        format!("optimizer.{name}.{block}.{}", e.name)
+                    };
+                    let vals = as_f32(&state[block * n + r.start..block * n + r.end]);
+                    tensors.insert(key, HostTensor::f32(&e.shape, vals));
+                }
+            }
+        }
+        let meta = Meta {
+            config: self.config.clone(),
+            vocab: self.task.vocab().clone(),
+            step: self.step,
+            updates: self.updates,
+            skipped: self.skipped,
+            history: self.history.clone(),
+            evals: self.evals.clone(),
+        };
+        let json = serde_json::to_string(&meta)
+            .map_err(|e| Error::invalid("checkpoint", format!("cannot encode metadata: {e}")))?;
+        let mut md = HashMap::new();
+        md.insert("format".to_string(), FORMAT.to_string());
+        md.insert("run".to_string(), json);
+        write_safetensors(path, &tensors, Some(md))
+    }
+
+    /// Restores a run saved by [`Trainer::save`] onto `backend`.
+    pub fn load(backend: B, path: &Path) -> Result<Self> {
+        let (tensors, meta) = read_meta(path)?;
+        let task = Task::with_vocab(meta.config.task.clone(), meta.vocab.clone())?;
+        let layout = meta.config.model.layout();
+        let mut params = Vec::with_capacity(layout.total);
+        for e in &layout.entries {
+            params.extend(slice_of(&tensors, path, &e.name, &e.shape)?);
+        }
+        let mut t = Trainer::build(backend, meta.config.clone(), task, &params)?;
+        let n = layout.total;
+        let (l1, l2) = meta.config.optimizer.state_lens(n);
+        let (name1, name2) = meta.config.optimizer.state_names();
+        for (target, len, name) in [(&t.s1, l1, name1), (&t.s2, l2, name2)] {
+            if len == 0 {
+                continue;
+            }
+            let mut state = Vec::with_capacity(len);
+            for block in 0..len / n {
+                for e in &layout.entries {
+                    let key = if block == 0 {
+                        format!("optimizer.{name}.{}", e.name)
+                    } else {
+                        format!("optimizer.{name}.{block}.{}", e.name)
+                    };
+                    state.extend(slice_of(&tensors, path, &key, &e.shape)?);
+                }
+            }
+            let v: Vec<B::Elem> = state.iter().map(|&x| B::Elem::of(x)).collect();
+            t.backend.write(target, &v)?;
+        }
+        t.step = meta.step;
+        t.updates = meta.updates;
+        t.skipped = meta.skipped;
+        t.history = meta.history;
+        t.evals = meta.evals;
+        Ok(t)
+    }
+}
+
+/// Loads only the model (for sampling): the model, the task and the run's configuration.
+pub fn load_model<B: Backend>(backend: B, path: &Path) -> Result<(SeqModel<B>, Task, TrainConfig)> {
+    let (tensors, meta) = read_meta(path)?;
+    // Sampling needs the vocabulary only, not the training data.
+    let task = Task::from_vocab(meta.config.task.clone(), meta.vocab.clone());
+    let layout = meta.config.model.layout();
+    let mut params = Vec::with_capacity(layout.total);
+    for e in &layout.entries {
+        params.extend(slice_of(&tensors, path, &e.name, &e.shape)?);
+    }
+    let model = SeqModel::new(backend, meta.config.model, &params)?;
+    Ok((model, task, meta.config))
+}

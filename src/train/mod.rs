@@ -1,0 +1,573 @@
+//! Training: batches from a task, full or truncated backpropagation through
+//! time, gradient clipping and an optimizer on the device, evaluation on
+//! held-out problems, checkpoints.
+//!
+//! ## One training step
+//! ```text
+//! batch(seed, step) ─upload─▶ tokens/targets of every window     (host → device, once)
+//! for each window (one for full BPTT):
+//!     zero grads
+//!     forward + loss + backward over the window, from the carried state
+//!     carry the state the next window starts from (a device-side copy)
+//!     Σ grad² ─▶ stats            (one reduction)
+//!     optimizer update: clipped by the norm in stats, skipped if not finite
+//! read stats (loss, counts, norms of every window)            (the only readback)
+//! ```
+//! On the GPU everything up to the read is recorded into one submission.
+//!
+//! ## Truncated BPTT
+//! With `k1 ≤ k2`, an update happens every `k1` steps and backpropagates through
+//! the last `k2` (Williams & Peng's TBPTT(k1, k2)); `k1 = k2 = k` is the usual
+//! chunking. Hidden (and cell) state flows forward across windows; gradients
+//! stop at each window's start:
+//! ```text
+//! time     0 ─────── k1 ─────── 2k1 ─────── 3k1 ── T
+//! window 1 [═══loss══)
+//! window 2      [────┼═══loss═══)           ─ backprop only, ═ backprop + loss
+//! window 3                 [────┼═══loss════)
+//!               ◀── k2 ──▶
+//! ```
+//! Each window restarts from the state the previous window's forward computed
+//! at its start (with the parameters before that window's update).
+
+pub mod checkpoint;
+pub mod plot;
+pub mod run;
+pub mod sample;
+pub mod schedule;
+pub mod tasks;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::nn::dense::argmax;
+use crate::nn::model::{ModelConfig, SeqModel, Train};
+use crate::ops::optim::{Optimizer, UpdateSpec};
+use crate::ops::reduce::ReduceOp;
+use crate::ops::softmax_xent::{IGNORE_INDEX, SUMMARY_LEN, XentSummary};
+use crate::real::Real;
+use schedule::Schedule;
+use tasks::{Batch, Task, TaskSpec};
+
+/// Values per window in the stats buffer: the loss summary, then Σ grad².
+pub const STATS_STRIDE: usize = 8;
+const NORM: usize = SUMMARY_LEN;
+
+/// How far gradients flow back in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Bptt {
+    /// Through the whole sequence.
+    Full,
+    /// Update every `k1` steps, backpropagating `k2 >= k1` steps.
+    Truncated {
+        /// Steps between updates.
+        k1: usize,
+        /// Steps backpropagated.
+        k2: usize,
+    },
+}
+
+/// One window of truncated BPTT: steps `start..end`, loss on `loss_from..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// First step run.
+    pub start: usize,
+    /// One past the last step.
+    pub end: usize,
+    /// First step whose targets count.
+    pub loss_from: usize,
+}
+
+impl Bptt {
+    /// The windows covering `steps` time steps.
+    pub fn windows(&self, steps: usize) -> Result<Vec<Window>> {
+        match *self {
+            Bptt::Full => Ok(vec![Window {
+                start: 0,
+                end: steps,
+                loss_from: 0,
+            }]),
+            Bptt::Truncated { k1, k2 } => {
+                if k1 == 0 || k2 < k1 {
+                    return Err(Error::invalid(
+                        "truncation",
+                        format!("needs 1 <= k1 <= k2, got k1 = {k1}, k2 = {k2}"),
+                    ));
+                }
+                let mut out = Vec::new();
+                let mut prev = 0;
+                while prev < steps {
+                    let end = (prev + k1).min(steps);
+                    // The new steps plus k2 - k1 steps of history (a partial
+                    // last chunk stays partial, as plain chunking has it).
+                    out.push(Window {
+                        start: prev.saturating_sub(k2 - k1),
+                        end,
+                        loss_from: prev,
+                    });
+                    prev = end;
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// What to do when the gradient norm (or the loss) is NaN or infinite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NonFinite {
+    /// Stop with [`Error::NonFinite`].
+    Error,
+    /// Skip the update (the device already left parameters and state untouched) and go on.
+    Skip,
+}
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The task.
+    pub task: TaskSpec,
+    /// The model (its vocabulary is the task's).
+    pub model: ModelConfig,
+    /// Batch B.
+    pub batch: usize,
+    /// Total training steps.
+    pub steps: u64,
+    /// Full or truncated BPTT.
+    pub bptt: Bptt,
+    /// Optimizer and base learning rate.
+    pub optimizer: Optimizer,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Clip the global gradient norm to this.
+    pub clip: Option<f32>,
+    /// Seed of parameters, data and dropout.
+    pub seed: u64,
+    /// Non-finite policy.
+    pub non_finite: NonFinite,
+    /// Held-out problems per evaluation.
+    pub eval_problems: usize,
+}
+
+/// The outcome of one training step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// 0-based step just completed.
+    pub step: u64,
+    /// Mean loss over the step's targets.
+    pub loss: f64,
+    /// Fraction of targets predicted (argmax, teacher forcing).
+    pub accuracy: f64,
+    /// Targets that counted.
+    pub tokens: usize,
+    /// Global gradient norm of the last window (before clipping).
+    pub grad_norm: f64,
+    /// Windows whose update was skipped (non-finite norm).
+    pub skipped: usize,
+}
+
+/// The outcome of an evaluation on held-out problems.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Step at which it was taken.
+    pub step: u64,
+    /// Mean loss.
+    pub loss: f64,
+    /// Fraction of targets predicted.
+    pub token_accuracy: f64,
+    /// Fraction of problems answered exactly (`copy`, `add`): greedy decoding
+    /// gets a whole answer right exactly when every answer step's argmax is
+    /// right under teacher forcing, so this is measured in one forward.
+    pub exact_match: Option<f64>,
+    /// Problems evaluated.
+    pub problems: usize,
+}
+
+/// Loss and accuracy of one step, for curves.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// Step.
+    pub step: u64,
+    /// Loss.
+    pub loss: f64,
+    /// Token accuracy.
+    pub accuracy: f64,
+}
+
+/// Per-window device tensors of a batch shape.
+#[derive(Debug)]
+struct WindowBufs<B: Backend> {
+    tokens: B::Ints,
+    targets: B::Ints,
+}
+
+/// A training run in progress.
+#[derive(Debug)]
+pub struct Trainer<B: Backend> {
+    config: TrainConfig,
+    task: Task,
+    model: SeqModel<B>,
+    backend: B,
+    s1: B::Tensor,
+    s2: B::Tensor,
+    stats: B::Tensor,
+    state_h: B::Tensor,
+    state_c: Option<B::Tensor>,
+    windows: Vec<Window>,
+    window_bufs: Vec<WindowBufs<B>>,
+    eval_bufs: Option<WindowBufs<B>>,
+    step: u64,
+    updates: u64,
+    skipped: u64,
+    history: Vec<HistoryPoint>,
+    evals: Vec<EvalReport>,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// A fresh run: parameters initialized from the seed.
+    pub fn new(backend: B, mut config: TrainConfig) -> Result<Self> {
+        let task = Task::new(config.task.clone())?;
+        config.model.vocab = task.vocab().len();
+        let params = config.model.init_params(config.seed);
+        Self::build(backend, config, task, &params)
+    }
+
+    /// A run with a given task (vocabulary) and parameters, e.g. from a checkpoint.
+    pub(crate) fn build(
+        backend: B,
+        config: TrainConfig,
+        task: Task,
+        params: &[f64],
+    ) -> Result<Self> {
+        if config.batch == 0 {
+            return Err(Error::invalid("batch", "must be at least 1"));
+        }
+        if config.model.vocab != task.vocab().len() {
+            return Err(Error::invalid(
+                "vocabulary",
+                format!(
+                    "the model has {} symbols, the task {}",
+                    config.model.vocab,
+                    task.vocab().len()
+                ),
+            ));
+        }
+        if let Some(c) = config.clip
+            && !(c > 0.0 && c.is_finite())
+        {
+            return Err(Error::invalid(
+                "clip",
+                format!("{c} must be a positive number"),
+            ));
+        }
+        let steps = task.steps();
+        let windows = config.bptt.windows(steps)?;
+        let model = SeqModel::new(backend.clone(), config.model, params)?;
+        let n = model.layout().total;
+        let (l1, l2) = config.optimizer.state_lens(n);
+        let s1 = backend.zeros(&[l1.max(1)])?;
+        let s2 = backend.zeros(&[l2.max(1)])?;
+        let stats = backend.zeros(&[(windows.len() + 1) * STATS_STRIDE])?;
+        let state = [config.model.layers, config.batch, config.model.hidden];
+        let state_h = backend.zeros(&state)?;
+        let state_c = config
+            .model
+            .cell
+            .has_cell_state()
+            .then(|| backend.zeros(&state))
+            .transpose()?;
+        let window_bufs = windows
+            .iter()
+            .map(|w| {
+                let shape = [w.end - w.start, config.batch];
+                let zeros = vec![0; shape[0] * shape[1]];
+                Ok(WindowBufs {
+                    tokens: backend.ints(&shape, &zeros)?,
+                    targets: backend.ints(&shape, &zeros)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Trainer {
+            config,
+            task,
+            model,
+            backend,
+            s1,
+            s2,
+            stats,
+            state_h,
+            state_c,
+            windows,
+            window_bufs,
+            eval_bufs: None,
+            step: 0,
+            updates: 0,
+            skipped: 0,
+            history: Vec::new(),
+            evals: Vec::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The task.
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// The model.
+    pub fn model(&self) -> &SeqModel<B> {
+        &self.model
+    }
+
+    /// Steps completed.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Updates whose norm was not finite and that were skipped.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Loss and accuracy of every step so far.
+    pub fn history(&self) -> &[HistoryPoint] {
+        &self.history
+    }
+
+    /// Every evaluation so far.
+    pub fn evals(&self) -> &[EvalReport] {
+        &self.evals
+    }
+
+    /// Changes the total number of steps (to train longer after a resume).
+    pub fn set_total_steps(&mut self, steps: u64) {
+        self.config.steps = steps;
+    }
+
+    /// The learning rate of step `step`.
+    pub fn lr_at(&self, step: u64) -> f32 {
+        self.config
+            .schedule
+            .lr(self.config.optimizer.lr(), step, self.config.steps)
+    }
+
+    fn upload_windows(&self, batch: &Batch) -> Result<()> {
+        let bsz = batch.batch;
+        for (w, bufs) in self.windows.iter().zip(&self.window_bufs) {
+            let range = w.start * bsz..w.end * bsz;
+            let tokens = &batch.inputs[range.clone()];
+            let mut targets = batch.targets[range].to_vec();
+            // Steps before loss_from are run for their state only.
+            for t in targets.iter_mut().take((w.loss_from - w.start) * bsz) {
+                *t = IGNORE_INDEX;
+            }
+            self.backend.write_ints(&bufs.tokens, tokens)?;
+            self.backend.write_ints(&bufs.targets, &targets)?;
+        }
+        Ok(())
+    }
+
+    /// One training step on the next batch.
+    pub fn train_step(&mut self) -> Result<StepReport> {
+        let batch = self
+            .task
+            .train_batch(self.config.seed, self.step, self.config.batch);
+        let lr = self.lr_at(self.step);
+        self.upload_windows(&batch)?;
+        let b = self.backend.clone();
+        let n = self.model.layout().total;
+        let carry_c = self.state_c.clone();
+        for (c, w) in self.windows.clone().into_iter().enumerate() {
+            let bufs = &self.window_bufs[c];
+            self.model.zero_grads()?;
+            let state = (w.start > 0).then_some((&self.state_h, carry_c.as_ref()));
+            let train = Train {
+                seed: self.config.seed,
+                step: self.step * self.windows.len() as u64 + c as u64,
+            };
+            self.model.chunk(
+                &bufs.tokens,
+                &bufs.targets,
+                state,
+                Some(train),
+                &self.stats,
+                c * STATS_STRIDE,
+            )?;
+            if let Some(next) = self.windows.get(c + 1)
+                && next.start > 0
+            {
+                self.model.rnn().state_after(
+                    next.start - w.start,
+                    &self.state_h,
+                    carry_c.as_ref(),
+                )?;
+            }
+            let norm_idx = c * STATS_STRIDE + NORM;
+            b.reduce(
+                ReduceOp::SumSquares,
+                self.model.grads(),
+                0,
+                n,
+                &self.stats,
+                norm_idx,
+                false,
+            )?;
+            self.updates += 1;
+            let spec = UpdateSpec {
+                n,
+                step: self.updates,
+                lr,
+                max_norm: self.config.clip,
+                norm_idx,
+            };
+            b.optim_update(
+                &self.config.optimizer,
+                &spec,
+                self.model.params(),
+                self.model.grads(),
+                &self.s1,
+                &self.s2,
+                &self.stats,
+            )?;
+        }
+        // The only readback of the step.
+        let stats = b.read_f64(&self.stats)?;
+        let mut total = XentSummary::default();
+        let mut skipped = 0;
+        let mut norm_sq = 0.0;
+        for c in 0..self.windows.len() {
+            let at = c * STATS_STRIDE;
+            let s = XentSummary::from_slice(&stats[at..at + SUMMARY_LEN]);
+            norm_sq = stats[at + NORM];
+            let bad_loss = !s.sum.is_finite();
+            if !norm_sq.is_finite() || bad_loss {
+                if self.config.non_finite == NonFinite::Error {
+                    let (what, value) = if bad_loss {
+                        ("loss", s.sum)
+                    } else {
+                        ("gradient norm", norm_sq.sqrt())
+                    };
+                    return Err(Error::NonFinite {
+                        what: format!(
+                            "{what} at step {} (window {c}); the update was not applied",
+                            self.step
+                        ),
+                        value,
+                    });
+                }
+                skipped += 1;
+            }
+            total.count += s.count;
+            total.correct += s.correct;
+            total.invalid += s.invalid;
+            total.sum += s.sum;
+        }
+        if total.invalid > 0 {
+            return Err(Error::invalid(
+                "targets",
+                format!("{} targets are outside the vocabulary", total.invalid),
+            ));
+        }
+        self.skipped += skipped as u64;
+        let report = StepReport {
+            step: self.step,
+            loss: total.sum / total.count.max(1) as f64,
+            accuracy: total.correct as f64 / total.count.max(1) as f64,
+            tokens: total.count,
+            grad_norm: norm_sq.sqrt(),
+            skipped,
+        };
+        self.history.push(HistoryPoint {
+            step: self.step,
+            loss: report.loss,
+            accuracy: report.accuracy,
+        });
+        self.step += 1;
+        Ok(report)
+    }
+
+    /// Evaluates on the task's held-out problems (one forward, one readback).
+    pub fn evaluate(&mut self) -> Result<EvalReport> {
+        let problems = self.config.eval_problems.max(1);
+        let batch = self.task.eval_batch(self.config.seed, problems);
+        let shape = [batch.steps, batch.batch];
+        if self.eval_bufs.is_none() {
+            self.eval_bufs = Some(WindowBufs {
+                tokens: self.backend.ints(&shape, &batch.inputs)?,
+                targets: self.backend.ints(&shape, &batch.targets)?,
+            });
+        }
+        let Some(bufs) = &self.eval_bufs else {
+            return Err(Error::invalid("evaluation", "buffers missing"));
+        };
+        let off = self.windows.len() * STATS_STRIDE;
+        let fwd = self
+            .model
+            .evaluate(&bufs.tokens, &bufs.targets, &self.stats, off)?;
+        let v = self.backend.read_many(&[&fwd.logits, &self.stats])?;
+        let stats: Vec<f64> = v[1].iter().map(|x| x.f64()).collect();
+        let s = XentSummary::from_slice(&stats[off..off + SUMMARY_LEN]);
+        let exact_match = self
+            .task
+            .has_answers()
+            .then(|| exact_match(&batch, &v[0], self.config.model.vocab));
+        let report = EvalReport {
+            step: self.step,
+            loss: s.mean,
+            token_accuracy: s.correct as f64 / s.count.max(1) as f64,
+            exact_match,
+            problems,
+        };
+        self.evals.push(report);
+        Ok(report)
+    }
+
+    /// Parameters as f64, in layout order.
+    pub fn read_params(&self) -> Result<Vec<f64>> {
+        self.backend.read_f64(self.model.params())
+    }
+}
+
+/// Fraction of rows whose every answer step has its target as the argmax.
+pub fn exact_match<T: Real>(batch: &Batch, logits: &[T], vocab: usize) -> f64 {
+    let bsz = batch.batch;
+    let right = batch
+        .answers
+        .iter()
+        .enumerate()
+        .filter(|&(b, &(start, end))| {
+            (start..end).all(|t| {
+                let row = (t * bsz + b) * vocab;
+                argmax(&logits[row..row + vocab]) as i32 == batch.targets[t * bsz + b]
+            })
+        })
+        .count();
+    right as f64 / batch.answers.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_windows() {
+        let w = Bptt::Truncated { k1: 4, k2: 4 }.windows(10).unwrap();
+        let spans: Vec<(usize, usize, usize)> =
+            w.iter().map(|w| (w.start, w.end, w.loss_from)).collect();
+        assert_eq!(spans, [(0, 4, 0), (4, 8, 4), (8, 10, 8)]);
+        let w = Bptt::Truncated { k1: 3, k2: 5 }.windows(9).unwrap();
+        let spans: Vec<(usize, usize, usize)> =
+            w.iter().map(|w| (w.start, w.end, w.loss_from)).collect();
+        assert_eq!(spans, [(0, 3, 0), (1, 6, 3), (4, 9, 6)]);
+        assert_eq!(
+            Bptt::Truncated { k1: 20, k2: 20 }.windows(9).unwrap(),
+            Bptt::Full.windows(9).unwrap()
+        );
+        assert!(Bptt::Truncated { k1: 4, k2: 2 }.windows(9).is_err());
+    }
+}

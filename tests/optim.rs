@@ -1,0 +1,216 @@
+//! Optimizers and clipping: PyTorch's trajectories (fixtures made by
+//! tests/fixtures/pytorch/make_fixtures.py), CPU against GPU, and non-finite
+//! gradients.
+
+mod common;
+
+use std::path::Path;
+
+use rnn_wgpu::backend::{Backend, CpuBackend};
+use rnn_wgpu::io::read_safetensors;
+use rnn_wgpu::ops::optim::{Optimizer, UpdateSpec, clip_coef};
+use rnn_wgpu::ops::reduce::ReduceOp;
+use rnn_wgpu::parity::{Tolerance, compare, uniform};
+
+struct Case {
+    name: String,
+    opt: Optimizer,
+    clip: Option<f32>,
+    p0: Vec<f64>,
+    grads: Vec<Vec<f64>>,
+    expected: Vec<Vec<f64>>,
+}
+
+fn f(v: &serde_json::Value, key: &str, default: f64) -> f32 {
+    v.get(key).and_then(|x| x.as_f64()).unwrap_or(default) as f32
+}
+
+fn cases() -> Vec<Case> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pytorch");
+    let text = std::fs::read_to_string(dir.join("optimizers.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tensors = read_safetensors(&dir.join("optimizers.safetensors")).unwrap();
+    manifest["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().unwrap().to_string();
+            let k = &c["kwargs"];
+            let lr = f(k, "lr", 0.0);
+            let wd = f(k, "weight_decay", 0.0);
+            let opt = match c["optimizer"].as_str().unwrap() {
+                "SGD" => Optimizer::Sgd {
+                    lr,
+                    momentum: f(k, "momentum", 0.0),
+                    dampening: f(k, "dampening", 0.0),
+                    nesterov: k.get("nesterov").and_then(|x| x.as_bool()).unwrap_or(false),
+                    weight_decay: wd,
+                },
+                "Adagrad" => Optimizer::Adagrad {
+                    lr,
+                    lr_decay: f(k, "lr_decay", 0.0),
+                    eps: f(k, "eps", 1e-10),
+                    weight_decay: wd,
+                },
+                "RMSprop" => Optimizer::RmsProp {
+                    lr,
+                    alpha: f(k, "alpha", 0.99),
+                    eps: f(k, "eps", 1e-8),
+                    momentum: f(k, "momentum", 0.0),
+                    centered: k.get("centered").and_then(|x| x.as_bool()).unwrap_or(false),
+                    weight_decay: wd,
+                },
+                "Adam" => {
+                    let betas = k.get("betas").and_then(|b| b.as_array());
+                    let beta =
+                        |i: usize, d: f64| betas.map_or(d, |b| b[i].as_f64().unwrap_or(d)) as f32;
+                    Optimizer::Adam {
+                        lr,
+                        beta1: beta(0, 0.9),
+                        beta2: beta(1, 0.999),
+                        eps: f(k, "eps", 1e-8),
+                        weight_decay: wd,
+                    }
+                }
+                other => panic!("unknown optimizer {other}"),
+            };
+            let get = |s: &str| tensors[&format!("{name}.{s}")].floats(s).unwrap();
+            let n = get("p0").len();
+            let rows = |v: Vec<f64>| v.chunks(n).map(|r| r.to_vec()).collect::<Vec<_>>();
+            Case {
+                clip: c["clip"].as_f64().map(|x| x as f32),
+                opt,
+                p0: get("p0"),
+                grads: rows(get("grads")),
+                expected: rows(get("expected")),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// Runs a case through a backend: parameters after every step.
+fn trajectory<B: Backend>(b: &B, c: &Case) -> Vec<Vec<f64>> {
+    let n = c.p0.len();
+    let (l1, l2) = c.opt.state_lens(n);
+    let params = b.tensor_f64(&[n], &c.p0).unwrap();
+    let s1 = b.zeros(&[l1.max(1)]).unwrap();
+    let s2 = b.zeros(&[l2.max(1)]).unwrap();
+    let stats = b.zeros(&[2]).unwrap();
+    let grads = b.zeros(&[n]).unwrap();
+    let mut out = Vec::new();
+    for (s, g) in c.grads.iter().enumerate() {
+        let gv: Vec<B::Elem> = b.read(&b.tensor_f64(&[n], g).unwrap()).unwrap();
+        b.write(&grads, &gv).unwrap();
+        // The norm is computed on the device, as in training.
+        b.reduce(ReduceOp::SumSquares, &grads, 0, n, &stats, 1, false)
+            .unwrap();
+        let spec = UpdateSpec {
+            n,
+            step: s as u64 + 1,
+            lr: c.opt.lr(),
+            max_norm: c.clip,
+            norm_idx: 1,
+        };
+        b.optim_update(&c.opt, &spec, &params, &grads, &s1, &s2, &stats)
+            .unwrap();
+        out.push(b.read_f64(&params).unwrap());
+    }
+    out
+}
+
+fn check_all<B: Backend>(b: &B, tol: Tolerance) {
+    let all = cases();
+    assert!(all.len() >= 8);
+    for c in &all {
+        for (s, (got, want)) in trajectory(b, c).iter().zip(&c.expected).enumerate() {
+            if let Err(m) = compare(
+                &format!("{} ({}) step {}", c.name, b.describe(), s + 1),
+                want,
+                got,
+                tol,
+            ) {
+                panic!("{m}");
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_f64_follows_pytorch() {
+    // Hyper-parameters travel as f32 (as they do to the GPU), hence 1e-6.
+    check_all(&CpuBackend::<f64>::new(), Tolerance::new(1e-7, 1e-6));
+}
+
+#[test]
+fn cpu_f32_follows_pytorch() {
+    check_all(&CpuBackend::<f32>::new(), Tolerance::new(1e-5, 2e-5));
+}
+
+#[test]
+fn gpu_follows_pytorch() {
+    let gpu = gpu_or_skip!();
+    check_all(&gpu, Tolerance::new(1e-5, 2e-5));
+}
+
+#[test]
+fn clip_coefficient_is_pytorchs() {
+    assert_eq!(clip_coef(4.0, None), Some(1.0));
+    assert_eq!(clip_coef(4.0, Some(10.0)), Some(1.0));
+    let c = clip_coef(16.0, Some(2.0)).unwrap();
+    assert!((c - 2.0 / (4.0 + 1e-6)).abs() < 1e-15);
+    assert_eq!(clip_coef(f64::NAN, Some(1.0)), None);
+    assert_eq!(clip_coef(f64::INFINITY, None), None);
+}
+
+/// A NaN gradient leaves parameters and optimizer state untouched, on both paths.
+#[test]
+fn non_finite_gradients_skip_the_update() {
+    fn run<B: Backend>(b: &B) -> (Vec<f64>, Vec<f64>) {
+        let n = 300;
+        let opt = Optimizer::adam(0.1);
+        let p0 = uniform(1, n, -1.0, 1.0);
+        let params = b.tensor_f64(&[n], &p0).unwrap();
+        let mut g = uniform(2, n, -1.0, 1.0);
+        g[17] = f64::NAN;
+        let grads = b.tensor_f64(&[n], &g).unwrap();
+        let (s1, s2, stats) = (
+            b.zeros(&[n]).unwrap(),
+            b.zeros(&[n]).unwrap(),
+            b.zeros(&[1]).unwrap(),
+        );
+        b.reduce(ReduceOp::SumSquares, &grads, 0, n, &stats, 0, false)
+            .unwrap();
+        let spec = UpdateSpec {
+            n,
+            step: 1,
+            lr: 0.1,
+            max_norm: Some(1.0),
+            norm_idx: 0,
+        };
+        b.optim_update(&opt, &spec, &params, &grads, &s1, &s2, &stats)
+            .unwrap();
+        let after = b.read_f64(&params).unwrap();
+        let state = b.read_f64(&s1).unwrap();
+        assert!(
+            b.read_f64(&stats).unwrap()[0].is_nan(),
+            "the norm reports the NaN"
+        );
+        (
+            after
+                .iter()
+                .zip(&p0)
+                .map(|(a, p)| a - (*p as f32 as f64))
+                .collect(),
+            state,
+        )
+    }
+    for (moved, state) in [run(&CpuBackend::<f32>::new())]
+        .into_iter()
+        .chain(common::gpu().map(|g| run(&g)))
+    {
+        assert!(moved.iter().all(|&d| d == 0.0), "parameters changed");
+        assert!(state.iter().all(|&s| s == 0.0), "optimizer state changed");
+    }
+}

@@ -1,0 +1,461 @@
+//! Training: CPU and GPU follow the same trajectory, runs repeat bit for bit,
+//! truncated BPTT means what its definition says, resuming continues the
+//! identical trajectory, every task learns, and faults are reported.
+
+mod common;
+
+use std::path::PathBuf;
+
+use rnn_wgpu::Error;
+use rnn_wgpu::backend::{Backend, CpuBackend};
+use rnn_wgpu::gradcheck::{GradCheck, spread_indices};
+use rnn_wgpu::nn::dense::Mlp;
+use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig, SeqModel};
+use rnn_wgpu::ops::activation::Activation;
+use rnn_wgpu::ops::cell::{Cell, Nonlinearity};
+use rnn_wgpu::ops::optim::{Optimizer, UpdateSpec};
+use rnn_wgpu::ops::reduce::ReduceOp;
+use rnn_wgpu::parity::{Tolerance, compare};
+use rnn_wgpu::train::sample::{SampleOptions, sample};
+use rnn_wgpu::train::schedule::Schedule;
+use rnn_wgpu::train::tasks::TaskSpec;
+use rnn_wgpu::train::{Bptt, NonFinite, TrainConfig, Trainer};
+
+fn model(cell: Cell, layers: usize, dropout: f32) -> ModelConfig {
+    ModelConfig {
+        vocab: 0,
+        input: InputEncoding::Embedding(8),
+        cell,
+        hidden: 16,
+        layers,
+        dropout,
+        forget_bias: 1.0,
+        init: Init::Uniform,
+    }
+}
+
+fn config(task: TaskSpec, model: ModelConfig, optimizer: Optimizer) -> TrainConfig {
+    TrainConfig {
+        task,
+        model,
+        batch: 8,
+        steps: 100,
+        bptt: Bptt::Full,
+        optimizer,
+        schedule: Schedule::Constant,
+        clip: Some(0.5),
+        seed: 3,
+        non_finite: NonFinite::Error,
+        eval_problems: 50,
+    }
+}
+
+fn add() -> TaskSpec {
+    TaskSpec::Add { digits: 2 }
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("rnn-wgpu-train-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn text_file(s: &Scratch) -> PathBuf {
+    let path = s.path("text.txt");
+    let line = "the quick brown fox jumps over the lazy dog. ";
+    std::fs::write(&path, line.repeat(60)).unwrap();
+    path
+}
+
+fn losses<B: Backend>(t: &mut Trainer<B>, steps: usize) -> Vec<f64> {
+    (0..steps).map(|_| t.train_step().unwrap().loss).collect()
+}
+
+#[test]
+fn cpu_and_gpu_follow_the_same_trajectory() {
+    let gpu = gpu_or_skip!();
+    for opt in [Optimizer::sgd(0.5), Optimizer::adam(0.01)] {
+        let cfg = config(add(), model(Cell::Lstm, 2, 0.2), opt);
+        let mut c = Trainer::new(CpuBackend::<f32>::new(), cfg.clone()).unwrap();
+        let mut g = Trainer::new(gpu.clone(), cfg).unwrap();
+        let (lc, lg) = (losses(&mut c, 5), losses(&mut g, 5));
+        let name = format!("{} losses", opt.name());
+        if let Err(m) = compare(&name, &lc, &lg, Tolerance::new(1e-5, 1e-4)) {
+            panic!("{m}");
+        }
+        let (pc, pg) = (c.read_params().unwrap(), g.read_params().unwrap());
+        if let Err(m) = compare(
+            &format!("{} parameters", opt.name()),
+            &pc,
+            &pg,
+            Tolerance::new(1e-4, 1e-3),
+        ) {
+            panic!("{m}");
+        }
+        assert!(
+            lc[4] < lc[0],
+            "{}: the loss should fall: {lc:?}",
+            opt.name()
+        );
+    }
+}
+
+fn bits(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn repeats_bitwise<B: Backend>(b: B) {
+    let cfg = config(add(), model(Cell::Gru, 2, 0.3), Optimizer::adam(0.01));
+    let mut x = Trainer::new(b.clone(), cfg.clone()).unwrap();
+    let mut y = Trainer::new(b, cfg).unwrap();
+    assert_eq!(bits(&losses(&mut x, 4)), bits(&losses(&mut y, 4)));
+    assert_eq!(
+        bits(&x.read_params().unwrap()),
+        bits(&y.read_params().unwrap())
+    );
+}
+
+#[test]
+fn same_seed_same_bits_on_cpu() {
+    repeats_bitwise(CpuBackend::<f32>::new());
+}
+
+#[test]
+fn same_seed_same_bits_on_gpu() {
+    let gpu = gpu_or_skip!();
+    repeats_bitwise(gpu);
+}
+
+#[test]
+fn truncated_bptt_covering_the_sequence_is_full_bptt() {
+    let s = Scratch::new("tbptt-full");
+    let task = TaskSpec::Text {
+        path: text_file(&s),
+        seq_len: 9,
+    };
+    let run = |bptt: Bptt| {
+        let mut cfg = config(
+            task.clone(),
+            model(Cell::Lstm, 2, 0.0),
+            Optimizer::adam(0.01),
+        );
+        cfg.bptt = bptt;
+        let mut t = Trainer::new(CpuBackend::<f32>::new(), cfg).unwrap();
+        (bits(&losses(&mut t, 3)), bits(&t.read_params().unwrap()))
+    };
+    let full = run(Bptt::Full);
+    assert_eq!(full, run(Bptt::Truncated { k1: 9, k2: 9 }));
+    assert_eq!(full, run(Bptt::Truncated { k1: 20, k2: 30 }));
+    assert_ne!(
+        full,
+        run(Bptt::Truncated { k1: 3, k2: 3 }),
+        "truncation must change something"
+    );
+}
+
+/// Mean cross-entropy of `targets` given logits, on the host.
+fn host_xent(logits: &[f64], targets: &[i32], vocab: usize) -> f64 {
+    let (mut sum, mut count) = (0.0, 0);
+    for (r, &t) in targets.iter().enumerate() {
+        if t < 0 {
+            continue;
+        }
+        let row = &logits[r * vocab..(r + 1) * vocab];
+        let m = row.iter().copied().fold(f64::MIN, f64::max);
+        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        sum += lse - row[t as usize];
+        count += 1;
+    }
+    sum / count as f64
+}
+
+/// With k < T, the gradient of a window is the gradient of that window's loss
+/// with the state it starts from held constant (checked by finite differences
+/// on the f64 CPU path).
+#[test]
+fn truncated_gradients_follow_the_window_definition() {
+    let s = Scratch::new("tbptt-def");
+    let task = TaskSpec::Text {
+        path: text_file(&s),
+        seq_len: 9,
+    };
+    for (k1, k2) in [(3, 3), (3, 5)] {
+        let mut cfg = config(task.clone(), model(Cell::Lstm, 2, 0.0), Optimizer::sgd(0.0));
+        cfg.bptt = Bptt::Truncated { k1, k2 };
+        cfg.clip = None;
+        let cpu = CpuBackend::<f64>::new();
+        let mut t = Trainer::new(cpu.clone(), cfg.clone()).unwrap();
+        t.train_step().unwrap();
+        // lr = 0: parameters are unchanged; the gradient buffer holds the last window's.
+        let analytic = cpu.read(t.model().grads()).unwrap();
+        let params = t.read_params().unwrap();
+        let batch = t.task().train_batch(cfg.seed, 0, cfg.batch);
+        let bsz = cfg.batch;
+        let windows = cfg.bptt.windows(batch.steps).unwrap();
+        let w = windows[windows.len() - 1];
+        let mcfg = *t.model().config();
+        // The carried state: a forward from zero over steps 0..start (same parameters).
+        let mut m = SeqModel::new(cpu.clone(), mcfg, &params).unwrap();
+        let prefix = cpu
+            .ints(&[w.start, bsz], &batch.inputs[..w.start * bsz])
+            .unwrap();
+        let out = m.forward(&prefix, None, None).unwrap();
+        let h = cpu
+            .tensor(&[2, bsz, 16], &cpu.read(&out.hn).unwrap())
+            .unwrap();
+        let c = cpu
+            .tensor(&[2, bsz, 16], &cpu.read(out.cn.as_ref().unwrap()).unwrap())
+            .unwrap();
+        let tokens = cpu
+            .ints(
+                &[w.end - w.start, bsz],
+                &batch.inputs[w.start * bsz..w.end * bsz],
+            )
+            .unwrap();
+        let mut targets = batch.targets[w.start * bsz..w.end * bsz].to_vec();
+        for x in targets.iter_mut().take((w.loss_from - w.start) * bsz) {
+            *x = -100;
+        }
+        let mut loss = |p: &[f64]| {
+            m.set_params(p).unwrap();
+            let out = m.forward(&tokens, Some((&h, Some(&c))), None).unwrap();
+            host_xent(&cpu.read(&out.logits).unwrap(), &targets, mcfg.vocab)
+        };
+        let idx = spread_indices(params.len(), 60);
+        let gc = GradCheck::default();
+        if let Err(e) = gc.check(
+            &format!("TBPTT({k1},{k2}) window"),
+            &mut loss,
+            &params,
+            &analytic,
+            Some(&idx),
+        ) {
+            panic!("{e}");
+        }
+    }
+}
+
+fn resumes_identically<B: Backend>(b: B, tag: &str) {
+    let s = Scratch::new(tag);
+    let ck = s.path("run.safetensors");
+    let cfg = config(add(), model(Cell::Lstm, 2, 0.2), Optimizer::adam(0.01));
+    let mut a = Trainer::new(b.clone(), cfg).unwrap();
+    losses(&mut a, 3);
+    a.evaluate().unwrap();
+    a.save(&ck).unwrap();
+    let la = losses(&mut a, 3);
+    let mut r = Trainer::load(b, &ck).unwrap();
+    assert_eq!(r.step(), 3);
+    assert_eq!(r.history().len(), 3);
+    assert_eq!(r.evals().len(), 1);
+    let lr = losses(&mut r, 3);
+    assert_eq!(bits(&la), bits(&lr), "resumed losses differ");
+    assert_eq!(
+        bits(&a.read_params().unwrap()),
+        bits(&r.read_params().unwrap())
+    );
+}
+
+#[test]
+fn resume_continues_the_identical_trajectory_on_cpu() {
+    resumes_identically(CpuBackend::<f32>::new(), "resume-cpu");
+}
+
+#[test]
+fn resume_continues_the_identical_trajectory_on_gpu() {
+    let gpu = gpu_or_skip!();
+    resumes_identically(gpu, "resume-gpu");
+}
+
+fn learns(task: TaskSpec, cell: Cell, steps: usize) {
+    let mut cfg = config(task.clone(), model(cell, 1, 0.0), Optimizer::adam(0.02));
+    cfg.model.hidden = 32;
+    cfg.batch = 16;
+    let mut t = Trainer::new(CpuBackend::<f32>::new(), cfg).unwrap();
+    let l = losses(&mut t, steps);
+    let first = l[..5].iter().sum::<f64>() / 5.0;
+    let last = l[steps - 5..].iter().sum::<f64>() / 5.0;
+    assert!(
+        last < 0.6 * first,
+        "{} with {}: loss went from {first:.3} to {last:.3}",
+        task.name(),
+        cell.name()
+    );
+    let e = t.evaluate().unwrap();
+    assert!(e.loss.is_finite());
+}
+
+#[test]
+fn every_task_learns() {
+    let s = Scratch::new("tasks");
+    learns(add(), Cell::Lstm, 150);
+    learns(
+        TaskSpec::Copy {
+            length: 4,
+            symbols: 4,
+        },
+        Cell::Gru,
+        150,
+    );
+    learns(
+        TaskSpec::Text {
+            path: text_file(&s),
+            seq_len: 16,
+        },
+        Cell::Rnn(Nonlinearity::Tanh),
+        100,
+    );
+}
+
+#[test]
+fn a_training_step_is_one_submission_and_one_readback() {
+    let Some(ctx) = common::gpu_ctx() else { return };
+    let own = std::sync::Arc::new(
+        rnn_wgpu::gpu::GpuContext::new(rnn_wgpu::gpu::ContextOptions::from_env().unwrap()).unwrap(),
+    );
+    let gpu = rnn_wgpu::backend::GpuBackend::new(own.clone()).unwrap();
+    drop(ctx);
+    let mut cfg = config(add(), model(Cell::Lstm, 2, 0.2), Optimizer::adam(0.01));
+    cfg.bptt = Bptt::Truncated { k1: 4, k2: 6 };
+    let mut t = Trainer::new(gpu, cfg).unwrap();
+    t.train_step().unwrap();
+    let before = own.counters();
+    t.train_step().unwrap();
+    let after = own.counters();
+    assert_eq!(after.submits - before.submits, 1, "{before:?} -> {after:?}");
+    assert_eq!(after.readbacks - before.readbacks, 1);
+}
+
+#[test]
+fn non_finite_values_stop_or_skip() {
+    let cfg = config(add(), model(Cell::Lstm, 1, 0.0), Optimizer::adam(0.01));
+    let mut t = Trainer::new(CpuBackend::<f32>::new(), cfg.clone()).unwrap();
+    let mut p = t.read_params().unwrap();
+    p[0] = f64::NAN;
+    p[100] = f64::NAN;
+    t.model().set_params(&p).unwrap();
+    let err = t.train_step().unwrap_err();
+    assert!(matches!(err, Error::NonFinite { .. }), "{err}");
+    assert!(err.to_string().contains("step 0"), "{err}");
+
+    let mut cfg = cfg;
+    cfg.non_finite = NonFinite::Skip;
+    let mut t = Trainer::new(CpuBackend::<f32>::new(), cfg).unwrap();
+    t.model().set_params(&p).unwrap();
+    let r = t.train_step().unwrap();
+    assert_eq!(r.skipped, 1);
+    assert_eq!(t.skipped(), 1);
+    let after = t.read_params().unwrap();
+    // Skipped: every finite parameter is exactly where it was.
+    for (a, b) in after.iter().zip(&p).filter(|(_, b)| b.is_finite()) {
+        assert_eq!(*a, *b as f32 as f64);
+    }
+}
+
+#[test]
+fn xor_needs_a_hidden_layer() {
+    fn accuracy<B: Backend>(b: B, widths: &[usize]) -> f64 {
+        let mut mlp =
+            Mlp::new(b.clone(), widths, Activation::Tanh, Activation::Identity, 5).unwrap();
+        let x = b
+            .tensor_f64(&[4, 2], &[0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+            .unwrap();
+        let y = b.ints(&[4], &[0, 1, 1, 0]).unwrap();
+        let opt = Optimizer::adam(0.05);
+        let n = mlp.layout().total;
+        let (s1, s2, stats) = (
+            b.zeros(&[n]).unwrap(),
+            b.zeros(&[n]).unwrap(),
+            b.zeros(&[8]).unwrap(),
+        );
+        for step in 1..=400 {
+            b.fill(mlp.grads(), 0, n, 0.0).unwrap();
+            mlp.classify_step(&x, &y, &stats, 0).unwrap();
+            b.reduce(ReduceOp::SumSquares, mlp.grads(), 0, n, &stats, 6, false)
+                .unwrap();
+            let spec = UpdateSpec {
+                n,
+                step,
+                lr: 0.05,
+                max_norm: None,
+                norm_idx: 6,
+            };
+            b.optim_update(&opt, &spec, mlp.params(), mlp.grads(), &s1, &s2, &stats)
+                .unwrap();
+        }
+        let (pred, _) = mlp.evaluate(&x, &y).unwrap();
+        pred.iter()
+            .zip([0, 1, 1, 0])
+            .filter(|(p, t)| **p == *t)
+            .count() as f64
+            / 4.0
+    }
+    assert_eq!(accuracy(CpuBackend::<f32>::new(), &[2, 8, 2]), 1.0);
+    assert!(
+        accuracy(CpuBackend::<f32>::new(), &[2, 2]) <= 0.75,
+        "a linear model cannot fit XOR"
+    );
+    if let Some(gpu) = common::gpu() {
+        assert_eq!(accuracy(gpu, &[2, 8, 2]), 1.0);
+    }
+}
+
+#[test]
+fn checkpoints_and_sampling() {
+    let s = Scratch::new("ckpt");
+    let ck = s.path("a.safetensors");
+    let cfg = config(add(), model(Cell::Gru, 1, 0.0), Optimizer::adam(0.01));
+    let mut t = Trainer::new(CpuBackend::<f32>::new(), cfg).unwrap();
+    losses(&mut t, 2);
+    t.save(&ck).unwrap();
+    let (mut m, task, _) =
+        rnn_wgpu::train::checkpoint::load_model(CpuBackend::<f32>::new(), &ck).unwrap();
+    let opts = SampleOptions {
+        prompt: "12+34=".into(),
+        temperature: 0.0,
+        length: 5,
+        seed: 1,
+    };
+    let out = sample(&mut m, &task, &opts).unwrap();
+    assert!(out.chars().count() <= 5);
+    assert!(out.chars().all(|c| task.vocab().id(c).is_some()));
+    let bad = SampleOptions {
+        prompt: "12*3=".into(),
+        ..opts.clone()
+    };
+    let err = sample(&mut m, &task, &bad).unwrap_err();
+    assert!(
+        err.to_string().contains("'*' is not in the vocabulary"),
+        "{err}"
+    );
+    let empty = SampleOptions {
+        prompt: String::new(),
+        ..opts
+    };
+    assert!(sample(&mut m, &task, &empty).is_err());
+    // Not a checkpoint: a plain safetensors file, and garbage.
+    let plain = s.path("plain.safetensors");
+    let mut map = rnn_wgpu::io::TensorMap::new();
+    map.insert("x".into(), rnn_wgpu::io::HostTensor::f32(&[1], vec![1.0]));
+    rnn_wgpu::io::write_safetensors(&plain, &map, None).unwrap();
+    let err = Trainer::load(CpuBackend::<f32>::new(), &plain).unwrap_err();
+    assert!(
+        err.to_string().contains("not an rnn-wgpu checkpoint"),
+        "{err}"
+    );
+    std::fs::write(s.path("junk"), b"junk").unwrap();
+    assert!(Trainer::load(CpuBackend::<f32>::new(), &s.path("junk")).is_err());
+}
