@@ -34,6 +34,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod doctor;
 pub mod error;
 pub mod eval;
 pub mod gpu;
@@ -43,7 +44,6 @@ pub mod nn;
 pub mod ops;
 pub mod parity;
 pub mod real;
-pub mod selfcheck;
 pub mod train;
 
 pub use error::{Error, Result};

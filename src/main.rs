@@ -213,8 +213,10 @@ enum CellArg {
 enum Cmd {
     /// List the GPU adapters wgpu can see.
     Adapters,
-    /// Run every kernel on the best adapter against the CPU reference and print a table.
-    Selfcheck,
+    /// List adapters and check every kernel, cell and a training step on the
+    /// chosen adapter against the CPU path (a pass/fail table).
+    #[command(alias = "selfcheck")]
+    Doctor,
     /// Run a PyTorch nn.LSTM / nn.GRU / nn.RNN state_dict on inputs from a safetensors file.
     Eval {
         /// The module's state_dict, saved with safetensors (f32).
@@ -238,8 +240,10 @@ enum Cmd {
         nonlinearity: Option<NonlinearityArg>,
     },
     /// Train a sequence model (the main job; defaults: the add task).
+    #[command(args_override_self = true, allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
     /// Generate from a checkpoint, e.g. complete "123+456=".
+    #[command(allow_negative_numbers = true)]
     Sample {
         /// A checkpoint written by train.
         #[arg(long)]
@@ -382,6 +386,12 @@ fn train(a: TrainArgs) -> rnn_wgpu::Result<bool> {
             format!("{} must be a positive number", a.lr),
         ));
     }
+    if !(a.clip >= 0.0 && a.clip.is_finite()) {
+        return Err(rnn_wgpu::Error::invalid(
+            "--clip",
+            format!("{} must be a positive number (0 disables clipping)", a.clip),
+        ));
+    }
     let bptt = match (a.bptt, a.bptt_k2) {
         (None, None) => Bptt::Full,
         (Some(k), k2) => Bptt::Truncated {
@@ -477,11 +487,9 @@ fn run(cli: Cli) -> rnn_wgpu::Result<bool> {
                 let prompt = match prompt {
                     Some(p) => p,
                     None if task.has_answers() => {
-                        let batch = task.eval_batch(config.seed ^ seed, 1);
-                        let ids: Vec<i32> = (0..=batch.answers[0].0)
-                            .map(|t| batch.inputs[t])
-                            .collect();
-                        task.vocab().decode(&ids)
+                        let batch = task.eval_batch(config.seed ^ seed, 1)?;
+                        let end = batch.answers.first().map_or(0, |a| a.0);
+                        task.vocab().decode(&batch.inputs[..=end])
                     }
                     None => task.vocab().chars.first().map(|c| c.to_string()).unwrap_or_default(),
                 };
@@ -502,11 +510,21 @@ fn run(cli: Cli) -> rnn_wgpu::Result<bool> {
             }
             Ok(true)
         }
-        Cmd::Selfcheck => {
+        Cmd::Doctor => {
+            let adapters = list_adapters(wgpu::Backends::all());
+            println!("adapters:");
+            if adapters.is_empty() {
+                println!("  none. {}", rnn_wgpu::gpu::install_hint());
+                return Ok(false);
+            }
+            for a in &adapters {
+                println!("  {a}");
+            }
             let ctx = GpuContext::from_env()?;
-            println!("adapter: {}", ctx.adapter());
+            println!("checking: {}", ctx.adapter());
+            let software = ctx.adapter().is_software();
             let gpu = GpuBackend::new(Arc::new(ctx))?;
-            let (report, secs) = rnn_wgpu::selfcheck::selfcheck(&gpu);
+            let (report, secs) = rnn_wgpu::doctor::selfcheck(&gpu);
             print!("{}", report.table());
             let failed = report.rows.iter().filter(|r| !r.pass).count();
             println!(
@@ -515,6 +533,18 @@ fn run(cli: Cli) -> rnn_wgpu::Result<bool> {
                 failed,
                 secs
             );
+            if software {
+                println!(
+                    "note: this is a software adapter: it computes correctly but far more slowly \
+                     than a GPU, and `train --backend auto` uses the CPU path instead."
+                );
+            }
+            if failed > 0 {
+                println!(
+                    "this adapter's results differ from the CPU reference beyond tolerance; \
+                     update the driver, or choose another adapter with RNN_WGPU_ADAPTER / RNN_WGPU_BACKEND."
+                );
+            }
             Ok(report.passed())
         }
         Cmd::Eval {

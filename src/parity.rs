@@ -2,7 +2,7 @@
 //! exactly where and by how much two results differ.
 //!
 //! Used by the test suite (CPU vs GPU, fast vs reference, PyTorch fixtures)
-//! and by the `selfcheck` / `doctor` commands on a user's machine.
+//! and by the `doctor` command on a user's machine.
 
 use std::fmt;
 

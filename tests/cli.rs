@@ -1,6 +1,8 @@
 //! The command line on bad input: every failure exits non-zero with one clear
 //! line naming the problem, never panics, and never leaves a partial output.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -299,4 +301,158 @@ fn flags_are_checked() {
         !ok && err.contains("hidden_size: must be at least 1"),
         "{err}"
     );
+}
+
+/// Runs `train` on the CPU in `dir` with small sizes plus `extra`.
+fn train(dir: &Path, extra: &[&str]) -> (bool, String) {
+    let ck = dir.join("run.safetensors").display().to_string();
+    let plot = dir.join("loss.svg").display().to_string();
+    let mut args = vec![
+        "train",
+        "--backend",
+        "cpu",
+        "--hidden",
+        "8",
+        "--batch",
+        "4",
+        "--steps",
+        "3",
+        "--digits",
+        "2",
+        "--eval-problems",
+        "10",
+        "--checkpoint",
+        &ck,
+        "--plot",
+        &plot,
+    ];
+    args.extend(extra);
+    run(&args)
+}
+
+#[test]
+fn train_rejects_bad_settings() {
+    let s = Scratch::new("train");
+    let d = &s.0;
+    let empty = s.path("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.display().to_string();
+    let missing = s.path("missing.txt").display().to_string();
+    let cases: [(&[&str], &str); 12] = [
+        (
+            &["--task", "text"],
+            "--text: the text task needs --text FILE",
+        ),
+        (&["--task", "text", "--text", &missing], "missing.txt"),
+        (
+            &["--task", "text", "--text", &empty],
+            "the text file is empty",
+        ),
+        (&["--hidden", "0"], "hidden_size: must be at least 1"),
+        (
+            &["--hidden", "100000000"],
+            "hidden_size: 100000000 is beyond the supported",
+        ),
+        (&["--batch", "0"], "batch: must be at least 1"),
+        (&["--dropout", "1.5"], "dropout: 1.5 is outside [0, 1)"),
+        (&["--lr", "-1"], "--lr: -1 must be a positive number"),
+        (&["--clip", "-2"], "--clip: -2 must be a positive number"),
+        (&["--bptt", "0"], "truncation: needs 1 <= k1 <= k2"),
+        (&["--bptt-k2", "3"], "--bptt-k2: needs --bptt K"),
+        (&["--schedule", "linear"], "unknown schedule \"linear\""),
+    ];
+    for (extra, needle) in cases {
+        let (ok, err) = train(d, extra);
+        assert!(!ok, "train {extra:?} should fail");
+        assert!(
+            err.contains(needle),
+            "train {extra:?}: {err:?} should mention {needle:?}"
+        );
+    }
+    let bad_dir = s.path("nowhere/run.safetensors").display().to_string();
+    let (ok, err) = run(&[
+        "train",
+        "--backend",
+        "cpu",
+        "--steps",
+        "1",
+        "--checkpoint",
+        &bad_dir,
+    ]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    let (ok, err) = run(&["train", "--steps", "ten"]);
+    assert!(!ok && err.contains("ten"), "{err}");
+    let (ok, err) = train(&s.path("fresh"), &["--resume"]);
+    assert!(!ok, "resume without a checkpoint: {err}");
+}
+
+#[test]
+fn train_resume_and_sample_end_to_end() {
+    let s = Scratch::new("e2e");
+    let (ok, err) = train(&s.0, &["--json"]);
+    assert!(ok, "{err}");
+    assert!(s.path("run.safetensors").exists() && s.path("loss.svg").exists());
+    let (ok, err) = train(&s.0, &["--resume", "--steps", "5"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("resumed") && err.contains("at step 3"),
+        "{err}"
+    );
+    let ck = s.path("run.safetensors").display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_rnn-wgpu"))
+        .args([
+            "sample",
+            "--checkpoint",
+            &ck,
+            "--prompt",
+            "12+3=",
+            "--backend",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("12+3="));
+    let (ok, err) = run(&[
+        "sample",
+        "--checkpoint",
+        &ck,
+        "--prompt",
+        "12*3=",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("'*' is not in the vocabulary"), "{err}");
+    let missing = s.path("none.safetensors").display().to_string();
+    let (ok, err) = run(&["sample", "--checkpoint", &missing, "--backend", "cpu"]);
+    assert!(!ok && err.contains("none.safetensors"), "{err}");
+    let (ok, err) = run(&[
+        "sample",
+        "--checkpoint",
+        &ck,
+        "--temperature",
+        "-1",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("temperature"), "{err}");
+}
+
+#[test]
+fn doctor_passes_on_this_adapter() {
+    if common::gpu_ctx().is_none() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_rnn-wgpu"))
+        .arg("doctor")
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "doctor failed:\n{text}");
+    assert!(
+        text.contains("adapters:") && text.contains("0 failed"),
+        "{text}"
+    );
+    assert!(text.contains("training: 3 steps"), "{text}");
 }

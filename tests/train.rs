@@ -202,7 +202,7 @@ fn truncated_gradients_follow_the_window_definition() {
         // lr = 0: parameters are unchanged; the gradient buffer holds the last window's.
         let analytic = cpu.read(t.model().grads()).unwrap();
         let params = t.read_params().unwrap();
-        let batch = t.task().train_batch(cfg.seed, 0, cfg.batch);
+        let batch = t.task().train_batch(cfg.seed, 0, cfg.batch).unwrap();
         let bsz = cfg.batch;
         let windows = cfg.bptt.windows(batch.steps).unwrap();
         let w = windows[windows.len() - 1];

@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use super::{Backend, StepBackward, StepForward, XentBuffers};
 use crate::error::{Error, Result};
+use crate::gpu::{checked_numel, numel};
 use crate::ops::activation::{self, Activation, Span};
 use crate::ops::cell::{self, BackwardSlices, Cell, ForwardSlices, StepSpec};
 use crate::ops::dropout::{self, DropoutSpec};
@@ -23,10 +24,23 @@ pub struct CpuTensor<T> {
     shape: Vec<usize>,
 }
 
+/// A zero-filled vector of `n` elements, or an error (never an abort) when the
+/// host cannot provide it.
+pub(crate) fn host_zeros<T: Clone + Default>(shape: &[usize]) -> Result<Vec<T>> {
+    let n = checked_numel(shape)
+        .ok_or_else(|| Error::invalid("shape", format!("{shape:?} is too large")))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        op: format!("allocating {n} elements on the host"),
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
 impl<T: Clone> CpuTensor<T> {
     /// A tensor owning `data` with `shape`.
     pub fn new(shape: &[usize], data: Vec<T>) -> Result<Self> {
-        let n: usize = shape.iter().product();
+        let n = numel(shape);
         if n != data.len() {
             return Err(Error::invalid(
                 "data",
@@ -81,8 +95,8 @@ impl<T: Clone> CpuTensor<T> {
 
     /// The same storage with another shape of the same number of elements.
     pub fn view(&self, shape: &[usize]) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        let have: usize = self.shape.iter().product();
+        let n = numel(shape);
+        let have = numel(&self.shape);
         if n != have {
             return Err(Error::invalid(
                 "shape",
@@ -127,7 +141,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor> {
-        CpuTensor::new(shape, vec![T::zero(); shape.iter().product()])
+        CpuTensor::new(shape, host_zeros(shape)?)
     }
 
     fn tensor(&self, shape: &[usize], data: &[T]) -> Result<Self::Tensor> {

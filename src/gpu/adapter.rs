@@ -21,6 +21,11 @@ pub struct ContextOptions {
     pub max_workgroups_per_dim: Option<u32>,
     /// How long to wait for the GPU before giving up with [`Error::Timeout`].
     pub timeout: Duration,
+    /// Request at most this `max_storage_buffer_binding_size` (tests use it to
+    /// run the limit paths on small shapes). `None` takes the adapter's.
+    pub max_storage_binding: Option<u64>,
+    /// Request at most this `max_buffer_size`. `None` takes the adapter's.
+    pub max_buffer_size: Option<u64>,
 }
 
 impl Default for ContextOptions {
@@ -30,6 +35,8 @@ impl Default for ContextOptions {
             adapter_name: None,
             max_workgroups_per_dim: None,
             timeout: Duration::from_secs(600),
+            max_storage_binding: None,
+            max_buffer_size: None,
         }
     }
 }

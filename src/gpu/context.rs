@@ -118,7 +118,14 @@ impl GpuContext {
         // Ask for what the adapter offers, not WebGPU's conservative defaults:
         // our kernels want large storage bindings, more storage buffers per stage
         // and more workgroup memory than the defaults give.
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(max) = opts.max_storage_binding {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(max);
+        }
+        if let Some(max) = opts.max_buffer_size {
+            limits.max_buffer_size = limits.max_buffer_size.min(max);
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("rnn-wgpu"),
             required_features: wgpu::Features::empty(),
@@ -337,22 +344,29 @@ impl GpuContext {
         if let Some(m) = modules.get(&shader) {
             return Ok(m.clone());
         }
+        let module = self.compile(shader.file(), &shader.source())?;
+        modules.insert(shader, module.clone());
+        Ok(module)
+    }
+
+    /// Compiles WGSL `source`; a compile error becomes [`Error::ShaderCompile`]
+    /// carrying the compiler's message.
+    pub fn compile(&self, label: &str, source: &str) -> Result<wgpu::ShaderModule> {
+        self.check_alive()?;
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let source = shader.source();
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.file()),
+                label: Some(label),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
         if let Some(e) = pollster::block_on(val.pop()) {
             return Err(Error::ShaderCompile {
-                shader: shader.file().into(),
+                shader: label.into(),
                 entry: "(module)".into(),
                 message: e.to_string(),
             });
         }
-        modules.insert(shader, module.clone());
         Ok(module)
     }
 

@@ -9,4 +9,4 @@ pub mod tensor;
 
 pub use adapter::{AdapterSummary, ContextOptions, install_hint, list_adapters};
 pub use context::{Counters, GpuContext, Recorder};
-pub use tensor::{DType, GpuTensor, download_many, numel};
+pub use tensor::{DType, GpuTensor, checked_numel, download_many, numel};

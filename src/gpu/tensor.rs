@@ -30,9 +30,15 @@ impl DType {
     }
 }
 
-/// Number of elements of `shape`.
+/// Number of elements of `shape` (saturating: an absurd shape gives `usize::MAX`,
+/// which every allocation then rejects).
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    checked_numel(shape).unwrap_or(usize::MAX)
+}
+
+/// Number of elements of `shape`, or `None` when it overflows.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
 /// A tensor living in a GPU storage buffer. Cloning shares the buffer.
@@ -45,8 +51,8 @@ pub struct GpuTensor {
 
 impl GpuTensor {
     fn alloc(ctx: &GpuContext, shape: &[usize], dtype: DType, data: Option<&[u8]>) -> Result<Self> {
-        let bytes = numel(shape)
-            .checked_mul(dtype.size())
+        let bytes = checked_numel(shape)
+            .and_then(|n| n.checked_mul(dtype.size()))
             .ok_or_else(|| Error::invalid("shape", format!("{shape:?} is too large")))?;
         let buffer = ctx.create_buffer(&format!("{dtype:?}{shape:?}"), bytes as u64, data)?;
         Ok(GpuTensor {

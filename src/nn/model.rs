@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::params::ParamLayout;
-use super::rnn::{LayerDropout, Rnn, RnnConfig};
+use super::rnn::{LayerDropout, MAX_DIM, Rnn, RnnConfig, check_index_range};
 use crate::backend::{Backend, XentBuffers, expect_shape};
 use crate::error::{Error, Result};
 use crate::ops::cell::Cell;
@@ -120,7 +120,23 @@ impl ModelConfig {
                 format!("{} is outside [0, 1)", self.dropout),
             ));
         }
-        self.rnn().validate()
+        for (arg, v) in [
+            ("vocabulary", self.vocab),
+            ("embedding", self.input_width()),
+        ] {
+            if v > MAX_DIM {
+                return Err(Error::invalid(
+                    arg,
+                    format!("{v} is beyond the supported {MAX_DIM}"),
+                ));
+            }
+        }
+        self.rnn().validate()?;
+        let extra = (self.vocab as u128) * (self.input_width() as u128 + self.hidden as u128 + 1);
+        check_index_range(
+            "the model's parameters",
+            self.rnn().layout().total as u128 + extra,
+        )
     }
 
     /// Named parameters, packed: embedding, recurrent stack, decoder.
@@ -135,8 +151,9 @@ impl ModelConfig {
         l
     }
 
-    /// Initial parameters from `seed`.
-    pub fn init_params(&self, seed: u64) -> Vec<f64> {
+    /// Initial parameters from `seed` (after checking the sizes).
+    pub fn init_params(&self, seed: u64) -> Result<Vec<f64>> {
+        self.validate()?;
         let layout = self.layout();
         let mut r = rng(seed);
         let mut v = vec![0.0; layout.total];
@@ -174,7 +191,7 @@ impl ModelConfig {
                 }
             }
         }
-        v
+        Ok(v)
     }
 }
 

@@ -49,6 +49,26 @@ pub struct RnnConfig {
     pub bidirectional: bool,
 }
 
+/// The largest supported size of one dimension (features, hidden units).
+pub const MAX_DIM: usize = 1 << 20;
+
+/// The most layers a stack may have.
+pub const MAX_LAYERS: usize = 1024;
+
+/// Fails when `n` elements cannot be indexed by the kernels (u32).
+pub fn check_index_range(what: &str, n: u128) -> Result<()> {
+    if n > u32::MAX as u128 {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "{n} elements; at most {} are supported in one tensor",
+                u32::MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Offsets of one layer-direction's parameters in the flat buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirParams {
@@ -146,18 +166,34 @@ impl RnnConfig {
         self.directions() * self.hidden_size
     }
 
-    /// Rejects empty sizes.
+    /// Rejects empty and absurd sizes: every dimension in `1..=MAX_DIM`, at
+    /// most `MAX_LAYERS` layers, and a parameter count the kernels can index (u32).
     pub fn validate(&self) -> Result<()> {
-        for (arg, v) in [
-            ("input_size", self.input_size),
-            ("hidden_size", self.hidden_size),
-            ("num_layers", self.num_layers),
+        for (arg, v, max) in [
+            ("input_size", self.input_size, MAX_DIM),
+            ("hidden_size", self.hidden_size, MAX_DIM),
+            ("num_layers", self.num_layers, MAX_LAYERS),
         ] {
             if v == 0 {
                 return Err(Error::invalid(arg, "must be at least 1"));
             }
+            if v > max {
+                return Err(Error::invalid(
+                    arg,
+                    format!("{v} is beyond the supported {max}"),
+                ));
+            }
         }
-        Ok(())
+        let (g, h, i) = (
+            self.cell.gates() as u128,
+            self.hidden_size as u128,
+            self.input_size as u128,
+        );
+        let d = self.directions() as u128;
+        let first = g * h * (i + h + 2);
+        let rest = g * h * (d * h + h + 2);
+        let total = d * (first + (self.num_layers as u128 - 1) * rest);
+        check_index_range("the recurrent stack's parameters", total)
     }
 
     /// PyTorch's parameter name suffix: `_l{k}` and `_reverse` for the backward direction.

@@ -191,7 +191,11 @@ impl Gemm {
                     format!("row stride {ld} is smaller than the row length {cols}"),
                 ));
             }
-            let extent = off + (rows - 1) * ld + cols;
+            let extent = (rows - 1)
+                .checked_mul(ld)
+                .and_then(|v| v.checked_add(off))
+                .and_then(|v| v.checked_add(cols))
+                .unwrap_or(usize::MAX);
             if extent > len {
                 return Err(Error::invalid(
                     format!("matmul {arg}"),

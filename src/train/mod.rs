@@ -229,7 +229,7 @@ impl<B: Backend> Trainer<B> {
     pub fn new(backend: B, mut config: TrainConfig) -> Result<Self> {
         let task = Task::new(config.task.clone())?;
         config.model.vocab = task.vocab().len();
-        let params = config.model.init_params(config.seed);
+        let params = config.model.init_params(config.seed)?;
         Self::build(backend, config, task, &params)
     }
 
@@ -263,6 +263,14 @@ impl<B: Backend> Trainer<B> {
         }
         let steps = task.steps();
         let windows = config.bptt.windows(steps)?;
+        config.model.validate()?;
+        // The largest per-batch tensor: [T + 1, B, max(4H, V, E)].
+        let m = &config.model;
+        let width = (4 * m.hidden).max(m.vocab).max(m.input_width()) as u128;
+        crate::nn::rnn::check_index_range(
+            "batch × steps (a workspace tensor)",
+            (steps as u128 + 1) * config.batch as u128 * width,
+        )?;
         let model = SeqModel::new(backend.clone(), config.model, params)?;
         let n = model.layout().total;
         let (l1, l2) = config.optimizer.state_lens(n);
@@ -376,7 +384,7 @@ impl<B: Backend> Trainer<B> {
     pub fn train_step(&mut self) -> Result<StepReport> {
         let batch = self
             .task
-            .train_batch(self.config.seed, self.step, self.config.batch);
+            .train_batch(self.config.seed, self.step, self.config.batch)?;
         let lr = self.lr_at(self.step);
         self.upload_windows(&batch)?;
         let b = self.backend.clone();
@@ -494,7 +502,7 @@ impl<B: Backend> Trainer<B> {
     /// Evaluates on the task's held-out problems (one forward, one readback).
     pub fn evaluate(&mut self) -> Result<EvalReport> {
         let problems = self.config.eval_problems.max(1);
-        let batch = self.task.eval_batch(self.config.seed, problems);
+        let batch = self.task.eval_batch(self.config.seed, problems)?;
         let shape = [batch.steps, batch.batch];
         if self.eval_bufs.is_none() {
             self.eval_bufs = Some(WindowBufs {

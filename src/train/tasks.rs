@@ -142,6 +142,9 @@ fn held_out(key: u64) -> bool {
     pcg(pcg(key as u32) ^ (key >> 32) as u32).is_multiple_of(16)
 }
 
+/// The longest sequence a task may ask for.
+pub const MAX_STEPS: usize = 1 << 20;
+
 /// The longest vocabulary a text file may have.
 pub const MAX_TEXT_VOCAB: usize = 4096;
 
@@ -150,10 +153,13 @@ impl Task {
     pub fn new(spec: TaskSpec) -> Result<Self> {
         match &spec {
             TaskSpec::Copy { length, symbols } => {
-                if *length == 0 || *symbols < 2 || *symbols > 26 {
+                if *length == 0 || *length > MAX_STEPS / 2 || *symbols < 2 || *symbols > 26 {
                     return Err(Error::invalid(
                         "copy task",
-                        format!("length {length} must be >= 1 and symbols {symbols} in 2..=26"),
+                        format!(
+                            "length {length} must be in 1..={} and symbols {symbols} in 2..=26",
+                            MAX_STEPS / 2
+                        ),
                     ));
                 }
                 let mut chars = vec![END, '='];
@@ -236,6 +242,12 @@ impl Task {
         }
         let vocab = Vocab { chars };
         let text = vocab.encode("text", &s)?;
+        if seq_len > MAX_STEPS {
+            return Err(Error::invalid(
+                "seq_len",
+                format!("{seq_len} is beyond the supported {MAX_STEPS}"),
+            ));
+        }
         let held = text.len() / 10;
         if seq_len == 0 || text.len() - held < seq_len + 1 || held < seq_len + 1 {
             return Err(Error::format(
@@ -278,12 +290,12 @@ impl Task {
     }
 
     /// The training batch of `step`.
-    pub fn train_batch(&self, seed: u64, step: u64, batch: usize) -> Batch {
+    pub fn train_batch(&self, seed: u64, step: u64, batch: usize) -> Result<Batch> {
         self.make_batch(&mut stream(seed, step, 1), batch, false)
     }
 
     /// A batch of held-out problems (the same for a given seed).
-    pub fn eval_batch(&self, seed: u64, batch: usize) -> Batch {
+    pub fn eval_batch(&self, seed: u64, batch: usize) -> Result<Batch> {
         self.make_batch(&mut stream(seed, 0, 2), batch, true)
     }
 
@@ -323,8 +335,22 @@ impl Task {
         }
     }
 
-    fn make_batch(&self, r: &mut ChaCha8Rng, batch: usize, held: bool) -> Batch {
+    fn make_batch(&self, r: &mut ChaCha8Rng, batch: usize, held: bool) -> Result<Batch> {
         let steps = self.steps();
+        if batch == 0 {
+            return Err(Error::invalid("batch", "must be at least 1"));
+        }
+        if let TaskSpec::Text { path, .. } = &self.spec
+            && self.text.len() < 2 * (steps + 1)
+        {
+            return Err(Error::invalid(
+                "text",
+                format!(
+                    "the text of {} is not loaded (a task built from a vocabulary only can encode and decode, not make batches)",
+                    path.display()
+                ),
+            ));
+        }
         let end = self.vocab.id(END).unwrap_or(0);
         let mut inputs = vec![end; steps * batch];
         let mut targets = vec![IGNORE_INDEX; steps * batch];
@@ -366,13 +392,13 @@ impl Task {
                 inputs[t * batch + b] = tok;
             }
         }
-        Batch {
+        Ok(Batch {
             steps,
             batch,
             inputs,
             targets,
             answers,
-        }
+        })
     }
 }
 
@@ -383,7 +409,7 @@ mod tests {
     #[test]
     fn add_problems_are_laid_out_time_major() {
         let task = Task::new(TaskSpec::Add { digits: 3 }).unwrap();
-        let b = task.train_batch(1, 0, 4);
+        let b = task.train_batch(1, 0, 4).unwrap();
         assert_eq!(b.steps, 12);
         for row in 0..4 {
             let input: Vec<i32> = (0..b.steps).map(|t| b.inputs[t * 4 + row]).collect();
@@ -398,10 +424,10 @@ mod tests {
         }
         assert_eq!(
             b,
-            task.train_batch(1, 0, 4),
+            task.train_batch(1, 0, 4).unwrap(),
             "batches are a function of (seed, step)"
         );
-        assert_ne!(b, task.train_batch(1, 1, 4));
+        assert_ne!(b, task.train_batch(1, 1, 4).unwrap());
     }
 
     #[test]
@@ -411,7 +437,7 @@ mod tests {
         let held: std::collections::HashSet<String> =
             (0..200).map(|_| task.problem(&mut r, true).0).collect();
         for step in 0..50 {
-            let b = task.train_batch(5, step, 32);
+            let b = task.train_batch(5, step, 32).unwrap();
             for row in 0..32 {
                 let input: Vec<i32> = (0..b.steps).map(|t| b.inputs[t * 32 + row]).collect();
                 let text = task.vocab().decode(&input);
@@ -428,7 +454,7 @@ mod tests {
             symbols: 4,
         })
         .unwrap();
-        let b = task.eval_batch(3, 2);
+        let b = task.eval_batch(3, 2).unwrap();
         let row: Vec<i32> = (0..b.steps).map(|t| b.inputs[t * 2]).collect();
         let text = task.vocab().decode(&row);
         let (s, rest) = text.split_once('=').unwrap();
@@ -449,7 +475,7 @@ mod tests {
             seq_len: 8,
         })
         .unwrap();
-        let b = t.train_batch(1, 0, 3);
+        let b = t.train_batch(1, 0, 3).unwrap();
         assert_eq!(b.inputs[3..], b.targets[..b.targets.len() - 3]);
         let err = Task::new(TaskSpec::Text {
             path: f,

@@ -8,12 +8,17 @@ use crate::backend::{Backend, CpuBackend, GpuBackend, XentBuffers, api};
 use crate::error::Result;
 use crate::nn::RnnConfig;
 use crate::nn::case::{RnnCase, run_case};
+use crate::nn::model::{Init, InputEncoding, ModelConfig};
 use crate::ops::activation::{Activation, Span};
 use crate::ops::cell::{Cell, Nonlinearity};
 use crate::ops::matmul::{Gemm, GemmKernel};
+use crate::ops::optim::Optimizer;
 use crate::ops::reduce::{ColSum, ReduceOp};
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
 use crate::parity::{Tolerance, compare, uniform, uniform_i32};
+use crate::train::schedule::Schedule;
+use crate::train::tasks::TaskSpec;
+use crate::train::{Bptt, NonFinite, TrainConfig, Trainer};
 
 /// One line of the report.
 #[derive(Clone, Debug)]
@@ -329,9 +334,68 @@ pub fn rnn_case(report: &mut Report, gpu: &GpuBackend, case: &RnnCase) {
     );
 }
 
-/// Runs the kernel checks and reports timing.
+/// A few training steps (LSTM, two layers, dropout, Adam, clipping) on the
+/// GPU against the CPU path in f32: losses and parameters must agree.
+pub fn training_check(report: &mut Report, gpu: &GpuBackend) {
+    let config = TrainConfig {
+        task: TaskSpec::Add { digits: 2 },
+        model: ModelConfig {
+            vocab: 0,
+            input: InputEncoding::Embedding(8),
+            cell: Cell::Lstm,
+            hidden: 24,
+            layers: 2,
+            dropout: 0.1,
+            forget_bias: 1.0,
+            init: Init::Uniform,
+        },
+        batch: 16,
+        steps: 100,
+        bptt: Bptt::Truncated { k1: 4, k2: 6 },
+        optimizer: Optimizer::adam(0.01),
+        schedule: Schedule::Constant,
+        clip: Some(1.0),
+        seed: 11,
+        non_finite: NonFinite::Error,
+        eval_problems: 20,
+    };
+    fn run<B: crate::backend::Backend>(
+        b: B,
+        config: &TrainConfig,
+    ) -> crate::Result<(Vec<f64>, Vec<f64>)> {
+        let mut t = Trainer::new(b, config.clone())?;
+        let losses = (0..3)
+            .map(|_| t.train_step().map(|r| r.loss))
+            .collect::<crate::Result<Vec<f64>>>()?;
+        Ok((losses, t.read_params()?))
+    }
+    let name = "training: 3 steps, LSTM L=2, TBPTT(4,6), dropout, Adam, clipping";
+    match (
+        run(CpuBackend::<f32>::new(), &config),
+        run(gpu.clone(), &config),
+    ) {
+        (Ok((le, pe)), Ok((la, pa))) => {
+            report.compare(
+                &format!("{name}: losses"),
+                &le,
+                &la,
+                Tolerance::new(1e-5, 1e-4),
+            );
+            report.compare(
+                &format!("{name}: parameters"),
+                &pe,
+                &pa,
+                Tolerance::new(1e-4, 1e-3),
+            );
+        }
+        (Err(e), _) | (_, Err(e)) => report.error(name, &e),
+    }
+}
+
+/// Runs every check on `gpu` and reports the time taken.
 pub fn selfcheck(gpu: &GpuBackend) -> (Report, f64) {
     let start = Instant::now();
-    let report = run_kernels(gpu);
+    let mut report = run_kernels(gpu);
+    training_check(&mut report, gpu);
     (report, start.elapsed().as_secs_f64())
 }
