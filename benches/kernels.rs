@@ -1,6 +1,6 @@
 //! Kernel benchmarks: matmul (FLOP/s) and softmax cross-entropy (bytes/s), on
 //! the CPU path and on the best GPU adapter. The GPU wait is inside the timed
-//! region. Shapes come from `rnn_wgpu::bench`, shared with `rnn-wgpu bench`.
+//! region. Shapes come from `rnn_wgpu::bench`, shared with `rnn-wgpu bench --kernels`.
 //!
 //! On a software adapter (llvmpipe) the small shape tables are used.
 

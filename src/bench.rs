@@ -1,5 +1,25 @@
-//! Benchmark shapes, shared by the criterion benches (`benches/`) and the
-//! `bench` subcommand so their numbers line up shape by shape.
+//! Benchmarks: the shape tables shared by the criterion benches, the `bench`
+//! subcommand and the PyTorch script (`benches/shapes.json`), and the timing
+//! of a recurrent layer's forward, backward and whole training step on any
+//! backend.
+//!
+//! A "step" is the forward over `T` steps plus full backpropagation through
+//! time (gradients of the input, initial states and every parameter), as in
+//! training; on the GPU it is recorded and submitted once, and the time
+//! includes waiting for the GPU.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, XentBuffers};
+use crate::error::{Error, Result};
+use crate::gpu::{Counters, GpuContext};
+use crate::nn::{Rnn, RnnConfig};
+use crate::ops::cell::Cell;
+use crate::ops::matmul::Gemm;
+use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
+use crate::parity::{uniform, uniform_i32};
 
 /// Matrix-multiply shapes `(M, N, K)`: square sizes, and the shapes of an
 /// LSTM's input projection (`T·B × 4H × I`) and recurrent product (`B × 4H × H`).
@@ -19,3 +39,320 @@ pub const MATMUL_SHAPES_SMALL: &[(usize, usize, usize)] = &[(64, 64, 64), (128, 
 
 /// A reduced table for software adapters and quick runs.
 pub const XENT_SHAPES_SMALL: &[(usize, usize)] = &[(256, 128)];
+
+/// One recurrent benchmark shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RnnShape {
+    /// `lstm`, `gru`, `rnn_tanh` or `rnn_relu`.
+    pub cell: Cell,
+    /// I
+    pub input: usize,
+    /// H
+    pub hidden: usize,
+    /// B
+    pub batch: usize,
+    /// T
+    pub seq: usize,
+    /// L
+    pub layers: usize,
+}
+
+/// The shape tables, as `benches/shapes.json` holds them.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ShapeTable {
+    /// Cells × inputs × hiddens × batches × sequence lengths, one layer: the GPU targets.
+    pub gpu: Grid,
+    /// The CPU target.
+    pub cpu: Grid,
+    /// A small grid for software adapters and quick checks.
+    pub small: Grid,
+}
+
+/// A cartesian grid of shapes.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Grid {
+    /// Cell names.
+    pub cells: Vec<String>,
+    /// Input sizes.
+    pub inputs: Vec<usize>,
+    /// Hidden sizes.
+    pub hiddens: Vec<usize>,
+    /// Batch sizes.
+    pub batches: Vec<usize>,
+    /// Sequence lengths.
+    pub seqs: Vec<usize>,
+    /// Layers.
+    pub layers: usize,
+}
+
+impl Grid {
+    /// Every shape of the grid.
+    pub fn shapes(&self) -> Result<Vec<RnnShape>> {
+        let mut out = Vec::new();
+        for c in &self.cells {
+            let cell = Cell::parse(c)?;
+            for &input in &self.inputs {
+                for &hidden in &self.hiddens {
+                    for &batch in &self.batches {
+                        for &seq in &self.seqs {
+                            out.push(RnnShape {
+                                cell,
+                                input,
+                                hidden,
+                                batch,
+                                seq,
+                                layers: self.layers,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The shared table (`benches/shapes.json`, also read by `benches/pytorch_bench.py`).
+pub fn shape_table() -> Result<ShapeTable> {
+    serde_json::from_str(include_str!("../benches/shapes.json"))
+        .map_err(|e| Error::invalid("benches/shapes.json", e.to_string()))
+}
+
+impl RnnShape {
+    /// FLOPs of the forward: `2·T·B·G·H·(In + H)` summed over layers.
+    pub fn forward_flops(&self) -> f64 {
+        let g = self.cell.gates() as f64;
+        let (t, b, h) = (self.seq as f64, self.batch as f64, self.hidden as f64);
+        (0..self.layers)
+            .map(|l| {
+                let i = if l == 0 { self.input } else { self.hidden } as f64;
+                2.0 * t * b * g * h * (i + h)
+            })
+            .sum()
+    }
+
+    /// FLOPs of forward plus backward (the backward does twice the forward's matmuls).
+    pub fn step_flops(&self) -> f64 {
+        3.0 * self.forward_flops()
+    }
+}
+
+/// One benchmark result, one JSON object per line with `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RnnBench {
+    /// `rnn-wgpu` (the PyTorch script writes `pytorch`).
+    pub implementation: String,
+    /// `gpu` or `cpu`.
+    pub backend: String,
+    /// The adapter or CPU.
+    pub device: String,
+    /// Cell name.
+    pub cell: String,
+    /// I
+    pub input: usize,
+    /// H
+    pub hidden: usize,
+    /// B
+    pub batch: usize,
+    /// T
+    pub seq: usize,
+    /// L
+    pub layers: usize,
+    /// Median forward time.
+    pub forward_ms: f64,
+    /// Median backward time (step − forward of the same iteration).
+    pub backward_ms: f64,
+    /// Median time of forward + backward.
+    pub step_ms: f64,
+    /// Step FLOPs per second, in GFLOP/s.
+    pub gflops: f64,
+    /// Host time spent recording a step (GPU; 0 on the CPU).
+    pub record_ms: f64,
+    /// Compute dispatches per step (GPU).
+    pub dispatches_per_step: u64,
+    /// Queue submissions per step (GPU).
+    pub submits_per_step: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Times forward, backward and the whole step of one stack shape on `b`.
+/// `ctx` (the GPU context, if any) supplies dispatch and submit counts.
+pub fn bench_rnn<B: Backend>(
+    b: &B,
+    ctx: Option<&GpuContext>,
+    device: &str,
+    shape: &RnnShape,
+    iters: usize,
+) -> Result<RnnBench> {
+    let cfg = RnnConfig::new(shape.cell, shape.input, shape.hidden).layers(shape.layers);
+    let mut rnn = Rnn::new(b.clone(), cfg, 1)?;
+    let (t, bsz) = (shape.seq, shape.batch);
+    let x = b.tensor_f64(
+        &[t, bsz, shape.input],
+        &uniform(2, t * bsz * shape.input, -1.0, 1.0),
+    )?;
+    let dy = b.tensor_f64(
+        &[t, bsz, shape.hidden],
+        &uniform(3, t * bsz * shape.hidden, -1.0, 1.0),
+    )?;
+    let grads = rnn.zeros_like_params()?;
+    let sync = || -> Result<()> {
+        match ctx {
+            Some(c) => c.sync(),
+            None => Ok(()),
+        }
+    };
+    let counters = || ctx.map(|c| c.counters()).unwrap_or_default();
+    // Warm up: pipelines, bind groups, workspaces.
+    for _ in 0..2 {
+        rnn.forward(&x, None, None, None)?;
+        rnn.backward(Some(&dy), None, None, &grads)?;
+        sync()?;
+    }
+    let (mut fwd, mut bwd, mut step, mut rec) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut per_step = Counters::default();
+    for i in 0..iters.max(1) {
+        // Forward alone.
+        let t0 = Instant::now();
+        rnn.forward(&x, None, None, None)?;
+        sync()?;
+        fwd.push(t0.elapsed().as_secs_f64() * 1e3);
+        // The whole step, recorded then submitted once.
+        let c0 = counters();
+        let t0 = Instant::now();
+        rnn.forward(&x, None, None, None)?;
+        rnn.backward(Some(&dy), None, None, &grads)?;
+        let recorded = t0.elapsed().as_secs_f64() * 1e3;
+        sync()?;
+        let total = t0.elapsed().as_secs_f64() * 1e3;
+        let c1 = counters();
+        if i == 0 {
+            per_step = Counters {
+                dispatches: c1.dispatches - c0.dispatches,
+                submits: c1.submits - c0.submits,
+                readbacks: c1.readbacks - c0.readbacks,
+            };
+        }
+        step.push(total);
+        rec.push(if ctx.is_some() { recorded } else { 0.0 });
+        bwd.push(total - fwd[fwd.len() - 1]);
+    }
+    let step_ms = median(step);
+    Ok(RnnBench {
+        implementation: "rnn-wgpu".into(),
+        backend: if b.is_gpu() { "gpu" } else { "cpu" }.into(),
+        device: device.into(),
+        cell: shape.cell.name().into(),
+        input: shape.input,
+        hidden: shape.hidden,
+        batch: shape.batch,
+        seq: shape.seq,
+        layers: shape.layers,
+        forward_ms: median(fwd),
+        backward_ms: median(bwd),
+        step_ms,
+        gflops: shape.step_flops() / (step_ms * 1e-3) / 1e9,
+        record_ms: median(rec),
+        dispatches_per_step: per_step.dispatches,
+        submits_per_step: per_step.submits,
+    })
+}
+
+/// A kernel micro-benchmark result.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelBench {
+    /// `matmul_nt` or `softmax_xent`.
+    pub kernel: String,
+    /// `gpu` or `cpu`.
+    pub backend: String,
+    /// The shape, in words.
+    pub shape: String,
+    /// Median time.
+    pub ms: f64,
+    /// GFLOP/s (matmul) or GB/s (cross-entropy).
+    pub rate: f64,
+    /// `GFLOP/s` or `GB/s`.
+    pub unit: String,
+}
+
+/// Times `C = A·Bᵀ` of `(m, n, k)` on `b`.
+pub fn bench_matmul<B: Backend>(
+    b: &B,
+    ctx: Option<&GpuContext>,
+    (m, n, k): (usize, usize, usize),
+    iters: usize,
+) -> Result<KernelBench> {
+    let g = Gemm::nt(m, n, k);
+    let a = b.tensor_f64(&[m, k], &uniform(1, m * k, -1.0, 1.0))?;
+    let w = b.tensor_f64(&[n, k], &uniform(2, n * k, -1.0, 1.0))?;
+    let c = b.zeros(&[m, n])?;
+    let times = time(ctx, iters, || b.gemm(&g, &a, &w, None, &c))?;
+    let ms = median(times);
+    Ok(KernelBench {
+        kernel: "matmul_nt".into(),
+        backend: if b.is_gpu() { "gpu" } else { "cpu" }.into(),
+        shape: format!("{m}x{n}x{k}"),
+        ms,
+        rate: g.flops() / (ms * 1e-3) / 1e9,
+        unit: "GFLOP/s".into(),
+    })
+}
+
+/// Times the fused cross-entropy with its gradient on `(rows, classes)`.
+pub fn bench_xent<B: Backend>(
+    b: &B,
+    ctx: Option<&GpuContext>,
+    (rows, cols): (usize, usize),
+    iters: usize,
+) -> Result<KernelBench> {
+    let x = b.tensor_f64(&[rows, cols], &uniform(3, rows * cols, -3.0, 3.0))?;
+    let t = b.ints(&[rows], &uniform_i32(4, rows, 0, cols as i32))?;
+    let out = XentBuffers::new(b, rows)?;
+    let dx = b.zeros(&[rows, cols])?;
+    let times = time(ctx, iters, || {
+        b.xent(
+            Rows { rows, cols },
+            &x,
+            &t,
+            IGNORE_INDEX,
+            1.0,
+            &out,
+            Some(&dx),
+        )
+    })?;
+    let ms = median(times);
+    // Logits read twice, the gradient written once.
+    let bytes = (rows * cols * 4 * 3) as f64;
+    Ok(KernelBench {
+        kernel: "softmax_xent".into(),
+        backend: if b.is_gpu() { "gpu" } else { "cpu" }.into(),
+        shape: format!("{rows}x{cols}"),
+        ms,
+        rate: bytes / (ms * 1e-3) / 1e9,
+        unit: "GB/s".into(),
+    })
+}
+
+fn time(
+    ctx: Option<&GpuContext>,
+    iters: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
+    let sync = || ctx.map_or(Ok(()), |c| c.sync());
+    for _ in 0..2 {
+        f()?;
+        sync()?;
+    }
+    let mut out = Vec::new();
+    for _ in 0..iters.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        sync()?;
+        out.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}

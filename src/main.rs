@@ -201,6 +201,52 @@ struct TrainArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum TableArg {
+    Gpu,
+    Cpu,
+    Small,
+}
+
+/// Flags of `bench`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Where to run (auto: a hardware GPU, else the CPU path).
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Shape table from benches/shapes.json (default: gpu on a hardware GPU,
+    /// cpu on the CPU path, small on a software adapter).
+    #[arg(long, value_enum)]
+    table: Option<TableArg>,
+    /// One shape instead of a table: cell (with --input, --hidden, --batch, --seq).
+    #[arg(long, value_enum)]
+    cell: Option<ModelCell>,
+    /// Input size I.
+    #[arg(long, default_value_t = 512)]
+    input: usize,
+    /// Hidden size H.
+    #[arg(long, default_value_t = 512)]
+    hidden: usize,
+    /// Batch B.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Sequence length T.
+    #[arg(long, default_value_t = 50)]
+    seq: usize,
+    /// Layers L.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// Timed iterations per shape (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Also run the matmul and cross-entropy micro-benchmarks.
+    #[arg(long)]
+    kernels: bool,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum CellArg {
     Lstm,
     Gru,
@@ -264,6 +310,9 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "auto")]
         backend: BackendArg,
     },
+    /// Time forward, backward and whole training steps of recurrent layers
+    /// (and matmul / cross-entropy micro-benchmarks).
+    Bench(BenchArgs),
     /// Check every gradient of a recurrent stack against finite differences (CPU, f64).
     Gradcheck {
         /// Cell type.
@@ -469,8 +518,108 @@ fn train(a: TrainArgs) -> rnn_wgpu::Result<bool> {
     Ok(true)
 }
 
+fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
+    use rnn_wgpu::bench::{RnnShape, bench_matmul, bench_rnn, bench_xent, shape_table};
+    let (chosen, why) = rnn_wgpu::backend::choose(a.backend.into())?;
+    let software =
+        matches!(&chosen, rnn_wgpu::backend::Chosen::Gpu(g) if g.ctx().adapter().is_software());
+    let shapes: Vec<RnnShape> = match a.cell {
+        Some(cell) => {
+            let cfg = RnnConfig::new(cell.into(), a.input, a.hidden).layers(a.layers);
+            cfg.validate()?;
+            for (arg, v) in [("--batch", a.batch), ("--seq", a.seq), ("--iters", a.iters)] {
+                if v == 0 {
+                    return Err(rnn_wgpu::Error::invalid(arg, "must be at least 1"));
+                }
+            }
+            vec![RnnShape {
+                cell: cell.into(),
+                input: a.input,
+                hidden: a.hidden,
+                batch: a.batch,
+                seq: a.seq,
+                layers: a.layers,
+            }]
+        }
+        None => {
+            let t = shape_table()?;
+            let grid = match (a.table, &chosen) {
+                (Some(TableArg::Gpu), _) => t.gpu,
+                (Some(TableArg::Cpu), _) => t.cpu,
+                (Some(TableArg::Small), _) => t.small,
+                (None, rnn_wgpu::backend::Chosen::Gpu(_)) if !software => t.gpu,
+                (None, rnn_wgpu::backend::Chosen::Gpu(_)) => t.small,
+                (None, _) => t.cpu,
+            };
+            grid.shapes()?
+        }
+    };
+    if !a.json {
+        eprintln!("backend: {why}");
+        println!(
+            "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11} {:>11} {:>11} {:>9} {:>10} {:>10}",
+            "cell",
+            "I",
+            "H",
+            "B",
+            "T",
+            "forward ms",
+            "backward ms",
+            "step ms",
+            "GFLOP/s",
+            "record ms",
+            "dispatches"
+        );
+    }
+    let device = why.clone();
+    rnn_wgpu::with_backend!(chosen, b => {
+        let ctx = rnn_wgpu::backend::Backend::is_gpu(&b).then(|| gpu_ctx_of(&b)).flatten();
+        for shape in &shapes {
+            let r = bench_rnn(&b, ctx.as_deref(), &device, shape, a.iters)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r).map_err(|e| rnn_wgpu::Error::invalid("json", e.to_string()))?);
+            } else {
+                println!(
+                    "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11.3} {:>11.3} {:>11.3} {:>9.1} {:>10.3} {:>10}",
+                    r.cell, r.input, r.hidden, r.batch, r.seq, r.forward_ms, r.backward_ms, r.step_ms,
+                    r.gflops, r.record_ms, r.dispatches_per_step
+                );
+            }
+        }
+        if a.kernels {
+            use rnn_wgpu::bench::{MATMUL_SHAPES, MATMUL_SHAPES_SMALL, XENT_SHAPES, XENT_SHAPES_SMALL};
+            let big = rnn_wgpu::backend::Backend::is_gpu(&b) && !software;
+            let (mm, xe) = if big { (MATMUL_SHAPES, XENT_SHAPES) } else { (MATMUL_SHAPES_SMALL, XENT_SHAPES_SMALL) };
+            let mut results = Vec::new();
+            for &s in mm {
+                results.push(bench_matmul(&b, ctx.as_deref(), s, a.iters)?);
+            }
+            for &s in xe {
+                results.push(bench_xent(&b, ctx.as_deref(), s, a.iters)?);
+            }
+            for k in results {
+                if a.json {
+                    println!("{}", serde_json::to_string(&k).map_err(|e| rnn_wgpu::Error::invalid("json", e.to_string()))?);
+                } else {
+                    println!("{:<13} {:<16} {:>9.3} ms {:>9.1} {}", k.kernel, k.shape, k.ms, k.rate, k.unit);
+                }
+            }
+        }
+        Ok::<(), rnn_wgpu::Error>(())
+    })?;
+    Ok(true)
+}
+
+/// The GPU context behind a backend, when it is the GPU one.
+fn gpu_ctx_of<B: std::any::Any>(b: &B) -> Option<Arc<GpuContext>> {
+    (b as &dyn std::any::Any)
+        .downcast_ref::<GpuBackend>()
+        .map(|g| g.ctx().clone())
+}
+
 fn run(cli: Cli) -> rnn_wgpu::Result<bool> {
     match cli.cmd {
+        Cmd::Bench(args) => bench(args),
         Cmd::Train(args) => train(*args),
         Cmd::Sample {
             checkpoint,

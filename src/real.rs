@@ -41,6 +41,11 @@ pub trait Real:
     /// libm's `tanh`, the reference.
     fn tanh_cell(self) -> Self;
 
+    /// The logistic sigmoid as the cells compute it: for f32 `1 / (1 + e^{-x})`
+    /// with a branch-free polynomial `exp` (Cephes `expf`, about 1 ulp) so
+    /// loops over it vectorize; for f64 the stable libm form, the reference.
+    fn sigmoid_cell(self) -> Self;
+
     /// General matrix multiply through `matrixmultiply`:
     /// `C = alpha * A·B + beta * C` with A `m×k`, B `k×n`, C `m×n`, each given
     /// by a row stride and a column stride (so transposes are free).
@@ -82,22 +87,29 @@ impl Real for f32 {
         libm::erfcf(self)
     }
 
-    // The coefficients are Cephes' published ones, digit for digit as in the shader.
+    // The coefficients are Cephes' published ones, digit for digit as in the
+    // shader. Both branches are computed and one is selected, so loops over
+    // this vectorize.
     #[allow(clippy::excessive_precision)]
+    #[inline(always)]
     fn tanh_cell(self) -> Self {
         let a = self.abs();
-        let r = if a < 0.625 {
-            let z = self * self;
-            ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1)
-                * z
-                - 3.333_328_2e-1)
-                * z
-                * a
-                + a
-        } else {
-            1.0 - 2.0 / ((2.0 * a.min(15.0)).exp() + 1.0)
-        };
-        if self < 0.0 { -r } else { r }
+        let z = self * self;
+        let small = ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z
+            + 1.333_144_2e-1)
+            * z
+            - 3.333_328_2e-1)
+            * z
+            * a
+            + a;
+        let large = 1.0 - 2.0 / (expf_cell(2.0 * a.min(15.0)) + 1.0);
+        let r = if a < 0.625 { small } else { large };
+        f32::copysign(r, self)
+    }
+
+    #[inline(always)]
+    fn sigmoid_cell(self) -> Self {
+        1.0 / (1.0 + expf_cell(-self))
     }
 
     unsafe fn gemm_raw(
@@ -138,8 +150,14 @@ impl Real for f64 {
         libm::erfc(self)
     }
 
+    #[inline]
     fn tanh_cell(self) -> Self {
         self.tanh()
+    }
+
+    #[inline]
+    fn sigmoid_cell(self) -> Self {
+        crate::ops::activation::sigmoid(self)
     }
 
     unsafe fn gemm_raw(
@@ -165,6 +183,32 @@ impl Real for f64 {
     }
 }
 
+/// `e^x` in f32 without branches or libm (Cephes `expf`: reduce by ln 2,
+/// degree-6 polynomial, scale by 2^n through the exponent bits). Inputs are
+/// clamped to [-87.3, 88], where the result is a normal f32.
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+pub fn expf_cell(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.0);
+    // floor(t) without a libm call (the baseline x86-64 target has no round
+    // instruction): truncate, then step down where truncation went up.
+    let t = x * std::f32::consts::LOG2_E + 0.5;
+    let ti = t as i32;
+    let n = (ti - i32::from((ti as f32) > t)) as f32;
+    let r = x - n * 0.693_359_375 + n * 2.121_944_4e-4;
+    let z = r * r;
+    let p = (((((1.987_569_15e-4 * r + 1.398_199_95e-3) * r + 8.333_451_9e-3) * r
+        + 4.166_579_59e-2)
+        * r
+        + 1.666_666_55e-1)
+        * r
+        + 5.000_000_1e-1)
+        * z
+        + r
+        + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +229,27 @@ mod tests {
         assert_eq!(1e4f32.tanh_cell(), 1.0);
         assert_eq!((-1e4f32).tanh_cell(), -1.0);
         assert_eq!(0.5f64.tanh_cell(), 0.5f64.tanh());
+    }
+
+    #[test]
+    fn f32_cell_exp_and_sigmoid_are_accurate() {
+        let mut worst = 0.0f64;
+        for i in -8700..=8800 {
+            let x = i as f32 * 1e-2;
+            let exact = (x as f64).exp();
+            worst = worst.max(((expf_cell(x) as f64 - exact) / exact).abs());
+        }
+        assert!(worst < 3e-7, "exp: worst relative error {worst:e}");
+        for i in -2000..=2000 {
+            let x = i as f32 * 1e-2;
+            let exact = 1.0 / (1.0 + (-(x as f64)).exp());
+            let got = x.sigmoid_cell() as f64;
+            assert!(
+                ((got - exact) / exact).abs() < 5e-7,
+                "sigmoid({x}) = {got}, want {exact}"
+            );
+        }
+        assert!(1e4f32.sigmoid_cell() == 1.0 && (-1e4f32).sigmoid_cell() < 1e-37);
+        assert!(expf_cell(1e4).is_finite() && expf_cell(-1e4) > 0.0);
     }
 }

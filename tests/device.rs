@@ -81,3 +81,44 @@ fn an_oversized_buffer_is_rejected_up_front() {
         "{err}"
     );
 }
+
+/// The scheduler's structure, counted by the engine: a forward is one input
+/// matmul plus one dispatch per time step for each layer and direction; a
+/// backward is one dispatch per time step plus six large reductions over all
+/// steps (grad_h0, dW_ih, dW_hh, two bias sums, the input gradient); and the
+/// whole forward + backward is one submission.
+#[test]
+fn one_dispatch_per_layer_direction_and_step() {
+    use rnn_wgpu::nn::{Rnn, RnnConfig};
+    use rnn_wgpu::ops::cell::Cell;
+    let Some(_) = common::gpu_ctx() else { return };
+    let ctx = Arc::new(GpuContext::new(ContextOptions::from_env().unwrap()).unwrap());
+    let gpu = GpuBackend::new(ctx.clone()).unwrap();
+    let (layers, dirs, steps) = (2u64, 2u64, 5u64);
+    for cell in [Cell::Lstm, Cell::Gru] {
+        let cfg = RnnConfig::new(cell, 3, 8).layers(2).bidirectional(true);
+        let mut rnn = Rnn::new(gpu.clone(), cfg, 1).unwrap();
+        let x = gpu.tensor_f32(&[5, 2, 3], &[0.1; 30]).unwrap();
+        let grads = rnn.zeros_like_params().unwrap();
+        ctx.flush().unwrap();
+        let c0 = ctx.counters();
+        let out = rnn.forward(&x, None, None, None).unwrap();
+        let c1 = ctx.counters();
+        rnn.backward(Some(&out.output), None, None, &grads).unwrap();
+        let c2 = ctx.counters();
+        assert_eq!(c1.submits, c0.submits, "the forward is only recorded");
+        assert_eq!(c2.submits, c1.submits, "the backward is only recorded");
+        gpu.read(&grads).unwrap();
+        let c3 = ctx.counters();
+        assert_eq!(
+            c3.submits - c0.submits,
+            1,
+            "one submission for forward and backward"
+        );
+        assert_eq!(c3.readbacks - c0.readbacks, 1);
+        let dispatches = c3.dispatches - c0.dispatches;
+        let forward = layers * dirs * (1 + steps);
+        let backward = layers * dirs * (steps + 6);
+        assert_eq!(dispatches, forward + backward, "{}", cell.name());
+    }
+}

@@ -28,8 +28,8 @@
 //! `gru.wgsl`, `rnn.wgsl` on top of `recurrent.wgsl` and `cell_common.wgsl`.
 
 use bytemuck::{Pod, Zeroable};
+use rayon::prelude::*;
 
-use super::activation::sigmoid;
 use super::matmul::{Gemm, gemm_cpu, u32_of};
 use crate::backend::{GpuBackend, StepBackward, StepForward};
 use crate::error::{Error, Result};
@@ -154,10 +154,6 @@ impl StepSpec {
 
     fn out_index(&self, b: usize, j: usize) -> usize {
         (self.t * self.batch + b) * self.out_ld + self.out_col + j
-    }
-
-    fn carry_index(&self, parity: usize, which: usize, b: usize, j: usize) -> usize {
-        ((parity * 2 + which) * self.batch + b) * self.hidden + j
     }
 
     fn need(arg: &str, want: usize, len: usize) -> Result<()> {
@@ -318,8 +314,8 @@ pub fn forward_step_cpu<T: Real>(
         weights,
         lengths,
         hs,
-        mut cs,
-        mut gates,
+        cs,
+        gates,
         out,
     } = bufs;
     let lens = Lens {
@@ -345,89 +341,240 @@ pub fn forward_step_cpu<T: Real>(
         .with_bias(s.bhh_off);
     gemm_cpu(&g, hs, weights, Some(weights), &mut rec)?;
 
-    let one = T::one();
-    for b in 0..bsz {
-        let live = is_active(lengths, b, s.t);
-        let xrow = &xg[(s.t * bsz + b) * gh..(s.t * bsz + b + 1) * gh];
-        let rrow = &rec[b * gh..(b + 1) * gh];
-        for j in 0..h {
-            let hc = b * h + j;
-            let o_idx = s.out_index(b, j);
-            match cell {
-                Cell::Lstm => {
-                    let (cs, gates) = match (cs.as_deref_mut(), gates.as_deref_mut()) {
-                        (Some(c), Some(g)) => (c, g),
-                        _ => return Err(missing("cs/gates", cell)),
-                    };
-                    let srow = (s.t * bsz + b) * 4 * h;
-                    let c_prev = cs[prev + hc];
-                    if !live {
-                        hs[next + hc] = hs[prev + hc];
-                        cs[next + hc] = c_prev;
-                        for k in 0..4 {
-                            gates[srow + k * h + j] = T::zero();
-                        }
-                        out[o_idx] = T::zero();
-                        continue;
-                    }
-                    let pre = |k: usize| xrow[k * h + j] + rrow[k * h + j];
-                    let i = sigmoid(pre(0));
-                    let f = sigmoid(pre(1));
-                    let gg = pre(2).tanh_cell();
-                    let o = sigmoid(pre(3));
-                    let c = f * c_prev + i * gg;
-                    let hv = o * c.tanh_cell();
-                    for (k, v) in [i, f, gg, o].into_iter().enumerate() {
-                        gates[srow + k * h + j] = v;
-                    }
-                    cs[next + hc] = c;
-                    hs[next + hc] = hv;
-                    out[o_idx] = hv;
-                }
-                Cell::Gru => {
-                    let Some(gates) = gates.as_deref_mut() else {
-                        return Err(missing("gates", cell));
-                    };
-                    let srow = (s.t * bsz + b) * 4 * h;
-                    let h_prev = hs[prev + hc];
-                    if !live {
-                        hs[next + hc] = h_prev;
-                        for k in 0..4 {
-                            gates[srow + k * h + j] = T::zero();
-                        }
-                        out[o_idx] = T::zero();
-                        continue;
-                    }
-                    let hn = rrow[2 * h + j];
-                    let r = sigmoid(xrow[j] + rrow[j]);
-                    let z = sigmoid(xrow[h + j] + rrow[h + j]);
-                    let n = (xrow[2 * h + j] + r * hn).tanh_cell();
-                    let hv = (one - z) * n + z * h_prev;
-                    for (k, v) in [r, z, n, hn].into_iter().enumerate() {
-                        gates[srow + k * h + j] = v;
-                    }
-                    hs[next + hc] = hv;
-                    out[o_idx] = hv;
-                }
-                Cell::Rnn(_) => {
-                    if !live {
-                        hs[next + hc] = hs[prev + hc];
-                        out[o_idx] = T::zero();
-                        continue;
-                    }
-                    let pre = xrow[j] + rrow[j];
-                    let hv = if cell.relu() {
-                        pre.max(T::zero())
-                    } else {
-                        pre.tanh_cell()
-                    };
-                    hs[next + hc] = hv;
-                    out[o_idx] = hv;
-                }
+    match (cell, cs.is_some(), gates.is_some()) {
+        (Cell::Lstm, true, true) | (Cell::Gru, _, true) | (Cell::Rnn(_), _, _) => {}
+        _ => return Err(missing("cs/gates", cell)),
+    }
+    // Per-row views of this step (rows are independent).
+    let t0 = s.t * bsz;
+    let (h_prev, h_next) = rows_mut(hs, prev, next, bh);
+    let (c_prev, c_next) = match cs {
+        Some(c) => {
+            let (p, n) = rows_mut(c, prev, next, bh);
+            (Some(p), Some(n))
+        }
+        None => (None, None),
+    };
+    let mut c_prev = c_prev.map(|c| c.chunks(h));
+    let mut c_next = c_next.map(|c| c.chunks_mut(h));
+    let mut gate_rows = gates.map(|g| g[t0 * 4 * h..(t0 + bsz) * 4 * h].chunks_mut(4 * h));
+    let out_rows = out[t0 * s.out_ld..(t0 + bsz) * s.out_ld].chunks_mut(s.out_ld);
+    let mut rows: Vec<ForwardRow<'_, T>> = xg[t0 * gh..(t0 + bsz) * gh]
+        .chunks(gh)
+        .zip(rec.chunks(gh))
+        .zip(h_prev.chunks(h).zip(h_next.chunks_mut(h)))
+        .zip(out_rows)
+        .enumerate()
+        .map(|(b, (((x, r), (h_prev, h_next)), out))| ForwardRow {
+            live: is_active(lengths, b, s.t),
+            x,
+            r,
+            h_prev,
+            h_next,
+            c_prev: c_prev.as_mut().and_then(|i| i.next()),
+            c_next: c_next.as_mut().and_then(|i| i.next()),
+            gates: gate_rows.as_mut().and_then(|i| i.next()),
+            out: &mut out[s.out_col..s.out_col + h],
+        })
+        .collect();
+    for_each_row(&mut rows, bh, |row| row.run(cell));
+    Ok(())
+}
+
+/// One batch row of a forward step.
+struct ForwardRow<'a, T> {
+    live: bool,
+    x: &'a [T],
+    r: &'a [T],
+    h_prev: &'a [T],
+    h_next: &'a mut [T],
+    c_prev: Option<&'a [T]>,
+    c_next: Option<&'a mut [T]>,
+    gates: Option<&'a mut [T]>,
+    out: &'a mut [T],
+}
+
+impl<T: Real> ForwardRow<'_, T> {
+    /// The row's update, 8 lanes wide where the CPU has AVX2 (the row loops
+    /// vectorize; the baseline x86-64 build only has 4-lane SSE2).
+    fn run(&mut self, cell: Cell) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { self.run_avx2(cell) };
+            return;
+        }
+        self.run_base(cell);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&mut self, cell: Cell) {
+        self.run_base(cell);
+    }
+
+    #[inline(always)]
+    fn run_base(&mut self, cell: Cell) {
+        if !self.live {
+            // Past the row's length: carry the state, output zeros.
+            self.h_next.copy_from_slice(self.h_prev);
+            self.out.fill(T::zero());
+            if let (Some(p), Some(n)) = (self.c_prev, self.c_next.as_deref_mut()) {
+                n.copy_from_slice(p);
             }
+            if let Some(g) = self.gates.as_deref_mut() {
+                g.fill(T::zero());
+            }
+            return;
+        }
+        match (
+            cell,
+            self.c_prev,
+            self.c_next.as_deref_mut(),
+            self.gates.as_deref_mut(),
+        ) {
+            (Cell::Lstm, Some(cp), Some(cn), Some(g)) => {
+                lstm_forward_row(self.x, self.r, cp, cn, self.h_next, g, self.out)
+            }
+            (Cell::Gru, _, _, Some(g)) => {
+                gru_forward_row(self.x, self.r, self.h_prev, self.h_next, g, self.out)
+            }
+            (Cell::Rnn(_), _, _, _) => {
+                rnn_forward_row(cell.relu(), self.x, self.r, self.h_next, self.out)
+            }
+            // The buffers were checked before the rows were built.
+            _ => {}
         }
     }
-    Ok(())
+}
+
+/// Elements per step above which the rows are split across threads.
+const PARALLEL_MIN: usize = 4096;
+
+/// Runs `f` on every row, on several threads when the step is large enough to gain.
+fn for_each_row<R: Send>(rows: &mut [R], elements: usize, f: impl Fn(&mut R) + Sync + Send) {
+    if elements >= PARALLEL_MIN && rows.len() > 1 {
+        rows.par_iter_mut().for_each(f);
+    } else {
+        rows.iter_mut().for_each(f);
+    }
+}
+
+/// A read-only row at `read` and a writable row at `write` of one buffer
+/// (two different state slots, so they never overlap).
+fn rows_mut<T>(v: &mut [T], read: usize, write: usize, len: usize) -> (&[T], &mut [T]) {
+    if read < write {
+        let (lo, hi) = v.split_at_mut(write);
+        (&lo[read..read + len], &mut hi[..len])
+    } else {
+        let (lo, hi) = v.split_at_mut(read);
+        (&hi[..len], &mut lo[write..write + len])
+    }
+}
+
+/// Four consecutive blocks of `h`.
+#[inline(always)]
+fn quarters<T>(v: &[T], h: usize) -> (&[T], &[T], &[T], &[T]) {
+    let (a, rest) = v.split_at(h);
+    let (b, rest) = rest.split_at(h);
+    let (c, d) = rest.split_at(h);
+    (a, b, c, &d[..h])
+}
+
+#[inline(always)]
+fn quarters_mut<T>(v: &mut [T], h: usize) -> (&mut [T], &mut [T], &mut [T], &mut [T]) {
+    let (a, rest) = v.split_at_mut(h);
+    let (b, rest) = rest.split_at_mut(h);
+    let (c, d) = rest.split_at_mut(h);
+    (a, b, c, &mut d[..h])
+}
+
+// The row functions below are the cell equations for one batch row. Every
+// slice is cut to exactly H first, so the loops have no bounds checks and,
+// with the branch-free f32 sigmoid/tanh, vectorize.
+
+/// LSTM: i, f, o = σ(x + r), g = tanh(x + r); c' = f·c + i·g; h' = o·tanh(c').
+#[inline(always)]
+fn lstm_forward_row<T: Real>(
+    x: &[T],
+    r: &[T],
+    c_prev: &[T],
+    c_next: &mut [T],
+    h_next: &mut [T],
+    gates: &mut [T],
+    out: &mut [T],
+) {
+    let h = c_prev.len();
+    let (xi, xf, xg, xo) = quarters(x, h);
+    let (ri, rf, rg, ro) = quarters(r, h);
+    let (gi, gf, gg, go) = quarters_mut(gates, h);
+    let (c_next, h_next, out) = (&mut c_next[..h], &mut h_next[..h], &mut out[..h]);
+    for j in 0..h {
+        let i = (xi[j] + ri[j]).sigmoid_cell();
+        let f = (xf[j] + rf[j]).sigmoid_cell();
+        let g = (xg[j] + rg[j]).tanh_cell();
+        let o = (xo[j] + ro[j]).sigmoid_cell();
+        let c = f * c_prev[j] + i * g;
+        let hv = o * c.tanh_cell();
+        gi[j] = i;
+        gf[j] = f;
+        gg[j] = g;
+        go[j] = o;
+        c_next[j] = c;
+        h_next[j] = hv;
+        out[j] = hv;
+    }
+}
+
+/// GRU: r, z = σ(x + r); n = tanh(x_n + r·(W_hn h + b_hn)); h' = (1 − z)·n + z·h.
+#[inline(always)]
+fn gru_forward_row<T: Real>(
+    x: &[T],
+    rec: &[T],
+    h_prev: &[T],
+    h_next: &mut [T],
+    gates: &mut [T],
+    out: &mut [T],
+) {
+    let h = h_prev.len();
+    let (xr, rest) = x.split_at(h);
+    let (xz, xn) = rest.split_at(h);
+    let (rr, rest) = rec.split_at(h);
+    let (rz, rn) = rest.split_at(h);
+    let (xn, rn) = (&xn[..h], &rn[..h]);
+    let (gr, gz, gn, ghn) = quarters_mut(gates, h);
+    let (h_next, out) = (&mut h_next[..h], &mut out[..h]);
+    let one = T::one();
+    for j in 0..h {
+        let r = (xr[j] + rr[j]).sigmoid_cell();
+        let z = (xz[j] + rz[j]).sigmoid_cell();
+        let hn = rn[j];
+        let n = (xn[j] + r * hn).tanh_cell();
+        let hv = (one - z) * n + z * h_prev[j];
+        gr[j] = r;
+        gz[j] = z;
+        gn[j] = n;
+        ghn[j] = hn;
+        h_next[j] = hv;
+        out[j] = hv;
+    }
+}
+
+/// Vanilla RNN: h' = tanh(x + r) or relu(x + r).
+#[inline(always)]
+fn rnn_forward_row<T: Real>(relu: bool, x: &[T], r: &[T], h_next: &mut [T], out: &mut [T]) {
+    let h = h_next.len();
+    let (x, r, out) = (&x[..h], &r[..h], &mut out[..h]);
+    for j in 0..h {
+        let pre = x[j] + r[j];
+        let hv = if relu {
+            pre.max(T::zero())
+        } else {
+            pre.tanh_cell()
+        };
+        h_next[j] = hv;
+        out[j] = hv;
+    }
 }
 
 /// One backward step on the host.
@@ -472,88 +619,146 @@ pub fn backward_step_cpu<T: Real>(
         gemm_cpu(&g, dgh, weights, None, &mut acc)?;
     }
 
-    let one = T::one();
-    let out_par = 1 - s.parity;
+    // carry is [2 (parity), 2 (h, c), B, H]: read one half, write the other.
+    let (lo, hi) = carry.split_at_mut(2 * bh);
+    let (carry_in, carry_out): (&[T], &mut [T]) = if s.parity == 0 { (lo, hi) } else { (hi, lo) };
+    let (dh_in, dc_in) = carry_in.split_at(bh);
+    let (dh_out, dc_out) = carry_out.split_at_mut(bh);
     for b in 0..bsz {
         let live = is_active(lengths, b, s.t);
         let row = (s.t * bsz + b) * gh;
         let srow = (s.t * bsz + b) * 4 * h;
-        for j in 0..h {
-            let hc = b * h + j;
-            let mut dh = acc[hc] + carry[s.carry_index(s.parity, 0, b, j)];
-            if live {
-                dh += dout[s.out_index(b, j)];
+        let hr = b * h..(b + 1) * h;
+        // dh of this step's output state: from the later step, the carry and the output.
+        let mut dh: Vec<T> = acc[hr.clone()]
+            .iter()
+            .zip(&dh_in[hr.clone()])
+            .map(|(a, c)| *a + *c)
+            .collect();
+        if live {
+            let o = s.out_index(b, 0);
+            for (d, g) in dh.iter_mut().zip(&dout[o..o + h]) {
+                *d += *g;
             }
-            let dc_in = carry[s.carry_index(s.parity, 1, b, j)];
-            if !live {
-                for k in 0..cell.gates() {
-                    dgh[row + k * h + j] = T::zero();
-                    if let Some(dgx) = dgx.as_deref_mut() {
-                        dgx[row + k * h + j] = T::zero();
-                    }
-                }
-                carry[s.carry_index(out_par, 0, b, j)] = dh;
-                if cell.has_cell_state() {
-                    carry[s.carry_index(out_par, 1, b, j)] = dc_in;
-                }
-                continue;
+        }
+        let dgh_row = &mut dgh[row..row + gh];
+        if !live {
+            // Past the row's length: the step is the identity.
+            dgh_row.fill(T::zero());
+            if let Some(dgx) = dgx.as_deref_mut() {
+                dgx[row..row + gh].fill(T::zero());
             }
-            match cell {
-                Cell::Lstm => {
-                    let (Some(cs), Some(gates)) = (cs, gates) else {
-                        return Err(missing("cs/gates", cell));
-                    };
-                    let (i, f, gg, o) = (
-                        gates[srow + j],
-                        gates[srow + h + j],
-                        gates[srow + 2 * h + j],
-                        gates[srow + 3 * h + j],
-                    );
-                    let tc = cs[next + hc].tanh_cell();
-                    let c_prev = cs[prev + hc];
-                    let dc = dc_in + dh * o * (one - tc * tc);
-                    dgh[row + j] = dc * gg * i * (one - i);
-                    dgh[row + h + j] = dc * c_prev * f * (one - f);
-                    dgh[row + 2 * h + j] = dc * i * (one - gg * gg);
-                    dgh[row + 3 * h + j] = dh * tc * o * (one - o);
-                    carry[s.carry_index(out_par, 0, b, j)] = T::zero();
-                    carry[s.carry_index(out_par, 1, b, j)] = dc * f;
-                }
-                Cell::Gru => {
-                    let (Some(gates), Some(dgx)) = (gates, dgx.as_deref_mut()) else {
-                        return Err(missing("gates/dgx", cell));
-                    };
-                    let (r, z, n, hn) = (
-                        gates[srow + j],
-                        gates[srow + h + j],
-                        gates[srow + 2 * h + j],
-                        gates[srow + 3 * h + j],
-                    );
-                    let h_prev = hs[prev + hc];
-                    let dn = dh * (one - z) * (one - n * n);
-                    let dr = dn * hn * r * (one - r);
-                    let dz = dh * (h_prev - n) * z * (one - z);
-                    dgx[row + j] = dr;
-                    dgx[row + h + j] = dz;
-                    dgx[row + 2 * h + j] = dn;
-                    dgh[row + j] = dr;
-                    dgh[row + h + j] = dz;
-                    dgh[row + 2 * h + j] = dn * r;
-                    carry[s.carry_index(out_par, 0, b, j)] = dh * z;
-                }
-                Cell::Rnn(_) => {
-                    let hv = hs[next + hc];
-                    dgh[row + j] = if cell.relu() {
-                        if hv > T::zero() { dh } else { T::zero() }
+            dh_out[hr.clone()].copy_from_slice(&dh);
+            if cell.has_cell_state() {
+                dc_out[hr.clone()].copy_from_slice(&dc_in[hr]);
+            }
+            continue;
+        }
+        match cell {
+            Cell::Lstm => {
+                let (Some(cs), Some(gates)) = (cs, gates) else {
+                    return Err(missing("cs/gates", cell));
+                };
+                lstm_backward_row(
+                    &dh,
+                    &dc_in[hr.clone()],
+                    &gates[srow..srow + 4 * h],
+                    &cs[prev + b * h..prev + (b + 1) * h],
+                    &cs[next + b * h..next + (b + 1) * h],
+                    dgh_row,
+                    &mut dc_out[hr.clone()],
+                );
+                dh_out[hr].fill(T::zero());
+            }
+            Cell::Gru => {
+                let (Some(gates), Some(dgx)) = (gates, dgx.as_deref_mut()) else {
+                    return Err(missing("gates/dgx", cell));
+                };
+                gru_backward_row(
+                    &dh,
+                    &gates[srow..srow + 4 * h],
+                    &hs[prev + b * h..prev + (b + 1) * h],
+                    &mut dgx[row..row + gh],
+                    dgh_row,
+                    &mut dh_out[hr],
+                );
+            }
+            Cell::Rnn(_) => {
+                let h_next = &hs[next + b * h..next + (b + 1) * h];
+                for ((d, &g), &hv) in dgh_row.iter_mut().zip(&dh).zip(h_next) {
+                    *d = if cell.relu() {
+                        if hv > T::zero() { g } else { T::zero() }
                     } else {
-                        dh * (one - hv * hv)
+                        g * (T::one() - hv * hv)
                     };
-                    carry[s.carry_index(out_par, 0, b, j)] = T::zero();
                 }
+                dh_out[hr].fill(T::zero());
             }
         }
     }
     Ok(())
+}
+
+/// LSTM gate gradients of one row from dh, the incoming dc, the saved gates
+/// and c; writes dG = [di, df, dg, do] (pre-activation) and dc for the previous step.
+fn lstm_backward_row<T: Real>(
+    dh: &[T],
+    dc_in: &[T],
+    gates: &[T],
+    c_prev: &[T],
+    c_next: &[T],
+    dg: &mut [T],
+    dc_out: &mut [T],
+) {
+    let h = dh.len();
+    let (gi, gf, gg, go) = quarters(gates, h);
+    let (di, df, dgg, dout) = quarters_mut(dg, h);
+    let (dc_in, c_prev, c_next, dc_out) =
+        (&dc_in[..h], &c_prev[..h], &c_next[..h], &mut dc_out[..h]);
+    let one = T::one();
+    for j in 0..h {
+        let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
+        let tc = c_next[j].tanh_cell();
+        let dc = dc_in[j] + dh[j] * o * (one - tc * tc);
+        di[j] = dc * g * i * (one - i);
+        df[j] = dc * c_prev[j] * f * (one - f);
+        dgg[j] = dc * i * (one - g * g);
+        dout[j] = dh[j] * tc * o * (one - o);
+        dc_out[j] = dc * f;
+    }
+}
+
+/// GRU gate gradients of one row: dGx (input side), dGh (recurrent side,
+/// the n block scaled by r) and the gradient flowing straight into h_prev.
+fn gru_backward_row<T: Real>(
+    dh: &[T],
+    gates: &[T],
+    h_prev: &[T],
+    dgx: &mut [T],
+    dgh: &mut [T],
+    dh_out: &mut [T],
+) {
+    let h = dh.len();
+    let (gr, gz, gn, ghn) = quarters(gates, h);
+    let (xr, rest) = dgx.split_at_mut(h);
+    let (xz, xn) = rest.split_at_mut(h);
+    let (hr, rest) = dgh.split_at_mut(h);
+    let (hz, hn_) = rest.split_at_mut(h);
+    let (xn, hn_, h_prev, dh_out) = (&mut xn[..h], &mut hn_[..h], &h_prev[..h], &mut dh_out[..h]);
+    let one = T::one();
+    for j in 0..h {
+        let (r, z, n, hn) = (gr[j], gz[j], gn[j], ghn[j]);
+        let dn = dh[j] * (one - z) * (one - n * n);
+        let dr = dn * hn * r * (one - r);
+        let dz = dh[j] * (h_prev[j] - n) * z * (one - z);
+        xr[j] = dr;
+        xz[j] = dz;
+        xn[j] = dn;
+        hr[j] = dr;
+        hz[j] = dz;
+        hn_[j] = dn * r;
+        dh_out[j] = dh[j] * z;
+    }
 }
 
 #[repr(C)]
