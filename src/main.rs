@@ -246,6 +246,38 @@ struct BenchArgs {
     json: bool,
 }
 
+/// Flags of `gradcheck`.
+#[derive(clap::Args)]
+struct GradcheckArgs {
+    /// Cell type.
+    #[arg(long, value_enum, default_value = "all")]
+    cell: CellArg,
+    /// Input size I.
+    #[arg(long, default_value_t = 3)]
+    input: usize,
+    /// Hidden size H.
+    #[arg(long, default_value_t = 4)]
+    hidden: usize,
+    /// Layers L.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Bidirectional.
+    #[arg(long)]
+    bidirectional: bool,
+    /// Sequence length T.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Batch B.
+    #[arg(long, default_value_t = 3)]
+    batch: usize,
+    /// Give the rows varied lengths (packed sequences).
+    #[arg(long)]
+    lengths: bool,
+    /// Seed of parameters and inputs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum CellArg {
     Lstm,
@@ -314,49 +346,21 @@ enum Cmd {
     /// (and matmul / cross-entropy micro-benchmarks).
     Bench(BenchArgs),
     /// Check every gradient of a recurrent stack against finite differences (CPU, f64).
-    Gradcheck {
-        /// Cell type.
-        #[arg(long, value_enum, default_value = "all")]
-        cell: CellArg,
-        /// Input size I.
-        #[arg(long, default_value_t = 3)]
-        input: usize,
-        /// Hidden size H.
-        #[arg(long, default_value_t = 4)]
-        hidden: usize,
-        /// Layers L.
-        #[arg(long, default_value_t = 2)]
-        layers: usize,
-        /// Bidirectional.
-        #[arg(long)]
-        bidirectional: bool,
-        /// Sequence length T.
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        /// Batch B.
-        #[arg(long, default_value_t = 3)]
-        batch: usize,
-        /// Give the rows varied lengths (packed sequences).
-        #[arg(long)]
-        lengths: bool,
-        /// Seed of parameters and inputs.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    Gradcheck(GradcheckArgs),
 }
 
-#[allow(clippy::too_many_arguments)]
-fn gradcheck(
-    cell: CellArg,
-    input: usize,
-    hidden: usize,
-    layers: usize,
-    bidirectional: bool,
-    steps: usize,
-    batch: usize,
-    lengths: bool,
-    seed: u64,
-) -> rnn_wgpu::Result<bool> {
+fn gradcheck(a: GradcheckArgs) -> rnn_wgpu::Result<bool> {
+    let GradcheckArgs {
+        cell,
+        input,
+        hidden,
+        layers,
+        bidirectional,
+        steps,
+        batch,
+        lengths,
+        seed,
+    } = a;
     let cells = match cell {
         CellArg::Lstm => vec![Cell::Lstm],
         CellArg::Gru => vec![Cell::Gru],
@@ -718,27 +722,7 @@ fn run(cli: Cli) -> rnn_wgpu::Result<bool> {
             println!("{}", run_eval(&opts)?);
             Ok(true)
         }
-        Cmd::Gradcheck {
-            cell,
-            input,
-            hidden,
-            layers,
-            bidirectional,
-            steps,
-            batch,
-            lengths,
-            seed,
-        } => gradcheck(
-            cell,
-            input,
-            hidden,
-            layers,
-            bidirectional,
-            steps,
-            batch,
-            lengths,
-            seed,
-        ),
+        Cmd::Gradcheck(args) => gradcheck(args),
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::Scratch;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,25 +14,6 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/pytorch")
         .join(name)
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("rnn-wgpu-cli-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs the binary; returns (success, stderr).
@@ -93,7 +76,7 @@ fn edited(src: &Path, dst: &Path, edit: impl FnOnce(&mut TensorMap)) -> PathBuf 
 
 #[test]
 fn eval_rejects_bad_weight_files() {
-    let s = Scratch::new("weights");
+    let s = Scratch::new("cli-weights");
     let (w, i) = lstm();
     let out = s.path("out.safetensors");
     eval_fails(
@@ -157,7 +140,7 @@ fn eval_rejects_bad_weight_files() {
 
 #[test]
 fn eval_rejects_bad_inputs() {
-    let s = Scratch::new("inputs");
+    let s = Scratch::new("cli-inputs");
     let (w, i) = lstm();
     let out = s.path("out.safetensors");
     let no_input = edited(&i, &s.path("a"), |m| {
@@ -252,7 +235,7 @@ fn eval_rejects_bad_inputs() {
 
 #[test]
 fn eval_never_leaves_a_partial_or_clobbered_output() {
-    let s = Scratch::new("out");
+    let s = Scratch::new("cli-out");
     let (w, i) = lstm();
     eval_fails(
         &w,
@@ -332,7 +315,7 @@ fn train(dir: &Path, extra: &[&str]) -> (bool, String) {
 
 #[test]
 fn train_rejects_bad_settings() {
-    let s = Scratch::new("train");
+    let s = Scratch::new("cli-train");
     let d = &s.0;
     let empty = s.path("empty.txt");
     std::fs::write(&empty, "").unwrap();
@@ -388,7 +371,7 @@ fn train_rejects_bad_settings() {
 
 #[test]
 fn train_resume_and_sample_end_to_end() {
-    let s = Scratch::new("e2e");
+    let s = Scratch::new("cli-e2e");
     let (ok, err) = train(&s.0, &["--json"]);
     assert!(ok, "{err}");
     assert!(s.path("run.safetensors").exists() && s.path("loss.svg").exists());

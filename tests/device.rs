@@ -2,19 +2,17 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use rnn_wgpu::Error;
-use rnn_wgpu::backend::{Backend, GpuBackend, api};
-use rnn_wgpu::gpu::{ContextOptions, DType, GpuContext, GpuTensor};
+use rnn_wgpu::backend::{Backend, api};
+use rnn_wgpu::gpu::{DType, GpuTensor};
 use rnn_wgpu::ops::activation::Activation;
 
 #[test]
 fn many_launches_make_one_submission_and_one_readback() {
-    let Some(_) = common::gpu_ctx() else { return };
     // A context of its own so other tests' work does not count.
-    let ctx = Arc::new(GpuContext::new(ContextOptions::from_env().unwrap()).unwrap());
-    let gpu = GpuBackend::new(ctx.clone()).unwrap();
+    let Some((ctx, gpu)) = common::own_gpu(|_| {}) else {
+        return;
+    };
     let x = gpu.tensor_f32(&[4, 4], &[0.5; 16]).unwrap();
     let before = ctx.counters();
     let mut y = x.clone();
@@ -32,9 +30,9 @@ fn many_launches_make_one_submission_and_one_readback() {
 
 #[test]
 fn a_lost_device_fails_every_later_call_cleanly() {
-    let Some(_) = common::gpu_ctx() else { return };
-    let ctx = Arc::new(GpuContext::new(ContextOptions::from_env().unwrap()).unwrap());
-    let gpu = GpuBackend::new(ctx.clone()).unwrap();
+    let Some((ctx, gpu)) = common::own_gpu(|_| {}) else {
+        return;
+    };
     let x = gpu.tensor_f32(&[2, 2], &[1.0; 4]).unwrap();
     ctx.destroy_device();
     let err = api::matmul(&gpu, &x, &x, false, false, None).unwrap_err();
@@ -91,9 +89,9 @@ fn an_oversized_buffer_is_rejected_up_front() {
 fn one_dispatch_per_layer_direction_and_step() {
     use rnn_wgpu::nn::{Rnn, RnnConfig};
     use rnn_wgpu::ops::cell::Cell;
-    let Some(_) = common::gpu_ctx() else { return };
-    let ctx = Arc::new(GpuContext::new(ContextOptions::from_env().unwrap()).unwrap());
-    let gpu = GpuBackend::new(ctx.clone()).unwrap();
+    let Some((ctx, gpu)) = common::own_gpu(|_| {}) else {
+        return;
+    };
     let (layers, dirs, steps) = (2u64, 2u64, 5u64);
     for cell in [Cell::Lstm, Cell::Gru] {
         let cfg = RnnConfig::new(cell, 3, 8).layers(2).bidirectional(true);

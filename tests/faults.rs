@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use rnn_wgpu::Error;
-use rnn_wgpu::backend::{Backend, CpuBackend, GpuBackend, api};
-use rnn_wgpu::gpu::{ContextOptions, GpuContext};
+use rnn_wgpu::backend::{Backend, CpuBackend, api};
 use rnn_wgpu::nn::case::{RnnCase, run_case};
 use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
 use rnn_wgpu::nn::{Rnn, RnnConfig};
@@ -17,15 +14,6 @@ use rnn_wgpu::ops::optim::Optimizer;
 use rnn_wgpu::train::schedule::Schedule;
 use rnn_wgpu::train::tasks::TaskSpec;
 use rnn_wgpu::train::{Bptt, NonFinite, TrainConfig, Trainer};
-
-fn own_gpu(edit: impl FnOnce(&mut ContextOptions)) -> Option<(Arc<GpuContext>, GpuBackend)> {
-    common::gpu_ctx()?;
-    let mut opts = ContextOptions::from_env().ok()?;
-    edit(&mut opts);
-    let ctx = Arc::new(GpuContext::new(opts).unwrap());
-    let gpu = GpuBackend::new(ctx.clone()).unwrap();
-    Some((ctx, gpu))
-}
 
 fn train_config() -> TrainConfig {
     TrainConfig {
@@ -54,7 +42,7 @@ fn train_config() -> TrainConfig {
 
 #[test]
 fn adapter_limits_are_enforced_up_front() {
-    let Some((ctx, gpu)) = own_gpu(|o| {
+    let Some((ctx, gpu)) = common::own_gpu(|o| {
         o.max_storage_binding = Some(64 << 10);
         o.max_buffer_size = Some(1 << 20);
     }) else {
@@ -100,7 +88,7 @@ fn adapter_limits_are_enforced_up_front() {
 
 #[test]
 fn device_loss_mid_training_keeps_the_checkpoint_and_resume_continues() {
-    let Some((ctx, gpu)) = own_gpu(|_| {}) else {
+    let Some((ctx, gpu)) = common::own_gpu(|_| {}) else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("rnn-wgpu-loss-{}", std::process::id()));
@@ -123,7 +111,7 @@ fn device_loss_mid_training_keeps_the_checkpoint_and_resume_continues() {
         "the checkpoint must be intact"
     );
     // A fresh device resumes exactly where the checkpoint stopped.
-    let (_, fresh) = own_gpu(|_| {}).unwrap();
+    let (_, fresh) = common::own_gpu(|_| {}).unwrap();
     let mut resumed = Trainer::load(fresh.clone(), &ck).unwrap();
     let mut reference = Trainer::new(fresh, train_config()).unwrap();
     let r: Vec<u64> = (0..4)

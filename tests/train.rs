@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::Scratch;
+
 use std::path::PathBuf;
 
 use rnn_wgpu::Error;
@@ -52,25 +54,6 @@ fn config(task: TaskSpec, model: ModelConfig, optimizer: Optimizer) -> TrainConf
 
 fn add() -> TaskSpec {
     TaskSpec::Add { digits: 2 }
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("rnn-wgpu-train-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn text_file(s: &Scratch) -> PathBuf {
@@ -141,7 +124,7 @@ fn same_seed_same_bits_on_gpu() {
 
 #[test]
 fn truncated_bptt_covering_the_sequence_is_full_bptt() {
-    let s = Scratch::new("tbptt-full");
+    let s = Scratch::new("train-tbptt-full");
     let task = TaskSpec::Text {
         path: text_file(&s),
         seq_len: 9,
@@ -187,7 +170,7 @@ fn host_xent(logits: &[f64], targets: &[i32], vocab: usize) -> f64 {
 /// on the f64 CPU path).
 #[test]
 fn truncated_gradients_follow_the_window_definition() {
-    let s = Scratch::new("tbptt-def");
+    let s = Scratch::new("train-tbptt-def");
     let task = TaskSpec::Text {
         path: text_file(&s),
         seq_len: 9,
@@ -300,7 +283,7 @@ fn learns(task: TaskSpec, cell: Cell, steps: usize) {
 
 #[test]
 fn every_task_learns() {
-    let s = Scratch::new("tasks");
+    let s = Scratch::new("train-tasks");
     learns(add(), Cell::Lstm, 150);
     learns(
         TaskSpec::Copy {
@@ -415,7 +398,7 @@ fn xor_needs_a_hidden_layer() {
 
 #[test]
 fn checkpoints_and_sampling() {
-    let s = Scratch::new("ckpt");
+    let s = Scratch::new("train-ckpt");
     let ck = s.path("a.safetensors");
     let cfg = config(add(), model(Cell::Gru, 1, 0.0), Optimizer::adam(0.01));
     let mut t = Trainer::new(CpuBackend::<f32>::new(), cfg).unwrap();

@@ -93,6 +93,22 @@ impl<T: Clone> CpuTensor<T> {
         }
     }
 
+    /// Replaces every value with `data` (same length).
+    pub fn overwrite(&self, data: &[T]) -> Result<()>
+    where
+        T: Copy,
+    {
+        let mut g = self.write("write", "tensor")?;
+        if g.len() != data.len() {
+            return Err(Error::invalid(
+                "data",
+                format!("{} values for a tensor of {}", data.len(), g.len()),
+            ));
+        }
+        g.copy_from_slice(data);
+        Ok(())
+    }
+
     /// The same storage with another shape of the same number of elements.
     pub fn view(&self, shape: &[usize]) -> Result<Self> {
         let n = numel(shape);
@@ -177,27 +193,11 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn write(&self, t: &Self::Tensor, data: &[T]) -> Result<()> {
-        let mut g = t.write("write", "tensor")?;
-        if g.len() != data.len() {
-            return Err(Error::invalid(
-                "data",
-                format!("{} values for a tensor of {}", data.len(), g.len()),
-            ));
-        }
-        g.copy_from_slice(data);
-        Ok(())
+        t.overwrite(data)
     }
 
     fn write_ints(&self, t: &Self::Ints, data: &[i32]) -> Result<()> {
-        let mut g = t.write("write", "tensor")?;
-        if g.len() != data.len() {
-            return Err(Error::invalid(
-                "data",
-                format!("{} values for a tensor of {}", data.len(), g.len()),
-            ));
-        }
-        g.copy_from_slice(data);
-        Ok(())
+        t.overwrite(data)
     }
 
     fn fill(&self, t: &Self::Tensor, off: usize, n: usize, value: f64) -> Result<()> {

@@ -308,17 +308,8 @@ impl<B: Backend> SeqModel<B> {
     }
 
     fn ensure_ws(&mut self, steps: usize, batch: usize) -> Result<()> {
-        if let Some(i) = self
-            .ws
-            .iter()
-            .position(|w| w.steps == steps && w.batch == batch)
-        {
-            let ws = self.ws.remove(i);
-            self.ws.push(ws);
+        if super::reuse_workspace(&mut self.ws, 4, |w| w.steps == steps && w.batch == batch) {
             return Ok(());
-        }
-        if self.ws.len() >= 4 {
-            self.ws.remove(0);
         }
         let b = &self.backend;
         let (v, h, rows) = (self.config.vocab, self.config.hidden, steps * batch);
@@ -377,12 +368,7 @@ impl<B: Backend> SeqModel<B> {
                 b.embed_forward(&s, tokens, &self.params, &ws.x)?
             }
         }
-        let drop = train.filter(|_| cfg.dropout > 0.0).map(|t| LayerDropout {
-            p: cfg.dropout,
-            seed: t.seed,
-            step: t.step,
-            site: 0,
-        });
+        let drop = self.dropout_for(train);
         let (h0, c0) = match state {
             Some((h, c)) => (Some(h), c),
             None => (None, None),
@@ -419,41 +405,20 @@ impl<B: Backend> SeqModel<B> {
         stats: &B::Tensor,
         stats_off: usize,
     ) -> Result<ForwardOut<B>> {
-        let (steps, batch) = self.check_tokens("tokens", tokens)?;
-        expect_shape(
-            "targets",
-            "[T, B]",
-            &[steps, batch],
-            self.backend.int_shape(targets),
-        )?;
+        let (steps, batch) = self.check_targets(tokens, targets)?;
         let fwd = self.forward(tokens, state, train)?;
+        self.record_loss(targets, stats, stats_off, true)?;
         let Some(ws) = self.ws.last() else {
             return Err(Error::invalid("workspace", "missing after forward"));
         };
         let b = &self.backend;
         let cfg = self.config;
         let (v, h, rows) = (cfg.vocab, cfg.hidden, steps * batch);
-        let xent = XentBuffers {
-            loss: ws.xent.loss.clone(),
-            stats: ws.xent.stats.clone(),
-            summary: stats.clone(),
-            summary_off: stats_off,
-        };
-        let targets_flat = b.reshape_ints(targets, &[rows])?;
-        b.xent(
-            Rows { rows, cols: v },
-            &ws.logits,
-            &targets_flat,
-            IGNORE_INDEX,
-            1.0,
-            &xent,
-            Some(&ws.dlogits),
-        )?;
         // Decoder: logits = top · Wᵀ + b.
         let w_off = self.offset("decoder.weight")?;
         let b_off = self.offset("decoder.bias")?;
-        let top = match &ws.top {
-            Some(t) if train.is_some() && cfg.dropout > 0.0 => t.clone(),
+        let top = match (self.dropout_for(train), &ws.top) {
+            (Some(_), Some(t)) => t.clone(),
             _ => self.rnn_output()?,
         };
         b.gemm(
@@ -476,14 +441,8 @@ impl<B: Backend> SeqModel<B> {
             ..ColSum::new(rows, v)
         };
         b.sum_cols(&cs, &ws.dlogits, &self.grads)?;
-        let dout = match (train, &ws.dtop) {
-            (Some(t), Some(dtop)) if cfg.dropout > 0.0 => {
-                let d = LayerDropout {
-                    p: cfg.dropout,
-                    seed: t.seed,
-                    step: t.step,
-                    site: 0,
-                };
+        let dout = match (self.dropout_for(train), &ws.dtop) {
+            (Some(d), Some(dtop)) => {
                 b.dropout(&output_dropout(d, rows * h), &ws.dh, dtop)?;
                 dtop.clone()
             }
@@ -512,6 +471,14 @@ impl<B: Backend> SeqModel<B> {
         stats: &B::Tensor,
         stats_off: usize,
     ) -> Result<ForwardOut<B>> {
+        self.check_targets(tokens, targets)?;
+        let fwd = self.forward(tokens, None, None)?;
+        self.record_loss(targets, stats, stats_off, false)?;
+        Ok(fwd)
+    }
+
+    /// `(T, B)` of `tokens`, after checking that `targets` has the same shape.
+    fn check_targets(&self, tokens: &B::Ints, targets: &B::Ints) -> Result<(usize, usize)> {
         let (steps, batch) = self.check_tokens("tokens", tokens)?;
         expect_shape(
             "targets",
@@ -519,11 +486,35 @@ impl<B: Backend> SeqModel<B> {
             &[steps, batch],
             self.backend.int_shape(targets),
         )?;
-        let fwd = self.forward(tokens, None, None)?;
+        Ok((steps, batch))
+    }
+
+    /// The dropout of a training forward (none when evaluating or with p = 0).
+    fn dropout_for(&self, train: Option<Train>) -> Option<LayerDropout> {
+        train
+            .filter(|_| self.config.dropout > 0.0)
+            .map(|t| LayerDropout {
+                p: self.config.dropout,
+                seed: t.seed,
+                step: t.step,
+                site: 0,
+            })
+    }
+
+    /// Records the cross-entropy of the last forward's logits against
+    /// `targets`, its summary into `stats` at `stats_off`, and with `grad` the
+    /// gradient of the logits.
+    fn record_loss(
+        &self,
+        targets: &B::Ints,
+        stats: &B::Tensor,
+        stats_off: usize,
+        grad: bool,
+    ) -> Result<()> {
         let Some(ws) = self.ws.last() else {
             return Err(Error::invalid("workspace", "missing after forward"));
         };
-        let rows = steps * batch;
+        let rows = ws.steps * ws.batch;
         let xent = XentBuffers {
             loss: ws.xent.loss.clone(),
             stats: ws.xent.stats.clone(),
@@ -535,6 +526,7 @@ impl<B: Backend> SeqModel<B> {
             rows,
             cols: self.config.vocab,
         };
+        let dlogits = grad.then_some(&ws.dlogits);
         self.backend.xent(
             shape,
             &ws.logits,
@@ -542,9 +534,8 @@ impl<B: Backend> SeqModel<B> {
             IGNORE_INDEX,
             1.0,
             &xent,
-            None,
-        )?;
-        Ok(fwd)
+            dlogits,
+        )
     }
 
     fn rnn_output(&self) -> Result<B::Tensor> {

@@ -419,17 +419,10 @@ impl<B: Backend> Rnn<B> {
     }
 
     fn ensure_workspace(&mut self, steps: usize, batch: usize) -> Result<()> {
-        if let Some(i) = self
-            .ws
-            .iter()
-            .position(|w| w.steps == steps && w.batch == batch)
-        {
-            let ws = self.ws.remove(i);
-            self.ws.push(ws);
+        if super::reuse_workspace(&mut self.ws, WORKSPACES_KEPT, |w| {
+            w.steps == steps && w.batch == batch
+        }) {
             return Ok(());
-        }
-        if self.ws.len() >= WORKSPACES_KEPT {
-            self.ws.remove(0);
         }
         let b = &self.backend;
         let c = &self.config;
@@ -564,11 +557,7 @@ impl<B: Backend> Rnn<B> {
             }
         }
         for l in 0..cfg.num_layers {
-            let input = if l == 0 {
-                x.clone()
-            } else {
-                layer_input(&ws.layers[l - 1], dropout.is_some())?
-            };
+            let input = layer_input(&ws.layers, l, x, dropout.is_some())?;
             let in_size = cfg.layer_input(l);
             let layer = &ws.layers[l];
             for (d, dw) in layer.dirs.iter().enumerate() {
@@ -702,11 +691,7 @@ impl<B: Backend> Rnn<B> {
                     _ => ws.layers[l + 1].dx.clone(),
                 }
             };
-            let input = if l == 0 {
-                input0.clone()
-            } else {
-                layer_input(&ws.layers[l - 1], dropout.is_some())?
-            };
+            let input = layer_input(&ws.layers, l, &input0, dropout.is_some())?;
             let in_size = cfg.layer_input(l);
             let layer = &ws.layers[l];
             for (d, dw) in layer.dirs.iter().enumerate() {
@@ -837,8 +822,17 @@ impl<B: Backend> Rnn<B> {
     }
 }
 
-/// The tensor layer `l + 1` reads: the output of layer `l`, masked when dropout is on.
-fn layer_input<B: Backend>(below: &LayerWs<B>, dropout: bool) -> Result<B::Tensor> {
+/// The tensor layer `l` reads: the stack's input `x` for the first layer, else
+/// the output of the layer below, masked when dropout is on.
+fn layer_input<B: Backend>(
+    layers: &[LayerWs<B>],
+    l: usize,
+    x: &B::Tensor,
+    dropout: bool,
+) -> Result<B::Tensor> {
+    let Some(below) = l.checked_sub(1).and_then(|i| layers.get(i)) else {
+        return Ok(x.clone());
+    };
     match (dropout, &below.dropped) {
         (false, _) => Ok(below.out.clone()),
         (true, Some(d)) => Ok(d.clone()),

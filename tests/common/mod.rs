@@ -2,6 +2,7 @@
 //! missing adapter is a failure, never a skip.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use rnn_wgpu::backend::GpuBackend;
@@ -47,11 +48,7 @@ pub fn gpu() -> Option<GpuBackend> {
 /// A context of its own with a lowered per-dimension workgroup limit, so the
 /// grid folding paths run on small shapes.
 pub fn gpu_with_fold(max_per_dim: u32) -> Option<GpuBackend> {
-    gpu_ctx()?;
-    let mut opts = ContextOptions::from_env().ok()?;
-    opts.max_workgroups_per_dim = Some(max_per_dim);
-    let ctx = GpuContext::new(opts).unwrap_or_else(|e| panic!("second context: {e}"));
-    Some(GpuBackend::new(Arc::new(ctx)).unwrap_or_else(|e| panic!("backend: {e}")))
+    own_gpu(|o| o.max_workgroups_per_dim = Some(max_per_dim)).map(|(_, g)| g)
 }
 
 /// Returns early from a GPU test when there is no adapter (outside CI).
@@ -63,4 +60,38 @@ macro_rules! gpu_or_skip {
             None => return,
         }
     };
+}
+
+/// A context of its own (so counters and device loss touch only this test),
+/// with options edited by `edit`; `None` when there is no adapter.
+pub fn own_gpu(edit: impl FnOnce(&mut ContextOptions)) -> Option<(Arc<GpuContext>, GpuBackend)> {
+    gpu_ctx()?;
+    let mut opts = ContextOptions::from_env().ok()?;
+    edit(&mut opts);
+    let ctx = Arc::new(GpuContext::new(opts).unwrap_or_else(|e| panic!("second context: {e}")));
+    let gpu = GpuBackend::new(ctx.clone()).unwrap_or_else(|e| panic!("backend: {e}"));
+    Some((ctx, gpu))
+}
+
+/// A temporary directory removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh directory named after `tag` and the process.
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("rnn-wgpu-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+
+    /// A path inside it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
