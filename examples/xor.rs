@@ -31,6 +31,7 @@ fn train<B: Backend>(b: &B, widths: &[usize]) -> rnn_wgpu::Result<()> {
             lr: 0.05,
             max_norm: None,
             norm_idx: 6,
+            loss_idx: None,
         };
         b.optim_update(&opt, &spec, mlp.params(), mlp.grads(), &s1, &s2, &stats)?;
     }

@@ -1,9 +1,10 @@
 // optim.wgsl: optimizer updates with PyTorch's rules, and gradient clipping by
 // global norm, applied without a host round trip.
 //
-// stats[norm_idx] holds the sum of squared gradients (reduce.wgsl). Every
-// update first forms norm = sqrt(stats[norm_idx]); if it is not finite the
-// whole update is skipped (parameters and state untouched) and the host,
+// stats[norm_idx] holds the sum of squared gradients (reduce.wgsl) and, when
+// loss_idx is not NO_LOSS, stats[loss_idx] the loss. Every update first forms
+// norm = sqrt(stats[norm_idx]); if it (or the loss) is not finite the whole
+// update is skipped (parameters and state untouched) and the host,
 // reading the same stats, reports it. With max_norm > 0 the gradient is
 // scaled by min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_).
 // CPU twin: ops::optim.
@@ -23,9 +24,11 @@ struct Params {
     max_norm: f32,
     bias_c1: f32,      // Adam: 1 - beta1^step
     bias_c2_sqrt: f32, // Adam: sqrt(1 - beta2^step)
-    _pad0: u32,
+    loss_idx: u32,     // NO_LOSS: no loss to check
     _pad1: u32,
 }
+
+const NO_LOSS: u32 = 0xffffffffu;
 
 const NESTEROV: u32 = 1u;
 const CENTERED: u32 = 2u;
@@ -46,6 +49,9 @@ fn is_finite(v: f32) -> bool {
 fn clip_coef() -> f32 {
     let norm = sqrt(stats[p.norm_idx]);
     if (!is_finite(norm)) {
+        return -1.0;
+    }
+    if (p.loss_idx != NO_LOSS && !is_finite(stats[p.loss_idx])) {
         return -1.0;
     }
     if (p.max_norm > 0.0) {

@@ -122,7 +122,12 @@ impl View for &HostTensor {
 /// Reads every tensor of a safetensors file (F32, F64, I32 and I64 are supported).
 pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
+    parse_safetensors(&bytes, path)
+}
+
+/// Parses safetensors `bytes` read from `path` (named in errors).
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<TensorMap> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
     let mut out = TensorMap::new();
     for (name, view) in st.tensors() {

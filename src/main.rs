@@ -150,9 +150,10 @@ struct TrainArgs {
     /// Truncated BPTT: backpropagate K2 >= K steps (default K).
     #[arg(long)]
     bptt_k2: Option<usize>,
-    /// Training steps.
-    #[arg(long, default_value_t = 5000)]
-    steps: u64,
+    /// Training steps (default 5000; with --resume, the checkpoint's total,
+    /// and a larger value trains further).
+    #[arg(long)]
+    steps: Option<u64>,
     /// Optimizer (PyTorch's rules and defaults; momentum/nesterov use 0.9).
     #[arg(long, value_enum, default_value = "adam")]
     optimizer: OptimArg,
@@ -349,6 +350,9 @@ enum Cmd {
     Gradcheck(GradcheckArgs),
 }
 
+/// The largest stack (parameters, or T·B) `gradcheck` accepts.
+const GRADCHECK_MAX: usize = 100_000;
+
 fn gradcheck(a: GradcheckArgs) -> rnn_wgpu::Result<bool> {
     let GradcheckArgs {
         cell,
@@ -388,6 +392,18 @@ fn gradcheck(a: GradcheckArgs) -> rnn_wgpu::Result<bool> {
         let cfg = RnnConfig::new(cell, input, hidden)
             .layers(layers)
             .bidirectional(bidirectional);
+        cfg.validate()?;
+        // Finite differences cost two forwards per probe: keep it to small stacks.
+        let params = cfg.layout().total;
+        if params > GRADCHECK_MAX || steps.saturating_mul(batch) > GRADCHECK_MAX {
+            return Err(rnn_wgpu::Error::invalid(
+                "gradcheck",
+                format!(
+                    "is for small stacks: {params} parameters and T·B = {}; at most {GRADCHECK_MAX} each",
+                    steps.saturating_mul(batch)
+                ),
+            ));
+        }
         let mut case = RnnCase::new(cfg, steps, batch, seed).with_states();
         if lengths {
             let l = (0..batch).map(|b| (steps - (b % steps)) as i32).collect();
@@ -425,6 +441,7 @@ fn train(a: TrainArgs) -> rnn_wgpu::Result<bool> {
         },
     };
     let name = task.name();
+    let steps = a.steps.unwrap_or(5000);
     let optimizer = match a.optimizer {
         OptimArg::Sgd => Optimizer::sgd(a.lr),
         OptimArg::Momentum => Optimizer::momentum(a.lr, 0.9, false),
@@ -470,10 +487,10 @@ fn train(a: TrainArgs) -> rnn_wgpu::Result<bool> {
             init: Init::parse(&a.init)?,
         },
         batch: a.batch,
-        steps: a.steps,
+        steps,
         bptt,
         optimizer,
-        schedule: Schedule::parse(&a.schedule, a.steps)?,
+        schedule: Schedule::parse(&a.schedule, steps)?,
         clip: (a.clip > 0.0).then_some(a.clip),
         seed: a.seed,
         non_finite: match a.non_finite {
@@ -501,7 +518,8 @@ fn train(a: TrainArgs) -> rnn_wgpu::Result<bool> {
         save_every: a.save_every,
         resume: a.resume,
         plot: Some(plot),
-        eval_every: a.eval_every.unwrap_or((a.steps / 10).max(1)),
+        eval_every: a.eval_every.unwrap_or((steps / 10).max(1)),
+        extend_to: a.steps,
         time_limit: a.time_limit,
         progress: true,
     };

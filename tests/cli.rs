@@ -375,10 +375,28 @@ fn train_resume_and_sample_end_to_end() {
     let (ok, err) = train(&s.0, &["--json"]);
     assert!(ok, "{err}");
     assert!(s.path("run.safetensors").exists() && s.path("loss.svg").exists());
+    // Resuming a finished run without --steps keeps its total.
+    let ck_arg = s.path("run.safetensors").display().to_string();
+    let plot_arg = s.path("loss.svg").display().to_string();
+    let (ok, err) = run(&[
+        "train",
+        "--backend",
+        "cpu",
+        "--resume",
+        "--checkpoint",
+        &ck_arg,
+        "--plot",
+        &plot_arg,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("resumed") && err.contains("done: 3 steps"),
+        "{err}"
+    );
     let (ok, err) = train(&s.0, &["--resume", "--steps", "5"]);
     assert!(ok, "{err}");
     assert!(
-        err.contains("resumed") && err.contains("at step 3"),
+        err.contains("resumed") && err.contains("at step 3") && err.contains("done: 5 steps"),
         "{err}"
     );
     let ck = s.path("run.safetensors").display().to_string();

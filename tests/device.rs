@@ -120,3 +120,29 @@ fn one_dispatch_per_layer_direction_and_step() {
         assert_eq!(dispatches, forward + backward, "{}", cell.name());
     }
 }
+
+/// Aliasing: a dispatch writing a buffer it also reads is refused before
+/// anything is submitted (as the CPU refuses it); a copy within one buffer
+/// behaves as on the CPU (memmove).
+#[test]
+fn aliasing_is_refused_or_handled_like_the_cpu() {
+    use rnn_wgpu::backend::CpuBackend;
+    use rnn_wgpu::ops::matmul::Gemm;
+    let gpu = gpu_or_skip!();
+    let a = gpu.tensor_f32(&[4], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    let err = gpu.gemm(&Gemm::nn(2, 2, 2), &a, &a, None, &a).unwrap_err();
+    assert!(matches!(err, Error::Aliasing { .. }), "{err}");
+    let cpu = CpuBackend::<f32>::new();
+    let c = cpu.tensor_f32(&[4], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    assert!(matches!(
+        cpu.gemm(&Gemm::nn(2, 2, 2), &c, &c, None, &c),
+        Err(Error::Aliasing { .. })
+    ));
+    // The GPU is still usable, and overlapping copies match the CPU.
+    let v: Vec<f32> = (0..10).map(|i| i as f32).collect();
+    let g = gpu.tensor_f32(&[10], &v).unwrap();
+    let h = cpu.tensor_f32(&[10], &v).unwrap();
+    gpu.copy(&g, 0, &g, 3, 6).unwrap();
+    cpu.copy(&h, 0, &h, 3, 6).unwrap();
+    assert_eq!(gpu.read(&g).unwrap(), cpu.read(&h).unwrap());
+}

@@ -112,6 +112,7 @@ fn trajectory<B: Backend>(b: &B, c: &Case) -> Vec<Vec<f64>> {
             lr: c.opt.lr(),
             max_norm: c.clip,
             norm_idx: 1,
+            loss_idx: None,
         };
         b.optim_update(&c.opt, &spec, &params, &grads, &s1, &s2, &stats)
             .unwrap();
@@ -188,6 +189,7 @@ fn non_finite_gradients_skip_the_update() {
             lr: 0.1,
             max_norm: Some(1.0),
             norm_idx: 0,
+            loss_idx: None,
         };
         b.optim_update(&opt, &spec, &params, &grads, &s1, &s2, &stats)
             .unwrap();
@@ -212,5 +214,40 @@ fn non_finite_gradients_skip_the_update() {
     {
         assert!(moved.iter().all(|&d| d == 0.0), "parameters changed");
         assert!(state.iter().all(|&s| s == 0.0), "optimizer state changed");
+    }
+}
+
+/// A non-finite loss skips the update even when the gradients are finite.
+#[test]
+fn non_finite_loss_skips_the_update() {
+    fn run<B: Backend>(b: &B) -> bool {
+        let n = 64;
+        let opt = Optimizer::sgd(0.5);
+        let p0 = uniform(3, n, -1.0, 1.0);
+        let params = b.tensor_f64(&[n], &p0).unwrap();
+        let grads = b.tensor_f64(&[n], &uniform(4, n, -1.0, 1.0)).unwrap();
+        let stats = b.tensor_f64(&[2], &[f64::INFINITY, 0.0]).unwrap();
+        b.reduce(ReduceOp::SumSquares, &grads, 0, n, &stats, 1, false)
+            .unwrap();
+        let (s1, s2) = (b.zeros(&[1]).unwrap(), b.zeros(&[1]).unwrap());
+        let spec = UpdateSpec {
+            n,
+            step: 1,
+            lr: 0.5,
+            max_norm: None,
+            norm_idx: 1,
+            loss_idx: Some(0),
+        };
+        b.optim_update(&opt, &spec, &params, &grads, &s1, &s2, &stats)
+            .unwrap();
+        let after = b.read_f64(&params).unwrap();
+        after.iter().zip(&p0).all(|(a, p)| *a == *p as f32 as f64)
+    }
+    assert!(
+        run(&CpuBackend::<f32>::new()),
+        "CPU applied an update with an infinite loss"
+    );
+    if let Some(gpu) = common::gpu() {
+        assert!(run(&gpu), "GPU applied an update with an infinite loss");
     }
 }

@@ -375,6 +375,7 @@ fn xor_needs_a_hidden_layer() {
                 lr: 0.05,
                 max_norm: None,
                 norm_idx: 6,
+                loss_idx: None,
             };
             b.optim_update(&opt, &spec, mlp.params(), mlp.grads(), &s1, &s2, &stats)
                 .unwrap();

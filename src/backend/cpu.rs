@@ -24,15 +24,22 @@ pub struct CpuTensor<T> {
     shape: Vec<usize>,
 }
 
+/// An empty vector with room for `n` elements, or an error (never an abort)
+/// when the host cannot provide it.
+pub(crate) fn host_vec<T>(n: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        op: format!("allocating {n} elements on the host"),
+    })?;
+    Ok(v)
+}
+
 /// A zero-filled vector of `n` elements, or an error (never an abort) when the
 /// host cannot provide it.
 pub(crate) fn host_zeros<T: Clone + Default>(shape: &[usize]) -> Result<Vec<T>> {
     let n = checked_numel(shape)
         .ok_or_else(|| Error::invalid("shape", format!("{shape:?} is too large")))?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
-        op: format!("allocating {n} elements on the host"),
-    })?;
+    let mut v = host_vec(n)?;
     v.resize(n, T::default());
     Ok(v)
 }
@@ -317,7 +324,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         )?;
         let mut summary = out.summary.write("cross_entropy", "summary")?;
         let off = out.summary_off;
-        if summary.len() < off + SUMMARY_LEN {
+        if summary.len() < off.saturating_add(SUMMARY_LEN) {
             return Err(Error::invalid(
                 "summary",
                 format!("needs {SUMMARY_LEN} elements at offset {off}"),

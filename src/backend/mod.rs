@@ -16,6 +16,7 @@ mod gpu;
 
 pub use choice::{BackendChoice, Chosen, choose};
 pub use cpu::{CpuBackend, CpuTensor};
+pub(crate) use cpu::{host_vec, host_zeros};
 pub use gpu::GpuBackend;
 
 use std::fmt::Debug;

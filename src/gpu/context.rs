@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::adapter::{AdapterSummary, ContextOptions, choose_adapter, new_instance};
-use super::kernel::{Kernel, KernelSpec, PARAM_WINDOW, PipelineKey, Shader, bind_group_layout};
+use super::kernel::{
+    Access, Kernel, KernelSpec, PARAM_WINDOW, PipelineKey, Shader, bind_group_layout,
+};
 use crate::error::{Error, Result};
 
 /// Shared device health, written by wgpu's callbacks.
@@ -41,7 +43,8 @@ pub struct Counters {
 enum Cmd {
     Dispatch {
         kernel: Arc<Kernel>,
-        buffers: Vec<wgpu::Buffer>,
+        // The kernel and its buffers: also the key of its cached bind group.
+        key: BindKey,
         param_offset: u32,
         groups: [u32; 3],
     },
@@ -64,7 +67,7 @@ struct Arena {
     buffer: wgpu::Buffer,
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct BindKey {
     kernel: u64,
     buffers: Vec<wgpu::Buffer>,
@@ -76,11 +79,18 @@ struct Pending {
     cmds: Vec<Cmd>,
     params: Vec<u8>,
     arena: Option<Arena>,
-    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
+    // Cached bind groups and the flush that last used each. A bind group holds
+    // its buffers alive, so unused ones are dropped after a few flushes.
+    bind_groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
+    flushes: u64,
 }
 
-/// Bind groups kept before the cache is cleared (each holds its buffers alive).
-const BIND_GROUP_CACHE: usize = 1024;
+/// Bind groups kept before the cache is cleared outright.
+const BIND_GROUP_CACHE: usize = 4096;
+
+/// Flushes a cached bind group may go unused before it (and its hold on its
+/// buffers) is dropped.
+const BIND_GROUP_IDLE_FLUSHES: u64 = 8;
 
 /// Owns everything GPU-side. Cheap to share behind an `Arc`; safe to use from several threads.
 #[derive(Debug)]
@@ -548,6 +558,8 @@ impl GpuContext {
         if pending.bind_groups.len() > BIND_GROUP_CACHE {
             pending.bind_groups.clear();
         }
+        pending.flushes += 1;
+        let now = pending.flushes;
 
         let mut encoder = self
             .device
@@ -563,20 +575,24 @@ impl GpuContext {
                     });
                     while let Some(Cmd::Dispatch {
                         kernel,
-                        buffers,
+                        key,
                         param_offset,
                         groups,
                     }) = cmds.get(i)
                     {
-                        let key = BindKey {
-                            kernel: kernel.id,
-                            buffers: buffers.clone(),
+                        let bind_group = match pending.bind_groups.get_mut(key) {
+                            Some((group, used)) => {
+                                *used = now;
+                                group.clone()
+                            }
+                            None => {
+                                let group = self.bind_group(kernel, &arena, &key.buffers);
+                                pending
+                                    .bind_groups
+                                    .insert(key.clone(), (group.clone(), now));
+                                group
+                            }
                         };
-                        let bind_group = pending
-                            .bind_groups
-                            .entry(key)
-                            .or_insert_with(|| self.bind_group(kernel, &arena, buffers))
-                            .clone();
                         pass.set_pipeline(&kernel.pipeline);
                         pass.set_bind_group(0, &bind_group, &[*param_offset]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -604,6 +620,9 @@ impl GpuContext {
                 }
             }
         }
+        pending
+            .bind_groups
+            .retain(|_, (_, used)| *used + BIND_GROUP_IDLE_FLUSHES >= now);
         self.queue.submit([encoder.finish()]);
         self.submits.fetch_add(1, Ordering::Relaxed);
         self.dispatches.fetch_add(n_dispatch, Ordering::Relaxed);
@@ -753,14 +772,36 @@ impl Recorder<'_> {
         for b in buffers {
             self.ctx.check_binding_size(spec.entry, b.size())?;
         }
+        // A buffer written by a dispatch may not be bound to it a second time
+        // (wgpu would reject the whole submission at flush).
+        for (i, (&(_, access), b)) in spec.bindings.iter().zip(buffers).enumerate() {
+            if access == Access::ReadWrite
+                && let Some(j) = buffers
+                    .iter()
+                    .enumerate()
+                    .position(|(j, o)| j != i && o == b)
+            {
+                return Err(Error::Aliasing {
+                    op: spec.entry.into(),
+                    arg: format!(
+                        "binding {} (also bound at {})",
+                        spec.bindings[j].0, spec.bindings[i].0
+                    ),
+                });
+            }
+        }
         let kernel = self.ctx.kernel(spec, constants)?;
         let align = self.ctx.param_align;
         let offset = self.params.len().div_ceil(align) * align;
         self.params.resize(offset, 0);
         self.params.extend_from_slice(bytes);
+        let key = BindKey {
+            kernel: kernel.id,
+            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
+        };
         self.cmds.push(Cmd::Dispatch {
             kernel,
-            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
+            key,
             param_offset: offset as u32,
             groups,
         });

@@ -226,7 +226,8 @@ pub fn run_case<B: Backend>(
             .transpose()?;
         grads = rnn.zeros_like_params()?;
         input_grads = rnn.backward(go.as_ref(), ghn.as_ref(), gcn.as_ref(), &grads)?;
-        list.extend([&input_grads.input, &input_grads.h0, &grads]);
+        list.extend(input_grads.input.as_ref());
+        list.extend([&input_grads.h0, &grads]);
         list.extend(input_grads.c0.as_ref());
     }
     // One readback for everything.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::params::ParamLayout;
 use super::rnn::{LayerDropout, MAX_DIM, Rnn, RnnConfig, check_index_range};
-use crate::backend::{Backend, XentBuffers, expect_shape};
+use crate::backend::{Backend, XentBuffers, expect_shape, host_zeros};
 use crate::error::{Error, Result};
 use crate::ops::cell::Cell;
 use crate::ops::dropout::{DropoutKey, DropoutSpec};
@@ -86,6 +86,9 @@ impl Init {
     }
 }
 
+/// The largest vocabulary fed as one-hot vectors (the identity table is V×V).
+pub const MAX_ONE_HOT: usize = 4096;
+
 /// The site number of the dropout before the decoder (inner layers use 0..L-1).
 const OUTPUT_DROPOUT_SITE: u32 = 1 << 16;
 
@@ -118,6 +121,16 @@ impl ModelConfig {
             return Err(Error::invalid(
                 "dropout",
                 format!("{} is outside [0, 1)", self.dropout),
+            ));
+        }
+        if self.input == InputEncoding::OneHot && self.vocab > MAX_ONE_HOT {
+            return Err(Error::invalid(
+                "embedding",
+                format!(
+                    "one-hot input is for vocabularies of at most {MAX_ONE_HOT} symbols \
+                     (this one has {}); use an embedding",
+                    self.vocab
+                ),
             ));
         }
         for (arg, v) in [
@@ -156,7 +169,7 @@ impl ModelConfig {
         self.validate()?;
         let layout = self.layout();
         let mut r = rng(seed);
-        let mut v = vec![0.0; layout.total];
+        let mut v: Vec<f64> = host_zeros(&[layout.total])?;
         let k = 1.0 / (self.hidden as f64).sqrt();
         for e in &layout.entries {
             let out = &mut v[e.range()];
@@ -250,7 +263,9 @@ impl<B: Backend> SeqModel<B> {
             .get("rnn.weight_ih_l0")
             .map(|e| e.offset)
             .ok_or_else(|| Error::invalid("layout", "has no recurrent stack"))?;
-        let rnn = Rnn::shared(backend.clone(), config.rnn(), params.clone(), rnn_offset)?;
+        let mut rnn = Rnn::shared(backend.clone(), config.rnn(), params.clone(), rnn_offset)?;
+        // One-hot inputs are constants: their gradient would be thrown away.
+        rnn.set_input_gradient(config.input != InputEncoding::OneHot);
         let onehot = match config.input {
             InputEncoding::OneHot => {
                 let v = config.vocab;
@@ -450,14 +465,14 @@ impl<B: Backend> SeqModel<B> {
         };
         let dout = b.reshape(&dout, &[steps, batch, h])?;
         let g = self.rnn.backward(Some(&dout), None, None, &self.grads)?;
-        if self.onehot.is_none() {
+        if let (None, Some(d_input)) = (&self.onehot, &g.input) {
             let s = EmbedSpec {
                 n: rows,
                 e: cfg.input_width(),
                 v,
                 table_off: self.offset("embedding.weight")?,
             };
-            b.embed_backward(&s, tokens, &g.input, &self.grads, true)?;
+            b.embed_backward(&s, tokens, d_input, &self.grads, true)?;
         }
         Ok(fwd)
     }

@@ -294,8 +294,9 @@ pub struct RnnOutput<B: Backend> {
 /// accumulated into the caller's flat buffer).
 #[derive(Clone, Debug)]
 pub struct RnnInputGrads<B: Backend> {
-    /// `[T, B, I]`
-    pub input: B::Tensor,
+    /// `[T, B, I]`; `None` when input gradients are turned off
+    /// ([`Rnn::set_input_gradient`]).
+    pub input: Option<B::Tensor>,
     /// `[L·D, B, H]`
     pub h0: B::Tensor,
     /// `[L·D, B, H]` (LSTM)
@@ -311,6 +312,7 @@ pub struct Rnn<B: Backend> {
     backend: B,
     params: B::Tensor,
     offset: usize,
+    input_grad: bool,
     // Workspaces for the last few (T, B) shapes, most recent last; the last
     // one belongs to the last forward (and its backward).
     ws: Vec<Workspace<B>>,
@@ -360,7 +362,7 @@ impl<B: Backend> Rnn<B> {
         config.validate()?;
         let layout = config.layout();
         let len = backend.numel(&params);
-        if offset + layout.total > len {
+        if offset.saturating_add(layout.total) > len {
             return Err(Error::invalid(
                 "parameters",
                 format!(
@@ -375,8 +377,16 @@ impl<B: Backend> Rnn<B> {
             backend,
             params,
             offset,
+            input_grad: true,
             ws: Vec::new(),
         })
+    }
+
+    /// Whether [`Rnn::backward`] computes the gradient of the input (on by
+    /// default; a model fed one-hot vectors has no use for it, and skipping it
+    /// saves a `[T·B, G·H] × [G·H, I]` matmul per direction).
+    pub fn set_input_gradient(&mut self, on: bool) {
+        self.input_grad = on;
     }
 
     /// The output `[T, B, D·H]` of the last forward, if any.
@@ -762,15 +772,18 @@ impl<B: Backend> Rnn<B> {
                     };
                     b.sum_cols(&cs, src, param_grads)?;
                 }
-                // Gradient of this layer's input, summed over directions.
-                let g = Gemm::nn(rows, in_size, gh)
-                    .offsets(0, p.w_ih, 0)
-                    .accumulating(d > 0);
-                b.gemm(&g, dgx, &self.params, None, &layer.dx)?;
+                // Gradient of this layer's input, summed over directions
+                // (for the first layer only when the caller wants it).
+                if l > 0 || self.input_grad {
+                    let g = Gemm::nn(rows, in_size, gh)
+                        .offsets(0, p.w_ih, 0)
+                        .accumulating(d > 0);
+                    b.gemm(&g, dgx, &self.params, None, &layer.dx)?;
+                }
             }
         }
         Ok(RnnInputGrads {
-            input: ws.layers[0].dx.clone(),
+            input: self.input_grad.then(|| ws.layers[0].dx.clone()),
             h0: ws.grad_h0.clone(),
             c0: ws.grad_c0.clone(),
         })

@@ -269,7 +269,7 @@ fn check_span(arg: &str, off: usize, n: usize, len: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::invalid("activation n", "must be at least 1"));
     }
-    if off + n > len {
+    if off.checked_add(n).is_none_or(|end| end > len) {
         return Err(Error::invalid(
             arg,
             format!("{n} elements at offset {off} do not fit in {len}"),

@@ -181,7 +181,7 @@ impl StepSpec {
                 format!("{} >= T = {t}", self.t),
             ));
         }
-        if self.out_col + h > self.out_ld {
+        if self.out_col.saturating_add(h) > self.out_ld {
             return Err(Error::invalid(
                 "cell step out_col",
                 format!(
@@ -208,29 +208,45 @@ impl StepSpec {
                 ));
             }
         }
-        let gh = cell.gates() * h;
-        Self::need("weights (W_hh)", self.whh_off + gh * h, lens.weights)?;
-        Self::need("weights (b_hh)", self.bhh_off + gh, lens.weights)?;
-        Self::need("hs", (t + 1) * b * h, lens.hs)?;
+        // Saturating products: an absurd size fails the length check instead of wrapping.
+        let m = |xs: &[usize]| xs.iter().fold(1usize, |acc, &x| acc.saturating_mul(x));
+        let gh = m(&[cell.gates(), h]);
+        Self::need(
+            "weights (W_hh)",
+            m(&[gh, h]).saturating_add(self.whh_off),
+            lens.weights,
+        )?;
+        Self::need(
+            "weights (b_hh)",
+            gh.saturating_add(self.bhh_off),
+            lens.weights,
+        )?;
+        let slots = m(&[t.saturating_add(1), b, h]);
+        Self::need("hs", slots, lens.hs)?;
         if let Some(len) = lens.lengths {
             Self::need("lengths", b, len)?;
         }
         if cell.has_cell_state() {
-            Self::need("cs", (t + 1) * b * h, lens.cs.unwrap_or(0))?;
+            Self::need("cs", slots, lens.cs.unwrap_or(0))?;
         }
         if cell.saved() > 0 {
-            Self::need("gates", t * b * cell.saved() * h, lens.gates.unwrap_or(0))?;
+            Self::need(
+                "gates",
+                m(&[t, b, cell.saved(), h]),
+                lens.gates.unwrap_or(0),
+            )?;
         }
-        let out_len = t * b * self.out_ld;
+        let out_len = m(&[t, b, self.out_ld]);
+        let per_step = m(&[t, b, gh]);
         if backward {
             Self::need("dout", out_len, lens.out)?;
-            Self::need("dgh", t * b * gh, lens.dgh)?;
+            Self::need("dgh", per_step, lens.dgh)?;
             if cell == Cell::Gru {
-                Self::need("dgx", t * b * gh, lens.dgx.unwrap_or(0))?;
+                Self::need("dgx", per_step, lens.dgx.unwrap_or(0))?;
             }
-            Self::need("carry", 4 * b * h, lens.carry)?;
+            Self::need("carry", m(&[4, b, h]), lens.carry)?;
         } else {
-            Self::need("xg", t * b * gh, lens.xg)?;
+            Self::need("xg", per_step, lens.xg)?;
             Self::need("out", out_len, lens.out)?;
         }
         Ok(())
@@ -629,18 +645,19 @@ pub fn backward_step_cpu<T: Real>(
         let row = (s.t * bsz + b) * gh;
         let srow = (s.t * bsz + b) * 4 * h;
         let hr = b * h..(b + 1) * h;
-        // dh of this step's output state: from the later step, the carry and the output.
-        let mut dh: Vec<T> = acc[hr.clone()]
-            .iter()
-            .zip(&dh_in[hr.clone()])
-            .map(|(a, c)| *a + *c)
-            .collect();
+        // dh of this step's output state: from the later step, the carry and
+        // the output (accumulated in place in `acc`).
+        let dh = &mut acc[hr.clone()];
+        for (d, c) in dh.iter_mut().zip(&dh_in[hr.clone()]) {
+            *d += *c;
+        }
         if live {
             let o = s.out_index(b, 0);
             for (d, g) in dh.iter_mut().zip(&dout[o..o + h]) {
                 *d += *g;
             }
         }
+        let dh = &*dh;
         let dgh_row = &mut dgh[row..row + gh];
         if !live {
             // Past the row's length: the step is the identity.
@@ -648,7 +665,7 @@ pub fn backward_step_cpu<T: Real>(
             if let Some(dgx) = dgx.as_deref_mut() {
                 dgx[row..row + gh].fill(T::zero());
             }
-            dh_out[hr.clone()].copy_from_slice(&dh);
+            dh_out[hr.clone()].copy_from_slice(dh);
             if cell.has_cell_state() {
                 dc_out[hr.clone()].copy_from_slice(&dc_in[hr]);
             }
@@ -660,7 +677,7 @@ pub fn backward_step_cpu<T: Real>(
                     return Err(missing("cs/gates", cell));
                 };
                 lstm_backward_row(
-                    &dh,
+                    dh,
                     &dc_in[hr.clone()],
                     &gates[srow..srow + 4 * h],
                     &cs[prev + b * h..prev + (b + 1) * h],
@@ -675,7 +692,7 @@ pub fn backward_step_cpu<T: Real>(
                     return Err(missing("gates/dgx", cell));
                 };
                 gru_backward_row(
-                    &dh,
+                    dh,
                     &gates[srow..srow + 4 * h],
                     &hs[prev + b * h..prev + (b + 1) * h],
                     &mut dgx[row..row + gh],
@@ -685,7 +702,7 @@ pub fn backward_step_cpu<T: Real>(
             }
             Cell::Rnn(_) => {
                 let h_next = &hs[next + b * h..next + (b + 1) * h];
-                for ((d, &g), &hv) in dgh_row.iter_mut().zip(&dh).zip(h_next) {
+                for ((d, &g), &hv) in dgh_row.iter_mut().zip(dh).zip(h_next) {
                     *d = if cell.relu() {
                         if hv > T::zero() { g } else { T::zero() }
                     } else {

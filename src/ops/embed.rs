@@ -42,8 +42,12 @@ impl EmbedSpec {
             Ok(())
         };
         need("tokens", self.n, tokens)?;
-        need("table", self.table_off + self.v * self.e, table)?;
-        need("output", self.n * self.e, out)
+        need(
+            "table",
+            self.v.saturating_mul(self.e).saturating_add(self.table_off),
+            table,
+        )?;
+        need("output", self.n.saturating_mul(self.e), out)
     }
 }
 

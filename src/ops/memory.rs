@@ -118,12 +118,23 @@ pub fn copy_gpu(
     }
     check_range("copy source", src_off, n, src.len())?;
     check_range("copy destination", dst_off, n, dst.len())?;
+    let bytes = n as u64 * 4;
+    if src.buffer() == dst.buffer() {
+        // wgpu cannot copy within one buffer: go through a temporary one, which
+        // also gives memmove semantics for overlapping ranges (as on the CPU).
+        let tmp = rec
+            .ctx()
+            .create_buffer("copy within a buffer", bytes, None)?;
+        rec.copy(src.buffer(), src_off as u64 * 4, &tmp, 0, bytes);
+        rec.copy(&tmp, 0, dst.buffer(), dst_off as u64 * 4, bytes);
+        return Ok(());
+    }
     rec.copy(
         src.buffer(),
         src_off as u64 * 4,
         dst.buffer(),
         dst_off as u64 * 4,
-        n as u64 * 4,
+        bytes,
     );
     Ok(())
 }

@@ -217,6 +217,8 @@ pub struct UpdateSpec {
     pub max_norm: Option<f32>,
     /// Index of the sum of squared gradients in the stats buffer.
     pub norm_idx: usize,
+    /// Index of the loss in the stats buffer: a non-finite loss skips the update too.
+    pub loss_idx: Option<usize>,
 }
 
 #[repr(C)]
@@ -236,8 +238,11 @@ struct Params {
     max_norm: f32,
     bias_c1: f32,
     bias_c2_sqrt: f32,
-    _pad: [u32; 2],
+    loss_idx: u32,
+    _pad: u32,
 }
+
+const NO_LOSS: u32 = u32::MAX;
 
 const NESTEROV: u32 = 1;
 const CENTERED: u32 = 2;
@@ -255,6 +260,10 @@ impl Params {
         let mut p = Params {
             n: u32_of("parameters", s.n)?,
             norm_idx: u32_of("norm_idx", s.norm_idx)?,
+            loss_idx: match s.loss_idx {
+                Some(i) => u32_of("loss_idx", i)?.min(NO_LOSS - 1),
+                None => NO_LOSS,
+            },
             step: s.step.min(u32::MAX as u64) as u32,
             lr: s.lr,
             max_norm: s.max_norm.unwrap_or(0.0),
@@ -334,7 +343,12 @@ fn check_lens(opt: &Optimizer, s: &UpdateSpec, lens: [usize; 5]) -> Result<()> {
         ("gradients", s.n, grads),
         ("optimizer state 1", n1, s1),
         ("optimizer state 2", n2, s2),
-        ("stats (norm)", s.norm_idx + 1, stats),
+        ("stats (norm)", s.norm_idx.saturating_add(1), stats),
+        (
+            "stats (loss)",
+            s.loss_idx.map_or(0, |i| i.saturating_add(1)),
+            stats,
+        ),
     ] {
         if len < want {
             return Err(Error::invalid(
@@ -376,7 +390,8 @@ pub fn update_cpu<T: Real>(
     let p = Params::of(opt, s)?;
     // Same arithmetic as the shader, in T.
     let norm = stats[s.norm_idx].sqrt();
-    if !norm.is_finite() {
+    let loss_ok = s.loss_idx.is_none_or(|i| stats[i].is_finite());
+    if !norm.is_finite() || !loss_ok {
         return Ok(false);
     }
     let one = T::one();

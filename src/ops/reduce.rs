@@ -79,17 +79,21 @@ impl ColSum {
                 format!("row stride {} below {} columns", self.ld, self.cols),
             ));
         }
-        let need = self.x_off + (self.rows - 1) * self.ld + self.cols;
+        let need = (self.rows - 1)
+            .saturating_mul(self.ld)
+            .saturating_add(self.x_off)
+            .saturating_add(self.cols);
         if need > x_len {
             return Err(Error::invalid(
                 "sum_cols x",
                 format!("needs {need} elements, has {x_len}"),
             ));
         }
-        if self.out_off + self.cols > out_len {
+        let need = self.out_off.saturating_add(self.cols);
+        if need > out_len {
             return Err(Error::invalid(
                 "sum_cols out",
-                format!("needs {} elements, has {out_len}", self.out_off + self.cols),
+                format!("needs {need} elements, has {out_len}"),
             ));
         }
         Ok(())

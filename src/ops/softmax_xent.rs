@@ -94,6 +94,12 @@ pub struct Rows {
 
 impl Rows {
     fn validate(&self) -> Result<()> {
+        if self.rows.checked_mul(self.cols.max(3)).is_none() {
+            return Err(Error::invalid(
+                "rows",
+                format!("{} rows of {} classes is too large", self.rows, self.cols),
+            ));
+        }
         if self.rows == 0 {
             return Err(Error::invalid("rows", "must be at least 1 (empty batch)"));
         }
@@ -344,7 +350,7 @@ pub fn xent_gpu(
     shape.check_len("targets", targets.len(), shape.rows)?;
     shape.check_len("loss", out.loss.len(), shape.rows)?;
     shape.check_len("stats", out.stats.len(), 3 * shape.rows)?;
-    if out.summary.len() < out.summary_off + SUMMARY_LEN {
+    if out.summary.len() < out.summary_off.saturating_add(SUMMARY_LEN) {
         return Err(Error::invalid(
             "summary",
             format!(

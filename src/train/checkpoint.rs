@@ -12,11 +12,31 @@ use serde::{Deserialize, Serialize};
 
 use super::tasks::{Task, Vocab};
 use super::{EvalReport, HistoryPoint, TrainConfig, Trainer};
-use crate::backend::Backend;
+use crate::backend::{Backend, host_vec};
 use crate::error::{Error, Result};
-use crate::io::{HostTensor, TensorMap, read_safetensors, write_safetensors};
+use crate::io::{HostTensor, TensorMap, parse_safetensors, write_safetensors};
+use crate::nn::ParamLayout;
 use crate::nn::model::SeqModel;
 use crate::real::Real;
+
+/// Points of the loss history a checkpoint keeps (evenly thinned beyond
+/// this, so the metadata stays small however long the run).
+pub const HISTORY_KEPT: usize = 20_000;
+
+/// At most `max` points of `h`, evenly spaced, always keeping the last.
+fn thin(h: &[HistoryPoint], max: usize) -> Vec<HistoryPoint> {
+    if h.len() <= max {
+        return h.to_vec();
+    }
+    let stride = h.len().div_ceil(max);
+    let mut out: Vec<HistoryPoint> = h.iter().step_by(stride).copied().collect();
+    if let (Some(last), Some(kept)) = (h.last(), out.last())
+        && kept.step != last.step
+    {
+        out.push(*last);
+    }
+    out
+}
 
 /// Format tag stored in every checkpoint.
 pub const FORMAT: &str = "rnn-wgpu-checkpoint/1";
@@ -52,7 +72,21 @@ fn read_meta(path: &Path) -> Result<(TensorMap, Meta)> {
         .get("run")
         .ok_or_else(|| meta_err(path, "no run metadata"))?;
     let meta: Meta = serde_json::from_str(json).map_err(|e| meta_err(path, e))?;
-    Ok((read_safetensors(path)?, meta))
+    // Sizes come from the file: check them before anything is allocated.
+    meta.config
+        .model
+        .validate()
+        .map_err(|e| meta_err(path, format!("invalid model: {e}")))?;
+    Ok((parse_safetensors(&bytes, path)?, meta))
+}
+
+/// Every parameter of `layout`, in order, from the checkpoint's tensors.
+fn flat_from(tensors: &TensorMap, path: &Path, layout: &ParamLayout) -> Result<Vec<f64>> {
+    let mut params = host_vec(layout.total)?;
+    for e in &layout.entries {
+        params.extend(slice_of(tensors, path, &e.name, &e.shape)?);
+    }
+    Ok(params)
 }
 
 fn slice_of(tensors: &TensorMap, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
@@ -106,7 +140,7 @@ impl<B: Backend> Trainer<B> {
             step: self.step,
             updates: self.updates,
             skipped: self.skipped,
-            history: self.history.clone(),
+            history: thin(&self.history, HISTORY_KEPT),
             evals: self.evals.clone(),
         };
         let json = serde_json::to_string(&meta)
@@ -122,10 +156,7 @@ impl<B: Backend> Trainer<B> {
         let (tensors, meta) = read_meta(path)?;
         let task = Task::with_vocab(meta.config.task.clone(), meta.vocab.clone())?;
         let layout = meta.config.model.layout();
-        let mut params = Vec::with_capacity(layout.total);
-        for e in &layout.entries {
-            params.extend(slice_of(&tensors, path, &e.name, &e.shape)?);
-        }
+        let params = flat_from(&tensors, path, &layout)?;
         let mut t = Trainer::build(backend, meta.config.clone(), task, &params)?;
         let n = layout.total;
         let (l1, l2) = meta.config.optimizer.state_lens(n);
@@ -134,7 +165,7 @@ impl<B: Backend> Trainer<B> {
             if len == 0 {
                 continue;
             }
-            let mut state = Vec::with_capacity(len);
+            let mut state = host_vec(len)?;
             for block in 0..len / n {
                 for e in &layout.entries {
                     let key = if block == 0 {
@@ -163,10 +194,28 @@ pub fn load_model<B: Backend>(backend: B, path: &Path) -> Result<(SeqModel<B>, T
     // Sampling needs the vocabulary only, not the training data.
     let task = Task::from_vocab(meta.config.task.clone(), meta.vocab.clone());
     let layout = meta.config.model.layout();
-    let mut params = Vec::with_capacity(layout.total);
-    for e in &layout.entries {
-        params.extend(slice_of(&tensors, path, &e.name, &e.shape)?);
-    }
+    let params = flat_from(&tensors, path, &layout)?;
     let model = SeqModel::new(backend, meta.config.model, &params)?;
     Ok((model, task, meta.config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thinning_keeps_the_ends_and_bounds_the_length() {
+        let h: Vec<HistoryPoint> = (0..100_001)
+            .map(|i| HistoryPoint {
+                step: i,
+                loss: 0.0,
+                accuracy: 0.0,
+            })
+            .collect();
+        let t = thin(&h, HISTORY_KEPT);
+        assert!(t.len() <= HISTORY_KEPT + 1);
+        assert_eq!(t.first().map(|p| p.step), Some(0));
+        assert_eq!(t.last().map(|p| p.step), Some(100_000));
+        assert_eq!(thin(&h[..10], HISTORY_KEPT).len(), 10);
+    }
 }

@@ -50,6 +50,9 @@ use crate::real::Real;
 use schedule::Schedule;
 use tasks::{Batch, Task, TaskSpec};
 
+/// The most held-out problems one evaluation may use.
+pub const MAX_EVAL_PROBLEMS: usize = 1_000_000;
+
 /// Values per window in the stats buffer: the loss summary, then Σ grad².
 pub const STATS_STRIDE: usize = 8;
 const NORM: usize = SUMMARY_LEN;
@@ -271,6 +274,19 @@ impl<B: Backend> Trainer<B> {
             "batch × steps (a workspace tensor)",
             (steps as u128 + 1) * config.batch as u128 * width,
         )?;
+        if config.eval_problems == 0 || config.eval_problems > MAX_EVAL_PROBLEMS {
+            return Err(Error::invalid(
+                "eval_problems",
+                format!(
+                    "{} is outside 1..={MAX_EVAL_PROBLEMS}",
+                    config.eval_problems
+                ),
+            ));
+        }
+        crate::nn::rnn::check_index_range(
+            "evaluation problems × steps (a workspace tensor)",
+            (steps as u128 + 1) * config.eval_problems as u128 * width,
+        )?;
         let model = SeqModel::new(backend.clone(), config.model, params)?;
         let n = model.layout().total;
         let (l1, l2) = config.optimizer.state_lens(n);
@@ -432,6 +448,8 @@ impl<B: Backend> Trainer<B> {
                 lr,
                 max_norm: self.config.clip,
                 norm_idx,
+                // The summary's loss sum: a non-finite loss skips the update too.
+                loss_idx: Some(c * STATS_STRIDE + 2),
             };
             b.optim_update(
                 &self.config.optimizer,
@@ -501,7 +519,7 @@ impl<B: Backend> Trainer<B> {
 
     /// Evaluates on the task's held-out problems (one forward, one readback).
     pub fn evaluate(&mut self) -> Result<EvalReport> {
-        let problems = self.config.eval_problems.max(1);
+        let problems = self.config.eval_problems;
         let batch = self.task.eval_batch(self.config.seed, problems)?;
         let shape = [batch.steps, batch.batch];
         if self.eval_bufs.is_none() {
@@ -517,13 +535,18 @@ impl<B: Backend> Trainer<B> {
         let fwd = self
             .model
             .evaluate(&bufs.tokens, &bufs.targets, &self.stats, off)?;
-        let v = self.backend.read_many(&[&fwd.logits, &self.stats])?;
-        let stats: Vec<f64> = v[1].iter().map(|x| x.f64()).collect();
+        // The logits are needed (and read back) only to match whole answers.
+        let answers = self.task.has_answers();
+        let mut wanted = vec![&self.stats];
+        if answers {
+            wanted.push(&fwd.logits);
+        }
+        let v = self.backend.read_many(&wanted)?;
+        let stats: Vec<f64> = v[0].iter().map(|x| x.f64()).collect();
         let s = XentSummary::from_slice(&stats[off..off + SUMMARY_LEN]);
-        let exact_match = self
-            .task
-            .has_answers()
-            .then(|| exact_match(&batch, &v[0], self.config.model.vocab));
+        let exact_match = v
+            .get(1)
+            .map(|logits| exact_match(&batch, logits, self.config.model.vocab));
         let report = EvalReport {
             step: self.step,
             loss: s.mean,

@@ -10,6 +10,7 @@ use crate::io::write_atomic;
 const W: f64 = 720.0;
 const H: f64 = 360.0;
 const PAD: f64 = 50.0;
+const MAX_POINTS: usize = 2000;
 
 /// Writes the curve of `history` (loss, smoothed) and `evals` (exact-match or
 /// token accuracy on held-out problems, right axis) to `path`, atomically.
@@ -47,10 +48,13 @@ pub fn svg(title: &str, history: &[HistoryPoint], evals: &[EvalReport]) -> Strin
         r = W - PAD,
         t = H - PAD + 20.0,
     );
-    // Raw loss, light; a moving average over ~1% of the run, dark.
+    // Raw loss, light; a moving average over ~1% of the run, dark. At most
+    // MAX_POINTS points of each are drawn.
     let window = (finite.len() / 100).max(1);
+    let every = finite.len().div_ceil(MAX_POINTS).max(1);
     let raw: Vec<String> = finite
         .iter()
+        .step_by(every)
         .map(|p| format!("{:.1},{:.1}", x(p.step), y(p.loss, max_loss)))
         .collect();
     let _ = writeln!(
@@ -58,13 +62,19 @@ pub fn svg(title: &str, history: &[HistoryPoint], evals: &[EvalReport]) -> Strin
         r##"<polyline fill="none" stroke="#9ecae1" stroke-width="1" points="{}"/>"##,
         raw.join(" ")
     );
-    let smooth: Vec<String> = finite
-        .windows(window)
-        .map(|w| {
-            let mean = w.iter().map(|p| p.loss).sum::<f64>() / w.len() as f64;
-            format!("{:.1},{:.1}", x(w[w.len() - 1].step), y(mean, max_loss))
-        })
-        .collect();
+    // Running sum: O(n) however wide the window.
+    let mut sum = 0.0;
+    let mut smooth = Vec::new();
+    for (i, p) in finite.iter().enumerate() {
+        sum += p.loss;
+        if i >= window {
+            sum -= finite[i - window].loss;
+        }
+        if i + 1 >= window && (i + 1 - window).is_multiple_of(every) {
+            let mean = sum / window as f64;
+            smooth.push(format!("{:.1},{:.1}", x(p.step), y(mean, max_loss)));
+        }
+    }
     let _ = writeln!(
         s,
         r##"<polyline fill="none" stroke="#08519c" stroke-width="2" points="{}"/><text x="{}" y="{}" fill="#08519c">training loss</text>"##,
@@ -102,4 +112,23 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_runs_draw_a_bounded_number_of_points() {
+        let history: Vec<HistoryPoint> = (0..200_000)
+            .map(|i| HistoryPoint {
+                step: i,
+                loss: 1.0 / (1.0 + i as f64),
+                accuracy: 0.5,
+            })
+            .collect();
+        let s = svg("t <&>", &history, &[]);
+        assert!(s.matches(',').count() < 3 * MAX_POINTS, "too many points");
+        assert!(s.contains("t &lt;&amp;&gt;"));
+    }
 }

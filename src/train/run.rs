@@ -32,6 +32,9 @@ pub struct RunOptions {
     pub eval_every: u64,
     /// Stop early after this many seconds (the final evaluation still runs).
     pub time_limit: Option<f64>,
+    /// When resuming: train up to this total instead of the checkpoint's
+    /// (the schedule's horizon moves with it).
+    pub extend_to: Option<u64>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
 }
@@ -112,8 +115,8 @@ fn run_on<B: Backend>(
     let mut trainer = match (&opts.checkpoint, opts.resume) {
         (Some(path), true) => {
             let mut t = Trainer::load(backend, path)?;
-            if opts.config.steps > t.config().steps {
-                t.set_total_steps(opts.config.steps);
+            if let Some(total) = opts.extend_to {
+                t.set_total_steps(total);
             }
             log(&format!("resumed {} at step {}", path.display(), t.step()));
             t

@@ -53,6 +53,15 @@ pub fn sample<B: Backend>(
     for _ in 0..opts.length {
         let logits = b.read(&out.logits)?;
         let row: Vec<f64> = logits[last..last + v].iter().map(|x| x.f64()).collect();
+        if let Some(bad) = row.iter().find(|x| !x.is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!(
+                    "logit after {} generated tokens (are the parameters intact?)",
+                    generated.len()
+                ),
+                value: *bad,
+            });
+        }
         let next = pick(&row, opts.temperature, &mut r) as i32;
         if Some(next) == end {
             break;

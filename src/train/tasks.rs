@@ -142,6 +142,9 @@ fn held_out(key: u64) -> bool {
     pcg(pcg(key as u32) ^ (key >> 32) as u32).is_multiple_of(16)
 }
 
+/// Draws allowed before concluding one side of the held-out split is empty.
+const MAX_DRAWS: usize = 100_000;
+
 /// The longest sequence a task may ask for.
 pub const MAX_STEPS: usize = 1 << 20;
 
@@ -164,11 +167,12 @@ impl Task {
                 }
                 let mut chars = vec![END, '='];
                 chars.extend((0..*symbols as u8).map(|i| (b'a' + i) as char));
-                Ok(Task {
+                Task {
                     spec,
                     vocab: Vocab { chars },
                     text: Vec::new(),
-                })
+                }
+                .check_split()
             }
             TaskSpec::Add { digits } => {
                 if *digits == 0 || *digits > 9 {
@@ -179,17 +183,28 @@ impl Task {
                 }
                 let mut chars = vec![END];
                 chars.extend("0123456789+=".chars());
-                Ok(Task {
+                Task {
                     spec,
                     vocab: Vocab { chars },
                     text: Vec::new(),
-                })
+                }
+                .check_split()
             }
             TaskSpec::Text { path, seq_len } => {
                 let (vocab, text) = Self::read_text(path, *seq_len)?;
                 Ok(Task { spec, vocab, text })
             }
         }
+    }
+
+    /// Checks that both sides of the held-out split have problems.
+    fn check_split(self) -> Result<Self> {
+        if self.has_answers() {
+            let mut r = stream(0, 0, 3);
+            self.problem(&mut r, true)?;
+            self.problem(&mut r, false)?;
+        }
+        Ok(self)
     }
 
     /// A task with a known vocabulary (a checkpoint's), re-reading a text file if needed.
@@ -301,8 +316,9 @@ impl Task {
 
     /// One problem's text (prompt and answer) for `copy` and `add`, drawn
     /// from the training or the held-out part.
-    pub fn problem(&self, r: &mut ChaCha8Rng, held: bool) -> (String, String) {
-        loop {
+    pub fn problem(&self, r: &mut ChaCha8Rng, held: bool) -> Result<(String, String)> {
+        // A tiny problem space may have no problem on one side of the split.
+        for _ in 0..MAX_DRAWS {
             let (prompt, answer, key) = match self.spec {
                 TaskSpec::Copy { length, symbols } => {
                     let n = r.random_range(1..=length);
@@ -327,12 +343,20 @@ impl Task {
                         a * 10u64.pow(digits as u32) + b,
                     )
                 }
-                TaskSpec::Text { .. } => return (String::new(), String::new()),
+                TaskSpec::Text { .. } => return Ok((String::new(), String::new())),
             };
             if held_out(key) == held {
-                return (prompt, answer);
+                return Ok((prompt, answer));
             }
         }
+        Err(Error::invalid(
+            format!("{} task", self.spec.name()),
+            format!(
+                "found no {} problem in {MAX_DRAWS} draws: too few distinct problems to hold some \
+                 out; use longer strings, more symbols or more digits",
+                if held { "held-out" } else { "training" }
+            ),
+        ))
     }
 
     fn make_batch(&self, r: &mut ChaCha8Rng, batch: usize, held: bool) -> Result<Batch> {
@@ -372,7 +396,7 @@ impl Task {
                     seq
                 }
                 _ => {
-                    let (prompt, answer) = self.problem(r, held);
+                    let (prompt, answer) = self.problem(r, held)?;
                     let text = format!("{prompt}{answer}{END}");
                     // The vocabulary covers every symbol a problem can contain.
                     let seq: Vec<i32> = text
@@ -434,8 +458,9 @@ mod tests {
     fn held_out_problems_never_appear_in_training() {
         let task = Task::new(TaskSpec::Add { digits: 2 }).unwrap();
         let mut r = stream(5, 0, 2);
-        let held: std::collections::HashSet<String> =
-            (0..200).map(|_| task.problem(&mut r, true).0).collect();
+        let held: std::collections::HashSet<String> = (0..200)
+            .map(|_| task.problem(&mut r, true).unwrap().0)
+            .collect();
         for step in 0..50 {
             let b = task.train_batch(5, step, 32).unwrap();
             for row in 0..32 {
@@ -484,5 +509,19 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("too few"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tiny_problem_spaces_are_rejected_not_hung() {
+        let err = Task::new(TaskSpec::Copy {
+            length: 1,
+            symbols: 2,
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("too few distinct problems"),
+            "{err}"
+        );
+        assert!(Task::new(TaskSpec::Add { digits: 1 }).is_ok());
     }
 }
