@@ -30,7 +30,15 @@
 //! - [`backend`]: the [`backend::Backend`] trait implemented by
 //!   [`backend::CpuBackend`] and [`backend::GpuBackend`], so that everything
 //!   above the kernels is written once and runs on both.
-//! - [`parity`]: the CPU-vs-GPU comparison harness (tolerances, reports).
+//! - [`nn`]: layers written once against the backend: recurrent stacks
+//!   ([`nn::Rnn`], PyTorch's `nn.RNN`/`nn.LSTM`/`nn.GRU`), the sequence model,
+//!   dense layers.
+//! - [`train`]: tasks, full and truncated BPTT, optimizers, checkpoints, the
+//!   `train` job and sampling.
+//! - [`eval`]: the `eval` file contract (PyTorch state_dicts in safetensors).
+//! - [`parity`] and [`gradcheck`]: the CPU-vs-GPU comparison harness and
+//!   finite-difference checks; [`doctor`]: the self-check of an adapter.
+//! - [`bench`](mod@bench): benchmark shapes and timing.
 
 pub mod backend;
 pub mod bench;

@@ -46,6 +46,49 @@ pub trait Real:
     /// loops over it vectorize; for f64 the stable libm form, the reference.
     fn sigmoid_cell(self) -> Self;
 
+    /// `C (+)= A·Bᵀ` through [`crate::ops::small_gemm`] when it applies (f32,
+    /// few rows of A, a CPU with AVX2 and FMA); returns false, touching
+    /// nothing, otherwise.
+    ///
+    /// # Safety
+    /// As for [`crate::ops::small_gemm::nt`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_nt_small(
+        _m: usize,
+        _n: usize,
+        _k: usize,
+        _a: *const Self,
+        _lda: usize,
+        _b: *const Self,
+        _ldb: usize,
+        _c: *mut Self,
+        _ldc: usize,
+        _accumulate: bool,
+    ) -> bool {
+        false
+    }
+
+    /// `C (+)= A·B` through [`crate::ops::small_gemm::nn`] when it applies; see
+    /// [`Real::gemm_nt_small`].
+    ///
+    /// # Safety
+    /// As for [`crate::ops::small_gemm::nn`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_nn_small(
+        _m: usize,
+        _n: usize,
+        _k: usize,
+        _a: *const Self,
+        _lda: usize,
+        _b: *const Self,
+        _ldb: usize,
+        _c: *mut Self,
+        _ldc: usize,
+        _accumulate: bool,
+    ) -> bool {
+        false
+    }
+
     /// General matrix multiply through `matrixmultiply`:
     /// `C = alpha * A·B + beta * C` with A `m×k`, B `k×n`, C `m×n`, each given
     /// by a row stride and a column stride (so transposes are free).
@@ -110,6 +153,38 @@ impl Real for f32 {
     #[inline(always)]
     fn sigmoid_cell(self) -> Self {
         1.0 / (1.0 + expf_cell(-self))
+    }
+
+    unsafe fn gemm_nt_small(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const Self,
+        lda: usize,
+        b: *const Self,
+        ldb: usize,
+        c: *mut Self,
+        ldc: usize,
+        accumulate: bool,
+    ) -> bool {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { crate::ops::small_gemm::nt(m, n, k, a, lda, b, ldb, c, ldc, accumulate) }
+    }
+
+    unsafe fn gemm_nn_small(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const Self,
+        lda: usize,
+        b: *const Self,
+        ldb: usize,
+        c: *mut Self,
+        ldc: usize,
+        accumulate: bool,
+    ) -> bool {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { crate::ops::small_gemm::nn(m, n, k, a, lda, b, ldb, c, ldc, accumulate) }
     }
 
     unsafe fn gemm_raw(

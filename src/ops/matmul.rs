@@ -261,6 +261,28 @@ pub fn gemm_cpu<T: Real>(
     c: &mut [T],
 ) -> Result<()> {
     g.validate(a.len(), b.len(), bias.map(|x| x.len()), c.len())?;
+    // A recurrent step (few rows of A: `h · W_hhᵀ` forward, `dG · W_hh`
+    // backward) skips the packing a general GEMM does on every call (f32 with
+    // AVX2 + FMA; see ops::small_gemm).
+    // SAFETY: as below, `validate` proved every addressed element in bounds.
+    let done = !g.trans_a
+        && unsafe {
+            let (a, b, c) = (
+                a.as_ptr().add(g.a_off),
+                b.as_ptr().add(g.b_off),
+                c.as_mut_ptr().add(g.c_off),
+            );
+            let (m, n, k) = (g.m, g.n, g.k);
+            if g.trans_b {
+                T::gemm_nt_small(m, n, k, a, g.lda, b, g.ldb, c, g.ldc, g.accumulate)
+            } else {
+                T::gemm_nn_small(m, n, k, a, g.lda, b, g.ldb, c, g.ldc, g.accumulate)
+            }
+        };
+    if done {
+        add_bias(g, bias, c);
+        return Ok(());
+    }
     // Transposes are strides: op(A)[i,p] = A[a_index(i,p)].
     let (rsa, csa) = if g.trans_a { (1, g.lda) } else { (g.lda, 1) };
     let (rsb, csb) = if g.trans_b { (1, g.ldb) } else { (g.ldb, 1) };
@@ -286,6 +308,12 @@ pub fn gemm_cpu<T: Real>(
             1,
         );
     }
+    add_bias(g, bias, c);
+    Ok(())
+}
+
+/// Adds the bias row to every row of C (after the product, as the shader does).
+fn add_bias<T: Real>(g: &Gemm, bias: Option<&[T]>, c: &mut [T]) {
     if let (true, Some(bias)) = (g.bias, bias) {
         let bias = &bias[g.bias_off..g.bias_off + g.n];
         for i in 0..g.m {
@@ -295,7 +323,6 @@ pub fn gemm_cpu<T: Real>(
             }
         }
     }
-    Ok(())
 }
 
 /// GPU kernel variant.

@@ -10,4 +10,5 @@ pub mod matmul;
 pub mod memory;
 pub mod optim;
 pub mod reduce;
+pub mod small_gemm;
 pub mod softmax_xent;

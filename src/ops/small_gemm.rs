@@ -1,0 +1,432 @@
+//! Matrix products with few rows of A, in f32, on x86-64 CPUs with AVX2 and
+//! FMA — the shapes of a recurrent step on the CPU: `C = A·Bᵀ` for the forward
+//! (`h_prev [B, H] · W_hhᵀ`, [`nt`]) and `C = A·B` for the backward
+//! (`dG [B, G·H] · W_hh`, [`nn`]).
+//!
+//! A general GEMM packs both operands on every call; for a recurrent step that
+//! means repacking the whole weight matrix at every time step. Here both
+//! operands are read in place: each output is a dot product of two contiguous
+//! rows, computed in 2×4 blocks with eight-lane FMAs (eight accumulators and
+//! six loaded vectors fit the sixteen AVX registers), so a block loads six
+//! vectors per eight multiply-adds and nothing is copied. The result is the
+//! same function as [`super::matmul::gemm_reference`]; only the summation
+//! order differs (tested below against it).
+//!
+//! [`nn`] walks A's rows four at a time and B's rows in order, broadcasting
+//! one value of each A row against sixteen contiguous values of a B row
+//! (eight accumulators), again without copying either operand.
+
+/// Rows of A per block.
+const ROWS: usize = 2;
+
+/// Rows of A at most for which this path is used.
+pub const MAX_ROWS: usize = 64;
+
+/// Computes `C[i, j] (+)= Σ_p A[i, p]·B[j, p]` for `i < m`, `j < n` when the CPU
+/// supports it and `m ≤ MAX_ROWS`; returns false (touching nothing) otherwise.
+///
+/// # Safety
+/// `a` must hold `m` rows of `k` values at stride `lda`, `b` `n` rows at stride
+/// `ldb`, and `c` `m` rows of `n` values at stride `ldc`, with `c` not
+/// overlapping `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn nt(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if m == 0 || n == 0 || k < 8 || m > MAX_ROWS {
+            return false;
+        }
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            return false;
+        }
+        let job = Job {
+            m,
+            k,
+            a: SendPtr(a as *mut f32),
+            lda,
+            b: SendPtr(b as *mut f32),
+            ldb,
+            c: SendPtr(c),
+            ldc,
+            accumulate,
+        };
+        // Split the columns of C over two threads when there is enough work.
+        let half = (n / 2).div_ceil(4) * 4;
+        if (m * n * k) >= (1 << 20) && half > 0 && half < n {
+            rayon::join(|| job.columns(0, half), || job.columns(half, n));
+        } else {
+            job.columns(0, n);
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+        false
+    }
+}
+
+/// Computes `C[i, j] (+)= Σ_p A[i, p]·B[p, j]` for `i < m`, `j < n` when the
+/// CPU supports it and `m ≤ MAX_ROWS`; returns false (touching nothing) otherwise.
+///
+/// # Safety
+/// `a` must hold `m` rows of `k` values at stride `lda`, `b` `k` rows of `n`
+/// values at stride `ldb`, and `c` `m` rows of `n` values at stride `ldc`, with
+/// `c` not overlapping `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn nn(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if m == 0 || n < 16 || k == 0 || m > MAX_ROWS {
+            return false;
+        }
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            return false;
+        }
+        let job = Job {
+            m,
+            k,
+            a: SendPtr(a as *mut f32),
+            lda,
+            b: SendPtr(b as *mut f32),
+            ldb,
+            c: SendPtr(c),
+            ldc,
+            accumulate,
+        };
+        let half = (n / 2).div_ceil(16) * 16;
+        if (m * n * k) >= (1 << 20) && half > 0 && half < n {
+            rayon::join(|| job.nn_columns(0, half), || job.nn_columns(half, n));
+        } else {
+            job.nn_columns(0, n);
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+        false
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: the pointers are only dereferenced inside `nt`'s contract; the two
+// threads write disjoint columns of C and only read A and B.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+#[derive(Clone, Copy)]
+struct Job {
+    m: usize,
+    k: usize,
+    a: SendPtr,
+    lda: usize,
+    b: SendPtr,
+    ldb: usize,
+    c: SendPtr,
+    ldc: usize,
+    accumulate: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Job {
+    fn columns(&self, from: usize, to: usize) {
+        // SAFETY: `nt` checked AVX2 and FMA before creating the job.
+        unsafe { self.columns_avx2(from, to) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn columns_avx2(&self, from: usize, to: usize) {
+        let mut j0 = from;
+        while j0 < to {
+            let nj = (to - j0).min(4);
+            let mut i0 = 0;
+            while i0 < self.m {
+                let mi = (self.m - i0).min(ROWS);
+                // SAFETY: rows i0..i0+mi of A, j0..j0+nj of B and the block of C
+                // are inside the operands by `nt`'s contract.
+                unsafe { self.block(i0, mi, j0, nj) };
+                i0 += ROWS;
+            }
+            j0 += 4;
+        }
+    }
+
+    /// One block of up to ROWS×4 outputs. Rows beyond `mi`/`nj` reuse the
+    /// block's first row (valid memory) and their results are dropped.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block(&self, i0: usize, mi: usize, j0: usize, nj: usize) {
+        use std::arch::x86_64::*;
+        let k8 = self.k / 8 * 8;
+        let arow = |r: usize| unsafe { self.a.0.add((i0 + if r < mi { r } else { 0 }) * self.lda) };
+        let brow = |r: usize| unsafe { self.b.0.add((j0 + if r < nj { r } else { 0 }) * self.ldb) };
+        let arows = [arow(0), arow(1)];
+        let brows = [brow(0), brow(1), brow(2), brow(3)];
+        let mut acc = [_mm256_setzero_ps(); ROWS * 4];
+        let mut p = 0;
+        while p < k8 {
+            // SAFETY: p + 8 <= k, inside every row.
+            unsafe {
+                let b0 = _mm256_loadu_ps(brows[0].add(p));
+                let b1 = _mm256_loadu_ps(brows[1].add(p));
+                let b2 = _mm256_loadu_ps(brows[2].add(p));
+                let b3 = _mm256_loadu_ps(brows[3].add(p));
+                let a0 = _mm256_loadu_ps(arows[0].add(p));
+                acc[0] = _mm256_fmadd_ps(a0, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(a0, b1, acc[1]);
+                acc[2] = _mm256_fmadd_ps(a0, b2, acc[2]);
+                acc[3] = _mm256_fmadd_ps(a0, b3, acc[3]);
+                let a1 = _mm256_loadu_ps(arows[1].add(p));
+                acc[4] = _mm256_fmadd_ps(a1, b0, acc[4]);
+                acc[5] = _mm256_fmadd_ps(a1, b1, acc[5]);
+                acc[6] = _mm256_fmadd_ps(a1, b2, acc[6]);
+                acc[7] = _mm256_fmadd_ps(a1, b3, acc[7]);
+            }
+            p += 8;
+        }
+        for r in 0..mi {
+            for q in 0..nj {
+                // Horizontal sum of the eight lanes, then the k tail.
+                let v = acc[r * 4 + q];
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let s = _mm_hadd_ps(s, s);
+                let s = _mm_hadd_ps(s, s);
+                let mut sum = _mm_cvtss_f32(s);
+                for t in k8..self.k {
+                    // SAFETY: t < k.
+                    unsafe { sum += *arows[r].add(t) * *brows[q].add(t) };
+                }
+                // SAFETY: (i0 + r, j0 + q) is inside C.
+                unsafe {
+                    let out = self.c.0.add((i0 + r) * self.ldc + j0 + q);
+                    *out = if self.accumulate { *out + sum } else { sum };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Job {
+    fn nn_columns(&self, from: usize, to: usize) {
+        // SAFETY: `nn` checked AVX2 and FMA before creating the job.
+        unsafe { self.nn_columns_avx2(from, to) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn nn_columns_avx2(&self, from: usize, to: usize) {
+        let mut i0 = 0;
+        while i0 < self.m {
+            let mi = (self.m - i0).min(4);
+            let mut j0 = from;
+            while j0 + 16 <= to {
+                // SAFETY: rows i0..i0+mi of A and C, columns j0..j0+16 of B and C
+                // are inside the operands by `nn`'s contract.
+                unsafe { self.nn_block(i0, mi, j0) };
+                j0 += 16;
+            }
+            // Columns left over after the blocks of sixteen.
+            for i in i0..i0 + mi {
+                for j in j0..to {
+                    let mut sum = 0.0f32;
+                    for p in 0..self.k {
+                        // SAFETY: i < m, p < k, j < n.
+                        unsafe {
+                            sum += *self.a.0.add(i * self.lda + p) * *self.b.0.add(p * self.ldb + j)
+                        };
+                    }
+                    // SAFETY: (i, j) is inside C.
+                    unsafe {
+                        let out = self.c.0.add(i * self.ldc + j);
+                        *out = if self.accumulate { *out + sum } else { sum };
+                    }
+                }
+            }
+            i0 += 4;
+        }
+    }
+
+    /// Rows i0..i0+mi (at most 4) of C, columns j0..j0+16.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn nn_block(&self, i0: usize, mi: usize, j0: usize) {
+        use std::arch::x86_64::*;
+        let arow = |r: usize| unsafe { self.a.0.add((i0 + if r < mi { r } else { 0 }) * self.lda) };
+        let arows = [arow(0), arow(1), arow(2), arow(3)];
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for p in 0..self.k {
+            // SAFETY: p < k and j0 + 16 <= n.
+            unsafe {
+                let brow = self.b.0.add(p * self.ldb + j0);
+                let b0 = _mm256_loadu_ps(brow);
+                let b1 = _mm256_loadu_ps(brow.add(8));
+                for r in 0..4 {
+                    let a = _mm256_broadcast_ss(&*arows[r].add(p));
+                    acc[2 * r] = _mm256_fmadd_ps(a, b0, acc[2 * r]);
+                    acc[2 * r + 1] = _mm256_fmadd_ps(a, b1, acc[2 * r + 1]);
+                }
+            }
+        }
+        for r in 0..mi {
+            // SAFETY: row i0 + r, columns j0..j0+16 are inside C.
+            unsafe {
+                let out = self.c.0.add((i0 + r) * self.ldc + j0);
+                let (mut lo, mut hi) = (acc[2 * r], acc[2 * r + 1]);
+                if self.accumulate {
+                    lo = _mm256_add_ps(lo, _mm256_loadu_ps(out));
+                    hi = _mm256_add_ps(hi, _mm256_loadu_ps(out.add(8)));
+                }
+                _mm256_storeu_ps(out, lo);
+                _mm256_storeu_ps(out.add(8), hi);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Job {
+    fn columns(&self, _from: usize, _to: usize) {}
+    fn nn_columns(&self, _from: usize, _to: usize) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::matmul::{Gemm, gemm_reference};
+    use crate::parity::uniform;
+
+    #[test]
+    fn nn_matches_the_reference_on_edge_shapes() {
+        for (m, n, k) in [
+            (1, 16, 1),
+            (3, 17, 9),
+            (4, 32, 16),
+            (32, 256, 1024),
+            (7, 130, 37),
+            (64, 40, 100),
+        ] {
+            let (lda, ldb, ldc) = (k + 3, n + 1, n + 2);
+            let a: Vec<f32> = uniform(4, m * lda, -1.0, 1.0)
+                .iter()
+                .map(|&x| x as f32)
+                .collect();
+            let b: Vec<f32> = uniform(5, k * ldb, -1.0, 1.0)
+                .iter()
+                .map(|&x| x as f32)
+                .collect();
+            for accumulate in [false, true] {
+                let c0: Vec<f32> = uniform(6, m * ldc, -1.0, 1.0)
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect();
+                let mut want = c0.clone();
+                let g = Gemm::nn(m, n, k)
+                    .strides(lda, ldb, ldc)
+                    .accumulating(accumulate);
+                gemm_reference(&g, &a, &b, None, &mut want).unwrap();
+                let mut got = c0.clone();
+                // SAFETY: the operands have exactly the sizes the strides describe.
+                let ran = unsafe {
+                    nn(
+                        m,
+                        n,
+                        k,
+                        a.as_ptr(),
+                        lda,
+                        b.as_ptr(),
+                        ldb,
+                        got.as_mut_ptr(),
+                        ldc,
+                        accumulate,
+                    )
+                };
+                if !ran {
+                    return;
+                }
+                for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                    let tol = 1e-5 * (k as f32).sqrt() * (1.0 + w.abs());
+                    assert!((w - g).abs() <= tol, "{m}x{n}x{k} [{i}]: {w} vs {g}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_reference_on_edge_shapes() {
+        for (m, n, k) in [
+            (1, 1, 8),
+            (3, 5, 9),
+            (4, 4, 16),
+            (32, 1024, 256),
+            (7, 130, 37),
+            (64, 9, 1000),
+        ] {
+            let (lda, ldb, ldc) = (k + 3, k + 1, n + 2);
+            let a: Vec<f32> = uniform(1, m * lda, -1.0, 1.0)
+                .iter()
+                .map(|&x| x as f32)
+                .collect();
+            let b: Vec<f32> = uniform(2, n * ldb, -1.0, 1.0)
+                .iter()
+                .map(|&x| x as f32)
+                .collect();
+            for accumulate in [false, true] {
+                let c0: Vec<f32> = uniform(3, m * ldc, -1.0, 1.0)
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect();
+                let mut want = c0.clone();
+                let g = Gemm::nt(m, n, k)
+                    .strides(lda, ldb, ldc)
+                    .accumulating(accumulate);
+                gemm_reference(&g, &a, &b, None, &mut want).unwrap();
+                let mut got = c0.clone();
+                // SAFETY: the operands have exactly the sizes the strides describe.
+                let ran = unsafe {
+                    nt(
+                        m,
+                        n,
+                        k,
+                        a.as_ptr(),
+                        lda,
+                        b.as_ptr(),
+                        ldb,
+                        got.as_mut_ptr(),
+                        ldc,
+                        accumulate,
+                    )
+                };
+                if !ran {
+                    return; // no AVX2/FMA on this CPU: nothing to compare
+                }
+                for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                    let tol = 1e-5 * (k as f32).sqrt() * (1.0 + w.abs());
+                    assert!((w - g).abs() <= tol, "{m}x{n}x{k} [{i}]: {w} vs {g}");
+                }
+            }
+        }
+    }
+}
