@@ -145,7 +145,9 @@ impl Real for f32 {
             * z
             * a
             + a;
-        let large = 1.0 - 2.0 / (expf_cell(2.0 * a.min(15.0)) + 1.0);
+        // (Not `a.min(15.0)`, which would turn a NaN into 15.)
+        let capped = if a > 15.0 { 15.0 } else { a };
+        let large = 1.0 - 2.0 / (expf_cell(2.0 * capped) + 1.0);
         let r = if a < 0.625 { small } else { large };
         f32::copysign(r, self)
     }
@@ -265,11 +267,14 @@ impl Real for f64 {
 #[allow(clippy::excessive_precision)]
 pub fn expf_cell(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.0);
-    // floor(t) without a libm call (the baseline x86-64 target has no round
-    // instruction): truncate, then step down where truncation went up.
-    let t = x * std::f32::consts::LOG2_E + 0.5;
-    let ti = t as i32;
-    let n = (ti - i32::from((ti as f32) > t)) as f32;
+    // n = round(x·log2 e) with float operations only: adding 1.5·2²³ rounds to
+    // an integer, which then sits in the low mantissa bits. (A float-to-int
+    // cast would be a saturating scalar conversion per lane; this vectorizes
+    // and lets a NaN through.)
+    const SHIFT: f32 = 12_582_912.0;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = shifted - SHIFT;
+    let ni = shifted.to_bits().wrapping_sub(SHIFT.to_bits()) as i32;
     let r = x - n * 0.693_359_375 + n * 2.121_944_4e-4;
     let z = r * r;
     let p = (((((1.987_569_15e-4 * r + 1.398_199_95e-3) * r + 8.333_451_9e-3) * r
@@ -281,7 +286,8 @@ pub fn expf_cell(x: f32) -> f32 {
         * z
         + r
         + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // |n| ≤ 127 after the clamp, so n + 127 is a normal exponent.
+    p * f32::from_bits((ni.wrapping_add(127) as u32) << 23)
 }
 
 #[cfg(test)]
@@ -326,5 +332,8 @@ mod tests {
         }
         assert!(1e4f32.sigmoid_cell() == 1.0 && (-1e4f32).sigmoid_cell() < 1e-37);
         assert!(expf_cell(1e4).is_finite() && expf_cell(-1e4) > 0.0);
+        // A NaN stays a NaN, so a diverging run is seen as one.
+        assert!(expf_cell(f32::NAN).is_nan() && f32::NAN.sigmoid_cell().is_nan());
+        assert!(f32::NAN.tanh_cell().is_nan());
     }
 }

@@ -14,10 +14,17 @@
 //!
 //! [`nn`] walks A's rows four at a time and B's rows in order, broadcasting
 //! one value of each A row against sixteen contiguous values of a B row
-//! (eight accumulators), again without copying either operand.
+//! (eight accumulators), again without copying either operand. It runs over
+//! k in blocks of 256 rows of B (`KC`), so that a 16-column strip of B stays in
+//! the L1 cache while every row block of A passes over it (for `dG · W_hh`
+//! at B = 32, H = 256 this took the product from about 60 to 110 GFLOP/s on
+//! two cores).
 
 /// Rows of A per block.
 const ROWS: usize = 2;
+
+/// Rows of B (the k extent) per block of the `nn` product.
+const KC: usize = 256;
 
 /// Rows of A at most for which this path is used.
 pub const MAX_ROWS: usize = 64;
@@ -153,6 +160,9 @@ struct Job {
 }
 
 #[cfg(target_arch = "x86_64")]
+use std::ops::Range;
+
+#[cfg(target_arch = "x86_64")]
 impl Job {
     fn columns(&self, from: usize, to: usize) {
         // SAFETY: `nt` checked AVX2 and FMA before creating the job.
@@ -239,45 +249,57 @@ impl Job {
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn nn_columns_avx2(&self, from: usize, to: usize) {
-        let mut i0 = 0;
-        while i0 < self.m {
-            let mi = (self.m - i0).min(4);
+        // Blocked over k so that a strip of B (KC × 16, 16 KiB) stays in the
+        // L1 cache while every row block of A is multiplied with it; the
+        // partial sums of later k blocks are added to C.
+        let full = from + (to - from) / 16 * 16;
+        let mut p0 = 0;
+        while p0 < self.k {
+            let p1 = (p0 + KC).min(self.k);
+            let accumulate = self.accumulate || p0 > 0;
             let mut j0 = from;
-            while j0 + 16 <= to {
-                // SAFETY: rows i0..i0+mi of A and C, columns j0..j0+16 of B and C
-                // are inside the operands by `nn`'s contract.
-                unsafe { self.nn_block(i0, mi, j0) };
+            while j0 < full {
+                let mut i0 = 0;
+                while i0 < self.m {
+                    let mi = (self.m - i0).min(4);
+                    // SAFETY: rows i0..i0+mi of A and C, columns j0..j0+16 of B
+                    // and C and rows p0..p1 of B are inside the operands by
+                    // `nn`'s contract.
+                    unsafe { self.nn_block(i0, mi, j0, p0..p1, accumulate) };
+                    i0 += 4;
+                }
                 j0 += 16;
             }
-            // Columns left over after the blocks of sixteen.
-            for i in i0..i0 + mi {
-                for j in j0..to {
-                    let mut sum = 0.0f32;
-                    for p in 0..self.k {
-                        // SAFETY: i < m, p < k, j < n.
-                        unsafe {
-                            sum += *self.a.0.add(i * self.lda + p) * *self.b.0.add(p * self.ldb + j)
-                        };
-                    }
-                    // SAFETY: (i, j) is inside C.
+            p0 = p1;
+        }
+        // Columns left over after the strips of sixteen.
+        for i in 0..self.m {
+            for j in full..to {
+                let mut sum = 0.0f32;
+                for p in 0..self.k {
+                    // SAFETY: i < m, p < k, j < n.
                     unsafe {
-                        let out = self.c.0.add(i * self.ldc + j);
-                        *out = if self.accumulate { *out + sum } else { sum };
-                    }
+                        sum += *self.a.0.add(i * self.lda + p) * *self.b.0.add(p * self.ldb + j)
+                    };
+                }
+                // SAFETY: (i, j) is inside C.
+                unsafe {
+                    let out = self.c.0.add(i * self.ldc + j);
+                    *out = if self.accumulate { *out + sum } else { sum };
                 }
             }
-            i0 += 4;
         }
     }
 
-    /// Rows i0..i0+mi (at most 4) of C, columns j0..j0+16.
+    /// Rows i0..i0+mi (at most 4) of C, columns j0..j0+16, the products over
+    /// `ps`, stored or (with `accumulate`) added to C.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn nn_block(&self, i0: usize, mi: usize, j0: usize) {
+    unsafe fn nn_block(&self, i0: usize, mi: usize, j0: usize, ps: Range<usize>, accumulate: bool) {
         use std::arch::x86_64::*;
         let arow = |r: usize| unsafe { self.a.0.add((i0 + if r < mi { r } else { 0 }) * self.lda) };
         let arows = [arow(0), arow(1), arow(2), arow(3)];
         let mut acc = [_mm256_setzero_ps(); 8];
-        for p in 0..self.k {
+        for p in ps {
             // SAFETY: p < k and j0 + 16 <= n.
             unsafe {
                 let brow = self.b.0.add(p * self.ldb + j0);
@@ -295,7 +317,7 @@ impl Job {
             unsafe {
                 let out = self.c.0.add((i0 + r) * self.ldc + j0);
                 let (mut lo, mut hi) = (acc[2 * r], acc[2 * r + 1]);
-                if self.accumulate {
+                if accumulate {
                     lo = _mm256_add_ps(lo, _mm256_loadu_ps(out));
                     hi = _mm256_add_ps(hi, _mm256_loadu_ps(out.add(8)));
                 }
@@ -318,6 +340,17 @@ mod tests {
     use crate::ops::matmul::{Gemm, gemm_reference};
     use crate::parity::uniform;
 
+    fn fast_cpu() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
     #[test]
     fn nn_matches_the_reference_on_edge_shapes() {
         for (m, n, k) in [
@@ -327,6 +360,7 @@ mod tests {
             (32, 256, 1024),
             (7, 130, 37),
             (64, 40, 100),
+            (9, 35, 700),
         ] {
             let (lda, ldb, ldc) = (k + 3, n + 1, n + 2);
             let a: Vec<f32> = uniform(4, m * lda, -1.0, 1.0)
@@ -364,6 +398,10 @@ mod tests {
                     )
                 };
                 if !ran {
+                    assert!(
+                        !fast_cpu(),
+                        "{m}x{n}x{k}: the kernel declined a shape it covers"
+                    );
                     return;
                 }
                 for (i, (w, g)) in want.iter().zip(&got).enumerate() {
@@ -420,6 +458,10 @@ mod tests {
                     )
                 };
                 if !ran {
+                    assert!(
+                        !fast_cpu(),
+                        "{m}x{n}x{k}: the kernel declined a shape it covers"
+                    );
                     return; // no AVX2/FMA on this CPU: nothing to compare
                 }
                 for (i, (w, g)) in want.iter().zip(&got).enumerate() {
