@@ -5,6 +5,8 @@
 
 use std::fmt::{Debug, Display};
 
+use crate::ops::matmul::Gemm;
+
 /// A floating-point scalar the CPU path can compute in.
 pub trait Real:
     num_traits::Float
@@ -46,46 +48,14 @@ pub trait Real:
     /// loops over it vectorize; for f64 the stable libm form, the reference.
     fn sigmoid_cell(self) -> Self;
 
-    /// `C (+)= A·Bᵀ` through [`crate::ops::small_gemm`] when it applies (f32,
-    /// few rows of A, a CPU with AVX2 and FMA); returns false, touching
-    /// nothing, otherwise.
+    /// `C (+)= op(A)·op(B)` (bias left out) through [`crate::ops::small_gemm`]
+    /// when it applies (f32, A not transposed, few rows of A, a CPU with AVX2
+    /// and FMA); returns false, touching nothing, otherwise.
     ///
     /// # Safety
-    /// As for [`crate::ops::small_gemm::nt`].
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_nt_small(
-        _m: usize,
-        _n: usize,
-        _k: usize,
-        _a: *const Self,
-        _lda: usize,
-        _b: *const Self,
-        _ldb: usize,
-        _c: *mut Self,
-        _ldc: usize,
-        _accumulate: bool,
-    ) -> bool {
-        false
-    }
-
-    /// `C (+)= A·B` through [`crate::ops::small_gemm::nn`] when it applies; see
-    /// [`Real::gemm_nt_small`].
-    ///
-    /// # Safety
-    /// As for [`crate::ops::small_gemm::nn`].
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_nn_small(
-        _m: usize,
-        _n: usize,
-        _k: usize,
-        _a: *const Self,
-        _lda: usize,
-        _b: *const Self,
-        _ldb: usize,
-        _c: *mut Self,
-        _ldc: usize,
-        _accumulate: bool,
-    ) -> bool {
+    /// `g` must have passed `Gemm::validate` against the lengths of `a`, `b`
+    /// and `c`.
+    unsafe fn gemm_small(_g: &Gemm, _a: &[Self], _b: &[Self], _c: &mut [Self]) -> bool {
         false
     }
 
@@ -157,36 +127,9 @@ impl Real for f32 {
         1.0 / (1.0 + expf_cell(-self))
     }
 
-    unsafe fn gemm_nt_small(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: *const Self,
-        lda: usize,
-        b: *const Self,
-        ldb: usize,
-        c: *mut Self,
-        ldc: usize,
-        accumulate: bool,
-    ) -> bool {
+    unsafe fn gemm_small(g: &Gemm, a: &[Self], b: &[Self], c: &mut [Self]) -> bool {
         // SAFETY: forwarded from the caller's contract.
-        unsafe { crate::ops::small_gemm::nt(m, n, k, a, lda, b, ldb, c, ldc, accumulate) }
-    }
-
-    unsafe fn gemm_nn_small(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: *const Self,
-        lda: usize,
-        b: *const Self,
-        ldb: usize,
-        c: *mut Self,
-        ldc: usize,
-        accumulate: bool,
-    ) -> bool {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { crate::ops::small_gemm::nn(m, n, k, a, lda, b, ldb, c, ldc, accumulate) }
+        unsafe { crate::ops::small_gemm::run(g, a, b, c) }
     }
 
     unsafe fn gemm_raw(

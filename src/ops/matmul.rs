@@ -264,21 +264,8 @@ pub fn gemm_cpu<T: Real>(
     // A recurrent step (few rows of A: `h · W_hhᵀ` forward, `dG · W_hh`
     // backward) skips the packing a general GEMM does on every call (f32 with
     // AVX2 + FMA; see ops::small_gemm).
-    // SAFETY: as below, `validate` proved every addressed element in bounds.
-    let done = !g.trans_a
-        && unsafe {
-            let (a, b, c) = (
-                a.as_ptr().add(g.a_off),
-                b.as_ptr().add(g.b_off),
-                c.as_mut_ptr().add(g.c_off),
-            );
-            let (m, n, k) = (g.m, g.n, g.k);
-            if g.trans_b {
-                T::gemm_nt_small(m, n, k, a, g.lda, b, g.ldb, c, g.ldc, g.accumulate)
-            } else {
-                T::gemm_nn_small(m, n, k, a, g.lda, b, g.ldb, c, g.ldc, g.accumulate)
-            }
-        };
+    // SAFETY: `validate` just passed for these operands.
+    let done = unsafe { T::gemm_small(g, a, b, c) };
     if done {
         add_bias(g, bias, c);
         return Ok(());

@@ -1,7 +1,7 @@
 //! Matrix products with few rows of A, in f32, on x86-64 CPUs with AVX2 and
 //! FMA — the shapes of a recurrent step on the CPU: `C = A·Bᵀ` for the forward
-//! (`h_prev [B, H] · W_hhᵀ`, [`nt`]) and `C = A·B` for the backward
-//! (`dG [B, G·H] · W_hh`, [`nn`]).
+//! (`h_prev [B, H] · W_hhᵀ`, the NT kernel) and `C = A·B` for the backward
+//! (`dG [B, G·H] · W_hh`, the NN kernel), both through [`run`].
 //!
 //! A general GEMM packs both operands on every call; for a recurrent step that
 //! means repacking the whole weight matrix at every time step. Here both
@@ -12,7 +12,7 @@
 //! same function as [`super::matmul::gemm_reference`]; only the summation
 //! order differs (tested below against it).
 //!
-//! [`nn`] walks A's rows four at a time and B's rows in order, broadcasting
+//! The NN kernel walks A's rows four at a time and B's rows in order, broadcasting
 //! one value of each A row against sixteen contiguous values of a B row
 //! (eight accumulators), again without copying either operand. It runs over
 //! k in blocks of 256 rows of B (`KC`), so that a 16-column strip of B stays in
@@ -20,132 +20,96 @@
 //! at B = 32, H = 256 this took the product from about 60 to 110 GFLOP/s on
 //! two cores).
 
+use crate::ops::matmul::Gemm;
+
 /// Rows of A per block.
+#[cfg(target_arch = "x86_64")]
 const ROWS: usize = 2;
 
-/// Rows of B (the k extent) per block of the `nn` product.
+/// Rows of B (the k extent) per block of the NN product.
+#[cfg(target_arch = "x86_64")]
 const KC: usize = 256;
 
 /// Rows of A at most for which this path is used.
 pub const MAX_ROWS: usize = 64;
 
-/// Computes `C[i, j] (+)= Σ_p A[i, p]·B[j, p]` for `i < m`, `j < n` when the CPU
-/// supports it and `m ≤ MAX_ROWS`; returns false (touching nothing) otherwise.
+/// `C (+)= op(A)·op(B)` for a [`Gemm`] with A not transposed (bias left out):
+/// `C[i, j] (+)= Σ_p A[i, p]·B[j, p]` (the NT kernel) when B is transposed,
+/// `C[i, j] (+)= Σ_p A[i, p]·B[p, j]` (the NN kernel) otherwise, on the operands
+/// at their offsets. Returns false, touching nothing, where neither applies (A
+/// transposed, more than [`MAX_ROWS`] rows, a shape below the kernel's block, or
+/// a CPU without AVX2 and FMA).
 ///
 /// # Safety
-/// `a` must hold `m` rows of `k` values at stride `lda`, `b` `n` rows at stride
-/// `ldb`, and `c` `m` rows of `n` values at stride `ldc`, with `c` not
-/// overlapping `a` or `b`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn nt(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) -> bool {
+/// `g` must have passed `Gemm::validate` against the lengths of `a`, `b` and `c`.
+pub unsafe fn run(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if m == 0 || n == 0 || k < 8 || m > MAX_ROWS {
+        let (m, n, k) = (g.m, g.n, g.k);
+        // The NT kernel needs one 8-lane step of k, the NN kernel one
+        // 16-column strip; `align` is the column block each one works in.
+        let (fits, align) = if g.trans_b {
+            (k >= 8, 4)
+        } else {
+            (n >= 16, 16)
+        };
+        if g.trans_a || !fits || m == 0 || n == 0 || k == 0 || m > MAX_ROWS {
             return false;
         }
         if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
             return false;
         }
-        let job = Job {
-            m,
-            k,
-            a: SendPtr(a as *mut f32),
-            lda,
-            b: SendPtr(b as *mut f32),
-            ldb,
-            c: SendPtr(c),
-            ldc,
-            accumulate,
+        // SAFETY: `validate` proved every element the strides and offsets
+        // address in bounds; `c` is a unique borrow, so it cannot overlap `a`
+        // or `b`.
+        let job = unsafe {
+            Job {
+                m,
+                k,
+                a: SendPtr(a.as_ptr().add(g.a_off) as *mut f32),
+                lda: g.lda,
+                b: SendPtr(b.as_ptr().add(g.b_off) as *mut f32),
+                ldb: g.ldb,
+                c: SendPtr(c.as_mut_ptr().add(g.c_off)),
+                ldc: g.ldc,
+                accumulate: g.accumulate,
+            }
+        };
+        let columns = |from: usize, to: usize| {
+            if g.trans_b {
+                job.columns(from, to)
+            } else {
+                job.nn_columns(from, to)
+            }
         };
         // Split the columns of C over two threads when there is enough work.
-        let half = (n / 2).div_ceil(4) * 4;
+        let half = (n / 2).div_ceil(align) * align;
         if (m * n * k) >= (1 << 20) && half > 0 && half < n {
-            rayon::join(|| job.columns(0, half), || job.columns(half, n));
+            rayon::join(|| columns(0, half), || columns(half, n));
         } else {
-            job.columns(0, n);
+            columns(0, n);
         }
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+        let _ = (g, a, b, c);
         false
     }
 }
 
-/// Computes `C[i, j] (+)= Σ_p A[i, p]·B[p, j]` for `i < m`, `j < n` when the
-/// CPU supports it and `m ≤ MAX_ROWS`; returns false (touching nothing) otherwise.
-///
-/// # Safety
-/// `a` must hold `m` rows of `k` values at stride `lda`, `b` `k` rows of `n`
-/// values at stride `ldb`, and `c` `m` rows of `n` values at stride `ldc`, with
-/// `c` not overlapping `a` or `b`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn nn(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if m == 0 || n < 16 || k == 0 || m > MAX_ROWS {
-            return false;
-        }
-        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
-            return false;
-        }
-        let job = Job {
-            m,
-            k,
-            a: SendPtr(a as *mut f32),
-            lda,
-            b: SendPtr(b as *mut f32),
-            ldb,
-            c: SendPtr(c),
-            ldc,
-            accumulate,
-        };
-        let half = (n / 2).div_ceil(16) * 16;
-        if (m * n * k) >= (1 << 20) && half > 0 && half < n {
-            rayon::join(|| job.nn_columns(0, half), || job.nn_columns(half, n));
-        } else {
-            job.nn_columns(0, n);
-        }
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (m, n, k, a, lda, b, ldb, c, ldc, accumulate);
-        false
-    }
-}
-
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 
-// SAFETY: the pointers are only dereferenced inside `nt`'s contract; the two
+// SAFETY: the pointers are only dereferenced inside `run`'s contract; the two
 // threads write disjoint columns of C and only read A and B.
+#[cfg(target_arch = "x86_64")]
 unsafe impl Send for SendPtr {}
+#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for SendPtr {}
 
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Job {
     m: usize,
@@ -165,7 +129,7 @@ use std::ops::Range;
 #[cfg(target_arch = "x86_64")]
 impl Job {
     fn columns(&self, from: usize, to: usize) {
-        // SAFETY: `nt` checked AVX2 and FMA before creating the job.
+        // SAFETY: `run` checked AVX2 and FMA before creating the job.
         unsafe { self.columns_avx2(from, to) }
     }
 
@@ -178,7 +142,7 @@ impl Job {
             while i0 < self.m {
                 let mi = (self.m - i0).min(ROWS);
                 // SAFETY: rows i0..i0+mi of A, j0..j0+nj of B and the block of C
-                // are inside the operands by `nt`'s contract.
+                // are inside the operands by `run`'s contract.
                 unsafe { self.block(i0, mi, j0, nj) };
                 i0 += ROWS;
             }
@@ -243,7 +207,7 @@ impl Job {
 #[cfg(target_arch = "x86_64")]
 impl Job {
     fn nn_columns(&self, from: usize, to: usize) {
-        // SAFETY: `nn` checked AVX2 and FMA before creating the job.
+        // SAFETY: `run` checked AVX2 and FMA before creating the job.
         unsafe { self.nn_columns_avx2(from, to) }
     }
 
@@ -264,7 +228,7 @@ impl Job {
                     let mi = (self.m - i0).min(4);
                     // SAFETY: rows i0..i0+mi of A and C, columns j0..j0+16 of B
                     // and C and rows p0..p1 of B are inside the operands by
-                    // `nn`'s contract.
+                    // `run`'s contract.
                     unsafe { self.nn_block(i0, mi, j0, p0..p1, accumulate) };
                     i0 += 4;
                 }
@@ -328,16 +292,10 @@ impl Job {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-impl Job {
-    fn columns(&self, _from: usize, _to: usize) {}
-    fn nn_columns(&self, _from: usize, _to: usize) {}
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::matmul::{Gemm, gemm_reference};
+    use crate::ops::matmul::gemm_reference;
     use crate::parity::uniform;
 
     fn fast_cpu() -> bool {
@@ -351,113 +309,33 @@ mod tests {
         }
     }
 
-    #[test]
-    fn nn_matches_the_reference_on_edge_shapes() {
-        for (m, n, k) in [
-            (1, 16, 1),
-            (3, 17, 9),
-            (4, 32, 16),
-            (32, 256, 1024),
-            (7, 130, 37),
-            (64, 40, 100),
-            (9, 35, 700),
-        ] {
-            let (lda, ldb, ldc) = (k + 3, n + 1, n + 2);
-            let a: Vec<f32> = uniform(4, m * lda, -1.0, 1.0)
-                .iter()
-                .map(|&x| x as f32)
-                .collect();
-            let b: Vec<f32> = uniform(5, k * ldb, -1.0, 1.0)
-                .iter()
-                .map(|&x| x as f32)
-                .collect();
-            for accumulate in [false, true] {
-                let c0: Vec<f32> = uniform(6, m * ldc, -1.0, 1.0)
-                    .iter()
-                    .map(|&x| x as f32)
-                    .collect();
-                let mut want = c0.clone();
-                let g = Gemm::nn(m, n, k)
-                    .strides(lda, ldb, ldc)
-                    .accumulating(accumulate);
-                gemm_reference(&g, &a, &b, None, &mut want).unwrap();
-                let mut got = c0.clone();
-                // SAFETY: the operands have exactly the sizes the strides describe.
-                let ran = unsafe {
-                    nn(
-                        m,
-                        n,
-                        k,
-                        a.as_ptr(),
-                        lda,
-                        b.as_ptr(),
-                        ldb,
-                        got.as_mut_ptr(),
-                        ldc,
-                        accumulate,
-                    )
-                };
-                if !ran {
-                    assert!(
-                        !fast_cpu(),
-                        "{m}x{n}x{k}: the kernel declined a shape it covers"
-                    );
-                    return;
-                }
-                for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-                    let tol = 1e-5 * (k as f32).sqrt() * (1.0 + w.abs());
-                    assert!((w - g).abs() <= tol, "{m}x{n}x{k} [{i}]: {w} vs {g}");
-                }
-            }
-        }
+    fn random(seed: u64, len: usize) -> Vec<f32> {
+        uniform(seed, len, -1.0, 1.0)
+            .iter()
+            .map(|&x| x as f32)
+            .collect()
     }
 
-    #[test]
-    fn matches_the_reference_on_edge_shapes() {
-        for (m, n, k) in [
-            (1, 1, 8),
-            (3, 5, 9),
-            (4, 4, 16),
-            (32, 1024, 256),
-            (7, 130, 37),
-            (64, 9, 1000),
-        ] {
-            let (lda, ldb, ldc) = (k + 3, k + 1, n + 2);
-            let a: Vec<f32> = uniform(1, m * lda, -1.0, 1.0)
-                .iter()
-                .map(|&x| x as f32)
-                .collect();
-            let b: Vec<f32> = uniform(2, n * ldb, -1.0, 1.0)
-                .iter()
-                .map(|&x| x as f32)
-                .collect();
+    /// `run` against the reference on padded strides, storing and accumulating.
+    fn check(trans_b: bool, shapes: &[(usize, usize, usize)]) {
+        for &(m, n, k) in shapes {
+            let g = if trans_b {
+                Gemm::nt(m, n, k)
+            } else {
+                Gemm::nn(m, n, k)
+            };
+            let (lda, ldb, ldc) = (k + 3, if trans_b { k + 1 } else { n + 1 }, n + 2);
+            let a = random(1, m * lda);
+            let b = random(2, if trans_b { n } else { k } * ldb);
             for accumulate in [false, true] {
-                let c0: Vec<f32> = uniform(3, m * ldc, -1.0, 1.0)
-                    .iter()
-                    .map(|&x| x as f32)
-                    .collect();
+                let g = g.strides(lda, ldb, ldc).accumulating(accumulate);
+                let c0 = random(3, m * ldc);
                 let mut want = c0.clone();
-                let g = Gemm::nt(m, n, k)
-                    .strides(lda, ldb, ldc)
-                    .accumulating(accumulate);
                 gemm_reference(&g, &a, &b, None, &mut want).unwrap();
                 let mut got = c0.clone();
-                // SAFETY: the operands have exactly the sizes the strides describe.
-                let ran = unsafe {
-                    nt(
-                        m,
-                        n,
-                        k,
-                        a.as_ptr(),
-                        lda,
-                        b.as_ptr(),
-                        ldb,
-                        got.as_mut_ptr(),
-                        ldc,
-                        accumulate,
-                    )
-                };
-                if !ran {
+                g.validate(a.len(), b.len(), None, got.len()).unwrap();
+                // SAFETY: validated just above.
+                if !unsafe { run(&g, &a, &b, &mut got) } {
                     assert!(
                         !fast_cpu(),
                         "{m}x{n}x{k}: the kernel declined a shape it covers"
@@ -470,5 +348,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn nt_matches_the_reference_on_edge_shapes() {
+        check(
+            true,
+            &[
+                (1, 1, 8),
+                (3, 5, 9),
+                (4, 4, 16),
+                (32, 1024, 256),
+                (7, 130, 37),
+                (64, 9, 1000),
+            ],
+        );
+    }
+
+    #[test]
+    fn nn_matches_the_reference_on_edge_shapes() {
+        check(
+            false,
+            &[
+                (1, 16, 1),
+                (3, 17, 9),
+                (4, 32, 16),
+                (32, 256, 1024),
+                (7, 130, 37),
+                (64, 40, 100),
+                (9, 35, 700),
+            ],
+        );
     }
 }
