@@ -174,6 +174,15 @@ pub struct RnnBench {
     pub submits_per_step: u64,
 }
 
+/// Waits for the GPU's work, if there is a GPU.
+fn sync(ctx: Option<&GpuContext>) -> Result<()> {
+    ctx.map_or(Ok(()), |c| c.sync())
+}
+
+fn backend_name<B: Backend>(b: &B) -> String {
+    if b.is_gpu() { "gpu" } else { "cpu" }.into()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -200,12 +209,7 @@ pub fn bench_rnn<B: Backend>(
         &uniform(3, t * bsz * shape.hidden, -1.0, 1.0),
     )?;
     let grads = rnn.zeros_like_params()?;
-    let sync = || -> Result<()> {
-        match ctx {
-            Some(c) => c.sync(),
-            None => Ok(()),
-        }
-    };
+    let sync = || sync(ctx);
     let counters = || ctx.map(|c| c.counters()).unwrap_or_default();
     // Warm up: pipelines, bind groups, workspaces.
     for _ in 0..2 {
@@ -244,7 +248,7 @@ pub fn bench_rnn<B: Backend>(
     let step_ms = median(step);
     Ok(RnnBench {
         implementation: "rnn-wgpu".into(),
-        backend: if b.is_gpu() { "gpu" } else { "cpu" }.into(),
+        backend: backend_name(b),
         device: device.into(),
         cell: shape.cell.name().into(),
         input: shape.input,
@@ -294,7 +298,7 @@ pub fn bench_matmul<B: Backend>(
     let ms = median(times);
     Ok(KernelBench {
         kernel: "matmul_nt".into(),
-        backend: if b.is_gpu() { "gpu" } else { "cpu" }.into(),
+        backend: backend_name(b),
         shape: format!("{m}x{n}x{k}"),
         ms,
         rate: g.flops() / (ms * 1e-3) / 1e9,
@@ -329,7 +333,7 @@ pub fn bench_xent<B: Backend>(
     let bytes = (rows * cols * 4 * 3) as f64;
     Ok(KernelBench {
         kernel: "softmax_xent".into(),
-        backend: if b.is_gpu() { "gpu" } else { "cpu" }.into(),
+        backend: backend_name(b),
         shape: format!("{rows}x{cols}"),
         ms,
         rate: bytes / (ms * 1e-3) / 1e9,
@@ -342,7 +346,7 @@ fn time(
     iters: usize,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<Vec<f64>> {
-    let sync = || ctx.map_or(Ok(()), |c| c.sync());
+    let sync = || sync(ctx);
     for _ in 0..2 {
         f()?;
         sync()?;

@@ -10,7 +10,7 @@ use crate::nn::RnnConfig;
 use crate::nn::case::{RnnCase, run_case};
 use crate::nn::model::{Init, InputEncoding, ModelConfig};
 use crate::ops::activation::{Activation, Span};
-use crate::ops::cell::{Cell, Nonlinearity};
+use crate::ops::cell::Cell;
 use crate::ops::matmul::{Gemm, GemmKernel};
 use crate::ops::optim::Optimizer;
 use crate::ops::reduce::{ColSum, ReduceOp};
@@ -288,15 +288,7 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
         &|r| r.reduce(&v, 300, 41),
         gpu,
     );
-    for (i, cell) in [
-        Cell::Lstm,
-        Cell::Gru,
-        Cell::Rnn(Nonlinearity::Tanh),
-        Cell::Rnn(Nonlinearity::Relu),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, cell) in Cell::ALL.into_iter().enumerate() {
         let cfg = RnnConfig::new(cell, 5, 37).layers(2).bidirectional(true);
         let case = RnnCase::new(cfg, 6, 9, 80 + i as u64)
             .with_states()

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::{BackendChoice, choose};
 use crate::error::{Error, Result};
-use crate::io::{HostTensor, TensorMap, read_safetensors, write_safetensors};
+use crate::io::{HostTensor, TensorMap, flat_params, read_safetensors, write_safetensors};
 use crate::nn::RnnConfig;
 use crate::nn::case::{RnnCaseData, RnnResults, run_case};
 use crate::nn::rnn::check_lengths;
@@ -137,9 +137,8 @@ pub fn infer_config(
                     ),
                 ));
             }
-            Some(t) => {
-                t.floats(&e.name)?;
-            }
+            // (The values, and so their dtype, are read once by `load`.)
+            Some(_) => {}
         }
     }
     if let Some(extra) = weights.keys().find(|k| layout.get(k).is_none()) {
@@ -151,19 +150,6 @@ pub fn infer_config(
         ));
     }
     Ok(config)
-}
-
-/// The flat parameter vector of `config` from a checked state_dict.
-pub fn flat_params(weights: &TensorMap, config: &RnnConfig) -> Result<Vec<f64>> {
-    let layout = config.layout();
-    let mut out = Vec::with_capacity(layout.total);
-    for e in &layout.entries {
-        let t = weights
-            .get(&e.name)
-            .ok_or_else(|| Error::invalid("weights", format!("{} is missing", e.name)))?;
-        out.extend(t.floats(&e.name)?);
-    }
-    Ok(out)
 }
 
 const INPUT_NAMES: [&str; 7] = [
@@ -335,7 +321,7 @@ pub fn load(opts: &EvalOptions) -> Result<(RnnConfig, RnnCaseData)> {
     let config = infer_config(&weights, &opts.weights, opts.nonlinearity)?;
     let inputs = read_safetensors(&opts.inputs)?;
     let mut data = read_inputs(&inputs, &opts.inputs, &config, opts.backward)?;
-    data.params = flat_params(&weights, &config)?;
+    data.params = flat_params(&weights, &opts.weights, &config.layout())?;
     Ok((config, data))
 }
 

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, View};
 
+use crate::backend::host_vec;
 use crate::error::{Error, Result};
+use crate::nn::ParamLayout;
 
 /// Element data of a host tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +119,35 @@ impl View for &HostTensor {
     fn data_len(&self) -> usize {
         self.bytes().len()
     }
+}
+
+/// The values of the tensor `name` of `tensors` (read from `path`), which
+/// must have `shape` and hold floats.
+pub fn named_floats(
+    tensors: &TensorMap,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f64>> {
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| Error::format(path, format!("tensor {name} is missing")))?;
+    if t.shape != shape {
+        return Err(Error::format(
+            path,
+            format!("{name}: expected shape {shape:?}, got {:?}", t.shape),
+        ));
+    }
+    t.floats(name)
+}
+
+/// Every parameter of `layout`, in order, from the tensors of that name.
+pub fn flat_params(tensors: &TensorMap, path: &Path, layout: &ParamLayout) -> Result<Vec<f64>> {
+    let mut params = host_vec(layout.total)?;
+    for e in &layout.entries {
+        params.extend(named_floats(tensors, path, &e.name, &e.shape)?);
+    }
+    Ok(params)
 }
 
 /// Reads every tensor of a safetensors file (F32, F64, I32 and I64 are supported).

@@ -370,12 +370,7 @@ fn gradcheck(a: GradcheckArgs) -> rnn_wgpu::Result<bool> {
         CellArg::Gru => vec![Cell::Gru],
         CellArg::RnnTanh => vec![Cell::Rnn(Nonlinearity::Tanh)],
         CellArg::RnnRelu => vec![Cell::Rnn(Nonlinearity::Relu)],
-        CellArg::All => vec![
-            Cell::Lstm,
-            Cell::Gru,
-            Cell::Rnn(Nonlinearity::Tanh),
-            Cell::Rnn(Nonlinearity::Relu),
-        ],
+        CellArg::All => Cell::ALL.to_vec(),
     };
     for (arg, v) in [("--steps", steps), ("--batch", batch)] {
         if v == 0 {
@@ -533,9 +528,7 @@ fn train(a: TrainArgs) -> rnn_wgpu::Result<bool> {
         100.0 * summary.accuracy
     );
     if a.json {
-        let line = serde_json::to_string(&summary)
-            .map_err(|e| rnn_wgpu::Error::invalid("json", e.to_string()))?;
-        println!("{line}");
+        println!("{}", json_line(&summary)?);
     }
     Ok(true)
 }
@@ -599,7 +592,7 @@ fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
         for shape in &shapes {
             let r = bench_rnn(&b, ctx.as_deref(), &device, shape, a.iters)?;
             if a.json {
-                println!("{}", serde_json::to_string(&r).map_err(|e| rnn_wgpu::Error::invalid("json", e.to_string()))?);
+                println!("{}", json_line(&r)?);
             } else {
                 println!(
                     "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11.3} {:>11.3} {:>11.3} {:>9.1} {:>10.3} {:>10}",
@@ -621,7 +614,7 @@ fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
             }
             for k in results {
                 if a.json {
-                    println!("{}", serde_json::to_string(&k).map_err(|e| rnn_wgpu::Error::invalid("json", e.to_string()))?);
+                    println!("{}", json_line(&k)?);
                 } else {
                     println!("{:<13} {:<16} {:>9.3} ms {:>9.1} {}", k.kernel, k.shape, k.ms, k.rate, k.unit);
                 }
@@ -630,6 +623,11 @@ fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
         Ok::<(), rnn_wgpu::Error>(())
     })?;
     Ok(true)
+}
+
+/// One JSON object on one line.
+fn json_line<T: serde::Serialize>(v: &T) -> rnn_wgpu::Result<String> {
+    serde_json::to_string(v).map_err(|e| rnn_wgpu::Error::invalid("json", e.to_string()))
 }
 
 /// The GPU context behind a backend, when it is the GPU one.

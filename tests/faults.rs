@@ -167,13 +167,7 @@ fn whole_recurrent_passes_repeat_bitwise_on_the_gpu() {
 #[test]
 fn long_saturated_sequences_stay_finite() {
     let steps = 10_000;
-    let cells = [
-        Cell::Lstm,
-        Cell::Gru,
-        Cell::Rnn(Nonlinearity::Tanh),
-        Cell::Rnn(Nonlinearity::Relu),
-    ];
-    for (i, cell) in cells.into_iter().enumerate() {
+    for (i, cell) in Cell::ALL.into_iter().enumerate() {
         let cfg = RnnConfig::new(cell, 3, 8);
         let mut case = RnnCase::new(cfg, steps, 2, 40 + i as u64).with_states();
         case.lengths = Some(vec![steps as i32, 7_321]);

@@ -159,7 +159,7 @@ fn gpu_follows_pytorch() {
 fn clip_coefficient_is_pytorchs() {
     assert_eq!(clip_coef(4.0, None), Some(1.0));
     assert_eq!(clip_coef(4.0, Some(10.0)), Some(1.0));
-    let c = clip_coef(16.0, Some(2.0)).unwrap();
+    let c = clip_coef(16.0f64, Some(2.0)).unwrap();
     assert!((c - 2.0 / (4.0 + 1e-6)).abs() < 1e-15);
     assert_eq!(clip_coef(f64::NAN, Some(1.0)), None);
     assert_eq!(clip_coef(f64::INFINITY, None), None);

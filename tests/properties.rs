@@ -9,7 +9,7 @@ use rnn_wgpu::backend::{Backend, CpuBackend, GpuBackend, XentBuffers, api};
 use rnn_wgpu::nn::RnnConfig;
 use rnn_wgpu::nn::case::{RnnCase, run_case};
 use rnn_wgpu::ops::activation::Activation;
-use rnn_wgpu::ops::cell::{Cell, Nonlinearity};
+use rnn_wgpu::ops::cell::Cell;
 use rnn_wgpu::ops::matmul::Gemm;
 use rnn_wgpu::ops::reduce::ReduceOp;
 use rnn_wgpu::ops::softmax_xent::{IGNORE_INDEX, Rows};
@@ -63,12 +63,7 @@ fn act_run<B: Backend>(b: &B, act: Activation, x: &[f64], dy: &[f64]) -> (Vec<f6
     (y, dx)
 }
 
-const CELLS: [Cell; 4] = [
-    Cell::Lstm,
-    Cell::Gru,
-    Cell::Rnn(Nonlinearity::Tanh),
-    Cell::Rnn(Nonlinearity::Relu),
-];
+const CELLS: [Cell; 4] = Cell::ALL;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]

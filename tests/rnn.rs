@@ -8,18 +8,14 @@ use rnn_wgpu::Error;
 use rnn_wgpu::backend::{Backend, CpuBackend, GpuBackend, StepBackward, StepForward};
 use rnn_wgpu::gradcheck::GradCheck;
 use rnn_wgpu::nn::case::{RnnCase, RnnResults, check_case_gradients, run_case};
+use rnn_wgpu::nn::rnn::DirParams;
 use rnn_wgpu::nn::{Rnn, RnnConfig};
-use rnn_wgpu::ops::cell::{Cell, Nonlinearity, StepSpec};
+use rnn_wgpu::ops::cell::{Cell, StepSpec};
 use rnn_wgpu::parity::{Tolerance, compare, rng, uniform};
 
 use rand::RngExt;
 
-const CELLS: [Cell; 4] = [
-    Cell::Lstm,
-    Cell::Gru,
-    Cell::Rnn(Nonlinearity::Tanh),
-    Cell::Rnn(Nonlinearity::Relu),
-];
+const CELLS: [Cell; 4] = Cell::ALL;
 
 fn cpu() -> CpuBackend<f64> {
     CpuBackend::new()
@@ -304,7 +300,7 @@ fn layout_offsets_agree_with_the_layout() {
         for l in 0..3 {
             for d in 0..2 {
                 let sfx = RnnConfig::suffix(l, d);
-                let p = cfg.dir_params(l, d);
+                let p = DirParams::of(&layout, 2, l, d).unwrap();
                 assert_eq!(
                     layout.get(&format!("weight_ih{sfx}")).unwrap().offset,
                     p.w_ih

@@ -66,16 +66,9 @@ pub fn choose(choice: BackendChoice) -> Result<(Chosen, String)> {
     match choice {
         BackendChoice::Cpu => Ok((Chosen::Cpu(CpuBackend::new()), "cpu (f32)".into())),
         BackendChoice::Cpu64 => Ok((Chosen::Cpu64(CpuBackend::new()), "cpu (f64)".into())),
-        BackendChoice::Gpu => {
-            let ctx = GpuContext::from_env()?;
-            let why = format!("gpu: {}", ctx.adapter());
-            Ok((Chosen::Gpu(GpuBackend::new(Arc::new(ctx))?), why))
-        }
+        BackendChoice::Gpu => on_gpu(GpuContext::from_env()?),
         BackendChoice::Auto => match GpuContext::from_env() {
-            Ok(ctx) if !ctx.adapter().is_software() => {
-                let why = format!("gpu: {}", ctx.adapter());
-                Ok((Chosen::Gpu(GpuBackend::new(Arc::new(ctx))?), why))
-            }
+            Ok(ctx) if !ctx.adapter().is_software() => on_gpu(ctx),
             Ok(ctx) => Ok((
                 Chosen::Cpu(CpuBackend::new()),
                 format!(
@@ -90,6 +83,11 @@ pub fn choose(choice: BackendChoice) -> Result<(Chosen, String)> {
             )),
         },
     }
+}
+
+fn on_gpu(ctx: GpuContext) -> Result<(Chosen, String)> {
+    let why = format!("gpu: {}", ctx.adapter());
+    Ok((Chosen::Gpu(GpuBackend::new(Arc::new(ctx))?), why))
 }
 
 /// Runs a generic expression with the chosen backend bound to `$b`.

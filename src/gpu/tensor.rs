@@ -182,14 +182,16 @@ impl GpuTensor {
 
     /// Overwrites the tensor with f32 `data` (after all work recorded so far).
     pub fn write_f32(&self, ctx: &GpuContext, data: &[f32]) -> Result<()> {
-        self.expect_dtype("tensor", DType::F32)?;
-        Self::check_len("data", &self.shape, data.len())?;
-        ctx.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data))
+        self.write_as(ctx, DType::F32, data)
     }
 
     /// Overwrites the tensor with i32 `data` (after all work recorded so far).
     pub fn write_i32(&self, ctx: &GpuContext, data: &[i32]) -> Result<()> {
-        self.expect_dtype("tensor", DType::I32)?;
+        self.write_as(ctx, DType::I32, data)
+    }
+
+    fn write_as<T: bytemuck::Pod>(&self, ctx: &GpuContext, dtype: DType, data: &[T]) -> Result<()> {
+        self.expect_dtype("tensor", dtype)?;
         Self::check_len("data", &self.shape, data.len())?;
         ctx.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data))
     }

@@ -192,38 +192,21 @@ pub fn run_case<B: Backend>(
     let mut rnn = Rnn::from_params(backend.clone(), *c, &conv(&data.params))?;
     let (steps, batch) = (data.steps, data.batch);
     let state = [c.num_layers * c.directions(), batch, c.hidden_size];
+    let opt = |shape: &[usize], v: &Option<Vec<f64>>| {
+        v.as_ref().map(|v| backend.tensor_f64(shape, v)).transpose()
+    };
     let x = backend.tensor_f64(&[steps, batch, c.input_size], &data.x)?;
-    let h0 = data
-        .h0
-        .as_ref()
-        .map(|v| backend.tensor_f64(&state, v))
-        .transpose()?;
-    let c0 = data
-        .c0
-        .as_ref()
-        .map(|v| backend.tensor_f64(&state, v))
-        .transpose()?;
+    let h0 = opt(&state, &data.h0)?;
+    let c0 = opt(&state, &data.c0)?;
     let out = rnn.forward(&x, h0.as_ref(), c0.as_ref(), data.lengths.as_deref())?;
     let mut list = vec![&out.output, &out.hn];
     list.extend(out.cn.as_ref());
     let grads;
     let input_grads;
     if backward {
-        let go = data
-            .grad_output
-            .as_ref()
-            .map(|v| backend.tensor_f64(&[steps, batch, c.output_size()], v))
-            .transpose()?;
-        let ghn = data
-            .grad_hn
-            .as_ref()
-            .map(|v| backend.tensor_f64(&state, v))
-            .transpose()?;
-        let gcn = data
-            .grad_cn
-            .as_ref()
-            .map(|v| backend.tensor_f64(&state, v))
-            .transpose()?;
+        let go = opt(&[steps, batch, c.output_size()], &data.grad_output)?;
+        let ghn = opt(&state, &data.grad_hn)?;
+        let gcn = opt(&state, &data.grad_cn)?;
         grads = rnn.zeros_like_params()?;
         input_grads = rnn.backward(go.as_ref(), ghn.as_ref(), gcn.as_ref(), &grads)?;
         list.extend(input_grads.input.as_ref());

@@ -17,7 +17,6 @@ use super::rnn::{LayerDropout, MAX_DIM, Rnn, RnnConfig, check_index_range};
 use crate::backend::{Backend, XentBuffers, expect_shape, host_zeros};
 use crate::error::{Error, Result};
 use crate::ops::cell::Cell;
-use crate::ops::dropout::{DropoutKey, DropoutSpec};
 use crate::ops::embed::EmbedSpec;
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::ColSum;
@@ -240,7 +239,6 @@ pub struct SeqModel<B: Backend> {
     params: B::Tensor,
     grads: B::Tensor,
     rnn: Rnn<B>,
-    rnn_offset: usize,
     onehot: Option<B::Tensor>,
     // Workspaces of recent (T, B) shapes, the current one last.
     ws: Vec<ModelWs<B>>,
@@ -284,7 +282,6 @@ impl<B: Backend> SeqModel<B> {
             params,
             grads,
             rnn,
-            rnn_offset,
             onehot,
             ws: Vec::new(),
         })
@@ -391,7 +388,7 @@ impl<B: Backend> SeqModel<B> {
         let out = self.rnn.forward_with(&ws.x, h0, c0, None, drop)?;
         let top = match (drop, &ws.top) {
             (Some(d), Some(top)) => {
-                b.dropout(&output_dropout(d, rows * h), &out.output, top)?;
+                b.dropout(&d.at_site(OUTPUT_DROPOUT_SITE, rows * h), &out.output, top)?;
                 top.clone()
             }
             _ => out.output.clone(),
@@ -458,7 +455,7 @@ impl<B: Backend> SeqModel<B> {
         b.sum_cols(&cs, &ws.dlogits, &self.grads)?;
         let dout = match (self.dropout_for(train), &ws.dtop) {
             (Some(d), Some(dtop)) => {
-                b.dropout(&output_dropout(d, rows * h), &ws.dh, dtop)?;
+                b.dropout(&d.at_site(OUTPUT_DROPOUT_SITE, rows * h), &ws.dh, dtop)?;
                 dtop.clone()
             }
             _ => ws.dh.clone(),
@@ -530,12 +527,7 @@ impl<B: Backend> SeqModel<B> {
             return Err(Error::invalid("workspace", "missing after forward"));
         };
         let rows = ws.steps * ws.batch;
-        let xent = XentBuffers {
-            loss: ws.xent.loss.clone(),
-            stats: ws.xent.stats.clone(),
-            summary: stats.clone(),
-            summary_off: stats_off,
-        };
+        let xent = ws.xent.clone().with_summary(stats.clone(), stats_off);
         let targets_flat = self.backend.reshape_ints(targets, &[rows])?;
         let shape = Rows {
             rows,
@@ -561,7 +553,7 @@ impl<B: Backend> SeqModel<B> {
 
     /// Offset of the recurrent stack's parameters.
     pub fn rnn_offset(&self) -> usize {
-        self.rnn_offset
+        self.rnn.offset()
     }
 
     /// The recurrent stack.
@@ -584,20 +576,6 @@ impl<B: Backend> SeqModel<B> {
     /// Zeroes the gradients.
     pub fn zero_grads(&self) -> Result<()> {
         self.backend.fill(&self.grads, 0, self.layout.total, 0.0)
-    }
-}
-
-fn output_dropout(d: LayerDropout, n: usize) -> DropoutSpec {
-    DropoutSpec {
-        n,
-        x_off: 0,
-        y_off: 0,
-        p: d.p,
-        key: DropoutKey {
-            seed: d.seed,
-            layer: OUTPUT_DROPOUT_SITE,
-            step: d.step,
-        },
     }
 }
 

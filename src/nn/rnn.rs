@@ -83,6 +83,31 @@ pub struct DirParams {
 }
 
 impl DirParams {
+    /// Offsets of layer `l`, direction `d` in `layout`, a layout built by
+    /// [`RnnConfig::layout`] (four entries per layer and direction, in order)
+    /// for a stack with `dirs` directions.
+    pub fn of(layout: &ParamLayout, dirs: usize, l: usize, d: usize) -> Result<Self> {
+        let first = (l * dirs + d) * 4;
+        let off = |k: usize| {
+            layout
+                .entries
+                .get(first + k)
+                .map(|e| e.offset)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "parameters",
+                        format!("the layout has no entries for layer {l}, direction {d}"),
+                    )
+                })
+        };
+        Ok(DirParams {
+            w_ih: off(0)?,
+            w_hh: off(1)?,
+            b_ih: off(2)?,
+            b_hh: off(3)?,
+        })
+    }
+
     fn shifted(self, by: usize) -> Self {
         DirParams {
             w_ih: self.w_ih + by,
@@ -108,7 +133,8 @@ pub struct LayerDropout {
 }
 
 impl LayerDropout {
-    fn spec(&self, l: usize, n: usize) -> DropoutSpec {
+    /// The mask of `n` elements at dropout site `site` (this seed and step).
+    pub(crate) fn at_site(&self, site: u32, n: usize) -> DropoutSpec {
         DropoutSpec {
             n,
             x_off: 0,
@@ -116,10 +142,14 @@ impl LayerDropout {
             p: self.p,
             key: DropoutKey {
                 seed: self.seed,
-                layer: self.site + l as u32,
+                layer: site,
                 step: self.step,
             },
         }
+    }
+
+    fn spec(&self, l: usize, n: usize) -> DropoutSpec {
+        self.at_site(self.site + l as u32, n)
     }
 }
 
@@ -217,26 +247,6 @@ impl RnnConfig {
         }
         layout
     }
-
-    /// Offsets of layer `l`, direction `d` in a buffer laid out by [`RnnConfig::layout`].
-    pub fn dir_params(&self, l: usize, d: usize) -> DirParams {
-        let gh = self.cell.gates() * self.hidden_size;
-        let h = self.hidden_size;
-        let mut off = 0;
-        for ll in 0..l {
-            off += self.directions() * gh * (self.layer_input(ll) + h + 2);
-        }
-        off += d * gh * (self.layer_input(l) + h + 2);
-        let w_ih = off;
-        let w_hh = w_ih + gh * self.layer_input(l);
-        let b_ih = w_hh + gh * h;
-        DirParams {
-            w_ih,
-            w_hh,
-            b_ih,
-            b_hh: b_ih + gh,
-        }
-    }
 }
 
 /// Workspace of one layer and direction.
@@ -317,6 +327,9 @@ pub struct Rnn<B: Backend> {
     // one belongs to the last forward (and its backward).
     ws: Vec<Workspace<B>>,
 }
+
+/// The shape of initial and final states, as errors name it.
+const STATE_SHAPE: &str = "[L·D, B, H]";
 
 /// Workspaces kept per stack (truncated BPTT alternates between a full and a
 /// partial chunk; evaluation and sampling use other shapes).
@@ -485,10 +498,6 @@ impl<B: Backend> Rnn<B> {
         Ok(())
     }
 
-    fn state_letters(&self) -> String {
-        "[L·D, B, H]".to_string()
-    }
-
     /// Runs the whole sequence `x` `[T, B, I]` from initial states `h0`, `c0`
     /// `[L·D, B, H]` (zeros when `None`; `c0` only for the LSTM), with optional
     /// per-row `lengths` (each in `1..=T`, PyTorch's packed-sequence meaning).
@@ -533,7 +542,7 @@ impl<B: Backend> Rnn<B> {
         let (h, dirs) = (cfg.hidden_size, cfg.directions());
         let state = [cfg.num_layers * dirs, batch, h];
         if let Some(h0) = h0 {
-            expect_shape("h0", &self.state_letters(), &state, self.backend.shape(h0))?;
+            expect_shape("h0", STATE_SHAPE, &state, self.backend.shape(h0))?;
         }
         if let Some(c0) = c0 {
             if !cfg.cell.has_cell_state() {
@@ -542,7 +551,7 @@ impl<B: Backend> Rnn<B> {
                     format!("only an LSTM has a cell state; this is {}", cfg.cell.name()),
                 ));
             }
-            expect_shape("c0", &self.state_letters(), &state, self.backend.shape(c0))?;
+            expect_shape("c0", STATE_SHAPE, &state, self.backend.shape(c0))?;
         }
         let lengths = lengths
             .map(|l| {
@@ -571,7 +580,7 @@ impl<B: Backend> Rnn<B> {
             let in_size = cfg.layer_input(l);
             let layer = &ws.layers[l];
             for (d, dw) in layer.dirs.iter().enumerate() {
-                let p = cfg.dir_params(l, d).shifted(self.offset);
+                let p = DirParams::of(&self.layout, dirs, l, d)?.shifted(self.offset);
                 let g = Gemm::nt(steps * batch, gh, in_size)
                     .offsets(0, p.w_ih, 0)
                     .with_bias(p.b_ih);
@@ -660,7 +669,7 @@ impl<B: Backend> Rnn<B> {
             expect_shape("grad_output", "[T, B, D·H]", &out_shape, b.shape(g))?;
         }
         if let Some(g) = grad_hn {
-            expect_shape("grad_hn", "[L·D, B, H]", &state, b.shape(g))?;
+            expect_shape("grad_hn", STATE_SHAPE, &state, b.shape(g))?;
         }
         if let Some(g) = grad_cn {
             if !cfg.cell.has_cell_state() {
@@ -669,19 +678,18 @@ impl<B: Backend> Rnn<B> {
                     format!("only an LSTM has a cell state; this is {}", cfg.cell.name()),
                 ));
             }
-            expect_shape("grad_cn", "[L·D, B, H]", &state, b.shape(g))?;
+            expect_shape("grad_cn", STATE_SHAPE, &state, b.shape(g))?;
         }
         let dout_top = match grad_output {
             Some(g) => g.clone(),
-            None => {
-                if ws.zero_dout.is_none() {
-                    ws.zero_dout = Some(b.zeros(&out_shape)?);
+            None => match &ws.zero_dout {
+                Some(z) => z.clone(),
+                None => {
+                    let z = b.zeros(&out_shape)?;
+                    ws.zero_dout = Some(z.clone());
+                    z
                 }
-                match &ws.zero_dout {
-                    Some(z) => z.clone(),
-                    None => return Err(Error::invalid("grad_output", "could not allocate zeros")),
-                }
-            }
+            },
         };
         let bh = batch * h;
         let gh = cfg.cell.gates() * h;
@@ -705,7 +713,7 @@ impl<B: Backend> Rnn<B> {
             let in_size = cfg.layer_input(l);
             let layer = &ws.layers[l];
             for (d, dw) in layer.dirs.iter().enumerate() {
-                let p = cfg.dir_params(l, d).shifted(self.offset);
+                let p = DirParams::of(&self.layout, dirs, l, d)?.shifted(self.offset);
                 let sd = l * dirs + d;
                 // Carries start at the gradients of the final states.
                 b.fill(&dw.carry, 0, 4 * bh, 0.0)?;

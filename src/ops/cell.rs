@@ -31,6 +31,7 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::matmul::{Gemm, gemm_cpu, u32_of};
+use super::need_len;
 use crate::backend::{GpuBackend, StepBackward, StepForward};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelSpec, Shader};
@@ -58,6 +59,14 @@ pub enum Cell {
 }
 
 impl Cell {
+    /// Every cell type.
+    pub const ALL: [Cell; 4] = [
+        Cell::Lstm,
+        Cell::Gru,
+        Cell::Rnn(Nonlinearity::Tanh),
+        Cell::Rnn(Nonlinearity::Relu),
+    ];
+
     /// Gates per hidden unit, G.
     pub fn gates(self) -> usize {
         match self {
@@ -157,13 +166,7 @@ impl StepSpec {
     }
 
     fn need(arg: &str, want: usize, len: usize) -> Result<()> {
-        if len < want {
-            return Err(Error::invalid(
-                format!("cell step {arg}"),
-                format!("needs {want} elements, has {len}"),
-            ));
-        }
-        Ok(())
+        need_len(format!("cell step {arg}"), want, len)
     }
 
     /// Checks the step against the cell and the buffer lengths it will touch.

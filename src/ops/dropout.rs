@@ -122,13 +122,8 @@ pub fn apply_gpu(
 ) -> Result<()> {
     x.expect_dtype("dropout x", DType::F32)?;
     y.expect_dtype("dropout y", DType::F32)?;
+    // (x and y in one buffer is refused by the recorder, as for every kernel.)
     check(s, x.len(), y.len())?;
-    if x.buffer() == y.buffer() {
-        return Err(Error::Aliasing {
-            op: "dropout".into(),
-            arg: "x".into(),
-        });
-    }
     let params = Params {
         n: s.n as u32,
         x_off: u32_of("x_off", s.x_off)?,

@@ -6,6 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matmul::u32_of;
+use super::need_len;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelSpec, Shader};
 use crate::gpu::{DType, GpuTensor, Recorder};
@@ -32,22 +33,13 @@ impl EmbedSpec {
                 format!("empty sizes N = {}, E = {}, V = {}", self.n, self.e, self.v),
             ));
         }
-        let need = |arg: &str, want: usize, len: usize| {
-            if len < want {
-                return Err(Error::invalid(
-                    format!("embedding {arg}"),
-                    format!("needs {want} elements, has {len}"),
-                ));
-            }
-            Ok(())
-        };
-        need("tokens", self.n, tokens)?;
-        need(
-            "table",
+        need_len("embedding tokens", self.n, tokens)?;
+        need_len(
+            "embedding table",
             self.v.saturating_mul(self.e).saturating_add(self.table_off),
             table,
         )?;
-        need("output", self.n.saturating_mul(self.e), out)
+        need_len("embedding output", self.n.saturating_mul(self.e), out)
     }
 }
 

@@ -12,3 +12,18 @@ pub mod optim;
 pub mod reduce;
 pub mod small_gemm;
 pub mod softmax_xent;
+
+use crate::error::{Error, Result};
+
+/// Fails unless a buffer of `len` elements holds the `want` elements an
+/// operation addresses (`want` computed with saturating arithmetic, so an
+/// absurd size fails here instead of wrapping).
+pub(crate) fn need_len(arg: impl Into<String>, want: usize, len: usize) -> Result<()> {
+    if len < want {
+        return Err(Error::invalid(
+            arg,
+            format!("needs {want} elements, has {len}"),
+        ));
+    }
+    Ok(())
+}

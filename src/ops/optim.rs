@@ -17,6 +17,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matmul::u32_of;
+use super::need_len;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelSpec, Shader};
 use crate::gpu::{DType, GpuTensor, Recorder};
@@ -350,25 +351,21 @@ fn check_lens(opt: &Optimizer, s: &UpdateSpec, lens: [usize; 5]) -> Result<()> {
             stats,
         ),
     ] {
-        if len < want {
-            return Err(Error::invalid(
-                arg,
-                format!("needs {want} elements, has {len}"),
-            ));
-        }
+        need_len(arg, want, len)?;
     }
     Ok(())
 }
 
-/// The clipping coefficient for a sum of squared gradients, or `None` to skip.
-pub fn clip_coef(norm_sq: f64, max_norm: Option<f32>) -> Option<f64> {
+/// The clipping coefficient for a sum of squared gradients, or `None` to skip
+/// (in `T`, as the shader computes it in f32).
+pub fn clip_coef<T: Real>(norm_sq: T, max_norm: Option<f32>) -> Option<T> {
     let norm = norm_sq.sqrt();
     if !norm.is_finite() {
         return None;
     }
     Some(match max_norm {
-        Some(m) if m > 0.0 => (m as f64 / (norm + 1e-6)).min(1.0),
-        _ => 1.0,
+        Some(m) if m > 0.0 => (T::of(m as f64) / (norm + T::of(1e-6))).min(T::one()),
+        _ => T::one(),
     })
 }
 
@@ -389,17 +386,11 @@ pub fn update_cpu<T: Real>(
     )?;
     let p = Params::of(opt, s)?;
     // Same arithmetic as the shader, in T.
-    let norm = stats[s.norm_idx].sqrt();
     let loss_ok = s.loss_idx.is_none_or(|i| stats[i].is_finite());
-    if !norm.is_finite() || !loss_ok {
+    let Some(coef) = clip_coef(stats[s.norm_idx], s.max_norm).filter(|_| loss_ok) else {
         return Ok(false);
-    }
-    let one = T::one();
-    let coef = if p.max_norm > 0.0 {
-        (T::of(p.max_norm as f64) / (norm + T::of(1e-6))).min(one)
-    } else {
-        one
     };
+    let one = T::one();
     let c = |v: f32| T::of(v as f64);
     let (lr, wd, mom, damp) = (c(p.lr), c(p.weight_decay), c(p.momentum), c(p.dampening));
     let (b1, b2, eps) = (c(p.beta1), c(p.beta2), c(p.eps));

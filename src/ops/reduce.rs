@@ -10,6 +10,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matmul::u32_of;
+use super::need_len;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelSpec, Shader};
 use crate::gpu::{DType, GpuTensor, Recorder};
@@ -83,20 +84,12 @@ impl ColSum {
             .saturating_mul(self.ld)
             .saturating_add(self.x_off)
             .saturating_add(self.cols);
-        if need > x_len {
-            return Err(Error::invalid(
-                "sum_cols x",
-                format!("needs {need} elements, has {x_len}"),
-            ));
-        }
-        let need = self.out_off.saturating_add(self.cols);
-        if need > out_len {
-            return Err(Error::invalid(
-                "sum_cols out",
-                format!("needs {need} elements, has {out_len}"),
-            ));
-        }
-        Ok(())
+        need_len("sum_cols x", need, x_len)?;
+        need_len(
+            "sum_cols out",
+            self.out_off.saturating_add(self.cols),
+            out_len,
+        )
     }
 }
 
@@ -230,12 +223,7 @@ pub fn reduce_gpu(
         ));
     }
     let parts = partials(n);
-    if scratch.len() < parts {
-        return Err(Error::invalid(
-            "reduce scratch",
-            format!("needs {parts} elements, has {}", scratch.len()),
-        ));
-    }
+    need_len("reduce scratch", parts, scratch.len())?;
     let params = Params {
         n: u32_of("n", n)?,
         cols: 0,

@@ -14,8 +14,9 @@ use super::tasks::{Task, Vocab};
 use super::{EvalReport, HistoryPoint, TrainConfig, Trainer};
 use crate::backend::{Backend, host_vec};
 use crate::error::{Error, Result};
-use crate::io::{HostTensor, TensorMap, parse_safetensors, write_safetensors};
-use crate::nn::ParamLayout;
+use crate::io::{
+    HostTensor, TensorMap, flat_params, named_floats, parse_safetensors, write_safetensors,
+};
 use crate::nn::model::SeqModel;
 use crate::real::Real;
 
@@ -80,26 +81,14 @@ fn read_meta(path: &Path) -> Result<(TensorMap, Meta)> {
     Ok((parse_safetensors(&bytes, path)?, meta))
 }
 
-/// Every parameter of `layout`, in order, from the checkpoint's tensors.
-fn flat_from(tensors: &TensorMap, path: &Path, layout: &ParamLayout) -> Result<Vec<f64>> {
-    let mut params = host_vec(layout.total)?;
-    for e in &layout.entries {
-        params.extend(slice_of(tensors, path, &e.name, &e.shape)?);
+/// The tensor name of block `block` (of P values) of the optimizer state
+/// `state` for `param`: `optimizer.<state>.<param>`, later blocks numbered.
+fn state_key(state: &str, block: usize, param: &str) -> String {
+    if block == 0 {
+        format!("optimizer.{state}.{param}")
+    } else {
+        format!("optimizer.{state}.{block}.{param}")
     }
-    Ok(params)
-}
-
-fn slice_of(tensors: &TensorMap, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
-    let t = tensors
-        .get(name)
-        .ok_or_else(|| Error::format(path, format!("tensor {name} is missing")))?;
-    if t.shape != shape {
-        return Err(Error::format(
-            path,
-            format!("{name}: expected shape {shape:?}, got {:?}", t.shape),
-        ));
-    }
-    t.floats(name)
 }
 
 impl<B: Backend> Trainer<B> {
@@ -124,11 +113,7 @@ impl<B: Backend> Trainer<B> {
             for block in 0..len / n.max(1) {
                 for e in &layout.entries {
                     let r = e.range();
-                    let key = if block == 0 {
-                        format!("optimizer.{name}.{}", e.name)
-                    } else {
-                        format!("optimizer.{name}.{block}.{}", e.name)
-                    };
+                    let key = state_key(name, block, &e.name);
                     let vals = as_f32(&state[block * n + r.start..block * n + r.end]);
                     tensors.insert(key, HostTensor::f32(&e.shape, vals));
                 }
@@ -156,7 +141,7 @@ impl<B: Backend> Trainer<B> {
         let (tensors, meta) = read_meta(path)?;
         let task = Task::with_vocab(meta.config.task.clone(), meta.vocab.clone())?;
         let layout = meta.config.model.layout();
-        let params = flat_from(&tensors, path, &layout)?;
+        let params = flat_params(&tensors, path, &layout)?;
         let mut t = Trainer::build(backend, meta.config.clone(), task, &params)?;
         let n = layout.total;
         let (l1, l2) = meta.config.optimizer.state_lens(n);
@@ -168,12 +153,8 @@ impl<B: Backend> Trainer<B> {
             let mut state = host_vec(len)?;
             for block in 0..len / n {
                 for e in &layout.entries {
-                    let key = if block == 0 {
-                        format!("optimizer.{name}.{}", e.name)
-                    } else {
-                        format!("optimizer.{name}.{block}.{}", e.name)
-                    };
-                    state.extend(slice_of(&tensors, path, &key, &e.shape)?);
+                    let key = state_key(name, block, &e.name);
+                    state.extend(named_floats(&tensors, path, &key, &e.shape)?);
                 }
             }
             let v: Vec<B::Elem> = state.iter().map(|&x| B::Elem::of(x)).collect();
@@ -194,7 +175,7 @@ pub fn load_model<B: Backend>(backend: B, path: &Path) -> Result<(SeqModel<B>, T
     // Sampling needs the vocabulary only, not the training data.
     let task = Task::from_vocab(meta.config.task.clone(), meta.vocab.clone());
     let layout = meta.config.model.layout();
-    let params = flat_from(&tensors, path, &layout)?;
+    let params = flat_params(&tensors, path, &layout)?;
     let model = SeqModel::new(backend, meta.config.model, &params)?;
     Ok((model, task, meta.config))
 }

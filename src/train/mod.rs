@@ -522,14 +522,13 @@ impl<B: Backend> Trainer<B> {
         let problems = self.config.eval_problems;
         let batch = self.task.eval_batch(self.config.seed, problems)?;
         let shape = [batch.steps, batch.batch];
-        if self.eval_bufs.is_none() {
-            self.eval_bufs = Some(WindowBufs {
+        // The held-out problems are the same at every evaluation: uploaded once.
+        let bufs = match &self.eval_bufs {
+            Some(bufs) => bufs,
+            None => self.eval_bufs.insert(WindowBufs {
                 tokens: self.backend.ints(&shape, &batch.inputs)?,
                 targets: self.backend.ints(&shape, &batch.targets)?,
-            });
-        }
-        let Some(bufs) = &self.eval_bufs else {
-            return Err(Error::invalid("evaluation", "buffers missing"));
+            }),
         };
         let off = self.windows.len() * STATS_STRIDE;
         let fwd = self

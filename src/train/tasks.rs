@@ -6,6 +6,7 @@
 //! never trained on: `copy` and `add` split problems by a hash of their
 //! content, `text` holds out the last tenth of the file.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rand::{RngExt, SeedableRng};
@@ -76,9 +77,19 @@ impl Vocab {
 
     /// Ids of every character of `s`; an unknown character is an error naming it.
     pub fn encode(&self, arg: &str, s: &str) -> Result<Vec<i32>> {
+        // One lookup table for the whole string (a text file can be large and
+        // its vocabulary thousands of symbols); the first id of a symbol wins,
+        // as in `id`.
+        let ids: HashMap<char, i32> = self
+            .chars
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, &c)| (c, i as i32))
+            .collect();
         s.chars()
             .map(|c| {
-                self.id(c).ok_or_else(|| {
+                ids.get(&c).copied().ok_or_else(|| {
                     Error::invalid(
                         arg,
                         format!(
