@@ -3,6 +3,10 @@
 writes a Markdown table (and an SVG chart of the step-time ratios).
 
     python3 benches/compare.py ours.jsonl pytorch.jsonl --md out.md [--svg out.svg]
+        [--also tiled.jsonl split.jsonl]
+
+`--also` adds, per file, a column with that run's step time (runs of `bench`
+with one recurrent-product variant forced: RNN_WGPU_STEP_KERNEL).
 """
 
 import argparse
@@ -49,15 +53,22 @@ def main():
     ap.add_argument("peer")
     ap.add_argument("--md", required=True)
     ap.add_argument("--svg")
+    ap.add_argument("--also", nargs="*", default=[])
     args = ap.parse_args()
     ours, peer = load(args.ours), load(args.peer)
+    also = []
+    for path in args.also:
+        rows = [r for r in load(path) if "cell" in r]
+        name = next((r.get("step_kernel") for r in rows if r.get("step_kernel")), path)
+        also.append((name, {key(r): r for r in rows}))
     peer_rnn = {key(r): r for r in peer if "cell" in r}
     lines = []
     dev_ours = next((r["device"] for r in ours if "device" in r), "?")
     dev_peer = next((r["device"] for r in peer if "device" in r), "?")
     lines.append(f"rnn-wgpu on: {dev_ours}  \npeer (PyTorch {next((r.get('torch') for r in peer if r.get('torch')), '?')}, {next((r['backend'] for r in peer if 'backend' in r), '?')}) on: {dev_peer}\n")
-    lines.append("| cell | I | H | B | T | ours fwd ms | peer fwd ms | peer infer ms | ours step ms | peer step ms | step ratio | ours GFLOP/s | dispatches | record ms |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    extra = "".join(f" {name} step ms |" for name, _ in also)
+    lines.append("| cell | I | H | B | T | ours fwd ms | peer fwd ms | peer infer ms | ours step ms | peer step ms | step ratio | ours GFLOP/s | dispatches | record ms | step kernel |" + extra)
+    lines.append("|---" * (15 + len(also)) + "|")
     pairs = []
     for r in ours:
         if "cell" not in r:
@@ -71,7 +82,9 @@ def main():
         lines.append(
             f'| {r["cell"]} | {r["input"]} | {r["hidden"]} | {r["batch"]} | {r["seq"]} | {r["forward_ms"]:.3f} | '
             f'{p["forward_ms"]:.3f} | {p.get("inference_ms", float("nan")):.3f} | {r["step_ms"]:.3f} | {p["step_ms"]:.3f} | '
-            f'**{ratio:.2f}×** | {r["gflops"]:.1f} | {r["dispatches_per_step"]} | {r["record_ms"]:.3f} |'
+            f'**{ratio:.2f}×** | {r["gflops"]:.1f} | {r["dispatches_per_step"]} | {r["record_ms"]:.3f} | '
+            f'{r.get("step_kernel", "")} |'
+            + "".join(f' {rows[key(r)]["step_ms"]:.3f} |' if key(r) in rows else " – |" for _, rows in also)
         )
     kern_peer = {(r["kernel"], r["shape"]): r for r in peer if "kernel" in r}
     kern = [r for r in ours if "kernel" in r]

@@ -36,12 +36,18 @@ if [ "$mode" = gpu ]; then
     "$bin" adapters | tee "$out/adapters.txt"
     "$bin" doctor > "$out/doctor.txt" 2>&1 || echo "doctor reported failures (see $out/doctor.txt)"
     "$bin" bench --backend gpu --table gpu --kernels --json --iters "$iters" > "$out/ours.jsonl"
+    # Each recurrent-product variant forced, for the columns that compare them.
+    for k in tiled split; do
+        RNN_WGPU_STEP_KERNEL=$k "$bin" bench --backend gpu --table gpu --json --iters "$iters" > "$out/ours-$k.jsonl"
+    done
+    also=("$out/ours-tiled.jsonl" "$out/ours-split.jsonl")
     python3 benches/pytorch_bench.py --device cuda --table gpu --kernels --iters "$iters" > "$out/pytorch.jsonl"
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$out/gpu.txt" 2>/dev/null || true
 else
+    also=()
     "$bin" bench --backend cpu --table cpu --kernels --json --iters "$iters" > "$out/ours.jsonl"
     python3 benches/pytorch_bench.py --device cpu --table cpu --kernels --iters "$iters" > "$out/pytorch.jsonl"
 fi
-python3 benches/compare.py "$out/ours.jsonl" "$out/pytorch.jsonl" --md "$out/comparison.md" --svg "$out/comparison.svg"
+python3 benches/compare.py "$out/ours.jsonl" "$out/pytorch.jsonl" --md "$out/comparison.md" --svg "$out/comparison.svg" --also "${also[@]}"
 git rev-parse --short HEAD > "$out/commit.txt" 2>/dev/null || true
 date -u +%Y-%m-%dT%H:%MZ > "$out/date.txt"

@@ -24,9 +24,10 @@ fn gru_forward(
     }
     let bh = p.B * p.H;
     let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * bh);
-    let b = tile.x + lid.y;
-    let j = tile.y + lid.x;
-    if (b >= p.B || j >= p.H) {
+    let bj = tile_cell(tile, lid);
+    let b = bj.x;
+    let j = bj.y;
+    if (b >= p.B) {
         return;
     }
     let gh = G * p.H;
@@ -72,9 +73,10 @@ fn gru_backward(
     if (p.first == 0u) {
         acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * gh);
     }
-    let b = tile.x + lid.y;
-    let j = tile.y + lid.x;
-    if (b >= p.B || j >= p.H) {
+    let bj = tile_cell(tile, lid);
+    let b = bj.x;
+    let j = bj.y;
+    if (b >= p.B) {
         return;
     }
     let bh = p.B * p.H;

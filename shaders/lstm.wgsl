@@ -3,8 +3,8 @@
 //   i, f, o = sigmoid(xg + W_hh h + b_hh), g = tanh(...)   gate order i, f, g, o
 //   c' = f * c + i * g,  h' = o * tanh(c')
 //
-// One dispatch per time step: the recurrent product of all four gates (tiled,
-// recurrent.wgsl) and the cell update in the same invocation. The forward
+// One dispatch per time step: the recurrent product of all four gates (recurrent.wgsl,
+// tiled or split) and the cell update in the same invocation. The forward
 // saves the gate activations [T, B, 4H]; c comes from the cs slots.
 // CPU twin: ops::cell (Cell::Lstm).
 
@@ -22,9 +22,10 @@ fn lstm_forward(
     }
     let bh = p.B * p.H;
     let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * bh);
-    let b = tile.x + lid.y;
-    let j = tile.y + lid.x;
-    if (b >= p.B || j >= p.H) {
+    let bj = tile_cell(tile, lid);
+    let b = bj.x;
+    let j = bj.y;
+    if (b >= p.B) {
         return;
     }
     let gh = G * p.H;
@@ -76,9 +77,10 @@ fn lstm_backward(
     if (p.first == 0u) {
         acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * gh);
     }
-    let b = tile.x + lid.y;
-    let j = tile.y + lid.x;
-    if (b >= p.B || j >= p.H) {
+    let bj = tile_cell(tile, lid);
+    let b = bj.x;
+    let j = bj.y;
+    if (b >= p.B) {
         return;
     }
     let bh = p.B * p.H;

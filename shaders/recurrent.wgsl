@@ -1,4 +1,4 @@
-// recurrent.wgsl: the tiled recurrent products shared by the fused cell steps
+// recurrent.wgsl: the recurrent products shared by the fused cell steps
 // (prepended, after common.wgsl, to lstm.wgsl, gru.wgsl and rnn.wgsl).
 //
 // Each cell file defines: the gate count G, the uniform `p` (fields B, H,
@@ -6,33 +6,76 @@
 // `hs` (hidden states) and, for the backward step, `dgh` (gate gradients that
 // multiply W_hh).
 //
-// A workgroup of TJ x TB = 32 x 8 invocations owns hidden units j0..j0+32 of
-// batch rows b0..b0+8: invocation (lx, ly) computes unit j = j0 + lx of row
-// b = b0 + ly for every gate, so the whole cell update of (b, j) can follow in
-// the same invocation (the fused epilogue). The reduction dimension is staged
-// TK = 16 deep through workgroup memory; out-of-range elements load as zero.
+// A workgroup of 32 x 8 invocations owns the hidden units j0..j0+units of
+// batch rows b0..b0+8 and computes the recurrent product of every gate for
+// them; then invocation (lx, ly) with lx < units applies the cell update of
+// unit j0 + lx, row b0 + ly (the fused epilogue). Two variants, chosen by the
+// override constant SPLIT:
+//
+// - tiled (SPLIT = false, 32 units): invocation (lx, ly) accumulates its own
+//   outputs; the reduction dimension is staged TK = 16 deep through workgroup
+//   memory, two barriers per stage. Few workgroups (H/32 per 8 rows), much
+//   reuse: suited to large batches.
+// - split (SPLIT = true, 8 units): the reduction dimension is split over 32
+//   lanes; each invocation streams its lane's slice of W_hh straight from
+//   memory with no barrier, then the 32 partial sums of every output are added
+//   in workgroup memory in a fixed order. Four times as many workgroups and
+//   a handful of barriers per step: suited to small batches, where the tiled
+//   grid leaves most of a GPU idle.
+//
+// Out-of-range elements count as zero. Both are deterministic.
+
+override SPLIT: bool = false;
 
 const TJ: u32 = 32u;
 const TB: u32 = 8u;
 const TK: u32 = 16u;
 const WG_SIZE: u32 = 256u;
+// Split variant: units per workgroup, reduction lanes, and the padded row
+// stride of the partial sums (33 keeps the lanes of one output in different
+// memory banks).
+const SU: u32 = 8u;
+const SL: u32 = 32u;
+const SPAD: u32 = 33u;
 
-var<workgroup> lhs_tile: array<f32, 128>;   // [TB][TK]
-var<workgroup> rhs_tile: array<f32, 2048>;  // [G][TK][TJ], G <= 4
+// Tiled: lhs [TB][TK] and rhs [G][TK][TJ], G <= 4. Split: partial sums
+// [SU * TB][SPAD] in `rhs_tile` and the finished sums [G][SU][TB] in `lhs_tile`.
+var<workgroup> lhs_tile: array<f32, 256>;
+var<workgroup> rhs_tile: array<f32, 2112>;
+
+fn tile_units() -> u32 {
+    return select(TJ, SU, SPLIT);
+}
 
 // (b0, j0) of this workgroup's tile, or (B, H) past the last tile.
 fn step_tile(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
-    let tiles_j = (p.H + TJ - 1u) / TJ;
+    let units = tile_units();
+    let tiles_j = (p.H + units - 1u) / units;
     let tiles_b = (p.B + TB - 1u) / TB;
     let tile = linear_group(wid, nwg);
     if (tile >= tiles_j * tiles_b) {
         return vec2<u32>(p.B, p.H);
     }
-    return vec2<u32>((tile / tiles_j) * TB, (tile % tiles_j) * TJ);
+    return vec2<u32>((tile / tiles_j) * TB, (tile % tiles_j) * units);
 }
 
-// Forward: acc[g] = sum_k h[b, k] * W_hh[g*H + j, k], h read from hs at h_base.
+// (b, j) whose cell update this invocation applies after the product, or
+// (B, H) when it has none.
+fn tile_cell(tile: vec2<u32>, lid: vec3<u32>) -> vec2<u32> {
+    let b = tile.x + lid.y;
+    let j = tile.y + lid.x;
+    if (lid.x >= tile_units() || b >= p.B || j >= p.H) {
+        return vec2<u32>(p.B, p.H);
+    }
+    return vec2<u32>(b, j);
+}
+
+// Forward: acc[g] = sum_k h[b, k] * W_hh[g*H + j, k], h read from hs at h_base,
+// for (b, j) = (b0 + ly, j0 + lx). Every invocation of the workgroup must call it.
 fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f32, G> {
+    if (SPLIT) {
+        return recurrent_product_split(b0, j0, lx, ly, h_base);
+    }
     var acc: array<f32, G>;
     for (var g = 0u; g < G; g++) {
         acc[g] = 0.0;
@@ -73,9 +116,73 @@ fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f
     return acc;
 }
 
+// Adds the SL partial sums of each of the SU * TB outputs in `rhs_tile`
+// (output o at o * SPAD, lanes in order) into lhs_tile[base + o].
+fn reduce_lanes(flat: u32, base: u32) {
+    if (flat < SU * TB) {
+        var s = 0.0;
+        for (var l = 0u; l < SL; l++) {
+            s += rhs_tile[flat * SPAD + l];
+        }
+        lhs_tile[base + flat] = s;
+    }
+}
+
+// Split forward. Invocation (lane = lx, unit jj = ly) accumulates, over
+// k = lane, lane + 32, ..., every gate of unit j0 + jj for all TB rows; a
+// warp's 32 lanes read 32 consecutive words of one W_hh row and of h.
+fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f32, G> {
+    let lane = lx;
+    let jj = ly;
+    let j = j0 + jj;
+    let rows = min(TB, p.B - b0);
+    var part: array<f32, 32>; // [G][TB], G * TB <= 32
+    for (var e = 0u; e < G * TB; e++) {
+        part[e] = 0.0;
+    }
+    if (j < p.H) {
+        for (var k = lane; k < p.H; k += SL) {
+            var hv: array<f32, 8>; // [TB]
+            for (var bb = 0u; bb < TB; bb++) {
+                hv[bb] = 0.0;
+                if (bb < rows) {
+                    hv[bb] = hs[h_base + (b0 + bb) * p.H + k];
+                }
+            }
+            for (var g = 0u; g < G; g++) {
+                let w = weights[p.whh_off + (g * p.H + j) * p.H + k];
+                for (var bb = 0u; bb < TB; bb++) {
+                    part[g * TB + bb] += w * hv[bb];
+                }
+            }
+        }
+    }
+    let flat = ly * TJ + lx;
+    for (var g = 0u; g < G; g++) {
+        for (var bb = 0u; bb < TB; bb++) {
+            rhs_tile[(jj * TB + bb) * SPAD + lane] = part[g * TB + bb];
+        }
+        workgroupBarrier();
+        reduce_lanes(flat, g * SU * TB);
+        workgroupBarrier();
+    }
+    var acc: array<f32, G>;
+    for (var g = 0u; g < G; g++) {
+        acc[g] = 0.0;
+        if (lx < SU) {
+            acc[g] = lhs_tile[g * SU * TB + lx * TB + ly];
+        }
+    }
+    return acc;
+}
+
 // Backward: acc = sum_m dG[b, m] * W_hh[m, j] over all G*H rows m, dG rows
-// read from dgh at dg_base (row stride G*H).
+// read from dgh at dg_base (row stride G*H), for (b, j) = (b0 + ly, j0 + lx).
+// Every invocation of the workgroup must call it.
 fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> f32 {
+    if (SPLIT) {
+        return recurrent_product_t_split(b0, j0, lx, ly, dg_base);
+    }
     var acc = 0.0;
     let flat = ly * TJ + lx;
     let gh = G * p.H;
@@ -105,4 +212,40 @@ fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> f32 
         workgroupBarrier();
     }
     return acc;
+}
+
+// Split backward. Invocation flat = lane * SU + jj accumulates, over rows
+// m = lane, lane + 32, ..., unit j0 + jj for all TB rows; a warp reads SU
+// consecutive words of each of four W_hh rows.
+fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> f32 {
+    let flat = ly * TJ + lx;
+    let jj = flat % SU;
+    let lane = flat / SU;
+    let j = j0 + jj;
+    let gh = G * p.H;
+    let rows = min(TB, p.B - b0);
+    var part: array<f32, 8>; // [TB]
+    for (var bb = 0u; bb < TB; bb++) {
+        part[bb] = 0.0;
+    }
+    if (j < p.H) {
+        for (var m = lane; m < gh; m += SL) {
+            let w = weights[p.whh_off + m * p.H + j];
+            for (var bb = 0u; bb < TB; bb++) {
+                if (bb < rows) {
+                    part[bb] += dgh[dg_base + (b0 + bb) * gh + m] * w;
+                }
+            }
+        }
+    }
+    for (var bb = 0u; bb < TB; bb++) {
+        rhs_tile[(jj * TB + bb) * SPAD + lane] = part[bb];
+    }
+    workgroupBarrier();
+    reduce_lanes(flat, 0u);
+    workgroupBarrier();
+    if (lx < SU) {
+        return lhs_tile[lx * TB + ly];
+    }
+    return 0.0;
 }

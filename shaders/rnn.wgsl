@@ -19,9 +19,10 @@ fn rnn_forward(
     }
     let bh = p.B * p.H;
     let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * bh);
-    let b = tile.x + lid.y;
-    let j = tile.y + lid.x;
-    if (b >= p.B || j >= p.H) {
+    let bj = tile_cell(tile, lid);
+    let b = bj.x;
+    let j = bj.y;
+    if (b >= p.B) {
         return;
     }
     let hc = b * p.H + j;
@@ -55,9 +56,10 @@ fn rnn_backward(
     if (p.first == 0u) {
         acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * p.H);
     }
-    let b = tile.x + lid.y;
-    let j = tile.y + lid.x;
-    if (b >= p.B || j >= p.H) {
+    let bj = tile_cell(tile, lid);
+    let b = bj.x;
+    let j = bj.y;
+    if (b >= p.B) {
         return;
     }
     let hc = b * p.H + j;

@@ -172,6 +172,8 @@ pub struct RnnBench {
     pub dispatches_per_step: u64,
     /// Queue submissions per step (GPU).
     pub submits_per_step: u64,
+    /// The cell steps' recurrent-product variant (`tiled` or `split`; empty on the CPU).
+    pub step_kernel: String,
 }
 
 /// Waits for the GPU's work, if there is a GPU.
@@ -263,6 +265,9 @@ pub fn bench_rnn<B: Backend>(
         record_ms: median(rec),
         dispatches_per_step: per_step.dispatches,
         submits_per_step: per_step.submits,
+        step_kernel: ctx
+            .map(|c| c.step_kernel(bsz, shape.hidden).name().to_string())
+            .unwrap_or_default(),
     })
 }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::backend::{Backend, CpuBackend, GpuBackend, XentBuffers, api};
 use crate::error::Result;
+use crate::gpu::StepKernel;
 use crate::nn::RnnConfig;
 use crate::nn::case::{RnnCase, run_case};
 use crate::nn::model::{Init, InputEncoding, ModelConfig};
@@ -288,19 +289,27 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
         &|r| r.reduce(&v, 300, 41),
         gpu,
     );
-    for (i, cell) in Cell::ALL.into_iter().enumerate() {
-        let cfg = RnnConfig::new(cell, 5, 37).layers(2).bidirectional(true);
-        let case = RnnCase::new(cfg, 6, 9, 80 + i as u64)
-            .with_states()
-            .with_lengths(vec![6, 3, 1, 6, 5, 2, 4, 6, 6]);
-        rnn_case(&mut report, gpu, &case);
+    // Every cell with each recurrent-product variant forced in turn.
+    let ctx = gpu.ctx();
+    let chosen = ctx.set_step_kernel(None);
+    for kernel in [StepKernel::Tiled, StepKernel::Split] {
+        ctx.set_step_kernel(Some(kernel));
+        for (i, cell) in Cell::ALL.into_iter().enumerate() {
+            let cfg = RnnConfig::new(cell, 5, 37).layers(2).bidirectional(true);
+            let case = RnnCase::new(cfg, 6, 9, 80 + i as u64)
+                .with_states()
+                .with_lengths(vec![6, 3, 1, 6, 5, 2, 4, 6, 6]);
+            rnn_case(&mut report, gpu, &case, kernel.name());
+        }
     }
+    ctx.set_step_kernel(chosen);
     report
 }
 
-/// Compares a forward + backward of `case` on `gpu` with the f64 CPU path.
-pub fn rnn_case(report: &mut Report, gpu: &GpuBackend, case: &RnnCase) {
-    let name = case.describe();
+/// Compares a forward + backward of `case` on `gpu` with the f64 CPU path;
+/// `tag` is appended to the case's name.
+pub fn rnn_case(report: &mut Report, gpu: &GpuBackend, case: &RnnCase, tag: &str) {
+    let name = format!("{} [{tag}]", case.describe());
     let data = case.data();
     let cpu = CpuBackend::<f64>::new();
     let (expected, actual) = match (

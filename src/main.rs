@@ -572,7 +572,7 @@ fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
     if !a.json {
         eprintln!("backend: {why}");
         println!(
-            "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11} {:>11} {:>11} {:>9} {:>10} {:>10}",
+            "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6}",
             "cell",
             "I",
             "H",
@@ -583,7 +583,8 @@ fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
             "step ms",
             "GFLOP/s",
             "record ms",
-            "dispatches"
+            "dispatches",
+            "step"
         );
     }
     let device = why.clone();
@@ -595,9 +596,9 @@ fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
                 println!("{}", json_line(&r)?);
             } else {
                 println!(
-                    "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11.3} {:>11.3} {:>11.3} {:>9.1} {:>10.3} {:>10}",
+                    "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11.3} {:>11.3} {:>11.3} {:>9.1} {:>10.3} {:>10} {:>6}",
                     r.cell, r.input, r.hidden, r.batch, r.seq, r.forward_ms, r.backward_ms, r.step_ms,
-                    r.gflops, r.record_ms, r.dispatches_per_step
+                    r.gflops, r.record_ms, r.dispatches_per_step, r.step_kernel
                 );
             }
         }

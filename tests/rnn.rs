@@ -6,6 +6,7 @@ mod common;
 
 use rnn_wgpu::Error;
 use rnn_wgpu::backend::{Backend, CpuBackend, GpuBackend, StepBackward, StepForward};
+use rnn_wgpu::gpu::StepKernel;
 use rnn_wgpu::gradcheck::GradCheck;
 use rnn_wgpu::nn::case::{RnnCase, RnnResults, check_case_gradients, run_case};
 use rnn_wgpu::nn::rnn::DirParams;
@@ -94,9 +95,24 @@ fn gpu_vs_cpu(gpu: &GpuBackend, case: &RnnCase) {
     results_match(&case.describe(), &expected, &actual);
 }
 
+/// A context per recurrent-product variant, each forced for every step.
+fn step_variants() -> Vec<(StepKernel, GpuBackend)> {
+    [StepKernel::Tiled, StepKernel::Split]
+        .into_iter()
+        .filter_map(|k| common::own_gpu(|o| o.step_kernel = Some(k)).map(|(_, gpu)| (k, gpu)))
+        .collect()
+}
+
 #[test]
 fn gpu_matches_cpu_on_named_edge_cases() {
-    let gpu = gpu_or_skip!();
+    let _ = gpu_or_skip!();
+    for (variant, gpu) in step_variants() {
+        named_edge_cases(&gpu, variant);
+    }
+}
+
+fn named_edge_cases(gpu: &GpuBackend, variant: StepKernel) {
+    eprintln!("step kernel: {}", variant.name());
     for (i, cell) in CELLS.into_iter().enumerate() {
         let s = 100 * i as u64;
         let cases = [
@@ -104,6 +120,7 @@ fn gpu_matches_cpu_on_named_edge_cases() {
             RnnCase::new(RnnConfig::new(cell, 3, 4), 4, 1, s + 2), // B = 1
             RnnCase::new(RnnConfig::new(cell, 3, 4), 1, 3, s + 3).with_states(), // T = 1
             RnnCase::new(RnnConfig::new(cell, 7, 33), 3, 9, s + 4), // tile edges: H = 33, B = 9
+            RnnCase::new(RnnConfig::new(cell, 2, 12), 2, 17, s + 8), // H = 12, B = 17
             RnnCase::new(RnnConfig::new(cell, 5, 6).layers(3), 4, 2, s + 5).with_states(),
             RnnCase::new(RnnConfig::new(cell, 4, 5).bidirectional(true), 5, 3, s + 6).with_states(),
             RnnCase::new(
@@ -116,7 +133,7 @@ fn gpu_matches_cpu_on_named_edge_cases() {
             .with_lengths(vec![6, 1, 3, 5]),
         ];
         for case in &cases {
-            gpu_vs_cpu(&gpu, case);
+            gpu_vs_cpu(gpu, case);
         }
     }
 }
@@ -145,10 +162,17 @@ fn gpu_matches_cpu_on_random_cases() {
     }
 }
 
-/// One forward and one backward step, GPU against CPU, on random buffers.
+/// One forward and one backward step, GPU against CPU, on random buffers,
+/// with each recurrent-product variant.
 #[test]
 fn single_steps_match_between_gpu_and_cpu() {
-    let gpu = gpu_or_skip!();
+    let _ = gpu_or_skip!();
+    for (variant, gpu) in step_variants() {
+        single_steps(&gpu, variant);
+    }
+}
+
+fn single_steps(gpu: &GpuBackend, variant: StepKernel) {
     for (ci, cell) in CELLS.into_iter().enumerate() {
         let (steps, batch, h) = (3, 5, 37);
         let gh = cell.gates() * h;
@@ -218,11 +242,11 @@ fn single_steps_match_between_gpu_and_cpu() {
         }
         let v = [&weights[..], &xg, &states, &gates, &dout, &dg, &carry];
         let expected = run(&cpu(), cell, &s, v, &lengths);
-        let actual = run(&gpu, cell, &s, v, &lengths);
+        let actual = run(gpu, cell, &s, v, &lengths);
         let names = ["hs", "cs", "gates", "out", "dgh", "dgx", "carry"];
         for ((name, e), a) in names.iter().zip(&expected).zip(&actual) {
             check(
-                &format!("{} step {name}", cell.name()),
+                &format!("{} step {name} ({})", cell.name(), variant.name()),
                 e,
                 a,
                 Tolerance::new(2e-5, 1e-4),

@@ -3,10 +3,13 @@
 //! Environment variables (read by [`ContextOptions::from_env`]):
 //! - `RNN_WGPU_BACKEND`: comma list of `vulkan`, `metal`, `dx12`, `gl`, `primary`, `all`.
 //! - `RNN_WGPU_ADAPTER`: a case-insensitive substring of the adapter name.
+//! - `RNN_WGPU_STEP_KERNEL`: `auto` (default), `tiled` or `split`: the
+//!   recurrent-product variant of the cell steps ([`StepKernel`]).
 
 use std::fmt;
 use std::time::Duration;
 
+use super::kernel::StepKernel;
 use crate::error::{Error, Result};
 
 /// How a [`GpuContext`](super::GpuContext) picks and configures its adapter.
@@ -26,6 +29,9 @@ pub struct ContextOptions {
     pub max_storage_binding: Option<u64>,
     /// Request at most this `max_buffer_size`. `None` takes the adapter's.
     pub max_buffer_size: Option<u64>,
+    /// Force a recurrent-product variant for every cell step. `None` picks
+    /// one per shape ([`StepKernel::auto`]).
+    pub step_kernel: Option<StepKernel>,
 }
 
 impl Default for ContextOptions {
@@ -37,12 +43,14 @@ impl Default for ContextOptions {
             timeout: Duration::from_secs(600),
             max_storage_binding: None,
             max_buffer_size: None,
+            step_kernel: None,
         }
     }
 }
 
 impl ContextOptions {
-    /// Options from `RNN_WGPU_BACKEND` and `RNN_WGPU_ADAPTER`; defaults where unset.
+    /// Options from `RNN_WGPU_BACKEND`, `RNN_WGPU_ADAPTER` and
+    /// `RNN_WGPU_STEP_KERNEL`; defaults where unset.
     pub fn from_env() -> Result<Self> {
         let mut opts = ContextOptions::default();
         if let Ok(list) = std::env::var("RNN_WGPU_BACKEND")
@@ -56,7 +64,20 @@ impl ContextOptions {
         {
             opts.adapter_name = Some(name.trim().to_string());
         }
+        if let Ok(kernel) = std::env::var("RNN_WGPU_STEP_KERNEL") {
+            opts.step_kernel = parse_step_kernel(&kernel)
+                .map_err(|reason| Error::invalid("RNN_WGPU_STEP_KERNEL", reason))?;
+        }
         Ok(opts)
+    }
+}
+
+/// Parses `auto` (or nothing: `None`), `tiled` or `split`.
+pub fn parse_step_kernel(s: &str) -> std::result::Result<Option<StepKernel>, String> {
+    match s.trim() {
+        "" => Ok(None),
+        w if w.eq_ignore_ascii_case("auto") => Ok(None),
+        w => w.parse().map(Some),
     }
 }
 
@@ -232,5 +253,22 @@ mod tests {
         );
         let err = parse_backends("vulkan,cuda").unwrap_err();
         assert!(err.contains("\"cuda\""), "{err}");
+    }
+
+    #[test]
+    fn step_kernels_parse_and_auto_follows_the_tiled_grid() {
+        assert_eq!(parse_step_kernel(" ").unwrap(), None);
+        assert_eq!(parse_step_kernel("Auto").unwrap(), None);
+        assert_eq!(parse_step_kernel("tiled").unwrap(), Some(StepKernel::Tiled));
+        assert_eq!(parse_step_kernel("SPLIT").unwrap(), Some(StepKernel::Split));
+        let err = parse_step_kernel("fast").unwrap_err();
+        assert!(err.contains("\"fast\"") && err.contains("tiled"), "{err}");
+        // Tiled grid: ceil(H / 32) * ceil(B / 8) workgroups; split: ceil(H / 8) * ceil(B / 8).
+        assert_eq!(StepKernel::Tiled.groups(9, 33), 4);
+        assert_eq!(StepKernel::Split.groups(9, 33), 10);
+        assert_eq!(StepKernel::auto(16, 1024), StepKernel::Split); // 64 tiled groups
+        assert_eq!(StepKernel::auto(64, 512), StepKernel::Tiled); // 128
+        assert_eq!(StepKernel::auto(64, 1024), StepKernel::Tiled); // 256
+        assert_eq!(StepKernel::auto(1, 4096), StepKernel::Tiled); // 128
     }
 }

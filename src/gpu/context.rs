@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::adapter::{AdapterSummary, ContextOptions, choose_adapter, new_instance};
 use super::kernel::{
-    Access, Kernel, KernelSpec, PARAM_WINDOW, PipelineKey, Shader, bind_group_layout,
+    Access, Kernel, KernelSpec, PARAM_WINDOW, PipelineKey, Shader, StepKernel, bind_group_layout,
 };
 use crate::error::{Error, Result};
 
@@ -102,6 +102,7 @@ pub struct GpuContext {
     summary: AdapterSummary,
     limits: wgpu::Limits,
     max_groups_per_dim: u32,
+    step_kernel: Mutex<Option<StepKernel>>,
     timeout: Duration,
     param_align: usize,
     state: Arc<DeviceState>,
@@ -179,6 +180,7 @@ impl GpuContext {
             summary,
             limits,
             max_groups_per_dim,
+            step_kernel: Mutex::new(opts.step_kernel),
             timeout: opts.timeout,
             param_align,
             state,
@@ -192,7 +194,22 @@ impl GpuContext {
         })
     }
 
-    /// Opens a context as configured by the environment (`RNN_WGPU_BACKEND`, `RNN_WGPU_ADAPTER`).
+    /// The recurrent-product variant of a cell step with `batch` rows and
+    /// `hidden` units: the forced one ([`ContextOptions::step_kernel`]), else
+    /// [`StepKernel::auto`].
+    pub fn step_kernel(&self, batch: usize, hidden: usize) -> StepKernel {
+        lock(&self.step_kernel).unwrap_or_else(|| StepKernel::auto(batch, hidden))
+    }
+
+    /// Forces a recurrent-product variant for the steps recorded from now on
+    /// (`None`: choose per shape). Returns the previous setting. Both variants
+    /// compute the same function; `doctor` checks each this way.
+    pub fn set_step_kernel(&self, kernel: Option<StepKernel>) -> Option<StepKernel> {
+        std::mem::replace(&mut *lock(&self.step_kernel), kernel)
+    }
+
+    /// Opens a context as configured by the environment (`RNN_WGPU_BACKEND`,
+    /// `RNN_WGPU_ADAPTER`, `RNN_WGPU_STEP_KERNEL`).
     pub fn from_env() -> Result<Self> {
         Self::new(ContextOptions::from_env()?)
     }

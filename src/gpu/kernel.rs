@@ -93,6 +93,80 @@ impl Shader {
     }
 }
 
+/// The recurrent-product variant of the fused cell steps (`shaders/recurrent.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepKernel {
+    /// 32 hidden units × 8 batch rows per workgroup, the reduction staged
+    /// through workgroup memory: few workgroups, much reuse (large batches).
+    Tiled,
+    /// 8 hidden units × 8 batch rows per workgroup, the reduction split over
+    /// 32 lanes and summed in workgroup memory: four times the workgroups,
+    /// few barriers (small batches).
+    Split,
+}
+
+impl StepKernel {
+    /// Hidden units per workgroup.
+    pub fn units(self) -> usize {
+        match self {
+            StepKernel::Tiled => 32,
+            StepKernel::Split => 8,
+        }
+    }
+
+    /// Batch rows per workgroup.
+    pub const ROWS: usize = 8;
+
+    /// The name used by `RNN_WGPU_STEP_KERNEL` and the benchmarks.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKernel::Tiled => "tiled",
+            StepKernel::Split => "split",
+        }
+    }
+
+    /// Workgroups of one step for `batch` rows and `hidden` units.
+    pub fn groups(self, batch: usize, hidden: usize) -> u64 {
+        (hidden as u64).div_ceil(self.units() as u64) * (batch as u64).div_ceil(Self::ROWS as u64)
+    }
+
+    /// The variant used when none is forced: split while the tiled grid
+    /// would have fewer than [`StepKernel::TILED_MIN_GROUPS`] workgroups
+    /// (too few to occupy a discrete GPU), tiled beyond.
+    pub fn auto(batch: usize, hidden: usize) -> StepKernel {
+        if StepKernel::Tiled.groups(batch, hidden) < Self::TILED_MIN_GROUPS {
+            StepKernel::Split
+        } else {
+            StepKernel::Tiled
+        }
+    }
+
+    /// See [`StepKernel::auto`].
+    pub const TILED_MIN_GROUPS: u64 = 128;
+
+    /// The pipeline's override constants.
+    pub(crate) fn constants(self) -> &'static [(&'static str, f64)] {
+        match self {
+            StepKernel::Tiled => &[("SPLIT", 0.0)],
+            StepKernel::Split => &[("SPLIT", 1.0)],
+        }
+    }
+}
+
+impl std::str::FromStr for StepKernel {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tiled" => Ok(StepKernel::Tiled),
+            "split" => Ok(StepKernel::Split),
+            other => Err(format!(
+                "unknown step kernel {other:?}; expected auto, tiled or split"
+            )),
+        }
+    }
+}
+
 /// How a kernel uses a storage binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {

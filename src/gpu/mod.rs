@@ -9,4 +9,5 @@ pub mod tensor;
 
 pub use adapter::{AdapterSummary, ContextOptions, install_hint, list_adapters};
 pub use context::{Counters, GpuContext, Recorder};
+pub use kernel::StepKernel;
 pub use tensor::{DType, GpuTensor, checked_numel, download_many, numel};

@@ -880,9 +880,17 @@ fn backward_spec(cell: Cell) -> KernelSpec {
     }
 }
 
-/// Workgroups of a step: 32 hidden units × 8 batch rows each.
-fn step_groups(s: &StepSpec) -> u64 {
-    (s.hidden as u64).div_ceil(32) * (s.batch as u64).div_ceil(8)
+/// Records one step dispatch with the context's recurrent-product variant.
+fn dispatch_step(
+    rec: &mut Recorder<'_>,
+    spec: KernelSpec,
+    s: &StepSpec,
+    buffers: &[&wgpu::Buffer],
+    params: &Params,
+) -> Result<()> {
+    let variant = rec.ctx().step_kernel(s.batch, s.hidden);
+    let grid = rec.ctx().grid(variant.groups(s.batch, s.hidden))?;
+    rec.dispatch(spec, variant.constants(), buffers, params, grid)
 }
 
 /// GPU buffers of a forward step.
@@ -940,8 +948,7 @@ pub fn forward_step_gpu(
         _ => return Err(missing("cs/gates", cell)),
     }
     buffers.push(bufs.out.buffer());
-    let grid = rec.ctx().grid(step_groups(s))?;
-    rec.dispatch(forward_spec(cell), &[], &buffers, &params, grid)
+    dispatch_step(rec, forward_spec(cell), s, &buffers, &params)
 }
 
 /// Records one backward step.
@@ -998,6 +1005,5 @@ pub fn backward_step_gpu(
         ],
         _ => return Err(missing("cs/gates/dgx", cell)),
     };
-    let grid = rec.ctx().grid(step_groups(s))?;
-    rec.dispatch(backward_spec(cell), &[], &buffers, &params, grid)
+    dispatch_step(rec, backward_spec(cell), s, &buffers, &params)
 }
