@@ -180,3 +180,146 @@ fn matmul_tiled(
         }
     }
 }
+
+// Large variant: a 128x128 tile of C per workgroup of 256 invocations, each
+// holding an 8x8 block in registers: rows 4ty..4ty+3 and 64+4ty..64+4ty+3 of
+// the tile, columns likewise with tx, so the block is read from workgroup
+// memory as four vec4s per step of k. K is staged 8 deep; each invocation
+// loads 4 consecutive words of A and of B per stage (along the stored rows),
+// and the next stage's loads are issued into registers before the current
+// stage is consumed, so memory latency overlaps arithmetic.
+const LM: u32 = 128u;
+const LN: u32 = 128u;
+const LK: u32 = 8u;
+
+var<workgroup> large_a: array<vec4<f32>, 256>; // [LK][LM / 4]
+var<workgroup> large_b: array<vec4<f32>, 256>; // [LK][LN / 4]
+
+// op(A)[row, kk], zero outside the matrix.
+fn a_or_zero(row: u32, kk: u32) -> f32 {
+    if (row < p.m && kk < p.k) {
+        return a_at(row, kk);
+    }
+    return 0.0;
+}
+
+// op(B)[kk, col], zero outside the matrix.
+fn b_or_zero(kk: u32, col: u32) -> f32 {
+    if (kk < p.k && col < p.n) {
+        return b_at(kk, col);
+    }
+    return 0.0;
+}
+
+// This invocation's 4 words of the A stage at k0: 4 consecutive k of one row
+// (A stored [M, K]) or 4 consecutive rows at one k (TRANS_A).
+fn large_load_a(lid: u32, row0: u32, k0: u32) -> vec4<f32> {
+    var v: vec4<f32>;
+    for (var e = 0u; e < 4u; e++) {
+        if (TRANS_A) {
+            v[e] = a_or_zero(row0 + (lid % 32u) * 4u + e, k0 + lid / 32u);
+        } else {
+            v[e] = a_or_zero(row0 + lid / 2u, k0 + (lid % 2u) * 4u + e);
+        }
+    }
+    return v;
+}
+
+// This invocation's 4 words of the B stage at k0: 4 consecutive columns at one
+// k (B stored [K, N]) or 4 consecutive k of one column (TRANS_B).
+fn large_load_b(lid: u32, col0: u32, k0: u32) -> vec4<f32> {
+    var v: vec4<f32>;
+    for (var e = 0u; e < 4u; e++) {
+        if (TRANS_B) {
+            v[e] = b_or_zero(k0 + (lid % 2u) * 4u + e, col0 + lid / 2u);
+        } else {
+            v[e] = b_or_zero(k0 + lid / 32u, col0 + (lid % 32u) * 4u + e);
+        }
+    }
+    return v;
+}
+
+// Writes the loaded words into the stage, k-major: large_a[kk * 32 + m / 4][m % 4].
+fn large_store(lid: u32, va: vec4<f32>, vb: vec4<f32>) {
+    if (TRANS_A) {
+        large_a[lid] = va;
+    } else {
+        let mm = lid / 2u;
+        for (var e = 0u; e < 4u; e++) {
+            large_a[((lid % 2u) * 4u + e) * 32u + mm / 4u][mm % 4u] = va[e];
+        }
+    }
+    if (TRANS_B) {
+        let nn = lid / 2u;
+        for (var e = 0u; e < 4u; e++) {
+            large_b[((lid % 2u) * 4u + e) * 32u + nn / 4u][nn % 4u] = vb[e];
+        }
+    } else {
+        large_b[lid] = vb;
+    }
+}
+
+@compute @workgroup_size(256)
+fn matmul_large(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let tiles_n = (p.n + LN - 1u) / LN;
+    let tiles_m = (p.m + LM - 1u) / LM;
+    let tile = linear_group(wid, nwg);
+    // Uniform per workgroup: whole surplus workgroups of a folded grid leave together.
+    if (tile >= tiles_m * tiles_n) {
+        return;
+    }
+    let row0 = (tile / tiles_n) * LM;
+    let col0 = (tile % tiles_n) * LN;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+
+    // acc[r * 2 + h]: row r of the block (tile row 4ty + r, or 64 + 4ty + r - 4
+    // for r >= 4), columns 4tx..4tx+3 (h = 0) or 64+4tx..64+4tx+3 (h = 1).
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+
+    var va = large_load_a(lid, row0, 0u);
+    var vb = large_load_b(lid, col0, 0u);
+    for (var k0 = 0u; k0 < p.k; k0 += LK) {
+        large_store(lid, va, vb);
+        workgroupBarrier();
+        if (k0 + LK < p.k) {
+            va = large_load_a(lid, row0, k0 + LK);
+            vb = large_load_b(lid, col0, k0 + LK);
+        }
+        for (var kk = 0u; kk < LK; kk++) {
+            let a0 = large_a[kk * 32u + ty];
+            let a1 = large_a[kk * 32u + 16u + ty];
+            let b0 = large_b[kk * 32u + tx];
+            let b1 = large_b[kk * 32u + 16u + tx];
+            for (var r = 0u; r < 4u; r++) {
+                acc[r * 2u] += a0[r] * b0;
+                acc[r * 2u + 1u] += a0[r] * b1;
+                acc[(r + 4u) * 2u] += a1[r] * b0;
+                acc[(r + 4u) * 2u + 1u] += a1[r] * b1;
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var r = 0u; r < 8u; r++) {
+        let row = row0 + (r / 4u) * 64u + ty * 4u + r % 4u;
+        if (row >= p.m) {
+            continue;
+        }
+        for (var h = 0u; h < 2u; h++) {
+            for (var q = 0u; q < 4u; q++) {
+                let col = col0 + h * 64u + tx * 4u + q;
+                if (col < p.n) {
+                    store(row, col, acc[r * 2u + h][q]);
+                }
+            }
+        }
+    }
+}

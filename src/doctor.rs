@@ -229,7 +229,7 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
             let b = uniform(20 + i as u64, k * n, -1.0, 1.0);
             let bias = uniform(30 + i as u64, n, -1.0, 1.0);
             let tol = Tolerance::new(4e-6 * (k as f64).sqrt() + 1e-6, 1e-5);
-            for kernel in [GemmKernel::Naive, GemmKernel::Tiled] {
+            for kernel in [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Large] {
                 let layout = format!(
                     "{}{}",
                     if ta { "T" } else { "N" },

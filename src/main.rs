@@ -13,6 +13,7 @@ use rnn_wgpu::nn::RnnConfig;
 use rnn_wgpu::nn::case::{RnnCase, check_case_gradients};
 use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
 use rnn_wgpu::ops::cell::{Cell, Nonlinearity};
+use rnn_wgpu::ops::matmul::GemmKernel;
 use rnn_wgpu::ops::optim::Optimizer;
 use rnn_wgpu::train::run::{RunOptions, run as run_training};
 use rnn_wgpu::train::sample::{SampleOptions, sample};
@@ -609,6 +610,15 @@ fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
             let mut results = Vec::new();
             for &s in mm {
                 results.push(bench_matmul(&b, ctx.as_deref(), s, a.iters)?);
+                // On the GPU, each tiled variant forced too, to compare them.
+                if let Some(ctx) = &ctx {
+                    for kernel in [GemmKernel::Tiled, GemmKernel::Large] {
+                        let gk = GpuBackend::new(ctx.clone())?.with_gemm_kernel(kernel);
+                        let mut r = bench_matmul(&gk, Some(ctx), s, a.iters)?;
+                        r.kernel = format!("{}[{}]", r.kernel, kernel.name());
+                        results.push(r);
+                    }
+                }
             }
             for &s in xe {
                 results.push(bench_xent(&b, ctx.as_deref(), s, a.iters)?);
@@ -617,7 +627,7 @@ fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
                 if a.json {
                     println!("{}", json_line(&k)?);
                 } else {
-                    println!("{:<13} {:<16} {:>9.3} ms {:>9.1} {}", k.kernel, k.shape, k.ms, k.rate, k.unit);
+                    println!("{:<17} {:<16} {:>9.3} ms {:>9.1} {}", k.kernel, k.shape, k.ms, k.rate, k.unit);
                 }
             }
         }

@@ -52,7 +52,7 @@ fn gemm_case(
     let expected = cpu.read_f64(&c_ref).unwrap();
     // Error of an f32 dot product grows with sqrt(K) in practice.
     let tol = Tolerance::new(4e-6 * (g.k as f64).sqrt() + 1e-6, 1e-5);
-    for kernel in [GemmKernel::Naive, GemmKernel::Tiled] {
+    for kernel in [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Large] {
         let gpu = gpu.clone().with_gemm_kernel(kernel);
         let c = gpu.tensor_f64(&[c_len], &c0).unwrap();
         gpu.gemm(
@@ -94,6 +94,8 @@ fn matmul_named_edge_shapes() {
         ("shapes_smaller_than_tile", 5, 7, 3),
         ("not_multiple_of_tile", 65, 67, 33),
         ("exact_tile", 64, 64, 16),
+        ("exact_large_tile", 128, 128, 8),
+        ("not_multiple_of_large_tile", 130, 131, 21),
         ("single_row", 1, 130, 17),
         ("single_column", 130, 1, 17),
     ];
@@ -145,8 +147,8 @@ fn matmul_random_shapes() {
     let mut r = rng(2024);
     for case in 0..12 {
         let (m, n, k) = (
-            r.random_range(1..90),
-            r.random_range(1..90),
+            r.random_range(1..200),
+            r.random_range(1..200),
             r.random_range(1..120),
         );
         let (ta, tb) = LAYOUTS[case % 4];

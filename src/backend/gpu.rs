@@ -28,13 +28,13 @@ pub struct GpuBackend {
 }
 
 impl GpuBackend {
-    /// A backend on `ctx`, using the tiled matmul.
+    /// A backend on `ctx`, choosing the matmul variant by size ([`GemmKernel::Auto`]).
     pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
         let scratch = GpuTensor::zeros(&ctx, &[reduce::partials(usize::MAX)], DType::F32)?;
         let dummy_ints = GpuTensor::zeros(&ctx, &[1], DType::I32)?;
         Ok(GpuBackend {
             ctx,
-            gemm: GemmKernel::Tiled,
+            gemm: GemmKernel::Auto,
             scratch,
             dummy_ints,
         })

@@ -4,8 +4,10 @@
 //! same function:
 //! - [`gemm_reference`]: three plain loops, the definition, read it first;
 //! - [`gemm_cpu`]: the CPU path, through `matrixmultiply` (tested against the loops);
-//! - [`gemm_gpu`]: `shaders/matmul.wgsl`, in a [`GemmKernel::Naive`] and a
-//!   [`GemmKernel::Tiled`] variant (workgroup-memory tiles, 4×4 register blocks).
+//! - [`gemm_gpu`]: `shaders/matmul.wgsl`, in a [`GemmKernel::Naive`], a
+//!   [`GemmKernel::Tiled`] (64×64 workgroup-memory tiles, 4×4 register blocks)
+//!   and a [`GemmKernel::Large`] variant (128×128 tiles, 8×8 register blocks
+//!   read as vec4, next stage prefetched); [`GemmKernel::Auto`] picks by size.
 //!
 //! All matrices are row-major. `op(A)` is `M×K`: A is stored `[M, K]`, or `[K, M]`
 //! when `trans_a`. `op(B)` is `K×N`: B is stored `[K, N]`, or `[N, K]` when
@@ -318,8 +320,44 @@ pub enum GemmKernel {
     /// One invocation per element of C; kept as the readable reference.
     Naive,
     /// 64×64 tiles in workgroup memory with 4×4 register blocks.
-    #[default]
     Tiled,
+    /// 128×128 tiles with 8×8 register blocks, K staged 8 deep with the next
+    /// stage prefetched into registers: four times the work per workgroup.
+    Large,
+    /// [`GemmKernel::Large`] when its grid has at least
+    /// [`GemmKernel::LARGE_MIN_GROUPS`] workgroups, else [`GemmKernel::Tiled`].
+    #[default]
+    Auto,
+}
+
+impl GemmKernel {
+    /// See [`GemmKernel::Auto`]: below this many 128×128 tiles, the 64×64
+    /// tiles keep more of a GPU busy.
+    pub const LARGE_MIN_GROUPS: u64 = 256;
+
+    /// The variant that runs `g`.
+    pub fn resolve(self, g: &Gemm) -> GemmKernel {
+        match self {
+            GemmKernel::Auto if tiles(g, 128) >= Self::LARGE_MIN_GROUPS => GemmKernel::Large,
+            GemmKernel::Auto => GemmKernel::Tiled,
+            k => k,
+        }
+    }
+
+    /// Its name in benchmarks and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmKernel::Naive => "naive",
+            GemmKernel::Tiled => "tiled",
+            GemmKernel::Large => "large",
+            GemmKernel::Auto => "auto",
+        }
+    }
+}
+
+/// Square tiles of side `side` covering C.
+fn tiles(g: &Gemm, side: u64) -> u64 {
+    (g.m as u64).div_ceil(side) * (g.n as u64).div_ceil(side)
 }
 
 #[repr(C)]
@@ -355,6 +393,12 @@ const NAIVE: KernelSpec = KernelSpec {
 const TILED: KernelSpec = KernelSpec {
     shader: Shader::Matmul,
     entry: "matmul_tiled",
+    bindings: BINDINGS,
+};
+
+const LARGE: KernelSpec = KernelSpec {
+    shader: Shader::Matmul,
+    entry: "matmul_large",
     bindings: BINDINGS,
 };
 
@@ -400,9 +444,10 @@ pub fn gemm_gpu(
     ];
     // Without a bias the binding still needs a read-only buffer: reuse A.
     let bias_buf = bias.unwrap_or(a).buffer();
-    let (spec, groups) = match kernel {
+    let (spec, groups) = match kernel.resolve(g) {
         GemmKernel::Naive => (NAIVE, (g.m as u64 * g.n as u64).div_ceil(64)),
-        GemmKernel::Tiled => (TILED, (g.m as u64).div_ceil(64) * (g.n as u64).div_ceil(64)),
+        GemmKernel::Large => (LARGE, tiles(g, 128)),
+        GemmKernel::Tiled | GemmKernel::Auto => (TILED, tiles(g, 64)),
     };
     let grid = rec.ctx().grid(groups)?;
     rec.dispatch(
