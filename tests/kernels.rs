@@ -23,7 +23,9 @@ fn check(name: &str, expected: &[f64], actual: &[f64], tol: Tolerance) {
     }
 }
 
-/// Runs one Gemm on the CPU (f64) and on the GPU with both kernels and compares.
+const GEMM_KERNELS: [GemmKernel; 3] = [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Large];
+
+/// Runs one Gemm on the CPU (f64) and on the GPU with every kernel and compares.
 fn gemm_case(
     gpu: &GpuBackend,
     name: &str,
@@ -33,6 +35,19 @@ fn gemm_case(
     c_len: usize,
     seed: u64,
 ) {
+    gemm_case_with(gpu, &GEMM_KERNELS, name, g, [a_len, b_len, c_len], seed);
+}
+
+/// [`gemm_case`] with the given kernels; `lens` are the lengths of A, B and C.
+fn gemm_case_with(
+    gpu: &GpuBackend,
+    kernels: &[GemmKernel],
+    name: &str,
+    g: Gemm,
+    lens: [usize; 3],
+    seed: u64,
+) {
+    let [a_len, b_len, c_len] = lens;
     let a = uniform(seed, a_len, -1.0, 1.0);
     let b = uniform(seed + 1, b_len, -1.0, 1.0);
     let bias = uniform(seed + 2, g.bias_off + g.n, -1.0, 1.0);
@@ -52,7 +67,7 @@ fn gemm_case(
     let expected = cpu.read_f64(&c_ref).unwrap();
     // Error of an f32 dot product grows with sqrt(K) in practice.
     let tol = Tolerance::new(4e-6 * (g.k as f64).sqrt() + 1e-6, 1e-5);
-    for kernel in [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Large] {
+    for &kernel in kernels {
         let gpu = gpu.clone().with_gemm_kernel(kernel);
         let c = gpu.tensor_f64(&[c_len], &c0).unwrap();
         gpu.gemm(
@@ -571,6 +586,13 @@ fn folded_grids_cover_every_element() {
     // 100 tiles for the tiled kernel, 5625 groups for the naive one.
     let g = contiguous(600, 600, 4, false, true);
     gemm_case(&gpu, "folded matmul", g, 600 * 4, 600 * 4, 600 * 600, 13);
+
+    // 90 tiles of 128 x 128 for the large kernel (the naive one's grid would
+    // exceed even the folded limit).
+    let (m, n) = (1280, 1152);
+    let g = contiguous(m, n, 2, false, false);
+    let lens = [m * 2, 2 * n, m * n];
+    gemm_case_with(&gpu, &[GemmKernel::Large], "folded large", g, lens, 17);
 
     let (rows, cols) = (85, 9);
     let logits = uniform(14, rows * cols, -2.0, 2.0);

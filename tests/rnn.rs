@@ -162,6 +162,30 @@ fn gpu_matches_cpu_on_random_cases() {
     }
 }
 
+/// Step grids beyond the per-dimension workgroup limit (forced to 4) are folded
+/// into 2-D, with each recurrent-product variant.
+#[test]
+fn folded_step_grids_match_the_cpu() {
+    let _ = gpu_or_skip!();
+    for kernel in [StepKernel::Tiled, StepKernel::Split] {
+        let Some((ctx, gpu)) = common::own_gpu(|o| {
+            o.max_workgroups_per_dim = Some(4);
+            o.step_kernel = Some(kernel);
+        }) else {
+            return;
+        };
+        // Tiled: 2 x 3 = 6 workgroups; split: 5 x 3 = 15.
+        let (hidden, batch) = (40, 17);
+        assert!(kernel.groups(batch, hidden) > 4);
+        assert_eq!(ctx.step_kernel(batch, hidden), kernel);
+        for (i, cell) in CELLS.into_iter().enumerate() {
+            let case = RnnCase::new(RnnConfig::new(cell, 3, hidden), 3, batch, 70 + i as u64)
+                .with_states();
+            gpu_vs_cpu(&gpu, &case);
+        }
+    }
+}
+
 /// One forward and one backward step, GPU against CPU, on random buffers,
 /// with each recurrent-product variant.
 #[test]
