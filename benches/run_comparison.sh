@@ -48,6 +48,6 @@ else
     "$bin" bench --backend cpu --table cpu --kernels --json --iters "$iters" > "$out/ours.jsonl"
     python3 benches/pytorch_bench.py --device cpu --table cpu --kernels --iters "$iters" > "$out/pytorch.jsonl"
 fi
-python3 benches/compare.py "$out/ours.jsonl" "$out/pytorch.jsonl" --md "$out/comparison.md" --svg "$out/comparison.svg" --also "${also[@]}"
+python3 benches/compare.py "$out/ours.jsonl" "$out/pytorch.jsonl" --md "$out/comparison.md" --svg "$out/comparison.svg" --also ${also[@]+"${also[@]}"}
 git rev-parse --short HEAD > "$out/commit.txt" 2>/dev/null || true
 date -u +%Y-%m-%dT%H:%MZ > "$out/date.txt"

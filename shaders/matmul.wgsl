@@ -183,8 +183,9 @@ fn matmul_tiled(
 
 // Large variant: a 128x128 tile of C per workgroup of 256 invocations, each
 // holding an 8x8 block in registers: rows 4ty..4ty+3 and 64+4ty..64+4ty+3 of
-// the tile, columns likewise with tx, so the block is read from workgroup
-// memory as four vec4s per step of k. K is staged 8 deep; each invocation
+// the tile, columns tx + 16q and 64 + tx + 16q (q = 0..3), so the block is
+// read from workgroup memory as four vec4s per step of k and neighbouring
+// invocations write neighbouring columns of C. K is staged 8 deep; each invocation
 // loads 4 consecutive words of A and of B per stage (along the stored rows),
 // and the next stage's loads are issued into registers before the current
 // stage is consumed, so memory latency overlaps arithmetic.
@@ -192,8 +193,15 @@ const LM: u32 = 128u;
 const LN: u32 = 128u;
 const LK: u32 = 8u;
 
-var<workgroup> large_a: array<vec4<f32>, 256>; // [LK][LM / 4]
-var<workgroup> large_b: array<vec4<f32>, 256>; // [LK][LN / 4]
+var<workgroup> large_a: array<vec4<f32>, 256>; // [LK][LM / 4]: rows 4i..4i+3 in entry i
+var<workgroup> large_b: array<vec4<f32>, 256>; // [LK][LN / 4]: see b_slot
+
+// Where column nn of a B stage row lives: entry (nn / 64) * 16 + nn % 16,
+// component (nn % 64) / 16, so entry tx holds columns tx, tx+16, tx+32, tx+48
+// and entry 16 + tx the same plus 64.
+fn b_slot(nn: u32) -> vec2<u32> {
+    return vec2<u32>((nn / 64u) * 16u + nn % 16u, (nn % 64u) / 16u);
+}
 
 // op(A)[row, kk], zero outside the matrix.
 fn a_or_zero(row: u32, kk: u32) -> f32 {
@@ -239,7 +247,8 @@ fn large_load_b(lid: u32, col0: u32, k0: u32) -> vec4<f32> {
     return v;
 }
 
-// Writes the loaded words into the stage, k-major: large_a[kk * 32 + m / 4][m % 4].
+// Writes the loaded words into the stage, k-major: large_a[kk * 32 + m / 4][m % 4],
+// large_b[kk * 32 + b_slot(n).x][b_slot(n).y].
 fn large_store(lid: u32, va: vec4<f32>, vb: vec4<f32>) {
     if (TRANS_A) {
         large_a[lid] = va;
@@ -250,12 +259,15 @@ fn large_store(lid: u32, va: vec4<f32>, vb: vec4<f32>) {
         }
     }
     if (TRANS_B) {
-        let nn = lid / 2u;
+        let at = b_slot(lid / 2u);
         for (var e = 0u; e < 4u; e++) {
-            large_b[((lid % 2u) * 4u + e) * 32u + nn / 4u][nn % 4u] = vb[e];
+            large_b[((lid % 2u) * 4u + e) * 32u + at.x][at.y] = vb[e];
         }
     } else {
-        large_b[lid] = vb;
+        for (var e = 0u; e < 4u; e++) {
+            let at = b_slot((lid % 32u) * 4u + e);
+            large_b[(lid / 32u) * 32u + at.x][at.y] = vb[e];
+        }
     }
 }
 
@@ -277,8 +289,8 @@ fn matmul_large(
     let tx = lid % 16u;
     let ty = lid / 16u;
 
-    // acc[r * 2 + h]: row r of the block (tile row 4ty + r, or 64 + 4ty + r - 4
-    // for r >= 4), columns 4tx..4tx+3 (h = 0) or 64+4tx..64+4tx+3 (h = 1).
+    // acc[r * 2 + h][q]: row r of the block (tile row 4ty + r, or 64 + 4ty + r - 4
+    // for r >= 4), tile column 64h + 16q + tx.
     var acc: array<vec4<f32>, 16>;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = vec4<f32>(0.0);
@@ -315,7 +327,7 @@ fn matmul_large(
         }
         for (var h = 0u; h < 2u; h++) {
             for (var q = 0u; q < 4u; q++) {
-                let col = col0 + h * 64u + tx * 4u + q;
+                let col = col0 + h * 64u + q * 16u + tx;
                 if (col < p.n) {
                     store(row, col, acc[r * 2u + h][q]);
                 }

@@ -39,9 +39,11 @@ const SL: u32 = 32u;
 const SPAD: u32 = 33u;
 
 // Tiled: lhs [TB][TK] and rhs [G][TK][TJ], G <= 4. Split: partial sums
-// [SU * TB][SPAD] in `rhs_tile` and the finished sums [G][SU][TB] in `lhs_tile`.
+// [SU * TB][SPAD] in `rhs_tile`, sums of 8 lanes [SU * TB][4] in
+// `split_quarters`, and the finished sums [G][SU][TB] in `lhs_tile`.
 var<workgroup> lhs_tile: array<f32, 256>;
 var<workgroup> rhs_tile: array<f32, 2112>;
+var<workgroup> split_quarters: array<f32, 256>;
 
 fn tile_units() -> u32 {
     return select(TJ, SU, SPLIT);
@@ -117,14 +119,24 @@ fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f
 }
 
 // Adds the SL partial sums of each of the SU * TB outputs in `rhs_tile`
-// (output o at o * SPAD, lanes in order) into lhs_tile[base + o].
+// (output o at o * SPAD, lanes in order) into lhs_tile[base + o], in two
+// levels so that every invocation helps: invocation flat adds lanes
+// 8q..8q+7 of output flat / 4 (q = flat % 4), then one invocation per output
+// adds its four quarters. The order is fixed. Call after a barrier that
+// follows the partial sums' writes; a barrier must follow before lhs_tile is
+// read or rhs_tile rewritten.
 fn reduce_lanes(flat: u32, base: u32) {
+    let o = flat / 4u;
+    let l0 = (flat % 4u) * 8u;
+    var s = 0.0;
+    for (var l = 0u; l < 8u; l++) {
+        s += rhs_tile[o * SPAD + l0 + l];
+    }
+    split_quarters[flat] = s;
+    workgroupBarrier();
     if (flat < SU * TB) {
-        var s = 0.0;
-        for (var l = 0u; l < SL; l++) {
-            s += rhs_tile[flat * SPAD + l];
-        }
-        lhs_tile[base + flat] = s;
+        lhs_tile[base + flat] = ((split_quarters[flat * 4u] + split_quarters[flat * 4u + 1u])
+            + (split_quarters[flat * 4u + 2u] + split_quarters[flat * 4u + 3u]));
     }
 }
 

@@ -4,13 +4,16 @@
 
 mod common;
 
+use std::sync::OnceLock;
+
 use proptest::prelude::*;
 use rnn_wgpu::backend::{Backend, CpuBackend, GpuBackend, XentBuffers, api};
+use rnn_wgpu::gpu::StepKernel;
 use rnn_wgpu::nn::RnnConfig;
 use rnn_wgpu::nn::case::{RnnCase, run_case};
 use rnn_wgpu::ops::activation::Activation;
 use rnn_wgpu::ops::cell::Cell;
-use rnn_wgpu::ops::matmul::Gemm;
+use rnn_wgpu::ops::matmul::{Gemm, GemmKernel};
 use rnn_wgpu::ops::reduce::ReduceOp;
 use rnn_wgpu::ops::softmax_xent::{IGNORE_INDEX, Rows};
 use rnn_wgpu::parity::{Tolerance, compare, uniform, uniform_i32};
@@ -18,6 +21,16 @@ use rnn_wgpu::parity::{Tolerance, compare, uniform, uniform_i32};
 fn gpu() -> Option<GpuBackend> {
     common::gpu()
 }
+
+/// A context with the tiled recurrent product forced (shapes this small get
+/// the split one by default).
+fn tiled_steps_gpu() -> Option<GpuBackend> {
+    static GPU: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    GPU.get_or_init(|| common::own_gpu(|o| o.step_kernel = Some(StepKernel::Tiled)).map(|(_, g)| g))
+        .clone()
+}
+
+const GEMM_KERNELS: [GemmKernel; 3] = [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Large];
 
 fn cpu() -> CpuBackend<f64> {
     CpuBackend::new()
@@ -69,8 +82,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn matmul(m in 1usize..90, n in 1usize..90, k in 1usize..130, ta: bool, tb: bool, bias: bool, seed: u64) {
+    fn matmul(m in 1usize..200, n in 1usize..200, k in 1usize..130, ta: bool, tb: bool, bias: bool,
+              kernel in 0usize..3, seed: u64) {
         let Some(gpu) = gpu() else { return Ok(()) };
+        let gpu = gpu.with_gemm_kernel(GEMM_KERNELS[kernel]);
         let mut g = Gemm::nn(m, n, k);
         g.trans_a = ta;
         g.trans_b = tb;
@@ -83,7 +98,8 @@ proptest! {
         let w = uniform(seed ^ 1, k * n, -1.0, 1.0);
         let bv = uniform(seed ^ 2, n, -1.0, 1.0);
         let tol = Tolerance::new(4e-6 * (k as f64).sqrt() + 1e-6, 1e-5);
-        close("matmul", &gemm_run(&cpu(), &g, &a, &w, &bv, m * n), &gemm_run(&gpu, &g, &a, &w, &bv, m * n), tol)?;
+        let name = format!("matmul {:?}", GEMM_KERNELS[kernel]);
+        close(&name, &gemm_run(&cpu(), &g, &a, &w, &bv, m * n), &gemm_run(&gpu, &g, &a, &w, &bv, m * n), tol)?;
     }
 
     #[test]
@@ -142,8 +158,8 @@ proptest! {
     #[test]
     fn cells(which in 0usize..4, steps in 1usize..6, batch in 1usize..11, input in 1usize..7,
              hidden in 1usize..40, layers in 1usize..3, bidirectional: bool, states: bool,
-             lengths in prop::collection::vec(1i32..6, 10), seed: u64) {
-        let Some(gpu) = gpu() else { return Ok(()) };
+             lengths in prop::collection::vec(1i32..6, 10), tiled: bool, seed: u64) {
+        let Some(gpu) = (if tiled { tiled_steps_gpu() } else { gpu() }) else { return Ok(()) };
         let cfg = RnnConfig::new(CELLS[which], input, hidden).layers(layers).bidirectional(bidirectional);
         let mut case = RnnCase::new(cfg, steps, batch, seed);
         if states {
@@ -155,7 +171,8 @@ proptest! {
         let data = case.data();
         let e = run_case(&cpu(), &case.config, &data, true).unwrap();
         let a = run_case(&gpu, &case.config, &data, true).unwrap();
-        close(&format!("{} values", case.describe()), &e.values(), &a.values(), Tolerance::new(2e-5, 1e-4))?;
-        close(&format!("{} gradients", case.describe()), &e.gradients(), &a.gradients(), Tolerance::new(1e-4, 1e-3))?;
+        let name = format!("{} (tiled steps: {tiled})", case.describe());
+        close(&format!("{name} values"), &e.values(), &a.values(), Tolerance::new(2e-5, 1e-4))?;
+        close(&format!("{name} gradients"), &e.gradients(), &a.gradients(), Tolerance::new(1e-4, 1e-3))?;
     }
 }

@@ -95,6 +95,7 @@ impl Shader {
 
 /// The recurrent-product variant of the fused cell steps (`shaders/recurrent.wgsl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum StepKernel {
     /// 32 hidden units × 8 batch rows per workgroup, the reduction staged
     /// through workgroup memory: few workgroups, much reuse (large batches).

@@ -316,6 +316,7 @@ fn add_bias<T: Real>(g: &Gemm, bias: Option<&[T]>, c: &mut [T]) {
 
 /// GPU kernel variant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum GemmKernel {
     /// One invocation per element of C; kept as the readable reference.
     Naive,
@@ -462,6 +463,34 @@ pub fn gemm_gpu(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_takes_the_large_tiles_from_256_of_them() {
+        assert_eq!(
+            GemmKernel::Auto.resolve(&Gemm::nt(2048, 2048, 8)),
+            GemmKernel::Large
+        ); // 256
+        assert_eq!(
+            GemmKernel::Auto.resolve(&Gemm::nt(1920, 2048, 8)),
+            GemmKernel::Tiled
+        ); // 240
+        assert_eq!(
+            GemmKernel::Auto.resolve(&Gemm::nt(3200, 4096, 512)),
+            GemmKernel::Large
+        );
+        assert_eq!(
+            GemmKernel::Auto.resolve(&Gemm::nt(50, 4096, 512)),
+            GemmKernel::Tiled
+        );
+        assert_eq!(
+            GemmKernel::Naive.resolve(&Gemm::nt(4096, 4096, 8)),
+            GemmKernel::Naive
+        );
+        assert_eq!(
+            GemmKernel::Large.resolve(&Gemm::nt(1, 1, 1)),
+            GemmKernel::Large
+        );
+    }
 
     #[test]
     fn validate_names_the_bad_operand() {
