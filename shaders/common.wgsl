@@ -9,6 +9,19 @@ fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
+// Origin (row0, col0) of this workgroup's tile when tiles of row_side x
+// col_side cover a rows x cols grid, row-major over the tiles; (rows, cols)
+// for the surplus workgroups of a folded grid.
+fn grid_tile(wid: vec3<u32>, nwg: vec3<u32>, rows: u32, row_side: u32, cols: u32, col_side: u32) -> vec2<u32> {
+    let tiles_c = (cols + col_side - 1u) / col_side;
+    let tiles_r = (rows + row_side - 1u) / row_side;
+    let tile = linear_group(wid, nwg);
+    if (tile >= tiles_r * tiles_c) {
+        return vec2<u32>(rows, cols);
+    }
+    return vec2<u32>((tile / tiles_c) * row_side, (tile % tiles_c) * col_side);
+}
+
 // The lowest finite f32: the identity of max for finite inputs. (Shader
 // compilers may assume no infinities, so -inf is not used.)
 const F32_LOWEST: f32 = -3.4028234663852886e38;

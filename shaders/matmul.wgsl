@@ -49,7 +49,23 @@ fn b_at(kk: u32, col: u32) -> f32 {
     return b[p.b_off + kk * p.ldb + col];
 }
 
-// The epilogue shared by both variants: bias, then accumulation into C.
+// op(A)[row, kk], zero outside the matrix.
+fn a_or_zero(row: u32, kk: u32) -> f32 {
+    if (row < p.m && kk < p.k) {
+        return a_at(row, kk);
+    }
+    return 0.0;
+}
+
+// op(B)[kk, col], zero outside the matrix.
+fn b_or_zero(kk: u32, col: u32) -> f32 {
+    if (kk < p.k && col < p.n) {
+        return b_at(kk, col);
+    }
+    return 0.0;
+}
+
+// The epilogue shared by the variants: bias, then accumulation into C.
 fn store(row: u32, col: u32, acc: f32) {
     var v = acc;
     if ((p.flags & FLAG_BIAS) != 0u) {
@@ -100,15 +116,13 @@ fn matmul_tiled(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let tiles_n = (p.n + TN - 1u) / TN;
-    let tiles_m = (p.m + TM - 1u) / TM;
-    let tile = linear_group(wid, nwg);
+    let origin = grid_tile(wid, nwg, p.m, TM, p.n, TN);
     // Uniform per workgroup: whole surplus workgroups of a folded grid leave together.
-    if (tile >= tiles_m * tiles_n) {
+    if (origin.x >= p.m) {
         return;
     }
-    let row0 = (tile / tiles_n) * TM;
-    let col0 = (tile % tiles_n) * TN;
+    let row0 = origin.x;
+    let col0 = origin.y;
     let tx = lid % 16u;
     let ty = lid / 16u;
 
@@ -131,11 +145,7 @@ fn matmul_tiled(
                 mm = i / TK;
                 ka = i % TK;
             }
-            var va = 0.0;
-            if (row0 + mm < p.m && k0 + ka < p.k) {
-                va = a_at(row0 + mm, k0 + ka);
-            }
-            tile_a[ka * TM + mm] = va;
+            tile_a[ka * TM + mm] = a_or_zero(row0 + mm, k0 + ka);
 
             var nn: u32;
             var kb: u32;
@@ -146,11 +156,7 @@ fn matmul_tiled(
                 kb = i / TN;
                 nn = i % TN;
             }
-            var vb = 0.0;
-            if (col0 + nn < p.n && k0 + kb < p.k) {
-                vb = b_at(k0 + kb, col0 + nn);
-            }
-            tile_b[kb * TN + nn] = vb;
+            tile_b[kb * TN + nn] = b_or_zero(k0 + kb, col0 + nn);
         }
         workgroupBarrier();
 
@@ -201,22 +207,6 @@ var<workgroup> large_b: array<vec4<f32>, 256>; // [LK][LN / 4]: see b_slot
 // and entry 16 + tx the same plus 64.
 fn b_slot(nn: u32) -> vec2<u32> {
     return vec2<u32>((nn / 64u) * 16u + nn % 16u, (nn % 64u) / 16u);
-}
-
-// op(A)[row, kk], zero outside the matrix.
-fn a_or_zero(row: u32, kk: u32) -> f32 {
-    if (row < p.m && kk < p.k) {
-        return a_at(row, kk);
-    }
-    return 0.0;
-}
-
-// op(B)[kk, col], zero outside the matrix.
-fn b_or_zero(kk: u32, col: u32) -> f32 {
-    if (kk < p.k && col < p.n) {
-        return b_at(kk, col);
-    }
-    return 0.0;
 }
 
 // This invocation's 4 words of the A stage at k0: 4 consecutive k of one row
@@ -277,15 +267,13 @@ fn matmul_large(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let tiles_n = (p.n + LN - 1u) / LN;
-    let tiles_m = (p.m + LM - 1u) / LM;
-    let tile = linear_group(wid, nwg);
+    let origin = grid_tile(wid, nwg, p.m, LM, p.n, LN);
     // Uniform per workgroup: whole surplus workgroups of a folded grid leave together.
-    if (tile >= tiles_m * tiles_n) {
+    if (origin.x >= p.m) {
         return;
     }
-    let row0 = (tile / tiles_n) * LM;
-    let col0 = (tile % tiles_n) * LN;
+    let row0 = origin.x;
+    let col0 = origin.y;
     let tx = lid % 16u;
     let ty = lid / 16u;
 

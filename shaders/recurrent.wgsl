@@ -51,14 +51,7 @@ fn tile_units() -> u32 {
 
 // (b0, j0) of this workgroup's tile, or (B, H) past the last tile.
 fn step_tile(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
-    let units = tile_units();
-    let tiles_j = (p.H + units - 1u) / units;
-    let tiles_b = (p.B + TB - 1u) / TB;
-    let tile = linear_group(wid, nwg);
-    if (tile >= tiles_j * tiles_b) {
-        return vec2<u32>(p.B, p.H);
-    }
-    return vec2<u32>((tile / tiles_j) * TB, (tile % tiles_j) * units);
+    return grid_tile(wid, nwg, p.B, TB, p.H, tile_units());
 }
 
 // (b, j) whose cell update this invocation applies after the product, or

@@ -229,7 +229,7 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
             let b = uniform(20 + i as u64, k * n, -1.0, 1.0);
             let bias = uniform(30 + i as u64, n, -1.0, 1.0);
             let tol = Tolerance::new(4e-6 * (k as f64).sqrt() + 1e-6, 1e-5);
-            for kernel in [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Large] {
+            for kernel in GemmKernel::FORCED {
                 let layout = format!(
                     "{}{}",
                     if ta { "T" } else { "N" },
@@ -292,7 +292,7 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
     // Every cell with each recurrent-product variant forced in turn.
     let ctx = gpu.ctx();
     let chosen = ctx.set_step_kernel(None);
-    for kernel in [StepKernel::Tiled, StepKernel::Split] {
+    for kernel in StepKernel::ALL {
         ctx.set_step_kernel(Some(kernel));
         for (i, cell) in Cell::ALL.into_iter().enumerate() {
             let cfg = RnnConfig::new(cell, 5, 37).layers(2).bidirectional(true);

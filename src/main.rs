@@ -608,16 +608,19 @@ fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
             let big = rnn_wgpu::backend::Backend::is_gpu(&b) && !software;
             let (mm, xe) = if big { (MATMUL_SHAPES, XENT_SHAPES) } else { (MATMUL_SHAPES_SMALL, XENT_SHAPES_SMALL) };
             let mut results = Vec::new();
+            // On the GPU, each tiled variant forced too, to compare them.
+            let mut forced = Vec::new();
+            if let Some(ctx) = &ctx {
+                for kernel in [GemmKernel::Tiled, GemmKernel::Large] {
+                    forced.push((kernel, GpuBackend::new(ctx.clone())?.with_gemm_kernel(kernel)));
+                }
+            }
             for &s in mm {
                 results.push(bench_matmul(&b, ctx.as_deref(), s, a.iters)?);
-                // On the GPU, each tiled variant forced too, to compare them.
-                if let Some(ctx) = &ctx {
-                    for kernel in [GemmKernel::Tiled, GemmKernel::Large] {
-                        let gk = GpuBackend::new(ctx.clone())?.with_gemm_kernel(kernel);
-                        let mut r = bench_matmul(&gk, Some(ctx), s, a.iters)?;
-                        r.kernel = format!("{}[{}]", r.kernel, kernel.name());
-                        results.push(r);
-                    }
+                for (kernel, gk) in &forced {
+                    let mut r = bench_matmul(gk, ctx.as_deref(), s, a.iters)?;
+                    r.kernel = format!("{}[{}]", r.kernel, kernel.name());
+                    results.push(r);
                 }
             }
             for &s in xe {

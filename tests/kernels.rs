@@ -23,8 +23,6 @@ fn check(name: &str, expected: &[f64], actual: &[f64], tol: Tolerance) {
     }
 }
 
-const GEMM_KERNELS: [GemmKernel; 3] = [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Large];
-
 /// Runs one Gemm on the CPU (f64) and on the GPU with every kernel and compares.
 fn gemm_case(
     gpu: &GpuBackend,
@@ -35,7 +33,14 @@ fn gemm_case(
     c_len: usize,
     seed: u64,
 ) {
-    gemm_case_with(gpu, &GEMM_KERNELS, name, g, [a_len, b_len, c_len], seed);
+    gemm_case_with(
+        gpu,
+        &GemmKernel::FORCED,
+        name,
+        g,
+        [a_len, b_len, c_len],
+        seed,
+    );
 }
 
 /// [`gemm_case`] with the given kernels; `lens` are the lengths of A, B and C.

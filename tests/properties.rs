@@ -30,8 +30,6 @@ fn tiled_steps_gpu() -> Option<GpuBackend> {
         .clone()
 }
 
-const GEMM_KERNELS: [GemmKernel; 3] = [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Large];
-
 fn cpu() -> CpuBackend<f64> {
     CpuBackend::new()
 }
@@ -85,7 +83,7 @@ proptest! {
     fn matmul(m in 1usize..200, n in 1usize..200, k in 1usize..130, ta: bool, tb: bool, bias: bool,
               kernel in 0usize..3, seed: u64) {
         let Some(gpu) = gpu() else { return Ok(()) };
-        let gpu = gpu.with_gemm_kernel(GEMM_KERNELS[kernel]);
+        let gpu = gpu.with_gemm_kernel(GemmKernel::FORCED[kernel]);
         let mut g = Gemm::nn(m, n, k);
         g.trans_a = ta;
         g.trans_b = tb;
@@ -98,7 +96,7 @@ proptest! {
         let w = uniform(seed ^ 1, k * n, -1.0, 1.0);
         let bv = uniform(seed ^ 2, n, -1.0, 1.0);
         let tol = Tolerance::new(4e-6 * (k as f64).sqrt() + 1e-6, 1e-5);
-        let name = format!("matmul {:?}", GEMM_KERNELS[kernel]);
+        let name = format!("matmul {:?}", GemmKernel::FORCED[kernel]);
         close(&name, &gemm_run(&cpu(), &g, &a, &w, &bv, m * n), &gemm_run(&gpu, &g, &a, &w, &bv, m * n), tol)?;
     }
 

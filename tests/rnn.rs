@@ -97,7 +97,7 @@ fn gpu_vs_cpu(gpu: &GpuBackend, case: &RnnCase) {
 
 /// A context per recurrent-product variant, each forced for every step.
 fn step_variants() -> Vec<(StepKernel, GpuBackend)> {
-    [StepKernel::Tiled, StepKernel::Split]
+    StepKernel::ALL
         .into_iter()
         .filter_map(|k| common::own_gpu(|o| o.step_kernel = Some(k)).map(|(_, gpu)| (k, gpu)))
         .collect()
@@ -167,7 +167,7 @@ fn gpu_matches_cpu_on_random_cases() {
 #[test]
 fn folded_step_grids_match_the_cpu() {
     let _ = gpu_or_skip!();
-    for kernel in [StepKernel::Tiled, StepKernel::Split] {
+    for kernel in StepKernel::ALL {
         let Some((ctx, gpu)) = common::own_gpu(|o| {
             o.max_workgroups_per_dim = Some(4);
             o.step_kernel = Some(kernel);

@@ -107,6 +107,9 @@ pub enum StepKernel {
 }
 
 impl StepKernel {
+    /// Every variant.
+    pub const ALL: [StepKernel; 2] = [StepKernel::Tiled, StepKernel::Split];
+
     /// Hidden units per workgroup.
     pub fn units(self) -> usize {
         match self {

@@ -332,6 +332,9 @@ pub enum GemmKernel {
 }
 
 impl GemmKernel {
+    /// Every variant that runs as itself (all but [`GemmKernel::Auto`]).
+    pub const FORCED: [GemmKernel; 3] = [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Large];
+
     /// See [`GemmKernel::Auto`]: below this many 128×128 tiles, the 64×64
     /// tiles keep more of a GPU busy.
     pub const LARGE_MIN_GROUPS: u64 = 256;
