@@ -8,6 +8,11 @@
 // direction starts from slot T. Rows past their length (lengths[b] <= t) carry
 // their state unchanged and output zeros: PyTorch's packed-sequence semantics.
 //
+// Inference (p.ring == 1) keeps only two state slots, addressed modulo 2:
+// hs and cs are [2, B, H] and nothing is saved for a backward. Gates are
+// written only when p.save == 1 (a training forward saves them for its
+// backward; an inference forward binds a placeholder there).
+//
 // Backward: carry [2, 2, B, H] ping-pongs between steps (index `parity` is
 // read, 1 - parity written); [., 0] is the gradient flowing straight into the
 // previous h, [., 1] the gradient of the previous c (LSTM).
@@ -26,9 +31,9 @@ struct Params {
     out_col: u32,
     out_ld: u32,
     relu: u32,
+    save: u32,
+    ring: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -48,12 +53,16 @@ fn is_live(b: u32) -> bool {
     return p.has_lengths == 0u || i32(p.t) < lengths[b];
 }
 
+fn slot(s: u32) -> u32 {
+    return select(s, s & 1u, p.ring == 1u);
+}
+
 fn prev_slot() -> u32 {
-    return p.t + p.reverse;
+    return slot(p.t + p.reverse);
 }
 
 fn next_slot() -> u32 {
-    return p.t + 1u - p.reverse;
+    return slot(p.t + 1u - p.reverse);
 }
 
 // The time step processed just before this one in the backward sweep.

@@ -4,7 +4,8 @@
 //   n = tanh(xg_n + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
 //
 // The reset gate multiplies the recurrent product including b_hn, so the
-// forward saves r, z, n and hn = W_hn h + b_hn: gates is [T, B, 4H].
+// forward saves r, z, n and hn = W_hn h + b_hn: gates is [T, B, 4H] (a
+// training forward; p.save == 1).
 // The backward writes two gate gradients: dgx (of the input pre-activations,
 // for W_ih, b_ih and the input) and dgh (of the recurrent ones, for W_hh, b_hh
 // and h); they differ only in the n block, by the factor r.
@@ -37,8 +38,10 @@ fn gru_forward(
     let h_prev = hs[prev_slot() * bh + hc];
     if (!is_live(b)) {
         hs[next_slot() * bh + hc] = h_prev;
-        for (var g = 0u; g < 4u; g++) {
-            gates[srow + g * p.H + j] = 0.0;
+        if (p.save == 1u) {
+            for (var g = 0u; g < 4u; g++) {
+                gates[srow + g * p.H + j] = 0.0;
+            }
         }
         out[out_index(b, j)] = 0.0;
         return;
@@ -50,10 +53,12 @@ fn gru_forward(
     let z = sigmoid_f(xg[row + p.H + j] + hz);
     let n = tanh_f(xg[row + 2u * p.H + j] + r * hn);
     let h = (1.0 - z) * n + z * h_prev;
-    gates[srow + j] = r;
-    gates[srow + p.H + j] = z;
-    gates[srow + 2u * p.H + j] = n;
-    gates[srow + 3u * p.H + j] = hn;
+    if (p.save == 1u) {
+        gates[srow + j] = r;
+        gates[srow + p.H + j] = z;
+        gates[srow + 2u * p.H + j] = n;
+        gates[srow + 3u * p.H + j] = hn;
+    }
     hs[next_slot() * bh + hc] = h;
     out[out_index(b, j)] = h;
 }

@@ -5,7 +5,8 @@
 //
 // One dispatch per time step: the recurrent product of all four gates (recurrent.wgsl,
 // tiled or split) and the cell update in the same invocation. The forward
-// saves the gate activations [T, B, 4H]; c comes from the cs slots.
+// saves the gate activations [T, B, 4H] (a training forward; p.save == 1);
+// c comes from the cs slots.
 // CPU twin: ops::cell (Cell::Lstm).
 
 const G: u32 = 4u;
@@ -35,8 +36,10 @@ fn lstm_forward(
     if (!is_live(b)) {
         hs[next_slot() * bh + hc] = hs[prev_slot() * bh + hc];
         cs[next_slot() * bh + hc] = c_prev;
-        for (var g = 0u; g < G; g++) {
-            gates[row + g * p.H + j] = 0.0;
+        if (p.save == 1u) {
+            for (var g = 0u; g < G; g++) {
+                gates[row + g * p.H + j] = 0.0;
+            }
         }
         out[out_index(b, j)] = 0.0;
         return;
@@ -51,10 +54,12 @@ fn lstm_forward(
     let o = sigmoid_f(pre[3]);
     let c = f * c_prev + i * gg;
     let h = o * tanh_f(c);
-    gates[row + j] = i;
-    gates[row + p.H + j] = f;
-    gates[row + 2u * p.H + j] = gg;
-    gates[row + 3u * p.H + j] = o;
+    if (p.save == 1u) {
+        gates[row + j] = i;
+        gates[row + p.H + j] = f;
+        gates[row + 2u * p.H + j] = gg;
+        gates[row + 3u * p.H + j] = o;
+    }
     cs[next_slot() * bh + hc] = c;
     hs[next_slot() * bh + hc] = h;
     out[out_index(b, j)] = h;

@@ -237,11 +237,7 @@ pub fn bench_rnn<B: Backend>(
         let total = t0.elapsed().as_secs_f64() * 1e3;
         let c1 = counters();
         if i == 0 {
-            per_step = Counters {
-                dispatches: c1.dispatches - c0.dispatches,
-                submits: c1.submits - c0.submits,
-                readbacks: c1.readbacks - c0.readbacks,
-            };
+            per_step = c1.since(&c0);
         }
         step.push(total);
         rec.push(if ctx.is_some() { recorded } else { 0.0 });

@@ -5,8 +5,6 @@
 
 use std::fmt::{Debug, Display};
 
-use crate::ops::matmul::Gemm;
-
 /// A floating-point scalar the CPU path can compute in.
 pub trait Real:
     num_traits::Float
@@ -47,17 +45,6 @@ pub trait Real:
     /// with a branch-free polynomial `exp` (Cephes `expf`, about 1 ulp) so
     /// loops over it vectorize; for f64 the stable libm form, the reference.
     fn sigmoid_cell(self) -> Self;
-
-    /// `C (+)= op(A)·op(B)` (bias left out) through [`crate::ops::small_gemm`]
-    /// when it applies (f32, A not transposed, few rows of A, a CPU with AVX2
-    /// and FMA); returns false, touching nothing, otherwise.
-    ///
-    /// # Safety
-    /// `g` must have passed `Gemm::validate` against the lengths of `a`, `b`
-    /// and `c`.
-    unsafe fn gemm_small(_g: &Gemm, _a: &[Self], _b: &[Self], _c: &mut [Self]) -> bool {
-        false
-    }
 
     /// General matrix multiply through `matrixmultiply`:
     /// `C = alpha * A·B + beta * C` with A `m×k`, B `k×n`, C `m×n`, each given
@@ -127,11 +114,6 @@ impl Real for f32 {
         1.0 / (1.0 + expf_cell(-self))
     }
 
-    unsafe fn gemm_small(g: &Gemm, a: &[Self], b: &[Self], c: &mut [Self]) -> bool {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { crate::ops::small_gemm::run(g, a, b, c) }
-    }
-
     unsafe fn gemm_raw(
         m: usize,
         k: usize,
@@ -177,7 +159,7 @@ impl Real for f64 {
 
     #[inline]
     fn sigmoid_cell(self) -> Self {
-        crate::ops::activation::sigmoid(self)
+        sigmoid(self)
     }
 
     unsafe fn gemm_raw(
@@ -200,6 +182,16 @@ impl Real for f64 {
         unsafe {
             matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
         }
+    }
+}
+
+/// Logistic sigmoid, never taking `exp` of a large positive number.
+pub fn sigmoid<T: Real>(x: T) -> T {
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
     }
 }
 

@@ -55,7 +55,7 @@ fn wrong_dtypes_and_lengths_are_errors() {
             .contains("3 values do not fill shape [2, 2]"),
         "{err}"
     );
-    let err = ints.cast(ctx, DType::F16).unwrap_err();
+    let err = rnn_wgpu::ops::memory::cast(ctx, &ints, DType::F16).unwrap_err();
     assert!(err.to_string().contains("cast"), "{err}");
     let x = gpu.tensor_f32(&[4], &[0.0; 4]).unwrap();
     assert!(gpu.reshape(&x, &[3]).is_err());

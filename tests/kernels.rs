@@ -648,7 +648,7 @@ fn fill_copy_and_f16_round_trip() {
 
     use half::f16;
     use rnn_wgpu::gpu::{DType, GpuTensor};
-    use rnn_wgpu::ops::memory::{f16_to_f32_cpu, f32_to_f16_cpu};
+    use rnn_wgpu::ops::memory::{cast, f16_to_f32_cpu, f32_to_f16_cpu};
     let ctx = gpu.ctx();
     let mut vals: Vec<f32> = uniform(17, 101, -70000.0, 70000.0)
         .iter()
@@ -656,7 +656,7 @@ fn fill_copy_and_f16_round_trip() {
         .collect();
     vals.extend([0.0, -0.0, 1.0, 65504.0, -65519.0, 1e-5, 3.25]);
     let x = GpuTensor::from_f32(ctx, &[vals.len()], &vals).unwrap();
-    let h = x.cast(ctx, DType::F16).unwrap();
+    let h = cast(ctx, &x, DType::F16).unwrap();
     let got = h.to_f16_vec(ctx).unwrap();
     let want = f32_to_f16_cpu(&vals);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -665,9 +665,8 @@ fn fill_copy_and_f16_round_trip() {
     }
     // f16 -> f32 is exact.
     let halves: Vec<f16> = want.clone();
-    let back = GpuTensor::from_f16(ctx, &[halves.len()], &halves)
-        .unwrap()
-        .cast(ctx, DType::F32)
+    let packed = GpuTensor::from_f16(ctx, &[halves.len()], &halves).unwrap();
+    let back = cast(ctx, &packed, DType::F32)
         .unwrap()
         .to_f32_vec(ctx)
         .unwrap();

@@ -212,6 +212,7 @@ fn single_steps(gpu: &GpuBackend, variant: StepKernel) {
             bhh_off: 7 + gh * h,
             out_col: h,
             out_ld: 2 * h,
+            ring: false,
         };
         let seed = 40 + ci as u64 * 10;
         let weights = uniform(seed, 7 + gh * h + gh + 3, -0.3, 0.3);
@@ -273,6 +274,68 @@ fn single_steps(gpu: &GpuBackend, variant: StepKernel) {
                 &format!("{} step {name} ({})", cell.name(), variant.name()),
                 e,
                 a,
+                Tolerance::new(2e-5, 1e-4),
+            );
+        }
+        // The inference form of the same step: two state slots (t = 1 reads
+        // slot 1 and writes slot 0) and no saved gates. Same output as the
+        // saving step, on both backends.
+        let ring = StepSpec { ring: true, ..s };
+        let bh = batch * h;
+        // Ring slot 1 holds the state slot 1 of the full buffer; slot 0 is overwritten.
+        let ring_states: Vec<f64> = [&states[..bh], &states[bh..2 * bh]].concat();
+        fn infer<B: Backend>(
+            b: &B,
+            cell: Cell,
+            s: &StepSpec,
+            [weights, xg, states]: [&[f64]; 3],
+            out_len: usize,
+            lengths: &[i32],
+        ) -> Vec<Vec<f64>> {
+            let t = |x: &[f64]| b.tensor_f64(&[x.len()], x).unwrap();
+            let (w, xg, hs, cs) = (t(weights), t(xg), t(states), t(states));
+            let out = b.zeros(&[out_len]).unwrap();
+            let lens = b.ints(&[lengths.len()], lengths).unwrap();
+            let fwd = StepForward {
+                xg: &xg,
+                weights: &w,
+                lengths: Some(&lens),
+                hs: &hs,
+                cs: cell.has_cell_state().then_some(&cs),
+                gates: None,
+                out: &out,
+            };
+            b.cell_forward(cell, s, &fwd).unwrap();
+            [&hs, &cs, &out]
+                .iter()
+                .map(|x| b.read_f64(x).unwrap())
+                .collect()
+        }
+        let v = [&weights[..], &xg, &ring_states];
+        let expected_ring = infer(&cpu(), cell, &ring, v, dout.len(), &lengths);
+        let actual_ring = infer(gpu, cell, &ring, v, dout.len(), &lengths);
+        let tag = format!("{} inference step ({})", cell.name(), variant.name());
+        check(
+            &format!("{tag} h"),
+            &expected_ring[0][..bh],
+            &actual_ring[0][..bh],
+            Tolerance::new(2e-5, 1e-4),
+        );
+        check(
+            &format!("{tag} out"),
+            &expected_ring[2],
+            &actual_ring[2],
+            Tolerance::new(2e-5, 1e-4),
+        );
+        // The slot written is slot 0 of the ring, slot 2 of the full buffer.
+        assert_eq!(expected_ring[0][..bh], expected[0][2 * bh..3 * bh], "{tag}");
+        assert_eq!(expected_ring[2], expected[3], "{tag}");
+        if cell.has_cell_state() {
+            assert_eq!(expected_ring[1][..bh], expected[1][2 * bh..3 * bh], "{tag}");
+            check(
+                &format!("{tag} c"),
+                &expected_ring[1][..bh],
+                &actual_ring[1][..bh],
                 Tolerance::new(2e-5, 1e-4),
             );
         }

@@ -1,13 +1,16 @@
 //! The CPU backend: every launch runs at once, in plain Rust, in f32 or f64.
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
-use super::{Backend, StepBackward, StepForward, XentBuffers};
+use super::{Backend, XentBuffers};
 use crate::error::{Error, Result};
 use crate::gpu::{checked_numel, numel};
 use crate::ops::activation::{self, Activation, Span};
-use crate::ops::cell::{self, BackwardSlices, Cell, ForwardSlices, StepSpec};
+use crate::ops::cell::{
+    self, BackwardSlices, Cell, ForwardSlices, StepBackward, StepForward, StepSpec,
+};
 use crate::ops::dropout::{self, DropoutSpec};
 use crate::ops::embed::{self, EmbedSpec};
 use crate::ops::matmul::{Gemm, gemm_cpu};
@@ -135,18 +138,34 @@ impl<T: Clone> CpuTensor<T> {
     fn same_storage(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.data, &other.data)
     }
+
+    /// True when no other handle (a clone or a view) shares the storage.
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.data) == 1
+    }
 }
 
-/// Runs every launch immediately on the host, in precision `T`.
+/// Runs every launch immediately on the host, in precision `T`. Clones share
+/// the allocation counter.
 #[derive(Clone, Debug, Default)]
 pub struct CpuBackend<T> {
     _t: PhantomData<T>,
+    allocations: Arc<AtomicU64>,
 }
 
 impl<T: Real> CpuBackend<T> {
     /// A CPU backend computing in `T`.
     pub fn new() -> Self {
-        CpuBackend { _t: PhantomData }
+        CpuBackend {
+            _t: PhantomData,
+            allocations: Arc::default(),
+        }
+    }
+
+    fn counted<E: Clone>(&self, shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
+        let t = CpuTensor::new(shape, data)?;
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(t)
     }
 }
 
@@ -164,15 +183,23 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor> {
-        CpuTensor::new(shape, host_zeros(shape)?)
+        self.counted(shape, host_zeros(shape)?)
     }
 
     fn tensor(&self, shape: &[usize], data: &[T]) -> Result<Self::Tensor> {
-        CpuTensor::new(shape, data.to_vec())
+        self.counted(shape, data.to_vec())
     }
 
     fn ints(&self, shape: &[usize], data: &[i32]) -> Result<Self::Ints> {
-        CpuTensor::new(shape, data.to_vec())
+        self.counted(shape, data.to_vec())
+    }
+
+    fn is_unique(&self, t: &Self::Tensor) -> bool {
+        t.is_unique()
+    }
+
+    fn allocations(&self) -> u64 {
+        self.allocations.load(Ordering::Relaxed)
     }
 
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize] {
@@ -365,7 +392,12 @@ impl<T: Real> Backend for CpuBackend<T> {
         Ok(())
     }
 
-    fn cell_forward(&self, cell: Cell, s: &StepSpec, b: &StepForward<'_, Self>) -> Result<()> {
+    fn cell_forward(
+        &self,
+        cell: Cell,
+        s: &StepSpec,
+        b: &StepForward<'_, Self::Tensor, Self::Ints>,
+    ) -> Result<()> {
         const OP: &str = "cell forward";
         let xg = b.xg.read(OP, "xg")?;
         let weights = b.weights.read(OP, "weights")?;
@@ -389,7 +421,12 @@ impl<T: Real> Backend for CpuBackend<T> {
         )
     }
 
-    fn cell_backward(&self, cell: Cell, s: &StepSpec, b: &StepBackward<'_, Self>) -> Result<()> {
+    fn cell_backward(
+        &self,
+        cell: Cell,
+        s: &StepSpec,
+        b: &StepBackward<'_, Self::Tensor, Self::Ints>,
+    ) -> Result<()> {
         const OP: &str = "cell backward";
         let weights = b.weights.read(OP, "weights")?;
         let lengths = b.lengths.map(|l| l.read(OP, "lengths")).transpose()?;

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use super::{Backend, StepBackward, StepForward, XentBuffers};
+use super::{Backend, XentBuffers};
 use crate::error::Result;
 use crate::gpu::{DType, GpuContext, GpuTensor, download_many};
 use crate::ops::activation::{self, Activation, Span};
-use crate::ops::cell::{self, Cell, StepSpec};
+use crate::ops::cell::{self, Cell, StepBackward, StepForward, StepSpec};
 use crate::ops::dropout::{self, DropoutSpec};
 use crate::ops::embed::{self, EmbedSpec};
 use crate::ops::matmul::{Gemm, GemmKernel, gemm_gpu};
@@ -25,6 +25,8 @@ pub struct GpuBackend {
     scratch: GpuTensor,
     // Bound where a kernel's optional i32 input (sequence lengths) is absent.
     dummy_ints: GpuTensor,
+    // Bound where a cell step saves no gates (an inference forward).
+    dummy_floats: GpuTensor,
 }
 
 impl GpuBackend {
@@ -32,11 +34,13 @@ impl GpuBackend {
     pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
         let scratch = GpuTensor::zeros(&ctx, &[reduce::partials(usize::MAX)], DType::F32)?;
         let dummy_ints = GpuTensor::zeros(&ctx, &[1], DType::I32)?;
+        let dummy_floats = GpuTensor::zeros(&ctx, &[1], DType::F32)?;
         Ok(GpuBackend {
             ctx,
             gemm: GemmKernel::Auto,
             scratch,
             dummy_ints,
+            dummy_floats,
         })
     }
 
@@ -54,6 +58,13 @@ impl GpuBackend {
     /// The context.
     pub fn ctx(&self) -> &Arc<GpuContext> {
         &self.ctx
+    }
+
+    fn placeholders(&self) -> cell::Placeholders<'_> {
+        cell::Placeholders {
+            ints: &self.dummy_ints,
+            floats: &self.dummy_floats,
+        }
     }
 }
 
@@ -80,6 +91,14 @@ impl Backend for GpuBackend {
 
     fn ints(&self, shape: &[usize], data: &[i32]) -> Result<GpuTensor> {
         GpuTensor::from_i32(&self.ctx, shape, data)
+    }
+
+    fn is_unique(&self, t: &GpuTensor) -> bool {
+        t.is_unique()
+    }
+
+    fn allocations(&self) -> u64 {
+        self.ctx.counters().allocations
     }
 
     fn shape<'a>(&self, t: &'a GpuTensor) -> &'a [usize] {
@@ -217,14 +236,24 @@ impl Backend for GpuBackend {
         })
     }
 
-    fn cell_forward(&self, cell: Cell, s: &StepSpec, b: &StepForward<'_, Self>) -> Result<()> {
+    fn cell_forward(
+        &self,
+        cell: Cell,
+        s: &StepSpec,
+        b: &StepForward<'_, Self::Tensor, Self::Ints>,
+    ) -> Result<()> {
         self.ctx
-            .record(|rec| cell::forward_step_gpu(rec, cell, s, b, &self.dummy_ints))
+            .record(|rec| cell::forward_step_gpu(rec, cell, s, b, self.placeholders()))
     }
 
-    fn cell_backward(&self, cell: Cell, s: &StepSpec, b: &StepBackward<'_, Self>) -> Result<()> {
+    fn cell_backward(
+        &self,
+        cell: Cell,
+        s: &StepSpec,
+        b: &StepBackward<'_, Self::Tensor, Self::Ints>,
+    ) -> Result<()> {
         self.ctx
-            .record(|rec| cell::backward_step_gpu(rec, cell, s, b, &self.dummy_ints))
+            .record(|rec| cell::backward_step_gpu(rec, cell, s, b, self.placeholders()))
     }
 
     fn embed_forward(

@@ -24,6 +24,7 @@ use std::fmt::Debug;
 use crate::error::{Error, Result};
 use crate::ops::activation::{Activation, Span};
 use crate::ops::cell::{Cell, StepSpec};
+pub use crate::ops::cell::{StepBackward, StepForward};
 use crate::ops::dropout::DropoutSpec;
 use crate::ops::embed::EmbedSpec;
 use crate::ops::matmul::Gemm;
@@ -64,46 +65,6 @@ impl<B: Backend> XentBuffers<B> {
     }
 }
 
-/// Tensors of a forward cell step (see [`crate::ops::cell`] for the layouts).
-pub struct StepForward<'a, B: Backend> {
-    /// `[T, B, G·H]` input projections.
-    pub xg: &'a B::Tensor,
-    /// Flat parameters (W_hh, b_hh at the step's offsets).
-    pub weights: &'a B::Tensor,
-    /// `[B]` sequence lengths, or `None` for full length.
-    pub lengths: Option<&'a B::Ints>,
-    /// `[T+1, B, H]` hidden-state slots.
-    pub hs: &'a B::Tensor,
-    /// `[T+1, B, H]` cell-state slots (LSTM).
-    pub cs: Option<&'a B::Tensor>,
-    /// `[T, B, 4H]` saved gates (LSTM, GRU).
-    pub gates: Option<&'a B::Tensor>,
-    /// `[T, B, D·H]` layer output.
-    pub out: &'a B::Tensor,
-}
-
-/// Tensors of a backward cell step.
-pub struct StepBackward<'a, B: Backend> {
-    /// Flat parameters.
-    pub weights: &'a B::Tensor,
-    /// `[B]` sequence lengths, or `None`.
-    pub lengths: Option<&'a B::Ints>,
-    /// `[T+1, B, H]`
-    pub hs: &'a B::Tensor,
-    /// `[T+1, B, H]` (LSTM)
-    pub cs: Option<&'a B::Tensor>,
-    /// `[T, B, 4H]` (LSTM, GRU)
-    pub gates: Option<&'a B::Tensor>,
-    /// `[T, B, D·H]` gradient of the layer output.
-    pub dout: &'a B::Tensor,
-    /// `[T, B, G·H]` gradient of the recurrent pre-activations.
-    pub dgh: &'a B::Tensor,
-    /// `[T, B, G·H]` gradient of the input pre-activations (GRU).
-    pub dgx: Option<&'a B::Tensor>,
-    /// `[2, 2, B, H]` ping-pong carries.
-    pub carry: &'a B::Tensor,
-}
-
 /// A device that can run rnn-wgpu's kernels.
 pub trait Backend: Clone {
     /// Scalar type computed in (f32 on the GPU; f32 or f64 on the CPU).
@@ -127,6 +88,14 @@ pub trait Backend: Clone {
 
     /// An i32 tensor holding `data`.
     fn ints(&self, shape: &[usize], data: &[i32]) -> Result<Self::Ints>;
+
+    /// True when no other handle (a clone or a reshaped view) shares `t`'s
+    /// storage: the holder of `t` is its only user, so its memory may be reused.
+    fn is_unique(&self, t: &Self::Tensor) -> bool;
+
+    /// Tensors allocated through this backend so far (float and i32; clones
+    /// and views are not allocations).
+    fn allocations(&self) -> u64;
 
     /// Shape of a tensor.
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
@@ -229,10 +198,20 @@ pub trait Backend: Clone {
     ) -> Result<()>;
 
     /// One fused forward step of a recurrent cell.
-    fn cell_forward(&self, cell: Cell, s: &StepSpec, bufs: &StepForward<'_, Self>) -> Result<()>;
+    fn cell_forward(
+        &self,
+        cell: Cell,
+        s: &StepSpec,
+        bufs: &StepForward<'_, Self::Tensor, Self::Ints>,
+    ) -> Result<()>;
 
     /// One fused backward step of a recurrent cell.
-    fn cell_backward(&self, cell: Cell, s: &StepSpec, bufs: &StepBackward<'_, Self>) -> Result<()>;
+    fn cell_backward(
+        &self,
+        cell: Cell,
+        s: &StepSpec,
+        bufs: &StepBackward<'_, Self::Tensor, Self::Ints>,
+    ) -> Result<()>;
 
     /// `out[n, :] = table[tokens[n], :]`.
     fn embed_forward(

@@ -37,6 +37,20 @@ pub struct Counters {
     pub submits: u64,
     /// Readbacks (buffer maps).
     pub readbacks: u64,
+    /// Tensor buffers allocated.
+    pub allocations: u64,
+}
+
+impl Counters {
+    /// What happened between `earlier` and these counts.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            dispatches: self.dispatches - earlier.dispatches,
+            submits: self.submits - earlier.submits,
+            readbacks: self.readbacks - earlier.readbacks,
+            allocations: self.allocations - earlier.allocations,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -113,6 +127,7 @@ pub struct GpuContext {
     dispatches: AtomicU64,
     submits: AtomicU64,
     readbacks: AtomicU64,
+    allocations: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -191,6 +206,7 @@ impl GpuContext {
             dispatches: AtomicU64::new(0),
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
+            allocations: AtomicU64::new(0),
         })
     }
 
@@ -245,6 +261,7 @@ impl GpuContext {
             dispatches: self.dispatches.load(Ordering::Relaxed),
             submits: self.submits.load(Ordering::Relaxed),
             readbacks: self.readbacks.load(Ordering::Relaxed),
+            allocations: self.allocations.load(Ordering::Relaxed),
         }
     }
 
@@ -348,6 +365,7 @@ impl GpuContext {
             buffer.unmap();
         }
         self.pop_scopes(val, oom, &format!("allocate {label} ({size} bytes)"))?;
+        self.allocations.fetch_add(1, Ordering::Relaxed);
         Ok(buffer)
     }
 

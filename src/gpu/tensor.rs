@@ -2,7 +2,9 @@
 //!
 //! Kernels compute in f32. `F16` tensors store IEEE half floats packed two per
 //! 32-bit word (the layout `pack2x16float` produces) and are converted on the
-//! GPU with [`GpuTensor::cast`]; `I32` holds class targets and sequence lengths.
+//! GPU with `ops::memory::cast`; `I32` holds class targets and sequence lengths.
+
+use std::sync::Arc;
 
 use half::f16;
 
@@ -44,7 +46,10 @@ pub fn checked_numel(shape: &[usize]) -> Option<usize> {
 /// A tensor living in a GPU storage buffer. Cloning shares the buffer.
 #[derive(Clone, Debug)]
 pub struct GpuTensor {
-    buffer: wgpu::Buffer,
+    // Counted by our handles only (recorded commands and cached bind groups
+    // hold wgpu's own handles), so `is_unique` says whether any tensor still
+    // refers to the buffer.
+    buffer: Arc<wgpu::Buffer>,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -56,7 +61,7 @@ impl GpuTensor {
             .ok_or_else(|| Error::invalid("shape", format!("{shape:?} is too large")))?;
         let buffer = ctx.create_buffer(&format!("{dtype:?}{shape:?}"), bytes as u64, data)?;
         Ok(GpuTensor {
-            buffer,
+            buffer: Arc::new(buffer),
             shape: shape.to_vec(),
             dtype,
         })
@@ -86,7 +91,7 @@ impl GpuTensor {
         Self::alloc(ctx, shape, DType::F32, Some(bytemuck::cast_slice(data)))
     }
 
-    /// Uploads f16 values (stored packed; see [`GpuTensor::cast`]).
+    /// Uploads f16 values (stored packed; `ops::memory::cast` converts them).
     pub fn from_f16(ctx: &GpuContext, shape: &[usize], data: &[f16]) -> Result<Self> {
         Self::check_len("data", shape, data.len())?;
         Self::alloc(ctx, shape, DType::F16, Some(bytemuck::cast_slice(data)))
@@ -121,6 +126,12 @@ impl GpuTensor {
     /// The underlying buffer.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
+    }
+
+    /// True when no other tensor (a clone or a reshaped view) shares the buffer.
+    /// Work already recorded may still use it: later work is ordered after it.
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.buffer) == 1
     }
 
     /// The same storage seen with another shape of the same number of elements.
@@ -194,11 +205,6 @@ impl GpuTensor {
         self.expect_dtype("tensor", dtype)?;
         Self::check_len("data", &self.shape, data.len())?;
         ctx.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data))
-    }
-
-    /// Converts between F32 and F16 on the GPU (round to nearest even).
-    pub fn cast(&self, ctx: &GpuContext, dtype: DType) -> Result<Self> {
-        crate::ops::memory::cast(ctx, self, dtype)
     }
 }
 

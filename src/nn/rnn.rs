@@ -747,6 +747,7 @@ impl<B: Backend> Rnn<B> {
                         bhh_off: p.b_hh,
                         out_col: d * h,
                         out_ld: dirs * h,
+                        ring: false,
                     };
                     b.cell_backward(cfg.cell, &spec, &bufs)?;
                 }

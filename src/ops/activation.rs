@@ -171,15 +171,7 @@ const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_C: f64 = 0.044715;
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
-/// Logistic sigmoid, never taking `exp` of a large positive number.
-pub fn sigmoid<T: Real>(x: T) -> T {
-    if x >= T::zero() {
-        T::one() / (T::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (T::one() + e)
-    }
-}
+pub use crate::real::sigmoid;
 
 /// `y[i] = act(x[i])`.
 pub fn forward_cpu<T: Real>(act: Activation, x: &[T], y: &mut [T]) -> Result<()> {

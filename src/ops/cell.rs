@@ -32,7 +32,6 @@ use rayon::prelude::*;
 
 use super::matmul::{Gemm, gemm_cpu, u32_of};
 use super::need_len;
-use crate::backend::{GpuBackend, StepBackward, StepForward};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelSpec, Shader};
 use crate::gpu::{DType, GpuTensor, Recorder};
@@ -145,15 +144,30 @@ pub struct StepSpec {
     pub out_col: usize,
     /// Row stride of `out` / `dout` (D·H).
     pub out_ld: usize,
+    /// Forward only: keep two state slots addressed modulo 2 (`hs`, `cs`
+    /// are `[2, B, H]`), for an inference forward that keeps nothing for a
+    /// backward.
+    pub ring: bool,
 }
 
 impl StepSpec {
-    fn prev(&self) -> usize {
-        self.t + self.reverse as usize
+    fn slot(&self, s: usize) -> usize {
+        if self.ring { s % 2 } else { s }
     }
 
-    fn next(&self) -> usize {
-        self.t + 1 - self.reverse as usize
+    /// The state slot this step reads.
+    pub fn prev(&self) -> usize {
+        self.slot(self.t + self.reverse as usize)
+    }
+
+    /// The state slot this step writes.
+    pub fn next(&self) -> usize {
+        self.slot(self.t + 1 - self.reverse as usize)
+    }
+
+    /// State slots the `hs` / `cs` buffers hold: `T + 1`, or 2 with a ring.
+    pub fn slots(&self) -> usize {
+        if self.ring { 2 } else { self.steps + 1 }
     }
 
     /// The time step processed just before this one in the backward sweep.
@@ -195,6 +209,12 @@ impl StepSpec {
                 ),
             ));
         }
+        if backward && self.ring {
+            return Err(Error::invalid(
+                "cell step ring",
+                "a backward step needs every state slot, not a ring of two",
+            ));
+        }
         if backward {
             if self.parity > 1 {
                 return Err(Error::invalid("cell step parity", "must be 0 or 1"));
@@ -224,7 +244,7 @@ impl StepSpec {
             gh.saturating_add(self.bhh_off),
             lens.weights,
         )?;
-        let slots = m(&[t.saturating_add(1), b, h]);
+        let slots = m(&[self.slots(), b, h]);
         Self::need("hs", slots, lens.hs)?;
         if let Some(len) = lens.lengths {
             Self::need("lengths", b, len)?;
@@ -232,7 +252,9 @@ impl StepSpec {
         if cell.has_cell_state() {
             Self::need("cs", slots, lens.cs.unwrap_or(0))?;
         }
-        if cell.saved() > 0 {
+        // A forward saves gates only when given a buffer for them; a
+        // backward needs them.
+        if cell.saved() > 0 && (backward || lens.gates.is_some()) {
             Self::need(
                 "gates",
                 m(&[t, b, cell.saved(), h]),
@@ -273,6 +295,48 @@ struct Lens {
 
 fn is_active(lengths: Option<&[i32]>, b: usize, t: usize) -> bool {
     lengths.is_none_or(|l| (t as i64) < l[b] as i64)
+}
+
+/// Tensors of a forward cell step on any backend (`X` a float tensor, `I` an
+/// i32 tensor); see the module docs for the layouts.
+pub struct StepForward<'a, X, I> {
+    /// `[T, B, G·H]` input projections.
+    pub xg: &'a X,
+    /// Flat parameters (W_hh, b_hh at the step's offsets).
+    pub weights: &'a X,
+    /// `[B]` sequence lengths, or `None` for full length.
+    pub lengths: Option<&'a I>,
+    /// `[T+1, B, H]` hidden-state slots (`[2, B, H]` with [`StepSpec::ring`]).
+    pub hs: &'a X,
+    /// `[T+1, B, H]` cell-state slots (LSTM; `[2, B, H]` with a ring).
+    pub cs: Option<&'a X>,
+    /// `[T, B, 4H]` gates saved for the backward (LSTM, GRU); `None` saves
+    /// nothing (an inference forward).
+    pub gates: Option<&'a X>,
+    /// `[T, B, D·H]` layer output.
+    pub out: &'a X,
+}
+
+/// Tensors of a backward cell step on any backend.
+pub struct StepBackward<'a, X, I> {
+    /// Flat parameters.
+    pub weights: &'a X,
+    /// `[B]` sequence lengths, or `None`.
+    pub lengths: Option<&'a I>,
+    /// `[T+1, B, H]`
+    pub hs: &'a X,
+    /// `[T+1, B, H]` (LSTM)
+    pub cs: Option<&'a X>,
+    /// `[T, B, 4H]` (LSTM, GRU)
+    pub gates: Option<&'a X>,
+    /// `[T, B, D·H]` gradient of the layer output.
+    pub dout: &'a X,
+    /// `[T, B, G·H]` gradient of the recurrent pre-activations.
+    pub dgh: &'a X,
+    /// `[T, B, G·H]` gradient of the input pre-activations (GRU).
+    pub dgx: Option<&'a X>,
+    /// `[2, 2, B, H]` ping-pong carries.
+    pub carry: &'a X,
 }
 
 /// Host buffers of a forward step.
@@ -360,9 +424,8 @@ pub fn forward_step_cpu<T: Real>(
         .with_bias(s.bhh_off);
     gemm_cpu(&g, hs, weights, Some(weights), &mut rec)?;
 
-    match (cell, cs.is_some(), gates.is_some()) {
-        (Cell::Lstm, true, true) | (Cell::Gru, _, true) | (Cell::Rnn(_), _, _) => {}
-        _ => return Err(missing("cs/gates", cell)),
+    if cell.has_cell_state() && cs.is_none() {
+        return Err(missing("cs", cell));
     }
     // Per-row views of this step (rows are independent).
     let t0 = s.t * bsz;
@@ -453,11 +516,22 @@ impl<T: Real> ForwardRow<'_, T> {
             self.gates.as_deref_mut(),
         ) {
             (Cell::Lstm, Some(cp), Some(cn), Some(g)) => {
-                lstm_forward_row(self.x, self.r, cp, cn, self.h_next, g, self.out)
+                lstm_forward_row::<T, true>(self.x, self.r, cp, cn, self.h_next, g, self.out)
+            }
+            (Cell::Lstm, Some(cp), Some(cn), None) => {
+                lstm_forward_row::<T, false>(self.x, self.r, cp, cn, self.h_next, &mut [], self.out)
             }
             (Cell::Gru, _, _, Some(g)) => {
-                gru_forward_row(self.x, self.r, self.h_prev, self.h_next, g, self.out)
+                gru_forward_row::<T, true>(self.x, self.r, self.h_prev, self.h_next, g, self.out)
             }
+            (Cell::Gru, _, _, None) => gru_forward_row::<T, false>(
+                self.x,
+                self.r,
+                self.h_prev,
+                self.h_next,
+                &mut [],
+                self.out,
+            ),
             (Cell::Rnn(_), _, _, _) => {
                 rnn_forward_row(cell.relu(), self.x, self.r, self.h_next, self.out)
             }
@@ -512,9 +586,25 @@ fn quarters_mut<T>(v: &mut [T], h: usize) -> (&mut [T], &mut [T], &mut [T], &mut
 // slice is cut to exactly H first, so the loops have no bounds checks and,
 // with the branch-free f32 sigmoid/tanh, vectorize.
 
-/// LSTM: i, f, o = σ(x + r), g = tanh(x + r); c' = f·c + i·g; h' = o·tanh(c').
+/// Four blocks of `h` of `gates` when `SAVE` (a training forward), else four
+/// empty slices that the row loops never touch (an inference forward).
 #[inline(always)]
-fn lstm_forward_row<T: Real>(
+#[allow(clippy::type_complexity)]
+fn saved_quarters<T, const SAVE: bool>(
+    gates: &mut [T],
+    h: usize,
+) -> (&mut [T], &mut [T], &mut [T], &mut [T]) {
+    if SAVE {
+        quarters_mut(gates, h)
+    } else {
+        (&mut [], &mut [], &mut [], &mut [])
+    }
+}
+
+/// LSTM: i, f, o = σ(x + r), g = tanh(x + r); c' = f·c + i·g; h' = o·tanh(c').
+/// The gates are saved (for the backward) when `SAVE`.
+#[inline(always)]
+fn lstm_forward_row<T: Real, const SAVE: bool>(
     x: &[T],
     r: &[T],
     c_prev: &[T],
@@ -526,7 +616,7 @@ fn lstm_forward_row<T: Real>(
     let h = c_prev.len();
     let (xi, xf, xg, xo) = quarters(x, h);
     let (ri, rf, rg, ro) = quarters(r, h);
-    let (gi, gf, gg, go) = quarters_mut(gates, h);
+    let (gi, gf, gg, go) = saved_quarters::<T, SAVE>(gates, h);
     let (c_next, h_next, out) = (&mut c_next[..h], &mut h_next[..h], &mut out[..h]);
     for j in 0..h {
         let i = (xi[j] + ri[j]).sigmoid_cell();
@@ -535,10 +625,12 @@ fn lstm_forward_row<T: Real>(
         let o = (xo[j] + ro[j]).sigmoid_cell();
         let c = f * c_prev[j] + i * g;
         let hv = o * c.tanh_cell();
-        gi[j] = i;
-        gf[j] = f;
-        gg[j] = g;
-        go[j] = o;
+        if SAVE {
+            gi[j] = i;
+            gf[j] = f;
+            gg[j] = g;
+            go[j] = o;
+        }
         c_next[j] = c;
         h_next[j] = hv;
         out[j] = hv;
@@ -546,8 +638,9 @@ fn lstm_forward_row<T: Real>(
 }
 
 /// GRU: r, z = σ(x + r); n = tanh(x_n + r·(W_hn h + b_hn)); h' = (1 − z)·n + z·h.
+/// r, z, n and `W_hn h + b_hn` are saved when `SAVE`.
 #[inline(always)]
-fn gru_forward_row<T: Real>(
+fn gru_forward_row<T: Real, const SAVE: bool>(
     x: &[T],
     rec: &[T],
     h_prev: &[T],
@@ -561,7 +654,7 @@ fn gru_forward_row<T: Real>(
     let (rr, rest) = rec.split_at(h);
     let (rz, rn) = rest.split_at(h);
     let (xn, rn) = (&xn[..h], &rn[..h]);
-    let (gr, gz, gn, ghn) = quarters_mut(gates, h);
+    let (gr, gz, gn, ghn) = saved_quarters::<T, SAVE>(gates, h);
     let (h_next, out) = (&mut h_next[..h], &mut out[..h]);
     let one = T::one();
     for j in 0..h {
@@ -570,10 +663,12 @@ fn gru_forward_row<T: Real>(
         let hn = rn[j];
         let n = (xn[j] + r * hn).tanh_cell();
         let hv = (one - z) * n + z * h_prev[j];
-        gr[j] = r;
-        gz[j] = z;
-        gn[j] = n;
-        ghn[j] = hn;
+        if SAVE {
+            gr[j] = r;
+            gz[j] = z;
+            gn[j] = n;
+            ghn[j] = hn;
+        }
         h_next[j] = hv;
         out[j] = hv;
     }
@@ -797,11 +892,13 @@ struct Params {
     out_col: u32,
     out_ld: u32,
     relu: u32,
-    _pad: [u32; 3],
+    save: u32,
+    ring: u32,
+    _pad: u32,
 }
 
 impl Params {
-    fn of(cell: Cell, s: &StepSpec, has_lengths: bool) -> Result<Self> {
+    fn of(cell: Cell, s: &StepSpec, has_lengths: bool, save: bool) -> Result<Self> {
         // Every index the kernels form must fit in u32.
         let gh = cell.gates().max(cell.saved()) * s.hidden;
         let biggest = (s.steps + 1)
@@ -823,7 +920,9 @@ impl Params {
             out_col: u32_of("out_col", s.out_col)?,
             out_ld: u32_of("out_ld", s.out_ld)?,
             relu: cell.relu() as u32,
-            _pad: [0; 3],
+            save: save as u32,
+            ring: s.ring as u32,
+            _pad: 0,
         })
     }
 }
@@ -894,10 +993,10 @@ fn dispatch_step(
 }
 
 /// GPU buffers of a forward step.
-pub type ForwardTensors<'a> = StepForward<'a, GpuBackend>;
+pub type ForwardTensors<'a> = StepForward<'a, GpuTensor, GpuTensor>;
 
 /// GPU buffers of a backward step.
-pub type BackwardTensors<'a> = StepBackward<'a, GpuBackend>;
+pub type BackwardTensors<'a> = StepBackward<'a, GpuTensor, GpuTensor>;
 
 fn f32_len(arg: &str, t: &GpuTensor) -> Result<usize> {
     t.expect_dtype(arg, DType::F32)?;
@@ -913,13 +1012,25 @@ fn lengths_len(lengths: Option<&GpuTensor>) -> Result<Option<usize>> {
         .transpose()
 }
 
-/// Records one forward step. `dummy_ints` is bound in place of absent lengths.
+/// Placeholder buffers bound where a step's optional buffer is absent: `ints`
+/// for the lengths (read), `floats` for the gates of a forward that saves
+/// nothing (never touched). Two buffers, since one dispatch may not bind the
+/// same buffer read-only and writable.
+#[derive(Clone, Copy)]
+pub struct Placeholders<'a> {
+    /// A one-element i32 tensor.
+    pub ints: &'a GpuTensor,
+    /// A one-element f32 tensor.
+    pub floats: &'a GpuTensor,
+}
+
+/// Records one forward step; `dummies` fill the bindings of absent buffers.
 pub fn forward_step_gpu(
     rec: &mut Recorder<'_>,
     cell: Cell,
     s: &StepSpec,
     bufs: &ForwardTensors<'_>,
-    dummy_ints: &GpuTensor,
+    dummies: Placeholders<'_>,
 ) -> Result<()> {
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
@@ -933,19 +1044,22 @@ pub fn forward_step_gpu(
         ..Default::default()
     };
     s.validate(cell, false, &lens)?;
-    let params = Params::of(cell, s, bufs.lengths.is_some())?;
-    let lengths = bufs.lengths.unwrap_or(dummy_ints).buffer();
+    let params = Params::of(cell, s, bufs.lengths.is_some(), bufs.gates.is_some())?;
+    let lengths = bufs.lengths.unwrap_or(dummies.ints).buffer();
+    // Without a gates buffer nothing is saved (p.save = 0); the kernel still
+    // declares the binding, so a placeholder fills it.
+    let gates = bufs.gates.unwrap_or(dummies.floats).buffer();
     let mut buffers = vec![
         bufs.xg.buffer(),
         bufs.weights.buffer(),
         lengths,
         bufs.hs.buffer(),
     ];
-    match (cell, bufs.cs, bufs.gates) {
-        (Cell::Lstm, Some(cs), Some(gates)) => buffers.extend([cs.buffer(), gates.buffer()]),
-        (Cell::Gru, _, Some(gates)) => buffers.push(gates.buffer()),
-        (Cell::Rnn(_), _, _) => {}
-        _ => return Err(missing("cs/gates", cell)),
+    match (cell, bufs.cs) {
+        (Cell::Lstm, Some(cs)) => buffers.extend([cs.buffer(), gates]),
+        (Cell::Gru, _) => buffers.push(gates),
+        (Cell::Rnn(_), _) => {}
+        _ => return Err(missing("cs", cell)),
     }
     buffers.push(bufs.out.buffer());
     dispatch_step(rec, forward_spec(cell), s, &buffers, &params)
@@ -957,7 +1071,7 @@ pub fn backward_step_gpu(
     cell: Cell,
     s: &StepSpec,
     bufs: &BackwardTensors<'_>,
-    dummy_ints: &GpuTensor,
+    dummies: Placeholders<'_>,
 ) -> Result<()> {
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
@@ -973,8 +1087,8 @@ pub fn backward_step_gpu(
         ..Default::default()
     };
     s.validate(cell, true, &lens)?;
-    let params = Params::of(cell, s, bufs.lengths.is_some())?;
-    let lengths = bufs.lengths.unwrap_or(dummy_ints).buffer();
+    let params = Params::of(cell, s, bufs.lengths.is_some(), false)?;
+    let lengths = bufs.lengths.unwrap_or(dummies.ints).buffer();
     let buffers: Vec<&wgpu::Buffer> = match (cell, bufs.cs, bufs.gates, bufs.dgx) {
         (Cell::Lstm, Some(cs), Some(gates), _) => vec![
             bufs.weights.buffer(),
