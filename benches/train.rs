@@ -49,8 +49,8 @@ fn bench_step<B: Backend>(
         );
         group.bench_function(name, |bench| {
             bench.iter(|| {
-                rnn.forward(&x, None, None, None).unwrap();
-                rnn.backward(Some(&dy), None, None, &grads).unwrap();
+                let (_, saved) = rnn.forward_train(&x, None, None, None, None).unwrap();
+                rnn.backward(&saved, Some(&dy), None, None, &grads).unwrap();
                 sync();
             })
         });

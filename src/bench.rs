@@ -172,6 +172,8 @@ pub struct RnnBench {
     pub dispatches_per_step: u64,
     /// Queue submissions per step (GPU).
     pub submits_per_step: u64,
+    /// Tensors allocated per step once warm (0: the step reuses its memory).
+    pub allocations_per_step: u64,
     /// The cell steps' recurrent-product variant (`tiled` or `split`; empty on the CPU).
     pub step_kernel: String,
 }
@@ -213,31 +215,36 @@ pub fn bench_rnn<B: Backend>(
     let grads = rnn.zeros_like_params()?;
     let sync = || sync(ctx);
     let counters = || ctx.map(|c| c.counters()).unwrap_or_default();
-    // Warm up: pipelines, bind groups, workspaces.
+    let train_step = |rnn: &mut Rnn<B>| -> Result<()> {
+        let (_, saved) = rnn.forward_train(&x, None, None, None, None)?;
+        rnn.backward(&saved, Some(&dy), None, None, &grads)?;
+        Ok(())
+    };
+    // Warm up: pipelines, bind groups, the stack's pooled buffers.
     for _ in 0..2 {
-        rnn.forward(&x, None, None, None)?;
-        rnn.backward(Some(&dy), None, None, &grads)?;
+        train_step(&mut rnn)?;
         sync()?;
     }
     let (mut fwd, mut bwd, mut step, mut rec) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut per_step = Counters::default();
+    let mut allocations = 0;
     for i in 0..iters.max(1) {
-        // Forward alone.
+        // The training forward alone.
         let t0 = Instant::now();
-        rnn.forward(&x, None, None, None)?;
+        drop(rnn.forward_train(&x, None, None, None, None)?);
         sync()?;
         fwd.push(t0.elapsed().as_secs_f64() * 1e3);
         // The whole step, recorded then submitted once.
         let c0 = counters();
+        let a0 = b.allocations();
         let t0 = Instant::now();
-        rnn.forward(&x, None, None, None)?;
-        rnn.backward(Some(&dy), None, None, &grads)?;
+        train_step(&mut rnn)?;
         let recorded = t0.elapsed().as_secs_f64() * 1e3;
         sync()?;
         let total = t0.elapsed().as_secs_f64() * 1e3;
-        let c1 = counters();
         if i == 0 {
-            per_step = c1.since(&c0);
+            per_step = counters().since(&c0);
+            allocations = b.allocations() - a0;
         }
         step.push(total);
         rec.push(if ctx.is_some() { recorded } else { 0.0 });
@@ -261,6 +268,7 @@ pub fn bench_rnn<B: Backend>(
         record_ms: median(rec),
         dispatches_per_step: per_step.dispatches,
         submits_per_step: per_step.submits,
+        allocations_per_step: allocations,
         step_kernel: ctx
             .map(|c| c.step_kernel(bsz, shape.hidden).name().to_string())
             .unwrap_or_default(),

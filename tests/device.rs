@@ -100,9 +100,10 @@ fn one_dispatch_per_layer_direction_and_step() {
         let grads = rnn.zeros_like_params().unwrap();
         ctx.flush().unwrap();
         let c0 = ctx.counters();
-        let out = rnn.forward(&x, None, None, None).unwrap();
+        let (out, saved) = rnn.forward_train(&x, None, None, None, None).unwrap();
         let c1 = ctx.counters();
-        rnn.backward(Some(&out.output), None, None, &grads).unwrap();
+        rnn.backward(&saved, Some(&out.output), None, None, &grads)
+            .unwrap();
         let c2 = ctx.counters();
         assert_eq!(c1.submits, c0.submits, "the forward is only recorded");
         assert_eq!(c2.submits, c1.submits, "the backward is only recorded");

@@ -433,8 +433,15 @@ fn bad_inputs_are_clear_errors() {
     let cfg = RnnConfig::new(Cell::Gru, 3, 4).layers(2);
     let mut rnn = Rnn::new(b.clone(), cfg, 1).unwrap();
     let grads = rnn.zeros_like_params().unwrap();
-    let err = rnn.backward(None, None, None, &grads).unwrap_err();
-    assert!(err.to_string().contains("before any forward"), "{err}");
+    // A saved forward belongs to the stack that made it.
+    let mut other = Rnn::new(b.clone(), cfg, 1).unwrap();
+    let (_, foreign) = other
+        .forward_train(&b.zeros(&[5, 2, 3]).unwrap(), None, None, None, None)
+        .unwrap();
+    let err = rnn
+        .backward(&foreign, None, None, None, &grads)
+        .unwrap_err();
+    assert!(err.to_string().contains("another stack"), "{err}");
     let x = b.zeros(&[5, 2, 4]).unwrap();
     let err = rnn.forward(&x, None, None, None).unwrap_err();
     assert!(
@@ -464,9 +471,11 @@ fn bad_inputs_are_clear_errors() {
     );
     let err = rnn.forward(&x, None, None, Some(&[0, 1])).unwrap_err();
     assert!(err.to_string().contains("lengths[0] = 0"), "{err}");
-    rnn.forward(&x, None, None, None).unwrap();
+    let (_, saved) = rnn.forward_train(&x, None, None, None, None).unwrap();
     let bad = b.zeros(&[5, 2, 3]).unwrap();
-    let err = rnn.backward(Some(&bad), None, None, &grads).unwrap_err();
+    let err = rnn
+        .backward(&saved, Some(&bad), None, None, &grads)
+        .unwrap_err();
     assert!(err.to_string().contains("grad_output"), "{err}");
     assert!(RnnConfig::new(Cell::Lstm, 0, 4).validate().is_err());
     assert!(Rnn::from_params(b.clone(), cfg, &[0.0; 3]).is_err());

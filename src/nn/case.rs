@@ -177,9 +177,10 @@ impl RnnCase {
     }
 }
 
-/// Runs the forward (and, if `backward`, the backward) of a stack shaped by
-/// `config` on `backend` with `data`; returns every result in f64. Without
-/// `backward` the gradient fields are empty; without a cell state, `cn` and
+/// Runs the forward (and, if `backward`, the training forward and the
+/// backward) of a stack shaped by `config` on `backend` with `data`; returns
+/// every result in f64. Without `backward` the forward is the inference one
+/// and the gradient fields are empty; without a cell state, `cn` and
 /// `grad_c0` are.
 pub fn run_case<B: Backend>(
     backend: &B,
@@ -198,20 +199,24 @@ pub fn run_case<B: Backend>(
     let x = backend.tensor_f64(&[steps, batch, c.input_size], &data.x)?;
     let h0 = opt(&state, &data.h0)?;
     let c0 = opt(&state, &data.c0)?;
-    let out = rnn.forward(&x, h0.as_ref(), c0.as_ref(), data.lengths.as_deref())?;
-    let mut list = vec![&out.output, &out.hn];
-    list.extend(out.cn.as_ref());
-    let grads;
-    let input_grads;
-    if backward {
+    let lengths = data.lengths.as_deref();
+    let (out, grads) = if backward {
+        let (out, saved) = rnn.forward_train(&x, h0.as_ref(), c0.as_ref(), lengths, None)?;
         let go = opt(&[steps, batch, c.output_size()], &data.grad_output)?;
         let ghn = opt(&state, &data.grad_hn)?;
         let gcn = opt(&state, &data.grad_cn)?;
-        grads = rnn.zeros_like_params()?;
-        input_grads = rnn.backward(go.as_ref(), ghn.as_ref(), gcn.as_ref(), &grads)?;
-        list.extend(input_grads.input.as_ref());
-        list.extend([&input_grads.h0, &grads]);
-        list.extend(input_grads.c0.as_ref());
+        let params = rnn.zeros_like_params()?;
+        let inputs = rnn.backward(&saved, go.as_ref(), ghn.as_ref(), gcn.as_ref(), &params)?;
+        (out, Some((inputs, params)))
+    } else {
+        (rnn.forward(&x, h0.as_ref(), c0.as_ref(), lengths)?, None)
+    };
+    let mut list = vec![&out.output, &out.hn];
+    list.extend(out.cn.as_ref());
+    if let Some((inputs, params)) = &grads {
+        list.extend(inputs.input.as_ref());
+        list.extend([&inputs.h0, params]);
+        list.extend(inputs.c0.as_ref());
     }
     // One readback for everything.
     let mut vals = backend

@@ -6,12 +6,13 @@
 //! cannot fit it and one hidden layer can (see `examples/xor.rs`).
 
 use super::params::ParamLayout;
+use super::pool::{Pool, next_owner_id};
 use crate::backend::{Backend, XentBuffers, expect_shape};
 use crate::error::{Error, Result};
 use crate::ops::activation::{Activation, Span};
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::ColSum;
-use crate::ops::softmax_xent::{IGNORE_INDEX, Rows, XentSummary};
+use crate::ops::softmax_xent::{IGNORE_INDEX, Rows, SUMMARY_LEN, XentSummary};
 use crate::parity::rng;
 use crate::real::Real;
 
@@ -32,28 +33,27 @@ pub struct Dense {
     pub b_off: usize,
 }
 
-/// Layer buffers of one batch size.
+/// What a training forward of an [`Mlp`] keeps for its backward: the input
+/// and every layer's pre-activation and output.
 #[derive(Debug)]
-struct DenseWs<B: Backend> {
-    z: B::Tensor,
-    y: B::Tensor,
-    dz: B::Tensor,
-    dx: B::Tensor,
+pub struct MlpSaved<B: Backend> {
+    mlp: u64,
+    rows: usize,
+    input: B::Tensor,
+    // Per layer: (z = x·Wᵀ + b, y = act(z)).
+    layers: Vec<(B::Tensor, B::Tensor)>,
 }
 
 /// A multi-layer perceptron with its parameters and gradients in flat buffers.
 #[derive(Debug)]
 pub struct Mlp<B: Backend> {
+    id: u64,
     backend: B,
     layers: Vec<Dense>,
     layout: ParamLayout,
     params: B::Tensor,
     grads: B::Tensor,
-    ws: Vec<DenseWs<B>>,
-    // Loss buffers and logit gradients for classification, per batch size.
-    head: Option<(XentBuffers<B>, B::Tensor)>,
-    batch: usize,
-    input: Option<B::Tensor>,
+    pool: Pool<B>,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -98,15 +98,13 @@ impl<B: Backend> Mlp<B> {
         let params = backend.tensor(&[layout.total], &values)?;
         let grads = backend.zeros(&[layout.total])?;
         Ok(Mlp {
+            id: next_owner_id(),
             backend,
             layers,
             layout,
             params,
             grads,
-            ws: Vec::new(),
-            head: None,
-            batch: 0,
-            input: None,
+            pool: Pool::default(),
         })
     }
 
@@ -135,31 +133,13 @@ impl<B: Backend> Mlp<B> {
         &self.backend
     }
 
-    fn ensure_ws(&mut self, n: usize) -> Result<()> {
-        if self.batch == n && !self.ws.is_empty() {
-            return Ok(());
-        }
-        let b = &self.backend;
-        self.ws = self
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(DenseWs {
-                    z: b.zeros(&[n, l.outputs])?,
-                    y: b.zeros(&[n, l.outputs])?,
-                    dz: b.zeros(&[n, l.outputs])?,
-                    dx: b.zeros(&[n, l.inputs])?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        let classes = self.layers[self.layers.len() - 1].outputs;
-        self.head = Some((XentBuffers::new(b, n)?, b.zeros(&[n, classes])?));
-        self.batch = n;
-        Ok(())
+    fn classes(&self) -> usize {
+        self.layers[self.layers.len() - 1].outputs
     }
 
-    /// `x` `[N, in]` through every layer; returns the output `[N, out]`.
-    pub fn forward(&mut self, x: &B::Tensor) -> Result<B::Tensor> {
+    /// `x` `[N, in]` through every layer; returns the output `[N, out]` (a
+    /// value) and, when `train`, what the backward needs.
+    fn run(&mut self, x: &B::Tensor, train: bool) -> Result<(B::Tensor, Option<MlpSaved<B>>)> {
         let shape = self.backend.shape(x).to_vec();
         let first = self.layers[0].inputs;
         if shape.len() != 2 || shape[1] != first || shape[0] == 0 {
@@ -170,51 +150,79 @@ impl<B: Backend> Mlp<B> {
             ));
         }
         let n = shape[0];
-        self.ensure_ws(n)?;
+        self.pool.next_pass(&self.backend);
         let b = &self.backend;
         let mut input = x.clone();
-        for (l, ws) in self.layers.iter().zip(&self.ws) {
+        let mut saved = Vec::new();
+        for l in &self.layers {
+            let z = self.pool.take(b, &[n, l.outputs])?;
+            let y = self.pool.take(b, &[n, l.outputs])?;
             let g = Gemm::nt(n, l.outputs, l.inputs)
                 .offsets(0, l.w_off, 0)
                 .with_bias(l.b_off);
-            b.gemm(&g, &input, &self.params, Some(&self.params), &ws.z)?;
-            b.activation(l.act, Span::all(n * l.outputs), &ws.z, &ws.y)?;
-            input = ws.y.clone();
+            b.gemm(&g, &input, &self.params, Some(&self.params), &z)?;
+            b.activation(l.act, Span::all(n * l.outputs), &z, &y)?;
+            input = y.clone();
+            if train {
+                saved.push((z, y));
+            }
         }
-        self.input = Some(x.clone());
-        Ok(input)
+        let saved = train.then(|| MlpSaved {
+            mlp: self.id,
+            rows: n,
+            input: x.clone(),
+            layers: saved,
+        });
+        Ok((input, saved))
     }
 
-    /// Backpropagates `dy` (gradient of the last output); gradients are added
-    /// to the gradient buffer; returns the gradient of the input.
-    pub fn backward(&mut self, dy: &B::Tensor) -> Result<B::Tensor> {
-        let Some(x) = self.input.clone() else {
-            return Err(Error::invalid("backward", "called before any forward"));
-        };
-        let n = self.batch;
-        let last = self.layers.len() - 1;
+    /// `x` `[N, in]` through every layer; returns the output `[N, out]`
+    /// (inference: nothing is kept for a backward).
+    pub fn forward(&mut self, x: &B::Tensor) -> Result<B::Tensor> {
+        Ok(self.run(x, false)?.0)
+    }
+
+    /// [`Mlp::forward`] that also returns what [`Mlp::backward`] needs.
+    pub fn forward_train(&mut self, x: &B::Tensor) -> Result<(B::Tensor, MlpSaved<B>)> {
+        let (y, saved) = self.run(x, true)?;
+        let saved = saved.ok_or_else(|| Error::invalid("forward", "saved nothing"))?;
+        Ok((y, saved))
+    }
+
+    /// Backpropagates `dy` (gradient of the output of the forward that
+    /// returned `saved`); gradients are added to the gradient buffer; returns
+    /// the gradient of the input.
+    pub fn backward(&mut self, saved: &MlpSaved<B>, dy: &B::Tensor) -> Result<B::Tensor> {
+        if saved.mlp != self.id {
+            return Err(Error::invalid(
+                "saved",
+                "comes from another network's forward",
+            ));
+        }
+        let n = saved.rows;
         expect_shape(
             "dy",
             "[N, out]",
-            &[n, self.layers[last].outputs],
+            &[n, self.classes()],
             self.backend.shape(dy),
         )?;
+        self.pool.next_pass(&self.backend);
         let b = &self.backend;
         let mut grad = dy.clone();
         for i in (0..self.layers.len()).rev() {
-            let (l, ws) = (&self.layers[i], &self.ws[i]);
-            let input = if i == 0 {
-                x.clone()
-            } else {
-                self.ws[i - 1].y.clone()
+            let (l, (z, _)) = (&self.layers[i], &saved.layers[i]);
+            let input = match i.checked_sub(1) {
+                None => &saved.input,
+                Some(below) => &saved.layers[below].1,
             };
-            b.activation_backward(l.act, Span::all(n * l.outputs), &ws.z, &grad, &ws.dz, false)?;
+            let dz = self.pool.take(b, &[n, l.outputs])?;
+            b.activation_backward(l.act, Span::all(n * l.outputs), z, &grad, &dz, false)?;
             b.gemm(
                 &Gemm::tn(l.outputs, l.inputs, n)
                     .offsets(0, 0, l.w_off)
                     .accumulating(true),
-                &ws.dz,
-                &input,
+                &dz,
+                input,
                 None,
                 &self.grads,
             )?;
@@ -223,17 +231,43 @@ impl<B: Backend> Mlp<B> {
                 accumulate: true,
                 ..ColSum::new(n, l.outputs)
             };
-            b.sum_cols(&cs, &ws.dz, &self.grads)?;
+            b.sum_cols(&cs, &dz, &self.grads)?;
+            let dx = self.pool.take(b, &[n, l.inputs])?;
             b.gemm(
                 &Gemm::nn(n, l.inputs, l.outputs).offsets(0, l.w_off, 0),
-                &ws.dz,
+                &dz,
                 &self.params,
                 None,
-                &ws.dx,
+                &dx,
             )?;
-            grad = ws.dx.clone();
+            grad = dx;
         }
         Ok(grad)
+    }
+
+    /// Mean cross-entropy of `logits` `[N, classes]` against `targets` `[N]`,
+    /// summary into `stats` at `stats_off`, and the logits' gradient when `dlogits`.
+    fn loss(
+        &mut self,
+        logits: &B::Tensor,
+        targets: &B::Ints,
+        stats: &B::Tensor,
+        stats_off: usize,
+        dlogits: Option<&B::Tensor>,
+    ) -> Result<()> {
+        let b = &self.backend;
+        let rows = Rows {
+            rows: b.shape(logits)[0],
+            cols: self.classes(),
+        };
+        expect_shape("targets", "[N]", &[rows.rows], b.int_shape(targets))?;
+        let xent = XentBuffers {
+            loss: self.pool.take(b, &[rows.rows])?,
+            stats: self.pool.take(b, &[3 * rows.rows])?,
+            summary: stats.clone(),
+            summary_off: stats_off,
+        };
+        b.xent(rows, logits, targets, IGNORE_INDEX, 1.0, &xent, dlogits)
     }
 
     /// Forward, mean cross-entropy against class `targets` `[N]` (the last
@@ -246,29 +280,12 @@ impl<B: Backend> Mlp<B> {
         stats: &B::Tensor,
         stats_off: usize,
     ) -> Result<()> {
-        let logits = self.forward(x)?;
-        let n = self.batch;
-        let classes = self.layers[self.layers.len() - 1].outputs;
-        expect_shape("targets", "[N]", &[n], self.backend.int_shape(targets))?;
-        let Some((head, dlogits)) = &self.head else {
-            return Err(Error::invalid("mlp", "no loss buffers after forward"));
-        };
-        let xent = head.clone().with_summary(stats.clone(), stats_off);
-        let dlogits = dlogits.clone();
-        let rows = Rows {
-            rows: n,
-            cols: classes,
-        };
-        self.backend.xent(
-            rows,
-            &logits,
-            targets,
-            IGNORE_INDEX,
-            1.0,
-            &xent,
-            Some(&dlogits),
-        )?;
-        self.backward(&dlogits)?;
+        let (logits, saved) = self.forward_train(x)?;
+        let dlogits = self
+            .pool
+            .take(&self.backend, &[saved.rows, self.classes()])?;
+        self.loss(&logits, targets, stats, stats_off, Some(&dlogits))?;
+        self.backward(&saved, &dlogits)?;
         Ok(())
     }
 
@@ -279,26 +296,10 @@ impl<B: Backend> Mlp<B> {
         targets: &B::Ints,
     ) -> Result<(Vec<usize>, XentSummary)> {
         let logits = self.forward(x)?;
-        let n = self.batch;
-        let classes = self.layers[self.layers.len() - 1].outputs;
-        let b = &self.backend;
-        let Some((xent, _)) = &self.head else {
-            return Err(Error::invalid("mlp", "no loss buffers after forward"));
-        };
-        b.xent(
-            Rows {
-                rows: n,
-                cols: classes,
-            },
-            &logits,
-            targets,
-            IGNORE_INDEX,
-            1.0,
-            xent,
-            None,
-        )?;
-        let v = b.read_many(&[&logits, &xent.summary])?;
-        let preds = v[0].chunks(classes).map(argmax).collect();
+        let summary = self.pool.take(&self.backend, &[SUMMARY_LEN])?;
+        self.loss(&logits, targets, &summary, 0, None)?;
+        let v = self.backend.read_many(&[&logits, &summary])?;
+        let preds = v[0].chunks(self.classes()).map(argmax).collect();
         let summary = XentSummary::from_slice(&v[1].iter().map(|x| x.f64()).collect::<Vec<_>>());
         Ok((preds, summary))
     }

@@ -6,14 +6,17 @@
 //! `decoder.bias`), and the gradients in another of the same layout, so an
 //! optimizer update is one kernel and a gradient norm one reduction.
 //!
-//! [`SeqModel::chunk`] records one forward + loss + backward over a chunk of
-//! time steps; the trainer (`crate::train`) strings chunks together for full
-//! or truncated BPTT.
+//! [`SeqModel::forward`] is inference (logits and the final state, as values;
+//! [`SeqModel::step`] streams one token at a time); [`SeqModel::forward_train`]
+//! also returns what [`SeqModel::backward`] needs, and [`SeqModel::chunk`] does
+//! both over a chunk of time steps. The trainer (`crate::train`) strings chunks
+//! together for full or truncated BPTT.
 
 use serde::{Deserialize, Serialize};
 
 use super::params::ParamLayout;
-use super::rnn::{LayerDropout, MAX_DIM, Rnn, RnnConfig, check_index_range};
+use super::pool::{Pool, next_owner_id};
+use super::rnn::{LayerDropout, MAX_DIM, Rnn, RnnConfig, RnnSaved, State, check_index_range};
 use crate::backend::{Backend, XentBuffers, expect_shape, host_zeros};
 use crate::error::{Error, Result};
 use crate::ops::cell::Cell;
@@ -207,20 +210,6 @@ impl ModelConfig {
     }
 }
 
-/// Per-(T, B) buffers of the model.
-#[derive(Debug)]
-struct ModelWs<B: Backend> {
-    steps: usize,
-    batch: usize,
-    x: B::Tensor,
-    top: Option<B::Tensor>,
-    logits: B::Tensor,
-    dlogits: B::Tensor,
-    dh: B::Tensor,
-    dtop: Option<B::Tensor>,
-    xent: XentBuffers<B>,
-}
-
 /// What a chunk's forward is allowed to do.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Train {
@@ -230,9 +219,34 @@ pub struct Train {
     pub step: u64,
 }
 
+/// What a forward produced. Values: nothing the model does later writes to them.
+#[derive(Clone, Debug)]
+pub struct ForwardOut<B: Backend> {
+    /// `[T·B, V]` logits, row `t·B + b`.
+    pub logits: B::Tensor,
+    /// The final states `[L, B, H]`: where a later forward or step continues.
+    pub state: State<B>,
+}
+
+/// What a training forward ([`SeqModel::forward_train`]) keeps for its
+/// backward ([`SeqModel::backward`]): the recurrent stack's saved forward,
+/// the tokens, the decoder's input and the logits.
+#[derive(Debug)]
+pub struct ModelSaved<B: Backend> {
+    model: u64,
+    steps: usize,
+    batch: usize,
+    tokens: B::Ints,
+    rnn: RnnSaved<B>,
+    top: B::Tensor,
+    logits: B::Tensor,
+    dropout: Option<LayerDropout>,
+}
+
 /// A sequence model on backend `B`.
 #[derive(Debug)]
 pub struct SeqModel<B: Backend> {
+    id: u64,
     config: ModelConfig,
     layout: ParamLayout,
     backend: B,
@@ -240,8 +254,7 @@ pub struct SeqModel<B: Backend> {
     grads: B::Tensor,
     rnn: Rnn<B>,
     onehot: Option<B::Tensor>,
-    // Workspaces of recent (T, B) shapes, the current one last.
-    ws: Vec<ModelWs<B>>,
+    pool: Pool<B>,
 }
 
 impl<B: Backend> SeqModel<B> {
@@ -276,6 +289,7 @@ impl<B: Backend> SeqModel<B> {
             InputEncoding::Embedding(_) => None,
         };
         Ok(SeqModel {
+            id: next_owner_id(),
             config,
             layout,
             backend,
@@ -283,7 +297,7 @@ impl<B: Backend> SeqModel<B> {
             grads,
             rnn,
             onehot,
-            ws: Vec::new(),
+            pool: Pool::default(),
         })
     }
 
@@ -312,32 +326,18 @@ impl<B: Backend> SeqModel<B> {
         &self.grads
     }
 
+    /// Fills every buffer the model and its stack reuse with NaN before
+    /// handing it out (a debugging aid: see [`Rnn::set_poison_reused`]).
+    pub fn set_poison_reused(&mut self, on: bool) {
+        self.pool.set_poison(on);
+        self.rnn.set_poison_reused(on);
+    }
+
     fn offset(&self, name: &str) -> Result<usize> {
         self.layout
             .get(name)
             .map(|e| e.offset)
             .ok_or_else(|| Error::invalid("layout", format!("no parameter {name}")))
-    }
-
-    fn ensure_ws(&mut self, steps: usize, batch: usize) -> Result<()> {
-        if super::reuse_workspace(&mut self.ws, 4, |w| w.steps == steps && w.batch == batch) {
-            return Ok(());
-        }
-        let b = &self.backend;
-        let (v, h, rows) = (self.config.vocab, self.config.hidden, steps * batch);
-        let drop = self.config.dropout > 0.0;
-        self.ws.push(ModelWs {
-            steps,
-            batch,
-            x: b.zeros(&[steps, batch, self.config.input_width()])?,
-            top: drop.then(|| b.zeros(&[steps, batch, h])).transpose()?,
-            logits: b.zeros(&[rows, v])?,
-            dlogits: b.zeros(&[rows, v])?,
-            dh: b.zeros(&[rows, h])?,
-            dtop: drop.then(|| b.zeros(&[rows, h])).transpose()?,
-            xent: XentBuffers::new(b, rows)?,
-        });
-        Ok(())
     }
 
     fn check_tokens(&self, arg: &str, t: &B::Ints) -> Result<(usize, usize)> {
@@ -347,103 +347,191 @@ impl<B: Backend> SeqModel<B> {
         }
     }
 
-    /// Records the forward over `tokens` `[T, B]` from `state` (`[L, B, H]`
-    /// h and c; zeros when `None`): logits `[T·B, V]` in the workspace, the
-    /// final states in the stack's `hn`/`cn`. With `train`, dropout is on.
-    pub fn forward(
-        &mut self,
-        tokens: &B::Ints,
-        state: Option<(&B::Tensor, Option<&B::Tensor>)>,
-        train: Option<Train>,
-    ) -> Result<ForwardOut<B>> {
-        let (steps, batch) = self.check_tokens("tokens", tokens)?;
-        self.ensure_ws(steps, batch)?;
-        let Some(ws) = self.ws.last() else {
-            return Err(Error::invalid("workspace", "missing after allocation"));
-        };
-        let b = &self.backend;
+    /// The stack's input for `tokens` `[T, B]`: embedded (or one-hot) rows `[T, B, E]`.
+    fn embed(&mut self, tokens: &B::Ints, steps: usize, batch: usize) -> Result<B::Tensor> {
         let cfg = self.config;
-        let (v, h, rows) = (cfg.vocab, cfg.hidden, steps * batch);
+        let x = self
+            .pool
+            .take(&self.backend, &[steps, batch, cfg.input_width()])?;
         let embed = EmbedSpec {
-            n: rows,
+            n: steps * batch,
             e: cfg.input_width(),
-            v,
+            v: cfg.vocab,
             table_off: 0,
         };
         match &self.onehot {
-            Some(eye) => b.embed_forward(&embed, tokens, eye, &ws.x)?,
+            Some(eye) => self.backend.embed_forward(&embed, tokens, eye, &x)?,
             None => {
                 let s = EmbedSpec {
                     table_off: self.offset("embedding.weight")?,
                     ..embed
                 };
-                b.embed_forward(&s, tokens, &self.params, &ws.x)?
+                self.backend.embed_forward(&s, tokens, &self.params, &x)?
             }
         }
-        let drop = self.dropout_for(train);
-        let (h0, c0) = match state {
-            Some((h, c)) => (Some(h), c),
-            None => (None, None),
-        };
-        let out = self.rnn.forward_with(&ws.x, h0, c0, None, drop)?;
-        let top = match (drop, &ws.top) {
-            (Some(d), Some(top)) => {
-                b.dropout(&d.at_site(OUTPUT_DROPOUT_SITE, rows * h), &out.output, top)?;
-                top.clone()
-            }
-            _ => out.output.clone(),
-        };
+        Ok(x)
+    }
+
+    /// Logits `[T·B, V]` of the decoder over `top` `[T, B, H]`.
+    fn decode(&mut self, top: &B::Tensor, rows: usize) -> Result<B::Tensor> {
+        let (v, h) = (self.config.vocab, self.config.hidden);
+        let logits = self.pool.take(&self.backend, &[rows, v])?;
         let g = Gemm::nt(rows, v, h)
             .offsets(0, self.offset("decoder.weight")?, 0)
             .with_bias(self.offset("decoder.bias")?);
-        b.gemm(&g, &top, &self.params, Some(&self.params), &ws.logits)?;
+        self.backend
+            .gemm(&g, top, &self.params, Some(&self.params), &logits)?;
+        Ok(logits)
+    }
+
+    /// Checks a starting state against `[L, B, H]`.
+    fn check_state(&self, state: Option<&State<B>>, batch: usize) -> Result<()> {
+        let Some(s) = state else { return Ok(()) };
+        let want = [self.config.layers, batch, self.config.hidden];
+        expect_shape("state.h", "[L, B, H]", &want, self.backend.shape(&s.h))?;
+        match (&s.c, self.config.cell.has_cell_state()) {
+            (Some(c), true) => expect_shape("state.c", "[L, B, H]", &want, self.backend.shape(c)),
+            (None, false) => Ok(()),
+            (None, true) => Err(Error::invalid("state.c", "an LSTM state needs c")),
+            (Some(_), false) => Err(Error::invalid(
+                "state.c",
+                format!(
+                    "only an LSTM has a cell state; this is {}",
+                    self.config.cell.name()
+                ),
+            )),
+        }
+    }
+
+    /// The inference forward over `tokens` `[T, B]` from `state` (zeros when
+    /// `None`): logits `[T·B, V]` and the final state, as values. Nothing is
+    /// kept for a backward.
+    pub fn forward(&mut self, tokens: &B::Ints, state: Option<&State<B>>) -> Result<ForwardOut<B>> {
+        let (steps, batch) = self.check_tokens("tokens", tokens)?;
+        self.check_state(state, batch)?;
+        self.pool.next_pass(&self.backend);
+        let x = self.embed(tokens, steps, batch)?;
+        let (h0, c0) = split_state(state);
+        let out = self.rnn.forward(&x, h0, c0, None)?;
+        drop(x);
+        let logits = self.decode(&out.output, steps * batch)?;
         Ok(ForwardOut {
-            logits: ws.logits.clone(),
-            hn: out.hn,
-            cn: out.cn,
+            logits,
+            state: out.state(),
         })
     }
 
-    /// Records forward, loss and backward over one chunk: gradients of the mean
-    /// cross-entropy against `targets` `[T, B]` (`IGNORE_INDEX` where no loss)
-    /// are **added** to the gradient buffer, and the loss summary is written to
-    /// `stats` at `stats_off`. Gradients stop at the chunk's initial state.
-    pub fn chunk(
+    /// One step of streaming inference: `tokens` `[B]` (one per batch row)
+    /// from `state` (zeros when `None`); logits `[B, V]` and the new state,
+    /// with nothing read back.
+    pub fn step(&mut self, tokens: &B::Ints, state: Option<&State<B>>) -> Result<ForwardOut<B>> {
+        let batch = match self.backend.int_shape(tokens) {
+            [b] if *b > 0 => *b,
+            s => return Err(Error::shape("tokens", "[B] with B >= 1", s)),
+        };
+        let tokens = self.backend.reshape_ints(tokens, &[1, batch])?;
+        self.forward(&tokens, state)
+    }
+
+    /// Zero states for a batch of `batch` rows (where a stream starts).
+    pub fn zero_state(&mut self, batch: usize) -> Result<State<B>> {
+        self.rnn.zero_state(batch)
+    }
+
+    /// The training forward over `tokens` `[T, B]` from `state` (with
+    /// dropout when `train` is given): logits and final state as values, and
+    /// what [`SeqModel::backward`] needs.
+    pub fn forward_train(
         &mut self,
         tokens: &B::Ints,
-        targets: &B::Ints,
-        state: Option<(&B::Tensor, Option<&B::Tensor>)>,
+        state: Option<&State<B>>,
         train: Option<Train>,
+    ) -> Result<(ForwardOut<B>, ModelSaved<B>)> {
+        let (steps, batch) = self.check_tokens("tokens", tokens)?;
+        self.check_state(state, batch)?;
+        self.pool.next_pass(&self.backend);
+        let rows = steps * batch;
+        let x = self.embed(tokens, steps, batch)?;
+        let drop = self.dropout_for(train);
+        let (h0, c0) = split_state(state);
+        let (out, rnn) = self.rnn.forward_train(&x, h0, c0, None, drop)?;
+        let top = match drop {
+            Some(d) => {
+                let top = self
+                    .pool
+                    .take(&self.backend, &[steps, batch, self.config.hidden])?;
+                let spec = d.at_site(OUTPUT_DROPOUT_SITE, rows * self.config.hidden);
+                self.backend.dropout(&spec, &out.output, &top)?;
+                top
+            }
+            None => out.output.clone(),
+        };
+        let logits = self.decode(&top, rows)?;
+        let saved = ModelSaved {
+            model: self.id,
+            steps,
+            batch,
+            tokens: tokens.clone(),
+            rnn,
+            top,
+            logits: logits.clone(),
+            dropout: drop,
+        };
+        Ok((
+            ForwardOut {
+                logits,
+                state: out.state(),
+            },
+            saved,
+        ))
+    }
+
+    /// Records the loss and backward of the forward that returned `saved`:
+    /// gradients of the mean cross-entropy against `targets` `[T, B]`
+    /// (`IGNORE_INDEX` where no loss) are **added** to the gradient buffer, and
+    /// the loss summary is written to `stats` at `stats_off`. Gradients stop
+    /// at the forward's initial state.
+    pub fn backward(
+        &mut self,
+        saved: &ModelSaved<B>,
+        targets: &B::Ints,
         stats: &B::Tensor,
         stats_off: usize,
-    ) -> Result<ForwardOut<B>> {
-        let (steps, batch) = self.check_targets(tokens, targets)?;
-        let fwd = self.forward(tokens, state, train)?;
-        self.record_loss(targets, stats, stats_off, true)?;
-        let Some(ws) = self.ws.last() else {
-            return Err(Error::invalid("workspace", "missing after forward"));
-        };
-        let b = &self.backend;
+    ) -> Result<()> {
+        if saved.model != self.id {
+            return Err(Error::invalid(
+                "saved",
+                "comes from another model's forward; pass the one this model's forward_train returned",
+            ));
+        }
+        let (steps, batch) = (saved.steps, saved.batch);
+        expect_shape(
+            "targets",
+            "[T, B] of the forward",
+            &[steps, batch],
+            self.backend.int_shape(targets),
+        )?;
+        self.pool.next_pass(&self.backend);
         let cfg = self.config;
         let (v, h, rows) = (cfg.vocab, cfg.hidden, steps * batch);
+        let dlogits = self.pool.take(&self.backend, &[rows, v])?;
+        self.record_loss(&saved.logits, targets, stats, stats_off, Some(&dlogits))?;
+        let b = &self.backend;
         // Decoder: logits = top · Wᵀ + b.
         let w_off = self.offset("decoder.weight")?;
         let b_off = self.offset("decoder.bias")?;
-        let top = match (self.dropout_for(train), &ws.top) {
-            (Some(_), Some(t)) => t.clone(),
-            _ => self.rnn_output()?,
-        };
+        let dh = self.pool.take(b, &[steps, batch, h])?;
         b.gemm(
             &Gemm::nn(rows, h, v).offsets(0, w_off, 0),
-            &ws.dlogits,
+            &dlogits,
             &self.params,
             None,
-            &ws.dh,
+            &dh,
         )?;
         b.gemm(
             &Gemm::tn(v, h, rows).offsets(0, 0, w_off).accumulating(true),
-            &ws.dlogits,
-            &top,
+            &dlogits,
+            &saved.top,
             None,
             &self.grads,
         )?;
@@ -452,16 +540,18 @@ impl<B: Backend> SeqModel<B> {
             accumulate: true,
             ..ColSum::new(rows, v)
         };
-        b.sum_cols(&cs, &ws.dlogits, &self.grads)?;
-        let dout = match (self.dropout_for(train), &ws.dtop) {
-            (Some(d), Some(dtop)) => {
-                b.dropout(&d.at_site(OUTPUT_DROPOUT_SITE, rows * h), &ws.dh, dtop)?;
-                dtop.clone()
+        b.sum_cols(&cs, &dlogits, &self.grads)?;
+        let dout = match saved.dropout {
+            Some(d) => {
+                let dtop = self.pool.take(b, &[steps, batch, h])?;
+                b.dropout(&d.at_site(OUTPUT_DROPOUT_SITE, rows * h), &dh, &dtop)?;
+                dtop
             }
-            _ => ws.dh.clone(),
+            None => dh,
         };
-        let dout = b.reshape(&dout, &[steps, batch, h])?;
-        let g = self.rnn.backward(Some(&dout), None, None, &self.grads)?;
+        let g = self
+            .rnn
+            .backward(&saved.rnn, Some(&dout), None, None, &self.grads)?;
         if let (None, Some(d_input)) = (&self.onehot, &g.input) {
             let s = EmbedSpec {
                 n: rows,
@@ -469,13 +559,43 @@ impl<B: Backend> SeqModel<B> {
                 v,
                 table_off: self.offset("embedding.weight")?,
             };
-            b.embed_backward(&s, tokens, d_input, &self.grads, true)?;
+            self.backend
+                .embed_backward(&s, &saved.tokens, d_input, &self.grads, true)?;
         }
-        Ok(fwd)
+        Ok(())
     }
 
-    /// Records the forward (no dropout) and the loss against `targets`
-    /// `[T, B]`, summary into `stats` at `stats_off`; no gradients.
+    /// Forward, loss and backward over one chunk ([`SeqModel::forward_train`]
+    /// then [`SeqModel::backward`]); returns both results.
+    pub fn chunk(
+        &mut self,
+        tokens: &B::Ints,
+        targets: &B::Ints,
+        state: Option<&State<B>>,
+        train: Option<Train>,
+        stats: &B::Tensor,
+        stats_off: usize,
+    ) -> Result<(ForwardOut<B>, ModelSaved<B>)> {
+        self.check_targets(tokens, targets)?;
+        let (out, saved) = self.forward_train(tokens, state, train)?;
+        self.backward(&saved, targets, stats, stats_off)?;
+        Ok((out, saved))
+    }
+
+    /// The state after `steps` steps of the forward that returned `saved`
+    /// (truncated BPTT starts the next window from it).
+    pub fn state_after(&mut self, saved: &ModelSaved<B>, steps: usize) -> Result<State<B>> {
+        if saved.model != self.id {
+            return Err(Error::invalid(
+                "saved",
+                "comes from another model's forward",
+            ));
+        }
+        self.rnn.state_after(&saved.rnn, steps)
+    }
+
+    /// The inference forward and the loss against `targets` `[T, B]`, summary
+    /// into `stats` at `stats_off`; no gradients.
     pub fn evaluate(
         &mut self,
         tokens: &B::Ints,
@@ -484,9 +604,9 @@ impl<B: Backend> SeqModel<B> {
         stats_off: usize,
     ) -> Result<ForwardOut<B>> {
         self.check_targets(tokens, targets)?;
-        let fwd = self.forward(tokens, None, None)?;
-        self.record_loss(targets, stats, stats_off, false)?;
-        Ok(fwd)
+        let out = self.forward(tokens, None)?;
+        self.record_loss(&out.logits, targets, stats, stats_off, None)?;
+        Ok(out)
     }
 
     /// `(T, B)` of `tokens`, after checking that `targets` has the same shape.
@@ -513,42 +633,38 @@ impl<B: Backend> SeqModel<B> {
             })
     }
 
-    /// Records the cross-entropy of the last forward's logits against
-    /// `targets`, its summary into `stats` at `stats_off`, and with `grad` the
-    /// gradient of the logits.
+    /// Records the cross-entropy of `logits` against `targets`, its summary
+    /// into `stats` at `stats_off`, and with `dlogits` the gradient of the logits.
     fn record_loss(
-        &self,
+        &mut self,
+        logits: &B::Tensor,
         targets: &B::Ints,
         stats: &B::Tensor,
         stats_off: usize,
-        grad: bool,
+        dlogits: Option<&B::Tensor>,
     ) -> Result<()> {
-        let Some(ws) = self.ws.last() else {
-            return Err(Error::invalid("workspace", "missing after forward"));
+        let b = &self.backend;
+        let rows = b.numel(logits) / self.config.vocab;
+        let xent = XentBuffers {
+            loss: self.pool.take(b, &[rows])?,
+            stats: self.pool.take(b, &[3 * rows])?,
+            summary: stats.clone(),
+            summary_off: stats_off,
         };
-        let rows = ws.steps * ws.batch;
-        let xent = ws.xent.clone().with_summary(stats.clone(), stats_off);
-        let targets_flat = self.backend.reshape_ints(targets, &[rows])?;
+        let targets_flat = b.reshape_ints(targets, &[rows])?;
         let shape = Rows {
             rows,
             cols: self.config.vocab,
         };
-        let dlogits = grad.then_some(&ws.dlogits);
-        self.backend.xent(
+        b.xent(
             shape,
-            &ws.logits,
+            logits,
             &targets_flat,
             IGNORE_INDEX,
             1.0,
             &xent,
             dlogits,
         )
-    }
-
-    fn rnn_output(&self) -> Result<B::Tensor> {
-        self.rnn
-            .last_output()
-            .ok_or_else(|| Error::invalid("model", "no forward output"))
     }
 
     /// Offset of the recurrent stack's parameters.
@@ -579,13 +695,10 @@ impl<B: Backend> SeqModel<B> {
     }
 }
 
-/// What a forward produced (tensors in the workspace, valid until the next forward).
-#[derive(Clone, Debug)]
-pub struct ForwardOut<B: Backend> {
-    /// `[T·B, V]`
-    pub logits: B::Tensor,
-    /// `[L, B, H]`
-    pub hn: B::Tensor,
-    /// `[L, B, H]` (LSTM)
-    pub cn: Option<B::Tensor>,
+/// `(h0, c0)` of an optional state.
+fn split_state<B: Backend>(state: Option<&State<B>>) -> (Option<&B::Tensor>, Option<&B::Tensor>) {
+    match state {
+        Some(s) => (Some(&s.h), s.c.as_ref()),
+        None => (None, None),
+    }
 }

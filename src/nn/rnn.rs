@@ -23,6 +23,7 @@
 //!    is the output gradient of the layer below.
 
 use super::params::{ParamEntry, ParamLayout};
+use super::pool::{Pool, next_owner_id};
 use crate::backend::{Backend, StepBackward, StepForward, expect_shape};
 use crate::error::{Error, Result};
 use crate::ops::cell::{Cell, StepSpec};
@@ -249,47 +250,50 @@ impl RnnConfig {
     }
 }
 
-/// Workspace of one layer and direction.
+/// What a forward keeps of one layer and direction for the backward.
 #[derive(Debug)]
-struct DirWs<B: Backend> {
-    xg: B::Tensor,
+struct SavedDir<B: Backend> {
     hs: B::Tensor,
     cs: Option<B::Tensor>,
     gates: Option<B::Tensor>,
-    dgh: B::Tensor,
-    dgx: Option<B::Tensor>,
-    carry: B::Tensor,
 }
 
 #[derive(Debug)]
-struct LayerWs<B: Backend> {
-    dirs: Vec<DirWs<B>>,
-    out: B::Tensor,
-    dx: B::Tensor,
-    // With dropout (all layers but the last): the masked output (the next
-    // layer's input) and the gradient of the unmasked output.
-    dropped: Option<B::Tensor>,
-    ddropped: Option<B::Tensor>,
+struct SavedLayer<B: Backend> {
+    dirs: Vec<SavedDir<B>>,
+    // What the layer above read: this layer's output, masked when dropout is
+    // on (`None` for the top layer, whose output only the caller holds).
+    fed_up: Option<B::Tensor>,
 }
 
-/// Everything one forward saves for its backward, sized for `(T, B)`.
+/// What a training forward ([`Rnn::forward_train`]) keeps for its backward:
+/// the states and gates of every step, the stack's input and the dropout
+/// masks' key. [`Rnn::backward`] differentiates exactly the forward that made
+/// it, whatever ran in between; when it is dropped its memory goes back to the
+/// stack's pool.
+///
+/// It refers to the input `x` the forward read (no copy is made): overwriting
+/// `x` before the backward changes the weight gradients.
 #[derive(Debug)]
-struct Workspace<B: Backend> {
+pub struct RnnSaved<B: Backend> {
+    stack: u64,
     steps: usize,
     batch: usize,
-    layers: Vec<LayerWs<B>>,
-    hn: B::Tensor,
-    cn: Option<B::Tensor>,
-    grad_h0: B::Tensor,
-    grad_c0: Option<B::Tensor>,
-    zero_dout: Option<B::Tensor>,
-    input: Option<B::Tensor>,
+    input: B::Tensor,
     lengths: Option<B::Ints>,
     dropout: Option<LayerDropout>,
+    layers: Vec<SavedLayer<B>>,
 }
 
-/// Result of a forward pass. The tensors live in the layer's workspace and
-/// are overwritten by the next forward.
+impl<B: Backend> RnnSaved<B> {
+    /// T and B of the forward.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.steps, self.batch)
+    }
+}
+
+/// Result of a forward pass. The tensors are values: nothing the stack does
+/// later writes to them.
 #[derive(Clone, Debug)]
 pub struct RnnOutput<B: Backend> {
     /// `[T, B, D·H]`
@@ -300,8 +304,30 @@ pub struct RnnOutput<B: Backend> {
     pub cn: Option<B::Tensor>,
 }
 
+impl<B: Backend> RnnOutput<B> {
+    /// The final states, as the state a later forward or step starts from.
+    pub fn state(&self) -> State<B> {
+        State {
+            h: self.hn.clone(),
+            c: self.cn.clone(),
+        }
+    }
+}
+
+/// The recurrent state of a stack between calls, on the device: `h` (and `c`
+/// for an LSTM), `[L·D, B, H]`, layer-major as PyTorch's `h_n`. Streaming
+/// inference ([`Rnn::step`]) passes it from one step to the next without
+/// reading it back; [`Backend::read`] on `h` reads it when wanted.
+#[derive(Clone, Debug)]
+pub struct State<B: Backend> {
+    /// `[L·D, B, H]` hidden states.
+    pub h: B::Tensor,
+    /// `[L·D, B, H]` cell states (LSTM), else `None`.
+    pub c: Option<B::Tensor>,
+}
+
 /// Gradients of the inputs of a forward pass (parameter gradients are
-/// accumulated into the caller's flat buffer).
+/// accumulated into the caller's flat buffer). Values, like the outputs.
 #[derive(Clone, Debug)]
 pub struct RnnInputGrads<B: Backend> {
     /// `[T, B, I]`; `None` when input gradients are turned off
@@ -317,23 +343,25 @@ pub struct RnnInputGrads<B: Backend> {
 /// its own or a model's shared one (at `offset`); gradients use the same layout.
 #[derive(Debug)]
 pub struct Rnn<B: Backend> {
+    id: u64,
     config: RnnConfig,
     layout: ParamLayout,
     backend: B,
     params: B::Tensor,
     offset: usize,
     input_grad: bool,
-    // Workspaces for the last few (T, B) shapes, most recent last; the last
-    // one belongs to the last forward (and its backward).
-    ws: Vec<Workspace<B>>,
+    pool: Pool<B>,
 }
 
 /// The shape of initial and final states, as errors name it.
 const STATE_SHAPE: &str = "[L·D, B, H]";
 
-/// Workspaces kept per stack (truncated BPTT alternates between a full and a
-/// partial chunk; evaluation and sampling use other shapes).
-const WORKSPACES_KEPT: usize = 4;
+/// What a forward keeps: nothing (inference) or everything its backward needs.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Infer,
+    Train(Option<LayerDropout>),
+}
 
 impl<B: Backend> Rnn<B> {
     /// A stack with PyTorch's default initialization: every parameter uniform
@@ -385,13 +413,14 @@ impl<B: Backend> Rnn<B> {
             ));
         }
         Ok(Rnn {
+            id: next_owner_id(),
             config,
             layout,
             backend,
             params,
             offset,
             input_grad: true,
-            ws: Vec::new(),
+            pool: Pool::default(),
         })
     }
 
@@ -402,12 +431,11 @@ impl<B: Backend> Rnn<B> {
         self.input_grad = on;
     }
 
-    /// The output `[T, B, D·H]` of the last forward, if any.
-    pub fn last_output(&self) -> Option<B::Tensor> {
-        self.ws
-            .last()
-            .and_then(|ws| ws.layers.last())
-            .map(|l| l.out.clone())
+    /// Fills every buffer the stack reuses with NaN before handing it out, so
+    /// that a kernel reading memory it did not write shows up in its results
+    /// (a debugging aid; it costs one fill per reuse).
+    pub fn set_poison_reused(&mut self, on: bool) {
+        self.pool.set_poison(on);
     }
 
     /// Offset of this stack's parameters in the flat buffer.
@@ -441,66 +469,10 @@ impl<B: Backend> Rnn<B> {
         self.backend.zeros(&shape)
     }
 
-    fn ensure_workspace(&mut self, steps: usize, batch: usize) -> Result<()> {
-        if super::reuse_workspace(&mut self.ws, WORKSPACES_KEPT, |w| {
-            w.steps == steps && w.batch == batch
-        }) {
-            return Ok(());
-        }
-        let b = &self.backend;
-        let c = &self.config;
-        let (h, gh, dirs) = (
-            c.hidden_size,
-            c.cell.gates() * c.hidden_size,
-            c.directions(),
-        );
-        let lstm = c.cell.has_cell_state();
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let mut dws = Vec::with_capacity(dirs);
-            for _ in 0..dirs {
-                dws.push(DirWs {
-                    xg: b.zeros(&[steps, batch, gh])?,
-                    hs: b.zeros(&[steps + 1, batch, h])?,
-                    cs: lstm.then(|| b.zeros(&[steps + 1, batch, h])).transpose()?,
-                    gates: (c.cell.saved() > 0)
-                        .then(|| b.zeros(&[steps, batch, c.cell.saved() * h]))
-                        .transpose()?,
-                    dgh: b.zeros(&[steps, batch, gh])?,
-                    dgx: (c.cell == Cell::Gru)
-                        .then(|| b.zeros(&[steps, batch, gh]))
-                        .transpose()?,
-                    carry: b.zeros(&[2, 2, batch, h])?,
-                });
-            }
-            layers.push(LayerWs {
-                dirs: dws,
-                out: b.zeros(&[steps, batch, c.output_size()])?,
-                dx: b.zeros(&[steps, batch, c.layer_input(l)])?,
-                dropped: None,
-                ddropped: None,
-            });
-        }
-        let state = [c.num_layers * dirs, batch, h];
-        self.ws.push(Workspace {
-            steps,
-            batch,
-            layers,
-            hn: b.zeros(&state)?,
-            cn: lstm.then(|| b.zeros(&state)).transpose()?,
-            grad_h0: b.zeros(&state)?,
-            grad_c0: lstm.then(|| b.zeros(&state)).transpose()?,
-            zero_dout: None,
-            input: None,
-            lengths: None,
-            dropout: None,
-        });
-        Ok(())
-    }
-
     /// Runs the whole sequence `x` `[T, B, I]` from initial states `h0`, `c0`
     /// `[L·D, B, H]` (zeros when `None`; `c0` only for the LSTM), with optional
     /// per-row `lengths` (each in `1..=T`, PyTorch's packed-sequence meaning).
+    /// Inference: nothing is kept for a backward (see [`Rnn::forward_train`]).
     pub fn forward(
         &mut self,
         x: &B::Tensor,
@@ -508,28 +480,97 @@ impl<B: Backend> Rnn<B> {
         c0: Option<&B::Tensor>,
         lengths: Option<&[i32]>,
     ) -> Result<RnnOutput<B>> {
-        self.forward_with(x, h0, c0, lengths, None)
+        Ok(self.run_forward(x, h0, c0, lengths, Mode::Infer)?.0)
     }
 
-    /// [`Rnn::forward`] with dropout between layers (training).
-    pub fn forward_with(
+    /// [`Rnn::forward`] that also returns what [`Rnn::backward`] needs, with
+    /// optional dropout between layers (training).
+    pub fn forward_train(
         &mut self,
         x: &B::Tensor,
         h0: Option<&B::Tensor>,
         c0: Option<&B::Tensor>,
         lengths: Option<&[i32]>,
         dropout: Option<LayerDropout>,
-    ) -> Result<RnnOutput<B>> {
+    ) -> Result<(RnnOutput<B>, RnnSaved<B>)> {
+        let (out, saved) = self.run_forward(x, h0, c0, lengths, Mode::Train(dropout))?;
+        let saved = saved.ok_or_else(|| Error::invalid("forward", "saved nothing"))?;
+        Ok((out, saved))
+    }
+
+    /// One time step of streaming inference: `x` `[B, I]` (one input row per
+    /// batch element) from `state` (zeros when `None`), returning the output
+    /// `[B, H]` and the new state. Nothing is read back; the old state is left
+    /// as it was. Only causal (unidirectional) stacks can be streamed.
+    pub fn step(
+        &mut self,
+        x: &B::Tensor,
+        state: Option<&State<B>>,
+    ) -> Result<(B::Tensor, State<B>)> {
         let cfg = self.config;
-        if let Some(d) = dropout
-            && !(0.0..1.0).contains(&d.p)
-        {
+        if cfg.bidirectional {
             return Err(Error::invalid(
-                "dropout",
-                format!("probability {} is outside [0, 1)", d.p),
+                "step",
+                "a bidirectional stack reads the whole sequence; only a unidirectional one can be streamed",
             ));
         }
-        let dropout = dropout.filter(|d| d.p > 0.0 && cfg.num_layers > 1);
+        let xs = self.backend.shape(x).to_vec();
+        if xs.len() != 2 || xs[1] != cfg.input_size || xs[0] == 0 {
+            return Err(Error::shape(
+                "x",
+                format!("[B, I] with B >= 1 and I = {}", cfg.input_size),
+                &xs,
+            ));
+        }
+        let x3 = self.backend.reshape(x, &[1, xs[0], xs[1]])?;
+        let (h0, c0) = match state {
+            Some(s) => (Some(&s.h), s.c.as_ref()),
+            None => (None, None),
+        };
+        let out = self.forward(&x3, h0, c0, None)?;
+        let y = self
+            .backend
+            .reshape(&out.output, &[xs[0], cfg.hidden_size])?;
+        Ok((y, out.state()))
+    }
+
+    /// Zero states for a batch of `batch` rows.
+    pub fn zero_state(&mut self, batch: usize) -> Result<State<B>> {
+        let cfg = self.config;
+        let shape = [cfg.num_layers * cfg.directions(), batch, cfg.hidden_size];
+        let b = &self.backend;
+        Ok(State {
+            h: self.pool.zeros(b, &shape)?,
+            c: cfg
+                .cell
+                .has_cell_state()
+                .then(|| self.pool.zeros(b, &shape))
+                .transpose()?,
+        })
+    }
+
+    fn run_forward(
+        &mut self,
+        x: &B::Tensor,
+        h0: Option<&B::Tensor>,
+        c0: Option<&B::Tensor>,
+        lengths: Option<&[i32]>,
+        mode: Mode,
+    ) -> Result<(RnnOutput<B>, Option<RnnSaved<B>>)> {
+        let cfg = self.config;
+        let dropout = match mode {
+            Mode::Train(Some(d)) => {
+                if !(0.0..1.0).contains(&d.p) {
+                    return Err(Error::invalid(
+                        "dropout",
+                        format!("probability {} is outside [0, 1)", d.p),
+                    ));
+                }
+                Some(d).filter(|d| d.p > 0.0 && cfg.num_layers > 1)
+            }
+            _ => None,
+        };
+        let train = mode != Mode::Infer;
         let xs = self.backend.shape(x).to_vec();
         if xs.len() != 3 || xs[2] != cfg.input_size || xs[0] == 0 || xs[1] == 0 {
             return Err(Error::shape(
@@ -559,106 +600,136 @@ impl<B: Backend> Rnn<B> {
                 self.backend.ints(&[batch], l)
             })
             .transpose()?;
-        self.ensure_workspace(steps, batch)?;
-        let Some(ws) = self.ws.last_mut() else {
-            return Err(Error::invalid("workspace", "missing after allocation"));
-        };
+        self.pool.next_pass(&self.backend);
         let b = &self.backend;
+        let pool = &mut self.pool;
         let bh = batch * h;
         let gh = cfg.cell.gates() * h;
-        if dropout.is_some() {
-            for layer in &mut ws.layers[..cfg.num_layers - 1] {
-                if layer.dropped.is_none() {
-                    let shape = [steps, batch, cfg.output_size()];
-                    layer.dropped = Some(b.zeros(&shape)?);
-                    layer.ddropped = Some(b.zeros(&shape)?);
-                }
-            }
-        }
+        let lstm = cfg.cell.has_cell_state();
+        // Training keeps every state slot and the gates; inference two slots
+        // (a ring) and no gates.
+        let slots = if train { steps + 1 } else { 2 };
+        let hn = pool.take(b, &state)?;
+        let cn = pool.take_if(b, lstm, &state)?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        let mut input = x.clone();
+        let mut output = None;
         for l in 0..cfg.num_layers {
-            let input = layer_input(&ws.layers, l, x, dropout.is_some())?;
             let in_size = cfg.layer_input(l);
-            let layer = &ws.layers[l];
-            for (d, dw) in layer.dirs.iter().enumerate() {
+            let out = pool.take(b, &[steps, batch, cfg.output_size()])?;
+            let mut saved_dirs = Vec::with_capacity(dirs);
+            for d in 0..dirs {
                 let p = DirParams::of(&self.layout, dirs, l, d)?.shifted(self.offset);
+                // The input projection of every step: a temporary.
+                let xg = pool.take(b, &[steps, batch, gh])?;
                 let g = Gemm::nt(steps * batch, gh, in_size)
                     .offsets(0, p.w_ih, 0)
                     .with_bias(p.b_ih);
-                b.gemm(&g, &input, &self.params, Some(&self.params), &dw.xg)?;
+                b.gemm(&g, &input, &self.params, Some(&self.params), &xg)?;
+                let hs = pool.take(b, &[slots, batch, h])?;
+                let cs = pool.take_if(b, lstm, &[slots, batch, h])?;
+                let gates = pool.take_if(
+                    b,
+                    train && cfg.cell.saved() > 0,
+                    &[steps, batch, cfg.cell.saved() * h],
+                )?;
+                let spec = |s: usize| StepSpec {
+                    batch,
+                    hidden: h,
+                    steps,
+                    t: if d == 0 { s } else { steps - 1 - s },
+                    reverse: d == 1,
+                    whh_off: p.w_hh,
+                    bhh_off: p.b_hh,
+                    out_col: d * h,
+                    out_ld: dirs * h,
+                    ring: !train,
+                    ..Default::default()
+                };
+                let (first, last) = (spec(0).prev(), spec(steps - 1).next());
                 let sd = l * dirs + d;
-                let (first, last) = if d == 0 { (0, steps) } else { (steps, 0) };
-                load_state(b, h0, sd * bh, &dw.hs, first * bh, bh)?;
-                if let Some(cs) = &dw.cs {
+                load_state(b, h0, sd * bh, &hs, first * bh, bh)?;
+                if let Some(cs) = &cs {
                     load_state(b, c0, sd * bh, cs, first * bh, bh)?;
                 }
                 let bufs = StepForward {
-                    xg: &dw.xg,
+                    xg: &xg,
                     weights: &self.params,
                     lengths: lengths.as_ref(),
-                    hs: &dw.hs,
-                    cs: dw.cs.as_ref(),
-                    gates: dw.gates.as_ref(),
-                    out: &layer.out,
+                    hs: &hs,
+                    cs: cs.as_ref(),
+                    gates: gates.as_ref(),
+                    out: &out,
                 };
                 for s in 0..steps {
-                    let spec = StepSpec {
-                        batch,
-                        hidden: h,
-                        steps,
-                        t: if d == 0 { s } else { steps - 1 - s },
-                        reverse: d == 1,
-                        whh_off: p.w_hh,
-                        bhh_off: p.b_hh,
-                        out_col: d * h,
-                        out_ld: dirs * h,
-                        ..Default::default()
-                    };
-                    b.cell_forward(cfg.cell, &spec, &bufs)?;
+                    b.cell_forward(cfg.cell, &spec(s), &bufs)?;
                 }
-                b.copy(&dw.hs, last * bh, &ws.hn, sd * bh, bh)?;
-                if let (Some(cs), Some(cn)) = (&dw.cs, &ws.cn) {
+                b.copy(&hs, last * bh, &hn, sd * bh, bh)?;
+                if let (Some(cs), Some(cn)) = (&cs, &cn) {
                     b.copy(cs, last * bh, cn, sd * bh, bh)?;
                 }
+                if train {
+                    saved_dirs.push(SavedDir { hs, cs, gates });
+                }
             }
-            if let (Some(drop), Some(dropped)) = (dropout, &layer.dropped)
-                && l + 1 < cfg.num_layers
-            {
+            let fed_up = if l + 1 == cfg.num_layers {
+                output = Some(out);
+                None
+            } else if let Some(drop) = dropout {
+                let dropped = pool.take(b, &[steps, batch, cfg.output_size()])?;
                 let n = steps * batch * cfg.output_size();
-                b.dropout(&drop.spec(l, n), &layer.out, dropped)?;
+                b.dropout(&drop.spec(l, n), &out, &dropped)?;
+                Some(dropped)
+            } else {
+                Some(out)
+            };
+            if let Some(next) = &fed_up {
+                input = next.clone();
+            }
+            if train {
+                layers.push(SavedLayer {
+                    dirs: saved_dirs,
+                    fed_up,
+                });
             }
         }
-        ws.input = Some(x.clone());
-        ws.lengths = lengths;
-        ws.dropout = dropout;
-        Ok(RnnOutput {
-            output: ws.layers[cfg.num_layers - 1].out.clone(),
-            hn: ws.hn.clone(),
-            cn: ws.cn.clone(),
-        })
+        let output = output.ok_or_else(|| Error::invalid("num_layers", "must be at least 1"))?;
+        let saved = train.then(|| RnnSaved {
+            stack: self.id,
+            steps,
+            batch,
+            input: x.clone(),
+            lengths,
+            dropout,
+            layers,
+        });
+        Ok((RnnOutput { output, hn, cn }, saved))
     }
 
-    /// Backpropagates through the last forward: the gradients of
-    /// `Σ output⊙grad_output + Σ hn⊙grad_hn + Σ cn⊙grad_cn` (absent gradients
-    /// count as zero). Parameter gradients are **added** to `param_grads` `[P]`;
-    /// the input and initial-state gradients are returned.
+    /// Backpropagates through the forward that returned `saved`: the
+    /// gradients of `Σ output⊙grad_output + Σ hn⊙grad_hn + Σ cn⊙grad_cn`
+    /// (absent gradients count as zero). Parameter gradients are **added** to
+    /// `param_grads` `[P]`; the input and initial-state gradients are returned.
+    /// The parameters must be the ones the forward ran with.
     pub fn backward(
         &mut self,
+        saved: &RnnSaved<B>,
         grad_output: Option<&B::Tensor>,
         grad_hn: Option<&B::Tensor>,
         grad_cn: Option<&B::Tensor>,
         param_grads: &B::Tensor,
     ) -> Result<RnnInputGrads<B>> {
         let cfg = self.config;
-        let b = &self.backend;
-        let Some(ws) = self.ws.last_mut() else {
-            return Err(Error::invalid("backward", "called before any forward"));
-        };
-        let Some(input0) = ws.input.clone() else {
-            return Err(Error::invalid("backward", "called before any forward"));
-        };
-        let (steps, batch, h, dirs) = (ws.steps, ws.batch, cfg.hidden_size, cfg.directions());
+        if saved.stack != self.id {
+            return Err(Error::invalid(
+                "saved",
+                "comes from another stack's forward; pass the one this stack's forward_train returned",
+            ));
+        }
+        let (steps, batch, h, dirs) = (saved.steps, saved.batch, cfg.hidden_size, cfg.directions());
         let state = [cfg.num_layers * dirs, batch, h];
         let out_shape = [steps, batch, cfg.output_size()];
+        let b = &self.backend;
         expect_shape(
             "param_grads",
             "the shape of the parameter buffer",
@@ -680,59 +751,53 @@ impl<B: Backend> Rnn<B> {
             }
             expect_shape("grad_cn", STATE_SHAPE, &state, b.shape(g))?;
         }
-        let dout_top = match grad_output {
+        self.pool.next_pass(b);
+        let pool = &mut self.pool;
+        let mut dout = match grad_output {
             Some(g) => g.clone(),
-            None => match &ws.zero_dout {
-                Some(z) => z.clone(),
-                None => {
-                    let z = b.zeros(&out_shape)?;
-                    ws.zero_dout = Some(z.clone());
-                    z
-                }
-            },
+            None => pool.zeros(b, &out_shape)?,
         };
         let bh = batch * h;
         let gh = cfg.cell.gates() * h;
         let rows = steps * batch;
-        let dropout = ws.dropout;
+        let lstm = cfg.cell.has_cell_state();
+        let grad_h0 = pool.take(b, &state)?;
+        let grad_c0 = pool.take_if(b, lstm, &state)?;
+        let mut grad_input = None;
         for l in (0..cfg.num_layers).rev() {
-            let dout = if l + 1 == cfg.num_layers {
-                dout_top.clone()
-            } else {
-                match (dropout, &ws.layers[l].ddropped) {
-                    // The layer above saw the masked output: mask its gradient the same way.
-                    (Some(drop), Some(dd)) => {
-                        let n = rows * cfg.output_size();
-                        b.dropout(&drop.spec(l, n), &ws.layers[l + 1].dx, dd)?;
-                        dd.clone()
-                    }
-                    _ => ws.layers[l + 1].dx.clone(),
-                }
+            let layer = &saved.layers[l];
+            let input = match l.checked_sub(1) {
+                None => &saved.input,
+                Some(below) => saved.layers[below].fed_up.as_ref().ok_or_else(|| {
+                    Error::invalid("saved", "holds no input for a layer above the first")
+                })?,
             };
-            let input = layer_input(&ws.layers, l, &input0, dropout.is_some())?;
             let in_size = cfg.layer_input(l);
-            let layer = &ws.layers[l];
+            let dx = pool.take_if(b, l > 0 || self.input_grad, &[steps, batch, in_size])?;
             for (d, dw) in layer.dirs.iter().enumerate() {
                 let p = DirParams::of(&self.layout, dirs, l, d)?.shifted(self.offset);
                 let sd = l * dirs + d;
+                let dgh = pool.take(b, &[steps, batch, gh])?;
+                let dgx = pool.take_if(b, cfg.cell == Cell::Gru, &[steps, batch, gh])?;
+                let carry = pool.take(b, &[2, 2, batch, h])?;
                 // Carries start at the gradients of the final states.
-                b.fill(&dw.carry, 0, 4 * bh, 0.0)?;
+                b.fill(&carry, 0, 4 * bh, 0.0)?;
                 if let Some(g) = grad_hn {
-                    b.copy(g, sd * bh, &dw.carry, 0, bh)?;
+                    b.copy(g, sd * bh, &carry, 0, bh)?;
                 }
                 if let Some(g) = grad_cn {
-                    b.copy(g, sd * bh, &dw.carry, bh, bh)?;
+                    b.copy(g, sd * bh, &carry, bh, bh)?;
                 }
                 let bufs = StepBackward {
                     weights: &self.params,
-                    lengths: ws.lengths.as_ref(),
+                    lengths: saved.lengths.as_ref(),
                     hs: &dw.hs,
                     cs: dw.cs.as_ref(),
                     gates: dw.gates.as_ref(),
                     dout: &dout,
-                    dgh: &dw.dgh,
-                    dgx: dw.dgx.as_ref(),
-                    carry: &dw.carry,
+                    dgh: &dgh,
+                    dgx: dgx.as_ref(),
+                    carry: &carry,
                 };
                 for s in 0..steps {
                     let spec = StepSpec {
@@ -754,26 +819,26 @@ impl<B: Backend> Rnn<B> {
                 // grad_h0 = carry + dG(last step of the sweep) · W_hh
                 let par = steps % 2;
                 let t_last = if d == 0 { 0 } else { steps - 1 };
-                b.copy(&dw.carry, par * 2 * bh, &ws.grad_h0, sd * bh, bh)?;
+                b.copy(&carry, par * 2 * bh, &grad_h0, sd * bh, bh)?;
                 let g = Gemm::nn(batch, h, gh)
                     .offsets(t_last * batch * gh, p.w_hh, sd * bh)
                     .accumulating(true);
-                b.gemm(&g, &dw.dgh, &self.params, None, &ws.grad_h0)?;
-                if let Some(gc0) = &ws.grad_c0 {
-                    b.copy(&dw.carry, (par * 2 + 1) * bh, gc0, sd * bh, bh)?;
+                b.gemm(&g, &dgh, &self.params, None, &grad_h0)?;
+                if let Some(gc0) = &grad_c0 {
+                    b.copy(&carry, (par * 2 + 1) * bh, gc0, sd * bh, bh)?;
                 }
                 // Weight gradients over all T·B rows at once.
-                let dgx = dw.dgx.as_ref().unwrap_or(&dw.dgh);
+                let dgx = dgx.as_ref().unwrap_or(&dgh);
                 let g = Gemm::tn(gh, in_size, rows)
                     .offsets(0, 0, p.w_ih)
                     .accumulating(true);
-                b.gemm(&g, dgx, &input, None, param_grads)?;
+                b.gemm(&g, dgx, input, None, param_grads)?;
                 let prev_rows = if d == 0 { 0 } else { bh };
                 let g = Gemm::tn(gh, h, rows)
                     .offsets(0, prev_rows, p.w_hh)
                     .accumulating(true);
-                b.gemm(&g, &dw.dgh, &dw.hs, None, param_grads)?;
-                for (src, off) in [(dgx, p.b_ih), (&dw.dgh, p.b_hh)] {
+                b.gemm(&g, &dgh, &dw.hs, None, param_grads)?;
+                for (src, off) in [(dgx, p.b_ih), (&dgh, p.b_hh)] {
                     let cs = ColSum {
                         out_off: off,
                         accumulate: true,
@@ -783,18 +848,39 @@ impl<B: Backend> Rnn<B> {
                 }
                 // Gradient of this layer's input, summed over directions
                 // (for the first layer only when the caller wants it).
-                if l > 0 || self.input_grad {
+                if let Some(dx) = &dx {
                     let g = Gemm::nn(rows, in_size, gh)
                         .offsets(0, p.w_ih, 0)
                         .accumulating(d > 0);
-                    b.gemm(&g, dgx, &self.params, None, &layer.dx)?;
+                    b.gemm(&g, dgx, &self.params, None, dx)?;
+                }
+            }
+            match (l, dx) {
+                (0, dx) => grad_input = dx,
+                (_, Some(dx)) => {
+                    // The layer below fed its (masked) output up: its output
+                    // gradient is this input gradient, masked the same way.
+                    dout = match saved.dropout {
+                        Some(drop) => {
+                            let dd = pool.take(b, &out_shape)?;
+                            b.dropout(&drop.spec(l - 1, rows * cfg.output_size()), &dx, &dd)?;
+                            dd
+                        }
+                        None => dx,
+                    };
+                }
+                (_, None) => {
+                    return Err(Error::invalid(
+                        "backward",
+                        "no gradient for the layer below",
+                    ));
                 }
             }
         }
         Ok(RnnInputGrads {
-            input: self.input_grad.then(|| ws.layers[0].dx.clone()),
-            h0: ws.grad_h0.clone(),
-            c0: ws.grad_c0.clone(),
+            input: grad_input,
+            h0: grad_h0,
+            c0: grad_c0,
         })
     }
 
@@ -806,59 +892,48 @@ impl<B: Backend> Rnn<B> {
         Ok(all[start..start + e.len()].to_vec())
     }
 
-    /// Copies the states after `steps` time steps of the last forward (slot
-    /// `steps` of every layer) into `h` (and `c`), both `[L, B, H]`. Used by
-    /// truncated BPTT to restart from the middle of a window; unidirectional only.
-    pub fn state_after(&self, steps: usize, h: &B::Tensor, c: Option<&B::Tensor>) -> Result<()> {
+    /// The state after `steps` time steps of the forward that returned
+    /// `saved` (slot `steps` of every layer), as a new value `[L, B, H]`.
+    /// Truncated BPTT restarts the next window from it; unidirectional only.
+    pub fn state_after(&mut self, saved: &RnnSaved<B>, steps: usize) -> Result<State<B>> {
         let cfg = self.config;
+        if saved.stack != self.id {
+            return Err(Error::invalid(
+                "saved",
+                "comes from another stack's forward",
+            ));
+        }
         if cfg.bidirectional {
             return Err(Error::invalid(
                 "state_after",
                 "a bidirectional stack has no state in the middle of a sequence",
             ));
         }
-        let Some(ws) = self.ws.last() else {
-            return Err(Error::invalid("state_after", "called before any forward"));
-        };
-        if steps > ws.steps {
+        if steps > saved.steps {
             return Err(Error::invalid(
                 "state_after",
-                format!("step {steps} is beyond the last forward's T = {}", ws.steps),
+                format!("step {steps} is beyond the forward's T = {}", saved.steps),
             ));
         }
-        let bh = ws.batch * cfg.hidden_size;
-        for (l, layer) in ws.layers.iter().enumerate() {
+        let b = &self.backend;
+        let shape = [cfg.num_layers, saved.batch, cfg.hidden_size];
+        let h = self.pool.take(b, &shape)?;
+        let c = self.pool.take_if(b, cfg.cell.has_cell_state(), &shape)?;
+        let bh = saved.batch * cfg.hidden_size;
+        for (l, layer) in saved.layers.iter().enumerate() {
             let dw = &layer.dirs[0];
-            self.backend.copy(&dw.hs, steps * bh, h, l * bh, bh)?;
-            if let (Some(cs), Some(c)) = (&dw.cs, c) {
-                self.backend.copy(cs, steps * bh, c, l * bh, bh)?;
+            b.copy(&dw.hs, steps * bh, &h, l * bh, bh)?;
+            if let (Some(cs), Some(c)) = (&dw.cs, &c) {
+                b.copy(cs, steps * bh, c, l * bh, bh)?;
             }
         }
-        Ok(())
+        Ok(State { h, c })
     }
 
     fn entry(&self, name: &str) -> Result<&ParamEntry> {
         self.layout
             .get(name)
             .ok_or_else(|| Error::invalid("parameter", format!("no parameter named {name:?}")))
-    }
-}
-
-/// The tensor layer `l` reads: the stack's input `x` for the first layer, else
-/// the output of the layer below, masked when dropout is on.
-fn layer_input<B: Backend>(
-    layers: &[LayerWs<B>],
-    l: usize,
-    x: &B::Tensor,
-    dropout: bool,
-) -> Result<B::Tensor> {
-    let Some(below) = l.checked_sub(1).and_then(|i| layers.get(i)) else {
-        return Ok(x.clone());
-    };
-    match (dropout, &below.dropped) {
-        (false, _) => Ok(below.out.clone()),
-        (true, Some(d)) => Ok(d.clone()),
-        (true, None) => Err(Error::invalid("dropout", "workspace has no masked output")),
     }
 }
 

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::nn::State;
 use crate::nn::dense::argmax;
 use crate::nn::model::{ModelConfig, SeqModel, Train};
 use crate::ops::optim::{Optimizer, UpdateSpec};
@@ -215,8 +216,6 @@ pub struct Trainer<B: Backend> {
     s1: B::Tensor,
     s2: B::Tensor,
     stats: B::Tensor,
-    state_h: B::Tensor,
-    state_c: Option<B::Tensor>,
     windows: Vec<Window>,
     window_bufs: Vec<WindowBufs<B>>,
     eval_bufs: Option<WindowBufs<B>>,
@@ -293,14 +292,6 @@ impl<B: Backend> Trainer<B> {
         let s1 = backend.zeros(&[l1.max(1)])?;
         let s2 = backend.zeros(&[l2.max(1)])?;
         let stats = backend.zeros(&[(windows.len() + 1) * STATS_STRIDE])?;
-        let state = [config.model.layers, config.batch, config.model.hidden];
-        let state_h = backend.zeros(&state)?;
-        let state_c = config
-            .model
-            .cell
-            .has_cell_state()
-            .then(|| backend.zeros(&state))
-            .transpose()?;
         let window_bufs = windows
             .iter()
             .map(|w| {
@@ -320,8 +311,6 @@ impl<B: Backend> Trainer<B> {
             s1,
             s2,
             stats,
-            state_h,
-            state_c,
             windows,
             window_bufs,
             eval_bufs: None,
@@ -405,16 +394,18 @@ impl<B: Backend> Trainer<B> {
         self.upload_windows(&batch)?;
         let b = self.backend.clone();
         let n = self.model.layout().total;
-        let carry_c = self.state_c.clone();
+        // The state a window starts from: the one the previous window's
+        // forward reached at this window's start.
+        let mut carry: Option<State<B>> = None;
         for (c, w) in self.windows.clone().into_iter().enumerate() {
             let bufs = &self.window_bufs[c];
             self.model.zero_grads()?;
-            let state = (w.start > 0).then_some((&self.state_h, carry_c.as_ref()));
+            let state = carry.as_ref().filter(|_| w.start > 0);
             let train = Train {
                 seed: self.config.seed,
                 step: self.step * self.windows.len() as u64 + c as u64,
             };
-            self.model.chunk(
+            let (_, saved) = self.model.chunk(
                 &bufs.tokens,
                 &bufs.targets,
                 state,
@@ -425,11 +416,7 @@ impl<B: Backend> Trainer<B> {
             if let Some(next) = self.windows.get(c + 1)
                 && next.start > 0
             {
-                self.model.rnn().state_after(
-                    next.start - w.start,
-                    &self.state_h,
-                    carry_c.as_ref(),
-                )?;
+                carry = Some(self.model.state_after(&saved, next.start - w.start)?);
             }
             let norm_idx = c * STATS_STRIDE + NORM;
             b.reduce(

@@ -45,10 +45,12 @@ pub fn sample<B: Backend>(
     let v = model.config().vocab;
     let mut r = ChaCha8Rng::seed_from_u64(opts.seed);
     let end = task.has_answers().then(|| vocab.id(END)).flatten();
+    // The prompt in one forward, then one streaming step per generated token:
+    // the state stays on the device, only the logits row is read back.
     let tokens = b.ints(&[ids.len(), 1], &ids)?;
-    let mut out = model.forward(&tokens, None, None)?;
+    let mut out = model.forward(&tokens, None)?;
     let mut last = (ids.len() - 1) * v;
-    let one = b.ints(&[1, 1], &[0])?;
+    let one = b.ints(&[1], &[0])?;
     let mut generated = Vec::new();
     for _ in 0..opts.length {
         let logits = b.read(&out.logits)?;
@@ -68,8 +70,7 @@ pub fn sample<B: Backend>(
         }
         generated.push(next);
         b.write_ints(&one, &[next])?;
-        let state = (out.hn.clone(), out.cn.clone());
-        out = model.forward(&one, Some((&state.0, state.1.as_ref())), None)?;
+        out = model.step(&one, Some(&out.state))?;
         last = 0;
     }
     Ok(vocab.decode(&generated))

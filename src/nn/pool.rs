@@ -1,0 +1,167 @@
+//! A pool of device tensors for the layers' temporaries and results.
+//!
+//! Layers hand their results to callers as values: a tensor taken from the
+//! pool is returned to the caller, and the pool reuses its memory only once
+//! nobody else holds a handle to it ([`Backend::is_unique`]). A training loop
+//! therefore allocates during its first steps and then never again (the same
+//! shapes come back every step), while an output the caller keeps is never
+//! overwritten by a later call.
+//!
+//! Reuse is safe on the GPU although recorded work may still be pending: the
+//! queue runs work in the order it was recorded, so a later kernel writing a
+//! reused buffer runs after every earlier kernel that read it.
+//!
+//! Free tensors that go unused for [`IDLE_PASSES`] passes are released (a
+//! pass is one forward, backward or step of the owning layer), so the buffers
+//! of an occasional large shape (an evaluation batch) do not stay resident.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::gpu::checked_numel;
+
+/// Passes a free tensor may go unused before the pool releases it.
+pub const IDLE_PASSES: u64 = 32;
+
+/// Source of the ids that tie a saved forward to the layer or model that made it.
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh id for a layer or model.
+pub(crate) fn next_owner_id() -> u64 {
+    NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
+}
+
+#[derive(Debug)]
+struct Entry<B: Backend> {
+    tensor: B::Tensor,
+    len: usize,
+    last_pass: u64,
+}
+
+/// Tensors of one layer (or model), reused once nobody outside holds them.
+#[derive(Debug)]
+pub(crate) struct Pool<B: Backend> {
+    entries: Vec<Entry<B>>,
+    pass: u64,
+    poison: bool,
+}
+
+impl<B: Backend> Default for Pool<B> {
+    fn default() -> Self {
+        Pool {
+            entries: Vec::new(),
+            pass: 0,
+            poison: false,
+        }
+    }
+}
+
+impl<B: Backend> Pool<B> {
+    /// Fill every reused tensor with NaN before handing it out, so that a
+    /// kernel reading memory it was not given shows up (for tests and debugging).
+    pub fn set_poison(&mut self, on: bool) {
+        self.poison = on;
+    }
+
+    /// Starts a pass; releases free tensors unused for [`IDLE_PASSES`] passes.
+    pub fn next_pass(&mut self, b: &B) {
+        self.pass += 1;
+        let pass = self.pass;
+        self.entries
+            .retain(|e| e.last_pass + IDLE_PASSES >= pass || !b.is_unique(&e.tensor));
+    }
+
+    /// A tensor of `shape` that nobody else holds. A reused one keeps its
+    /// old contents: the caller writes every element before reading it.
+    pub fn take(&mut self, b: &B, shape: &[usize]) -> Result<B::Tensor> {
+        let len = checked_numel(shape).unwrap_or(usize::MAX);
+        let pass = self.pass;
+        if let Some(e) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.len == len && b.is_unique(&e.tensor))
+        {
+            e.last_pass = pass;
+            let t = b.reshape(&e.tensor, shape)?;
+            if self.poison {
+                b.fill(&t, 0, len, f64::NAN)?;
+            }
+            return Ok(t);
+        }
+        let t = b.zeros(shape)?;
+        self.entries.push(Entry {
+            tensor: t.clone(),
+            len,
+            last_pass: pass,
+        });
+        Ok(t)
+    }
+
+    /// [`Pool::take`], zero-filled.
+    pub fn zeros(&mut self, b: &B, shape: &[usize]) -> Result<B::Tensor> {
+        let t = self.take(b, shape)?;
+        b.fill(&t, 0, b.numel(&t), 0.0)?;
+        Ok(t)
+    }
+
+    /// An optional tensor: [`Pool::take`] when `want`.
+    pub fn take_if(&mut self, b: &B, want: bool, shape: &[usize]) -> Result<Option<B::Tensor>> {
+        want.then(|| self.take(b, shape)).transpose()
+    }
+
+    /// Tensors the pool holds (in use or free).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+
+    #[test]
+    fn reuses_only_what_nobody_holds() {
+        let b = CpuBackend::<f32>::new();
+        let mut pool = Pool::default();
+        let x = pool.take(&b, &[2, 3]).unwrap();
+        b.write(&x, &[1.0; 6]).unwrap();
+        // x is held: a second tensor of the same size is new memory.
+        let y = pool.take(&b, &[6]).unwrap();
+        assert_eq!(b.allocations(), 2);
+        assert_eq!(b.read(&x).unwrap(), vec![1.0; 6]);
+        drop(y);
+        // y is free again: reused, reshaped, no allocation.
+        let z = pool.take(&b, &[3, 2]).unwrap();
+        assert_eq!(b.allocations(), 2);
+        assert_eq!(b.shape(&z), &[3, 2]);
+        // A view keeps its storage held.
+        let view = b.reshape(&z, &[6]).unwrap();
+        drop(z);
+        let w = pool.take(&b, &[6]).unwrap();
+        assert_eq!(b.allocations(), 3);
+        drop((view, w));
+        assert_eq!(pool.len(), 3);
+    }
+
+    #[test]
+    fn idle_tensors_are_released_and_poison_is_nan() {
+        let b = CpuBackend::<f32>::new();
+        let mut pool = Pool::default();
+        let held = pool.take(&b, &[4]).unwrap();
+        drop(pool.take(&b, &[5]).unwrap());
+        for _ in 0..=IDLE_PASSES {
+            pool.next_pass(&b);
+        }
+        // The free one went; the held one stays.
+        assert_eq!(pool.len(), 1);
+        drop(held);
+        pool.set_poison(true);
+        let again = pool.take(&b, &[4]).unwrap();
+        assert!(b.read(&again).unwrap().iter().all(|v| v.is_nan()));
+        let zeroed = pool.zeros(&b, &[4]).unwrap();
+        assert_eq!(b.read(&zeroed).unwrap(), vec![0.0; 4]);
+    }
+}
