@@ -1,13 +1,14 @@
 //! The loss curve of a run (and its held-out metric), drawn with `plotters`
 //! into a self-contained SVG.
 //!
-//! The SVG backend writes text as `<text>` elements that the viewer draws, so
-//! no font library is linked.
+//! Needs the `cli` feature (on by default). The SVG backend writes text as
+//! `<text>` elements that the viewer draws, so no font library is linked.
 //!
 //! Layout: x is the step; the left axis is the training loss (each step,
 //! light, and its moving average, dark); the right axis is the held-out metric
 //! (exact match for `add`/`copy`, token accuracy for `text`) in 0–100 %; a
 //! legend names the three curves.
+#![cfg(feature = "cli")]
 
 use std::path::Path;
 

@@ -1,5 +1,9 @@
 //! The `train` main job: a training run with progress, periodic evaluation,
 //! checkpoints, a loss plot and a summary.
+//!
+//! Needs the `cli` feature (on by default): it draws a progress bar (indicatif)
+//! and the loss plot (plotters).
+#![cfg(feature = "cli")]
 
 use std::path::PathBuf;
 use std::time::Instant;
