@@ -41,10 +41,10 @@ pub fn write_svg(
 /// The curves to draw: raw and smoothed loss (at most [`MAX_POINTS`] each),
 /// held-out metric in percent, and the smoothing window in steps.
 struct Curves {
-    raw: Vec<(f64, f64)>,
-    smooth: Vec<(f64, f64)>,
+    raw: Vec<(u64, f64)>,
+    smooth: Vec<(u64, f64)>,
     window: usize,
-    held_out: Vec<(f64, f64)>,
+    held_out: Vec<(u64, f64)>,
 }
 
 fn curves(history: &[HistoryPoint], evals: &[EvalReport]) -> Curves {
@@ -55,7 +55,7 @@ fn curves(history: &[HistoryPoint], evals: &[EvalReport]) -> Curves {
     let raw = finite
         .iter()
         .step_by(every)
-        .map(|p| (p.step as f64, p.loss))
+        .map(|p| (p.step, p.loss))
         .collect();
     // Running sum: O(n) however wide the window.
     let mut sum = 0.0;
@@ -66,14 +66,14 @@ fn curves(history: &[HistoryPoint], evals: &[EvalReport]) -> Curves {
             sum -= finite[i - window].loss;
         }
         if i + 1 >= window && (i + 1 - window).is_multiple_of(every) {
-            smooth.push((p.step as f64, sum / window as f64));
+            smooth.push((p.step, sum / window as f64));
         }
     }
     let held_out = evals
         .iter()
         .map(|e| {
             let v = 100.0 * e.exact_match.unwrap_or(e.token_accuracy);
-            (e.step as f64, if v.is_finite() { v } else { 0.0 })
+            (e.step, if v.is_finite() { v } else { 0.0 })
         })
         .collect();
     Curves {
@@ -96,7 +96,7 @@ pub fn svg(title: &str, history: &[HistoryPoint], evals: &[EvalReport]) -> Resul
         .iter()
         .chain(&c.held_out)
         .map(|p| p.0)
-        .fold(1.0, f64::max);
+        .fold(1, u64::max);
     let max_loss = c.raw.iter().map(|p| p.1).fold(0.0, f64::max);
     // Headroom above the highest loss; a positive range even when all are 0.
     let top = if max_loss > 0.0 { 1.05 * max_loss } else { 1.0 };
@@ -115,14 +115,13 @@ pub fn svg(title: &str, history: &[HistoryPoint], evals: &[EvalReport]) -> Resul
             .x_label_area_size(40)
             .y_label_area_size(60)
             .right_y_label_area_size(60)
-            .build_cartesian_2d(0.0..last_step, 0.0..top)
+            .build_cartesian_2d(0..last_step, 0.0..top)
             .map_err(draw_err)?
-            .set_secondary_coord(0.0..last_step, 0.0..100.0);
+            .set_secondary_coord(0..last_step, 0.0..100.0);
         chart
             .configure_mesh()
             .x_desc("step")
             .y_desc("training loss")
-            .x_label_formatter(&|v| format!("{v:.0}"))
             .light_line_style(WHITE)
             .draw()
             .map_err(draw_err)?;
