@@ -33,12 +33,18 @@
 //! - [`nn`]: layers written once against the backend: recurrent stacks
 //!   ([`nn::Rnn`], PyTorch's `nn.RNN`/`nn.LSTM`/`nn.GRU`), the sequence model,
 //!   dense layers.
-//! - [`train`]: tasks, full and truncated BPTT, optimizers, checkpoints, the
-//!   `train` job and sampling.
+//! - [`train`]: tasks, full and truncated BPTT, optimizers, checkpoints,
+//!   sampling, and with the `cli` feature the `train` job (`train::run`) and
+//!   its loss plot (`train::plot`).
 //! - [`eval`]: the `eval` file contract (PyTorch state_dicts in safetensors).
 //! - [`parity`] and [`gradcheck`]: the CPU-vs-GPU comparison harness and
 //!   finite-difference checks; [`doctor`]: the self-check of an adapter.
 //! - [`bench`](mod@bench): benchmark shapes and timing.
+//!
+//! ## Features
+//! - `cli` (default): the `rnn-wgpu` binary and `train::run` / `train::plot`,
+//!   with clap, indicatif and plotters. `default-features = false` leaves the
+//!   library without them.
 
 pub mod backend;
 pub mod bench;

@@ -1,10 +1,18 @@
 //! The `rnn-wgpu` command line.
+//!
+//! No flag is ever silently ignored: a flag typed where it would have no
+//! effect (another task's option, a model setting with `--resume`, a size for
+//! `bench` without `--cell`, …) is refused with one line naming it and saying
+//! why. The rules are the tables `TRAIN_UNUSED`, `SAMPLE_UNUSED`,
+//! `BENCH_UNUSED` and `GRADCHECK_UNUSED`, checked by `refuse_unused` against
+//! what was typed (clap's `ValueSource::CommandLine`), so defaults never trip them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use rnn_wgpu::backend::{BackendChoice, GpuBackend};
 use rnn_wgpu::eval::{EvalOptions, run as run_eval};
 use rnn_wgpu::gpu::{GpuContext, list_adapters};
@@ -15,7 +23,7 @@ use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
 use rnn_wgpu::ops::cell::{Cell, Nonlinearity};
 use rnn_wgpu::ops::matmul::GemmKernel;
 use rnn_wgpu::ops::optim::Optimizer;
-use rnn_wgpu::train::run::{RunOptions, run as run_training};
+use rnn_wgpu::train::run::{Existing, PlotPath, RunOptions, run as run_training};
 use rnn_wgpu::train::sample::{SampleOptions, sample};
 use rnn_wgpu::train::schedule::Schedule;
 use rnn_wgpu::train::tasks::TaskSpec;
@@ -103,10 +111,10 @@ enum NonFiniteArg {
 #[derive(clap::Args)]
 struct TrainArgs {
     /// add: "123+456=579"; copy: reproduce a random string; text: a character
-    /// model of --text FILE.
-    #[arg(long, value_enum, default_value = "add")]
-    task: TaskArg,
-    /// The UTF-8 file of the text task.
+    /// model of --text FILE [default: text with --text, else add].
+    #[arg(long, value_enum)]
+    task: Option<TaskArg>,
+    /// The UTF-8 file of the text task (implies --task text).
     #[arg(long)]
     text: Option<PathBuf>,
     /// Most digits per operand (add).
@@ -139,7 +147,7 @@ struct TrainArgs {
     /// Weight initialization: uniform (PyTorch's), xavier or he.
     #[arg(long, default_value = "uniform")]
     init: String,
-    /// Initial LSTM forget-gate bias.
+    /// Initial LSTM forget-gate bias (LSTM only).
     #[arg(long, default_value_t = 1.0)]
     forget_bias: f32,
     /// Batch B.
@@ -173,16 +181,22 @@ struct TrainArgs {
     /// auto: a hardware GPU if there is one, else the CPU path.
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
-    /// Checkpoint file (default runs/<task>.safetensors).
+    /// Checkpoint file. A new run refuses an existing one (see --resume,
+    /// --overwrite). Default runs/<task>.safetensors, or the first free
+    /// runs/<task>-N.safetensors when that exists.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// Let a new run replace an existing --checkpoint file (or the default
+    /// runs/<task>.safetensors instead of numbering).
+    #[arg(long)]
+    overwrite: bool,
     /// Steps between checkpoints (0: only at the end).
     #[arg(long, default_value_t = 500)]
     save_every: u64,
-    /// Continue the run saved in --checkpoint.
+    /// Continue the run saved in --checkpoint, with its configuration.
     #[arg(long)]
     resume: bool,
-    /// Loss-curve SVG (default runs/<task>-loss.svg).
+    /// Loss-curve SVG (default <checkpoint>-loss.svg beside the checkpoint).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Steps between held-out evaluations (default: a tenth of the run).
@@ -246,6 +260,31 @@ struct BenchArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Flags of `sample`.
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// A checkpoint written by train.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Text to start from (default: a held-out problem for add/copy, the
+    /// vocabulary's first character for text).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// 0 for greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Most characters to generate.
+    #[arg(long, default_value_t = 200)]
+    length: usize,
+    /// Seed of the sampling at a temperature above 0, and of the held-out
+    /// problem picked when --prompt is left out (add/copy).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to run (auto: a hardware GPU, else the CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
 }
 
 /// Flags of `gradcheck`.
@@ -324,26 +363,7 @@ enum Cmd {
     Train(Box<TrainArgs>),
     /// Generate from a checkpoint, e.g. complete "123+456=".
     #[command(allow_negative_numbers = true)]
-    Sample {
-        /// A checkpoint written by train.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Text to start from (default: a held-out problem for add/copy, a newline for text).
-        #[arg(long)]
-        prompt: Option<String>,
-        /// 0 for greedy decoding.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        /// Most characters to generate.
-        #[arg(long, default_value_t = 200)]
-        length: usize,
-        /// Seed of the sampling.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Where to run (auto: a hardware GPU, else the CPU).
-        #[arg(long, value_enum, default_value = "auto")]
-        backend: BackendArg,
-    },
+    Sample(SampleArgs),
     /// Time forward, backward and whole training steps of recurrent layers
     /// (and matmul / cross-entropy micro-benchmarks).
     Bench(BenchArgs),
@@ -351,10 +371,235 @@ enum Cmd {
     Gradcheck(GradcheckArgs),
 }
 
+/// Whether the flag with clap id `id` was typed (not a default).
+fn given(m: &ArgMatches, id: &str) -> bool {
+    m.value_source(id) == Some(ValueSource::CommandLine)
+}
+
+/// The flag of a clap id: `copy_length` → `--copy-length`.
+fn flag(id: &str) -> String {
+    format!("--{}", id.replace('_', "-"))
+}
+
+/// The command-line name of a value: `ModelCell::RnnTanh` → `rnn-tanh`.
+fn value_name<T: ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_string())
+}
+
+/// One rule of a "no flag without effect" table: when `ignored` gives a
+/// reason for the parsed arguments, typing any of the flags `ids` (clap ids:
+/// the field names) is an error naming the flag and giving the reason.
+struct Unused<A> {
+    ids: &'static [&'static str],
+    ignored: fn(&A) -> Option<String>,
+}
+
+/// Refuses the first typed flag that a rule of `rules` says would have no effect.
+fn refuse_unused<A>(m: &ArgMatches, args: &A, rules: &[Unused<A>]) -> rnn_wgpu::Result<()> {
+    for rule in rules {
+        for id in rule.ids {
+            if given(m, id)
+                && let Some(why) = (rule.ignored)(args)
+            {
+                return Err(rnn_wgpu::Error::invalid(flag(id), why));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Flags of `train` that define the run: a resumed run takes them all from
+/// its checkpoint.
+const RUN_DEFINING: &[&str] = &[
+    "task",
+    "text",
+    "digits",
+    "copy_length",
+    "symbols",
+    "seq_len",
+    "cell",
+    "hidden",
+    "layers",
+    "embed",
+    "dropout",
+    "init",
+    "forget_bias",
+    "batch",
+    "bptt",
+    "bptt_k2",
+    "optimizer",
+    "lr",
+    "schedule",
+    "clip",
+    "seed",
+    "eval_problems",
+    "non_finite",
+];
+
+/// Flags of `train` that act on a resumed run too (`--steps` trains on to a
+/// new total).
+#[cfg(test)]
+const RESUME_APPLIES: &[&str] = &[
+    "steps",
+    "backend",
+    "checkpoint",
+    "save_every",
+    "resume",
+    "plot",
+    "eval_every",
+    "time_limit",
+    "json",
+];
+
+impl TrainArgs {
+    /// The task: `--task`, else text when `--text` is given, else add.
+    fn task(&self) -> TaskArg {
+        self.task.unwrap_or(if self.text.is_some() {
+            TaskArg::Text
+        } else {
+            TaskArg::Add
+        })
+    }
+
+    /// A reason when the task is not `want`.
+    fn other_task(&self, want: TaskArg) -> Option<String> {
+        let task = self.task();
+        (task != want).then(|| {
+            format!(
+                "applies to --task {} only; this run's task is {}",
+                value_name(&want),
+                value_name(&task)
+            )
+        })
+    }
+}
+
+/// `train`: flags that would have no effect.
+const TRAIN_UNUSED: &[Unused<TrainArgs>] = &[
+    Unused {
+        ids: RUN_DEFINING,
+        ignored: |a| {
+            a.resume
+                .then(|| "has no effect with --resume: the checkpoint's value is used".into())
+        },
+    },
+    Unused {
+        ids: &["overwrite"],
+        ignored: |a| {
+            a.resume.then(|| {
+                "has no effect with --resume, which continues its checkpoint and writes it back"
+                    .into()
+            })
+        },
+    },
+    Unused {
+        ids: &["text"],
+        ignored: |a| match a.task {
+            Some(t) if t != TaskArg::Text => Some(format!(
+                "is the text task's file, and --task {} does not read it \
+                 (leave out --task, or give --task text)",
+                value_name(&t)
+            )),
+            _ => None,
+        },
+    },
+    Unused {
+        ids: &["digits"],
+        ignored: |a| a.other_task(TaskArg::Add),
+    },
+    Unused {
+        ids: &["copy_length", "symbols"],
+        ignored: |a| a.other_task(TaskArg::Copy),
+    },
+    Unused {
+        ids: &["seq_len"],
+        ignored: |a| a.other_task(TaskArg::Text),
+    },
+    Unused {
+        ids: &["forget_bias"],
+        ignored: |a| {
+            (a.cell != ModelCell::Lstm).then(|| {
+                format!(
+                    "applies to LSTM cells only; --cell is {}",
+                    value_name(&a.cell)
+                )
+            })
+        },
+    },
+    Unused {
+        ids: &["bptt_k2"],
+        ignored: |a| a.bptt.is_none().then(|| "needs --bptt K".into()),
+    },
+];
+
+/// What `sample`'s rules look at: the flags, and once the checkpoint is
+/// read, whether its task has answers (add, copy) or is text.
+struct SampleCtx {
+    temperature: f32,
+    prompt: bool,
+    answers: Option<bool>,
+}
+
+/// `sample`: flags that would have no effect.
+const SAMPLE_UNUSED: &[Unused<SampleCtx>] = &[Unused {
+    ids: &["seed"],
+    ignored: |c| {
+        if c.temperature != 0.0 {
+            return None;
+        }
+        let start = if c.prompt {
+            "--prompt is given"
+        } else if c.answers == Some(false) {
+            "a text model starts from a fixed character"
+        } else {
+            return None;
+        };
+        Some(format!(
+            "has no effect: --temperature 0 decodes greedily and {start} (the seed \
+             matters above temperature 0, or for add/copy without --prompt)"
+        ))
+    },
+}];
+
+/// `bench`: flags that would have no effect.
+const BENCH_UNUSED: &[Unused<BenchArgs>] = &[
+    Unused {
+        ids: &["input", "hidden", "batch", "seq", "layers"],
+        ignored: |a| {
+            a.cell.is_none().then(|| {
+                "sizes the one shape benchmarked with --cell; without --cell the shape \
+                 table runs (give --cell lstm|gru|rnn-tanh|rnn-relu)"
+                    .into()
+            })
+        },
+    },
+    Unused {
+        ids: &["table"],
+        ignored: |a| {
+            a.cell.is_some().then(|| {
+                "has no effect with --cell, which benchmarks one shape instead of a table".into()
+            })
+        },
+    },
+];
+
+/// `gradcheck`: flags that would have no effect.
+const GRADCHECK_UNUSED: &[Unused<GradcheckArgs>] = &[Unused {
+    ids: &["lengths"],
+    // Row b gets length T - (b mod T): all T when B = 1 or T = 1.
+    ignored: |a| {
+        (a.batch == 1 || a.steps == 1).then(|| {
+            "has no effect with --batch 1 or --steps 1: every row has the full length".into()
+        })
+    },
+}];
+
 /// The largest stack (parameters, or T·B) `gradcheck` accepts.
 const GRADCHECK_MAX: usize = 100_000;
 
-fn gradcheck(a: GradcheckArgs) -> rnn_wgpu::Result<bool> {
+fn gradcheck(a: GradcheckArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
+    refuse_unused(m, &a, GRADCHECK_UNUSED)?;
     let GradcheckArgs {
         cell,
         input,
@@ -422,8 +667,15 @@ fn gradcheck(a: GradcheckArgs) -> rnn_wgpu::Result<bool> {
     Ok(ok)
 }
 
-fn train(a: TrainArgs) -> rnn_wgpu::Result<bool> {
-    let task = match a.task {
+fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
+    refuse_unused(m, &a, TRAIN_UNUSED)?;
+    if a.resume && a.checkpoint.is_none() {
+        return Err(rnn_wgpu::Error::invalid(
+            "--resume",
+            "needs --checkpoint PATH, the run to continue",
+        ));
+    }
+    let task = match a.task() {
         TaskArg::Add => TaskSpec::Add { digits: a.digits },
         TaskArg::Copy => TaskSpec::Copy {
             length: a.copy_length,
@@ -495,26 +747,31 @@ fn train(a: TrainArgs) -> rnn_wgpu::Result<bool> {
         },
         eval_problems: a.eval_problems,
     };
-    let default_dir = |file: String| -> rnn_wgpu::Result<PathBuf> {
-        std::fs::create_dir_all("runs").map_err(|e| rnn_wgpu::Error::io("runs", e))?;
-        Ok(PathBuf::from("runs").join(file))
-    };
-    let checkpoint = match a.checkpoint {
-        Some(p) => p,
-        None => default_dir(format!("{name}.safetensors"))?,
-    };
-    let plot = match a.plot {
-        Some(p) => p,
-        None => default_dir(format!("{name}-loss.svg"))?,
+    // An explicit checkpoint that exists is another run's: refused unless
+    // --resume or --overwrite. The default one is numbered instead.
+    let (checkpoint, existing) = match a.checkpoint {
+        Some(p) => (p, Existing::Refuse),
+        None => {
+            std::fs::create_dir_all("runs").map_err(|e| rnn_wgpu::Error::io("runs", e))?;
+            (
+                PathBuf::from("runs").join(format!("{name}.safetensors")),
+                Existing::Number,
+            )
+        }
     };
     let opts = RunOptions {
         config,
         backend: a.backend.into(),
         checkpoint: Some(checkpoint),
+        existing: if a.overwrite {
+            Existing::Overwrite
+        } else {
+            existing
+        },
         save_every: a.save_every,
         resume: a.resume,
-        plot: Some(plot),
-        eval_every: a.eval_every.unwrap_or((steps / 10).max(1)),
+        plot: a.plot.map_or(PlotPath::BesideCheckpoint, PlotPath::At),
+        eval_every: a.eval_every,
         extend_to: a.steps,
         time_limit: a.time_limit,
         progress: true,
@@ -534,7 +791,8 @@ fn train(a: TrainArgs) -> rnn_wgpu::Result<bool> {
     Ok(true)
 }
 
-fn bench(a: BenchArgs) -> rnn_wgpu::Result<bool> {
+fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
+    refuse_unused(m, &a, BENCH_UNUSED)?;
     use rnn_wgpu::bench::{RnnShape, bench_matmul, bench_rnn, bench_xent, shape_table};
     let (chosen, why) = rnn_wgpu::backend::choose(a.backend.into())?;
     let software =
@@ -651,23 +909,21 @@ fn gpu_ctx_of<B: std::any::Any>(b: &B) -> Option<Arc<GpuContext>> {
         .map(|g| g.ctx().clone())
 }
 
-fn run(cli: Cli) -> rnn_wgpu::Result<bool> {
-    match cli.cmd {
-        Cmd::Bench(args) => bench(args),
-        Cmd::Train(args) => train(*args),
-        Cmd::Sample {
-            checkpoint,
-            prompt,
-            temperature,
-            length,
-            seed,
-            backend,
-        } => {
-            let (chosen, _) = rnn_wgpu::backend::choose(backend.into())?;
-            let text = rnn_wgpu::with_backend!(chosen, b => {
-                let (mut model, task, config) =
-                    rnn_wgpu::train::checkpoint::load_model(b, &checkpoint)?;
-                let prompt = match prompt {
+/// `sample`: generates from a checkpoint and prints prompt + generation.
+fn sample_cmd(a: SampleArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
+    let ctx = |answers| SampleCtx {
+        temperature: a.temperature,
+        prompt: a.prompt.is_some(),
+        answers,
+    };
+    refuse_unused(m, &ctx(None), SAMPLE_UNUSED)?;
+    let (chosen, _) = rnn_wgpu::backend::choose(a.backend.into())?;
+    let text = rnn_wgpu::with_backend!(chosen, b => {
+        let (mut model, task, config) =
+            rnn_wgpu::train::checkpoint::load_model(b, &a.checkpoint)?;
+        refuse_unused(m, &ctx(Some(task.has_answers())), SAMPLE_UNUSED)?;
+        let seed = a.seed;
+        let prompt = match a.prompt.clone() {
                     Some(p) => p,
                     None if task.has_answers() => {
                         let batch = task.eval_batch(config.seed ^ seed, 1)?;
@@ -676,12 +932,29 @@ fn run(cli: Cli) -> rnn_wgpu::Result<bool> {
                     }
                     None => task.vocab().chars.first().map(|c| c.to_string()).unwrap_or_default(),
                 };
-                let opts = SampleOptions { prompt: prompt.clone(), temperature, length, seed };
+                let opts = SampleOptions {
+                    prompt: prompt.clone(),
+                    temperature: a.temperature,
+                    length: a.length,
+                    seed,
+                };
                 sample(&mut model, &task, &opts).map(|s| format!("{prompt}{s}"))
-            })?;
-            println!("{text}");
-            Ok(true)
-        }
+    })?;
+    println!("{text}");
+    Ok(true)
+}
+
+/// The matches of the subcommand (the flags `refuse_unused` looks at).
+fn sub_matches(m: &ArgMatches) -> &ArgMatches {
+    m.subcommand().map_or(m, |(_, s)| s)
+}
+
+fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
+    let m = sub_matches(m);
+    match cli.cmd {
+        Cmd::Bench(args) => bench(args, m),
+        Cmd::Train(args) => train(*args, m),
+        Cmd::Sample(args) => sample_cmd(args, m),
         Cmd::Adapters => {
             let adapters = list_adapters(wgpu::Backends::all());
             if adapters.is_empty() {
@@ -752,7 +1025,7 @@ fn run(cli: Cli) -> rnn_wgpu::Result<bool> {
             println!("{}", run_eval(&opts)?);
             Ok(true)
         }
-        Cmd::Gradcheck(args) => gradcheck(args),
+        Cmd::Gradcheck(args) => gradcheck(args, m),
     }
 }
 
@@ -765,12 +1038,94 @@ fn main() -> ExitCode {
         // SAFETY: first statement of main, before any other thread is started.
         unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
     }
-    match run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli, &matches) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arguments of subcommand `cmd`: (clap id, long flag).
+    fn args_of(cmd: &str) -> Vec<(String, Option<String>)> {
+        let mut c = Cli::command();
+        c.build();
+        let sub = c
+            .find_subcommand(cmd)
+            .unwrap_or_else(|| panic!("no subcommand {cmd}"));
+        sub.get_arguments()
+            .filter(|a| !["help", "version"].contains(&a.get_id().as_str()))
+            .map(|a| (a.get_id().to_string(), a.get_long().map(str::to_string)))
+            .collect()
+    }
+
+    fn ids<A>(rules: &[Unused<A>]) -> Vec<&'static str> {
+        rules.iter().flat_map(|r| r.ids.iter().copied()).collect()
+    }
+
+    #[test]
+    fn every_rule_names_a_flag_of_its_command() {
+        // A misspelt id would never match (clap only checks ids in debug builds).
+        for (cmd, rule_ids) in [
+            ("train", ids(TRAIN_UNUSED)),
+            ("sample", ids(SAMPLE_UNUSED)),
+            ("bench", ids(BENCH_UNUSED)),
+            ("gradcheck", ids(GRADCHECK_UNUSED)),
+        ] {
+            let args = args_of(cmd);
+            for id in rule_ids {
+                let long = args.iter().find(|(a, _)| a == id).map(|(_, l)| l.clone());
+                assert_eq!(
+                    long,
+                    Some(Some(flag(id)[2..].to_string())),
+                    "{cmd}: rule id {id} is not the flag {}",
+                    flag(id)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_train_flag_is_classified_for_resume() {
+        // A new flag of `train` must say whether a resumed run uses it.
+        for (id, _) in args_of("train") {
+            let known = RUN_DEFINING.contains(&id.as_str())
+                || RESUME_APPLIES.contains(&id.as_str())
+                || id == "overwrite";
+            assert!(
+                known,
+                "train --{id}: add it to RUN_DEFINING or RESUME_APPLIES"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_never_trip_a_rule() {
+        let m = Cli::command()
+            .try_get_matches_from(["rnn-wgpu", "train", "--cell", "gru", "--resume"])
+            .unwrap();
+        let cli = Cli::from_arg_matches(&m).unwrap();
+        let Cmd::Train(a) = cli.cmd else {
+            panic!("not train")
+        };
+        assert!(refuse_unused(sub_matches(&m), &*a, TRAIN_UNUSED).is_err());
+        let m = Cli::command()
+            .try_get_matches_from(["rnn-wgpu", "train", "--resume", "--steps", "9"])
+            .unwrap();
+        let Cmd::Train(a) = Cli::from_arg_matches(&m).unwrap().cmd else {
+            panic!("not train")
+        };
+        assert!(refuse_unused(sub_matches(&m), &*a, TRAIN_UNUSED).is_ok());
     }
 }

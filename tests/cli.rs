@@ -286,24 +286,79 @@ fn flags_are_checked() {
     );
 }
 
-/// Runs `train` on the CPU in `dir` with small sizes plus `extra`.
+/// A finished process: (success, stdout, stderr).
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary in `dir` (the current directory when `None`).
+fn run_in(dir: Option<&Path>, args: &[&str]) -> Out {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rnn-wgpu"));
+    cmd.args(args).env("XDG_RUNTIME_DIR", "/tmp");
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    }
+}
+
+/// Small sizes: every training run in this file takes a fraction of a second.
+const TINY: [&str; 12] = [
+    "--backend",
+    "cpu",
+    "--hidden",
+    "8",
+    "--batch",
+    "4",
+    "--steps",
+    "3",
+    "--eval-problems",
+    "10",
+    "--embed",
+    "4",
+];
+
+/// `train` with TINY sizes plus `extra`.
+fn tiny(extra: &[&str]) -> Vec<String> {
+    ["train"]
+        .iter()
+        .chain(&TINY)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Runs a new `train` run with TINY sizes, checkpoint `dir/run.safetensors`
+/// (replaced if there) and plot `dir/loss.svg`, plus `extra`.
 fn train(dir: &Path, extra: &[&str]) -> (bool, String) {
+    let ck = dir.join("run.safetensors").display().to_string();
+    let plot = dir.join("loss.svg").display().to_string();
+    let mut args = vec!["--checkpoint", &ck, "--plot", &plot, "--overwrite"];
+    args.extend(extra);
+    run(&strs(&tiny(&args)))
+}
+
+/// Resumes `dir/run.safetensors` on the CPU, plus `extra`.
+fn resume(dir: &Path, extra: &[&str]) -> (bool, String) {
     let ck = dir.join("run.safetensors").display().to_string();
     let plot = dir.join("loss.svg").display().to_string();
     let mut args = vec![
         "train",
         "--backend",
         "cpu",
-        "--hidden",
-        "8",
-        "--batch",
-        "4",
-        "--steps",
-        "3",
-        "--digits",
-        "2",
-        "--eval-problems",
-        "10",
+        "--resume",
         "--checkpoint",
         &ck,
         "--plot",
@@ -311,6 +366,24 @@ fn train(dir: &Path, extra: &[&str]) -> (bool, String) {
     ];
     args.extend(extra);
     run(&args)
+}
+
+/// Expects `args` to fail with one line that contains every needle.
+fn refused(args: &[&str], needles: &[&str]) {
+    let (ok, err) = run(args);
+    assert!(!ok, "{args:?} should be refused");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {err:?} should mention {n:?}");
+    }
+    assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+}
+
+/// A small text file for the text task.
+fn text_file(s: &Scratch) -> String {
+    let p = s.path("corpus.txt");
+    let line = "the quick brown fox jumps over the lazy dog; pack my box with five dozen jugs.\n";
+    std::fs::write(&p, line.repeat(40)).unwrap();
+    p.display().to_string()
 }
 
 #[test]
@@ -327,10 +400,7 @@ fn train_rejects_bad_settings() {
             "--text: the text task needs --text FILE",
         ),
         (&["--task", "text", "--text", &missing], "missing.txt"),
-        (
-            &["--task", "text", "--text", &empty],
-            "the text file is empty",
-        ),
+        (&["--text", &empty], "the text file is empty"),
         (&["--hidden", "0"], "hidden_size: must be at least 1"),
         (
             &["--hidden", "100000000"],
@@ -351,6 +421,8 @@ fn train_rejects_bad_settings() {
             err.contains(needle),
             "train {extra:?}: {err:?} should mention {needle:?}"
         );
+        // A run that fails before its first save leaves no file behind.
+        assert!(!s.path("run.safetensors").exists(), "{extra:?}");
     }
     let bad_dir = s.path("nowhere/run.safetensors").display().to_string();
     let (ok, err) = run(&[
@@ -365,43 +437,379 @@ fn train_rejects_bad_settings() {
     assert!(!ok && err.contains("does not exist"), "{err}");
     let (ok, err) = run(&["train", "--steps", "ten"]);
     assert!(!ok && err.contains("ten"), "{err}");
-    let (ok, err) = train(&s.path("fresh"), &["--resume"]);
-    assert!(!ok, "resume without a checkpoint: {err}");
+    let (ok, err) = resume(&s.path("fresh"), &[]);
+    assert!(!ok && err.contains("fresh"), "resume of nothing: {err}");
+    refused(
+        &["train", "--resume", "--backend", "cpu"],
+        &["--resume: needs --checkpoint PATH"],
+    );
+}
+
+#[test]
+fn train_refuses_flags_of_another_task_or_cell() {
+    let s = Scratch::new("cli-unused");
+    let text = text_file(&s);
+    let ck = s.path("never.safetensors").display().to_string();
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--task", "copy", "--digits", "2"],
+            &["--digits: applies to --task add only", "copy"],
+        ),
+        (
+            &["--copy-length", "4"],
+            &["--copy-length", "--task copy only"],
+        ),
+        (&["--symbols", "4"], &["--symbols", "--task copy only"]),
+        (&["--seq-len", "8"], &["--seq-len", "--task text only"]),
+        (
+            &["--text", &text, "--digits", "2"],
+            &["--digits", "this run's task is text"],
+        ),
+        (
+            &["--task", "add", "--text", &text],
+            &["--text", "--task add does not read it"],
+        ),
+        (
+            &["--task", "copy", "--text", &text],
+            &["--text", "--task copy"],
+        ),
+        (
+            &["--cell", "gru", "--forget-bias", "2"],
+            &["--forget-bias", "LSTM cells only", "gru"],
+        ),
+        (
+            &["--cell", "rnn-relu", "--forget-bias", "0"],
+            &["--forget-bias", "rnn-relu"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        let mut args = vec!["--checkpoint", &ck];
+        args.extend(*extra);
+        refused(&strs(&tiny(&args)), needles);
+    }
+    assert!(!s.path("never.safetensors").exists());
+    // The same flags are fine where they apply (and defaults never trip a rule).
+    let (ok, err) = train(
+        &s.0,
+        &["--task", "copy", "--copy-length", "5", "--symbols", "4"],
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = train(&s.0, &["--cell", "gru"]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn text_implies_the_text_task() {
+    let s = Scratch::new("cli-text");
+    let text = text_file(&s);
+    let ck = s.path("text.safetensors").display().to_string();
+    let out = run_in(
+        None,
+        &strs(&tiny(&[
+            "--text",
+            &text,
+            "--seq-len",
+            "16",
+            "--checkpoint",
+            &ck,
+            "--json",
+        ])),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stderr.contains("task text"), "{}", out.stderr);
+    assert!(out.stdout.contains("\"task\":\"text\""), "{}", out.stdout);
+    // The plot's default is beside the checkpoint.
+    assert!(s.path("text-loss.svg").exists());
+    // A text model without --prompt starts from a fixed character: greedy
+    // decoding leaves the seed nothing to do.
+    let sample = [
+        "sample",
+        "--checkpoint",
+        &ck,
+        "--backend",
+        "cpu",
+        "--length",
+        "5",
+    ];
+    let with_seed = [&sample[..], &["--seed", "2"]].concat();
+    refused(&with_seed, &["--seed: has no effect", "text model"]);
+    let warm = [&with_seed[..], &["--temperature", "0.5"]].concat();
+    let (ok, err) = run(&warm);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn resume_refuses_every_flag_that_defines_the_run() {
+    let s = Scratch::new("cli-resume");
+    let (ok, err) = train(&s.0, &[]);
+    assert!(ok, "{err}");
+    let before = std::fs::read(s.path("run.safetensors")).unwrap();
+    let text = text_file(&s);
+    let defining: &[&[&str]] = &[
+        &["--task", "copy"],
+        &["--text", &text],
+        &["--digits", "2"],
+        &["--copy-length", "3"],
+        &["--symbols", "3"],
+        &["--seq-len", "8"],
+        &["--cell", "gru"],
+        &["--hidden", "8"],
+        &["--layers", "2"],
+        &["--embed", "0"],
+        &["--dropout", "0.1"],
+        &["--init", "xavier"],
+        &["--forget-bias", "0"],
+        &["--batch", "2"],
+        &["--bptt", "2"],
+        &["--bptt", "2", "--bptt-k2", "3"],
+        &["--optimizer", "sgd"],
+        &["--lr", "0.1"],
+        &["--schedule", "constant"],
+        &["--clip", "0"],
+        &["--seed", "2"],
+        &["--eval-problems", "5"],
+        &["--non-finite", "skip"],
+    ];
+    let ck = s.path("run.safetensors").display().to_string();
+    let base = ["train", "--backend", "cpu", "--resume", "--checkpoint", &ck];
+    for extra in defining {
+        let flag = extra[0];
+        refused(
+            &[&base[..], extra].concat(),
+            &[
+                &format!("{flag}: has no effect with --resume"),
+                "the checkpoint's value is used",
+            ],
+        );
+    }
+    refused(
+        &[&base[..], &["--overwrite"]].concat(),
+        &["--overwrite: has no effect with --resume"],
+    );
+    // Known only once the checkpoint is read (after the backend line).
+    let (ok, err) = run(&[&base[..], &["--steps", "2"]].concat());
+    assert!(
+        !ok && err.contains("--steps: 2 is below the 3 steps"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(s.path("run.safetensors")).unwrap(), before);
+    // What does apply to a resumed run is accepted.
+    let (ok, err) = resume(
+        &s.0,
+        &[
+            "--steps",
+            "4",
+            "--eval-every",
+            "1",
+            "--save-every",
+            "1",
+            "--time-limit",
+            "100",
+            "--json",
+        ],
+    );
+    assert!(ok && err.contains("done: 4 steps"), "{err}");
+}
+
+#[test]
+fn train_never_overwrites_another_runs_checkpoint() {
+    let s = Scratch::new("cli-overwrite");
+    let ck = s.path("mine.safetensors").display().to_string();
+    let args = tiny(&["--checkpoint", &ck]);
+    let (ok, err) = run(&strs(&args));
+    assert!(ok, "{err}");
+    let first = std::fs::read(&ck).unwrap();
+    // The same command again: refused, the file untouched.
+    refused(
+        &strs(&args),
+        &[
+            "--checkpoint",
+            "mine.safetensors",
+            "--resume",
+            "--overwrite",
+        ],
+    );
+    assert_eq!(std::fs::read(&ck).unwrap(), first);
+    // An empty file (a run still starting) is not taken either.
+    let starting = s.path("starting.safetensors");
+    std::fs::write(&starting, b"").unwrap();
+    let starting = starting.display().to_string();
+    refused(
+        &strs(&tiny(&["--checkpoint", &starting])),
+        &["starting.safetensors", "empty"],
+    );
+    // A run that fails before its first save gives its claimed path back.
+    let fresh = s.path("fresh.safetensors");
+    let fresh_arg = fresh.display().to_string();
+    let (ok, err) = run(&strs(&tiny(&["--checkpoint", &fresh_arg, "--hidden", "0"])));
+    assert!(!ok && err.contains("hidden_size"), "{err}");
+    assert!(!fresh.exists(), "the placeholder of a failed run stayed");
+    // --overwrite replaces it (another seed: other parameters).
+    let (ok, err) = run(&strs(&tiny(&[
+        "--checkpoint",
+        &ck,
+        "--overwrite",
+        "--seed",
+        "7",
+    ])));
+    assert!(ok, "{err}");
+    assert_ne!(std::fs::read(&ck).unwrap(), first);
+    let leftovers: Vec<_> = std::fs::read_dir(&s.0)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+}
+
+#[test]
+fn default_checkpoints_are_numbered() {
+    let s = Scratch::new("cli-numbered");
+    let args = tiny(&["--task", "copy", "--copy-length", "5", "--symbols", "4"]);
+    for n in 1..=3 {
+        let out = run_in(Some(&s.0), &strs(&args));
+        assert!(out.ok, "{}", out.stderr);
+        if n > 1 {
+            let name = format!("runs/copy-{n}.safetensors");
+            assert!(
+                out.stderr
+                    .contains(&format!("exists: this run is written to {name}")),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+    for f in [
+        "copy.safetensors",
+        "copy-loss.svg",
+        "copy-2.safetensors",
+        "copy-2-loss.svg",
+        "copy-3.safetensors",
+        "copy-3-loss.svg",
+    ] {
+        assert!(s.path("runs").join(f).exists(), "runs/{f} missing");
+    }
+    // --overwrite takes the plain name again instead of a new number.
+    let out = run_in(
+        Some(&s.0),
+        &strs(&[&args[..], &["--overwrite".into()]].concat()),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("checkpoint: runs/copy.safetensors"),
+        "{}",
+        out.stderr
+    );
+    assert!(!s.path("runs/copy-4.safetensors").exists());
+}
+
+/// The contents of every `<text>` element of an SVG.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = &t[t.find('>')? + 1..];
+            Some(body[..body.find("</text>")?].trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_plot_has_axes_ticks_and_a_legend() {
+    let s = Scratch::new("cli-plot");
+    let (ok, err) = train(&s.0, &["--eval-every", "1"]);
+    assert!(ok, "{err}");
+    let svg = std::fs::read_to_string(s.path("loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let texts = svg_texts(&svg);
+    for needle in [
+        "step",
+        "training loss",
+        "held-out exact match (%)",
+        "0",
+        "3",
+        "0 %",
+        "50 %",
+        "100 %",
+        "training loss (each step)",
+        "training loss (smoothed)",
+        "held-out exact match (right axis)",
+    ] {
+        assert!(
+            texts.iter().any(|t| t == needle),
+            "{needle:?} not among {texts:?}"
+        );
+    }
+    assert!(svg.contains("<polyline"), "no curves");
+}
+
+#[test]
+fn sample_bench_and_gradcheck_refuse_flags_without_effect() {
+    let s = Scratch::new("cli-others");
+    let (ok, err) = train(&s.0, &[]);
+    assert!(ok, "{err}");
+    let ck = s.path("run.safetensors").display().to_string();
+    let sample = ["sample", "--checkpoint", &ck, "--backend", "cpu"];
+    refused(
+        &[&sample[..], &["--prompt", "1+2=", "--seed", "3"]].concat(),
+        &["--seed: has no effect", "--prompt is given"],
+    );
+    for extra in [
+        &["--prompt", "1+2=", "--seed", "3", "--temperature", "0.5"][..],
+        &["--seed", "3"],
+    ] {
+        let (ok, err) = run(&[&sample[..], extra].concat());
+        assert!(ok, "sample {extra:?}: {err}");
+    }
+    for size in ["--input", "--hidden", "--batch", "--seq", "--layers"] {
+        refused(
+            &["bench", "--backend", "cpu", size, "4"],
+            &[&format!("{size}: "), "--cell"],
+        );
+    }
+    refused(
+        &[
+            "bench",
+            "--backend",
+            "cpu",
+            "--cell",
+            "lstm",
+            "--table",
+            "small",
+        ],
+        &["--table: has no effect with --cell"],
+    );
+    for extra in [["--batch", "1"], ["--steps", "1"]] {
+        refused(
+            &[&["gradcheck", "--lengths"][..], &extra].concat(),
+            &["--lengths: has no effect"],
+        );
+    }
 }
 
 #[test]
 fn train_resume_and_sample_end_to_end() {
     let s = Scratch::new("cli-e2e");
-    let (ok, err) = train(&s.0, &["--json"]);
+    let (ok, err) = train(&s.0, &["--json", "--digits", "2"]);
     assert!(ok, "{err}");
     assert!(s.path("run.safetensors").exists() && s.path("loss.svg").exists());
     // Resuming a finished run without --steps keeps its total.
-    let ck_arg = s.path("run.safetensors").display().to_string();
-    let plot_arg = s.path("loss.svg").display().to_string();
-    let (ok, err) = run(&[
-        "train",
-        "--backend",
-        "cpu",
-        "--resume",
-        "--checkpoint",
-        &ck_arg,
-        "--plot",
-        &plot_arg,
-    ]);
+    let (ok, err) = resume(&s.0, &[]);
     assert!(ok, "{err}");
     assert!(
         err.contains("resumed") && err.contains("done: 3 steps"),
         "{err}"
     );
-    let (ok, err) = train(&s.0, &["--resume", "--steps", "5"]);
+    let (ok, err) = resume(&s.0, &["--steps", "5"]);
     assert!(ok, "{err}");
     assert!(
         err.contains("resumed") && err.contains("at step 3") && err.contains("done: 5 steps"),
         "{err}"
     );
     let ck = s.path("run.safetensors").display().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_rnn-wgpu"))
-        .args([
+    let out = run_in(
+        None,
+        &[
             "sample",
             "--checkpoint",
             &ck,
@@ -409,11 +817,10 @@ fn train_resume_and_sample_end_to_end() {
             "12+3=",
             "--backend",
             "cpu",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("12+3="));
+        ],
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stdout.starts_with("12+3="));
     let (ok, err) = run(&[
         "sample",
         "--checkpoint",

@@ -1,7 +1,11 @@
 //! The `train` main job: a training run with progress, periodic evaluation,
 //! checkpoints, a loss plot and a summary.
+//!
+//! Needs the `cli` feature (on by default): it draws a progress bar (indicatif)
+//! and the loss plot (plotters).
+#![cfg(feature = "cli")]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,6 +17,28 @@ use crate::backend::{Backend, BackendChoice, choose};
 use crate::error::{Error, Result};
 use crate::with_backend;
 
+/// What a new run (not a resume) does when its checkpoint file exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse to start: the file holds another run.
+    Refuse,
+    /// Replace it (`--overwrite`); the old file stays intact until the first save.
+    Overwrite,
+    /// Write to the first free `<stem>-N.<ext>` beside it instead (N = 2, 3, …).
+    Number,
+}
+
+/// Where the loss curve goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlotPath {
+    /// No plot.
+    Off,
+    /// This file.
+    At(PathBuf),
+    /// `<checkpoint stem>-loss.svg` beside the checkpoint (none without one).
+    BesideCheckpoint,
+}
+
 /// Everything `rnn-wgpu train` does besides the run's configuration.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -22,14 +48,17 @@ pub struct RunOptions {
     pub backend: BackendChoice,
     /// Checkpoint file, written every `save_every` steps and at the end.
     pub checkpoint: Option<PathBuf>,
+    /// What a new run does when `checkpoint` exists already.
+    pub existing: Existing,
     /// Steps between checkpoints (0: only at the end).
     pub save_every: u64,
     /// Continue from `checkpoint`.
     pub resume: bool,
     /// Loss-curve SVG written at the end.
-    pub plot: Option<PathBuf>,
-    /// Steps between held-out evaluations (0: only at the end).
-    pub eval_every: u64,
+    pub plot: PlotPath,
+    /// Steps between held-out evaluations (0: only at the end; `None`: a
+    /// tenth of the run's total).
+    pub eval_every: Option<u64>,
     /// Stop early after this many seconds (the final evaluation still runs).
     pub time_limit: Option<f64>,
     /// When resuming: train up to this total instead of the checkpoint's
@@ -37,6 +66,120 @@ pub struct RunOptions {
     pub extend_to: Option<u64>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+}
+
+/// The loss plot's default path for `checkpoint`: `<stem>-loss.svg` beside it.
+pub fn plot_beside(checkpoint: &Path) -> PathBuf {
+    let stem = checkpoint
+        .file_stem()
+        .map_or_else(|| "run".into(), |s| s.to_string_lossy());
+    checkpoint.with_file_name(format!("{stem}-loss.svg"))
+}
+
+/// `path` numbered `n`: `dir/stem.ext` → `dir/stem-n.ext` (`n` ≥ 2).
+pub fn numbered(path: &Path, n: u32) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "run".into(), |s| s.to_string_lossy());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{n}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{n}"),
+    };
+    path.with_file_name(name)
+}
+
+/// Numbered names tried before giving up.
+const MAX_NUMBER: u32 = 100_000;
+
+/// A checkpoint path reserved for a new run: created empty (atomically, so
+/// two runs started together never share it) and removed again if the run
+/// ends before writing anything to it.
+#[derive(Debug)]
+struct Claim(Option<PathBuf>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // A checkpoint is never empty: an empty file is still our placeholder.
+        if let Some(p) = &self.0
+            && std::fs::metadata(p).is_ok_and(|m| m.len() == 0)
+        {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Creates `path` if it does not exist: `Ok(false)` when it does.
+fn create_new(path: &Path) -> Result<bool> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// The checkpoint a new run writes, by `existing`, with its claim.
+fn claim(
+    path: &Path,
+    existing: Existing,
+    plot: &PlotPath,
+    log: &mut dyn FnMut(&str),
+) -> Result<(PathBuf, Claim)> {
+    match existing {
+        Existing::Overwrite => Ok((path.to_path_buf(), Claim(None))),
+        Existing::Refuse => {
+            if create_new(path)? {
+                return Ok((path.to_path_buf(), Claim(Some(path.to_path_buf()))));
+            }
+            let what = if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+                "exists (empty: a run that is starting, or one stopped before its first save)"
+            } else {
+                "exists and holds another run"
+            };
+            Err(Error::invalid(
+                "--checkpoint",
+                format!(
+                    "{} {what}; --resume continues it, --overwrite replaces it",
+                    path.display()
+                ),
+            ))
+        }
+        Existing::Number => {
+            let beside = *plot == PlotPath::BesideCheckpoint;
+            for n in 1..=MAX_NUMBER {
+                let p = if n == 1 {
+                    path.to_path_buf()
+                } else {
+                    numbered(path, n)
+                };
+                // A default plot is numbered with its checkpoint: skip a
+                // number whose plot is there too.
+                if beside && plot_beside(&p).exists() {
+                    continue;
+                }
+                if create_new(&p)? {
+                    if n > 1 {
+                        log(&format!(
+                            "{} exists: this run is written to {}",
+                            path.display(),
+                            p.display()
+                        ));
+                    }
+                    return Ok((p.clone(), Claim(Some(p))));
+                }
+            }
+            Err(Error::invalid(
+                "--checkpoint",
+                format!(
+                    "{} and {MAX_NUMBER} numbered variants exist; give --checkpoint PATH",
+                    path.display()
+                ),
+            ))
+        }
+    }
 }
 
 /// The final summary (also printed as one JSON line with `--json`).
@@ -71,11 +214,41 @@ pub struct RunSummary {
 }
 
 /// Runs training on the backend `opts.backend` asks for.
+///
+/// A new run never replaces an existing checkpoint unless `opts.existing` is
+/// [`Existing::Overwrite`]; with [`Existing::Number`] it takes the first free
+/// numbered name (and says so through `log`).
 pub fn run(opts: &RunOptions, log: &mut dyn FnMut(&str)) -> Result<RunSummary> {
+    if let Some(p) = &opts.checkpoint {
+        crate::eval::check_output_path("--checkpoint", p)?;
+    }
+    if let PlotPath::At(p) = &opts.plot {
+        crate::eval::check_output_path("--plot", p)?;
+    }
+    let (checkpoint, _claim) = match (&opts.checkpoint, opts.resume) {
+        (None, true) => return Err(Error::invalid("--resume", "needs --checkpoint PATH")),
+        (Some(p), false) => {
+            let (p, c) = claim(p, opts.existing, &opts.plot, log)?;
+            (Some(p), c)
+        }
+        (p, _) => (p.clone(), Claim(None)),
+    };
+    let plot = match (&opts.plot, &checkpoint) {
+        (PlotPath::At(p), _) => Some(p.clone()),
+        (PlotPath::BesideCheckpoint, Some(c)) => Some(plot_beside(c)),
+        _ => None,
+    };
     let (chosen, why) = choose(opts.backend)?;
     log(&format!("backend: {why}"));
     let name = chosen.name().to_string();
-    with_backend!(chosen, b => run_on(b, &name, &why, opts, log))
+    let paths = Paths { checkpoint, plot };
+    with_backend!(chosen, b => run_on(b, &name, &why, opts, &paths, log))
+}
+
+/// The files a run writes, once chosen.
+struct Paths {
+    checkpoint: Option<PathBuf>,
+    plot: Option<PathBuf>,
 }
 
 fn percent(v: f64) -> String {
@@ -105,17 +278,23 @@ fn run_on<B: Backend>(
     backend_name: &str,
     why: &str,
     opts: &RunOptions,
+    paths: &Paths,
     log: &mut dyn FnMut(&str),
 ) -> Result<RunSummary> {
-    for (arg, p) in [("--checkpoint", &opts.checkpoint), ("--plot", &opts.plot)] {
-        if let Some(p) = p {
-            crate::eval::check_output_path(arg, p)?;
-        }
-    }
-    let mut trainer = match (&opts.checkpoint, opts.resume) {
+    let mut trainer = match (&paths.checkpoint, opts.resume) {
         (Some(path), true) => {
             let mut t = Trainer::load(backend, path)?;
             if let Some(total) = opts.extend_to {
+                if total < t.step() {
+                    return Err(Error::invalid(
+                        "--steps",
+                        format!(
+                            "{total} is below the {} steps {} has trained already",
+                            t.step(),
+                            path.display()
+                        ),
+                    ));
+                }
                 t.set_total_steps(total);
             }
             log(&format!("resumed {} at step {}", path.display(), t.step()));
@@ -142,6 +321,7 @@ fn run_on<B: Backend>(
     let start = Instant::now();
     let first = trainer.step();
     let total = cfg.steps;
+    let eval_every = opts.eval_every.unwrap_or((total / 10).max(1));
     let bar = if opts.progress && first < total {
         let bar = ProgressBar::new(total);
         bar.set_position(first);
@@ -182,7 +362,7 @@ fn run_on<B: Backend>(
                 rate
             ));
         }
-        if opts.eval_every > 0 && done.is_multiple_of(opts.eval_every) && done < total {
+        if eval_every > 0 && done.is_multiple_of(eval_every) && done < total {
             let e = trainer.evaluate()?;
             let line = format!("step {done}: loss {:.4}; {}", r.loss, describe_eval(&e));
             match &bar {
@@ -190,7 +370,7 @@ fn run_on<B: Backend>(
                 _ => log(&line),
             }
         }
-        if let (Some(path), true) = (&opts.checkpoint, opts.save_every > 0)
+        if let (Some(path), true) = (&paths.checkpoint, opts.save_every > 0)
             && done.is_multiple_of(opts.save_every)
         {
             trainer.save(path)?;
@@ -202,11 +382,11 @@ fn run_on<B: Backend>(
     let seconds = start.elapsed().as_secs_f64();
     let e = trainer.evaluate()?;
     log(&format!("step {}: {}", trainer.step(), describe_eval(&e)));
-    if let Some(path) = &opts.checkpoint {
+    if let Some(path) = &paths.checkpoint {
         trainer.save(path)?;
         log(&format!("checkpoint: {}", path.display()));
     }
-    if let Some(path) = &opts.plot {
+    if let Some(path) = &paths.plot {
         let title = format!(
             "{} — {} H={} L={}, {} lr {}",
             cfg.task.name(),
@@ -235,7 +415,7 @@ fn run_on<B: Backend>(
         seconds,
         tokens_per_second: trained as f64 * tokens_per_step / seconds.max(1e-9),
         skipped_updates: trainer.skipped(),
-        checkpoint: opts.checkpoint.as_ref().map(|p| p.display().to_string()),
-        plot: opts.plot.as_ref().map(|p| p.display().to_string()),
+        checkpoint: paths.checkpoint.as_ref().map(|p| p.display().to_string()),
+        plot: paths.plot.as_ref().map(|p| p.display().to_string()),
     })
 }
