@@ -877,9 +877,10 @@ fn gru_backward_row<T: Real>(
 
 kernel_params! {
     struct Params {
-        b: u32,
-        h: u32,
-        steps: u32,
+        // The WGSL block spells the dimensions as letters.
+        b as "B": u32,
+        h as "H": u32,
+        steps as "T": u32,
         t: u32,
         reverse: u32,
         first: u32,
@@ -892,7 +893,7 @@ kernel_params! {
         relu: u32,
         save: u32,
         ring: u32,
-        _pad: u32,
+        _pad0: u32,
     }
 }
 
@@ -921,7 +922,7 @@ impl Params {
             relu: cell.relu() as u32,
             save: save as u32,
             ring: s.ring as u32,
-            _pad: 0,
+            _pad0: 0,
         })
     }
 }

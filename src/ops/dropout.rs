@@ -101,7 +101,8 @@ kernel_params! {
         step_hi: u32,
         p: f32,
         scale: f32,
-        _pad: [u32; 2],
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -138,7 +139,8 @@ pub fn apply_gpu(
         p: s.p,
         // The same f32 scale the CPU path uses.
         scale: (1.0 / (1.0 - s.p as f64)) as f32,
-        _pad: [0; 2],
+        _pad0: 0,
+        _pad1: 0,
     };
     let grid = rec.ctx().grid((s.n as u64).div_ceil(256))?;
     rec.dispatch(DROPOUT, &[], &[x.buffer(), y.buffer()], &params, grid)

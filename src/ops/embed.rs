@@ -94,7 +94,8 @@ kernel_params! {
         table_off: u32,
         out_off: u32,
         accumulate: u32,
-        _pad: [u32; 2],
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -109,7 +110,8 @@ impl Params {
             table_off: u32_of("table_off", s.table_off)?,
             out_off: 0,
             accumulate: accumulate as u32,
-            _pad: [0; 2],
+            _pad0: 0,
+            _pad1: 0,
         })
     }
 }

@@ -238,7 +238,7 @@ kernel_params! {
         bias_c1: f32,
         bias_c2_sqrt: f32,
         loss_idx: u32,
-        _pad: u32,
+        _pad1: u32,
     }
 }
 
