@@ -63,7 +63,7 @@ const TO_F16: KernelDef<Params> = KernelDef::new(
 const TO_F32: KernelDef<Params> = KernelDef::new(
     Shader::Memory,
     "f16_to_f32",
-    &[(4, Access::Read), (1, Access::ReadWrite)],
+    &[(1, Access::ReadWrite), (4, Access::Read)],
     &[],
 );
 
@@ -159,9 +159,10 @@ pub fn cast(ctx: &GpuContext, x: &GpuTensor, dtype: DType) -> Result<GpuTensor> 
         value: 0.0,
         src_off: 0,
     };
-    let def = match (x.dtype(), dtype) {
-        (DType::F32, DType::F16) => TO_F16,
-        (DType::F16, DType::F32) => TO_F32,
+    // Buffers in binding order.
+    let (def, buffers) = match (x.dtype(), dtype) {
+        (DType::F32, DType::F16) => (TO_F16, [x.buffer(), out.buffer()]),
+        (DType::F16, DType::F32) => (TO_F32, [out.buffer(), x.buffer()]),
         (from, to) => {
             return Err(Error::invalid(
                 "cast",
@@ -171,7 +172,7 @@ pub fn cast(ctx: &GpuContext, x: &GpuTensor, dtype: DType) -> Result<GpuTensor> 
     };
     ctx.record(|rec| {
         let grid = rec.ctx().grid((n as u64).div_ceil(2).div_ceil(256))?;
-        rec.dispatch(def, &[], &[x.buffer(), out.buffer()], &params, grid)
+        rec.dispatch(def, &[], &buffers, &params, grid)
     })?;
     Ok(out)
 }

@@ -451,12 +451,14 @@ pub fn update_cpu<T: Real>(
 
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
-const BINDINGS: &[(u32, Access)] = &[(1, W), (2, R), (3, W), (4, W), (5, R)];
+// params, grads, s1, (s2,) stats: SGD and Adagrad keep one state buffer.
+const ONE_STATE: &[(u32, Access)] = &[(1, W), (2, R), (3, W), (5, R)];
+const TWO_STATES: &[(u32, Access)] = &[(1, W), (2, R), (3, W), (4, W), (5, R)];
 
-const SGD: KernelDef<Params> = KernelDef::new(Shader::Optim, "sgd", BINDINGS, &[]);
-const ADAGRAD: KernelDef<Params> = KernelDef::new(Shader::Optim, "adagrad", BINDINGS, &[]);
-const RMSPROP: KernelDef<Params> = KernelDef::new(Shader::Optim, "rmsprop", BINDINGS, &[]);
-const ADAM: KernelDef<Params> = KernelDef::new(Shader::Optim, "adam", BINDINGS, &[]);
+const SGD: KernelDef<Params> = KernelDef::new(Shader::Optim, "sgd", ONE_STATE, &[]);
+const ADAGRAD: KernelDef<Params> = KernelDef::new(Shader::Optim, "adagrad", ONE_STATE, &[]);
+const RMSPROP: KernelDef<Params> = KernelDef::new(Shader::Optim, "rmsprop", TWO_STATES, &[]);
+const ADAM: KernelDef<Params> = KernelDef::new(Shader::Optim, "adam", TWO_STATES, &[]);
 
 /// Every kernel of this module (see [`super::kernels`]).
 pub(super) const KERNELS: &[KernelInfo] =
@@ -499,17 +501,18 @@ pub fn update_gpu(
     )?;
     let p = Params::of(opt, s)?;
     let grid = rec.ctx().grid((s.n as u64).div_ceil(256))?;
-    rec.dispatch(
-        kernel(opt),
-        &[],
-        &[
-            params.buffer(),
-            grads.buffer(),
-            s1.buffer(),
-            s2.buffer(),
-            stats.buffer(),
-        ],
-        &p,
-        grid,
-    )
+    let def = kernel(opt);
+    let (params, grads, s1, s2, stats) = (
+        params.buffer(),
+        grads.buffer(),
+        s1.buffer(),
+        s2.buffer(),
+        stats.buffer(),
+    );
+    let buffers: &[&wgpu::Buffer] = if def.spec().bindings == TWO_STATES {
+        &[params, grads, s1, s2, stats]
+    } else {
+        &[params, grads, s1, stats]
+    };
+    rec.dispatch(def, &[], buffers, &p, grid)
 }

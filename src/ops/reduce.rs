@@ -154,7 +154,7 @@ const PARTIAL: KernelDef<Params> = KernelDef::new(
 const FINAL: KernelDef<Params> = KernelDef::new(
     Shader::Reduce,
     "reduce_final",
-    &[(4, Access::Read), (2, Access::ReadWrite)],
+    &[(2, Access::ReadWrite), (4, Access::Read)],
     &["OP"],
 );
 
@@ -250,7 +250,7 @@ pub fn reduce_gpu(
     rec.dispatch(
         FINAL,
         &constants,
-        &[scratch.buffer(), out.buffer()],
+        &[out.buffer(), scratch.buffer()],
         &params,
         [1, 1, 1],
     )

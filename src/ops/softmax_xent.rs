@@ -256,9 +256,9 @@ const XENT_REDUCE: KernelDef<Params> = KernelDef::new(
     "xent_reduce",
     &[
         (2, Access::Read),
+        (5, Access::ReadWrite),
         (6, Access::Read),
         (7, Access::Read),
-        (5, Access::ReadWrite),
     ],
     &[],
 );
@@ -270,8 +270,8 @@ const XENT_GRAD: KernelDef<Params> = KernelDef::new(
         (1, Access::Read),
         (2, Access::Read),
         (7, Access::Read),
-        (9, Access::Read),
         (8, Access::ReadWrite),
+        (9, Access::Read),
     ],
     &[],
 );
@@ -391,9 +391,9 @@ pub fn xent_gpu(
         &[],
         &[
             targets.buffer(),
+            out.summary.buffer(),
             out.loss.buffer(),
             out.stats.buffer(),
-            out.summary.buffer(),
         ],
         &p,
         [1, 1, 1],
@@ -411,8 +411,8 @@ pub fn xent_gpu(
                 x.buffer(),
                 targets.buffer(),
                 out.stats.buffer(),
-                out.summary.buffer(),
                 dx.buffer(),
+                out.summary.buffer(),
             ],
             &p,
             grid,
