@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use super::adapter::{AdapterSummary, ContextOptions, choose_adapter, new_instance};
 use super::kernel::{
-    Access, Kernel, KernelSpec, PARAM_WINDOW, PipelineKey, Shader, StepKernel, bind_group_layout,
+    Access, Kernel, KernelDef, KernelParams, KernelSpec, PARAM_WINDOW, PipelineKey, Shader,
+    StepKernel, bind_group_layout,
 };
 use crate::error::{Error, Result};
 
@@ -781,17 +782,28 @@ impl Recorder<'_> {
         self.ctx
     }
 
-    /// Records one dispatch of `spec` (with override `constants`) over `groups`
-    /// workgroups, with `buffers` bound in the order of `spec.bindings` and
-    /// `params` as the uniform block.
-    pub(crate) fn dispatch<P: bytemuck::Pod>(
+    /// Records one dispatch of `def` (with override `constants`, each one
+    /// `def` lists) over `groups` workgroups, with `buffers` bound in the
+    /// order of its bindings and `params` (the block type `def` names) as the
+    /// uniform block.
+    pub(crate) fn dispatch<P: KernelParams>(
         &mut self,
-        spec: KernelSpec,
+        def: KernelDef<P>,
         constants: &[(&'static str, f64)],
         buffers: &[&wgpu::Buffer],
         params: &P,
         groups: [u32; 3],
     ) -> Result<()> {
+        let spec = def.spec();
+        let declared = def.info().constants;
+        if let Some((name, _)) = constants.iter().find(|(n, _)| !declared.contains(n)) {
+            return Err(Error::Gpu {
+                op: spec.entry.into(),
+                message: format!(
+                    "internal: override constant {name} is not among those its KernelDef lists ({declared:?})"
+                ),
+            });
+        }
         let bytes = bytemuck::bytes_of(params);
         if bytes.len() as u64 > PARAM_WINDOW || buffers.len() != spec.bindings.len() {
             return Err(Error::Gpu {

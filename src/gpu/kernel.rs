@@ -9,6 +9,32 @@
 //!
 //! Tuning knobs and variants (transposes, activation kind) are WGSL `override`
 //! constants set through the pipeline's compilation options, never string templates.
+//!
+//! The Rust side of that interface is declared once per kernel and described
+//! in data, so it can be checked against the WGSL:
+//! - each uniform block is a struct defined through `kernel_params!`, which
+//!   keeps it `#[repr(C)]`, `Pod` and `Zeroable` and implements
+//!   [`KernelParams`]: the name, byte offset and type of every field,
+//!   padding included (a field may name its WGSL member when the spellings
+//!   differ, e.g. `b as "B": u32`);
+//! - each kernel is a [`KernelDef<P>`]: its [`KernelSpec`] (entry point and
+//!   storage bindings, listed in ascending binding order, which is also the
+//!   order its buffers are passed in), the override constants the host may set,
+//!   and in its type the uniform block `P`. `Recorder::dispatch` takes a
+//!   `KernelDef<P>` with a `&P`, so a kernel cannot be dispatched with another
+//!   block, and refuses constants the definition does not list;
+//! - `ops::kernels()` lists the [`KernelInfo`] of every kernel the crate
+//!   dispatches.
+//!
+//! `tests/shaders.rs` parses and validates every shader with naga and checks
+//! each registered kernel against its entry point: the uniform at
+//! `@group(0) @binding(0)` has the Rust block's members (names, offsets,
+//! types) and size; the storage bindings the entry point uses are exactly the
+//! spec's, with the same access (`read` ↔ [`Access::Read`], `read_write` ↔
+//! [`Access::ReadWrite`]); every listed override constant exists; and every
+//! compute entry point of every shader is registered.
+
+use std::marker::PhantomData;
 
 /// WGSL helpers prepended to every shader (stable activations, grid folding).
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
@@ -48,6 +74,21 @@ pub enum Shader {
 }
 
 impl Shader {
+    /// Every shader file.
+    pub const ALL: [Shader; 11] = [
+        Shader::Matmul,
+        Shader::Activation,
+        Shader::SoftmaxXent,
+        Shader::Reduce,
+        Shader::Memory,
+        Shader::Embed,
+        Shader::Dropout,
+        Shader::Optim,
+        Shader::Lstm,
+        Shader::Gru,
+        Shader::Rnn,
+    ];
+
     /// File name, for messages.
     pub fn file(self) -> &'static str {
         match self {
@@ -180,20 +221,242 @@ pub enum Access {
     ReadWrite,
 }
 
-/// A kernel: an entry point of a shader and the storage bindings it uses, in order.
+/// A kernel: an entry point of a shader and the storage bindings it uses, in
+/// ascending binding order. Built by [`KernelDef::new`], which ties it to its
+/// uniform block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KernelSpec {
     /// The WGSL file.
     pub shader: Shader,
     /// The entry point.
     pub entry: &'static str,
-    /// `(binding number, access)` of each storage buffer, in the order buffers are passed.
+    /// `(binding number, access)` of each storage buffer the entry point uses,
+    /// in ascending binding order, which is the order buffers are passed in.
     pub bindings: &'static [(u32, Access)],
 }
 
 /// Size of the uniform parameter window each dispatch sees. Every kernel's
-/// `Params` struct must fit in it.
-pub(crate) const PARAM_WINDOW: u64 = 256;
+/// `Params` struct must fit in it (`kernel_params!` checks at compile time).
+pub const PARAM_WINDOW: u64 = 256;
+
+/// A scalar type of a uniform field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scalar {
+    /// `u32`
+    U32,
+    /// `i32`
+    I32,
+    /// `f32`
+    F32,
+}
+
+/// The type of a uniform field: a scalar, or a WGSL vector `vecN<T>`
+/// (written `[T; N]` on the Rust side).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParamType {
+    /// A scalar.
+    Scalar(Scalar),
+    /// `vec{len}<scalar>`.
+    Vector {
+        /// The element type.
+        scalar: Scalar,
+        /// Number of elements (2, 3 or 4 in WGSL).
+        len: u32,
+    },
+}
+
+impl std::fmt::Display for ParamType {
+    /// The WGSL spelling, for messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = |s: Scalar| match s {
+            Scalar::U32 => "u32",
+            Scalar::I32 => "i32",
+            Scalar::F32 => "f32",
+        };
+        match *self {
+            ParamType::Scalar(s) => f.write_str(name(s)),
+            ParamType::Vector { scalar, len } => write!(f, "vec{len}<{}>", name(scalar)),
+        }
+    }
+}
+
+/// Rust types a uniform field may have, and the [`ParamType`] each stands for.
+pub trait ParamFieldType {
+    /// The field's type as WGSL sees it.
+    const TYPE: ParamType;
+}
+
+impl ParamFieldType for u32 {
+    const TYPE: ParamType = ParamType::Scalar(Scalar::U32);
+}
+
+impl ParamFieldType for i32 {
+    const TYPE: ParamType = ParamType::Scalar(Scalar::I32);
+}
+
+impl ParamFieldType for f32 {
+    const TYPE: ParamType = ParamType::Scalar(Scalar::F32);
+}
+
+impl<T: ParamFieldType, const N: usize> ParamFieldType for [T; N] {
+    const TYPE: ParamType = match T::TYPE {
+        ParamType::Scalar(scalar) => ParamType::Vector {
+            scalar,
+            len: N as u32,
+        },
+        // Evaluated at compile time: a nested array cannot be declared.
+        ParamType::Vector { .. } => panic!("uniform fields are scalars or [scalar; N]"),
+    };
+}
+
+/// One field of a uniform block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamField {
+    /// The WGSL member's name.
+    pub name: &'static str,
+    /// Byte offset in the block.
+    pub offset: usize,
+    /// Its type.
+    pub ty: ParamType,
+}
+
+/// A kernel's uniform block (binding 0), described field by field; implemented
+/// by `kernel_params!`.
+pub trait KernelParams: bytemuck::Pod {
+    /// The Rust type's path, for messages.
+    const NAME: &'static str;
+    /// Every field in declaration order, padding included.
+    const FIELDS: &'static [ParamField];
+}
+
+/// A [`KernelParams`] type's description, without the type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamsLayout {
+    /// [`KernelParams::NAME`].
+    pub name: &'static str,
+    /// `size_of` the Rust struct.
+    pub size: usize,
+    /// [`KernelParams::FIELDS`].
+    pub fields: &'static [ParamField],
+}
+
+impl ParamsLayout {
+    /// The description of `P`.
+    pub const fn of<P: KernelParams>() -> Self {
+        ParamsLayout {
+            name: P::NAME,
+            size: std::mem::size_of::<P>(),
+            fields: P::FIELDS,
+        }
+    }
+}
+
+/// Defines a kernel's uniform block: the struct as written, `#[repr(C)]` with
+/// `Clone, Copy, Debug, Pod, Zeroable`, and its [`KernelParams`] description
+/// (field names, `offset_of!` offsets, types). A field whose WGSL member is
+/// spelled differently names it: `b as "B": u32`. The block must fit in
+/// [`PARAM_WINDOW`] (a compile-time check).
+///
+/// ```ignore
+/// kernel_params! {
+///     struct Params {
+///         n: u32,
+///         slope: f32,
+///         _pad0: u32,
+///         _pad1: u32,
+///     }
+/// }
+/// ```
+macro_rules! kernel_params {
+    (
+        $(#[$attr:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fattr:meta])* $field:ident $(as $wgsl:literal)? : $ty:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$attr])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $name {
+            $( $(#[$fattr])* $field: $ty, )*
+        }
+
+        impl $crate::gpu::kernel::KernelParams for $name {
+            const NAME: &'static str = concat!(module_path!(), "::", stringify!($name));
+            const FIELDS: &'static [$crate::gpu::kernel::ParamField] = &[$(
+                $crate::gpu::kernel::ParamField {
+                    name: $crate::gpu::kernel::kernel_params!(@name $field $($wgsl)?),
+                    offset: ::core::mem::offset_of!($name, $field),
+                    ty: <$ty as $crate::gpu::kernel::ParamFieldType>::TYPE,
+                },
+            )*];
+        }
+
+        const _: () = assert!(
+            ::core::mem::size_of::<$name>() as u64 <= $crate::gpu::kernel::PARAM_WINDOW,
+            "a uniform block must fit in PARAM_WINDOW"
+        );
+    };
+    (@name $field:ident) => { stringify!($field) };
+    (@name $field:ident $wgsl:literal) => { $wgsl };
+}
+pub(crate) use kernel_params;
+
+/// A registered kernel, without its uniform block's type: what
+/// `ops::kernels()` lists and `tests/shaders.rs` checks against the WGSL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelInfo {
+    /// Entry point and storage bindings.
+    pub spec: KernelSpec,
+    /// The override constants the host may set on its pipeline.
+    pub constants: &'static [&'static str],
+    /// The uniform block it is dispatched with.
+    pub params: ParamsLayout,
+}
+
+/// A kernel as the ops define it: its [`KernelSpec`], the override constants
+/// the host may set, and, in the type, the uniform block `P` it is
+/// dispatched with (`Recorder::dispatch` takes a `&P` beside it).
+#[derive(Clone, Copy, Debug)]
+pub struct KernelDef<P> {
+    info: KernelInfo,
+    _params: PhantomData<fn() -> P>,
+}
+
+impl<P: KernelParams> KernelDef<P> {
+    /// Entry point `entry` of `shader`, its storage `bindings` in ascending
+    /// binding order (the order buffers are passed in), and the names of the
+    /// override `constants` the host sets.
+    pub const fn new(
+        shader: Shader,
+        entry: &'static str,
+        bindings: &'static [(u32, Access)],
+        constants: &'static [&'static str],
+    ) -> Self {
+        KernelDef {
+            info: KernelInfo {
+                spec: KernelSpec {
+                    shader,
+                    entry,
+                    bindings,
+                },
+                constants,
+                params: ParamsLayout::of::<P>(),
+            },
+            _params: PhantomData,
+        }
+    }
+
+    /// Entry point and bindings.
+    pub const fn spec(&self) -> KernelSpec {
+        self.info.spec
+    }
+
+    /// The description without the type.
+    pub const fn info(&self) -> KernelInfo {
+        self.info
+    }
+}
 
 /// A compiled kernel: pipeline plus its bind group layout.
 #[derive(Debug)]
@@ -250,4 +513,65 @@ pub(crate) fn bind_group_layout(device: &wgpu::Device, spec: &KernelSpec) -> wgp
         label: Some(spec.entry),
         entries: &entries,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    kernel_params! {
+        struct Probe {
+            n: u32,
+            len as "L": i32,
+            scale: f32,
+            _pad0: u32,
+            v: [f32; 4],
+        }
+    }
+
+    #[test]
+    fn the_description_follows_the_struct() {
+        let u = ParamType::Scalar(Scalar::U32);
+        let field = |name, offset, ty| ParamField { name, offset, ty };
+        assert_eq!(
+            Probe::FIELDS,
+            &[
+                field("n", 0, u),
+                field("L", 4, ParamType::Scalar(Scalar::I32)),
+                field("scale", 8, ParamType::Scalar(Scalar::F32)),
+                field("_pad0", 12, u),
+                field(
+                    "v",
+                    16,
+                    ParamType::Vector {
+                        scalar: Scalar::F32,
+                        len: 4
+                    }
+                ),
+            ]
+        );
+        let layout = ParamsLayout::of::<Probe>();
+        assert_eq!(layout.size, 32);
+        assert_eq!(layout.name, "rnn_wgpu::gpu::kernel::tests::Probe");
+        assert_eq!(Probe::FIELDS[4].ty.to_string(), "vec4<f32>");
+        let p = Probe {
+            n: 1,
+            len: -2,
+            scale: 0.5,
+            _pad0: 0,
+            v: [0.0; 4],
+        };
+        assert_eq!(bytemuck::bytes_of(&p).len(), 32);
+    }
+
+    #[test]
+    fn a_def_carries_its_spec_and_block() {
+        const DEF: KernelDef<Probe> =
+            KernelDef::new(Shader::Memory, "fill", &[(1, Access::ReadWrite)], &["OP"]);
+        let info = DEF.info();
+        assert_eq!(info.spec, DEF.spec());
+        assert_eq!(info.spec.entry, "fill");
+        assert_eq!(info.constants, &["OP"]);
+        assert_eq!(info.params, ParamsLayout::of::<Probe>());
+    }
 }

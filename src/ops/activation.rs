@@ -6,11 +6,9 @@
 //! the fused cell kernels share them. Every function is stable for any finite
 //! input: results are finite wherever the true value is (checked at ±1e4).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::matmul::u32_of;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -209,30 +207,35 @@ fn same_len(arg: &str, want: usize, got: usize) -> Result<()> {
     Ok(())
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    x_off: u32,
-    out_off: u32,
-    dy_off: u32,
-    slope: f32,
-    flags: u32,
-    _pad0: u32,
-    _pad1: u32,
+kernel_params! {
+    struct Params {
+        n: u32,
+        x_off: u32,
+        out_off: u32,
+        dy_off: u32,
+        slope: f32,
+        flags: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
 }
 
-const FORWARD: KernelSpec = KernelSpec {
-    shader: Shader::Activation,
-    entry: "act_forward",
-    bindings: &[(1, Access::Read), (2, Access::ReadWrite)],
-};
+const FORWARD: KernelDef<Params> = KernelDef::new(
+    Shader::Activation,
+    "act_forward",
+    &[(1, Access::Read), (2, Access::ReadWrite)],
+    &["ACT"],
+);
 
-const BACKWARD: KernelSpec = KernelSpec {
-    shader: Shader::Activation,
-    entry: "act_backward",
-    bindings: &[(1, Access::Read), (3, Access::Read), (4, Access::ReadWrite)],
-};
+const BACKWARD: KernelDef<Params> = KernelDef::new(
+    Shader::Activation,
+    "act_backward",
+    &[(1, Access::Read), (3, Access::Read), (4, Access::ReadWrite)],
+    &["ACT"],
+);
+
+/// Every kernel of this module (see [`super::kernels`]).
+pub(super) const KERNELS: &[KernelInfo] = &[FORWARD.info(), BACKWARD.info()];
 
 /// An elementwise range: `n` elements starting at each operand's offset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -27,13 +27,12 @@
 //! `(b, j)` after a matmul for the recurrent product. GPU: `shaders/lstm.wgsl`,
 //! `gru.wgsl`, `rnn.wgsl` on top of `recurrent.wgsl` and `cell_common.wgsl`.
 
-use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::matmul::{Gemm, gemm_cpu, u32_of};
 use super::need_len;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -876,25 +875,26 @@ fn gru_backward_row<T: Real>(
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    b: u32,
-    h: u32,
-    steps: u32,
-    t: u32,
-    reverse: u32,
-    first: u32,
-    parity: u32,
-    has_lengths: u32,
-    whh_off: u32,
-    bhh_off: u32,
-    out_col: u32,
-    out_ld: u32,
-    relu: u32,
-    save: u32,
-    ring: u32,
-    _pad: u32,
+kernel_params! {
+    struct Params {
+        // The WGSL block spells the dimensions as letters.
+        b as "B": u32,
+        h as "H": u32,
+        steps as "T": u32,
+        t: u32,
+        reverse: u32,
+        first: u32,
+        parity: u32,
+        has_lengths: u32,
+        whh_off: u32,
+        bhh_off: u32,
+        out_col: u32,
+        out_ld: u32,
+        relu: u32,
+        save: u32,
+        ring: u32,
+        _pad0: u32,
+    }
 }
 
 impl Params {
@@ -922,7 +922,7 @@ impl Params {
             relu: cell.relu() as u32,
             save: save as u32,
             ring: s.ring as u32,
-            _pad: 0,
+            _pad0: 0,
         })
     }
 }
@@ -930,66 +930,97 @@ impl Params {
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
 
-fn forward_spec(cell: Cell) -> KernelSpec {
+/// The override constants of every step kernel (see [`crate::gpu::StepKernel`]).
+const STEP_CONSTANTS: &[&str] = &["SPLIT"];
+
+const LSTM_FORWARD: KernelDef<Params> = KernelDef::new(
+    Shader::Lstm,
+    "lstm_forward",
+    &[(1, R), (2, R), (3, R), (4, W), (5, W), (6, W), (7, W)],
+    STEP_CONSTANTS,
+);
+
+const GRU_FORWARD: KernelDef<Params> = KernelDef::new(
+    Shader::Gru,
+    "gru_forward",
+    &[(1, R), (2, R), (3, R), (4, W), (6, W), (7, W)],
+    STEP_CONSTANTS,
+);
+
+const RNN_FORWARD: KernelDef<Params> = KernelDef::new(
+    Shader::Rnn,
+    "rnn_forward",
+    &[(1, R), (2, R), (3, R), (4, W), (7, W)],
+    STEP_CONSTANTS,
+);
+
+const LSTM_BACKWARD: KernelDef<Params> = KernelDef::new(
+    Shader::Lstm,
+    "lstm_backward",
+    &[(2, R), (3, R), (5, W), (6, W), (8, R), (9, W), (11, W)],
+    STEP_CONSTANTS,
+);
+
+const GRU_BACKWARD: KernelDef<Params> = KernelDef::new(
+    Shader::Gru,
+    "gru_backward",
+    &[
+        (2, R),
+        (3, R),
+        (4, W),
+        (6, W),
+        (8, R),
+        (9, W),
+        (10, W),
+        (11, W),
+    ],
+    STEP_CONSTANTS,
+);
+
+const RNN_BACKWARD: KernelDef<Params> = KernelDef::new(
+    Shader::Rnn,
+    "rnn_backward",
+    &[(2, R), (3, R), (4, W), (8, R), (9, W), (11, W)],
+    STEP_CONSTANTS,
+);
+
+/// Every kernel of this module (see [`super::kernels`]).
+pub(super) const KERNELS: &[KernelInfo] = &[
+    LSTM_FORWARD.info(),
+    GRU_FORWARD.info(),
+    RNN_FORWARD.info(),
+    LSTM_BACKWARD.info(),
+    GRU_BACKWARD.info(),
+    RNN_BACKWARD.info(),
+];
+
+fn forward_kernel(cell: Cell) -> KernelDef<Params> {
     match cell {
-        Cell::Lstm => KernelSpec {
-            shader: Shader::Lstm,
-            entry: "lstm_forward",
-            bindings: &[(1, R), (2, R), (3, R), (4, W), (5, W), (6, W), (7, W)],
-        },
-        Cell::Gru => KernelSpec {
-            shader: Shader::Gru,
-            entry: "gru_forward",
-            bindings: &[(1, R), (2, R), (3, R), (4, W), (6, W), (7, W)],
-        },
-        Cell::Rnn(_) => KernelSpec {
-            shader: Shader::Rnn,
-            entry: "rnn_forward",
-            bindings: &[(1, R), (2, R), (3, R), (4, W), (7, W)],
-        },
+        Cell::Lstm => LSTM_FORWARD,
+        Cell::Gru => GRU_FORWARD,
+        Cell::Rnn(_) => RNN_FORWARD,
     }
 }
 
-fn backward_spec(cell: Cell) -> KernelSpec {
+fn backward_kernel(cell: Cell) -> KernelDef<Params> {
     match cell {
-        Cell::Lstm => KernelSpec {
-            shader: Shader::Lstm,
-            entry: "lstm_backward",
-            bindings: &[(2, R), (3, R), (5, W), (6, W), (8, R), (9, W), (11, W)],
-        },
-        Cell::Gru => KernelSpec {
-            shader: Shader::Gru,
-            entry: "gru_backward",
-            bindings: &[
-                (2, R),
-                (3, R),
-                (4, W),
-                (6, W),
-                (8, R),
-                (9, W),
-                (10, W),
-                (11, W),
-            ],
-        },
-        Cell::Rnn(_) => KernelSpec {
-            shader: Shader::Rnn,
-            entry: "rnn_backward",
-            bindings: &[(2, R), (3, R), (4, W), (8, R), (9, W), (11, W)],
-        },
+        Cell::Lstm => LSTM_BACKWARD,
+        Cell::Gru => GRU_BACKWARD,
+        Cell::Rnn(_) => RNN_BACKWARD,
     }
 }
 
 /// Records one step dispatch with the context's recurrent-product variant.
 fn dispatch_step(
     rec: &mut Recorder<'_>,
-    spec: KernelSpec,
+    kernel: KernelDef<Params>,
     s: &StepSpec,
     buffers: &[&wgpu::Buffer],
     params: &Params,
 ) -> Result<()> {
     let variant = rec.ctx().step_kernel(s.batch, s.hidden);
     let grid = rec.ctx().grid(variant.groups(s.batch, s.hidden))?;
-    rec.dispatch(spec, variant.constants(), buffers, params, grid)
+    rec.dispatch(kernel, variant.constants(), buffers, params, grid)
 }
 
 /// GPU buffers of a forward step.
@@ -1062,7 +1093,7 @@ pub fn forward_step_gpu(
         _ => return Err(missing("cs", cell)),
     }
     buffers.push(bufs.out.buffer());
-    dispatch_step(rec, forward_spec(cell), s, &buffers, &params)
+    dispatch_step(rec, forward_kernel(cell), s, &buffers, &params)
 }
 
 /// Records one backward step.
@@ -1119,5 +1150,5 @@ pub fn backward_step_gpu(
         ],
         _ => return Err(missing("cs/gates/dgx", cell)),
     };
-    dispatch_step(rec, backward_spec(cell), s, &buffers, &params)
+    dispatch_step(rec, backward_kernel(cell), s, &buffers, &params)
 }

@@ -5,12 +5,10 @@
 //!
 //! CPU twin: [`apply_cpu`], [`keep`]. GPU: `shaders/dropout.wgsl`.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::matmul::u32_of;
 use super::memory::check_range;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -91,27 +89,32 @@ pub fn apply_cpu<T: Real>(s: &DropoutSpec, x: &[T], y: &mut [T]) -> Result<()> {
     Ok(())
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    x_off: u32,
-    y_off: u32,
-    layer: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    step_lo: u32,
-    step_hi: u32,
-    p: f32,
-    scale: f32,
-    _pad: [u32; 2],
+kernel_params! {
+    struct Params {
+        n: u32,
+        x_off: u32,
+        y_off: u32,
+        layer: u32,
+        seed_lo: u32,
+        seed_hi: u32,
+        step_lo: u32,
+        step_hi: u32,
+        p: f32,
+        scale: f32,
+        _pad0: u32,
+        _pad1: u32,
+    }
 }
 
-const DROPOUT: KernelSpec = KernelSpec {
-    shader: Shader::Dropout,
-    entry: "dropout",
-    bindings: &[(1, Access::Read), (2, Access::ReadWrite)],
-};
+const DROPOUT: KernelDef<Params> = KernelDef::new(
+    Shader::Dropout,
+    "dropout",
+    &[(1, Access::Read), (2, Access::ReadWrite)],
+    &[],
+);
+
+/// Every kernel of this module (see [`super::kernels`]).
+pub(super) const KERNELS: &[KernelInfo] = &[DROPOUT.info()];
 
 /// Records dropout on the GPU.
 pub fn apply_gpu(
@@ -136,7 +139,8 @@ pub fn apply_gpu(
         p: s.p,
         // The same f32 scale the CPU path uses.
         scale: (1.0 / (1.0 - s.p as f64)) as f32,
-        _pad: [0; 2],
+        _pad0: 0,
+        _pad1: 0,
     };
     let grid = rec.ctx().grid((s.n as u64).div_ceil(256))?;
     rec.dispatch(DROPOUT, &[], &[x.buffer(), y.buffer()], &params, grid)

@@ -3,12 +3,10 @@
 //!
 //! CPU twin: [`forward_cpu`], [`backward_cpu`]. GPU: `shaders/embed.wgsl`.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::matmul::u32_of;
 use super::need_len;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -88,16 +86,17 @@ pub fn backward_cpu<T: Real>(
     Ok(())
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    e: u32,
-    v: u32,
-    table_off: u32,
-    out_off: u32,
-    accumulate: u32,
-    _pad: [u32; 2],
+kernel_params! {
+    struct Params {
+        n: u32,
+        e: u32,
+        v: u32,
+        table_off: u32,
+        out_off: u32,
+        accumulate: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
 }
 
 impl Params {
@@ -111,22 +110,28 @@ impl Params {
             table_off: u32_of("table_off", s.table_off)?,
             out_off: 0,
             accumulate: accumulate as u32,
-            _pad: [0; 2],
+            _pad0: 0,
+            _pad1: 0,
         })
     }
 }
 
-const FORWARD: KernelSpec = KernelSpec {
-    shader: Shader::Embed,
-    entry: "embed_forward",
-    bindings: &[(1, Access::Read), (2, Access::Read), (3, Access::ReadWrite)],
-};
+const FORWARD: KernelDef<Params> = KernelDef::new(
+    Shader::Embed,
+    "embed_forward",
+    &[(1, Access::Read), (2, Access::Read), (3, Access::ReadWrite)],
+    &[],
+);
 
-const BACKWARD: KernelSpec = KernelSpec {
-    shader: Shader::Embed,
-    entry: "embed_backward",
-    bindings: &[(1, Access::Read), (4, Access::Read), (5, Access::ReadWrite)],
-};
+const BACKWARD: KernelDef<Params> = KernelDef::new(
+    Shader::Embed,
+    "embed_backward",
+    &[(1, Access::Read), (4, Access::Read), (5, Access::ReadWrite)],
+    &[],
+);
+
+/// Every kernel of this module (see [`super::kernels`]).
+pub(super) const KERNELS: &[KernelInfo] = &[FORWARD.info(), BACKWARD.info()];
 
 /// Records the gather on the GPU.
 pub fn forward_gpu(

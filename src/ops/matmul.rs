@@ -14,10 +14,8 @@
 //! `trans_b`. The forward pass uses NT (`x · Wᵀ`), the backward pass NN
 //! (`dY · W`) and TN (`dYᵀ · X`).
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -375,21 +373,21 @@ fn tiles(g: &Gemm, side: u64) -> u64 {
     (g.m as u64).div_ceil(side) * (g.n as u64).div_ceil(side)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
-    bias_off: u32,
-    flags: u32,
-    _pad: u32,
+kernel_params! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        lda: u32,
+        ldb: u32,
+        ldc: u32,
+        a_off: u32,
+        b_off: u32,
+        c_off: u32,
+        bias_off: u32,
+        flags: u32,
+        _pad: u32,
+    }
 }
 
 const BINDINGS: &[(u32, Access)] = &[
@@ -399,23 +397,19 @@ const BINDINGS: &[(u32, Access)] = &[
     (4, Access::ReadWrite),
 ];
 
-const NAIVE: KernelSpec = KernelSpec {
-    shader: Shader::Matmul,
-    entry: "matmul_naive",
-    bindings: BINDINGS,
-};
+const CONSTANTS: &[&str] = &["TRANS_A", "TRANS_B"];
 
-const TILED: KernelSpec = KernelSpec {
-    shader: Shader::Matmul,
-    entry: "matmul_tiled",
-    bindings: BINDINGS,
-};
+const NAIVE: KernelDef<Params> =
+    KernelDef::new(Shader::Matmul, "matmul_naive", BINDINGS, CONSTANTS);
 
-const LARGE: KernelSpec = KernelSpec {
-    shader: Shader::Matmul,
-    entry: "matmul_large",
-    bindings: BINDINGS,
-};
+const TILED: KernelDef<Params> =
+    KernelDef::new(Shader::Matmul, "matmul_tiled", BINDINGS, CONSTANTS);
+
+const LARGE: KernelDef<Params> =
+    KernelDef::new(Shader::Matmul, "matmul_large", BINDINGS, CONSTANTS);
+
+/// Every kernel of this module (see [`super::kernels`]).
+pub(super) const KERNELS: &[KernelInfo] = &[NAIVE.info(), TILED.info(), LARGE.info()];
 
 /// Converts a size or offset to the u32 the shaders index with.
 pub(crate) fn u32_of(what: &str, v: usize) -> Result<u32> {

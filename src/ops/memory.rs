@@ -3,12 +3,11 @@
 //! CPU twin: [`fill_cpu`], [`f32_to_f16_cpu`], [`f16_to_f32_cpu`] (through the
 //! `half` crate, round to nearest even). GPU: `shaders/memory.wgsl` and buffer copies.
 
-use bytemuck::{Pod, Zeroable};
 use half::f16;
 
 use super::matmul::u32_of;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
 use crate::gpu::{DType, GpuContext, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -42,32 +41,34 @@ pub(crate) fn check_range(arg: &str, off: usize, n: usize, len: usize) -> Result
     Ok(())
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    off: u32,
-    value: f32,
-    src_off: u32,
+kernel_params! {
+    struct Params {
+        n: u32,
+        off: u32,
+        value: f32,
+        src_off: u32,
+    }
 }
 
-const FILL: KernelSpec = KernelSpec {
-    shader: Shader::Memory,
-    entry: "fill",
-    bindings: &[(1, Access::ReadWrite)],
-};
+const FILL: KernelDef<Params> =
+    KernelDef::new(Shader::Memory, "fill", &[(1, Access::ReadWrite)], &[]);
 
-const TO_F16: KernelSpec = KernelSpec {
-    shader: Shader::Memory,
-    entry: "f32_to_f16",
-    bindings: &[(2, Access::Read), (3, Access::ReadWrite)],
-};
+const TO_F16: KernelDef<Params> = KernelDef::new(
+    Shader::Memory,
+    "f32_to_f16",
+    &[(2, Access::Read), (3, Access::ReadWrite)],
+    &[],
+);
 
-const TO_F32: KernelSpec = KernelSpec {
-    shader: Shader::Memory,
-    entry: "f16_to_f32",
-    bindings: &[(4, Access::Read), (1, Access::ReadWrite)],
-};
+const TO_F32: KernelDef<Params> = KernelDef::new(
+    Shader::Memory,
+    "f16_to_f32",
+    &[(1, Access::ReadWrite), (4, Access::Read)],
+    &[],
+);
+
+/// Every kernel of this module (see [`super::kernels`]).
+pub(super) const KERNELS: &[KernelInfo] = &[FILL.info(), TO_F16.info(), TO_F32.info()];
 
 /// Records `x[off .. off + n] = value` on the GPU (a clear when the value is 0
 /// and the range is word aligned, a fill kernel otherwise).
@@ -158,9 +159,10 @@ pub fn cast(ctx: &GpuContext, x: &GpuTensor, dtype: DType) -> Result<GpuTensor> 
         value: 0.0,
         src_off: 0,
     };
-    let spec = match (x.dtype(), dtype) {
-        (DType::F32, DType::F16) => TO_F16,
-        (DType::F16, DType::F32) => TO_F32,
+    // Buffers in binding order.
+    let (def, buffers) = match (x.dtype(), dtype) {
+        (DType::F32, DType::F16) => (TO_F16, [x.buffer(), out.buffer()]),
+        (DType::F16, DType::F32) => (TO_F32, [out.buffer(), x.buffer()]),
         (from, to) => {
             return Err(Error::invalid(
                 "cast",
@@ -170,7 +172,7 @@ pub fn cast(ctx: &GpuContext, x: &GpuTensor, dtype: DType) -> Result<GpuTensor> 
     };
     ctx.record(|rec| {
         let grid = rec.ctx().grid((n as u64).div_ceil(2).div_ceil(256))?;
-        rec.dispatch(spec, &[], &[x.buffer(), out.buffer()], &params, grid)
+        rec.dispatch(def, &[], &buffers, &params, grid)
     })?;
     Ok(out)
 }

@@ -14,6 +14,26 @@ pub mod small_gemm;
 pub mod softmax_xent;
 
 use crate::error::{Error, Result};
+use crate::gpu::kernel::KernelInfo;
+
+/// Every kernel the crate dispatches, each with its storage bindings, the
+/// override constants the host sets and its uniform block's description:
+/// what `tests/shaders.rs` checks against the WGSL. Each module lists its own
+/// beside its definitions (`KERNELS`); a new kernel goes there.
+pub fn kernels() -> Vec<KernelInfo> {
+    [
+        matmul::KERNELS,
+        activation::KERNELS,
+        softmax_xent::KERNELS,
+        reduce::KERNELS,
+        memory::KERNELS,
+        embed::KERNELS,
+        dropout::KERNELS,
+        optim::KERNELS,
+        cell::KERNELS,
+    ]
+    .concat()
+}
 
 /// Fails unless a buffer of `len` elements holds the `want` elements an
 /// operation addresses (`want` computed with saturating arithmetic, so an

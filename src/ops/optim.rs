@@ -14,12 +14,10 @@
 //!
 //! CPU twin: [`update_cpu`]. GPU: `shaders/optim.wgsl`.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::matmul::u32_of;
 use super::need_len;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -222,25 +220,26 @@ pub struct UpdateSpec {
     pub loss_idx: Option<usize>,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    norm_idx: u32,
-    step: u32,
-    flags: u32,
-    lr: f32,
-    weight_decay: f32,
-    momentum: f32,
-    dampening: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    max_norm: f32,
-    bias_c1: f32,
-    bias_c2_sqrt: f32,
-    loss_idx: u32,
-    _pad: u32,
+kernel_params! {
+    #[derive(Default)]
+    struct Params {
+        n: u32,
+        norm_idx: u32,
+        step: u32,
+        flags: u32,
+        lr: f32,
+        weight_decay: f32,
+        momentum: f32,
+        dampening: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        max_norm: f32,
+        bias_c1: f32,
+        bias_c2_sqrt: f32,
+        loss_idx: u32,
+        _pad1: u32,
+    }
 }
 
 const NO_LOSS: u32 = u32::MAX;
@@ -452,19 +451,25 @@ pub fn update_cpu<T: Real>(
 
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
-const BINDINGS: &[(u32, Access)] = &[(1, W), (2, R), (3, W), (4, W), (5, R)];
+// params, grads, s1, (s2,) stats: SGD and Adagrad keep one state buffer.
+const ONE_STATE: &[(u32, Access)] = &[(1, W), (2, R), (3, W), (5, R)];
+const TWO_STATES: &[(u32, Access)] = &[(1, W), (2, R), (3, W), (4, W), (5, R)];
 
-fn spec(opt: &Optimizer) -> KernelSpec {
-    let entry = match opt {
-        Optimizer::Sgd { .. } => "sgd",
-        Optimizer::Adagrad { .. } => "adagrad",
-        Optimizer::RmsProp { .. } => "rmsprop",
-        Optimizer::Adam { .. } => "adam",
-    };
-    KernelSpec {
-        shader: Shader::Optim,
-        entry,
-        bindings: BINDINGS,
+const SGD: KernelDef<Params> = KernelDef::new(Shader::Optim, "sgd", ONE_STATE, &[]);
+const ADAGRAD: KernelDef<Params> = KernelDef::new(Shader::Optim, "adagrad", ONE_STATE, &[]);
+const RMSPROP: KernelDef<Params> = KernelDef::new(Shader::Optim, "rmsprop", TWO_STATES, &[]);
+const ADAM: KernelDef<Params> = KernelDef::new(Shader::Optim, "adam", TWO_STATES, &[]);
+
+/// Every kernel of this module (see [`super::kernels`]).
+pub(super) const KERNELS: &[KernelInfo] =
+    &[SGD.info(), ADAGRAD.info(), RMSPROP.info(), ADAM.info()];
+
+fn kernel(opt: &Optimizer) -> KernelDef<Params> {
+    match opt {
+        Optimizer::Sgd { .. } => SGD,
+        Optimizer::Adagrad { .. } => ADAGRAD,
+        Optimizer::RmsProp { .. } => RMSPROP,
+        Optimizer::Adam { .. } => ADAM,
     }
 }
 
@@ -496,17 +501,18 @@ pub fn update_gpu(
     )?;
     let p = Params::of(opt, s)?;
     let grid = rec.ctx().grid((s.n as u64).div_ceil(256))?;
-    rec.dispatch(
-        spec(opt),
-        &[],
-        &[
-            params.buffer(),
-            grads.buffer(),
-            s1.buffer(),
-            s2.buffer(),
-            stats.buffer(),
-        ],
-        &p,
-        grid,
-    )
+    let def = kernel(opt);
+    let (params, grads, s1, s2, stats) = (
+        params.buffer(),
+        grads.buffer(),
+        s1.buffer(),
+        s2.buffer(),
+        stats.buffer(),
+    );
+    let buffers: &[&wgpu::Buffer] = if def.spec().bindings == TWO_STATES {
+        &[params, grads, s1, s2, stats]
+    } else {
+        &[params, grads, s1, stats]
+    };
+    rec.dispatch(def, &[], buffers, &p, grid)
 }

@@ -7,12 +7,10 @@
 //!
 //! CPU twin: [`sum_cols_cpu`], [`reduce_cpu`]. GPU: `shaders/reduce.wgsl`.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::matmul::u32_of;
 use super::need_len;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -126,36 +124,42 @@ pub fn reduce_cpu<T: Real>(op: ReduceOp, x: &[T]) -> Result<T> {
     })
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    cols: u32,
-    ld: u32,
-    x_off: u32,
-    out_off: u32,
-    chunk: u32,
-    parts: u32,
-    flags: u32,
+kernel_params! {
+    struct Params {
+        n: u32,
+        cols: u32,
+        ld: u32,
+        x_off: u32,
+        out_off: u32,
+        chunk: u32,
+        parts: u32,
+        flags: u32,
+    }
 }
 
-const SUM_COLS: KernelSpec = KernelSpec {
-    shader: Shader::Reduce,
-    entry: "sum_cols",
-    bindings: &[(1, Access::Read), (2, Access::ReadWrite)],
-};
+const SUM_COLS: KernelDef<Params> = KernelDef::new(
+    Shader::Reduce,
+    "sum_cols",
+    &[(1, Access::Read), (2, Access::ReadWrite)],
+    &[],
+);
 
-const PARTIAL: KernelSpec = KernelSpec {
-    shader: Shader::Reduce,
-    entry: "reduce_partial",
-    bindings: &[(1, Access::Read), (3, Access::ReadWrite)],
-};
+const PARTIAL: KernelDef<Params> = KernelDef::new(
+    Shader::Reduce,
+    "reduce_partial",
+    &[(1, Access::Read), (3, Access::ReadWrite)],
+    &["OP"],
+);
 
-const FINAL: KernelSpec = KernelSpec {
-    shader: Shader::Reduce,
-    entry: "reduce_final",
-    bindings: &[(4, Access::Read), (2, Access::ReadWrite)],
-};
+const FINAL: KernelDef<Params> = KernelDef::new(
+    Shader::Reduce,
+    "reduce_final",
+    &[(2, Access::ReadWrite), (4, Access::Read)],
+    &["OP"],
+);
+
+/// Every kernel of this module (see [`super::kernels`]).
+pub(super) const KERNELS: &[KernelInfo] = &[SUM_COLS.info(), PARTIAL.info(), FINAL.info()];
 
 /// Records column sums on the GPU (one invocation per column, rows in order).
 pub fn sum_cols_gpu(
@@ -246,7 +250,7 @@ pub fn reduce_gpu(
     rec.dispatch(
         FINAL,
         &constants,
-        &[scratch.buffer(), out.buffer()],
+        &[out.buffer(), scratch.buffer()],
         &params,
         [1, 1, 1],
     )

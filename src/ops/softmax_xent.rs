@@ -15,11 +15,9 @@
 //!
 //! CPU twin: [`softmax_cpu`], [`xent_cpu`]. GPU: `shaders/softmax_xent.wgsl`.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::matmul::u32_of;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelSpec, Shader};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -221,58 +219,70 @@ pub fn xent_cpu<T: Real>(
     Ok(summary)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    ld: u32,
-    x_off: u32,
-    ignore_index: i32,
-    out_off: u32,
-    scale: f32,
-    _pad: u32,
+kernel_params! {
+    struct Params {
+        rows: u32,
+        cols: u32,
+        ld: u32,
+        x_off: u32,
+        ignore_index: i32,
+        out_off: u32,
+        scale: f32,
+        _pad: u32,
+    }
 }
 
-const SOFTMAX: KernelSpec = KernelSpec {
-    shader: Shader::SoftmaxXent,
-    entry: "softmax_rows",
-    bindings: &[(1, Access::Read), (8, Access::ReadWrite)],
-};
+const SOFTMAX: KernelDef<Params> = KernelDef::new(
+    Shader::SoftmaxXent,
+    "softmax_rows",
+    &[(1, Access::Read), (8, Access::ReadWrite)],
+    &[],
+);
 
-const XENT_ROWS: KernelSpec = KernelSpec {
-    shader: Shader::SoftmaxXent,
-    entry: "xent_rows",
-    bindings: &[
+const XENT_ROWS: KernelDef<Params> = KernelDef::new(
+    Shader::SoftmaxXent,
+    "xent_rows",
+    &[
         (1, Access::Read),
         (2, Access::Read),
         (3, Access::ReadWrite),
         (4, Access::ReadWrite),
     ],
-};
+    &[],
+);
 
-const XENT_REDUCE: KernelSpec = KernelSpec {
-    shader: Shader::SoftmaxXent,
-    entry: "xent_reduce",
-    bindings: &[
+const XENT_REDUCE: KernelDef<Params> = KernelDef::new(
+    Shader::SoftmaxXent,
+    "xent_reduce",
+    &[
         (2, Access::Read),
+        (5, Access::ReadWrite),
         (6, Access::Read),
         (7, Access::Read),
-        (5, Access::ReadWrite),
     ],
-};
+    &[],
+);
 
-const XENT_GRAD: KernelSpec = KernelSpec {
-    shader: Shader::SoftmaxXent,
-    entry: "xent_grad",
-    bindings: &[
+const XENT_GRAD: KernelDef<Params> = KernelDef::new(
+    Shader::SoftmaxXent,
+    "xent_grad",
+    &[
         (1, Access::Read),
         (2, Access::Read),
         (7, Access::Read),
-        (9, Access::Read),
         (8, Access::ReadWrite),
+        (9, Access::Read),
     ],
-};
+    &[],
+);
+
+/// Every kernel of this module (see [`super::kernels`]).
+pub(super) const KERNELS: &[KernelInfo] = &[
+    SOFTMAX.info(),
+    XENT_ROWS.info(),
+    XENT_REDUCE.info(),
+    XENT_GRAD.info(),
+];
 
 fn params(shape: Rows, ignore_index: i32, scale: f32) -> Result<Params> {
     Ok(Params {
@@ -381,9 +391,9 @@ pub fn xent_gpu(
         &[],
         &[
             targets.buffer(),
+            out.summary.buffer(),
             out.loss.buffer(),
             out.stats.buffer(),
-            out.summary.buffer(),
         ],
         &p,
         [1, 1, 1],
@@ -401,8 +411,8 @@ pub fn xent_gpu(
                 x.buffer(),
                 targets.buffer(),
                 out.stats.buffer(),
-                out.summary.buffer(),
                 dx.buffer(),
+                out.summary.buffer(),
             ],
             &p,
             grid,
