@@ -4,6 +4,18 @@
 //! analytic gradient. In f64 with `h = 1e-6` the truncation error is about
 //! `h²·f'''` and the rounding error about `1e-16·|f| / h`, so a correct backward
 //! agrees to roughly 1e-8 relative; a wrong one is off by O(1).
+//!
+//! ```
+//! use rnn_wgpu::gradcheck::GradCheck;
+//!
+//! // f(x) = Σ sin(xᵢ)·xᵢ, whose gradient is cos(xᵢ)·xᵢ + sin(xᵢ).
+//! let mut f = |x: &[f64]| x.iter().map(|v| v.sin() * v).sum::<f64>();
+//! let x = [0.3f64, -1.2, 2.0];
+//! let right: Vec<f64> = x.iter().map(|v| v.cos() * v + v.sin()).collect();
+//! assert!(GradCheck::default().check("f", &mut f, &x, &right, None).is_ok());
+//! let wrong: Vec<f64> = x.iter().map(|v| v.cos() * v).collect();
+//! assert!(GradCheck::default().check("f", &mut f, &x, &wrong, None).is_err());
+//! ```
 
 use crate::parity::Mismatch;
 use crate::parity::{Comparison, Tolerance};

@@ -3,6 +3,21 @@
 //! Every file rnn-wgpu writes goes to a temporary file in the same directory
 //! first and is renamed into place, so a crash or a full disk never leaves a
 //! partial file where a good one was expected.
+//!
+//! ```
+//! use rnn_wgpu::io::{read_safetensors, write_safetensors, HostTensor, TensorMap};
+//!
+//! # fn main() -> rnn_wgpu::Result<()> {
+//! let path = std::env::temp_dir().join(format!("rnn-wgpu-io-doc-{}.safetensors", std::process::id()));
+//! let mut tensors = TensorMap::new();
+//! tensors.insert("input".into(), HostTensor::f32(&[2, 3], vec![0.5; 6]));
+//! write_safetensors(&path, &tensors, None)?; // a temporary file, then a rename
+//! let back = read_safetensors(&path)?;
+//! assert_eq!(back["input"].floats("input")?, [0.5; 6]);
+//! std::fs::remove_file(&path).ok();
+//! # Ok(())
+//! # }
+//! ```
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -4,6 +4,38 @@
 //! through wgpu (Vulkan, Metal, DX12, GL), with a CPU reference path that
 //! computes the same thing in plain Rust so that every GPU result can be checked.
 //!
+//! ```
+//! use rnn_wgpu::backend::{Backend, CpuBackend};
+//! use rnn_wgpu::nn::{Rnn, RnnConfig};
+//! use rnn_wgpu::ops::cell::Cell;
+//!
+//! # fn main() -> rnn_wgpu::Result<()> {
+//! // The CPU path; `rnn_wgpu::backend::GpuBackend::from_env()?` runs the same on a GPU.
+//! let b = CpuBackend::<f32>::new();
+//! let mut lstm = Rnn::new(b.clone(), RnnConfig::new(Cell::Lstm, 3, 8), 1)?;
+//! let x = b.tensor_f32(&[5, 2, 3], &[0.5; 30])?; // [T, B, I]
+//! let (out, saved) = lstm.forward_train(&x, None, None, None, None)?;
+//! let grads = lstm.zeros_like_params()?;
+//! let dx = lstm.backward(&saved, Some(&out.output), None, None, &grads)?;
+//! assert_eq!(b.shape(&out.output), &[5, 2, 8]); // [T, B, H]
+//! assert_eq!(b.shape(dx.input.as_ref().unwrap()), &[5, 2, 3]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Values, not aliases
+//! Every tensor a layer returns (outputs, final states, input gradients) is a
+//! value: nothing the layer does later writes into it. Layers draw their
+//! buffers from a pool and reuse one only when no handle outside the pool
+//! refers to it ([`backend::Backend::is_unique`]), so a training loop reaches
+//! an allocation-free steady state after its first steps while a caller's
+//! tensors stay as they were. A training forward
+//! ([`nn::Rnn::forward_train`], [`nn::model::SeqModel::forward_train`]) hands
+//! out its saved activations, and the backward takes them: it differentiates
+//! that forward, whatever ran in between. An inference forward keeps nothing
+//! for a backward. [`nn::Rnn::step`] and [`nn::model::SeqModel::step`] stream
+//! one time step at a time with the [`nn::State`] on the device.
+//!
 //! ## Dimension letters
 //! Used throughout the code, the docs and the error messages:
 //!
@@ -46,6 +78,8 @@
 //!   with clap, indicatif and plotters. `default-features = false` leaves the
 //!   library without them.
 
+#![deny(missing_docs)]
+
 pub mod backend;
 pub mod bench;
 pub mod doctor;
@@ -62,3 +96,8 @@ pub mod train;
 
 pub use error::{Error, Result};
 pub use real::Real;
+
+// The README's Rust examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

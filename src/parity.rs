@@ -3,6 +3,17 @@
 //!
 //! Used by the test suite (CPU vs GPU, fast vs reference, PyTorch fixtures)
 //! and by the `doctor` command on a user's machine.
+//!
+//! ```
+//! use rnn_wgpu::parity::{compare, uniform, Tolerance};
+//!
+//! let expected = uniform(7, 100, -1.0, 1.0); // seeded: the same values every run
+//! let mut actual = expected.clone();
+//! assert!(compare("close", &expected, &actual, Tolerance::new(1e-6, 1e-5)).is_ok());
+//! actual[42] += 0.5;
+//! let m = compare("off", &expected, &actual, Tolerance::new(1e-6, 1e-5)).unwrap_err();
+//! assert!(m.to_string().contains("[42]"), "{m}"); // where, and by how much
+//! ```
 
 use std::fmt;
 

@@ -9,6 +9,27 @@
 //!
 //! Launches address tensors with element offsets, so a time step of a `[T, B, H]`
 //! sequence or one gate block of a weight is an offset, not a copy.
+//!
+//! [`choose`] opens what a user asked for (`auto` takes a hardware GPU and
+//! otherwise the CPU path) and [`crate::with_backend!`] runs generic code on it:
+//!
+//! ```
+//! use rnn_wgpu::backend::{api, choose, Backend, BackendChoice};
+//! use rnn_wgpu::ops::activation::Activation;
+//!
+//! # fn main() -> rnn_wgpu::Result<()> {
+//! let (chosen, why) = choose(BackendChoice::Auto)?;
+//! println!("running on {why}");
+//! rnn_wgpu::with_backend!(chosen, b => {
+//!     let x = b.tensor_f32(&[2, 2], &[-1.0, 0.0, 1.0, 2.0])?;
+//!     let y = api::activate(&b, Activation::Relu, &x)?;
+//!     assert_eq!(b.read_f64(&y)?, [0.0, 0.0, 1.0, 2.0]);
+//!     let total = api::reduce(&b, rnn_wgpu::ops::reduce::ReduceOp::Sum, &x)?;
+//!     assert_eq!(total, 2.0);
+//! });
+//! # Ok(())
+//! # }
+//! ```
 
 mod choice;
 mod cpu;

@@ -357,7 +357,7 @@ impl ParamsLayout {
 /// spelled differently names it: `b as "B": u32`. The block must fit in
 /// [`PARAM_WINDOW`] (a compile-time check).
 ///
-/// ```ignore
+/// ```text
 /// kernel_params! {
 ///     struct Params {
 ///         n: u32,

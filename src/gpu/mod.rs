@@ -1,6 +1,32 @@
 //! GPU side: adapter choice, the context (device, queue, limits, pipeline and
 //! bind group caches, the recorder that batches launches into one submission),
 //! and tensors.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use rnn_wgpu::backend::{Backend, GpuBackend};
+//! use rnn_wgpu::gpu::{list_adapters, ContextOptions, GpuContext};
+//!
+//! # fn main() -> rnn_wgpu::Result<()> {
+//! for adapter in list_adapters(wgpu::Backends::all()) {
+//!     println!("{adapter}"); // name, API, device type, driver
+//! }
+//! // The best adapter, or the one RNN_WGPU_BACKEND / RNN_WGPU_ADAPTER name.
+//! let ctx = match GpuContext::new(ContextOptions::from_env()?) {
+//!     Ok(ctx) => Arc::new(ctx),
+//!     Err(e) => {
+//!         eprintln!("no GPU adapter: {e}");
+//!         return Ok(());
+//!     }
+//! };
+//! let gpu = GpuBackend::new(ctx.clone())?;
+//! let x = gpu.tensor_f32(&[3], &[1.0, 2.0, 3.0])?;
+//! gpu.fill(&x, 1, 2, 0.5)?; // recorded, not yet submitted
+//! assert_eq!(gpu.read(&x)?, [1.0, 0.5, 0.5]); // one submission, one readback
+//! assert_eq!(ctx.counters().readbacks, 1);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod adapter;
 pub mod context;

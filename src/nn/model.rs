@@ -11,6 +11,27 @@
 //! also returns what [`SeqModel::backward`] needs, and [`SeqModel::chunk`] does
 //! both over a chunk of time steps. The trainer (`crate::train`) strings chunks
 //! together for full or truncated BPTT.
+//!
+//! ```
+//! use rnn_wgpu::backend::{Backend, CpuBackend};
+//! use rnn_wgpu::nn::model::{ModelConfig, SeqModel};
+//! use rnn_wgpu::ops::cell::Cell;
+//!
+//! # fn main() -> rnn_wgpu::Result<()> {
+//! let b = CpuBackend::<f32>::new();
+//! let config = ModelConfig { vocab: 5, ..ModelConfig::new(Cell::Lstm, 8) };
+//! let mut model = SeqModel::new(b.clone(), config, &config.init_params(1)?)?;
+//! // A prompt of three tokens for two streams ([T, B]), then one token per stream at a time.
+//! let prompt = b.ints(&[3, 2], &[0, 1, 2, 3, 4, 0])?;
+//! let mut out = model.forward(&prompt, None)?; // logits [T·B, V], the final state
+//! for _ in 0..4 {
+//!     let next = b.ints(&[2], &[1, 2])?; // one token per stream
+//!     out = model.step(&next, Some(&out.state))?; // logits [B, V]
+//! }
+//! assert_eq!(b.shape(&out.logits), &[2, 5]);
+//! # Ok(())
+//! # }
+//! ```
 
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +116,23 @@ pub const MAX_ONE_HOT: usize = 4096;
 const OUTPUT_DROPOUT_SITE: u32 = 1 << 16;
 
 impl ModelConfig {
+    /// One layer of `hidden` units of `cell` fed by a 16-wide embedding, no
+    /// dropout, LSTM forget-gate bias 1, PyTorch's initialization (the
+    /// defaults of `rnn-wgpu train`). The vocabulary is left 0: a
+    /// [`crate::train::Trainer`] takes it from its task.
+    pub fn new(cell: Cell, hidden: usize) -> Self {
+        ModelConfig {
+            vocab: 0,
+            input: InputEncoding::Embedding(16),
+            cell,
+            hidden,
+            layers: 1,
+            dropout: 0.0,
+            forget_bias: 1.0,
+            init: Init::Uniform,
+        }
+    }
+
     /// Input width of the recurrent stack.
     pub fn input_width(&self) -> usize {
         match self.input {

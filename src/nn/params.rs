@@ -3,6 +3,16 @@
 //! A model's parameters live in one tensor `[P]` and its gradients in another
 //! of the same layout, so that an optimizer step or a gradient norm is one
 //! kernel over one buffer, and a checkpoint is a list of named slices.
+//!
+//! ```
+//! use rnn_wgpu::nn::RnnConfig;
+//! use rnn_wgpu::ops::cell::Cell;
+//!
+//! let layout = RnnConfig::new(Cell::Gru, 3, 4).bidirectional(true).layout();
+//! let w = layout.get("weight_hh_l0_reverse").unwrap(); // PyTorch's names
+//! assert_eq!(w.shape, [12, 4]); // [G·H, H]
+//! assert_eq!(layout.total, 2 * (12 * 3 + 12 * 4 + 12 + 12));
+//! ```
 
 /// One named parameter: its shape and where it starts in the flat buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,6 +21,45 @@
 //!    `dW_hh += dGhᵀ·h_prev`, `db += Σ dG` (matmuls over `T·B` rows).
 //! 5. The gradient of the layer input, `dGx · W_ih`, summed over directions,
 //!    is the output gradient of the layer below.
+//!
+//! ## Values and saved activations
+//! [`Rnn::forward`] is inference: it keeps two state slots per layer and no
+//! gates, and returns values. [`Rnn::forward_train`] keeps every state slot
+//! and the gates in an [`RnnSaved`], which [`Rnn::backward`] takes; the
+//! stack's buffers come from a pool and are reused only when nobody holds
+//! them. [`Rnn::step`] advances a [`State`] by one time step (streaming).
+//!
+//! ```
+//! use rnn_wgpu::backend::{Backend, CpuBackend};
+//! use rnn_wgpu::nn::{Rnn, RnnConfig};
+//! use rnn_wgpu::ops::cell::Cell;
+//!
+//! # fn main() -> rnn_wgpu::Result<()> {
+//! let b = CpuBackend::<f64>::new();
+//! let mut rnn = Rnn::new(b.clone(), RnnConfig::new(Cell::Gru, 2, 3).layers(2), 1)?;
+//! let x1 = b.tensor_f64(&[4, 1, 2], &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])?;
+//! let x2 = b.tensor_f64(&[4, 1, 2], &[0.0; 8])?;
+//! let (out1, saved1) = rnn.forward_train(&x1, None, None, None, None)?;
+//! let kept = b.read(&out1.output)?;
+//! rnn.forward(&x2, None, None, None)?; // another forward of the same shape…
+//! assert_eq!(b.read(&out1.output)?, kept); // …leaves out1 as it was
+//! let grads = rnn.zeros_like_params()?;
+//! rnn.backward(&saved1, Some(&out1.output), None, None, &grads)?; // differentiates x1's forward
+//!
+//! // Streaming: the same sequence one step at a time ends in the same state.
+//! let mut state = None;
+//! for t in 0..4 {
+//!     let row = b.tensor_f64(&[1, 2], &[0.1 + 0.2 * t as f64, 0.2 + 0.2 * t as f64])?;
+//!     let (_, next) = rnn.step(&row, state.as_ref())?;
+//!     state = Some(next);
+//! }
+//! let streamed = b.read(&state.unwrap().h)?;
+//! for (s, w) in streamed.iter().zip(b.read(&out1.hn)?) {
+//!     assert!((s - w).abs() < 1e-12);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use super::params::{ParamEntry, ParamLayout};
 use super::pool::{Pool, next_owner_id};

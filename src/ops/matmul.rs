@@ -13,6 +13,25 @@
 //! when `trans_a`. `op(B)` is `K×N`: B is stored `[K, N]`, or `[N, K]` when
 //! `trans_b`. The forward pass uses NT (`x · Wᵀ`), the backward pass NN
 //! (`dY · W`) and TN (`dYᵀ · X`).
+//!
+//! ```
+//! use rnn_wgpu::ops::matmul::{gemm_cpu, gemm_reference, Gemm};
+//!
+//! # fn main() -> rnn_wgpu::Result<()> {
+//! // C[2, 2] = A[2, 3] · B[2, 3]ᵀ + bias, B read from offset 1 of its buffer.
+//! let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+//! let b = [9.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]; // rows [1, 0, 0] and [0, 0, 1]
+//! let bias = [10.0, 20.0];
+//! let g = Gemm::nt(2, 2, 3).offsets(0, 1, 0).with_bias(0);
+//! let mut c = [0.0; 4];
+//! gemm_cpu(&g, &a, &b, Some(&bias), &mut c)?;
+//! assert_eq!(c, [11.0, 23.0, 14.0, 26.0]);
+//! let mut r = [0.0; 4];
+//! gemm_reference(&g, &a, &b, Some(&bias), &mut r)?;
+//! assert_eq!(r, c);
+//! # Ok(())
+//! # }
+//! ```
 
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};

@@ -29,6 +29,29 @@
 //! ```
 //! Each window restarts from the state the previous window's forward computed
 //! at its start (with the parameters before that window's update).
+//!
+//! ```
+//! use rnn_wgpu::backend::CpuBackend;
+//! use rnn_wgpu::nn::model::ModelConfig;
+//! use rnn_wgpu::ops::cell::Cell;
+//! use rnn_wgpu::train::tasks::TaskSpec;
+//! use rnn_wgpu::train::{Bptt, TrainConfig, Trainer};
+//!
+//! # fn main() -> rnn_wgpu::Result<()> {
+//! let mut config = TrainConfig::new(TaskSpec::Add { digits: 2 }, ModelConfig::new(Cell::Gru, 16));
+//! config.batch = 8;
+//! config.eval_problems = 20;
+//! config.bptt = Bptt::Truncated { k1: 4, k2: 6 }; // update every 4 steps, backpropagate 6
+//! let mut trainer = Trainer::new(CpuBackend::<f32>::new(), config)?;
+//! for _ in 0..3 {
+//!     let r = trainer.train_step()?;
+//!     assert!(r.loss.is_finite() && r.skipped == 0);
+//! }
+//! let e = trainer.evaluate()?; // held-out problems, never trained on
+//! assert!(e.exact_match.is_some() && e.problems == 20);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod checkpoint;
 pub mod plot;
@@ -81,6 +104,28 @@ pub struct Window {
     pub end: usize,
     /// First step whose targets count.
     pub loss_from: usize,
+}
+
+impl TrainConfig {
+    /// `task` and `model` with the other defaults of `rnn-wgpu train`: batch
+    /// 64, 5000 steps, full BPTT, Adam at 0.005 on a cosine schedule down to
+    /// 0.0002, gradients clipped to norm 1, seed 1, a non-finite gradient
+    /// stops the run, 1000 held-out problems per evaluation.
+    pub fn new(task: TaskSpec, model: ModelConfig) -> Self {
+        TrainConfig {
+            task,
+            model,
+            batch: 64,
+            steps: 5000,
+            bptt: Bptt::Full,
+            optimizer: Optimizer::adam(0.005),
+            schedule: Schedule::Cosine { min_lr: 0.0002 },
+            clip: Some(1.0),
+            seed: 1,
+            non_finite: NonFinite::Error,
+            eval_problems: 1000,
+        }
+    }
 }
 
 impl Bptt {
