@@ -7,7 +7,10 @@ pub mod context;
 pub mod kernel;
 pub mod tensor;
 
-pub use adapter::{AdapterSummary, ContextOptions, install_hint, list_adapters};
-pub use context::{Counters, GpuContext, Recorder};
+pub use adapter::{AdapterSummary, ContextOptions, LimitBase, install_hint, list_adapters};
+pub use context::{
+    Counters, GpuContext, KERNEL_STORAGE_BUFFERS_PER_STAGE, REQUIRED_DOWNLEVEL_FLAGS, Recorder,
+    required_limits,
+};
 pub use kernel::StepKernel;
 pub use tensor::{DType, GpuTensor, checked_numel, download_many, numel};
