@@ -7,6 +7,8 @@
 //!   recurrent-product variant of the cell steps ([`StepKernel`]).
 //! - `RNN_WGPU_LIMITS`: `auto` (default), `webgpu` or `downlevel`: the base
 //!   set of device limits requested ([`LimitBase`]).
+//! - `RNN_WGPU_DISPATCHES_PER_SUBMIT`: the most dispatches one submission
+//!   holds ([`ContextOptions::max_dispatches_per_submit`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -82,6 +84,21 @@ impl std::str::FromStr for LimitBase {
     }
 }
 
+/// The default of [`ContextOptions::max_dispatches_per_submit`].
+///
+/// Display watchdogs reset a GPU whose command buffer runs too long: Windows'
+/// TDR after 2 s by default, macOS by aborting a command buffer that keeps a
+/// display's GPU busy (Metal's "impacting interactivity" error). A long
+/// sequence records thousands of dependent dispatches (one per layer,
+/// direction and time step), so without a bound a training step would be one
+/// command buffer as long as the whole step. The bound is a count, not a time:
+/// a cell step's dispatch takes from microseconds to about a millisecond on a
+/// GPU, so 256 of them stay far below those limits, while a training step of a
+/// few layers over a short sequence (under 256 dispatches) stays one
+/// submission and a submission's fixed cost (tens of microseconds) stays small
+/// next to the work it carries. Lower it for very large shapes on a slow GPU.
+pub const DEFAULT_MAX_DISPATCHES_PER_SUBMIT: usize = 256;
+
 /// How a [`GpuContext`](super::GpuContext) picks and configures its adapter.
 #[derive(Clone, Debug)]
 pub struct ContextOptions {
@@ -109,6 +126,12 @@ pub struct ContextOptions {
     /// Tests force [`LimitBase::Downlevel`] to check that every kernel runs
     /// on GL-class limits.
     pub limits: LimitBase,
+    /// The most compute dispatches one submission holds: recorded work is
+    /// submitted automatically once this many dispatches are pending, so no
+    /// command buffer runs long enough for a display watchdog to reset the
+    /// GPU. Splitting never changes results (the queue runs submissions in
+    /// order). Default [`DEFAULT_MAX_DISPATCHES_PER_SUBMIT`]; at least 1.
+    pub max_dispatches_per_submit: usize,
 }
 
 impl Default for ContextOptions {
@@ -122,13 +145,15 @@ impl Default for ContextOptions {
             max_buffer_size: None,
             step_kernel: None,
             limits: LimitBase::Auto,
+            max_dispatches_per_submit: DEFAULT_MAX_DISPATCHES_PER_SUBMIT,
         }
     }
 }
 
 impl ContextOptions {
     /// Options from `RNN_WGPU_BACKEND`, `RNN_WGPU_ADAPTER`,
-    /// `RNN_WGPU_STEP_KERNEL` and `RNN_WGPU_LIMITS`; defaults where unset.
+    /// `RNN_WGPU_STEP_KERNEL`, `RNN_WGPU_LIMITS` and
+    /// `RNN_WGPU_DISPATCHES_PER_SUBMIT`; defaults where unset.
     pub fn from_env() -> Result<Self> {
         let mut opts = ContextOptions::default();
         if let Ok(list) = std::env::var("RNN_WGPU_BACKEND")
@@ -151,7 +176,24 @@ impl ContextOptions {
                 .parse()
                 .map_err(|reason| Error::invalid("RNN_WGPU_LIMITS", reason))?;
         }
+        if let Ok(n) = std::env::var("RNN_WGPU_DISPATCHES_PER_SUBMIT")
+            && !n.trim().is_empty()
+        {
+            opts.max_dispatches_per_submit = parse_dispatch_bound(&n)
+                .map_err(|reason| Error::invalid("RNN_WGPU_DISPATCHES_PER_SUBMIT", reason))?;
+        }
         Ok(opts)
+    }
+}
+
+/// Parses a dispatch bound: a whole number of at least 1.
+pub fn parse_dispatch_bound(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "expected a whole number of dispatches, at least 1, got {:?}",
+            s.trim()
+        )),
     }
 }
 
@@ -356,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn limit_bases_parse() {
+    fn limit_bases_and_dispatch_bounds_parse() {
         assert_eq!("".parse::<LimitBase>().unwrap(), LimitBase::Auto);
         assert_eq!(" WebGPU".parse::<LimitBase>().unwrap(), LimitBase::WebGpu);
         assert_eq!(
@@ -371,5 +413,12 @@ mod tests {
         for base in [LimitBase::Auto, LimitBase::WebGpu, LimitBase::Downlevel] {
             assert_eq!(base.name().parse::<LimitBase>().unwrap(), base);
         }
+        assert_eq!(parse_dispatch_bound(" 64 ").unwrap(), 64);
+        assert!(
+            parse_dispatch_bound("0")
+                .unwrap_err()
+                .contains("at least 1")
+        );
+        assert!(parse_dispatch_bound("-3").is_err());
     }
 }

@@ -7,7 +7,10 @@
 //! readback: then every parameter block is written into one uniform arena with
 //! a single `write_buffer`, every command is encoded into one command encoder
 //! (consecutive dispatches share a compute pass), and the encoder is submitted
-//! once inside error scopes that turn wgpu errors into [`Error`]s.
+//! once inside error scopes that turn wgpu errors into [`Error`]s. Once
+//! [`ContextOptions::max_dispatches_per_submit`] dispatches are pending, the
+//! recorder submits them on its own, so no command buffer grows long enough
+//! for a display watchdog to reset the GPU.
 //!
 //! Limits: the device is opened with a known base set of limits (WebGPU's
 //! defaults, or wgpu's downlevel set on GL-class adapters; [`LimitBase`]) plus
@@ -83,11 +86,16 @@ struct BindKey {
 #[derive(Debug, Default)]
 struct Pending {
     cmds: Vec<Cmd>,
+    // The dispatches among `cmds`.
+    dispatches: usize,
     params: Vec<u8>,
     arena: Option<Arena>,
     // Cached bind groups and the flush that last used each. A bind group holds
     // its buffers alive, so unused ones are dropped after a few flushes.
     bind_groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
+    // Flushes asked for by a caller (explicit, readback, write). Submissions
+    // forced by the dispatch bound do not count, so the bind groups of a long
+    // step are not dropped and rebuilt within every step.
     flushes: u64,
 }
 
@@ -183,6 +191,7 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     limit_base: LimitBase,
     max_groups_per_dim: u32,
+    max_dispatches_per_submit: usize,
     step_kernel: Mutex<Option<StepKernel>>,
     timeout: Duration,
     param_align: usize,
@@ -266,6 +275,7 @@ impl GpuContext {
             limits,
             limit_base,
             max_groups_per_dim,
+            max_dispatches_per_submit: opts.max_dispatches_per_submit.max(1),
             step_kernel: Mutex::new(opts.step_kernel),
             timeout: opts.timeout,
             param_align,
@@ -314,6 +324,12 @@ impl GpuContext {
     /// [`LimitBase::Downlevel`]; `Auto` is resolved when the context opens).
     pub fn limit_base(&self) -> LimitBase {
         self.limit_base
+    }
+
+    /// The most dispatches one submission holds
+    /// ([`ContextOptions::max_dispatches_per_submit`]).
+    pub fn max_dispatches_per_submit(&self) -> usize {
+        self.max_dispatches_per_submit
     }
 
     /// The wgpu device (for callers that record their own work).
@@ -453,7 +469,7 @@ impl GpuContext {
         let mut pending = lock(&self.pending);
         // queue.write_buffer lands before the next submission's commands, so
         // earlier recorded work must be submitted first to keep program order.
-        self.flush_locked(&mut pending, "write")?;
+        self.flush_locked(&mut pending, "write", false)?;
         self.queue.write_buffer(buffer, offset, data);
         Ok(())
     }
@@ -561,7 +577,18 @@ impl GpuContext {
         };
         let out = f(&mut rec)?;
         let Recorder { cmds, params, .. } = rec;
+        let unit = cmds
+            .iter()
+            .filter(|c| matches!(c, Cmd::Dispatch { .. }))
+            .count();
         let mut pending = lock(&self.pending);
+        // Display watchdogs: submit what is pending before this op would take
+        // it past the bound. Program order is kept (the queue runs
+        // submissions in order), so results do not change.
+        if pending.dispatches > 0 && pending.dispatches + unit > self.max_dispatches_per_submit {
+            self.flush_locked(&mut pending, "flush (dispatch bound)", true)?;
+        }
+        pending.dispatches += unit;
         let base = pending.params.len().div_ceil(self.param_align) * self.param_align;
         pending.params.resize(base, 0);
         pending.params.extend_from_slice(&params);
@@ -574,10 +601,11 @@ impl GpuContext {
         Ok(out)
     }
 
-    /// Submits everything recorded so far (one command buffer, one submit).
+    /// Submits everything recorded so far: one command buffer and one submit
+    /// for every [`GpuContext::max_dispatches_per_submit`] dispatches.
     pub fn flush(&self) -> Result<()> {
         let mut pending = lock(&self.pending);
-        self.flush_locked(&mut pending, "flush")
+        self.flush_locked(&mut pending, "flush", false)
     }
 
     /// Submits everything and waits for the GPU to finish it.
@@ -638,13 +666,23 @@ impl GpuContext {
         Ok(())
     }
 
-    fn flush_locked(&self, pending: &mut Pending, op: &str) -> Result<()> {
+    /// Submits the pending work. `bound`: forced by the dispatch bound rather
+    /// than asked for (it does not age the bind group cache).
+    ///
+    /// The parameter arena is written once, before the first of this flush's
+    /// submissions, and rewritten by the next flush while these may still be
+    /// running. That is safe: `queue.write_buffer` takes effect in queue
+    /// order, after every earlier submission and before the next one (wgpu
+    /// inserts the barrier between their uses of the arena), as WebGPU's
+    /// queue timeline specifies.
+    fn flush_locked(&self, pending: &mut Pending, op: &str, bound: bool) -> Result<()> {
         self.check_alive()?;
         if pending.cmds.is_empty() {
             return Ok(());
         }
         let cmds = std::mem::take(&mut pending.cmds);
         let params = std::mem::take(&mut pending.params);
+        pending.dispatches = 0;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
 
@@ -678,14 +716,58 @@ impl GpuContext {
         if pending.bind_groups.len() > BIND_GROUP_CACHE {
             pending.bind_groups.clear();
         }
-        pending.flushes += 1;
+        if !bound {
+            pending.flushes += 1;
+        }
         let now = pending.flushes;
 
+        // One command buffer and one submit per `max_dispatches_per_submit`
+        // dispatches (a single op larger than the bound is split too); copies
+        // and clears go with the dispatches around them.
+        let mut start = 0;
+        while start < cmds.len() {
+            let mut end = start;
+            let mut n_dispatch = 0;
+            while let Some(cmd) = cmds.get(end) {
+                if matches!(cmd, Cmd::Dispatch { .. }) {
+                    if n_dispatch == self.max_dispatches_per_submit {
+                        break;
+                    }
+                    n_dispatch += 1;
+                }
+                end += 1;
+            }
+            let buffer = self.encode(pending, &cmds[start..end], &arena, now, op);
+            self.queue.submit([buffer]);
+            self.submits.fetch_add(1, Ordering::Relaxed);
+            self.dispatches
+                .fetch_add(n_dispatch as u64, Ordering::Relaxed);
+            start = end;
+        }
+        if !bound {
+            pending
+                .bind_groups
+                .retain(|_, (_, used)| *used + BIND_GROUP_IDLE_FLUSHES >= now);
+        }
+        // Let wgpu retire finished work without blocking.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        self.pop_scopes(val, oom, op)
+    }
+
+    /// Encodes `cmds` into one command buffer; consecutive dispatches share a
+    /// compute pass, and bind groups come from (and go into) the cache.
+    fn encode(
+        &self,
+        pending: &mut Pending,
+        cmds: &[Cmd],
+        arena: &wgpu::Buffer,
+        now: u64,
+        op: &str,
+    ) -> wgpu::CommandBuffer {
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
         let mut i = 0;
-        let mut n_dispatch = 0u64;
         while i < cmds.len() {
             match &cmds[i] {
                 Cmd::Dispatch { .. } => {
@@ -706,7 +788,7 @@ impl GpuContext {
                                 group.clone()
                             }
                             None => {
-                                let group = self.bind_group(kernel, &arena, &key.buffers);
+                                let group = self.bind_group(kernel, arena, &key.buffers);
                                 pending
                                     .bind_groups
                                     .insert(key.clone(), (group.clone(), now));
@@ -716,7 +798,6 @@ impl GpuContext {
                         pass.set_pipeline(&kernel.pipeline);
                         pass.set_bind_group(0, &bind_group, &[*param_offset]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-                        n_dispatch += 1;
                         i += 1;
                     }
                 }
@@ -740,15 +821,7 @@ impl GpuContext {
                 }
             }
         }
-        pending
-            .bind_groups
-            .retain(|_, (_, used)| *used + BIND_GROUP_IDLE_FLUSHES >= now);
-        self.queue.submit([encoder.finish()]);
-        self.submits.fetch_add(1, Ordering::Relaxed);
-        self.dispatches.fetch_add(n_dispatch, Ordering::Relaxed);
-        // Let wgpu retire finished work without blocking.
-        let _ = self.device.poll(wgpu::PollType::Poll);
-        self.pop_scopes(val, oom, op)
+        encoder.finish()
     }
 
     fn bind_group(
@@ -809,7 +882,7 @@ impl GpuContext {
                     });
                 }
             }
-            self.flush_locked(&mut pending, "readback")?;
+            self.flush_locked(&mut pending, "readback", false)?;
         }
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
