@@ -22,6 +22,23 @@ fn grid_tile(wid: vec3<u32>, nwg: vec3<u32>, rows: u32, row_side: u32, cols: u32
     return vec2<u32>((tile / tiles_c) * row_side, (tile % tiles_c) * col_side);
 }
 
+// Non-finite tests read the bits. Metal compiles with fast math, which lets
+// the compiler assume that no value is NaN or infinite: `v != v`, `abs(v) <
+// inf`, `v - v == 0.0` or a comparison of sqrt(v) may be folded to a
+// constant. An integer test of the exponent bits cannot be folded; apply it to
+// a value as loaded from a buffer, since a value computed under fast math may
+// itself be assumed finite.
+
+// True when v is neither infinite nor NaN (its exponent bits are not all ones).
+fn is_finite_f32(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+// True when v is NaN (exponent bits all ones, mantissa not zero).
+fn is_nan_f32(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 // The lowest finite f32: the identity of max for finite inputs. (Shader
 // compilers may assume no infinities, so -inf is not used.)
 const F32_LOWEST: f32 = -3.4028234663852886e38;
@@ -43,6 +60,8 @@ fn sigmoid_f(x: f32) -> f32 {
 // computed as (e^2x - 1)/(e^2x + 1), which loses relative precision near 0 and
 // overflows to NaN for large x). Cephes tanhf: odd polynomial below 0.625
 // (peak relative error 2.5e-7), 1 - 2/(e^2|x| + 1) above; |x| >= 15 is +-1 in f32.
+// A NaN stays a NaN, as on the CPU (Real::tanh_cell), so a diverging run is
+// seen as one: min(NaN, 15.0) may return 15.0, which would turn it into +-1.
 fn tanh_f(x: f32) -> f32 {
     let a = abs(x);
     var r: f32;
@@ -53,7 +72,7 @@ fn tanh_f(x: f32) -> f32 {
     } else {
         r = 1.0 - 2.0 / (exp(2.0 * min(a, 15.0)) + 1.0);
     }
-    return select(r, -r, x < 0.0);
+    return select(select(r, -r, x < 0.0), x, is_nan_f32(x));
 }
 
 // erfc(z) (Numerical Recipes' erfcc, fractional error below 1.2e-7 everywhere),

@@ -2,11 +2,13 @@
 // global norm, applied without a host round trip.
 //
 // stats[norm_idx] holds the sum of squared gradients (reduce.wgsl) and, when
-// loss_idx is not NO_LOSS, stats[loss_idx] the loss. Every update first forms
-// norm = sqrt(stats[norm_idx]); if it (or the loss) is not finite the whole
-// update is skipped (parameters and state untouched) and the host,
-// reading the same stats, reports it. With max_norm > 0 the gradient is
-// scaled by min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_).
+// loss_idx is not NO_LOSS, stats[loss_idx] the loss. The whole update is
+// skipped (parameters and state untouched) when that sum or the loss is not
+// finite, or the sum is negative (its square root, the norm, would be NaN),
+// and the host, reading the same stats, reports it. Both are tested by their
+// bits as loaded from the buffer (is_finite_f32), never through sqrt or a
+// comparison that fast math (Metal) may fold. With max_norm > 0 the gradient
+// is scaled by min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_).
 // CPU twin: ops::optim.
 
 struct Params {
@@ -41,21 +43,22 @@ const FIRST: u32 = 4u;
 @group(0) @binding(4) var<storage, read_write> s2: array<f32>;
 @group(0) @binding(5) var<storage, read> stats: array<f32>;
 
-fn is_finite(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
-}
-
 // The clipping coefficient, or a negative value when the step must be skipped.
 fn clip_coef() -> f32 {
-    let norm = sqrt(stats[p.norm_idx]);
-    if (!is_finite(norm)) {
+    let norm_sq = stats[p.norm_idx];
+    if (!is_finite_f32(norm_sq)) {
         return -1.0;
     }
-    if (p.loss_idx != NO_LOSS && !is_finite(stats[p.loss_idx])) {
+    if (p.loss_idx != NO_LOSS && !is_finite_f32(stats[p.loss_idx])) {
+        return -1.0;
+    }
+    // Finite by now, so the comparison is an ordinary one (the CPU twin's
+    // sqrt of a negative sum is NaN and skips).
+    if (norm_sq < 0.0) {
         return -1.0;
     }
     if (p.max_norm > 0.0) {
-        return min(1.0, p.max_norm / (norm + 1e-6));
+        return min(1.0, p.max_norm / (sqrt(norm_sq) + 1e-6));
     }
     return 1.0;
 }

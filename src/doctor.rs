@@ -13,7 +13,7 @@ use crate::nn::model::{Init, InputEncoding, ModelConfig};
 use crate::ops::activation::{Activation, Span};
 use crate::ops::cell::Cell;
 use crate::ops::matmul::{Gemm, GemmKernel};
-use crate::ops::optim::Optimizer;
+use crate::ops::optim::{Optimizer, UpdateSpec};
 use crate::ops::reduce::{ColSum, ReduceOp};
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
 use crate::parity::{Tolerance, compare, uniform, uniform_i32};
@@ -145,6 +145,7 @@ trait Runner {
     fn xent(&self, rows: usize, cols: usize, x: &[f64], t: &[i32]) -> Result<Vec<f64>>;
     fn softmax(&self, rows: usize, cols: usize, x: &[f64]) -> Result<Vec<f64>>;
     fn reduce(&self, x: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>>;
+    fn skipped_updates(&self, cases: &[(f64, f64)]) -> Result<Vec<f64>>;
 }
 
 impl<B: Backend> Runner for B {
@@ -211,6 +212,37 @@ impl<B: Backend> Runner for B {
         };
         self.sum_cols(&s, &xt, &out)?;
         self.read_f64(&out)
+    }
+
+    /// The parameters after one Adam update for each `(Σg², loss)` written
+    /// straight into the stats buffer.
+    fn skipped_updates(&self, cases: &[(f64, f64)]) -> Result<Vec<f64>> {
+        let n = 64;
+        let opt = Optimizer::adam(0.01);
+        let (l1, l2) = opt.state_lens(n);
+        // Values exact in f32, so an update that is skipped reads back exactly.
+        let p0: Vec<f64> = uniform(90, n, -1.0, 1.0)
+            .iter()
+            .map(|&v| v as f32 as f64)
+            .collect();
+        let grads = self.tensor_f64(&[n], &uniform(91, n, -1.0, 1.0))?;
+        let mut out = Vec::new();
+        for &(norm_sq, loss) in cases {
+            let params = self.tensor_f64(&[n], &p0)?;
+            let (s1, s2) = (self.zeros(&[l1])?, self.zeros(&[l2])?);
+            let stats = self.tensor_f64(&[2], &[norm_sq, loss])?;
+            let spec = UpdateSpec {
+                n,
+                step: 1,
+                lr: opt.lr(),
+                max_norm: Some(1.0),
+                norm_idx: 0,
+                loss_idx: Some(1),
+            };
+            self.optim_update(&opt, &spec, &params, &grads, &s1, &s2, &stats)?;
+            out.extend(self.read_f64(&params)?);
+        }
+        Ok(out)
     }
 }
 
@@ -281,6 +313,27 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
             gpu,
         );
     }
+    // The optimizer skips an update whose gradient norm or loss is not finite
+    // by testing the bits of the stored values; shaders compiled with fast
+    // math (Metal) could fold a comparison-based test away. A finite update
+    // comes first, so a kernel that never updates fails too.
+    let inf = f64::INFINITY;
+    let cases = [
+        (1.0, 0.5),
+        (f64::NAN, 0.5),
+        (inf, 0.5),
+        (-inf, 0.5),
+        (1.0, f64::NAN),
+        (1.0, inf),
+        (1.0, -inf),
+    ];
+    both(
+        &mut report,
+        "optimizer skips NaN / ±inf norms and losses",
+        Tolerance::new(1e-6, 1e-6),
+        &|r| r.skipped_updates(&cases),
+        gpu,
+    );
     let v = uniform(70, 300 * 41, -1.0, 1.0);
     both(
         &mut report,

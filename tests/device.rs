@@ -147,3 +147,166 @@ fn aliasing_is_refused_or_handled_like_the_cpu() {
     cpu.copy(&h, 0, &h, 3, 6).unwrap();
     assert_eq!(gpu.read(&g).unwrap(), cpu.read(&h).unwrap());
 }
+
+/// The default bound is the documented one, and a step of the structure test
+/// above stays far inside it.
+#[test]
+fn the_default_dispatch_bound_is_documented() {
+    use rnn_wgpu::gpu::{ContextOptions, DEFAULT_MAX_DISPATCHES_PER_SUBMIT};
+    assert_eq!(DEFAULT_MAX_DISPATCHES_PER_SUBMIT, 256);
+    assert_eq!(
+        ContextOptions::default().max_dispatches_per_submit,
+        DEFAULT_MAX_DISPATCHES_PER_SUBMIT
+    );
+    let Some(ctx) = common::gpu_ctx() else { return };
+    assert_eq!(
+        ctx.max_dispatches_per_submit(),
+        ContextOptions::from_env()
+            .unwrap()
+            .max_dispatches_per_submit
+    );
+}
+
+/// With a bound of `b` dispatches, single-dispatch ops fill submissions of
+/// exactly `b`; an op of several dispatches (cross-entropy: three) larger
+/// than the bound is split too. Results match one submission bit for bit.
+#[test]
+fn the_dispatch_bound_splits_submissions_without_changing_results() {
+    use rnn_wgpu::backend::XentBuffers;
+    use rnn_wgpu::ops::softmax_xent::{IGNORE_INDEX, Rows};
+    fn run(bound: usize) -> Option<(Vec<f32>, Vec<f32>, u64, u64)> {
+        let (ctx, gpu) = common::own_gpu(|o| o.max_dispatches_per_submit = bound)?;
+        let x = gpu.tensor_f32(&[4, 4], &[0.25; 16]).unwrap();
+        let before = ctx.counters();
+        let mut y = x.clone();
+        for i in 0..10 {
+            y = api::matmul(&gpu, &y, &x, i % 2 == 1, false, None).unwrap();
+            let act = [Activation::Tanh, Activation::Sigmoid][i % 2];
+            y = api::activate(&gpu, act, &y).unwrap();
+        }
+        let v = gpu.read(&y).unwrap();
+        let after = ctx.counters();
+        // Cross-entropy records three dependent dispatches as one op.
+        let rows = Rows { rows: 4, cols: 4 };
+        let targets = gpu.ints(&[4], &[0, 3, IGNORE_INDEX, 1]).unwrap();
+        let out = XentBuffers::new(&gpu, 4).unwrap();
+        let dx = gpu.zeros(&[4, 4]).unwrap();
+        gpu.xent(rows, &y, &targets, IGNORE_INDEX, 1.0, &out, Some(&dx))
+            .unwrap();
+        let g = gpu.read_many(&[&dx, &out.loss]).unwrap().concat();
+        let last = ctx.counters();
+        assert_eq!(after.dispatches - before.dispatches, 20);
+        assert_eq!(last.dispatches - after.dispatches, 3);
+        Some((
+            v,
+            g,
+            after.submits - before.submits,
+            last.submits - after.submits,
+        ))
+    }
+    let Some((v, g, one, xent_one)) = run(rnn_wgpu::gpu::DEFAULT_MAX_DISPATCHES_PER_SUBMIT) else {
+        return;
+    };
+    assert_eq!((one, xent_one), (1, 1));
+    for (bound, submits, xent_submits) in [(1, 20, 3), (6, 4, 1), (2, 10, 2)] {
+        let (w, h, s, xs) = run(bound).unwrap();
+        assert_eq!((s, xs), (submits, xent_submits), "bound {bound}");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&v), bits(&w), "bound {bound}: forward values");
+        assert_eq!(bits(&g), bits(&h), "bound {bound}: cross-entropy");
+    }
+}
+
+/// A recurrent forward + backward and whole training steps (two layers,
+/// truncated BPTT, dropout, Adam with clipping) split into many submissions
+/// with a small bound, with every parameter update, per-step parameter block
+/// and carried state landing where it would in one submission: bitwise the
+/// same results.
+#[test]
+fn long_work_split_by_the_bound_is_bitwise_the_same() {
+    use rnn_wgpu::nn::RnnConfig;
+    use rnn_wgpu::nn::case::{RnnCase, run_case};
+    use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
+    use rnn_wgpu::ops::cell::Cell;
+    use rnn_wgpu::ops::optim::Optimizer;
+    use rnn_wgpu::train::schedule::Schedule;
+    use rnn_wgpu::train::tasks::TaskSpec;
+    use rnn_wgpu::train::{Bptt, NonFinite, TrainConfig, Trainer};
+    let cfg = RnnConfig::new(Cell::Lstm, 3, 8)
+        .layers(2)
+        .bidirectional(true);
+    let case = RnnCase::new(cfg, 7, 3, 5)
+        .with_states()
+        .with_lengths(vec![7, 4, 1]);
+    let data = case.data();
+    let train = TrainConfig {
+        task: TaskSpec::Add { digits: 2 },
+        model: ModelConfig {
+            vocab: 0,
+            input: InputEncoding::Embedding(8),
+            cell: Cell::Gru,
+            hidden: 16,
+            layers: 2,
+            dropout: 0.2,
+            forget_bias: 1.0,
+            init: Init::Uniform,
+        },
+        batch: 8,
+        steps: 100,
+        bptt: Bptt::Truncated { k1: 3, k2: 5 },
+        optimizer: Optimizer::adam(0.01),
+        schedule: Schedule::Constant,
+        clip: Some(0.5),
+        seed: 4,
+        non_finite: NonFinite::Error,
+        eval_problems: 20,
+    };
+    // (forward + backward values and gradients, their [dispatches,
+    // submissions]; losses and parameters of 3 training steps, [dispatches,
+    // submissions] of one step)
+    type Run = (Vec<u64>, [u64; 2], Vec<u64>, [u64; 2]);
+    let bits = |v: Vec<f64>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let run = |bound: usize| -> Option<Run> {
+        let (ctx, gpu) = common::own_gpu(|o| o.max_dispatches_per_submit = bound)?;
+        let c0 = ctx.counters();
+        let r = run_case(&gpu, &case.config, &data, true).unwrap();
+        let c1 = ctx.counters();
+        assert!(c1.dispatches - c0.dispatches > 80, "{c0:?} -> {c1:?}");
+        let mut values = bits(r.values());
+        values.extend(bits(r.gradients()));
+        let mut t = Trainer::new(gpu, train.clone()).unwrap();
+        let mut steps = vec![t.train_step().unwrap().loss.to_bits()];
+        let c2 = ctx.counters();
+        steps.push(t.train_step().unwrap().loss.to_bits());
+        let c3 = ctx.counters();
+        assert!(c3.dispatches - c2.dispatches > 100, "{c2:?} -> {c3:?}");
+        steps.push(t.train_step().unwrap().loss.to_bits());
+        steps.extend(bits(t.read_params().unwrap()));
+        Some((
+            values,
+            [c1.dispatches - c0.dispatches, c1.submits - c0.submits],
+            steps,
+            [c3.dispatches - c2.dispatches, c3.submits - c2.submits],
+        ))
+    };
+    let Some((values, [_, case_submits], steps, [_, step_submits])) =
+        run(rnn_wgpu::gpu::DEFAULT_MAX_DISPATCHES_PER_SUBMIT)
+    else {
+        return;
+    };
+    assert_eq!(
+        (case_submits, step_submits),
+        (1, 1),
+        "one submission each at the default bound"
+    );
+    let (split_values, case, split_steps, step) = run(16).unwrap();
+    // At most 16 dispatches per submission (a readback adds none).
+    for [dispatches, submits] in [case, step] {
+        assert!(
+            submits >= dispatches.div_ceil(16) && submits > 1,
+            "{dispatches} dispatches in {submits} submissions"
+        );
+    }
+    assert_eq!(values, split_values, "forward + backward");
+    assert_eq!(steps, split_steps, "training losses and parameters");
+}

@@ -251,3 +251,100 @@ fn non_finite_loss_skips_the_update() {
         assert!(run(&gpu), "GPU applied an update with an infinite loss");
     }
 }
+
+/// Every optimizer, on both paths, skips the whole update (parameters and
+/// state untouched) for each non-finite or negative sum of squares and each
+/// non-finite loss written straight into the stats buffer: ±inf, NaN, and a
+/// negative Σg² whose square root would be NaN. The GPU tests the bits of the
+/// values as loaded (common.wgsl `is_finite_f32`), which fast math (Metal)
+/// cannot fold away; a finite control moves the parameters.
+#[test]
+fn every_optimizer_skips_non_finite_norms_and_losses() {
+    let optimizers = [
+        Optimizer::sgd(0.5),
+        Optimizer::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: true,
+            weight_decay: 0.01,
+        },
+        Optimizer::Adagrad {
+            lr: 0.1,
+            lr_decay: 0.0,
+            eps: 1e-10,
+            weight_decay: 0.0,
+        },
+        Optimizer::RmsProp {
+            lr: 0.01,
+            alpha: 0.99,
+            eps: 1e-8,
+            momentum: 0.5,
+            centered: true,
+            weight_decay: 0.0,
+        },
+        Optimizer::adam(0.1),
+    ];
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    // (Σg², loss, what)
+    let bad = [
+        (inf, 0.5, "+inf norm"),
+        (-inf, 0.5, "-inf norm"),
+        (nan, 0.5, "NaN norm"),
+        (-4.0, 0.5, "negative sum of squares"),
+        (1.0, nan, "NaN loss"),
+        (1.0, inf, "+inf loss"),
+        (1.0, -inf, "-inf loss"),
+    ];
+    // Whether the update moved the parameters or the optimizer state.
+    fn moved<B: Backend>(b: &B, opt: &Optimizer, norm_sq: f64, loss: f64) -> bool {
+        let n = 40;
+        let (l1, l2) = opt.state_lens(n);
+        let p0: Vec<f64> = uniform(5, n, -1.0, 1.0)
+            .iter()
+            .map(|&v| v as f32 as f64)
+            .collect();
+        let params = b.tensor_f64(&[n], &p0).unwrap();
+        let grads = b.tensor_f64(&[n], &uniform(6, n, -1.0, 1.0)).unwrap();
+        let s1 = b.zeros(&[l1.max(1)]).unwrap();
+        let s2 = b.zeros(&[l2.max(1)]).unwrap();
+        let stats = b.tensor_f64(&[2], &[norm_sq, loss]).unwrap();
+        let spec = UpdateSpec {
+            n,
+            step: 1,
+            lr: opt.lr(),
+            max_norm: Some(1.0),
+            norm_idx: 0,
+            loss_idx: Some(1),
+        };
+        b.optim_update(opt, &spec, &params, &grads, &s1, &s2, &stats)
+            .unwrap();
+        let after = b.read_many(&[&params, &s1, &s2]).unwrap();
+        let p: Vec<f64> = after[0].iter().map(|v| rnn_wgpu::Real::f64(*v)).collect();
+        let state_moved = after[1..]
+            .iter()
+            .flatten()
+            .any(|v| rnn_wgpu::Real::f64(*v) != 0.0);
+        p != p0 || state_moved
+    }
+    let cpu = CpuBackend::<f32>::new();
+    let gpu = common::gpu();
+    for opt in &optimizers {
+        assert!(moved(&cpu, opt, 1.0, 0.5), "{opt:?}: CPU control");
+        if let Some(g) = &gpu {
+            assert!(moved(g, opt, 1.0, 0.5), "{opt:?}: GPU control");
+        }
+        for &(norm_sq, loss, what) in &bad {
+            assert!(
+                !moved(&cpu, opt, norm_sq, loss),
+                "{opt:?}, {what}: CPU updated"
+            );
+            if let Some(g) = &gpu {
+                assert!(
+                    !moved(g, opt, norm_sq, loss),
+                    "{opt:?}, {what}: GPU updated"
+                );
+            }
+        }
+    }
+}

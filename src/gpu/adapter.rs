@@ -5,12 +5,99 @@
 //! - `RNN_WGPU_ADAPTER`: a case-insensitive substring of the adapter name.
 //! - `RNN_WGPU_STEP_KERNEL`: `auto` (default), `tiled` or `split`: the
 //!   recurrent-product variant of the cell steps ([`StepKernel`]).
+//! - `RNN_WGPU_LIMITS`: `auto` (default), `webgpu` or `downlevel`: the base
+//!   set of device limits requested ([`LimitBase`]).
+//! - `RNN_WGPU_DISPATCHES_PER_SUBMIT`: the most dispatches one submission
+//!   holds ([`ContextOptions::max_dispatches_per_submit`]).
 
 use std::fmt;
 use std::time::Duration;
 
 use super::kernel::StepKernel;
 use crate::error::{Error, Result};
+
+/// The set of device limits a context starts from before adding the few its
+/// kernels need (see [`GpuContext::new`](super::GpuContext::new)).
+///
+/// Requesting a known base rather than everything the adapter offers keeps
+/// every kernel inside limits that all WebGPU implementations give, so a
+/// kernel that would only run on a generous adapter fails here, in the tests,
+/// instead of on a user's machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LimitBase {
+    /// WebGPU's defaults when the adapter gives all of them, else the
+    /// downlevel set (GL-class adapters).
+    #[default]
+    Auto,
+    /// WebGPU's default limits (`wgpu::Limits::default()`): what every WebGPU
+    /// implementation guarantees (Vulkan, Metal, DX12 adapters give them).
+    WebGpu,
+    /// wgpu's downlevel defaults (`wgpu::Limits::downlevel_defaults()`), the
+    /// GLES 3.1 level: 4 storage buffers per stage, 16 KiB uniform bindings,
+    /// 16352 bytes of workgroup memory (Metal's limit).
+    Downlevel,
+}
+
+impl LimitBase {
+    /// The base's limits; `None` for [`LimitBase::Auto`], which depends on the adapter.
+    pub fn limits(self) -> Option<wgpu::Limits> {
+        match self {
+            LimitBase::Auto => None,
+            LimitBase::WebGpu => Some(wgpu::Limits::default()),
+            LimitBase::Downlevel => Some(wgpu::Limits::downlevel_defaults()),
+        }
+    }
+
+    /// The name used by `RNN_WGPU_LIMITS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitBase::Auto => "auto",
+            LimitBase::WebGpu => "webgpu",
+            LimitBase::Downlevel => "downlevel",
+        }
+    }
+}
+
+impl fmt::Display for LimitBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LimitBase::Auto => "automatic",
+            LimitBase::WebGpu => "WebGPU default",
+            LimitBase::Downlevel => "downlevel",
+        })
+    }
+}
+
+impl std::str::FromStr for LimitBase {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(LimitBase::Auto),
+            "webgpu" | "default" => Ok(LimitBase::WebGpu),
+            "downlevel" => Ok(LimitBase::Downlevel),
+            other => Err(format!(
+                "unknown limit base {other:?}; expected auto, webgpu or downlevel"
+            )),
+        }
+    }
+}
+
+/// The default of [`ContextOptions::max_dispatches_per_submit`].
+///
+/// Display watchdogs reset a GPU whose command buffer runs too long: Windows'
+/// TDR after 2 s by default, macOS by aborting a command buffer that keeps a
+/// display's GPU busy (Metal's "impacting interactivity" error). A long
+/// sequence records thousands of dependent dispatches (one per layer,
+/// direction and time step), so without a bound a training step would be one
+/// command buffer as long as the whole step. The bound is a count, not a time:
+/// a cell step's dispatch takes from microseconds to about a millisecond on a
+/// GPU, so 256 of them stay far below those limits, while a training step of a
+/// few layers over a short sequence (under 256 dispatches) stays one
+/// submission and a submission's fixed cost (tens of microseconds) stays small
+/// next to the work it carries. Lower it for very large shapes on a slow GPU.
+pub const DEFAULT_MAX_DISPATCHES_PER_SUBMIT: usize = 256;
 
 /// How a [`GpuContext`](super::GpuContext) picks and configures its adapter.
 #[derive(Clone, Debug)]
@@ -32,6 +119,19 @@ pub struct ContextOptions {
     /// Force a recurrent-product variant for every cell step. `None` picks
     /// one per shape ([`StepKernel::auto`]).
     pub step_kernel: Option<StepKernel>,
+    /// The base set of device limits ([`LimitBase`]); the context adds what
+    /// its kernels need above it (larger buffers and storage bindings up to
+    /// the adapter's, 8 storage buffers per stage) and fails with
+    /// [`Error::Limit`] naming the first limit the adapter cannot give.
+    /// Tests force [`LimitBase::Downlevel`] to check that every kernel runs
+    /// on GL-class limits.
+    pub limits: LimitBase,
+    /// The most compute dispatches one submission holds: recorded work is
+    /// submitted automatically once this many dispatches are pending, so no
+    /// command buffer runs long enough for a display watchdog to reset the
+    /// GPU. Splitting never changes results (the queue runs submissions in
+    /// order). Default [`DEFAULT_MAX_DISPATCHES_PER_SUBMIT`]; at least 1.
+    pub max_dispatches_per_submit: usize,
 }
 
 impl Default for ContextOptions {
@@ -44,13 +144,16 @@ impl Default for ContextOptions {
             max_storage_binding: None,
             max_buffer_size: None,
             step_kernel: None,
+            limits: LimitBase::Auto,
+            max_dispatches_per_submit: DEFAULT_MAX_DISPATCHES_PER_SUBMIT,
         }
     }
 }
 
 impl ContextOptions {
-    /// Options from `RNN_WGPU_BACKEND`, `RNN_WGPU_ADAPTER` and
-    /// `RNN_WGPU_STEP_KERNEL`; defaults where unset.
+    /// Options from `RNN_WGPU_BACKEND`, `RNN_WGPU_ADAPTER`,
+    /// `RNN_WGPU_STEP_KERNEL`, `RNN_WGPU_LIMITS` and
+    /// `RNN_WGPU_DISPATCHES_PER_SUBMIT`; defaults where unset.
     pub fn from_env() -> Result<Self> {
         let mut opts = ContextOptions::default();
         if let Ok(list) = std::env::var("RNN_WGPU_BACKEND")
@@ -68,7 +171,29 @@ impl ContextOptions {
             opts.step_kernel = parse_step_kernel(&kernel)
                 .map_err(|reason| Error::invalid("RNN_WGPU_STEP_KERNEL", reason))?;
         }
+        if let Ok(base) = std::env::var("RNN_WGPU_LIMITS") {
+            opts.limits = base
+                .parse()
+                .map_err(|reason| Error::invalid("RNN_WGPU_LIMITS", reason))?;
+        }
+        if let Ok(n) = std::env::var("RNN_WGPU_DISPATCHES_PER_SUBMIT")
+            && !n.trim().is_empty()
+        {
+            opts.max_dispatches_per_submit = parse_dispatch_bound(&n)
+                .map_err(|reason| Error::invalid("RNN_WGPU_DISPATCHES_PER_SUBMIT", reason))?;
+        }
         Ok(opts)
+    }
+}
+
+/// Parses a dispatch bound: a whole number of at least 1.
+pub fn parse_dispatch_bound(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "expected a whole number of dispatches, at least 1, got {:?}",
+            s.trim()
+        )),
     }
 }
 
@@ -270,5 +395,30 @@ mod tests {
         assert_eq!(StepKernel::auto(64, 512), StepKernel::Tiled); // 128
         assert_eq!(StepKernel::auto(64, 1024), StepKernel::Tiled); // 256
         assert_eq!(StepKernel::auto(1, 4096), StepKernel::Tiled); // 128
+    }
+
+    #[test]
+    fn limit_bases_and_dispatch_bounds_parse() {
+        assert_eq!("".parse::<LimitBase>().unwrap(), LimitBase::Auto);
+        assert_eq!(" WebGPU".parse::<LimitBase>().unwrap(), LimitBase::WebGpu);
+        assert_eq!(
+            "downlevel".parse::<LimitBase>().unwrap(),
+            LimitBase::Downlevel
+        );
+        let err = "gles".parse::<LimitBase>().unwrap_err();
+        assert!(
+            err.contains("\"gles\"") && err.contains("downlevel"),
+            "{err}"
+        );
+        for base in [LimitBase::Auto, LimitBase::WebGpu, LimitBase::Downlevel] {
+            assert_eq!(base.name().parse::<LimitBase>().unwrap(), base);
+        }
+        assert_eq!(parse_dispatch_bound(" 64 ").unwrap(), 64);
+        assert!(
+            parse_dispatch_bound("0")
+                .unwrap_err()
+                .contains("at least 1")
+        );
+        assert!(parse_dispatch_bound("-3").is_err());
     }
 }

@@ -7,14 +7,23 @@
 //! readback: then every parameter block is written into one uniform arena with
 //! a single `write_buffer`, every command is encoded into one command encoder
 //! (consecutive dispatches share a compute pass), and the encoder is submitted
-//! once inside error scopes that turn wgpu errors into [`Error`]s.
+//! once inside error scopes that turn wgpu errors into [`Error`]s. Once
+//! [`ContextOptions::max_dispatches_per_submit`] dispatches are pending, the
+//! recorder submits them on its own, so no command buffer grows long enough
+//! for a display watchdog to reset the GPU.
+//!
+//! Limits: the device is opened with a known base set of limits (WebGPU's
+//! defaults, or wgpu's downlevel set on GL-class adapters; [`LimitBase`]) plus
+//! only what the kernels need above it ([`required_limits`]), never with
+//! everything the adapter offers, so the tests exercise the limits every
+//! WebGPU implementation guarantees.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::adapter::{AdapterSummary, ContextOptions, choose_adapter, new_instance};
+use super::adapter::{AdapterSummary, ContextOptions, LimitBase, choose_adapter, new_instance};
 use super::kernel::{
     Access, Kernel, KernelDef, KernelParams, KernelSpec, PARAM_WINDOW, PipelineKey, Shader,
     StepKernel, bind_group_layout,
@@ -92,12 +101,91 @@ struct BindKey {
 #[derive(Debug, Default)]
 struct Pending {
     cmds: Vec<Cmd>,
+    // The dispatches among `cmds`.
+    dispatches: usize,
     params: Vec<u8>,
     arena: Option<Arena>,
     // Cached bind groups and the flush that last used each. A bind group holds
     // its buffers alive, so unused ones are dropped after a few flushes.
     bind_groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
+    // Flushes asked for by a caller (explicit, readback, write). Submissions
+    // forced by the dispatch bound do not count, so the bind groups of a long
+    // step are not dropped and rebuilt within every step.
     flushes: u64,
+}
+
+/// The most storage buffers one of our kernels binds (`gru_backward` binds
+/// 8; `tests/portability.rs` checks every shader entry point against it).
+/// WebGPU's default; the downlevel base gives 4, so it is requested above it.
+pub const KERNEL_STORAGE_BUFFERS_PER_STAGE: u32 = 8;
+
+/// Downlevel capabilities every context requires: compute shaders (every
+/// kernel) and the f16 packing builtins in f32 shaders (`memory.wgsl`, which
+/// also holds `fill`). WebGPU adapters have both; a GL adapter may not.
+pub const REQUIRED_DOWNLEVEL_FLAGS: wgpu::DownlevelFlags =
+    wgpu::DownlevelFlags::COMPUTE_SHADERS.union(wgpu::DownlevelFlags::SHADER_F16_IN_F32);
+
+/// The limits to request on an adapter offering `adapter`, with the base
+/// [`ContextOptions::limits`] resolved (never [`LimitBase::Auto`]).
+///
+/// The base (WebGPU's defaults; with [`LimitBase::Auto`] the downlevel set
+/// when the adapter cannot give those), raised only where a kernel needs more:
+/// - `max_buffer_size` and `max_storage_buffer_binding_size`: the adapter's
+///   (capped by [`ContextOptions::max_buffer_size`] and
+///   [`ContextOptions::max_storage_binding`]), so tensors beyond the base's
+///   256 MiB / 128 MiB work where the adapter allows them; sizes beyond
+///   them are refused per tensor with [`Error::Limit`];
+/// - `max_storage_buffers_per_shader_stage`: at least
+///   [`KERNEL_STORAGE_BUFFERS_PER_STAGE`].
+///
+/// Everything else the kernels use fits both bases (checked by
+/// `tests/portability.rs`): at most 256 invocations per workgroup (64, 256
+/// or 32 × 8), at most 10 496 bytes of workgroup memory, one uniform
+/// buffer with a dynamic offset and a 256-byte window. Fails with
+/// [`Error::Limit`] naming the first limit the adapter cannot give.
+pub fn required_limits(
+    adapter: &wgpu::Limits,
+    opts: &ContextOptions,
+    adapter_name: &str,
+) -> Result<(wgpu::Limits, LimitBase)> {
+    let request = |base: LimitBase| -> wgpu::Limits {
+        let mut l = base.limits().unwrap_or_default();
+        l.max_buffer_size = adapter.max_buffer_size;
+        l.max_storage_buffer_binding_size = adapter.max_storage_buffer_binding_size;
+        if let Some(max) = opts.max_storage_binding {
+            l.max_storage_buffer_binding_size = l.max_storage_buffer_binding_size.min(max);
+        }
+        if let Some(max) = opts.max_buffer_size {
+            l.max_buffer_size = l.max_buffer_size.min(max);
+        }
+        l.max_storage_buffers_per_shader_stage = l
+            .max_storage_buffers_per_shader_stage
+            .max(KERNEL_STORAGE_BUFFERS_PER_STAGE);
+        l
+    };
+    // The first limit of `want` that `adapter` cannot give: (name, wanted, offered).
+    let shortfall = |want: &wgpu::Limits| {
+        let mut first = None;
+        want.check_limits_with_fail_fn(adapter, true, |name, want, have| {
+            first.get_or_insert((name, want, have));
+        });
+        first
+    };
+    let base = match opts.limits {
+        LimitBase::Auto if shortfall(&request(LimitBase::WebGpu)).is_none() => LimitBase::WebGpu,
+        LimitBase::Auto => LimitBase::Downlevel,
+        forced => forced,
+    };
+    let limits = request(base);
+    match shortfall(&limits) {
+        None => Ok((limits, base)),
+        Some((limit, value, max)) => Err(Error::Limit {
+            what: format!("a device on {adapter_name} at the {base} limits"),
+            limit,
+            value,
+            max,
+        }),
+    }
 }
 
 /// Bind groups kept before the cache is cleared outright.
@@ -116,7 +204,9 @@ pub struct GpuContext {
     queue: wgpu::Queue,
     summary: AdapterSummary,
     limits: wgpu::Limits,
+    limit_base: LimitBase,
     max_groups_per_dim: u32,
+    max_dispatches_per_submit: usize,
     step_kernel: Mutex<Option<StepKernel>>,
     timeout: Duration,
     param_align: usize,
@@ -137,21 +227,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl GpuContext {
-    /// Opens the best adapter allowed by `opts` and creates a device on it.
+    /// Opens the best adapter allowed by `opts` and creates a device on it
+    /// with the limits of [`required_limits`]. Fails with [`Error::Limit`]
+    /// naming the first limit the adapter cannot give, and with
+    /// [`Error::RequestDevice`] when it lacks [`REQUIRED_DOWNLEVEL_FLAGS`] or
+    /// the driver refuses the device.
     pub fn new(opts: ContextOptions) -> Result<Self> {
         let instance = new_instance(opts.backends);
         let adapter = choose_adapter(&instance, &opts)?;
         let summary = AdapterSummary::of(&adapter.get_info());
-        // Ask for what the adapter offers, not WebGPU's conservative defaults:
-        // our kernels want large storage bindings, more storage buffers per stage
-        // and more workgroup memory than the defaults give.
-        let mut limits = adapter.limits();
-        if let Some(max) = opts.max_storage_binding {
-            limits.max_storage_buffer_binding_size =
-                limits.max_storage_buffer_binding_size.min(max);
-        }
-        if let Some(max) = opts.max_buffer_size {
-            limits.max_buffer_size = limits.max_buffer_size.min(max);
+        // A known base plus what the kernels need, not everything the adapter
+        // offers: a kernel relying on a generous adapter would then fail in
+        // our tests rather than on a user's WebGPU implementation.
+        let (limits, limit_base) = required_limits(&adapter.limits(), &opts, &summary.to_string())?;
+        let missing = REQUIRED_DOWNLEVEL_FLAGS - adapter.get_downlevel_capabilities().flags;
+        if !missing.is_empty() {
+            return Err(Error::RequestDevice {
+                adapter: summary.to_string(),
+                message: format!("the adapter lacks the downlevel capabilities {missing:?}"),
+            });
         }
         let desc = wgpu::DeviceDescriptor {
             label: Some("rnn-wgpu"),
@@ -195,7 +289,9 @@ impl GpuContext {
             queue,
             summary,
             limits,
+            limit_base,
             max_groups_per_dim,
+            max_dispatches_per_submit: opts.max_dispatches_per_submit.max(1),
             step_kernel: Mutex::new(opts.step_kernel),
             timeout: opts.timeout,
             param_align,
@@ -236,9 +332,21 @@ impl GpuContext {
         &self.summary
     }
 
-    /// The device limits in force.
+    /// The device limits in force (those requested; see [`required_limits`]).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// The base the limits were built on ([`LimitBase::WebGpu`] or
+    /// [`LimitBase::Downlevel`]; `Auto` is resolved when the context opens).
+    pub fn limit_base(&self) -> LimitBase {
+        self.limit_base
+    }
+
+    /// The most dispatches one submission holds
+    /// ([`ContextOptions::max_dispatches_per_submit`]).
+    pub fn max_dispatches_per_submit(&self) -> usize {
+        self.max_dispatches_per_submit
     }
 
     /// The wgpu device (for callers that record their own work).
@@ -380,7 +488,7 @@ impl GpuContext {
         let mut pending = lock(&self.pending);
         // queue.write_buffer lands before the next submission's commands, so
         // earlier recorded work must be submitted first to keep program order.
-        self.flush_locked(&mut pending, "write")?;
+        self.flush_locked(&mut pending, "write", false)?;
         self.queue.write_buffer(buffer, offset, data);
         Ok(())
     }
@@ -425,6 +533,17 @@ impl GpuContext {
         let key = PipelineKey::new(spec, constants);
         if let Some(k) = lock(&self.pipelines).get(&key) {
             return Ok(k.clone());
+        }
+        // wgpu would refuse the layout too, but with a message naming no limit.
+        let storage = spec.bindings.len() as u64;
+        let max = self.limits.max_storage_buffers_per_shader_stage as u64;
+        if storage > max {
+            return Err(Error::Limit {
+                what: format!("kernel {}", spec.entry),
+                limit: "max_storage_buffers_per_shader_stage",
+                value: storage,
+                max,
+            });
         }
         let module = self.module(spec.shader)?;
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -477,7 +596,18 @@ impl GpuContext {
         };
         let out = f(&mut rec)?;
         let Recorder { cmds, params, .. } = rec;
+        let unit = cmds
+            .iter()
+            .filter(|c| matches!(c, Cmd::Dispatch { .. }))
+            .count();
         let mut pending = lock(&self.pending);
+        // Display watchdogs: submit what is pending before this op would take
+        // it past the bound. Program order is kept (the queue runs
+        // submissions in order), so results do not change.
+        if pending.dispatches > 0 && pending.dispatches + unit > self.max_dispatches_per_submit {
+            self.flush_locked(&mut pending, "flush (dispatch bound)", true)?;
+        }
+        pending.dispatches += unit;
         let base = pending.params.len().div_ceil(self.param_align) * self.param_align;
         pending.params.resize(base, 0);
         pending.params.extend_from_slice(&params);
@@ -490,10 +620,11 @@ impl GpuContext {
         Ok(out)
     }
 
-    /// Submits everything recorded so far (one command buffer, one submit).
+    /// Submits everything recorded so far: one command buffer and one submit
+    /// for every [`GpuContext::max_dispatches_per_submit`] dispatches.
     pub fn flush(&self) -> Result<()> {
         let mut pending = lock(&self.pending);
-        self.flush_locked(&mut pending, "flush")
+        self.flush_locked(&mut pending, "flush", false)
     }
 
     /// Submits everything and waits for the GPU to finish it.
@@ -554,13 +685,23 @@ impl GpuContext {
         Ok(())
     }
 
-    fn flush_locked(&self, pending: &mut Pending, op: &str) -> Result<()> {
+    /// Submits the pending work. `bound`: forced by the dispatch bound rather
+    /// than asked for (it does not age the bind group cache).
+    ///
+    /// The parameter arena is written once, before the first of this flush's
+    /// submissions, and rewritten by the next flush while these may still be
+    /// running. That is safe: `queue.write_buffer` takes effect in queue
+    /// order, after every earlier submission and before the next one (wgpu
+    /// inserts the barrier between their uses of the arena), as WebGPU's
+    /// queue timeline specifies.
+    fn flush_locked(&self, pending: &mut Pending, op: &str, bound: bool) -> Result<()> {
         self.check_alive()?;
         if pending.cmds.is_empty() {
             return Ok(());
         }
         let cmds = std::mem::take(&mut pending.cmds);
         let params = std::mem::take(&mut pending.params);
+        pending.dispatches = 0;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
 
@@ -594,14 +735,58 @@ impl GpuContext {
         if pending.bind_groups.len() > BIND_GROUP_CACHE {
             pending.bind_groups.clear();
         }
-        pending.flushes += 1;
+        if !bound {
+            pending.flushes += 1;
+        }
         let now = pending.flushes;
 
+        // One command buffer and one submit per `max_dispatches_per_submit`
+        // dispatches (a single op larger than the bound is split too); copies
+        // and clears go with the dispatches around them.
+        let mut start = 0;
+        while start < cmds.len() {
+            let mut end = start;
+            let mut n_dispatch = 0;
+            while let Some(cmd) = cmds.get(end) {
+                if matches!(cmd, Cmd::Dispatch { .. }) {
+                    if n_dispatch == self.max_dispatches_per_submit {
+                        break;
+                    }
+                    n_dispatch += 1;
+                }
+                end += 1;
+            }
+            let buffer = self.encode(pending, &cmds[start..end], &arena, now, op);
+            self.queue.submit([buffer]);
+            self.submits.fetch_add(1, Ordering::Relaxed);
+            self.dispatches
+                .fetch_add(n_dispatch as u64, Ordering::Relaxed);
+            start = end;
+        }
+        if !bound {
+            pending
+                .bind_groups
+                .retain(|_, (_, used)| *used + BIND_GROUP_IDLE_FLUSHES >= now);
+        }
+        // Let wgpu retire finished work without blocking.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        self.pop_scopes(val, oom, op)
+    }
+
+    /// Encodes `cmds` into one command buffer; consecutive dispatches share a
+    /// compute pass, and bind groups come from (and go into) the cache.
+    fn encode(
+        &self,
+        pending: &mut Pending,
+        cmds: &[Cmd],
+        arena: &wgpu::Buffer,
+        now: u64,
+        op: &str,
+    ) -> wgpu::CommandBuffer {
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
         let mut i = 0;
-        let mut n_dispatch = 0u64;
         while i < cmds.len() {
             match &cmds[i] {
                 Cmd::Dispatch { .. } => {
@@ -622,7 +807,7 @@ impl GpuContext {
                                 group.clone()
                             }
                             None => {
-                                let group = self.bind_group(kernel, &arena, &key.buffers);
+                                let group = self.bind_group(kernel, arena, &key.buffers);
                                 pending
                                     .bind_groups
                                     .insert(key.clone(), (group.clone(), now));
@@ -632,7 +817,6 @@ impl GpuContext {
                         pass.set_pipeline(&kernel.pipeline);
                         pass.set_bind_group(0, &bind_group, &[*param_offset]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-                        n_dispatch += 1;
                         i += 1;
                     }
                 }
@@ -656,15 +840,7 @@ impl GpuContext {
                 }
             }
         }
-        pending
-            .bind_groups
-            .retain(|_, (_, used)| *used + BIND_GROUP_IDLE_FLUSHES >= now);
-        self.queue.submit([encoder.finish()]);
-        self.submits.fetch_add(1, Ordering::Relaxed);
-        self.dispatches.fetch_add(n_dispatch, Ordering::Relaxed);
-        // Let wgpu retire finished work without blocking.
-        let _ = self.device.poll(wgpu::PollType::Poll);
-        self.pop_scopes(val, oom, op)
+        encoder.finish()
     }
 
     fn bind_group(
@@ -725,7 +901,7 @@ impl GpuContext {
                     });
                 }
             }
-            self.flush_locked(&mut pending, "readback")?;
+            self.flush_locked(&mut pending, "readback", false)?;
         }
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
@@ -884,5 +1060,100 @@ impl Recorder<'_> {
                 size,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(limits: LimitBase) -> ContextOptions {
+        ContextOptions {
+            limits,
+            ..ContextOptions::default()
+        }
+    }
+
+    #[test]
+    fn limits_are_a_base_plus_what_the_kernels_need() {
+        // A generous adapter (lavapipe-like): the WebGPU defaults, except the
+        // buffer sizes, which are the adapter's.
+        let big = wgpu::Limits {
+            max_buffer_size: 2 << 30,
+            max_storage_buffer_binding_size: 1 << 30,
+            max_storage_buffers_per_shader_stage: 32,
+            max_compute_workgroup_storage_size: 32 << 10,
+            min_uniform_buffer_offset_alignment: 32,
+            ..wgpu::Limits::default()
+        };
+        let (l, base) = required_limits(&big, &opts(LimitBase::Auto), "big").unwrap();
+        assert_eq!(base, LimitBase::WebGpu);
+        let expected = wgpu::Limits {
+            max_buffer_size: 2 << 30,
+            max_storage_buffer_binding_size: 1 << 30,
+            ..wgpu::Limits::default()
+        };
+        assert_eq!(l, expected);
+        // Forced downlevel: the downlevel set with 8 storage buffers per stage.
+        let (l, base) = required_limits(&big, &opts(LimitBase::Downlevel), "big").unwrap();
+        assert_eq!(base, LimitBase::Downlevel);
+        let expected = wgpu::Limits {
+            max_buffer_size: 2 << 30,
+            max_storage_buffer_binding_size: 1 << 30,
+            max_storage_buffers_per_shader_stage: KERNEL_STORAGE_BUFFERS_PER_STAGE,
+            ..wgpu::Limits::downlevel_defaults()
+        };
+        assert_eq!(l, expected);
+        // The options still cap the two sizes.
+        let capped = ContextOptions {
+            max_storage_binding: Some(64 << 10),
+            max_buffer_size: Some(1 << 20),
+            ..ContextOptions::default()
+        };
+        let (l, _) = required_limits(&big, &capped, "big").unwrap();
+        assert_eq!(l.max_storage_buffer_binding_size, 64 << 10);
+        assert_eq!(l.max_buffer_size, 1 << 20);
+    }
+
+    #[test]
+    fn a_gl_class_adapter_gets_the_downlevel_base_or_a_limit_error() {
+        // Below the WebGPU defaults (Metal-like workgroup memory, GLES-like
+        // texture sizes) but with 8 storage buffers: the downlevel base.
+        let mut gl = wgpu::Limits::downlevel_defaults();
+        gl.max_storage_buffers_per_shader_stage = 8;
+        let (l, base) = required_limits(&gl, &opts(LimitBase::Auto), "gl").unwrap();
+        assert_eq!(base, LimitBase::Downlevel);
+        assert_eq!(l.max_compute_workgroup_storage_size, 16352);
+        // Forcing the WebGPU base there names the first limit it lacks.
+        let err = required_limits(&gl, &opts(LimitBase::WebGpu), "gl").unwrap_err();
+        match err {
+            Error::Limit {
+                limit, value, max, ..
+            } => {
+                assert_eq!(
+                    (limit, value, max),
+                    ("max_texture_dimension_1d", 8192, 2048)
+                );
+            }
+            other => panic!("expected a limit error, got {other}"),
+        }
+        // Only 4 storage buffers per stage (GLES 3.1's minimum): the fused
+        // cell steps cannot run, and the error says why.
+        gl.max_storage_buffers_per_shader_stage = 4;
+        let err = required_limits(&gl, &opts(LimitBase::Auto), "gl").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                Error::Limit {
+                    limit: "max_storage_buffers_per_shader_stage",
+                    value: 8,
+                    max: 4,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(text.contains("gl at the downlevel limits"), "{text}");
     }
 }

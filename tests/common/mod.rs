@@ -73,6 +73,35 @@ pub fn own_gpu(edit: impl FnOnce(&mut ContextOptions)) -> Option<(Arc<GpuContext
     Some((ctx, gpu))
 }
 
+/// Writes `line` to the terminal even while the test harness captures output
+/// (it captures `print!`/`eprint!`, not writes to the stderr handle), for
+/// what a reader of a passing run must see, such as a check that was skipped.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// A context of its own on a GL adapter (wgpu's GL backend; on Linux headless
+/// through EGL), with options edited by `edit`, or why there is none: no GL
+/// adapter, or one that cannot open a device for our kernels.
+pub fn own_gl_gpu(
+    edit: impl FnOnce(&mut ContextOptions),
+) -> Result<(Arc<GpuContext>, GpuBackend), String> {
+    let adapters = rnn_wgpu::gpu::list_adapters(wgpu::Backends::GL);
+    if adapters.is_empty() {
+        return Err("wgpu sees no GL adapter".into());
+    }
+    let mut opts = ContextOptions {
+        backends: wgpu::Backends::GL,
+        ..ContextOptions::default()
+    };
+    edit(&mut opts);
+    let ctx = GpuContext::new(opts).map_err(|e| format!("the GL adapter cannot open: {e}"))?;
+    let ctx = Arc::new(ctx);
+    let gpu = GpuBackend::new(ctx.clone()).map_err(|e| format!("GL backend setup: {e}"))?;
+    Ok((ctx, gpu))
+}
+
 /// A temporary directory removed when dropped.
 pub struct Scratch(pub PathBuf);
 
