@@ -49,3 +49,14 @@ fi
 target/release/rnn-wgpu adapters || true
 
 cargo test --release "$@"
+
+# The examples run too (small settings): the training loop over the library
+# (on this README as its text), streaming inference checked against the
+# whole-sequence forward (on the CPU path, and on the GPU when there is an
+# adapter), and XOR.
+cargo run --release --quiet --example char_model -- README.md 40 cpu
+cargo run --release --quiet --example stream -- cpu
+if has_adapter; then
+    cargo run --release --quiet --example stream -- gpu
+fi
+cargo run --release --quiet --example xor -- --backend cpu
