@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::gpu::StepKernel;
 use crate::nn::RnnConfig;
 use crate::nn::case::{RnnCase, run_case};
-use crate::nn::model::{Init, InputEncoding, ModelConfig};
+use crate::nn::model::{InputEncoding, ModelConfig};
 use crate::ops::activation::{Activation, Span};
 use crate::ops::cell::Cell;
 use crate::ops::matmul::{Gemm, GemmKernel};
@@ -19,7 +19,7 @@ use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
 use crate::parity::{Tolerance, compare, uniform, uniform_i32};
 use crate::train::schedule::Schedule;
 use crate::train::tasks::TaskSpec;
-use crate::train::{Bptt, NonFinite, TrainConfig, Trainer};
+use crate::train::{Bptt, TrainConfig, Trainer};
 
 /// One line of the report.
 #[derive(Clone, Debug)]
@@ -391,27 +391,21 @@ pub fn rnn_case(report: &mut Report, gpu: &GpuBackend, case: &RnnCase, tag: &str
 /// A few training steps (LSTM, two layers, dropout, Adam, clipping) on the
 /// GPU against the CPU path in f32: losses and parameters must agree.
 pub fn training_check(report: &mut Report, gpu: &GpuBackend) {
+    let model = ModelConfig {
+        input: InputEncoding::Embedding(8),
+        layers: 2,
+        dropout: 0.1,
+        ..ModelConfig::new(Cell::Lstm, 24)
+    };
     let config = TrainConfig {
-        task: TaskSpec::Add { digits: 2 },
-        model: ModelConfig {
-            vocab: 0,
-            input: InputEncoding::Embedding(8),
-            cell: Cell::Lstm,
-            hidden: 24,
-            layers: 2,
-            dropout: 0.1,
-            forget_bias: 1.0,
-            init: Init::Uniform,
-        },
         batch: 16,
         steps: 100,
         bptt: Bptt::Truncated { k1: 4, k2: 6 },
         optimizer: Optimizer::adam(0.01),
         schedule: Schedule::Constant,
-        clip: Some(1.0),
         seed: 11,
-        non_finite: NonFinite::Error,
         eval_problems: 20,
+        ..TrainConfig::new(TaskSpec::Add { digits: 2 }, model)
     };
     fn run<B: crate::backend::Backend>(
         b: B,

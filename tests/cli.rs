@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rnn_wgpu::io::{HostData, HostTensor, TensorMap, read_safetensors, write_safetensors};
+use rnn_wgpu::train::plot::svg_texts;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,6 +27,16 @@ fn run(args: &[&str]) -> (bool, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
     (out.status.success(), stderr)
+}
+
+/// Fails if an atomic write left a temporary file in `dir`.
+fn assert_no_temporaries(dir: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
 }
 
 /// Runs `eval` on the CPU and expects a failure whose message contains every `needle`.
@@ -253,12 +264,7 @@ fn eval_never_leaves_a_partial_or_clobbered_output() {
     });
     eval_fails(&w, &broken, &keep, &[], &["input"]);
     assert_eq!(std::fs::read(&keep).unwrap(), b"keep");
-    let leftovers: Vec<_> = std::fs::read_dir(&s.0)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-        .collect();
-    assert!(leftovers.is_empty(), "temporary files left behind");
+    assert_no_temporaries(&s.0);
 }
 
 #[test]
@@ -654,12 +660,7 @@ fn train_never_overwrites_another_runs_checkpoint() {
     ])));
     assert!(ok, "{err}");
     assert_ne!(std::fs::read(&ck).unwrap(), first);
-    let leftovers: Vec<_> = std::fs::read_dir(&s.0)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-        .collect();
-    assert!(leftovers.is_empty(), "temporary files left behind");
+    assert_no_temporaries(&s.0);
 }
 
 #[test]
@@ -701,17 +702,6 @@ fn default_checkpoints_are_numbered() {
         out.stderr
     );
     assert!(!s.path("runs/copy-4.safetensors").exists());
-}
-
-/// The contents of every `<text>` element of an SVG.
-fn svg_texts(svg: &str) -> Vec<String> {
-    svg.split("<text")
-        .skip(1)
-        .filter_map(|t| {
-            let body = &t[t.find('>')? + 1..];
-            Some(body[..body.find("</text>")?].trim().to_string())
-        })
-        .collect()
 }
 
 #[test]

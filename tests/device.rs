@@ -226,12 +226,12 @@ fn the_dispatch_bound_splits_submissions_without_changing_results() {
 fn long_work_split_by_the_bound_is_bitwise_the_same() {
     use rnn_wgpu::nn::RnnConfig;
     use rnn_wgpu::nn::case::{RnnCase, run_case};
-    use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
+    use rnn_wgpu::nn::model::{InputEncoding, ModelConfig};
     use rnn_wgpu::ops::cell::Cell;
     use rnn_wgpu::ops::optim::Optimizer;
     use rnn_wgpu::train::schedule::Schedule;
     use rnn_wgpu::train::tasks::TaskSpec;
-    use rnn_wgpu::train::{Bptt, NonFinite, TrainConfig, Trainer};
+    use rnn_wgpu::train::{Bptt, TrainConfig, Trainer};
     let cfg = RnnConfig::new(Cell::Lstm, 3, 8)
         .layers(2)
         .bidirectional(true);
@@ -239,18 +239,13 @@ fn long_work_split_by_the_bound_is_bitwise_the_same() {
         .with_states()
         .with_lengths(vec![7, 4, 1]);
     let data = case.data();
+    let model = ModelConfig {
+        input: InputEncoding::Embedding(8),
+        layers: 2,
+        dropout: 0.2,
+        ..ModelConfig::new(Cell::Gru, 16)
+    };
     let train = TrainConfig {
-        task: TaskSpec::Add { digits: 2 },
-        model: ModelConfig {
-            vocab: 0,
-            input: InputEncoding::Embedding(8),
-            cell: Cell::Gru,
-            hidden: 16,
-            layers: 2,
-            dropout: 0.2,
-            forget_bias: 1.0,
-            init: Init::Uniform,
-        },
         batch: 8,
         steps: 100,
         bptt: Bptt::Truncated { k1: 3, k2: 5 },
@@ -258,8 +253,8 @@ fn long_work_split_by_the_bound_is_bitwise_the_same() {
         schedule: Schedule::Constant,
         clip: Some(0.5),
         seed: 4,
-        non_finite: NonFinite::Error,
         eval_problems: 20,
+        ..TrainConfig::new(TaskSpec::Add { digits: 2 }, model)
     };
     // (forward + backward values and gradients, their [dispatches,
     // submissions]; losses and parameters of 3 training steps, [dispatches,

@@ -14,40 +14,6 @@ use rnn_wgpu::ops::activation::Activation;
 use rnn_wgpu::parity::Tolerance;
 use wgpu::naga;
 
-/// Every shader file. The match makes a new `Shader` variant a compile error
-/// here until it is listed.
-fn all_shaders() -> Vec<Shader> {
-    let all = vec![
-        Shader::Matmul,
-        Shader::Activation,
-        Shader::SoftmaxXent,
-        Shader::Reduce,
-        Shader::Memory,
-        Shader::Embed,
-        Shader::Dropout,
-        Shader::Optim,
-        Shader::Lstm,
-        Shader::Gru,
-        Shader::Rnn,
-    ];
-    for s in &all {
-        match s {
-            Shader::Matmul
-            | Shader::Activation
-            | Shader::SoftmaxXent
-            | Shader::Reduce
-            | Shader::Memory
-            | Shader::Embed
-            | Shader::Dropout
-            | Shader::Optim
-            | Shader::Lstm
-            | Shader::Gru
-            | Shader::Rnn => {}
-        }
-    }
-    all
-}
-
 /// What one entry point uses, from naga's analysis (globals reached from the
 /// entry point, through the functions it calls).
 #[derive(Debug)]
@@ -136,7 +102,7 @@ fn every_entry_point_fits_the_webgpu_and_downlevel_limits() {
     let mut most_storage = 0;
     let mut most_workgroup = 0;
     let mut entries = 0;
-    for shader in all_shaders() {
+    for shader in Shader::ALL {
         for u in entry_uses(shader) {
             entries += 1;
             let [x, y, z] = u.workgroup_size;

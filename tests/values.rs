@@ -87,16 +87,6 @@ fn outputs_stay_as_returned<B: Backend>(b: B) {
     }
 }
 
-#[test]
-fn outputs_stay_as_returned_on_cpu() {
-    outputs_stay_as_returned(CpuBackend::<f32>::new());
-}
-
-#[test]
-fn outputs_stay_as_returned_on_gpu() {
-    outputs_stay_as_returned(gpu_or_skip!());
-}
-
 fn backward_differentiates_its_own_forward<B: Backend>(b: B) {
     let (t, n) = (5, 2);
     for cfg in stacks(true) {
@@ -120,16 +110,6 @@ fn backward_differentiates_its_own_forward<B: Backend>(b: B) {
         };
         assert_eq!(run(true), run(false), "{cfg:?}");
     }
-}
-
-#[test]
-fn backward_differentiates_its_own_forward_on_cpu() {
-    backward_differentiates_its_own_forward(CpuBackend::<f32>::new());
-}
-
-#[test]
-fn backward_differentiates_its_own_forward_on_gpu() {
-    backward_differentiates_its_own_forward(gpu_or_skip!());
 }
 
 /// With reused buffers poisoned (NaN), a second identical pass gives the
@@ -178,16 +158,6 @@ fn reuse_leaks_nothing<B: Backend>(b: B) {
     }
 }
 
-#[test]
-fn reuse_leaks_nothing_on_cpu() {
-    reuse_leaks_nothing(CpuBackend::<f32>::new());
-}
-
-#[test]
-fn reuse_leaks_nothing_on_gpu() {
-    reuse_leaks_nothing(gpu_or_skip!());
-}
-
 fn model_config(cell: Cell, vocab: usize) -> ModelConfig {
     ModelConfig {
         vocab,
@@ -232,16 +202,6 @@ fn model_chunks_leak_nothing<B: Backend>(b: B) {
         let first = pass();
         assert_eq!(first, pass(), "{cell:?}");
     }
-}
-
-#[test]
-fn model_chunks_leak_nothing_on_cpu() {
-    model_chunks_leak_nothing(CpuBackend::<f32>::new());
-}
-
-#[test]
-fn model_chunks_leak_nothing_on_gpu() {
-    model_chunks_leak_nothing(gpu_or_skip!());
 }
 
 /// Once warm, a training step allocates no tensor: not with truncated BPTT
@@ -292,6 +252,39 @@ fn training_allocates_nothing_once_warm_on_gpu() {
     }
 }
 
+/// Each generic check as a test on the CPU path (f32), `cpu::name`, and on
+/// the shared GPU context, `gpu::name`.
+macro_rules! on_cpu_and_gpu {
+    ($($check:ident),* $(,)?) => {
+        mod cpu {
+            $(
+                #[test]
+                fn $check() {
+                    super::$check(rnn_wgpu::backend::CpuBackend::<f32>::new());
+                }
+            )*
+        }
+        mod gpu {
+            use crate::common;
+            $(
+                #[test]
+                fn $check() {
+                    super::$check(crate::gpu_or_skip!());
+                }
+            )*
+        }
+    };
+}
+
+on_cpu_and_gpu!(
+    outputs_stay_as_returned,
+    backward_differentiates_its_own_forward,
+    reuse_leaks_nothing,
+    model_chunks_leak_nothing,
+    inference_forward_is_the_training_forward,
+    streaming_matches_the_whole_sequence,
+);
+
 /// The inference forward (two state slots, no saved gates) computes the same
 /// bits as the training forward.
 fn inference_forward_is_the_training_forward<B: Backend>(b: B) {
@@ -310,16 +303,6 @@ fn inference_forward_is_the_training_forward<B: Backend>(b: B) {
             assert_eq!(bits(&b, a), bits(&b, c), "{cfg:?}");
         }
     }
-}
-
-#[test]
-fn inference_forward_is_the_training_forward_on_cpu() {
-    inference_forward_is_the_training_forward(CpuBackend::<f32>::new());
-}
-
-#[test]
-fn inference_forward_is_the_training_forward_on_gpu() {
-    inference_forward_is_the_training_forward(gpu_or_skip!());
 }
 
 /// Feeding a sequence one step at a time gives the outputs and final state
@@ -379,16 +362,6 @@ fn streaming_matches_the_whole_sequence<B: Backend>(b: B) {
         );
         state = out.state;
     }
-}
-
-#[test]
-fn streaming_matches_the_whole_sequence_on_cpu() {
-    streaming_matches_the_whole_sequence(CpuBackend::<f32>::new());
-}
-
-#[test]
-fn streaming_matches_the_whole_sequence_on_gpu() {
-    streaming_matches_the_whole_sequence(gpu_or_skip!());
 }
 
 #[test]

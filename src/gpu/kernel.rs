@@ -519,6 +519,25 @@ pub(crate) fn bind_group_layout(device: &wgpu::Device, spec: &KernelSpec) -> wgp
 mod tests {
     use super::*;
 
+    #[test]
+    fn all_lists_every_shader_file() {
+        // Every kernel file in shaders/ is a `Shader` (the prefixes are not).
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        let prefixes = ["common.wgsl", "recurrent.wgsl", "cell_common.wgsl"];
+        let listed: std::collections::BTreeSet<&str> =
+            Shader::ALL.iter().map(|s| s.file()).collect();
+        assert_eq!(listed.len(), Shader::ALL.len(), "a file is listed twice");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if name.ends_with(".wgsl") && !prefixes.contains(&name.as_str()) {
+                assert!(
+                    listed.contains(name.as_str()),
+                    "shaders/{name} is not in Shader::ALL"
+                );
+            }
+        }
+    }
+
     kernel_params! {
         struct Probe {
             n: u32,

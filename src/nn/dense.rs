@@ -7,12 +7,12 @@
 
 use super::params::ParamLayout;
 use super::pool::{Pool, next_owner_id};
-use crate::backend::{Backend, XentBuffers, expect_shape};
+use crate::backend::{Backend, expect_shape};
 use crate::error::{Error, Result};
 use crate::ops::activation::{Activation, Span};
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::ColSum;
-use crate::ops::softmax_xent::{IGNORE_INDEX, Rows, SUMMARY_LEN, XentSummary};
+use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, XentSummary};
 use crate::parity::rng;
 use crate::real::Real;
 
@@ -261,13 +261,8 @@ impl<B: Backend> Mlp<B> {
             cols: self.classes(),
         };
         expect_shape("targets", "[N]", &[rows.rows], b.int_shape(targets))?;
-        let xent = XentBuffers {
-            loss: self.pool.take(b, &[rows.rows])?,
-            stats: self.pool.take(b, &[3 * rows.rows])?,
-            summary: stats.clone(),
-            summary_off: stats_off,
-        };
-        b.xent(rows, logits, targets, IGNORE_INDEX, 1.0, &xent, dlogits)
+        self.pool
+            .xent(b, rows, logits, targets, stats, stats_off, dlogits)
     }
 
     /// Forward, mean cross-entropy against class `targets` `[N]` (the last

@@ -38,13 +38,13 @@ use serde::{Deserialize, Serialize};
 use super::params::ParamLayout;
 use super::pool::{Pool, next_owner_id};
 use super::rnn::{LayerDropout, MAX_DIM, Rnn, RnnConfig, RnnSaved, State, check_index_range};
-use crate::backend::{Backend, XentBuffers, expect_shape, host_zeros};
+use crate::backend::{Backend, expect_shape, host_zeros};
 use crate::error::{Error, Result};
 use crate::ops::cell::Cell;
 use crate::ops::embed::EmbedSpec;
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::ColSum;
-use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
+use crate::ops::softmax_xent::Rows;
 use crate::parity::rng;
 use crate::real::Real;
 
@@ -683,26 +683,13 @@ impl<B: Backend> SeqModel<B> {
     ) -> Result<()> {
         let b = &self.backend;
         let rows = b.numel(logits) / self.config.vocab;
-        let xent = XentBuffers {
-            loss: self.pool.take(b, &[rows])?,
-            stats: self.pool.take(b, &[3 * rows])?,
-            summary: stats.clone(),
-            summary_off: stats_off,
-        };
         let targets_flat = b.reshape_ints(targets, &[rows])?;
         let shape = Rows {
             rows,
             cols: self.config.vocab,
         };
-        b.xent(
-            shape,
-            logits,
-            &targets_flat,
-            IGNORE_INDEX,
-            1.0,
-            &xent,
-            dlogits,
-        )
+        self.pool
+            .xent(b, shape, logits, &targets_flat, stats, stats_off, dlogits)
     }
 
     /// Offset of the recurrent stack's parameters.

@@ -17,9 +17,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, XentBuffers};
 use crate::error::Result;
 use crate::gpu::checked_numel;
+use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
 
 /// Passes a free tensor may go unused before the pool releases it.
 pub const IDLE_PASSES: u64 = 32;
@@ -108,6 +109,30 @@ impl<B: Backend> Pool<B> {
     /// An optional tensor: [`Pool::take`] when `want`.
     pub fn take_if(&mut self, b: &B, want: bool, shape: &[usize]) -> Result<Option<B::Tensor>> {
         want.then(|| self.take(b, shape)).transpose()
+    }
+
+    /// Records the mean cross-entropy of `logits` `[R, V]` against `targets`
+    /// `[R]` (rows at `IGNORE_INDEX` count for nothing), its summary into
+    /// `summary` at `summary_off`, and with `dlogits` the gradient of the
+    /// mean; the per-row scratch comes from the pool.
+    #[allow(clippy::too_many_arguments)]
+    pub fn xent(
+        &mut self,
+        b: &B,
+        shape: Rows,
+        logits: &B::Tensor,
+        targets: &B::Ints,
+        summary: &B::Tensor,
+        summary_off: usize,
+        dlogits: Option<&B::Tensor>,
+    ) -> Result<()> {
+        let out = XentBuffers {
+            loss: self.take(b, &[shape.rows])?,
+            stats: self.take(b, &[3 * shape.rows])?,
+            summary: summary.clone(),
+            summary_off,
+        };
+        b.xent(shape, logits, targets, IGNORE_INDEX, 1.0, &out, dlogits)
     }
 
     /// Tensors the pool holds (in use or free).

@@ -179,6 +179,19 @@ pub fn svg(title: &str, history: &[HistoryPoint], evals: &[EvalReport]) -> Resul
     Ok(out)
 }
 
+/// What a reader of a plot sees: the contents of every `<text>` element of
+/// the SVG (title, tick labels, axis labels, legend), in document order, as
+/// written (XML-escaped).
+pub fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = &t[t.find('>')? + 1..];
+            Some(body[..body.find("</text>")?].trim().to_string())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,17 +216,6 @@ mod tests {
         }
     }
 
-    /// The contents of every `<text>` element (plotters writes each on its own line).
-    fn texts(svg: &str) -> Vec<String> {
-        svg.split("<text")
-            .skip(1)
-            .filter_map(|t| {
-                let body = &t[t.find('>')? + 1..];
-                Some(body[..body.find("</text>")?].trim().to_string())
-            })
-            .collect()
-    }
-
     #[test]
     fn long_runs_draw_a_bounded_number_of_points() {
         let s = svg("t <&>", &history(200_000), &[]).unwrap();
@@ -224,7 +226,7 @@ mod tests {
     #[test]
     fn titles_are_escaped() {
         let s = svg("t <&> \"q\"", &history(10), &[]).unwrap();
-        assert!(texts(&s).contains(&"t &lt;&amp;&gt; &quot;q&quot;".to_string()));
+        assert!(svg_texts(&s).contains(&"t &lt;&amp;&gt; &quot;q&quot;".to_string()));
         assert!(!s.contains("<&>"));
     }
 
@@ -236,7 +238,7 @@ mod tests {
             &[eval(500, Some(0.4)), eval(1000, Some(0.9))],
         )
         .unwrap();
-        let t = texts(&s);
+        let t = svg_texts(&s);
         for needle in [
             "add",
             "step",
@@ -253,7 +255,7 @@ mod tests {
             assert!(t.iter().any(|x| x == needle), "{needle:?} not in {t:?}");
         }
         let text = svg("text", &history(3), &[eval(3, None)]).unwrap();
-        assert!(texts(&text).contains(&"held-out token accuracy (right axis)".to_string()));
+        assert!(svg_texts(&text).contains(&"held-out token accuracy (right axis)".to_string()));
     }
 
     #[test]
