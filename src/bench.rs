@@ -5,8 +5,10 @@
 //!
 //! A "step" is the forward over `T` steps plus full backpropagation through
 //! time (gradients of the input, initial states and every parameter), as in
-//! training; on the GPU it is recorded and submitted once, and the time
-//! includes waiting for the GPU.
+//! training (`forward_train`, then `backward` of its saved activations); on the
+//! GPU it is recorded and submitted as one submission (several beyond the
+//! dispatch bound, which `record_ms` then includes), and the time includes
+//! waiting for the GPU.
 
 use std::time::Instant;
 
@@ -234,7 +236,7 @@ pub fn bench_rnn<B: Backend>(
         drop(rnn.forward_train(&x, None, None, None, None)?);
         sync()?;
         fwd.push(t0.elapsed().as_secs_f64() * 1e3);
-        // The whole step, recorded then submitted once.
+        // The whole step, recorded then submitted.
         let c0 = counters();
         let a0 = b.allocations();
         let t0 = Instant::now();
