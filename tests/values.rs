@@ -252,6 +252,44 @@ fn training_allocates_nothing_once_warm_on_gpu() {
     }
 }
 
+/// A fresh one-layer LSTM's inference forward allocates its results (output,
+/// hn, cn), the input projection and two state slots each of h and c: no
+/// gates, no gradient buffer. A training forward keeps every state slot and
+/// the gates instead of two slots.
+fn inference_allocates_no_backward_buffers<B: Backend>(b: B) {
+    let (t, n, h) = (20, 4, 8);
+    let cfg = RnnConfig::new(Cell::Lstm, 3, h);
+    let x = tensor(&b, &[t, n, 3], 61);
+    let elements = |slots: usize, gates: usize| {
+        let states = 2 * n * h; // hn, cn
+        states + t * n * h + t * n * 4 * h + 2 * slots * n * h + gates
+    };
+    let mut rnn = Rnn::new(b.clone(), cfg, 1).unwrap();
+    let before = b.allocated_bytes();
+    rnn.forward(&x, None, None, None).unwrap();
+    assert_eq!(b.allocated_bytes() - before, 4 * elements(2, 0) as u64);
+    let mut rnn = Rnn::new(b.clone(), cfg, 1).unwrap();
+    let before = b.allocated_bytes();
+    let kept = rnn.forward_train(&x, None, None, None, None).unwrap();
+    assert_eq!(
+        b.allocated_bytes() - before,
+        4 * elements(t + 1, t * n * 4 * h) as u64
+    );
+    drop(kept);
+}
+
+#[test]
+fn inference_allocates_no_backward_buffers_on_cpu() {
+    inference_allocates_no_backward_buffers(CpuBackend::<f32>::new());
+}
+
+#[test]
+fn inference_allocates_no_backward_buffers_on_gpu() {
+    if let Some((_, gpu)) = common::own_gpu(|_| {}) {
+        inference_allocates_no_backward_buffers(gpu);
+    }
+}
+
 /// Each generic check as a test on the CPU path (f32), `cpu::name`, and on
 /// the shared GPU context, `gpu::name`.
 macro_rules! on_cpu_and_gpu {

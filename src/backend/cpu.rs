@@ -150,7 +150,8 @@ impl<T: Clone> CpuTensor<T> {
 #[derive(Clone, Debug, Default)]
 pub struct CpuBackend<T> {
     _t: PhantomData<T>,
-    allocations: Arc<AtomicU64>,
+    // Tensors and bytes allocated.
+    allocations: Arc<[AtomicU64; 2]>,
 }
 
 impl<T: Real> CpuBackend<T> {
@@ -163,8 +164,10 @@ impl<T: Real> CpuBackend<T> {
     }
 
     fn counted<E: Clone>(&self, shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
+        let bytes = (data.len() * std::mem::size_of::<E>()) as u64;
         let t = CpuTensor::new(shape, data)?;
-        self.allocations.fetch_add(1, Ordering::Relaxed);
+        self.allocations[0].fetch_add(1, Ordering::Relaxed);
+        self.allocations[1].fetch_add(bytes, Ordering::Relaxed);
         Ok(t)
     }
 }
@@ -199,7 +202,11 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn allocations(&self) -> u64 {
-        self.allocations.load(Ordering::Relaxed)
+        self.allocations[0].load(Ordering::Relaxed)
+    }
+
+    fn allocated_bytes(&self) -> u64 {
+        self.allocations[1].load(Ordering::Relaxed)
     }
 
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize] {

@@ -101,6 +101,10 @@ impl Backend for GpuBackend {
         self.ctx.counters().allocations
     }
 
+    fn allocated_bytes(&self) -> u64 {
+        self.ctx.counters().allocated_bytes
+    }
+
     fn shape<'a>(&self, t: &'a GpuTensor) -> &'a [usize] {
         t.shape()
     }

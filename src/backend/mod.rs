@@ -114,9 +114,13 @@ pub trait Backend: Clone {
     /// storage: the holder of `t` is its only user, so its memory may be reused.
     fn is_unique(&self, t: &Self::Tensor) -> bool;
 
-    /// Tensors allocated through this backend so far (float and i32; clones
-    /// and views are not allocations).
+    /// Tensors allocated through this backend and its clones so far (float
+    /// and i32; clones and views of tensors are not allocations). On the GPU
+    /// the count is the context's, shared by every backend on it.
     fn allocations(&self) -> u64;
+
+    /// Bytes of those tensors (GPU buffers are rounded up to 4 bytes).
+    fn allocated_bytes(&self) -> u64;
 
     /// Shape of a tensor.
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];

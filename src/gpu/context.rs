@@ -49,6 +49,8 @@ pub struct Counters {
     pub readbacks: u64,
     /// Tensor buffers allocated.
     pub allocations: u64,
+    /// Bytes of those buffers.
+    pub allocated_bytes: u64,
 }
 
 impl Counters {
@@ -59,6 +61,7 @@ impl Counters {
             submits: self.submits - earlier.submits,
             readbacks: self.readbacks - earlier.readbacks,
             allocations: self.allocations - earlier.allocations,
+            allocated_bytes: self.allocated_bytes - earlier.allocated_bytes,
         }
     }
 }
@@ -219,6 +222,7 @@ pub struct GpuContext {
     submits: AtomicU64,
     readbacks: AtomicU64,
     allocations: AtomicU64,
+    allocated_bytes: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -304,6 +308,7 @@ impl GpuContext {
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
             allocations: AtomicU64::new(0),
+            allocated_bytes: AtomicU64::new(0),
         })
     }
 
@@ -371,6 +376,7 @@ impl GpuContext {
             submits: self.submits.load(Ordering::Relaxed),
             readbacks: self.readbacks.load(Ordering::Relaxed),
             allocations: self.allocations.load(Ordering::Relaxed),
+            allocated_bytes: self.allocated_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -475,6 +481,7 @@ impl GpuContext {
         }
         self.pop_scopes(val, oom, &format!("allocate {label} ({size} bytes)"))?;
         self.allocations.fetch_add(1, Ordering::Relaxed);
+        self.allocated_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(buffer)
     }
 
