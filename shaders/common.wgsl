@@ -62,6 +62,9 @@ fn sigmoid_f(x: f32) -> f32 {
 // (peak relative error 2.5e-7), 1 - 2/(e^2|x| + 1) above; |x| >= 15 is +-1 in f32.
 // A NaN stays a NaN, as on the CPU (Real::tanh_cell), so a diverging run is
 // seen as one: min(NaN, 15.0) may return 15.0, which would turn it into +-1.
+// (x is a computed value, so under fast math (Metal) this passthrough is a
+// best effort; the checks that decide anything, the optimizer's, test values
+// loaded from a buffer.)
 fn tanh_f(x: f32) -> f32 {
     let a = abs(x);
     var r: f32;

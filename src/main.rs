@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -775,6 +776,7 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         extend_to: a.steps,
         time_limit: a.time_limit,
         progress: true,
+        stop: Some(stop_on_ctrl_c()),
     };
     let summary = run_training(&opts, &mut |line| eprintln!("{line}"))?;
     eprintln!(
@@ -788,7 +790,26 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     if a.json {
         println!("{}", json_line(&summary)?);
     }
-    Ok(true)
+    // Stopped by Ctrl-C: saved, but not the run that was asked for.
+    Ok(!summary.interrupted)
+}
+
+/// A flag the first Ctrl-C (SIGINT) sets, so that training stops after its
+/// current step and saves; a second one ends the process at once (the last
+/// checkpoint written is intact: checkpoints are written atomically).
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let installed = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will end the run without saving ({e})");
+    }
+    stop
 }
 
 fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {

@@ -854,3 +854,100 @@ fn doctor_passes_on_this_adapter() {
     );
     assert!(text.contains("training: 3 steps"), "{text}");
 }
+
+#[test]
+fn the_plot_never_replaces_a_checkpoint_or_another_file() {
+    let s = Scratch::new("cli-plot-guard");
+    let ck = s.path("a.safetensors").display().to_string();
+    let (ok, err) = run(&strs(&tiny(&["--checkpoint", &ck, "--plot", &ck])));
+    assert!(
+        !ok && err.contains("--plot") && err.contains("checkpoint"),
+        "{err}"
+    );
+    // The same file spelled another way.
+    let dotted = s.0.join(".").join("a.safetensors").display().to_string();
+    let (ok, err) = run(&strs(&tiny(&["--checkpoint", &ck, "--plot", &dotted])));
+    assert!(!ok && err.contains("--plot"), "{err}");
+    let plot = s.path("kept.svg");
+    std::fs::write(&plot, b"keep").unwrap();
+    let p = plot.display().to_string();
+    let (ok, err) = run(&strs(&tiny(&["--checkpoint", &ck, "--plot", &p])));
+    assert!(!ok && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(&plot).unwrap(), b"keep");
+    let (ok, err) = run(&strs(&tiny(&[
+        "--checkpoint",
+        &ck,
+        "--plot",
+        &p,
+        "--overwrite",
+    ])));
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+}
+
+#[test]
+fn non_finite_numbers_are_refused() {
+    let s = Scratch::new("cli-non-finite");
+    for (flag, value) in [
+        ("--time-limit", "nan"),
+        ("--time-limit", "-1"),
+        ("--forget-bias", "inf"),
+    ] {
+        let (ok, err) = train(&s.0, &[flag, value]);
+        let name = flag.trim_start_matches("--").replace('-', "_");
+        assert!(
+            !ok && (err.contains(flag) || err.contains(&name)),
+            "{flag} {value}: {err}"
+        );
+    }
+}
+
+/// Ctrl-C stops a run after its current step, which then evaluates and saves
+/// a checkpoint that resumes (and exits non-zero: the run is not finished).
+#[test]
+fn ctrl_c_saves_the_run() {
+    use std::io::{BufRead, BufReader};
+    let s = Scratch::new("cli-ctrl-c");
+    let ck = s.path("run.safetensors");
+    let args = tiny(&[
+        "--steps",
+        "1000000",
+        "--save-every",
+        "0",
+        "--checkpoint",
+        &ck.display().to_string(),
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rnn-wgpu"))
+        .args(&args)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let started = line.starts_with("task ");
+        log.push(line);
+        if started {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    log.extend(lines.map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    let log = log.join("\n");
+    assert!(
+        !status.success(),
+        "an interrupted run exits non-zero: {log}"
+    );
+    assert!(log.contains("interrupted at step"), "{log}");
+    let t = rnn_wgpu::train::Trainer::load(rnn_wgpu::backend::CpuBackend::<f32>::new(), &ck)
+        .unwrap_or_else(|e| panic!("the checkpoint does not load: {e}\n{log}"));
+    assert!(t.step() > 0 && t.step() < 1_000_000, "step {}", t.step());
+}

@@ -437,4 +437,11 @@ fn checkpoints_and_sampling() {
     );
     std::fs::write(s.path("junk"), b"junk").unwrap();
     assert!(Trainer::load(CpuBackend::<f32>::new(), &s.path("junk")).is_err());
+    // The empty file a killed run leaves says what it is.
+    std::fs::write(s.path("empty"), b"").unwrap();
+    let err = Trainer::load(CpuBackend::<f32>::new(), &s.path("empty")).unwrap_err();
+    assert!(
+        err.to_string().contains("stopped before its first save"),
+        "{err}"
+    );
 }

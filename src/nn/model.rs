@@ -163,6 +163,12 @@ impl ModelConfig {
                 format!("{} is outside [0, 1)", self.dropout),
             ));
         }
+        if !self.forget_bias.is_finite() {
+            return Err(Error::invalid(
+                "forget_bias",
+                format!("{} must be a finite number", self.forget_bias),
+            ));
+        }
         if self.input == InputEncoding::OneHot && self.vocab > MAX_ONE_HOT {
             return Err(Error::invalid(
                 "embedding",
@@ -269,6 +275,10 @@ pub struct ForwardOut<B: Backend> {
 /// What a training forward ([`SeqModel::forward_train`]) keeps for its
 /// backward ([`SeqModel::backward`]): the recurrent stack's saved forward,
 /// the tokens, the decoder's input and the logits.
+///
+/// It refers to the `tokens` tensor the forward read (no copy is made):
+/// writing other tokens into it before the backward scatters the embedding
+/// gradient to the wrong rows.
 #[derive(Debug)]
 pub struct ModelSaved<B: Backend> {
     model: u64,

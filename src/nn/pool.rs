@@ -12,8 +12,11 @@
 //! reused buffer runs after every earlier kernel that read it.
 //!
 //! Free tensors that go unused for [`IDLE_PASSES`] passes are released (a
-//! pass is one forward, backward or step of the owning layer), so the buffers
-//! of an occasional large shape (an evaluation batch) do not stay resident.
+//! pass is one forward, backward or step of the owning layer; a tensor a
+//! caller holds counts as used), so the buffers of an occasional large shape
+//! (an evaluation batch) do not stay resident. A loop that runs more passes
+//! than that between two uses of a shape (say a few hundred streaming steps
+//! between training steps) allocates that shape's buffers again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,7 +26,7 @@ use crate::gpu::checked_numel;
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
 
 /// Passes a free tensor may go unused before the pool releases it.
-pub const IDLE_PASSES: u64 = 32;
+pub const IDLE_PASSES: u64 = 256;
 
 /// Source of the ids that tie a saved forward to the layer or model that made it.
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(0);
@@ -65,12 +68,17 @@ impl<B: Backend> Pool<B> {
         self.poison = on;
     }
 
-    /// Starts a pass; releases free tensors unused for [`IDLE_PASSES`] passes.
+    /// Starts a pass; releases free tensors unused for [`IDLE_PASSES`] passes
+    /// (a tensor still held by someone counts as used in this pass).
     pub fn next_pass(&mut self, b: &B) {
         self.pass += 1;
         let pass = self.pass;
-        self.entries
-            .retain(|e| e.last_pass + IDLE_PASSES >= pass || !b.is_unique(&e.tensor));
+        self.entries.retain_mut(|e| {
+            if !b.is_unique(&e.tensor) {
+                e.last_pass = pass;
+            }
+            e.last_pass + IDLE_PASSES >= pass
+        });
     }
 
     /// A tensor of `shape` that nobody else holds. A reused one keeps its
@@ -183,6 +191,12 @@ mod tests {
         // The free one went; the held one stays.
         assert_eq!(pool.len(), 1);
         drop(held);
+        // Held until now, so not idle: reused, not released.
+        pool.next_pass(&b);
+        assert_eq!(pool.len(), 1);
+        let before = b.allocations();
+        drop(pool.take(&b, &[4]).unwrap());
+        assert_eq!(b.allocations(), before);
         pool.set_poison(true);
         let again = pool.take(&b, &[4]).unwrap();
         assert!(b.read(&again).unwrap().iter().all(|v| v.is_nan()));

@@ -1,9 +1,11 @@
-//! Recurrent stacks (`nn.RNN` / `nn.LSTM` / `nn.GRU`): parameters, workspace,
-//! and the schedule of a whole sequence forward and backward (full BPTT).
+//! Recurrent stacks (`nn.RNN` / `nn.LSTM` / `nn.GRU`): parameters, the pooled
+//! buffers of their passes, and the schedule of a whole sequence forward and
+//! backward (full BPTT).
 //!
 //! The schedule is written once against [`Backend`]; on the GPU every launch
 //! below is recorded into the pending submission and nothing is read back, so
-//! a whole forward (or backward) pass is one submission.
+//! a whole forward (or backward) pass is one submission (one per
+//! `max_dispatches_per_submit` dispatches for long sequences).
 //!
 //! ## Forward, per layer `l` and direction `d`
 //! 1. `xg = input · W_ihᵀ + b_ih` for all T steps: one matmul `[T·B, In] × [In, G·H]`.
@@ -390,6 +392,8 @@ pub struct Rnn<B: Backend> {
     offset: usize,
     input_grad: bool,
     pool: Pool<B>,
+    // The last packed-sequence lengths uploaded, and their tensor.
+    lengths: Option<(Vec<i32>, B::Ints)>,
 }
 
 /// The shape of initial and final states, as errors name it.
@@ -460,6 +464,7 @@ impl<B: Backend> Rnn<B> {
             offset,
             input_grad: true,
             pool: Pool::default(),
+            lengths: None,
         })
     }
 
@@ -573,6 +578,20 @@ impl<B: Backend> Rnn<B> {
         Ok((y, out.state()))
     }
 
+    /// The lengths on the device. Never written after upload, so the last
+    /// upload serves again for the same values (a loop over equal lengths
+    /// allocates nothing), shared with any saved forward that holds it.
+    fn lengths_tensor(&mut self, lengths: &[i32]) -> Result<B::Ints> {
+        if let Some((values, t)) = &self.lengths
+            && values.as_slice() == lengths
+        {
+            return Ok(t.clone());
+        }
+        let t = self.backend.ints(&[lengths.len()], lengths)?;
+        self.lengths = Some((lengths.to_vec(), t.clone()));
+        Ok(t)
+    }
+
     /// Zero states for a batch of `batch` rows.
     pub fn zero_state(&mut self, batch: usize) -> Result<State<B>> {
         let cfg = self.config;
@@ -636,7 +655,7 @@ impl<B: Backend> Rnn<B> {
         let lengths = lengths
             .map(|l| {
                 check_lengths(l, batch, steps)?;
-                self.backend.ints(&[batch], l)
+                self.lengths_tensor(l)
             })
             .transpose()?;
         self.pool.next_pass(&self.backend);

@@ -60,6 +60,14 @@ fn meta_err(path: &Path, what: impl std::fmt::Display) -> Error {
 
 fn read_meta(path: &Path) -> Result<(TensorMap, Meta)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.is_empty() {
+        // What `train` leaves when it is killed before its first save.
+        return Err(meta_err(
+            path,
+            "the file is empty: a run claimed this path and stopped before its first \
+             save; remove it, or start a new run there with --overwrite",
+        ));
+    }
     let (_, header) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| meta_err(path, e))?;
     let md = header

@@ -13,7 +13,8 @@
 //!     optimizer update: clipped by the norm in stats, skipped if not finite
 //! read stats (loss, counts, norms of every window)            (the only readback)
 //! ```
-//! On the GPU everything up to the read is recorded into one submission.
+//! On the GPU everything up to the read is recorded into one submission (one
+//! per `max_dispatches_per_submit` dispatches for long sequences).
 //!
 //! ## Truncated BPTT
 //! With `k1 ≤ k2`, an update happens every `k1` steps and backpropagates through

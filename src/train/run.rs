@@ -6,6 +6,8 @@
 #![cfg(feature = "cli")]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -66,6 +68,10 @@ pub struct RunOptions {
     pub extend_to: Option<u64>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Set (by a Ctrl-C handler, say) to stop after the current step: the
+    /// run then evaluates, saves its checkpoint and plot, and returns with
+    /// [`RunSummary::interrupted`] set.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// The loss plot's default path for `checkpoint`: `<stem>-loss.svg` beside it.
@@ -86,6 +92,16 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
         None => format!("{stem}-{n}"),
     };
     path.with_file_name(name)
+}
+
+/// True when `a` and `b` name the same file (the same name in the same
+/// directory, however the directories are spelled).
+fn same_path(a: &Path, b: &Path) -> bool {
+    let dir = |p: &Path| {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        std::fs::canonicalize(parent.unwrap_or(Path::new("."))).ok()
+    };
+    a == b || (a.file_name() == b.file_name() && dir(a).is_some() && dir(a) == dir(b))
 }
 
 /// Numbered names tried before giving up.
@@ -211,6 +227,8 @@ pub struct RunSummary {
     pub checkpoint: Option<String>,
     /// Plot written, if any.
     pub plot: Option<String>,
+    /// True when [`RunOptions::stop`] ended the run early.
+    pub interrupted: bool,
 }
 
 /// Runs training on the backend `opts.backend` asks for.
@@ -222,8 +240,33 @@ pub fn run(opts: &RunOptions, log: &mut dyn FnMut(&str)) -> Result<RunSummary> {
     if let Some(p) = &opts.checkpoint {
         crate::eval::check_output_path("--checkpoint", p)?;
     }
+    if let Some(t) = opts.time_limit
+        && !(t > 0.0 && t.is_finite())
+    {
+        return Err(Error::invalid(
+            "--time-limit",
+            format!("{t} must be a positive number of seconds"),
+        ));
+    }
     if let PlotPath::At(p) = &opts.plot {
         crate::eval::check_output_path("--plot", p)?;
+        if opts.checkpoint.as_deref().is_some_and(|c| same_path(p, c)) {
+            return Err(Error::invalid(
+                "--plot",
+                format!(
+                    "{} is the checkpoint's path; give the plot its own",
+                    p.display()
+                ),
+            ));
+        }
+        // A new run's plot replaces no file unless asked to (a resumed run
+        // redraws its own plot).
+        if !opts.resume && opts.existing != Existing::Overwrite && p.exists() {
+            return Err(Error::invalid(
+                "--plot",
+                format!("{} exists; --overwrite replaces it", p.display()),
+            ));
+        }
     }
     let (checkpoint, _claim) = match (&opts.checkpoint, opts.resume) {
         (None, true) => return Err(Error::invalid("--resume", "needs --checkpoint PATH")),
@@ -337,7 +380,16 @@ fn run_on<B: Backend>(
     let tokens_per_step = (trainer.task().steps() * cfg.batch) as f64;
     let mut smooth: Option<f64> = None;
     let mut smooth_acc = 0.0;
+    let mut interrupted = false;
     while trainer.step() < total {
+        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            interrupted = true;
+            log(&format!(
+                "interrupted at step {}: evaluating and saving",
+                trainer.step()
+            ));
+            break;
+        }
         if let Some(limit) = opts.time_limit
             && start.elapsed().as_secs_f64() > limit
         {
@@ -417,5 +469,6 @@ fn run_on<B: Backend>(
         skipped_updates: trainer.skipped(),
         checkpoint: paths.checkpoint.as_ref().map(|p| p.display().to_string()),
         plot: paths.plot.as_ref().map(|p| p.display().to_string()),
+        interrupted,
     })
 }
