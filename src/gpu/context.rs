@@ -111,9 +111,7 @@ struct Pending {
     // Cached bind groups and the flush that last used each. A bind group holds
     // its buffers alive, so unused ones are dropped after a few flushes.
     bind_groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
-    // Flushes asked for by a caller (explicit, readback, write). Submissions
-    // forced by the dispatch bound do not count, so the bind groups of a long
-    // step are not dropped and rebuilt within every step.
+    // Flushes so far (asked for by a caller, or forced by the dispatch bound).
     flushes: u64,
 }
 
@@ -194,9 +192,12 @@ pub fn required_limits(
 /// Bind groups kept before the cache is cleared outright.
 const BIND_GROUP_CACHE: usize = 4096;
 
-/// Flushes a cached bind group may go unused before it (and its hold on its
-/// buffers) is dropped.
-const BIND_GROUP_IDLE_FLUSHES: u64 = 8;
+/// Flushes (of any kind) a cached bind group may go unused before it (and its
+/// hold on its buffers) is dropped: enough that a step split into many
+/// submissions by the dispatch bound keeps its bind groups from one step to
+/// the next, few enough that work which never reads back (streaming) does not
+/// keep the buffers of old bind groups alive for long.
+const BIND_GROUP_IDLE_FLUSHES: u64 = 64;
 
 /// Owns everything GPU-side. Cheap to share behind an `Arc`; safe to use from several threads.
 #[derive(Debug)]
@@ -495,7 +496,7 @@ impl GpuContext {
         let mut pending = lock(&self.pending);
         // queue.write_buffer lands before the next submission's commands, so
         // earlier recorded work must be submitted first to keep program order.
-        self.flush_locked(&mut pending, "write", false)?;
+        self.flush_locked(&mut pending, "write")?;
         self.queue.write_buffer(buffer, offset, data);
         Ok(())
     }
@@ -612,7 +613,7 @@ impl GpuContext {
         // it past the bound. Program order is kept (the queue runs
         // submissions in order), so results do not change.
         if pending.dispatches > 0 && pending.dispatches + unit > self.max_dispatches_per_submit {
-            self.flush_locked(&mut pending, "flush (dispatch bound)", true)?;
+            self.flush_locked(&mut pending, "flush (dispatch bound)")?;
         }
         pending.dispatches += unit;
         let base = pending.params.len().div_ceil(self.param_align) * self.param_align;
@@ -631,7 +632,7 @@ impl GpuContext {
     /// for every [`GpuContext::max_dispatches_per_submit`] dispatches.
     pub fn flush(&self) -> Result<()> {
         let mut pending = lock(&self.pending);
-        self.flush_locked(&mut pending, "flush", false)
+        self.flush_locked(&mut pending, "flush")
     }
 
     /// Submits everything and waits for the GPU to finish it.
@@ -692,8 +693,7 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Submits the pending work. `bound`: forced by the dispatch bound rather
-    /// than asked for (it does not age the bind group cache).
+    /// Submits the pending work.
     ///
     /// The parameter arena is written once, before the first of this flush's
     /// submissions, and rewritten by the next flush while these may still be
@@ -701,7 +701,7 @@ impl GpuContext {
     /// order, after every earlier submission and before the next one (wgpu
     /// inserts the barrier between their uses of the arena), as WebGPU's
     /// queue timeline specifies.
-    fn flush_locked(&self, pending: &mut Pending, op: &str, bound: bool) -> Result<()> {
+    fn flush_locked(&self, pending: &mut Pending, op: &str) -> Result<()> {
         self.check_alive()?;
         if pending.cmds.is_empty() {
             return Ok(());
@@ -742,9 +742,7 @@ impl GpuContext {
         if pending.bind_groups.len() > BIND_GROUP_CACHE {
             pending.bind_groups.clear();
         }
-        if !bound {
-            pending.flushes += 1;
-        }
+        pending.flushes += 1;
         let now = pending.flushes;
 
         // One command buffer and one submit per `max_dispatches_per_submit`
@@ -770,11 +768,9 @@ impl GpuContext {
                 .fetch_add(n_dispatch as u64, Ordering::Relaxed);
             start = end;
         }
-        if !bound {
-            pending
-                .bind_groups
-                .retain(|_, (_, used)| *used + BIND_GROUP_IDLE_FLUSHES >= now);
-        }
+        pending
+            .bind_groups
+            .retain(|_, (_, used)| *used + BIND_GROUP_IDLE_FLUSHES >= now);
         // Let wgpu retire finished work without blocking.
         let _ = self.device.poll(wgpu::PollType::Poll);
         self.pop_scopes(val, oom, op)
@@ -908,7 +904,7 @@ impl GpuContext {
                     });
                 }
             }
-            self.flush_locked(&mut pending, "readback", false)?;
+            self.flush_locked(&mut pending, "readback")?;
         }
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
