@@ -97,6 +97,8 @@ struct Arena {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct BindKey {
     kernel: u64,
+    // In the order of the kernel's `KernelSpec::bindings`, whatever order the
+    // launcher passed them in.
     buffers: Vec<wgpu::Buffer>,
 }
 
@@ -966,14 +968,20 @@ impl Recorder<'_> {
     }
 
     /// Records one dispatch of `def` (with override `constants`, each one
-    /// `def` lists) over `groups` workgroups, with `buffers` bound in the
-    /// order of its bindings and `params` (the block type `def` names) as the
-    /// uniform block.
+    /// `def` lists) over `groups` workgroups, with `params` (the block type
+    /// `def` names) as the uniform block and each of `buffers` bound to the
+    /// binding its number names, `(binding, buffer)` pairs in any order.
+    ///
+    /// Nothing is recorded unless the numbers are exactly the storage
+    /// bindings of `def`'s spec, each once (an internal [`Error::Gpu`] naming
+    /// the kernel and the binding otherwise), every buffer fits one binding
+    /// ([`Error::Limit`]), and no buffer bound read-write is bound twice
+    /// ([`Error::Aliasing`]).
     pub(crate) fn dispatch<P: KernelParams>(
         &mut self,
         def: KernelDef<P>,
         constants: &[(&'static str, f64)],
-        buffers: &[&wgpu::Buffer],
+        buffers: &[(u32, &wgpu::Buffer)],
         params: &P,
         groups: [u32; 3],
     ) -> Result<()> {
@@ -988,23 +996,23 @@ impl Recorder<'_> {
             });
         }
         let bytes = bytemuck::bytes_of(params);
-        if bytes.len() as u64 > PARAM_WINDOW || buffers.len() != spec.bindings.len() {
+        if bytes.len() as u64 > PARAM_WINDOW {
             return Err(Error::Gpu {
                 op: spec.entry.into(),
                 message: format!(
-                    "internal: {} parameter bytes (max {PARAM_WINDOW}), {} buffers for {} bindings",
-                    bytes.len(),
-                    buffers.len(),
-                    spec.bindings.len()
+                    "internal: {} parameter bytes (max {PARAM_WINDOW})",
+                    bytes.len()
                 ),
             });
         }
-        for b in buffers {
+        // From here on `buffers[i]` goes to `spec.bindings[i]`.
+        let buffers = spec.in_binding_order(buffers)?;
+        for b in &buffers {
             self.ctx.check_binding_size(spec.entry, b.size())?;
         }
         // A buffer written by a dispatch may not be bound to it a second time
         // (wgpu would reject the whole submission at flush).
-        for (i, (&(_, access), b)) in spec.bindings.iter().zip(buffers).enumerate() {
+        for (i, (&(_, access), b)) in spec.bindings.iter().zip(&buffers).enumerate() {
             if access == Access::ReadWrite
                 && let Some(j) = buffers
                     .iter()
