@@ -2,11 +2,12 @@
 //! (no GPU needed).
 //!
 //! Each kernel's Rust side is data: `ops::kernels()` lists, for every kernel
-//! the crate dispatches, its entry point, its storage bindings in the order
-//! buffers are passed, the override constants the host sets and the uniform
-//! block's fields (from `kernel_params!`). Here every shader is parsed and
-//! validated with naga (the same front end wgpu compiles it with), and for
-//! every kernel:
+//! the crate dispatches, its entry point, its storage bindings in ascending
+//! order (launchers pass their buffers by binding number, checked against
+//! this list by `Recorder::dispatch`), the override constants the host sets
+//! and the uniform block's fields (from `kernel_params!`). Here every shader
+//! is parsed and validated with naga (the same front end wgpu compiles it
+//! with), and for every kernel:
 //! - the uniform at `@group(0) @binding(0)` is a struct with the Rust block's
 //!   members (names, byte offsets, types) and size, within `PARAM_WINDOW`;
 //! - the storage bindings the entry point uses (naga's per-entry-point global
@@ -162,8 +163,8 @@ fn mismatches(k: &KernelInfo, r: &Reflected) -> Vec<String> {
     let listed: Vec<u32> = k.spec.bindings.iter().map(|&(b, _)| b).collect();
     if listed.windows(2).any(|w| w[0] >= w[1]) {
         out.push(format!(
-            "{kernel}: Rust bindings {listed:?} are not in ascending binding order (buffers are \
-             passed in binding order)"
+            "{kernel}: Rust bindings {listed:?} are not in ascending binding order (each \
+             number once, in the WGSL's order)"
         ));
     }
     for &(binding, access) in k.spec.bindings {

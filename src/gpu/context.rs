@@ -97,6 +97,8 @@ struct Arena {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct BindKey {
     kernel: u64,
+    // In the order of the kernel's `KernelSpec::bindings`, whatever order the
+    // launcher passed them in.
     buffers: Vec<wgpu::Buffer>,
 }
 
@@ -962,14 +964,20 @@ impl Recorder<'_> {
     }
 
     /// Records one dispatch of `def` (with override `constants`, each one
-    /// `def` lists) over `groups` workgroups, with `buffers` bound in the
-    /// order of its bindings and `params` (the block type `def` names) as the
-    /// uniform block.
+    /// `def` lists) over `groups` workgroups, with `params` (the block type
+    /// `def` names) as the uniform block and each of `buffers` bound to the
+    /// binding its number names, `(binding, buffer)` pairs in any order.
+    ///
+    /// Nothing is recorded unless the numbers are exactly the storage
+    /// bindings of `def`'s spec, each once (an internal [`Error::Gpu`] naming
+    /// the kernel and the binding otherwise), every buffer fits one binding
+    /// ([`Error::Limit`]), and no buffer bound read-write is bound twice
+    /// ([`Error::Aliasing`]).
     pub(crate) fn dispatch<P: KernelParams>(
         &mut self,
         def: KernelDef<P>,
         constants: &[(&'static str, f64)],
-        buffers: &[&wgpu::Buffer],
+        buffers: &[(u32, &wgpu::Buffer)],
         params: &P,
         groups: [u32; 3],
     ) -> Result<()> {
@@ -984,23 +992,23 @@ impl Recorder<'_> {
             });
         }
         let bytes = bytemuck::bytes_of(params);
-        if bytes.len() as u64 > PARAM_WINDOW || buffers.len() != spec.bindings.len() {
+        if bytes.len() as u64 > PARAM_WINDOW {
             return Err(Error::Gpu {
                 op: spec.entry.into(),
                 message: format!(
-                    "internal: {} parameter bytes (max {PARAM_WINDOW}), {} buffers for {} bindings",
-                    bytes.len(),
-                    buffers.len(),
-                    spec.bindings.len()
+                    "internal: {} parameter bytes (max {PARAM_WINDOW})",
+                    bytes.len()
                 ),
             });
         }
-        for b in buffers {
+        // From here on `buffers[i]` goes to `spec.bindings[i]`.
+        let buffers = spec.in_binding_order(buffers)?;
+        for b in &buffers {
             self.ctx.check_binding_size(spec.entry, b.size())?;
         }
         // A buffer written by a dispatch may not be bound to it a second time
         // (wgpu would reject the whole submission at flush).
-        for (i, (&(_, access), b)) in spec.bindings.iter().zip(buffers).enumerate() {
+        for (i, (&(_, access), b)) in spec.bindings.iter().zip(&buffers).enumerate() {
             if access == Access::ReadWrite
                 && let Some(j) = buffers
                     .iter()
@@ -1069,6 +1077,96 @@ impl Recorder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::kernel::kernel_params;
+
+    /// A context on this machine's adapter, or `None` (with a message) when
+    /// it has none; under `CI=true` a missing adapter is a failure, as in
+    /// `tests/common`.
+    fn gpu() -> Option<GpuContext> {
+        match ContextOptions::from_env().and_then(GpuContext::new) {
+            Ok(ctx) => Some(ctx),
+            Err(e)
+                if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") =>
+            {
+                panic!("CI=true and the GPU tests cannot run: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping a GPU test: {e}");
+                None
+            }
+        }
+    }
+
+    kernel_params! {
+        // `shaders/memory.wgsl`'s block.
+        struct MemoryParams {
+            n: u32,
+            off: u32,
+            value: f32,
+            src_off: u32,
+        }
+    }
+
+    /// `f32_to_f16`: reads binding 2 (`src_f32`), writes binding 3 (`dst_words`).
+    const TO_F16: KernelDef<MemoryParams> = KernelDef::new(
+        Shader::Memory,
+        "f32_to_f16",
+        &[(2, Access::Read), (3, Access::ReadWrite)],
+        &[],
+    );
+
+    #[test]
+    fn dispatch_binds_by_number_and_records_nothing_on_a_wrong_binding() {
+        let Some(ctx) = gpu() else { return };
+        let x = [1.0f32, -2.0, 0.5, 3.0];
+        let src = ctx
+            .create_buffer("src", 16, Some(bytemuck::cast_slice(&x)))
+            .unwrap();
+        let dst = ctx.create_buffer("dst", 8, None).unwrap();
+        let p = MemoryParams {
+            n: 4,
+            off: 0,
+            value: 0.0,
+            src_off: 0,
+        };
+        let before = ctx.counters().dispatches;
+        ctx.record(|rec| {
+            let wrong: [&[(u32, &wgpu::Buffer)]; 3] = [
+                &[(1, &src), (3, &dst)],            // 1 is not f32_to_f16's
+                &[(3, &dst)],                       // 2 is missing
+                &[(2, &src), (3, &dst), (2, &src)], // 2 twice
+            ];
+            for buffers in wrong {
+                let err = rec
+                    .dispatch(TO_F16, &[], buffers, &p, [1, 1, 1])
+                    .unwrap_err();
+                assert!(
+                    matches!(&err, Error::Gpu { op, message }
+                        if op == "f32_to_f16" && message.starts_with("internal: ")),
+                    "{err}"
+                );
+                assert!(rec.cmds.is_empty() && rec.params.is_empty());
+            }
+            // Two numbers, one buffer, one of them written: still refused.
+            let err = rec
+                .dispatch(TO_F16, &[], &[(2, &src), (3, &src)], &p, [1, 1, 1])
+                .unwrap_err();
+            assert!(matches!(err, Error::Aliasing { .. }), "{err}");
+            assert!(rec.cmds.is_empty() && rec.params.is_empty());
+            Ok(())
+        })
+        .unwrap();
+        ctx.flush().unwrap();
+        assert_eq!(ctx.counters().dispatches, before, "nothing was submitted");
+        // Given out of binding order, each buffer still goes to its number.
+        ctx.record(|rec| rec.dispatch(TO_F16, &[], &[(3, &dst), (2, &src)], &p, [1, 1, 1]))
+            .unwrap();
+        let words = ctx.read_buffers(&[(&dst, 0, 8)]).unwrap();
+        let half = |v: f32| half::f16::from_f32(v).to_bits() as u32;
+        let want = [half(x[0]) | half(x[1]) << 16, half(x[2]) | half(x[3]) << 16];
+        assert_eq!(words[0], bytemuck::cast_slice::<u32, u8>(&want));
+        assert_eq!(ctx.counters().dispatches, before + 1);
+    }
 
     fn opts(limits: LimitBase) -> ContextOptions {
         ContextOptions {

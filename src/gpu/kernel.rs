@@ -18,11 +18,15 @@
 //!   padding included (a field may name its WGSL member when the spellings
 //!   differ, e.g. `b as "B": u32`);
 //! - each kernel is a [`KernelDef<P>`]: its [`KernelSpec`] (entry point and
-//!   storage bindings, listed in ascending binding order, which is also the
-//!   order its buffers are passed in), the override constants the host may set,
-//!   and in its type the uniform block `P`. `Recorder::dispatch` takes a
-//!   `KernelDef<P>` with a `&P`, so a kernel cannot be dispatched with another
-//!   block, and refuses constants the definition does not list;
+//!   storage bindings, listed in ascending binding order), the override
+//!   constants the host may set, and in its type the uniform block `P`.
+//!   `Recorder::dispatch` takes a `KernelDef<P>` with a `&P`, so a kernel
+//!   cannot be dispatched with another block, and refuses constants the
+//!   definition does not list. Its buffers come as `(binding number, buffer)`
+//!   pairs (the ops name the numbers after the WGSL variables), bound by
+//!   number; the set of numbers must be exactly the spec's, each once
+//!   (`KernelSpec::in_binding_order`), so no buffer depends on its position
+//!   in a list;
 //! - `ops::kernels()` lists the [`KernelInfo`] of every kernel the crate
 //!   dispatches.
 //!
@@ -35,6 +39,8 @@
 //! compute entry point of every shader is registered.
 
 use std::marker::PhantomData;
+
+use crate::error::{Error, Result};
 
 /// WGSL helpers prepended to every shader (stable activations, grid folding).
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
@@ -231,8 +237,58 @@ pub struct KernelSpec {
     /// The entry point.
     pub entry: &'static str,
     /// `(binding number, access)` of each storage buffer the entry point uses,
-    /// in ascending binding order, which is the order buffers are passed in.
+    /// in ascending binding order. A launcher passes each buffer with the
+    /// number of the binding it goes to, in any order.
     pub bindings: &'static [(u32, Access)],
+}
+
+impl KernelSpec {
+    /// The items of `given`, `(binding number, item)` pairs in any order,
+    /// rearranged into the order of [`KernelSpec::bindings`].
+    ///
+    /// This is how `Recorder::dispatch` checks a launcher's buffers before
+    /// anything is recorded; it is pure so that the check is tested without a
+    /// GPU. Fails with an internal [`Error::Gpu`] naming the kernel and the
+    /// binding unless `given` names every binding of the spec exactly once and
+    /// nothing else.
+    pub(crate) fn in_binding_order<T: Copy>(&self, given: &[(u32, T)]) -> Result<Vec<T>> {
+        let internal = |message: String| Error::Gpu {
+            op: self.entry.into(),
+            message: format!("internal: {message}"),
+        };
+        let numbers = || self.bindings.iter().map(|&(n, _)| n).collect::<Vec<_>>();
+        for (i, &(n, _)) in given.iter().enumerate() {
+            if !self.bindings.iter().any(|&(b, _)| b == n) {
+                return Err(internal(format!(
+                    "a buffer is passed for binding {n}, which kernel {} does not use (its storage bindings are {:?})",
+                    self.entry,
+                    numbers()
+                )));
+            }
+            if given[..i].iter().any(|&(m, _)| m == n) {
+                return Err(internal(format!(
+                    "two buffers are passed for binding {n} of kernel {}",
+                    self.entry
+                )));
+            }
+        }
+        self.bindings
+            .iter()
+            .map(|&(n, access)| {
+                given
+                    .iter()
+                    .find(|&&(m, _)| m == n)
+                    .map(|&(_, item)| item)
+                    .ok_or_else(|| {
+                        internal(format!(
+                            "no buffer is passed for binding {n} ({access:?}) of kernel {} (its storage bindings are {:?})",
+                            self.entry,
+                            numbers()
+                        ))
+                    })
+            })
+            .collect()
+    }
 }
 
 /// Size of the uniform parameter window each dispatch sees. Every kernel's
@@ -425,8 +481,7 @@ pub struct KernelDef<P> {
 
 impl<P: KernelParams> KernelDef<P> {
     /// Entry point `entry` of `shader`, its storage `bindings` in ascending
-    /// binding order (the order buffers are passed in), and the names of the
-    /// override `constants` the host sets.
+    /// binding order, and the names of the override `constants` the host sets.
     pub const fn new(
         shader: Shader,
         entry: &'static str,
@@ -581,6 +636,81 @@ mod tests {
             v: [0.0; 4],
         };
         assert_eq!(bytemuck::bytes_of(&p).len(), 32);
+    }
+
+    /// A spec shaped like `act_backward`: three bindings with a gap.
+    const SPEC: KernelSpec = KernelSpec {
+        shader: Shader::Activation,
+        entry: "act_backward",
+        bindings: &[(1, Access::Read), (3, Access::Read), (4, Access::ReadWrite)],
+    };
+
+    fn internal_message(r: Result<Vec<&str>>) -> String {
+        match r {
+            Err(Error::Gpu { op, message }) => {
+                assert_eq!(op, "act_backward");
+                assert!(message.starts_with("internal: "), "{message}");
+                message
+            }
+            other => panic!("expected an internal Error::Gpu, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn buffers_are_bound_by_number_in_any_order() {
+        let order = SPEC.in_binding_order(&[(4, "dx"), (1, "x"), (3, "dy")]);
+        assert_eq!(order.unwrap(), ["x", "dy", "dx"]);
+        let order = SPEC.in_binding_order(&[(1, "x"), (3, "dy"), (4, "dx")]);
+        assert_eq!(order.unwrap(), ["x", "dy", "dx"]);
+        let none = KernelSpec {
+            bindings: &[],
+            ..SPEC
+        };
+        assert_eq!(
+            none.in_binding_order::<&str>(&[]).unwrap(),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn a_binding_the_kernel_does_not_use_is_refused() {
+        // 2 is act_forward's y, not an act_backward binding.
+        let m = internal_message(SPEC.in_binding_order(&[(1, "x"), (2, "dy"), (4, "dx")]));
+        assert!(m.contains("binding 2"), "{m}");
+        assert!(m.contains("act_backward"), "{m}");
+        assert!(m.contains("[1, 3, 4]"), "{m}");
+        // One too many.
+        let m = internal_message(SPEC.in_binding_order(&[
+            (1, "x"),
+            (3, "dy"),
+            (4, "dx"),
+            (5, "extra"),
+        ]));
+        assert!(m.contains("binding 5"), "{m}");
+    }
+
+    #[test]
+    fn a_missing_binding_is_refused() {
+        let m = internal_message(SPEC.in_binding_order(&[(1, "x"), (4, "dx")]));
+        assert!(
+            m.contains("no buffer is passed for binding 3 (Read)"),
+            "{m}"
+        );
+        assert!(m.contains("act_backward"), "{m}");
+        let m = internal_message(SPEC.in_binding_order(&[]));
+        assert!(m.contains("binding 1"), "{m}");
+    }
+
+    #[test]
+    fn a_binding_given_twice_is_refused() {
+        // The right count, but 3 twice and 4 missing (a number typed twice).
+        let m = internal_message(SPEC.in_binding_order(&[(1, "x"), (3, "dy"), (3, "dx")]));
+        assert!(m.contains("two buffers are passed for binding 3"), "{m}");
+        assert!(m.contains("act_backward"), "{m}");
+        // The same buffer under the same number twice, beside every binding.
+        let m =
+            internal_message(SPEC.in_binding_order(&[(1, "x"), (3, "dy"), (4, "dx"), (1, "x")]));
+        assert!(m.contains("binding 1"), "{m}");
     }
 
     #[test]

@@ -220,17 +220,29 @@ kernel_params! {
     }
 }
 
+/// Binding numbers of `shaders/activation.wgsl`, named after its variables.
+mod binding {
+    pub const X: u32 = 1;
+    pub const Y: u32 = 2;
+    pub const DY: u32 = 3;
+    pub const DX: u32 = 4;
+}
+
 const FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Activation,
     "act_forward",
-    &[(1, Access::Read), (2, Access::ReadWrite)],
+    &[(binding::X, Access::Read), (binding::Y, Access::ReadWrite)],
     &["ACT"],
 );
 
 const BACKWARD: KernelDef<Params> = KernelDef::new(
     Shader::Activation,
     "act_backward",
-    &[(1, Access::Read), (3, Access::Read), (4, Access::ReadWrite)],
+    &[
+        (binding::X, Access::Read),
+        (binding::DY, Access::Read),
+        (binding::DX, Access::ReadWrite),
+    ],
     &["ACT"],
 );
 
@@ -299,7 +311,7 @@ pub fn forward_gpu(
     rec.dispatch(
         FORWARD,
         &[("ACT", act.code() as f64)],
-        &[x.buffer(), y.buffer()],
+        &[(binding::X, x.buffer()), (binding::Y, y.buffer())],
         &params,
         grid,
     )
@@ -339,7 +351,11 @@ pub fn backward_gpu(
     rec.dispatch(
         BACKWARD,
         &[("ACT", act.code() as f64)],
-        &[x.buffer(), dy.buffer(), dx.buffer()],
+        &[
+            (binding::X, x.buffer()),
+            (binding::DY, dy.buffer()),
+            (binding::DX, dx.buffer()),
+        ],
         &params,
         grid,
     )

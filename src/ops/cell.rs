@@ -927,6 +927,22 @@ impl Params {
     }
 }
 
+/// Binding numbers of `shaders/cell_common.wgsl` (shared by the three cell
+/// shaders), named after its variables. Each kernel binds the subset it uses.
+mod binding {
+    pub const XG: u32 = 1;
+    pub const WEIGHTS: u32 = 2;
+    pub const LENGTHS: u32 = 3;
+    pub const HS: u32 = 4;
+    pub const CS: u32 = 5;
+    pub const GATES: u32 = 6;
+    pub const OUT: u32 = 7;
+    pub const DOUT: u32 = 8;
+    pub const DGH: u32 = 9;
+    pub const DGX: u32 = 10;
+    pub const CARRY: u32 = 11;
+}
+
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
 
@@ -936,28 +952,57 @@ const STEP_CONSTANTS: &[&str] = &["SPLIT"];
 const LSTM_FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Lstm,
     "lstm_forward",
-    &[(1, R), (2, R), (3, R), (4, W), (5, W), (6, W), (7, W)],
+    &[
+        (binding::XG, R),
+        (binding::WEIGHTS, R),
+        (binding::LENGTHS, R),
+        (binding::HS, W),
+        (binding::CS, W),
+        (binding::GATES, W),
+        (binding::OUT, W),
+    ],
     STEP_CONSTANTS,
 );
 
 const GRU_FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Gru,
     "gru_forward",
-    &[(1, R), (2, R), (3, R), (4, W), (6, W), (7, W)],
+    &[
+        (binding::XG, R),
+        (binding::WEIGHTS, R),
+        (binding::LENGTHS, R),
+        (binding::HS, W),
+        (binding::GATES, W),
+        (binding::OUT, W),
+    ],
     STEP_CONSTANTS,
 );
 
 const RNN_FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Rnn,
     "rnn_forward",
-    &[(1, R), (2, R), (3, R), (4, W), (7, W)],
+    &[
+        (binding::XG, R),
+        (binding::WEIGHTS, R),
+        (binding::LENGTHS, R),
+        (binding::HS, W),
+        (binding::OUT, W),
+    ],
     STEP_CONSTANTS,
 );
 
 const LSTM_BACKWARD: KernelDef<Params> = KernelDef::new(
     Shader::Lstm,
     "lstm_backward",
-    &[(2, R), (3, R), (5, W), (6, W), (8, R), (9, W), (11, W)],
+    &[
+        (binding::WEIGHTS, R),
+        (binding::LENGTHS, R),
+        (binding::CS, W),
+        (binding::GATES, W),
+        (binding::DOUT, R),
+        (binding::DGH, W),
+        (binding::CARRY, W),
+    ],
     STEP_CONSTANTS,
 );
 
@@ -965,14 +1010,14 @@ const GRU_BACKWARD: KernelDef<Params> = KernelDef::new(
     Shader::Gru,
     "gru_backward",
     &[
-        (2, R),
-        (3, R),
-        (4, W),
-        (6, W),
-        (8, R),
-        (9, W),
-        (10, W),
-        (11, W),
+        (binding::WEIGHTS, R),
+        (binding::LENGTHS, R),
+        (binding::HS, W),
+        (binding::GATES, W),
+        (binding::DOUT, R),
+        (binding::DGH, W),
+        (binding::DGX, W),
+        (binding::CARRY, W),
     ],
     STEP_CONSTANTS,
 );
@@ -980,7 +1025,14 @@ const GRU_BACKWARD: KernelDef<Params> = KernelDef::new(
 const RNN_BACKWARD: KernelDef<Params> = KernelDef::new(
     Shader::Rnn,
     "rnn_backward",
-    &[(2, R), (3, R), (4, W), (8, R), (9, W), (11, W)],
+    &[
+        (binding::WEIGHTS, R),
+        (binding::LENGTHS, R),
+        (binding::HS, W),
+        (binding::DOUT, R),
+        (binding::DGH, W),
+        (binding::CARRY, W),
+    ],
     STEP_CONSTANTS,
 );
 
@@ -1015,7 +1067,7 @@ fn dispatch_step(
     rec: &mut Recorder<'_>,
     kernel: KernelDef<Params>,
     s: &StepSpec,
-    buffers: &[&wgpu::Buffer],
+    buffers: &[(u32, &wgpu::Buffer)],
     params: &Params,
 ) -> Result<()> {
     let variant = rec.ctx().step_kernel(s.batch, s.hidden);
@@ -1081,18 +1133,22 @@ pub fn forward_step_gpu(
     // declares the binding, so a placeholder fills it.
     let gates = bufs.gates.unwrap_or(dummies.floats).buffer();
     let mut buffers = vec![
-        bufs.xg.buffer(),
-        bufs.weights.buffer(),
-        lengths,
-        bufs.hs.buffer(),
+        (binding::XG, bufs.xg.buffer()),
+        (binding::WEIGHTS, bufs.weights.buffer()),
+        (binding::LENGTHS, lengths),
+        (binding::HS, bufs.hs.buffer()),
+        (binding::OUT, bufs.out.buffer()),
     ];
+    // Beside those every cell binds: the LSTM its cell state and gates, the
+    // GRU its gates, the RNN nothing more.
     match (cell, bufs.cs) {
-        (Cell::Lstm, Some(cs)) => buffers.extend([cs.buffer(), gates]),
-        (Cell::Gru, _) => buffers.push(gates),
+        (Cell::Lstm, Some(cs)) => {
+            buffers.extend([(binding::CS, cs.buffer()), (binding::GATES, gates)]);
+        }
+        (Cell::Gru, _) => buffers.push((binding::GATES, gates)),
         (Cell::Rnn(_), _) => {}
         _ => return Err(missing("cs", cell)),
     }
-    buffers.push(bufs.out.buffer());
     dispatch_step(rec, forward_kernel(cell), s, &buffers, &params)
 }
 
@@ -1120,35 +1176,26 @@ pub fn backward_step_gpu(
     s.validate(cell, true, &lens)?;
     let params = Params::of(cell, s, bufs.lengths.is_some(), false)?;
     let lengths = bufs.lengths.unwrap_or(dummies.ints).buffer();
-    let buffers: Vec<&wgpu::Buffer> = match (cell, bufs.cs, bufs.gates, bufs.dgx) {
-        (Cell::Lstm, Some(cs), Some(gates), _) => vec![
-            bufs.weights.buffer(),
-            lengths,
-            cs.buffer(),
-            gates.buffer(),
-            bufs.dout.buffer(),
-            bufs.dgh.buffer(),
-            bufs.carry.buffer(),
-        ],
-        (Cell::Gru, _, Some(gates), Some(dgx)) => vec![
-            bufs.weights.buffer(),
-            lengths,
-            bufs.hs.buffer(),
-            gates.buffer(),
-            bufs.dout.buffer(),
-            bufs.dgh.buffer(),
-            dgx.buffer(),
-            bufs.carry.buffer(),
-        ],
-        (Cell::Rnn(_), _, _, _) => vec![
-            bufs.weights.buffer(),
-            lengths,
-            bufs.hs.buffer(),
-            bufs.dout.buffer(),
-            bufs.dgh.buffer(),
-            bufs.carry.buffer(),
-        ],
+    let mut buffers = vec![
+        (binding::WEIGHTS, bufs.weights.buffer()),
+        (binding::LENGTHS, lengths),
+        (binding::DOUT, bufs.dout.buffer()),
+        (binding::DGH, bufs.dgh.buffer()),
+        (binding::CARRY, bufs.carry.buffer()),
+    ];
+    // Beside those every cell binds: the LSTM its cell state and gates (its
+    // gradient needs no h), the GRU h, its gates and dgx, the RNN h.
+    match (cell, bufs.cs, bufs.gates, bufs.dgx) {
+        (Cell::Lstm, Some(cs), Some(gates), _) => {
+            buffers.extend([(binding::CS, cs.buffer()), (binding::GATES, gates.buffer())]);
+        }
+        (Cell::Gru, _, Some(gates), Some(dgx)) => buffers.extend([
+            (binding::HS, bufs.hs.buffer()),
+            (binding::GATES, gates.buffer()),
+            (binding::DGX, dgx.buffer()),
+        ]),
+        (Cell::Rnn(_), _, _, _) => buffers.push((binding::HS, bufs.hs.buffer())),
         _ => return Err(missing("cs/gates/dgx", cell)),
-    };
+    }
     dispatch_step(rec, backward_kernel(cell), s, &buffers, &params)
 }

@@ -106,10 +106,16 @@ kernel_params! {
     }
 }
 
+/// Binding numbers of `shaders/dropout.wgsl`, named after its variables.
+mod binding {
+    pub const X: u32 = 1;
+    pub const Y: u32 = 2;
+}
+
 const DROPOUT: KernelDef<Params> = KernelDef::new(
     Shader::Dropout,
     "dropout",
-    &[(1, Access::Read), (2, Access::ReadWrite)],
+    &[(binding::X, Access::Read), (binding::Y, Access::ReadWrite)],
     &[],
 );
 
@@ -143,7 +149,8 @@ pub fn apply_gpu(
         _pad1: 0,
     };
     let grid = rec.ctx().grid((s.n as u64).div_ceil(256))?;
-    rec.dispatch(DROPOUT, &[], &[x.buffer(), y.buffer()], &params, grid)
+    let buffers = [(binding::X, x.buffer()), (binding::Y, y.buffer())];
+    rec.dispatch(DROPOUT, &[], &buffers, &params, grid)
 }
 
 #[cfg(test)]

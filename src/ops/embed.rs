@@ -116,17 +116,34 @@ impl Params {
     }
 }
 
+/// Binding numbers of `shaders/embed.wgsl`, named after its variables.
+mod binding {
+    pub const TOKENS: u32 = 1;
+    pub const TABLE: u32 = 2;
+    pub const OUT: u32 = 3;
+    pub const DOUT: u32 = 4;
+    pub const DTABLE: u32 = 5;
+}
+
 const FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Embed,
     "embed_forward",
-    &[(1, Access::Read), (2, Access::Read), (3, Access::ReadWrite)],
+    &[
+        (binding::TOKENS, Access::Read),
+        (binding::TABLE, Access::Read),
+        (binding::OUT, Access::ReadWrite),
+    ],
     &[],
 );
 
 const BACKWARD: KernelDef<Params> = KernelDef::new(
     Shader::Embed,
     "embed_backward",
-    &[(1, Access::Read), (4, Access::Read), (5, Access::ReadWrite)],
+    &[
+        (binding::TOKENS, Access::Read),
+        (binding::DOUT, Access::Read),
+        (binding::DTABLE, Access::ReadWrite),
+    ],
     &[],
 );
 
@@ -149,7 +166,11 @@ pub fn forward_gpu(
     rec.dispatch(
         FORWARD,
         &[],
-        &[tokens.buffer(), table.buffer(), out.buffer()],
+        &[
+            (binding::TOKENS, tokens.buffer()),
+            (binding::TABLE, table.buffer()),
+            (binding::OUT, out.buffer()),
+        ],
         &Params::of(s, false)?,
         grid,
     )
@@ -172,7 +193,11 @@ pub fn backward_gpu(
     rec.dispatch(
         BACKWARD,
         &[],
-        &[tokens.buffer(), dout.buffer(), dtable.buffer()],
+        &[
+            (binding::TOKENS, tokens.buffer()),
+            (binding::DOUT, dout.buffer()),
+            (binding::DTABLE, dtable.buffer()),
+        ],
         &Params::of(s, accumulate)?,
         grid,
     )

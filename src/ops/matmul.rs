@@ -409,11 +409,19 @@ kernel_params! {
     }
 }
 
+/// Binding numbers of `shaders/matmul.wgsl`, named after its variables.
+mod binding {
+    pub const A: u32 = 1;
+    pub const B: u32 = 2;
+    pub const BIAS: u32 = 3;
+    pub const C: u32 = 4;
+}
+
 const BINDINGS: &[(u32, Access)] = &[
-    (1, Access::Read),
-    (2, Access::Read),
-    (3, Access::Read),
-    (4, Access::ReadWrite),
+    (binding::A, Access::Read),
+    (binding::B, Access::Read),
+    (binding::BIAS, Access::Read),
+    (binding::C, Access::ReadWrite),
 ];
 
 const CONSTANTS: &[&str] = &["TRANS_A", "TRANS_B"];
@@ -481,7 +489,12 @@ pub fn gemm_gpu(
     rec.dispatch(
         spec,
         &constants,
-        &[a.buffer(), b.buffer(), bias_buf, c.buffer()],
+        &[
+            (binding::A, a.buffer()),
+            (binding::B, b.buffer()),
+            (binding::BIAS, bias_buf),
+            (binding::C, c.buffer()),
+        ],
         &params,
         grid,
     )

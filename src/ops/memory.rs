@@ -50,20 +50,38 @@ kernel_params! {
     }
 }
 
-const FILL: KernelDef<Params> =
-    KernelDef::new(Shader::Memory, "fill", &[(1, Access::ReadWrite)], &[]);
+/// Binding numbers of `shaders/memory.wgsl`, named after its variables.
+mod binding {
+    pub const DATA: u32 = 1;
+    pub const SRC_F32: u32 = 2;
+    pub const DST_WORDS: u32 = 3;
+    pub const SRC_WORDS: u32 = 4;
+}
+
+const FILL: KernelDef<Params> = KernelDef::new(
+    Shader::Memory,
+    "fill",
+    &[(binding::DATA, Access::ReadWrite)],
+    &[],
+);
 
 const TO_F16: KernelDef<Params> = KernelDef::new(
     Shader::Memory,
     "f32_to_f16",
-    &[(2, Access::Read), (3, Access::ReadWrite)],
+    &[
+        (binding::SRC_F32, Access::Read),
+        (binding::DST_WORDS, Access::ReadWrite),
+    ],
     &[],
 );
 
 const TO_F32: KernelDef<Params> = KernelDef::new(
     Shader::Memory,
     "f16_to_f32",
-    &[(1, Access::ReadWrite), (4, Access::Read)],
+    &[
+        (binding::DATA, Access::ReadWrite),
+        (binding::SRC_WORDS, Access::Read),
+    ],
     &[],
 );
 
@@ -95,7 +113,7 @@ pub fn fill_gpu(
         src_off: 0,
     };
     let grid = rec.ctx().grid((n as u64).div_ceil(256))?;
-    rec.dispatch(FILL, &[], &[x.buffer()], &params, grid)
+    rec.dispatch(FILL, &[], &[(binding::DATA, x.buffer())], &params, grid)
 }
 
 /// Records a copy of `n` f32/i32 elements between tensors.
@@ -159,10 +177,21 @@ pub fn cast(ctx: &GpuContext, x: &GpuTensor, dtype: DType) -> Result<GpuTensor> 
         value: 0.0,
         src_off: 0,
     };
-    // Buffers in binding order.
     let (def, buffers) = match (x.dtype(), dtype) {
-        (DType::F32, DType::F16) => (TO_F16, [x.buffer(), out.buffer()]),
-        (DType::F16, DType::F32) => (TO_F32, [out.buffer(), x.buffer()]),
+        (DType::F32, DType::F16) => (
+            TO_F16,
+            [
+                (binding::SRC_F32, x.buffer()),
+                (binding::DST_WORDS, out.buffer()),
+            ],
+        ),
+        (DType::F16, DType::F32) => (
+            TO_F32,
+            [
+                (binding::SRC_WORDS, x.buffer()),
+                (binding::DATA, out.buffer()),
+            ],
+        ),
         (from, to) => {
             return Err(Error::invalid(
                 "cast",

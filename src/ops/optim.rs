@@ -449,11 +449,31 @@ pub fn update_cpu<T: Real>(
     Ok(true)
 }
 
+/// Binding numbers of `shaders/optim.wgsl`, named after its variables.
+mod binding {
+    pub const PARAMS: u32 = 1;
+    pub const GRADS: u32 = 2;
+    pub const S1: u32 = 3;
+    pub const S2: u32 = 4;
+    pub const STATS: u32 = 5;
+}
+
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
-// params, grads, s1, (s2,) stats: SGD and Adagrad keep one state buffer.
-const ONE_STATE: &[(u32, Access)] = &[(1, W), (2, R), (3, W), (5, R)];
-const TWO_STATES: &[(u32, Access)] = &[(1, W), (2, R), (3, W), (4, W), (5, R)];
+// SGD and Adagrad keep one state buffer (no s2).
+const ONE_STATE: &[(u32, Access)] = &[
+    (binding::PARAMS, W),
+    (binding::GRADS, R),
+    (binding::S1, W),
+    (binding::STATS, R),
+];
+const TWO_STATES: &[(u32, Access)] = &[
+    (binding::PARAMS, W),
+    (binding::GRADS, R),
+    (binding::S1, W),
+    (binding::S2, W),
+    (binding::STATS, R),
+];
 
 const SGD: KernelDef<Params> = KernelDef::new(Shader::Optim, "sgd", ONE_STATE, &[]);
 const ADAGRAD: KernelDef<Params> = KernelDef::new(Shader::Optim, "adagrad", ONE_STATE, &[]);
@@ -503,13 +523,13 @@ pub fn update_gpu(
     let grid = rec.ctx().grid((s.n as u64).div_ceil(256))?;
     let def = kernel(opt);
     let (params, grads, s1, s2, stats) = (
-        params.buffer(),
-        grads.buffer(),
-        s1.buffer(),
-        s2.buffer(),
-        stats.buffer(),
+        (binding::PARAMS, params.buffer()),
+        (binding::GRADS, grads.buffer()),
+        (binding::S1, s1.buffer()),
+        (binding::S2, s2.buffer()),
+        (binding::STATS, stats.buffer()),
     );
-    let buffers: &[&wgpu::Buffer] = if def.spec().bindings == TWO_STATES {
+    let buffers: &[(u32, &wgpu::Buffer)] = if def.spec().bindings == TWO_STATES {
         &[params, grads, s1, s2, stats]
     } else {
         &[params, grads, s1, stats]

@@ -137,24 +137,41 @@ kernel_params! {
     }
 }
 
+/// Binding numbers of `shaders/reduce.wgsl`, named after its variables.
+mod binding {
+    pub const X: u32 = 1;
+    pub const OUT: u32 = 2;
+    pub const PARTIAL: u32 = 3;
+    pub const PARTIAL_IN: u32 = 4;
+}
+
 const SUM_COLS: KernelDef<Params> = KernelDef::new(
     Shader::Reduce,
     "sum_cols",
-    &[(1, Access::Read), (2, Access::ReadWrite)],
+    &[
+        (binding::X, Access::Read),
+        (binding::OUT, Access::ReadWrite),
+    ],
     &[],
 );
 
 const PARTIAL: KernelDef<Params> = KernelDef::new(
     Shader::Reduce,
     "reduce_partial",
-    &[(1, Access::Read), (3, Access::ReadWrite)],
+    &[
+        (binding::X, Access::Read),
+        (binding::PARTIAL, Access::ReadWrite),
+    ],
     &["OP"],
 );
 
 const FINAL: KernelDef<Params> = KernelDef::new(
     Shader::Reduce,
     "reduce_final",
-    &[(2, Access::ReadWrite), (4, Access::Read)],
+    &[
+        (binding::OUT, Access::ReadWrite),
+        (binding::PARTIAL_IN, Access::Read),
+    ],
     &["OP"],
 );
 
@@ -182,7 +199,8 @@ pub fn sum_cols_gpu(
         flags: s.accumulate as u32,
     };
     let grid = rec.ctx().grid((s.cols as u64).div_ceil(256))?;
-    rec.dispatch(SUM_COLS, &[], &[x.buffer(), out.buffer()], &params, grid)
+    let buffers = [(binding::X, x.buffer()), (binding::OUT, out.buffer())];
+    rec.dispatch(SUM_COLS, &[], &buffers, &params, grid)
 }
 
 /// Number of partial results (and scratch elements) a GPU reduction of `n` elements uses.
@@ -243,14 +261,20 @@ pub fn reduce_gpu(
     rec.dispatch(
         PARTIAL,
         &constants,
-        &[x.buffer(), scratch.buffer()],
+        &[
+            (binding::X, x.buffer()),
+            (binding::PARTIAL, scratch.buffer()),
+        ],
         &params,
         grid,
     )?;
     rec.dispatch(
         FINAL,
         &constants,
-        &[out.buffer(), scratch.buffer()],
+        &[
+            (binding::OUT, out.buffer()),
+            (binding::PARTIAL_IN, scratch.buffer()),
+        ],
         &params,
         [1, 1, 1],
     )

@@ -232,10 +232,27 @@ kernel_params! {
     }
 }
 
+/// Binding numbers of `shaders/softmax_xent.wgsl`, named after its variables
+/// (`*_in`: the same buffer read by a later kernel of the loss).
+mod binding {
+    pub const X: u32 = 1;
+    pub const TARGETS: u32 = 2;
+    pub const LOSS: u32 = 3;
+    pub const STATS: u32 = 4;
+    pub const SUMMARY: u32 = 5;
+    pub const LOSS_IN: u32 = 6;
+    pub const STATS_IN: u32 = 7;
+    pub const OUT: u32 = 8;
+    pub const SUMMARY_IN: u32 = 9;
+}
+
+const R: Access = Access::Read;
+const W: Access = Access::ReadWrite;
+
 const SOFTMAX: KernelDef<Params> = KernelDef::new(
     Shader::SoftmaxXent,
     "softmax_rows",
-    &[(1, Access::Read), (8, Access::ReadWrite)],
+    &[(binding::X, R), (binding::OUT, W)],
     &[],
 );
 
@@ -243,10 +260,10 @@ const XENT_ROWS: KernelDef<Params> = KernelDef::new(
     Shader::SoftmaxXent,
     "xent_rows",
     &[
-        (1, Access::Read),
-        (2, Access::Read),
-        (3, Access::ReadWrite),
-        (4, Access::ReadWrite),
+        (binding::X, R),
+        (binding::TARGETS, R),
+        (binding::LOSS, W),
+        (binding::STATS, W),
     ],
     &[],
 );
@@ -255,10 +272,10 @@ const XENT_REDUCE: KernelDef<Params> = KernelDef::new(
     Shader::SoftmaxXent,
     "xent_reduce",
     &[
-        (2, Access::Read),
-        (5, Access::ReadWrite),
-        (6, Access::Read),
-        (7, Access::Read),
+        (binding::TARGETS, R),
+        (binding::SUMMARY, W),
+        (binding::LOSS_IN, R),
+        (binding::STATS_IN, R),
     ],
     &[],
 );
@@ -267,11 +284,11 @@ const XENT_GRAD: KernelDef<Params> = KernelDef::new(
     Shader::SoftmaxXent,
     "xent_grad",
     &[
-        (1, Access::Read),
-        (2, Access::Read),
-        (7, Access::Read),
-        (8, Access::ReadWrite),
-        (9, Access::Read),
+        (binding::X, R),
+        (binding::TARGETS, R),
+        (binding::STATS_IN, R),
+        (binding::OUT, W),
+        (binding::SUMMARY_IN, R),
     ],
     &[],
 );
@@ -314,7 +331,7 @@ pub fn softmax_gpu(
     rec.dispatch(
         SOFTMAX,
         &[],
-        &[x.buffer(), y.buffer()],
+        &[(binding::X, x.buffer()), (binding::OUT, y.buffer())],
         &params(shape, 0, 1.0)?,
         grid,
     )
@@ -378,10 +395,10 @@ pub fn xent_gpu(
         XENT_ROWS,
         &[],
         &[
-            x.buffer(),
-            targets.buffer(),
-            out.loss.buffer(),
-            out.stats.buffer(),
+            (binding::X, x.buffer()),
+            (binding::TARGETS, targets.buffer()),
+            (binding::LOSS, out.loss.buffer()),
+            (binding::STATS, out.stats.buffer()),
         ],
         &p,
         row_grid,
@@ -390,10 +407,10 @@ pub fn xent_gpu(
         XENT_REDUCE,
         &[],
         &[
-            targets.buffer(),
-            out.summary.buffer(),
-            out.loss.buffer(),
-            out.stats.buffer(),
+            (binding::TARGETS, targets.buffer()),
+            (binding::SUMMARY, out.summary.buffer()),
+            (binding::LOSS_IN, out.loss.buffer()),
+            (binding::STATS_IN, out.stats.buffer()),
         ],
         &p,
         [1, 1, 1],
@@ -408,11 +425,11 @@ pub fn xent_gpu(
             XENT_GRAD,
             &[],
             &[
-                x.buffer(),
-                targets.buffer(),
-                out.stats.buffer(),
-                dx.buffer(),
-                out.summary.buffer(),
+                (binding::X, x.buffer()),
+                (binding::TARGETS, targets.buffer()),
+                (binding::STATS_IN, out.stats.buffer()),
+                (binding::OUT, dx.buffer()),
+                (binding::SUMMARY_IN, out.summary.buffer()),
             ],
             &p,
             grid,
