@@ -458,6 +458,27 @@ macro_rules! kernel_params {
 }
 pub(crate) use kernel_params;
 
+/// Names an op module's storage bindings after its shader's WGSL variables:
+/// `binding_names! { XG = 1, WEIGHTS = 2 }` defines `mod binding` with one
+/// `u32` constant per binding and `NAMES`, each constant's name with its
+/// number. A test (`ops::tests`) checks every name, lowercased, against the
+/// variable the shader declares at that binding, so a launcher that passes
+/// `(binding::HS, hs)` passes `hs` to the WGSL `hs`.
+macro_rules! binding_names {
+    ($($name:ident = $number:literal),* $(,)?) => {
+        pub(super) mod binding {
+            $(
+                #[doc = concat!("`", stringify!($name), "`'s binding number.")]
+                pub const $name: u32 = $number;
+            )*
+            /// Every binding: its constant's name and number.
+            #[allow(dead_code)]
+            pub const NAMES: &[(&str, u32)] = &[$((stringify!($name), $number)),*];
+        }
+    };
+}
+pub(crate) use binding_names;
+
 /// A registered kernel, without its uniform block's type: what
 /// `ops::kernels()` lists and `tests/shaders.rs` checks against the WGSL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -8,7 +8,7 @@
 
 use super::matmul::u32_of;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -220,12 +220,12 @@ kernel_params! {
     }
 }
 
-/// Binding numbers of `shaders/activation.wgsl`, named after its variables.
-mod binding {
-    pub const X: u32 = 1;
-    pub const Y: u32 = 2;
-    pub const DY: u32 = 3;
-    pub const DX: u32 = 4;
+// Binding numbers of `shaders/activation.wgsl`, named after its variables.
+binding_names! {
+    X = 1,
+    Y = 2,
+    DY = 3,
+    DX = 4,
 }
 
 const FORWARD: KernelDef<Params> = KernelDef::new(

@@ -32,7 +32,7 @@ use rayon::prelude::*;
 use super::matmul::{Gemm, gemm_cpu, u32_of};
 use super::need_len;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -927,20 +927,20 @@ impl Params {
     }
 }
 
-/// Binding numbers of `shaders/cell_common.wgsl` (shared by the three cell
-/// shaders), named after its variables. Each kernel binds the subset it uses.
-mod binding {
-    pub const XG: u32 = 1;
-    pub const WEIGHTS: u32 = 2;
-    pub const LENGTHS: u32 = 3;
-    pub const HS: u32 = 4;
-    pub const CS: u32 = 5;
-    pub const GATES: u32 = 6;
-    pub const OUT: u32 = 7;
-    pub const DOUT: u32 = 8;
-    pub const DGH: u32 = 9;
-    pub const DGX: u32 = 10;
-    pub const CARRY: u32 = 11;
+// Binding numbers of `shaders/cell_common.wgsl` (shared by the three cell
+// shaders), named after its variables. Each kernel binds the subset it uses.
+binding_names! {
+    XG = 1,
+    WEIGHTS = 2,
+    LENGTHS = 3,
+    HS = 4,
+    CS = 5,
+    GATES = 6,
+    OUT = 7,
+    DOUT = 8,
+    DGH = 9,
+    DGX = 10,
+    CARRY = 11,
 }
 
 const R: Access = Access::Read;

@@ -8,7 +8,7 @@
 use super::matmul::u32_of;
 use super::memory::check_range;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -106,10 +106,10 @@ kernel_params! {
     }
 }
 
-/// Binding numbers of `shaders/dropout.wgsl`, named after its variables.
-mod binding {
-    pub const X: u32 = 1;
-    pub const Y: u32 = 2;
+// Binding numbers of `shaders/dropout.wgsl`, named after its variables.
+binding_names! {
+    X = 1,
+    Y = 2,
 }
 
 const DROPOUT: KernelDef<Params> = KernelDef::new(

@@ -6,7 +6,7 @@
 use super::matmul::u32_of;
 use super::need_len;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -116,13 +116,13 @@ impl Params {
     }
 }
 
-/// Binding numbers of `shaders/embed.wgsl`, named after its variables.
-mod binding {
-    pub const TOKENS: u32 = 1;
-    pub const TABLE: u32 = 2;
-    pub const OUT: u32 = 3;
-    pub const DOUT: u32 = 4;
-    pub const DTABLE: u32 = 5;
+// Binding numbers of `shaders/embed.wgsl`, named after its variables.
+binding_names! {
+    TOKENS = 1,
+    TABLE = 2,
+    OUT = 3,
+    DOUT = 4,
+    DTABLE = 5,
 }
 
 const FORWARD: KernelDef<Params> = KernelDef::new(

@@ -34,7 +34,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -409,12 +409,12 @@ kernel_params! {
     }
 }
 
-/// Binding numbers of `shaders/matmul.wgsl`, named after its variables.
-mod binding {
-    pub const A: u32 = 1;
-    pub const B: u32 = 2;
-    pub const BIAS: u32 = 3;
-    pub const C: u32 = 4;
+// Binding numbers of `shaders/matmul.wgsl`, named after its variables.
+binding_names! {
+    A = 1,
+    B = 2,
+    BIAS = 3,
+    C = 4,
 }
 
 const BINDINGS: &[(u32, Access)] = &[

@@ -7,7 +7,7 @@ use half::f16;
 
 use super::matmul::u32_of;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuContext, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -50,12 +50,12 @@ kernel_params! {
     }
 }
 
-/// Binding numbers of `shaders/memory.wgsl`, named after its variables.
-mod binding {
-    pub const DATA: u32 = 1;
-    pub const SRC_F32: u32 = 2;
-    pub const DST_WORDS: u32 = 3;
-    pub const SRC_WORDS: u32 = 4;
+// Binding numbers of `shaders/memory.wgsl`, named after its variables.
+binding_names! {
+    DATA = 1,
+    SRC_F32 = 2,
+    DST_WORDS = 3,
+    SRC_WORDS = 4,
 }
 
 const FILL: KernelDef<Params> = KernelDef::new(

@@ -17,7 +17,7 @@
 use super::matmul::u32_of;
 use super::need_len;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -449,13 +449,13 @@ pub fn update_cpu<T: Real>(
     Ok(true)
 }
 
-/// Binding numbers of `shaders/optim.wgsl`, named after its variables.
-mod binding {
-    pub const PARAMS: u32 = 1;
-    pub const GRADS: u32 = 2;
-    pub const S1: u32 = 3;
-    pub const S2: u32 = 4;
-    pub const STATS: u32 = 5;
+// Binding numbers of `shaders/optim.wgsl`, named after its variables.
+binding_names! {
+    PARAMS = 1,
+    GRADS = 2,
+    S1 = 3,
+    S2 = 4,
+    STATS = 5,
 }
 
 const R: Access = Access::Read;

@@ -10,7 +10,7 @@
 use super::matmul::u32_of;
 use super::need_len;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -137,12 +137,12 @@ kernel_params! {
     }
 }
 
-/// Binding numbers of `shaders/reduce.wgsl`, named after its variables.
-mod binding {
-    pub const X: u32 = 1;
-    pub const OUT: u32 = 2;
-    pub const PARTIAL: u32 = 3;
-    pub const PARTIAL_IN: u32 = 4;
+// Binding numbers of `shaders/reduce.wgsl`, named after its variables.
+binding_names! {
+    X = 1,
+    OUT = 2,
+    PARTIAL = 3,
+    PARTIAL_IN = 4,
 }
 
 const SUM_COLS: KernelDef<Params> = KernelDef::new(

@@ -17,7 +17,7 @@
 
 use super::matmul::u32_of;
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, kernel_params};
+use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
@@ -232,18 +232,18 @@ kernel_params! {
     }
 }
 
-/// Binding numbers of `shaders/softmax_xent.wgsl`, named after its variables
-/// (`*_in`: the same buffer read by a later kernel of the loss).
-mod binding {
-    pub const X: u32 = 1;
-    pub const TARGETS: u32 = 2;
-    pub const LOSS: u32 = 3;
-    pub const STATS: u32 = 4;
-    pub const SUMMARY: u32 = 5;
-    pub const LOSS_IN: u32 = 6;
-    pub const STATS_IN: u32 = 7;
-    pub const OUT: u32 = 8;
-    pub const SUMMARY_IN: u32 = 9;
+// Binding numbers of `shaders/softmax_xent.wgsl`, named after its variables
+// (`*_in`: the same buffer read by a later kernel of the loss).
+binding_names! {
+    X = 1,
+    TARGETS = 2,
+    LOSS = 3,
+    STATS = 4,
+    SUMMARY = 5,
+    LOSS_IN = 6,
+    STATS_IN = 7,
+    OUT = 8,
+    SUMMARY_IN = 9,
 }
 
 const R: Access = Access::Read;
