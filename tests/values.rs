@@ -239,19 +239,6 @@ fn training_allocates_nothing_once_warm<B: Backend>(b: B) {
     );
 }
 
-#[test]
-fn training_allocates_nothing_once_warm_on_cpu() {
-    training_allocates_nothing_once_warm(CpuBackend::<f32>::new());
-}
-
-#[test]
-fn training_allocates_nothing_once_warm_on_gpu() {
-    // A context of its own: its allocation count is this test's alone.
-    if let Some((_, gpu)) = common::own_gpu(|_| {}) {
-        training_allocates_nothing_once_warm(gpu);
-    }
-}
-
 /// A fresh one-layer LSTM's inference forward allocates its results (output,
 /// hn, cn), the input projection and two state slots each of h and c: no
 /// gates, no gradient buffer. A training forward keeps every state slot and
@@ -278,27 +265,22 @@ fn inference_allocates_no_backward_buffers<B: Backend>(b: B) {
     drop(kept);
 }
 
-#[test]
-fn inference_allocates_no_backward_buffers_on_cpu() {
-    inference_allocates_no_backward_buffers(CpuBackend::<f32>::new());
-}
-
-#[test]
-fn inference_allocates_no_backward_buffers_on_gpu() {
-    if let Some((_, gpu)) = common::own_gpu(|_| {}) {
-        inference_allocates_no_backward_buffers(gpu);
-    }
-}
-
 /// Each generic check as a test on the CPU path (f32), `cpu::name`, and on
-/// the shared GPU context, `gpu::name`.
+/// the GPU, `gpu::name`: the shared context, or for the checks listed after
+/// `own:` (they count allocations) a context of their own.
 macro_rules! on_cpu_and_gpu {
-    ($($check:ident),* $(,)?) => {
+    (shared: [$($check:ident),* $(,)?], own: [$($own:ident),* $(,)?]) => {
         mod cpu {
             $(
                 #[test]
                 fn $check() {
                     super::$check(rnn_wgpu::backend::CpuBackend::<f32>::new());
+                }
+            )*
+            $(
+                #[test]
+                fn $own() {
+                    super::$own(rnn_wgpu::backend::CpuBackend::<f32>::new());
                 }
             )*
         }
@@ -310,17 +292,31 @@ macro_rules! on_cpu_and_gpu {
                     super::$check(crate::gpu_or_skip!());
                 }
             )*
+            $(
+                #[test]
+                fn $own() {
+                    if let Some((_, gpu)) = common::own_gpu(|_| {}) {
+                        super::$own(gpu);
+                    }
+                }
+            )*
         }
     };
 }
 
 on_cpu_and_gpu!(
-    outputs_stay_as_returned,
-    backward_differentiates_its_own_forward,
-    reuse_leaks_nothing,
-    model_chunks_leak_nothing,
-    inference_forward_is_the_training_forward,
-    streaming_matches_the_whole_sequence,
+    shared: [
+        outputs_stay_as_returned,
+        backward_differentiates_its_own_forward,
+        reuse_leaks_nothing,
+        model_chunks_leak_nothing,
+        inference_forward_is_the_training_forward,
+        streaming_matches_the_whole_sequence,
+    ],
+    own: [
+        training_allocates_nothing_once_warm,
+        inference_allocates_no_backward_buffers,
+    ]
 );
 
 /// The inference forward (two state slots, no saved gates) computes the same
