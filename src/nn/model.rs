@@ -459,7 +459,7 @@ impl<B: Backend> SeqModel<B> {
         self.check_state(state, batch)?;
         self.pool.next_pass(&self.backend);
         let x = self.embed(tokens, steps, batch)?;
-        let (h0, c0) = split_state(state);
+        let (h0, c0) = State::split(state);
         let out = self.rnn.forward(&x, h0, c0, None)?;
         drop(x);
         let logits = self.decode(&out.output, steps * batch)?;
@@ -501,7 +501,7 @@ impl<B: Backend> SeqModel<B> {
         let rows = steps * batch;
         let x = self.embed(tokens, steps, batch)?;
         let drop = self.dropout_for(train);
-        let (h0, c0) = split_state(state);
+        let (h0, c0) = State::split(state);
         let (out, rnn) = self.rnn.forward_train(&x, h0, c0, None, drop)?;
         let top = match drop {
             Some(d) => {
@@ -727,13 +727,5 @@ impl<B: Backend> SeqModel<B> {
     /// Zeroes the gradients.
     pub fn zero_grads(&self) -> Result<()> {
         self.backend.fill(&self.grads, 0, self.layout.total, 0.0)
-    }
-}
-
-/// `(h0, c0)` of an optional state.
-fn split_state<B: Backend>(state: Option<&State<B>>) -> (Option<&B::Tensor>, Option<&B::Tensor>) {
-    match state {
-        Some(s) => (Some(&s.h), s.c.as_ref()),
-        None => (None, None),
     }
 }

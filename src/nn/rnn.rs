@@ -367,6 +367,16 @@ pub struct State<B: Backend> {
     pub c: Option<B::Tensor>,
 }
 
+impl<B: Backend> State<B> {
+    /// `(h0, c0)` of an optional state, as [`Rnn::forward`] takes them.
+    pub fn split(state: Option<&Self>) -> (Option<&B::Tensor>, Option<&B::Tensor>) {
+        match state {
+            Some(s) => (Some(&s.h), s.c.as_ref()),
+            None => (None, None),
+        }
+    }
+}
+
 /// Gradients of the inputs of a forward pass (parameter gradients are
 /// accumulated into the caller's flat buffer). Values, like the outputs.
 #[derive(Clone, Debug)]
@@ -567,10 +577,7 @@ impl<B: Backend> Rnn<B> {
             ));
         }
         let x3 = self.backend.reshape(x, &[1, xs[0], xs[1]])?;
-        let (h0, c0) = match state {
-            Some(s) => (Some(&s.h), s.c.as_ref()),
-            None => (None, None),
-        };
+        let (h0, c0) = State::split(state);
         let out = self.forward(&x3, h0, c0, None)?;
         let y = self
             .backend
