@@ -30,7 +30,7 @@ fn train<B: Backend>(b: B, path: &str, steps: u64) -> rnn_wgpu::Result<()> {
         b.write_ints(&tokens, &data.inputs)?;
         b.write_ints(&targets, &data.targets)?;
         model.zero_grads()?;
-        let (_, saved) = model.forward_train(&tokens, None, Some(Train { seed: 1, step }))?;
+        let (_, saved) = model.forward_train(&tokens, None, Some(Train::new(1, step)))?;
         model.backward(&saved, &targets, &stats, 0)?; // loss summary into stats[0..5]
         b.reduce(ReduceOp::SumSquares, model.grads(), 0, n, &stats, 6, false)?; // Σg²
         let spec = UpdateSpec {

@@ -5,6 +5,9 @@
 // Rendering", 2020), so the backward recomputes the mask instead of storing
 // it, and the CPU path (ops::dropout) reproduces it bit for bit.
 //   y = x * keep / (1 - p),  and the same for dy -> dx.
+// A data-parallel rank holds rows offset..offset+batch of a global batch:
+// element i of its [T, batch, width] tensor is keyed on its index in the
+// global [T, global, width] tensor (width = n, batch = global = 1 unsharded).
 
 struct Params {
     n: u32,
@@ -17,6 +20,10 @@ struct Params {
     step_hi: u32,
     p: f32,
     scale: f32,
+    width: u32,
+    batch: u32,
+    offset: u32,
+    global: u32,
     _pad0: u32,
     _pad1: u32,
 }
@@ -52,8 +59,11 @@ fn dropout(
     if (i >= p.n) {
         return;
     }
+    let r = i / p.width;
+    let t = r / p.batch;
+    let g = (t * p.global + p.offset + r % p.batch) * p.width + i % p.width;
     var v = 0.0;
-    if (uniform01(i) >= p.p) {
+    if (uniform01(g) >= p.p) {
         v = x[p.x_off + i] * p.scale;
     }
     y[p.y_off + i] = v;

@@ -149,6 +149,16 @@ pub enum Error {
         /// Its value.
         value: f64,
     },
+
+    /// Data-parallel training failed between ranks (a rank left, the ranks
+    /// disagree, or the transport reported an error).
+    #[error("data-parallel rank {rank}: {message}")]
+    Distributed {
+        /// The rank that saw the failure.
+        rank: usize,
+        /// What happened.
+        message: String,
+    },
 }
 
 impl Error {

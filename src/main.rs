@@ -777,8 +777,14 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         time_limit: a.time_limit,
         progress: true,
         stop: Some(stop_on_ctrl_c()),
+        comm: None,
+        local_rank: None,
     };
-    let summary = run_training(&opts, &mut |line| eprintln!("{line}"))?;
+    let summary = run_data_parallel(opts)?;
+    if summary.rank != 0 {
+        return Ok(!summary.summary.interrupted);
+    }
+    let summary = summary.summary;
     eprintln!(
         "done: {} steps in {:.1} s ({:.0} tokens/s), final loss {:.4}, held-out accuracy {:.1} %",
         summary.steps,
@@ -792,6 +798,54 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     }
     // Stopped by Ctrl-C: saved, but not the run that was asked for.
     Ok(!summary.interrupted)
+}
+
+/// A run's summary and the rank that made it.
+struct RankSummary {
+    rank: usize,
+    summary: rnn_wgpu::train::run::RunSummary,
+}
+
+/// Runs `opts` alone, or, when an MPI launcher started this process among
+/// others, as one rank of a data-parallel run. A rank that fails ends the
+/// whole job at once (no rank waits for a peer that is gone).
+#[cfg(feature = "mpi")]
+fn run_data_parallel(mut opts: RunOptions) -> rnn_wgpu::Result<RankSummary> {
+    use rnn_wgpu::train::dist::{Collective, launched_world_size};
+    use rnn_wgpu::train::mpi::MpiWorld;
+    if launched_world_size().is_none_or(|n| n <= 1) {
+        let summary = run_training(&opts, &mut |line| eprintln!("{line}"))?;
+        return Ok(RankSummary { rank: 0, summary });
+    }
+    let world = Arc::new(MpiWorld::init()?);
+    let rank = world.rank();
+    opts.local_rank = Some(world.local_rank());
+    opts.comm = Some(world.clone());
+    match run_training(&opts, &mut |line| eprintln!("{line}")) {
+        Ok(summary) => Ok(RankSummary { rank, summary }),
+        Err(e) => {
+            eprintln!("error: rank {rank} of {}: {e}", world.size());
+            world.abort(1)
+        }
+    }
+}
+
+/// Runs `opts` alone; refuses to when an MPI launcher started this process
+/// among others (each would train alone and write the same files).
+#[cfg(not(feature = "mpi"))]
+fn run_data_parallel(opts: RunOptions) -> rnn_wgpu::Result<RankSummary> {
+    if let Some(n) = rnn_wgpu::train::dist::launched_world_size().filter(|&n| n > 1) {
+        return Err(rnn_wgpu::Error::invalid(
+            "mpirun",
+            format!(
+                "this rnn-wgpu was built without MPI, so its {n} processes would each train \
+                 alone; build it with `cargo build --release --features mpi` (needs \
+                 openmpi-bin libopenmpi-dev libclang-dev)"
+            ),
+        ));
+    }
+    let summary = run_training(&opts, &mut |line| eprintln!("{line}"))?;
+    Ok(RankSummary { rank: 0, summary })
 }
 
 /// A flag the first Ctrl-C (SIGINT) sets, so that training stops after its

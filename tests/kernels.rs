@@ -811,6 +811,7 @@ fn dropout_masks_are_bitwise_identical_on_cpu_and_gpu() {
                 layer: 3,
                 step,
             },
+            shard: None,
         };
         fn run<B: Backend>(b: &B, s: &DropoutSpec, x: &[f64]) -> Vec<f64> {
             let y = b.zeros(&[s.n]).unwrap();
@@ -840,6 +841,7 @@ fn dropout_masks_are_bitwise_identical_on_cpu_and_gpu() {
             layer: 0,
             step: 0,
         },
+        shard: None,
     };
     assert!(matches!(
         gpu.dropout(&s, &same, &same),
@@ -849,4 +851,89 @@ fn dropout_masks_are_bitwise_identical_on_cpu_and_gpu() {
         c32.dropout(&s, &c32.zeros(&[4]).unwrap(), &c32.zeros(&[3]).unwrap())
             .is_err()
     );
+}
+
+/// A data-parallel rank's share of a batch draws the global batch's masks:
+/// dropout of rows `offset..offset + B` equals those rows of the global
+/// batch's dropout, on the CPU and bit for bit on the GPU.
+#[test]
+fn sharded_dropout_masks_are_the_global_batchs_rows() {
+    use rnn_wgpu::ops::dropout::{DropoutKey, DropoutSpec, Shard};
+    let gpu = gpu_or_skip!();
+    let c32 = CpuBackend::<f32>::new();
+    let (t, global, w) = (3, 5, 7);
+    let key = DropoutKey {
+        seed: 11,
+        layer: 2,
+        step: 4,
+    };
+    let x = uniform(8, t * global * w, -2.0, 2.0);
+    let whole = DropoutSpec {
+        n: t * global * w,
+        x_off: 0,
+        y_off: 0,
+        p: 0.4,
+        key,
+        shard: None,
+    };
+    fn run<B: Backend>(b: &B, s: &DropoutSpec, x: &[f64]) -> Vec<f64> {
+        let y = b.zeros(&[s.n]).unwrap();
+        b.dropout(s, &b.tensor_f64(&[x.len()], x).unwrap(), &y)
+            .unwrap();
+        b.read_f64(&y).unwrap()
+    }
+    let full = run(&c32, &whole, &x);
+    for (offset, batch) in [(0, 2), (2, 2), (4, 1), (0, 5)] {
+        let rows = |v: &[f64]| -> Vec<f64> {
+            (0..t)
+                .flat_map(|s| {
+                    let at = (s * global + offset) * w;
+                    v[at..at + batch * w].to_vec()
+                })
+                .collect()
+        };
+        let part = DropoutSpec {
+            n: t * batch * w,
+            shard: Some(Shard {
+                width: w,
+                batch,
+                offset,
+                global,
+            }),
+            ..whole
+        };
+        let local = rows(&x);
+        let want = rows(&full);
+        for (name, got) in [
+            ("cpu", run(&c32, &part, &local)),
+            ("gpu", run(&gpu, &part, &local)),
+        ] {
+            assert!(
+                want.iter()
+                    .zip(&got)
+                    .all(|(a, g)| a.to_bits() == g.to_bits()),
+                "{name}: rows {offset}..{} of {global}",
+                offset + batch
+            );
+        }
+    }
+    let bad = DropoutSpec {
+        n: t * 2 * w,
+        shard: Some(Shard {
+            width: w,
+            batch: 2,
+            offset: 4,
+            global,
+        }),
+        ..whole
+    };
+    let err = c32
+        .dropout(
+            &bad,
+            &c32.zeros(&[bad.n]).unwrap(),
+            &c32.zeros(&[bad.n]).unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rows 4..6 of 5"), "{err}");
 }

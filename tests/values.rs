@@ -50,6 +50,7 @@ fn dropout(step: u64) -> Option<LayerDropout> {
         seed: 9,
         step,
         site: 0,
+        rows: None,
     })
 }
 
@@ -184,7 +185,7 @@ fn model_chunks_leak_nothing<B: Backend>(b: B) {
             .ints(&[t, n], &uniform_i32(32, t * n, 0, v as i32))
             .unwrap();
         let stats = b.zeros(&[8]).unwrap();
-        let train = Some(Train { seed: 1, step: 2 });
+        let train = Some(Train::new(1, 2));
         let mut pass = || {
             m.zero_grads().unwrap();
             let (out, saved) = m.chunk(&tokens, &targets, None, train, &stats, 0).unwrap();

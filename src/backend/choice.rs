@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{CpuBackend, GpuBackend};
 use crate::error::{Error, Result};
-use crate::gpu::GpuContext;
+use crate::gpu::{ContextOptions, GpuContext};
 
 /// What the user asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,10 +63,37 @@ impl Chosen {
 
 /// Opens the backend `choice` asks for; the string says what was picked and why.
 pub fn choose(choice: BackendChoice) -> Result<(Chosen, String)> {
+    choose_for_rank(choice, None)
+}
+
+/// [`choose`] for the `local_rank`-th process on this machine (data-parallel
+/// training): `auto` takes the k-th hardware adapter for local rank k (the
+/// CPU path where there is none), `gpu` the k-th adapter of any kind. Ranks
+/// past the last adapter wrap around and share one.
+pub fn choose_for_rank(
+    choice: BackendChoice,
+    local_rank: Option<usize>,
+) -> Result<(Chosen, String)> {
+    let opts = || -> Result<ContextOptions> {
+        let mut o = ContextOptions::from_env()?;
+        o.ordinal = local_rank;
+        Ok(o)
+    };
     match choice {
         BackendChoice::Cpu => Ok((Chosen::Cpu(CpuBackend::new()), "cpu (f32)".into())),
         BackendChoice::Cpu64 => Ok((Chosen::Cpu64(CpuBackend::new()), "cpu (f64)".into())),
-        BackendChoice::Gpu => on_gpu(GpuContext::from_env()?),
+        BackendChoice::Gpu => on_gpu(GpuContext::new(opts()?)?),
+        BackendChoice::Auto if local_rank.is_some() => {
+            let mut o = opts()?;
+            o.hardware_only = true;
+            match GpuContext::new(o) {
+                Ok(ctx) => on_gpu(ctx),
+                Err(e) => Ok((
+                    Chosen::Cpu(CpuBackend::new()),
+                    format!("cpu (f32): no hardware GPU adapter for this rank ({e})"),
+                )),
+            }
+        }
         BackendChoice::Auto => match GpuContext::from_env() {
             Ok(ctx) if !ctx.adapter().is_software() => on_gpu(ctx),
             Ok(ctx) => Ok((

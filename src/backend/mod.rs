@@ -35,7 +35,7 @@ mod choice;
 mod cpu;
 mod gpu;
 
-pub use choice::{BackendChoice, Chosen, choose};
+pub use choice::{BackendChoice, Chosen, choose, choose_for_rank};
 pub use cpu::{CpuBackend, CpuTensor};
 pub(crate) use cpu::{host_vec, host_zeros};
 pub use gpu::GpuBackend;

@@ -132,6 +132,15 @@ pub struct ContextOptions {
     /// GPU. Splitting never changes results (the queue runs submissions in
     /// order). Default [`DEFAULT_MAX_DISPATCHES_PER_SUBMIT`]; at least 1.
     pub max_dispatches_per_submit: usize,
+    /// Take the k-th of the matching adapters instead of the best one
+    /// (counting best first, among those of the best one's API so a GPU
+    /// listed by two APIs counts once; wrapping around when k is past the
+    /// last). Data-parallel ranks on one machine pass their local rank, so
+    /// that each gets its own GPU.
+    pub ordinal: Option<usize>,
+    /// Consider hardware adapters only (no software rasterizer such as
+    /// llvmpipe); with none, [`Error::NoAdapter`].
+    pub hardware_only: bool,
 }
 
 impl Default for ContextOptions {
@@ -146,6 +155,8 @@ impl Default for ContextOptions {
             step_kernel: None,
             limits: LimitBase::Auto,
             max_dispatches_per_submit: DEFAULT_MAX_DISPATCHES_PER_SUBMIT,
+            ordinal: None,
+            hardware_only: false,
         }
     }
 }
@@ -340,20 +351,44 @@ pub(crate) fn choose_adapter(
         .map(|a| AdapterSummary::of(&a.get_info()))
         .collect();
     let wanted = opts.adapter_name.as_ref().map(|n| n.to_lowercase());
-    let best = adapters
+    let mut matching: Vec<(wgpu::Adapter, &AdapterSummary)> = adapters
         .into_iter()
         .zip(summaries.iter())
         .filter(|(_, s)| {
             wanted
                 .as_ref()
                 .is_none_or(|w| s.name.to_lowercase().contains(w.as_str()))
+                && !(opts.hardware_only && s.is_software())
         })
-        .max_by_key(|(_, s)| s.rank());
-    match best {
+        .collect();
+    // Best first; equal ranks keep the instance's order.
+    matching.sort_by_key(|(_, s)| std::cmp::Reverse(s.rank()));
+    if let Some(api) = matching.first().map(|(_, s)| s.backend) {
+        matching.retain(|(_, s)| s.backend == api);
+    }
+    let count = matching.len();
+    let pick = opts.ordinal.unwrap_or(0) % count.max(1);
+    match matching.into_iter().nth(pick) {
         Some((adapter, _)) => Ok(adapter),
+        None if opts.hardware_only && wanted.is_none() => Err(Error::NoAdapter {
+            hint: format!(
+                "no hardware adapter (only software ones: {}). {}",
+                summaries
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                install_hint()
+            ),
+        }),
         None => Err(Error::AdapterNotFound {
             wanted: format!(
-                "name containing {:?}",
+                "{}name containing {:?}",
+                if opts.hardware_only {
+                    "hardware adapter with a "
+                } else {
+                    ""
+                },
                 opts.adapter_name.clone().unwrap_or_default()
             ),
             available: summaries

@@ -262,7 +262,7 @@ impl<B: Backend> Mlp<B> {
         };
         expect_shape("targets", "[N]", &[rows.rows], b.int_shape(targets))?;
         self.pool
-            .xent(b, rows, logits, targets, stats, stats_off, dlogits)
+            .xent(b, rows, logits, targets, stats, stats_off, 1.0, dlogits)
     }
 
     /// Forward, mean cross-entropy against class `targets` `[N]` (the last

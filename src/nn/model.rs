@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use super::params::ParamLayout;
 use super::pool::{Pool, next_owner_id};
-use super::rnn::{LayerDropout, MAX_DIM, Rnn, RnnConfig, RnnSaved, State, check_index_range};
+use super::rnn::{
+    BatchRows, LayerDropout, MAX_DIM, Rnn, RnnConfig, RnnSaved, State, check_index_range,
+};
 use crate::backend::{Backend, expect_shape, host_zeros};
 use crate::error::{Error, Result};
 use crate::ops::cell::Cell;
@@ -261,6 +263,20 @@ pub struct Train {
     pub seed: u64,
     /// Counter keying this chunk's masks.
     pub step: u64,
+    /// Where the batch sits in a global batch (a data-parallel rank's
+    /// share): the masks are those of these rows of the global batch.
+    pub rows: Option<BatchRows>,
+}
+
+impl Train {
+    /// Masks keyed on `(seed, step)` for a whole batch.
+    pub fn new(seed: u64, step: u64) -> Self {
+        Train {
+            seed,
+            step,
+            rows: None,
+        }
+    }
 }
 
 /// What a forward produced. Values: nothing the model does later writes to them.
@@ -508,7 +524,7 @@ impl<B: Backend> SeqModel<B> {
                 let top = self
                     .pool
                     .take(&self.backend, &[steps, batch, self.config.hidden])?;
-                let spec = d.at_site(OUTPUT_DROPOUT_SITE, rows * self.config.hidden);
+                let spec = d.at_site(OUTPUT_DROPOUT_SITE, steps, batch, self.config.hidden);
                 self.backend.dropout(&spec, &out.output, &top)?;
                 top
             }
@@ -546,6 +562,26 @@ impl<B: Backend> SeqModel<B> {
         stats: &B::Tensor,
         stats_off: usize,
     ) -> Result<()> {
+        self.backward_scaled(saved, targets, 1.0, stats, stats_off)
+    }
+
+    /// [`SeqModel::backward`] of `scale ×` the mean loss. A data-parallel rank
+    /// weights its share of a batch by the fraction of the batch's targets it
+    /// holds, so that the ranks' gradients sum to the whole batch's.
+    pub fn backward_scaled(
+        &mut self,
+        saved: &ModelSaved<B>,
+        targets: &B::Ints,
+        scale: f64,
+        stats: &B::Tensor,
+        stats_off: usize,
+    ) -> Result<()> {
+        if !scale.is_finite() {
+            return Err(Error::invalid(
+                "loss scale",
+                format!("{scale} is not a finite number"),
+            ));
+        }
         if saved.model != self.id {
             return Err(Error::invalid(
                 "saved",
@@ -563,7 +599,14 @@ impl<B: Backend> SeqModel<B> {
         let cfg = self.config;
         let (v, h, rows) = (cfg.vocab, cfg.hidden, steps * batch);
         let dlogits = self.pool.take(&self.backend, &[rows, v])?;
-        self.record_loss(&saved.logits, targets, stats, stats_off, Some(&dlogits))?;
+        self.record_loss(
+            &saved.logits,
+            targets,
+            stats,
+            stats_off,
+            scale,
+            Some(&dlogits),
+        )?;
         let b = &self.backend;
         // Decoder: logits = top · Wᵀ + b.
         let w_off = self.offset("decoder.weight")?;
@@ -592,7 +635,7 @@ impl<B: Backend> SeqModel<B> {
         let dout = match saved.dropout {
             Some(d) => {
                 let dtop = self.pool.take(b, &[steps, batch, h])?;
-                b.dropout(&d.at_site(OUTPUT_DROPOUT_SITE, rows * h), &dh, &dtop)?;
+                b.dropout(&d.at_site(OUTPUT_DROPOUT_SITE, steps, batch, h), &dh, &dtop)?;
                 dtop
             }
             None => dh,
@@ -653,7 +696,7 @@ impl<B: Backend> SeqModel<B> {
     ) -> Result<ForwardOut<B>> {
         self.check_targets(tokens, targets)?;
         let out = self.forward(tokens, None)?;
-        self.record_loss(&out.logits, targets, stats, stats_off, None)?;
+        self.record_loss(&out.logits, targets, stats, stats_off, 1.0, None)?;
         Ok(out)
     }
 
@@ -678,17 +721,20 @@ impl<B: Backend> SeqModel<B> {
                 seed: t.seed,
                 step: t.step,
                 site: 0,
+                rows: t.rows,
             })
     }
 
     /// Records the cross-entropy of `logits` against `targets`, its summary
-    /// into `stats` at `stats_off`, and with `dlogits` the gradient of the logits.
+    /// into `stats` at `stats_off`, and with `dlogits` the gradient of
+    /// `scale ×` the mean loss with respect to the logits.
     fn record_loss(
         &mut self,
         logits: &B::Tensor,
         targets: &B::Ints,
         stats: &B::Tensor,
         stats_off: usize,
+        scale: f64,
         dlogits: Option<&B::Tensor>,
     ) -> Result<()> {
         let b = &self.backend;
@@ -698,8 +744,16 @@ impl<B: Backend> SeqModel<B> {
             rows,
             cols: self.config.vocab,
         };
-        self.pool
-            .xent(b, shape, logits, &targets_flat, stats, stats_off, dlogits)
+        self.pool.xent(
+            b,
+            shape,
+            logits,
+            &targets_flat,
+            stats,
+            stats_off,
+            scale,
+            dlogits,
+        )
     }
 
     /// Offset of the recurrent stack's parameters.

@@ -132,6 +132,7 @@ impl<B: Backend> Pool<B> {
         targets: &B::Ints,
         summary: &B::Tensor,
         summary_off: usize,
+        scale: f64,
         dlogits: Option<&B::Tensor>,
     ) -> Result<()> {
         let out = XentBuffers {
@@ -140,7 +141,7 @@ impl<B: Backend> Pool<B> {
             summary: summary.clone(),
             summary_off,
         };
-        b.xent(shape, logits, targets, IGNORE_INDEX, 1.0, &out, dlogits)
+        b.xent(shape, logits, targets, IGNORE_INDEX, scale, &out, dlogits)
     }
 
     /// Tensors the pool holds (in use or free).

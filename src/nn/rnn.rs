@@ -68,11 +68,12 @@ use super::pool::{Pool, next_owner_id};
 use crate::backend::{Backend, StepBackward, StepForward, expect_shape};
 use crate::error::{Error, Result};
 use crate::ops::cell::{Cell, StepSpec};
-use crate::ops::dropout::{DropoutKey, DropoutSpec};
+use crate::ops::dropout::{DropoutKey, DropoutSpec, Shard};
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::ColSum;
 use crate::parity::rng;
 use crate::real::Real;
+use serde::{Deserialize, Serialize};
 
 use rand::RngExt;
 
@@ -172,13 +173,32 @@ pub struct LayerDropout {
     pub step: u64,
     /// Dropout site of the first layer boundary (layer `l` uses `site + l`).
     pub site: u32,
+    /// Where the batch sits in a global batch (data-parallel training): the
+    /// masks are those of the global batch's rows. `None`: it is the batch.
+    pub rows: Option<BatchRows>,
+}
+
+/// A data-parallel rank's share of a global batch: rows
+/// `offset..offset + B` of `global`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRows {
+    /// First global row.
+    pub offset: usize,
+    /// Rows of the global batch.
+    pub global: usize,
 }
 
 impl LayerDropout {
-    /// The mask of `n` elements at dropout site `site` (this seed and step).
-    pub(crate) fn at_site(&self, site: u32, n: usize) -> DropoutSpec {
+    /// The mask of a `[T, B, W]` tensor at dropout site `site` (this seed and step).
+    pub(crate) fn at_site(
+        &self,
+        site: u32,
+        steps: usize,
+        batch: usize,
+        width: usize,
+    ) -> DropoutSpec {
         DropoutSpec {
-            n,
+            n: steps * batch * width,
             x_off: 0,
             y_off: 0,
             p: self.p,
@@ -187,11 +207,17 @@ impl LayerDropout {
                 layer: site,
                 step: self.step,
             },
+            shard: self.rows.map(|r| Shard {
+                width,
+                batch,
+                offset: r.offset,
+                global: r.global,
+            }),
         }
     }
 
-    fn spec(&self, l: usize, n: usize) -> DropoutSpec {
-        self.at_site(self.site + l as u32, n)
+    fn spec(&self, l: usize, steps: usize, batch: usize, width: usize) -> DropoutSpec {
+        self.at_site(self.site + l as u32, steps, batch, width)
     }
 }
 
@@ -742,8 +768,8 @@ impl<B: Backend> Rnn<B> {
                 None
             } else if let Some(drop) = dropout {
                 let dropped = pool.take(b, &[steps, batch, cfg.output_size()])?;
-                let n = steps * batch * cfg.output_size();
-                b.dropout(&drop.spec(l, n), &out, &dropped)?;
+                let spec = drop.spec(l, steps, batch, cfg.output_size());
+                b.dropout(&spec, &out, &dropped)?;
                 Some(dropped)
             } else {
                 Some(out)
@@ -928,7 +954,8 @@ impl<B: Backend> Rnn<B> {
                     dout = match saved.dropout {
                         Some(drop) => {
                             let dd = pool.take(b, &out_shape)?;
-                            b.dropout(&drop.spec(l - 1, rows * cfg.output_size()), &dx, &dd)?;
+                            let spec = drop.spec(l - 1, steps, batch, cfg.output_size());
+                            b.dropout(&spec, &dx, &dd)?;
                             dd
                         }
                         None => dx,

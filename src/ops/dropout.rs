@@ -3,6 +3,11 @@
 //! recomputes the mask instead of storing it and the CPU path reproduces the
 //! GPU's masks bit for bit.
 //!
+//! In data-parallel training a rank holds rows `offset..offset + B` of a
+//! global batch of `B_g` rows; [`Shard`] maps its element `i` of a
+//! `[T, B, W]` tensor to the element of the global `[T, B_g, W]` tensor, so
+//! every rank draws the masks one process would draw for the whole batch.
+//!
 //! CPU twin: [`apply_cpu`], [`keep`]. GPU: `shaders/dropout.wgsl`.
 
 use super::matmul::u32_of;
@@ -36,6 +41,36 @@ pub struct DropoutSpec {
     pub p: f32,
     /// The key.
     pub key: DropoutKey,
+    /// Where the tensor's rows sit in a global batch (`None`: it is the batch).
+    pub shard: Option<Shard>,
+}
+
+/// A `[T, B, W]` tensor holding batch rows `offset..offset + batch` of a
+/// global `[T, global, W]` one: masks are keyed on the global element index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// W: elements per (step, batch row).
+    pub width: usize,
+    /// B: rows held.
+    pub batch: usize,
+    /// First global row held.
+    pub offset: usize,
+    /// Rows of the global batch.
+    pub global: usize,
+}
+
+impl Shard {
+    /// The global element index of local element `i`.
+    pub fn global_index(&self, i: usize) -> usize {
+        let (r, w) = (i / self.width, i % self.width);
+        let (t, b) = (r / self.batch, r % self.batch);
+        (t * self.global + self.offset + b) * self.width + w
+    }
+}
+
+/// The index the mask of element `i` is keyed on.
+fn key_index(s: &DropoutSpec, i: usize) -> u32 {
+    s.shard.map_or(i, |sh| sh.global_index(i)) as u32
 }
 
 /// PCG hash (Jarzynski & Olano 2020), the same integer arithmetic as the shader.
@@ -71,6 +106,28 @@ fn check(s: &DropoutSpec, x_len: usize, y_len: usize) -> Result<()> {
     check_range("dropout x", s.x_off, s.n, x_len)?;
     check_range("dropout y", s.y_off, s.n, y_len)?;
     u32_of("dropout n", s.n)?;
+    if let Some(sh) = s.shard {
+        if sh.width == 0
+            || sh.batch == 0
+            || sh.offset + sh.batch > sh.global
+            || s.n % (sh.width * sh.batch) != 0
+        {
+            return Err(Error::invalid(
+                "dropout shard",
+                format!(
+                    "rows {}..{} of {} with width {} do not describe {} elements",
+                    sh.offset,
+                    sh.offset + sh.batch,
+                    sh.global,
+                    sh.width,
+                    s.n
+                ),
+            ));
+        }
+        let global = s.n / sh.batch * sh.global;
+        u32_of("dropout global batch elements", global)?;
+        u32_of("dropout width", sh.width)?;
+    }
     Ok(())
 }
 
@@ -80,7 +137,7 @@ pub fn apply_cpu<T: Real>(s: &DropoutSpec, x: &[T], y: &mut [T]) -> Result<()> {
     // The same f32 value the GPU uses: computed in f64, then rounded.
     let scale = T::of(1.0 / (1.0 - s.p as f64));
     for i in 0..s.n {
-        y[s.y_off + i] = if keep(&s.key, i as u32, s.p) {
+        y[s.y_off + i] = if keep(&s.key, key_index(s, i), s.p) {
             x[s.x_off + i] * scale
         } else {
             T::zero()
@@ -101,6 +158,10 @@ kernel_params! {
         step_hi: u32,
         p: f32,
         scale: f32,
+        width: u32,
+        batch: u32,
+        offset: u32,
+        global: u32,
         _pad0: u32,
         _pad1: u32,
     }
@@ -145,6 +206,11 @@ pub fn apply_gpu(
         p: s.p,
         // The same f32 scale the CPU path uses.
         scale: (1.0 / (1.0 - s.p as f64)) as f32,
+        // Unsharded: one row of n elements, its own global batch.
+        width: s.shard.map_or(s.n, |sh| sh.width).max(1) as u32,
+        batch: s.shard.map_or(1, |sh| sh.batch) as u32,
+        offset: s.shard.map_or(0, |sh| sh.offset) as u32,
+        global: s.shard.map_or(1, |sh| sh.global) as u32,
         _pad0: 0,
         _pad1: 0,
     };

@@ -7,9 +7,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::dist::Collective;
 use super::tasks::{Task, Vocab};
 use super::{EvalReport, HistoryPoint, TrainConfig, Trainer};
 use crate::backend::{Backend, host_vec};
@@ -60,6 +62,11 @@ fn meta_err(path: &Path, what: impl std::fmt::Display) -> Error {
 
 fn read_meta(path: &Path) -> Result<(TensorMap, Meta)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_meta(&bytes, path)
+}
+
+/// A checkpoint's tensors and metadata from its bytes (`path` names it in errors).
+fn parse_meta(bytes: &[u8], path: &Path) -> Result<(TensorMap, Meta)> {
     if bytes.is_empty() {
         // What `train` leaves when it is killed before its first save.
         return Err(meta_err(
@@ -69,7 +76,7 @@ fn read_meta(path: &Path) -> Result<(TensorMap, Meta)> {
         ));
     }
     let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| meta_err(path, e))?;
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| meta_err(path, e))?;
     let md = header
         .metadata()
         .as_ref()
@@ -86,7 +93,7 @@ fn read_meta(path: &Path) -> Result<(TensorMap, Meta)> {
         .model
         .validate()
         .map_err(|e| meta_err(path, format!("invalid model: {e}")))?;
-    Ok((parse_safetensors(&bytes, path)?, meta))
+    Ok((parse_safetensors(bytes, path)?, meta))
 }
 
 /// The tensor name of block `block` (of P values) of the optimizer state
@@ -147,10 +154,47 @@ impl<B: Backend> Trainer<B> {
     /// Restores a run saved by [`Trainer::save`] onto `backend`.
     pub fn load(backend: B, path: &Path) -> Result<Self> {
         let (tensors, meta) = read_meta(path)?;
+        Self::restore(backend, path, tensors, meta, None)
+    }
+
+    /// [`Trainer::load`] as a rank of a data-parallel group: rank 0 reads
+    /// `path` and sends it to the others, so only rank 0 needs the file.
+    /// The group may have another size than the one that saved it.
+    pub fn load_data_parallel(backend: B, path: &Path, comm: Arc<dyn Collective>) -> Result<Self> {
+        // A failed read still takes part in the broadcast, so that no rank
+        // waits for a file that never comes.
+        let (mut buf, failed) = match comm.rank() {
+            0 => match std::fs::read(path) {
+                Ok(b) => (b, None),
+                Err(e) => (Vec::new(), Some(Error::io(path, e))),
+            },
+            _ => (Vec::new(), None),
+        };
+        comm.broadcast(0, &mut buf)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if buf.is_empty() && comm.rank() != 0 {
+            return Err(Error::Distributed {
+                rank: comm.rank(),
+                message: format!("rank 0 could not read {} (or it is empty)", path.display()),
+            });
+        }
+        let (tensors, meta) = parse_meta(&buf, path)?;
+        Self::restore(backend, path, tensors, meta, Some(comm))
+    }
+
+    fn restore(
+        backend: B,
+        path: &Path,
+        tensors: TensorMap,
+        meta: Meta,
+        comm: Option<Arc<dyn Collective>>,
+    ) -> Result<Self> {
         let task = Task::with_vocab(meta.config.task.clone(), meta.vocab.clone())?;
         let layout = meta.config.model.layout();
         let params = flat_params(&tensors, path, &layout)?;
-        let mut t = Trainer::build(backend, meta.config.clone(), task, &params)?;
+        let mut t = Trainer::build(backend, meta.config.clone(), task, &params, comm)?;
         let n = layout.total;
         let (l1, l2) = meta.config.optimizer.state_lens(n);
         let (name1, name2) = meta.config.optimizer.state_names();

@@ -55,23 +55,30 @@
 //! ```
 
 pub mod checkpoint;
+pub mod dist;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod plot;
 pub mod run;
 pub mod sample;
 pub mod schedule;
 pub mod tasks;
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::nn::State;
 use crate::nn::dense::argmax;
 use crate::nn::model::{ModelConfig, SeqModel, Train};
+use crate::nn::{BatchRows, State};
 use crate::ops::optim::{Optimizer, UpdateSpec};
 use crate::ops::reduce::ReduceOp;
 use crate::ops::softmax_xent::{IGNORE_INDEX, SUMMARY_LEN, XentSummary};
 use crate::real::Real;
+use dist::Collective;
 use schedule::Schedule;
 use tasks::{Batch, Task, TaskSpec};
 
@@ -270,6 +277,15 @@ pub struct Trainer<B: Backend> {
     skipped: u64,
     history: Vec<HistoryPoint>,
     evals: Vec<EvalReport>,
+    dist: Option<Dist>,
+}
+
+/// A data-parallel rank's part in a run.
+#[derive(Debug, Clone)]
+struct Dist {
+    comm: Arc<dyn Collective>,
+    /// The rows of every global batch this rank trains on.
+    rows: Range<usize>,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -278,7 +294,22 @@ impl<B: Backend> Trainer<B> {
         let task = Task::new(config.task.clone())?;
         config.model.vocab = task.vocab().len();
         let params = config.model.init_params(config.seed)?;
-        Self::build(backend, config, task, &params)
+        Self::build(backend, config, task, &params, None)
+    }
+
+    /// A fresh run as rank `comm.rank()` of a data-parallel group of
+    /// `comm.size()` (see [`dist`]): every rank calls this with the same
+    /// configuration, trains on its share of every batch of `config.batch`
+    /// rows, and holds the same parameters after every step.
+    pub fn data_parallel(
+        backend: B,
+        mut config: TrainConfig,
+        comm: Arc<dyn Collective>,
+    ) -> Result<Self> {
+        let task = Task::new(config.task.clone())?;
+        config.model.vocab = task.vocab().len();
+        let params = config.model.init_params(config.seed)?;
+        Self::build(backend, config, task, &params, Some(comm))
     }
 
     /// A run with a given task (vocabulary) and parameters, e.g. from a checkpoint.
@@ -287,10 +318,29 @@ impl<B: Backend> Trainer<B> {
         config: TrainConfig,
         task: Task,
         params: &[f64],
+        comm: Option<Arc<dyn Collective>>,
     ) -> Result<Self> {
         if config.batch == 0 {
             return Err(Error::invalid("batch", "must be at least 1"));
         }
+        let dist = match comm {
+            Some(comm) if comm.size() > 1 => {
+                if config.batch < comm.size() {
+                    return Err(Error::invalid(
+                        "batch",
+                        format!(
+                            "{} rows cannot be shared by {} ranks; give at least one row per rank",
+                            config.batch,
+                            comm.size()
+                        ),
+                    ));
+                }
+                let rows = dist::share(config.batch, comm.rank(), comm.size());
+                Some(Dist { comm, rows })
+            }
+            _ => None,
+        };
+        let local_batch = dist.as_ref().map_or(config.batch, |d| d.rows.len());
         if config.model.vocab != task.vocab().len() {
             return Err(Error::invalid(
                 "vocabulary",
@@ -341,7 +391,7 @@ impl<B: Backend> Trainer<B> {
         let window_bufs = windows
             .iter()
             .map(|w| {
-                let shape = [w.end - w.start, config.batch];
+                let shape = [w.end - w.start, local_batch];
                 let zeros = vec![0; shape[0] * shape[1]];
                 Ok(WindowBufs {
                     tokens: backend.ints(&shape, &zeros)?,
@@ -365,7 +415,59 @@ impl<B: Backend> Trainer<B> {
             skipped: 0,
             history: Vec::new(),
             evals: Vec::new(),
+            dist,
         })
+    }
+
+    /// This rank of a data-parallel run (0 alone).
+    pub fn rank(&self) -> usize {
+        self.dist.as_ref().map_or(0, |d| d.comm.rank())
+    }
+
+    /// Ranks of the run (1 alone).
+    pub fn world_size(&self) -> usize {
+        self.dist.as_ref().map_or(1, |d| d.comm.size())
+    }
+
+    /// The rows of every batch this rank trains on (all of them alone).
+    pub fn rows(&self) -> Range<usize> {
+        self.dist
+            .as_ref()
+            .map_or(0..self.config.batch, |d| d.rows.clone())
+    }
+
+    /// True on every rank when `flag` is true on any (alone: `flag`): ranks
+    /// agree on stopping so that none waits for a step the others skip.
+    pub fn any_rank(&self, flag: bool) -> Result<bool> {
+        match &self.dist {
+            Some(d) => dist::any_rank(d.comm.as_ref(), flag),
+            None => Ok(flag),
+        }
+    }
+
+    /// Checks that every rank holds bit-identical parameters and optimizer
+    /// state (an error names the first rank that differs); alone, nothing.
+    pub fn check_replicas(&self) -> Result<()> {
+        let Some(d) = &self.dist else {
+            return Ok(());
+        };
+        let v = self
+            .backend
+            .read_many(&[self.model.params(), &self.s1, &self.s2])?;
+        let bytes: Vec<u8> = v
+            .iter()
+            .flat_map(|x| bytemuck::cast_slice::<B::Elem, u8>(x).to_vec())
+            .collect();
+        dist::same_on_all(
+            d.comm.as_ref(),
+            &format!("parameters and optimizer state at step {}", self.step),
+            &bytes,
+        )
+    }
+
+    /// The collective of a data-parallel run.
+    pub fn collective(&self) -> Option<&Arc<dyn Collective>> {
+        self.dist.as_ref().map(|d| &d.comm)
     }
 
     /// The configuration.
@@ -415,20 +517,63 @@ impl<B: Backend> Trainer<B> {
             .lr(self.config.optimizer.lr(), step, self.config.steps)
     }
 
-    fn upload_windows(&self, batch: &Batch) -> Result<()> {
+    /// Uploads this rank's rows of every window of `batch`; returns each
+    /// window's loss scale (its share of the window's targets; 1 alone).
+    fn upload_windows(&self, batch: &Batch) -> Result<Vec<f64>> {
         let bsz = batch.batch;
+        let rows = self.rows();
+        let vocab = self.config.model.vocab as i32;
+        let mut scales = Vec::with_capacity(self.windows.len());
         for (w, bufs) in self.windows.iter().zip(&self.window_bufs) {
             let range = w.start * bsz..w.end * bsz;
-            let tokens = &batch.inputs[range.clone()];
-            let mut targets = batch.targets[range].to_vec();
+            let mut targets = batch.targets[range.clone()].to_vec();
             // Steps before loss_from are run for their state only.
             for t in targets.iter_mut().take((w.loss_from - w.start) * bsz) {
                 *t = IGNORE_INDEX;
             }
-            self.backend.write_ints(&bufs.tokens, tokens)?;
+            let (tokens, targets) = if rows.len() == bsz {
+                scales.push(1.0);
+                (batch.inputs[range].to_vec(), targets)
+            } else {
+                let mine = |v: &[i32]| -> Vec<i32> {
+                    v.chunks_exact(bsz)
+                        .flat_map(|step| step[rows.clone()].iter().copied())
+                        .collect()
+                };
+                let mine_targets = mine(&targets);
+                let counted = |v: &[i32]| v.iter().filter(|&&t| (0..vocab).contains(&t)).count();
+                let all = counted(&targets);
+                scales.push(if all == 0 {
+                    0.0
+                } else {
+                    counted(&mine_targets) as f64 / all as f64
+                });
+                (mine(&batch.inputs[range]), mine_targets)
+            };
+            self.backend.write_ints(&bufs.tokens, &tokens)?;
             self.backend.write_ints(&bufs.targets, &targets)?;
         }
-        Ok(())
+        Ok(scales)
+    }
+
+    /// Sums the gradients and the loss summary of window `c` over the
+    /// ranks (in rank order) and writes them back.
+    fn sum_over_ranks(&self, comm: &dyn Collective, c: usize) -> Result<()> {
+        let b = &self.backend;
+        let v = b.read_many(&[self.model.grads(), &self.stats])?;
+        let n = self.model.layout().total;
+        let at = c * STATS_STRIDE;
+        // [mean, count, sum, invalid, correct]: the mean is recomputed.
+        let mut values = v[0][..n].to_vec();
+        values.extend_from_slice(&v[1][at..at + SUMMARY_LEN]);
+        dist::sum_over_ranks(comm, &mut values)?;
+        let mut stats = v[1].clone();
+        stats[at..at + SUMMARY_LEN].copy_from_slice(&values[n..]);
+        let (count, sum) = (stats[at + 1].f64(), stats[at + 2].f64());
+        stats[at] = B::Elem::of(if count > 0.0 { sum / count } else { 0.0 });
+        values.truncate(n);
+        b.write(self.model.grads(), &values)?;
+        b.write(&self.stats, &stats)
     }
 
     /// One training step on the next batch.
@@ -437,7 +582,11 @@ impl<B: Backend> Trainer<B> {
             .task
             .train_batch(self.config.seed, self.step, self.config.batch)?;
         let lr = self.lr_at(self.step);
-        self.upload_windows(&batch)?;
+        let scales = self.upload_windows(&batch)?;
+        let rows = self.dist.as_ref().map(|d| BatchRows {
+            offset: d.rows.start,
+            global: self.config.batch,
+        });
         let b = self.backend.clone();
         let n = self.model.layout().total;
         // The state a window starts from: the one the previous window's
@@ -450,15 +599,19 @@ impl<B: Backend> Trainer<B> {
             let train = Train {
                 seed: self.config.seed,
                 step: self.step * self.windows.len() as u64 + c as u64,
+                rows,
             };
-            let (_, saved) = self.model.chunk(
-                &bufs.tokens,
+            let (_, saved) = self.model.forward_train(&bufs.tokens, state, Some(train))?;
+            self.model.backward_scaled(
+                &saved,
                 &bufs.targets,
-                state,
-                Some(train),
+                scales[c],
                 &self.stats,
                 c * STATS_STRIDE,
             )?;
+            if let Some(d) = &self.dist {
+                self.sum_over_ranks(d.comm.as_ref(), c)?;
+            }
             if let Some(next) = self.windows.get(c + 1)
                 && next.start > 0
             {

@@ -13,9 +13,10 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use super::dist::{Collective, same_on_all};
 use super::plot::write_svg;
 use super::{EvalReport, TrainConfig, Trainer};
-use crate::backend::{Backend, BackendChoice, choose};
+use crate::backend::{Backend, BackendChoice, Chosen, choose_for_rank};
 use crate::error::{Error, Result};
 use crate::with_backend;
 
@@ -72,6 +73,14 @@ pub struct RunOptions {
     /// run then evaluates, saves its checkpoint and plot, and returns with
     /// [`RunSummary::interrupted`] set.
     pub stop: Option<Arc<AtomicBool>>,
+    /// The ranks of a data-parallel run (`None`, or a group of one: alone).
+    /// Every rank calls [`run`] with the same options; rank 0 alone logs,
+    /// evaluates and writes the checkpoint and the plot, and every rank
+    /// returns the same summary.
+    pub comm: Option<Arc<dyn Collective>>,
+    /// This rank's place among the ranks on its machine: local rank k takes
+    /// the k-th adapter ([`choose_for_rank`]). `None`: the rank's number.
+    pub local_rank: Option<usize>,
 }
 
 /// The loss plot's default path for `checkpoint`: `<stem>-loss.svg` beside it.
@@ -229,6 +238,16 @@ pub struct RunSummary {
     pub plot: Option<String>,
     /// True when [`RunOptions::stop`] ended the run early.
     pub interrupted: bool,
+    /// Ranks that trained (1 alone).
+    pub world_size: usize,
+}
+
+/// What a backend is, for comparing ranks: its kind and adapter name.
+fn identity(chosen: &Chosen) -> String {
+    match chosen {
+        Chosen::Gpu(g) => format!("gpu on {}", g.ctx().adapter().name),
+        other => other.name().to_string(),
+    }
 }
 
 /// Runs training on the backend `opts.backend` asks for.
@@ -237,6 +256,41 @@ pub struct RunSummary {
 /// [`Existing::Overwrite`]; with [`Existing::Number`] it takes the first free
 /// numbered name (and says so through `log`).
 pub fn run(opts: &RunOptions, log: &mut dyn FnMut(&str)) -> Result<RunSummary> {
+    let comm = opts.comm.clone().filter(|c| c.size() > 1);
+    match &comm {
+        Some(c) if c.rank() != 0 => {
+            // Another rank's files are rank 0's to check and write.
+            let (chosen, why) = choose_rank_backend(opts, c.as_ref())?;
+            let name = chosen.name().to_string();
+            let paths = Paths {
+                checkpoint: opts.checkpoint.clone(),
+                plot: None,
+            };
+            let mut quiet = |_: &str| {};
+            with_backend!(chosen, b => run_on(b, &name, &why, opts, &paths, &mut quiet))
+        }
+        _ => run_root(opts, log),
+    }
+}
+
+/// The backend of a rank, checked to be the same on every rank: ranks on
+/// different kinds of device would round differently and drift apart.
+fn choose_rank_backend(opts: &RunOptions, comm: &dyn Collective) -> Result<(Chosen, String)> {
+    let local = opts.local_rank.unwrap_or(comm.rank());
+    let (chosen, why) = choose_for_rank(opts.backend, Some(local))?;
+    let id = identity(&chosen);
+    same_on_all(comm, "backend", id.as_bytes()).map_err(|e| Error::Distributed {
+        rank: comm.rank(),
+        message: format!(
+            "{e} (this rank: {id}); every rank needs the same kind of device \
+             (pass the same --backend, or RNN_WGPU_ADAPTER)"
+        ),
+    })?;
+    Ok((chosen, why))
+}
+
+/// [`run`] alone, or as rank 0 of a data-parallel run.
+fn run_root(opts: &RunOptions, log: &mut dyn FnMut(&str)) -> Result<RunSummary> {
     if let Some(p) = &opts.checkpoint {
         crate::eval::check_output_path("--checkpoint", p)?;
     }
@@ -281,8 +335,20 @@ pub fn run(opts: &RunOptions, log: &mut dyn FnMut(&str)) -> Result<RunSummary> {
         (PlotPath::BesideCheckpoint, Some(c)) => Some(plot_beside(c)),
         _ => None,
     };
-    let (chosen, why) = choose(opts.backend)?;
-    log(&format!("backend: {why}"));
+    let (chosen, why) = match opts.comm.as_ref().filter(|c| c.size() > 1) {
+        Some(c) => {
+            let (chosen, why) = choose_rank_backend(opts, c.as_ref())?;
+            log(&format!(
+                "{} ranks, data-parallel; rank 0's backend: {why}",
+                c.size()
+            ));
+            (chosen, why)
+        }
+        None => choose_for_rank(opts.backend, None)?,
+    };
+    if opts.comm.as_ref().is_none_or(|c| c.size() <= 1) {
+        log(&format!("backend: {why}"));
+    }
     let name = chosen.name().to_string();
     let paths = Paths { checkpoint, plot };
     with_backend!(chosen, b => run_on(b, &name, &why, opts, &paths, log))
@@ -324,9 +390,14 @@ fn run_on<B: Backend>(
     paths: &Paths,
     log: &mut dyn FnMut(&str),
 ) -> Result<RunSummary> {
+    let comm = opts.comm.clone().filter(|c| c.size() > 1);
+    let root = comm.as_ref().is_none_or(|c| c.rank() == 0);
     let mut trainer = match (&paths.checkpoint, opts.resume) {
         (Some(path), true) => {
-            let mut t = Trainer::load(backend, path)?;
+            let mut t = match &comm {
+                Some(c) => Trainer::load_data_parallel(backend, path, c.clone())?,
+                None => Trainer::load(backend, path)?,
+            };
             if let Some(total) = opts.extend_to {
                 if total < t.step() {
                     return Err(Error::invalid(
@@ -344,7 +415,10 @@ fn run_on<B: Backend>(
             t
         }
         (None, true) => return Err(Error::invalid("--resume", "needs --checkpoint PATH")),
-        _ => Trainer::new(backend, opts.config.clone())?,
+        _ => match &comm {
+            Some(c) => Trainer::data_parallel(backend, opts.config.clone(), c.clone())?,
+            None => Trainer::new(backend, opts.config.clone())?,
+        },
     };
     let cfg = trainer.config().clone();
     let m = &cfg.model;
@@ -365,7 +439,7 @@ fn run_on<B: Backend>(
     let first = trainer.step();
     let total = cfg.steps;
     let eval_every = opts.eval_every.unwrap_or((total / 10).max(1));
-    let bar = if opts.progress && first < total {
+    let bar = if opts.progress && root && first < total {
         let bar = ProgressBar::new(total);
         bar.set_position(first);
         if let Ok(style) = ProgressStyle::with_template(
@@ -382,7 +456,10 @@ fn run_on<B: Backend>(
     let mut smooth_acc = 0.0;
     let mut interrupted = false;
     while trainer.step() < total {
-        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+        // Every rank stops at the same step: none waits for a step the
+        // others skip.
+        let asked = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        if trainer.any_rank(asked)? {
             interrupted = true;
             log(&format!(
                 "interrupted at step {}: evaluating and saving",
@@ -390,9 +467,10 @@ fn run_on<B: Backend>(
             ));
             break;
         }
-        if let Some(limit) = opts.time_limit
-            && start.elapsed().as_secs_f64() > limit
-        {
+        let over = opts
+            .time_limit
+            .is_some_and(|limit| start.elapsed().as_secs_f64() > limit);
+        if let (Some(limit), true) = (opts.time_limit, trainer.any_rank(over)?) {
             log(&format!(
                 "time limit of {limit} s reached at step {}",
                 trainer.step()
@@ -415,14 +493,17 @@ fn run_on<B: Backend>(
             ));
         }
         if eval_every > 0 && done.is_multiple_of(eval_every) && done < total {
-            let e = trainer.evaluate()?;
-            let line = format!("step {done}: loss {:.4}; {}", r.loss, describe_eval(&e));
-            match &bar {
-                Some(bar) if !bar.is_hidden() => bar.println(line),
-                _ => log(&line),
+            if root {
+                let e = trainer.evaluate()?;
+                let line = format!("step {done}: loss {:.4}; {}", r.loss, describe_eval(&e));
+                match &bar {
+                    Some(bar) if !bar.is_hidden() => bar.println(line),
+                    _ => log(&line),
+                }
             }
+            trainer.check_replicas()?;
         }
-        if let (Some(path), true) = (&paths.checkpoint, opts.save_every > 0)
+        if let (Some(path), true) = (&paths.checkpoint, opts.save_every > 0 && root)
             && done.is_multiple_of(opts.save_every)
         {
             trainer.save(path)?;
@@ -432,13 +513,32 @@ fn run_on<B: Backend>(
         bar.finish_and_clear();
     }
     let seconds = start.elapsed().as_secs_f64();
-    let e = trainer.evaluate()?;
+    trainer.check_replicas()?;
+    let e = match &comm {
+        None => trainer.evaluate()?,
+        Some(c) => {
+            // Rank 0 evaluates and tells the others.
+            let mut bytes = Vec::new();
+            if root {
+                let e = trainer.evaluate()?;
+                bytes = serde_json::to_vec(&e).map_err(|err| Error::Distributed {
+                    rank: 0,
+                    message: format!("cannot encode the evaluation: {err}"),
+                })?;
+            }
+            c.broadcast(0, &mut bytes)?;
+            serde_json::from_slice(&bytes).map_err(|err| Error::Distributed {
+                rank: c.rank(),
+                message: format!("rank 0's evaluation did not arrive whole: {err}"),
+            })?
+        }
+    };
     log(&format!("step {}: {}", trainer.step(), describe_eval(&e)));
-    if let Some(path) = &paths.checkpoint {
+    if let (Some(path), true) = (&paths.checkpoint, root) {
         trainer.save(path)?;
         log(&format!("checkpoint: {}", path.display()));
     }
-    if let Some(path) = &paths.plot {
+    if let (Some(path), true) = (&paths.plot, root) {
         let title = format!(
             "{} — {} H={} L={}, {} lr {}",
             cfg.task.name(),
@@ -470,5 +570,6 @@ fn run_on<B: Backend>(
         checkpoint: paths.checkpoint.as_ref().map(|p| p.display().to_string()),
         plot: paths.plot.as_ref().map(|p| p.display().to_string()),
         interrupted,
+        world_size: trainer.world_size(),
     })
 }

@@ -1,0 +1,113 @@
+//! The MPI transport of data-parallel training (feature `mpi`): the ranks of
+//! `mpirun -n N rnn-wgpu train …` exchange gradients through the system's
+//! MPI (Open MPI or MPICH) with [`MpiWorld`], a [`Collective`].
+//!
+//! MPI's default error handler ends the job on a communication failure, and
+//! the launcher ends every rank when one exits with an error or is killed:
+//! a rank never waits for a peer that is gone. A rank that meets an error of
+//! its own calls [`MpiWorld::abort`], which does the same at once.
+
+use std::fmt;
+
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::{Communicator, CommunicatorCollectives, Root};
+
+use super::dist::Collective;
+use crate::error::{Error, Result};
+
+/// Bytes one broadcast call moves (MPI counts are `int`).
+const CHUNK: usize = 1 << 30;
+
+/// This process's place in an MPI job.
+pub struct MpiWorld {
+    // Finalizes MPI when dropped, after the communicators.
+    world: SimpleCommunicator,
+    local_rank: usize,
+    local_size: usize,
+    _universe: mpi::environment::Universe,
+}
+
+impl fmt::Debug for MpiWorld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MpiWorld")
+            .field("rank", &self.world.rank())
+            .field("size", &self.world.size())
+            .field("local_rank", &self.local_rank)
+            .field("local_size", &self.local_size)
+            .finish()
+    }
+}
+
+impl MpiWorld {
+    /// Initializes MPI (once per process).
+    pub fn init() -> Result<Self> {
+        let universe = mpi::initialize().ok_or_else(|| Error::Distributed {
+            rank: 0,
+            message: "MPI is initialized already (one MpiWorld per process)".into(),
+        })?;
+        let world = universe.world();
+        // The processes on this machine, ranked as in the world: local rank
+        // k takes the k-th adapter.
+        let local = world.split_shared(world.rank());
+        Ok(MpiWorld {
+            local_rank: local.rank() as usize,
+            local_size: local.size() as usize,
+            world,
+            _universe: universe,
+        })
+    }
+
+    /// This rank's place among the ranks on its machine.
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// Ranks on this machine.
+    pub fn local_size(&self) -> usize {
+        self.local_size
+    }
+
+    /// Ends every rank of the job with `code` (`MPI_Abort`).
+    pub fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+}
+
+impl Collective for MpiWorld {
+    fn rank(&self) -> usize {
+        self.world.rank() as usize
+    }
+
+    fn size(&self) -> usize {
+        self.world.size() as usize
+    }
+
+    fn all_gather(&self, send: &[u8]) -> Result<Vec<u8>> {
+        if send.len() > i32::MAX as usize {
+            return Err(Error::Distributed {
+                rank: self.rank(),
+                message: format!("a gather of {} bytes exceeds MPI's count", send.len()),
+            });
+        }
+        let mut recv = vec![0u8; send.len() * self.size()];
+        self.world.all_gather_into(send, &mut recv[..]);
+        Ok(recv)
+    }
+
+    fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<()> {
+        if root >= self.size() {
+            return Err(Error::Distributed {
+                rank: self.rank(),
+                message: format!("broadcast root {root} is not a rank of {}", self.size()),
+            });
+        }
+        let from = self.world.process_at_rank(root as i32);
+        let mut len = data.len() as u64;
+        from.broadcast_into(&mut len);
+        data.resize(len as usize, 0);
+        for chunk in data.chunks_mut(CHUNK) {
+            from.broadcast_into(chunk);
+        }
+        Ok(())
+    }
+}

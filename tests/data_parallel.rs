@@ -1,0 +1,239 @@
+//! Data-parallel training with ranks as threads ([`ThreadGroup`]): N ranks
+//! train what one process trains on the same global batch (within
+//! rounding), hold bit-identical parameters, repeat bitwise, and resume a
+//! checkpoint with another N. The same runs over MPI are in `tests/mpi.rs`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rnn_wgpu::backend::{Backend, CpuBackend};
+use rnn_wgpu::nn::model::ModelConfig;
+use rnn_wgpu::ops::cell::Cell;
+use rnn_wgpu::train::dist::{Collective, ThreadGroup};
+use rnn_wgpu::train::tasks::TaskSpec;
+use rnn_wgpu::train::{Bptt, TrainConfig, Trainer};
+
+fn config(cell: Cell, bptt: Bptt, dropout: f32) -> TrainConfig {
+    let mut model = ModelConfig::new(cell, 12);
+    model.layers = 2;
+    model.dropout = dropout;
+    let mut c = TrainConfig::new(TaskSpec::Add { digits: 2 }, model);
+    c.batch = 7; // shares of 4 and 3 rows, or 3, 2, 2
+    c.steps = 40;
+    c.bptt = bptt;
+    c.eval_problems = 16;
+    c
+}
+
+/// Per-step losses and the final parameters of a run of `steps` steps.
+struct Run {
+    losses: Vec<f64>,
+    params: Vec<f64>,
+}
+
+fn train_alone<B: Backend>(b: B, c: &TrainConfig, steps: usize) -> Run {
+    let mut t = Trainer::new(b, c.clone()).unwrap();
+    let losses = (0..steps).map(|_| t.train_step().unwrap().loss).collect();
+    Run {
+        losses,
+        params: t.read_params().unwrap(),
+    }
+}
+
+/// Every rank's run, each rank a thread with a backend from `backend`.
+fn train_ranks<B: Backend + Send + 'static>(
+    n: usize,
+    backend: impl Fn() -> B + Sync,
+    c: &TrainConfig,
+    steps: usize,
+) -> Vec<Run> {
+    let ranks = ThreadGroup::new(n, Duration::from_secs(120));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
+                let backend = &backend;
+                s.spawn(move || {
+                    let comm: Arc<dyn Collective> = Arc::new(rank);
+                    let mut t = Trainer::data_parallel(backend(), c.clone(), comm).unwrap();
+                    assert_eq!(t.world_size(), n);
+                    let losses = (0..steps).map(|_| t.train_step().unwrap().loss).collect();
+                    t.check_replicas().unwrap();
+                    Run {
+                        losses,
+                        params: t.read_params().unwrap(),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / a.abs().max(b.abs()).max(1e-30)
+}
+
+fn bits(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn assert_matches_one_process(alone: &Run, ranks: &[Run], what: &str) {
+    for (r, run) in ranks.iter().enumerate() {
+        assert_eq!(
+            bits(&run.params),
+            bits(&ranks[0].params),
+            "{what}: rank {r}'s parameters differ from rank 0's"
+        );
+        assert_eq!(
+            bits(&run.losses),
+            bits(&ranks[0].losses),
+            "{what}: rank {r}'s losses"
+        );
+    }
+    let (a, d) = (
+        alone.losses.last().unwrap(),
+        ranks[0].losses.last().unwrap(),
+    );
+    assert!(
+        rel(*a, *d) < 1e-4,
+        "{what}: final loss {d} with {} ranks, {a} alone",
+        ranks.len()
+    );
+    let worst = alone
+        .params
+        .iter()
+        .zip(&ranks[0].params)
+        .map(|(a, d)| (a - d).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-3, "{what}: parameters differ by up to {worst}");
+}
+
+#[test]
+fn ranks_train_what_one_process_trains() {
+    let steps = 40;
+    for (cell, bptt, dropout) in [
+        (Cell::Lstm, Bptt::Full, 0.25),
+        (Cell::Gru, Bptt::Truncated { k1: 3, k2: 5 }, 0.0),
+    ] {
+        let c = config(cell, bptt, dropout);
+        let alone = train_alone(CpuBackend::<f64>::new(), &c, steps);
+        for n in [2, 3] {
+            let ranks = train_ranks(n, CpuBackend::<f64>::new, &c, steps);
+            assert_matches_one_process(&alone, &ranks, &format!("{cell:?} f64, {n} ranks"));
+        }
+        // f32: the same within f32 rounding, and bitwise repeatable for a given N.
+        let alone = train_alone(CpuBackend::<f32>::new(), &c, steps);
+        let a = train_ranks(2, CpuBackend::<f32>::new, &c, steps);
+        let b = train_ranks(2, CpuBackend::<f32>::new, &c, steps);
+        assert_eq!(
+            bits(&a[0].params),
+            bits(&b[0].params),
+            "{cell:?}: not repeatable"
+        );
+        let (x, y) = (alone.losses.last().unwrap(), a[0].losses.last().unwrap());
+        assert!(
+            rel(*x, *y) < 1e-3,
+            "{cell:?} f32: final loss {y} with 2 ranks, {x} alone"
+        );
+    }
+}
+
+#[test]
+fn ranks_on_the_gpu_train_what_one_gpu_trains() {
+    let gpu = gpu_or_skip!();
+    let c = config(Cell::Lstm, Bptt::Full, 0.25);
+    let steps = 6;
+    let alone = train_alone(gpu.clone(), &c, steps);
+    let ranks = train_ranks(2, || gpu.clone(), &c, steps);
+    for r in &ranks {
+        assert_eq!(bits(&r.params), bits(&ranks[0].params));
+    }
+    let (x, y) = (
+        alone.losses.last().unwrap(),
+        ranks[0].losses.last().unwrap(),
+    );
+    assert!(
+        rel(*x, *y) < 1e-4,
+        "final loss {y} with 2 GPU ranks, {x} alone"
+    );
+}
+
+#[test]
+fn a_checkpoint_resumes_with_another_number_of_ranks() {
+    let dir = common::Scratch::new("dp-resume");
+    let path = dir.path("run.safetensors");
+    let c = config(Cell::Gru, Bptt::Full, 0.0);
+    // 10 steps with 3 ranks, saved by rank 0, then 10 more with 2 ranks,
+    // against the same 10 more alone from the same checkpoint.
+    let ranks = ThreadGroup::new(3, Duration::from_secs(120));
+    std::thread::scope(|s| {
+        for rank in ranks {
+            let (c, path) = (&c, &path);
+            s.spawn(move || {
+                let comm: Arc<dyn Collective> = Arc::new(rank);
+                let mut t =
+                    Trainer::data_parallel(CpuBackend::<f64>::new(), c.clone(), comm).unwrap();
+                for _ in 0..10 {
+                    t.train_step().unwrap();
+                }
+                if t.rank() == 0 {
+                    t.save(path).unwrap();
+                }
+            });
+        }
+    });
+    let ranks = ThreadGroup::new(2, Duration::from_secs(120));
+    let resumed: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
+                let path = &path;
+                s.spawn(move || {
+                    let comm: Arc<dyn Collective> = Arc::new(rank);
+                    let mut t =
+                        Trainer::load_data_parallel(CpuBackend::<f64>::new(), path, comm).unwrap();
+                    assert_eq!(t.step(), 10);
+                    for _ in 0..10 {
+                        t.train_step().unwrap();
+                    }
+                    t.read_params().unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut alone = Trainer::load(CpuBackend::<f64>::new(), &path).unwrap();
+    for _ in 0..10 {
+        alone.train_step().unwrap();
+    }
+    let alone = alone.read_params().unwrap();
+    assert_eq!(bits(&resumed[0]), bits(&resumed[1]));
+    let worst = alone
+        .iter()
+        .zip(&resumed[0])
+        .map(|(a, d)| (a - d).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 1e-9,
+        "resumed with 2 ranks: parameters differ by {worst}"
+    );
+}
+
+#[test]
+fn a_batch_smaller_than_the_group_is_refused() {
+    let mut c = config(
+        Cell::Rnn(rnn_wgpu::ops::cell::Nonlinearity::Tanh),
+        Bptt::Full,
+        0.0,
+    );
+    c.batch = 2;
+    let ranks = ThreadGroup::new(3, Duration::from_secs(5));
+    let comm: Arc<dyn Collective> = Arc::new(ranks.into_iter().next().unwrap());
+    let err = Trainer::data_parallel(CpuBackend::<f32>::new(), c, comm)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2 rows cannot be shared by 3 ranks"), "{err}");
+}
