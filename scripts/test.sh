@@ -50,6 +50,40 @@ target/release/rnn-wgpu adapters || true
 
 cargo test --release "$@"
 
+# Data-parallel training over MPI (feature `mpi`): `mpirun -n 2` on this
+# machine. Needs Open MPI and, to build the bindings, libclang; installed
+# here like Mesa above when missing and we may. With CI=true a missing
+# mpirun fails tests/mpi.rs instead of skipping it.
+has_mpi() {
+    command -v mpirun >/dev/null 2>&1 && command -v mpicc >/dev/null 2>&1 &&
+        { ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ldconfig -p | grep -q libclang; }
+}
+if ! has_mpi; then
+    echo "No MPI (mpirun, mpicc) or libclang found."
+    if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then
+            sudo=""
+        elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo -n"
+        else
+            sudo="none"
+        fi
+        if [ "$sudo" != none ]; then
+            echo "Installing Open MPI and libclang (openmpi-bin libopenmpi-dev libclang-dev)..."
+            $sudo apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openmpi-bin libopenmpi-dev libclang-dev >/dev/null
+        fi
+    fi
+fi
+if has_mpi; then
+    cargo test --release --features mpi --test mpi "$@"
+elif [ "${CI:-}" = true ]; then
+    echo "CI=true and MPI is missing: sudo apt-get install -y openmpi-bin libopenmpi-dev libclang-dev" >&2
+    exit 1
+else
+    echo "Skipping the MPI tests; to run them: sudo apt-get install -y openmpi-bin libopenmpi-dev libclang-dev" >&2
+fi
+
 # The examples run too (small settings): the training loop over the library
 # (on this README as its text), streaming inference checked against the
 # whole-sequence forward (on the CPU path, and on the GPU when there is an

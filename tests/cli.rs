@@ -951,3 +951,25 @@ fn ctrl_c_saves_the_run() {
         .unwrap_or_else(|e| panic!("the checkpoint does not load: {e}\n{log}"));
     assert!(t.step() > 0 && t.step() < 1_000_000, "step {}", t.step());
 }
+
+/// Started by an MPI launcher, a build without the `mpi` feature refuses to
+/// train instead of running N independent copies that write the same files.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn train_under_mpirun_without_mpi_support_is_refused() {
+    let dir = Scratch::new("no-mpi");
+    let out = Command::new(env!("CARGO_BIN_EXE_rnn-wgpu"))
+        .args(["train", "--backend", "cpu", "--steps", "2", "--checkpoint"])
+        .arg(dir.path("x.st"))
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("built without MPI") && stderr.contains("--features mpi"),
+        "{stderr}"
+    );
+    assert!(!dir.path("x.st").exists());
+}

@@ -110,7 +110,7 @@ fn check(s: &DropoutSpec, x_len: usize, y_len: usize) -> Result<()> {
         if sh.width == 0
             || sh.batch == 0
             || sh.offset + sh.batch > sh.global
-            || s.n % (sh.width * sh.batch) != 0
+            || !s.n.is_multiple_of(sh.width * sh.batch)
         {
             return Err(Error::invalid(
                 "dropout shard",

@@ -33,7 +33,7 @@ use crate::real::Real;
 
 /// What the ranks of a data-parallel run exchange. Every rank makes the same
 /// calls in the same order.
-pub trait Collective: Debug {
+pub trait Collective: Debug + Send + Sync {
     /// This rank, `0..size()`.
     fn rank(&self) -> usize;
     /// Number of ranks.

@@ -8,7 +8,9 @@
 //! its own calls [`MpiWorld::abort`], which does the same at once.
 
 use std::fmt;
+use std::sync::{Mutex, MutexGuard};
 
+use mpi::environment::Threading;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 
@@ -20,18 +22,30 @@ const CHUNK: usize = 1 << 30;
 
 /// This process's place in an MPI job.
 pub struct MpiWorld {
-    // Finalizes MPI when dropped, after the communicators.
-    world: SimpleCommunicator,
+    // Every MPI call goes through this lock: MPI is initialized with at
+    // least MPI_THREAD_SERIALIZED, so calls from any thread are allowed as
+    // long as no two run at once.
+    world: Mutex<SimpleCommunicator>,
+    rank: usize,
+    size: usize,
     local_rank: usize,
     local_size: usize,
+    // Finalizes MPI when dropped, after the communicators.
     _universe: mpi::environment::Universe,
 }
+
+// SAFETY: the communicator is only used under `world`'s lock, one call at a
+// time, which MPI_THREAD_SERIALIZED (checked in `init`) allows from any
+// thread; the universe is only finalized on drop, when nobody holds the world.
+unsafe impl Send for MpiWorld {}
+// SAFETY: as above: shared access goes through the lock.
+unsafe impl Sync for MpiWorld {}
 
 impl fmt::Debug for MpiWorld {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MpiWorld")
-            .field("rank", &self.world.rank())
-            .field("size", &self.world.size())
+            .field("rank", &self.rank)
+            .field("size", &self.size)
             .field("local_rank", &self.local_rank)
             .field("local_size", &self.local_size)
             .finish()
@@ -41,20 +55,37 @@ impl fmt::Debug for MpiWorld {
 impl MpiWorld {
     /// Initializes MPI (once per process).
     pub fn init() -> Result<Self> {
-        let universe = mpi::initialize().ok_or_else(|| Error::Distributed {
-            rank: 0,
-            message: "MPI is initialized already (one MpiWorld per process)".into(),
-        })?;
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or_else(|| Error::Distributed {
+                rank: 0,
+                message: "MPI is initialized already (one MpiWorld per process)".into(),
+            })?;
         let world = universe.world();
+        if threading < Threading::Serialized {
+            return Err(Error::Distributed {
+                rank: world.rank() as usize,
+                message: format!(
+                    "this MPI gives thread level {threading:?}; rnn-wgpu needs Serialized"
+                ),
+            });
+        }
         // The processes on this machine, ranked as in the world: local rank
         // k takes the k-th adapter.
         let local = world.split_shared(world.rank());
         Ok(MpiWorld {
+            rank: world.rank() as usize,
+            size: world.size() as usize,
             local_rank: local.rank() as usize,
             local_size: local.size() as usize,
-            world,
+            world: Mutex::new(world),
             _universe: universe,
         })
+    }
+
+    fn world(&self) -> MutexGuard<'_, SimpleCommunicator> {
+        self.world
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// This rank's place among the ranks on its machine.
@@ -69,17 +100,17 @@ impl MpiWorld {
 
     /// Ends every rank of the job with `code` (`MPI_Abort`).
     pub fn abort(&self, code: i32) -> ! {
-        self.world.abort(code)
+        self.world().abort(code)
     }
 }
 
 impl Collective for MpiWorld {
     fn rank(&self) -> usize {
-        self.world.rank() as usize
+        self.rank
     }
 
     fn size(&self) -> usize {
-        self.world.size() as usize
+        self.size
     }
 
     fn all_gather(&self, send: &[u8]) -> Result<Vec<u8>> {
@@ -90,7 +121,7 @@ impl Collective for MpiWorld {
             });
         }
         let mut recv = vec![0u8; send.len() * self.size()];
-        self.world.all_gather_into(send, &mut recv[..]);
+        self.world().all_gather_into(send, &mut recv[..]);
         Ok(recv)
     }
 
@@ -101,7 +132,8 @@ impl Collective for MpiWorld {
                 message: format!("broadcast root {root} is not a rank of {}", self.size()),
             });
         }
-        let from = self.world.process_at_rank(root as i32);
+        let world = self.world();
+        let from = world.process_at_rank(root as i32);
         let mut len = data.len() as u64;
         from.broadcast_into(&mut len);
         data.resize(len as usize, 0);
