@@ -40,6 +40,9 @@ pub trait Collective: Debug + Send + Sync {
     fn size(&self) -> usize;
     /// Every rank's `send` (all of one length), concatenated in rank order.
     fn all_gather(&self, send: &[u8]) -> Result<Vec<u8>>;
+    /// `send` is `size()` equal blocks, block `r` for rank `r`; returns the
+    /// blocks every rank sent to this one, in rank order (`MPI_Alltoall`).
+    fn all_to_all(&self, send: &[u8]) -> Result<Vec<u8>>;
     /// Replaces `data` on every rank with `root`'s (lengths may differ).
     fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<()>;
 }
@@ -62,36 +65,54 @@ pub fn share(batch: usize, rank: usize, size: usize) -> Range<usize> {
     start..start + base + usize::from(rank < extra)
 }
 
-/// Values gathered at once: bounds the memory a sum takes (N × this).
-pub const BUCKET: usize = 1 << 20;
+/// Values summed at once: bounds the memory a sum takes.
+pub const BUCKET: usize = 1 << 22;
 
 /// Replaces `values` on every rank with their sum over ranks, added in rank
-/// order in f64 and rounded once: the same bits on every rank.
+/// order in f64 and rounded once: the same bits on every rank, and the same
+/// for any bucket size.
+///
+/// A reduce-scatter then an all-gather, as a ring all-reduce moves: rank r
+/// receives the r-th of N chunks from every rank (all-to-all), adds them in
+/// rank order, and the summed chunks are gathered. Each rank sends and
+/// receives 2·(N − 1)/N of the values' bytes, and every element is summed by
+/// one rank in one fixed order.
 pub fn sum_over_ranks<T: Real>(comm: &dyn Collective, values: &mut [T]) -> Result<()> {
     let n = comm.size();
     if n <= 1 {
         return Ok(());
     }
+    let rank = comm.rank();
+    let bad = |got: usize, want: usize| Error::Distributed {
+        rank,
+        message: format!("a sum over ranks received {got} values where {want} were due"),
+    };
     for bucket in values.chunks_mut(BUCKET) {
-        let all = comm.all_gather(bytemuck::cast_slice(bucket))?;
         let len = bucket.len();
-        let parts: Vec<T> = bytemuck::pod_collect_to_vec(&all);
-        if parts.len() != n * len {
-            return Err(Error::Distributed {
-                rank: comm.rank(),
-                message: format!(
-                    "a sum over ranks received {} values for {n} ranks × {len}",
-                    parts.len()
-                ),
-            });
+        let chunk = len.div_ceil(n);
+        // Block r: the r-th chunk, zero-padded to `chunk`.
+        let mut send = vec![T::zero(); n * chunk];
+        send[..len].copy_from_slice(bucket);
+        let got: Vec<T> =
+            bytemuck::pod_collect_to_vec(&comm.all_to_all(bytemuck::cast_slice(&send))?);
+        if got.len() != n * chunk {
+            return Err(bad(got.len(), n * chunk));
         }
-        for (i, v) in bucket.iter_mut().enumerate() {
-            let mut acc = 0.0f64;
-            for r in 0..n {
-                acc += parts[r * len + i].f64();
-            }
-            *v = T::of(acc);
+        let mine: Vec<T> = (0..chunk)
+            .map(|i| {
+                let mut acc = 0.0f64;
+                for r in 0..n {
+                    acc += got[r * chunk + i].f64();
+                }
+                T::of(acc)
+            })
+            .collect();
+        let all: Vec<T> =
+            bytemuck::pod_collect_to_vec(&comm.all_gather(bytemuck::cast_slice(&mine))?);
+        if all.len() != n * chunk {
+            return Err(bad(all.len(), n * chunk));
         }
+        bucket.copy_from_slice(&all[..len]);
     }
     Ok(())
 }
@@ -283,6 +304,30 @@ impl Collective for ThreadRank {
         Ok(parts.concat())
     }
 
+    fn all_to_all(&self, send: &[u8]) -> Result<Vec<u8>> {
+        let n = self.shared.size;
+        if !send.len().is_multiple_of(n) {
+            return Err(self.error(format!(
+                "an all-to-all of {} bytes is not {n} equal blocks",
+                send.len()
+            )));
+        }
+        let block = send.len() / n;
+        let parts = self.exchange(send.to_vec())?;
+        if let Some(r) = parts.iter().position(|p| p.len() != send.len()) {
+            return Err(self.error(format!(
+                "rank {r} sent {} bytes to an all-to-all of {}",
+                parts[r].len(),
+                send.len()
+            )));
+        }
+        let at = self.rank * block;
+        Ok(parts
+            .iter()
+            .flat_map(|p| p[at..at + block].iter().copied())
+            .collect())
+    }
+
     fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<()> {
         if root >= self.shared.size {
             return Err(self.error(format!(
@@ -329,6 +374,22 @@ mod tests {
                         let r = c.rank() as f32;
                         let mut v = vec![r + 0.1, 1e8, -1e8 + r];
                         sum_over_ranks(&c, &mut v).unwrap();
+                        // Lengths that are not a multiple of the ranks: the
+                        // rank-order f64 sum of every element.
+                        for len in [1, 2, 5, 11] {
+                            let of = |rank: usize| -> Vec<f32> {
+                                crate::parity::uniform(rank as u64, len, -1.0, 1.0)
+                                    .iter()
+                                    .map(|&x| x as f32)
+                                    .collect()
+                            };
+                            let mut mine = of(c.rank());
+                            sum_over_ranks(&c, &mut mine).unwrap();
+                            let want: Vec<f32> = (0..len)
+                                .map(|i| (0..3).map(|q| of(q)[i] as f64).sum::<f64>() as f32)
+                                .collect();
+                            assert_eq!(mine, want, "length {len}");
+                        }
                         let mut b = if c.rank() == 1 {
                             b"one".to_vec()
                         } else {

@@ -286,6 +286,9 @@ struct Dist {
     comm: Arc<dyn Collective>,
     /// The rows of every global batch this rank trains on.
     rows: Range<usize>,
+    /// Time spent summing over ranks: reading the gradients, the exchange
+    /// (including waiting for slower ranks), the sum and writing back.
+    reduce_time: std::time::Duration,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -336,7 +339,11 @@ impl<B: Backend> Trainer<B> {
                     ));
                 }
                 let rows = dist::share(config.batch, comm.rank(), comm.size());
-                Some(Dist { comm, rows })
+                Some(Dist {
+                    comm,
+                    rows,
+                    reduce_time: std::time::Duration::ZERO,
+                })
             }
             _ => None,
         };
@@ -463,6 +470,15 @@ impl<B: Backend> Trainer<B> {
             &format!("parameters and optimizer state at step {}", self.step),
             &bytes,
         )
+    }
+
+    /// Seconds this rank has spent summing gradients over the ranks
+    /// (reading them from the device, the exchange and the wait for slower
+    /// ranks, the sum, writing back); 0 alone.
+    pub fn reduce_seconds(&self) -> f64 {
+        self.dist
+            .as_ref()
+            .map_or(0.0, |d| d.reduce_time.as_secs_f64())
     }
 
     /// The collective of a data-parallel run.
@@ -610,7 +626,12 @@ impl<B: Backend> Trainer<B> {
                 c * STATS_STRIDE,
             )?;
             if let Some(d) = &self.dist {
+                let start = std::time::Instant::now();
                 self.sum_over_ranks(d.comm.as_ref(), c)?;
+                let spent = start.elapsed();
+                if let Some(d) = &mut self.dist {
+                    d.reduce_time += spent;
+                }
             }
             if let Some(next) = self.windows.get(c + 1)
                 && next.start > 0

@@ -125,6 +125,22 @@ impl Collective for MpiWorld {
         Ok(recv)
     }
 
+    fn all_to_all(&self, send: &[u8]) -> Result<Vec<u8>> {
+        let n = self.size();
+        if !send.len().is_multiple_of(n) || send.len() / n > i32::MAX as usize {
+            return Err(Error::Distributed {
+                rank: self.rank(),
+                message: format!(
+                    "an all-to-all of {} bytes is not {n} blocks within MPI's count",
+                    send.len()
+                ),
+            });
+        }
+        let mut recv = vec![0u8; send.len()];
+        self.world().all_to_all_into(send, &mut recv[..]);
+        Ok(recv)
+    }
+
     fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<()> {
         if root >= self.size() {
             return Err(Error::Distributed {

@@ -240,6 +240,9 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// Ranks that trained (1 alone).
     pub world_size: usize,
+    /// This rank's seconds in the sums over ranks (reading the gradients, the
+    /// exchange including waits for slower ranks, writing back); 0 alone.
+    pub reduce_seconds: f64,
 }
 
 /// What a backend is, for comparing ranks: its kind and adapter name.
@@ -571,5 +574,6 @@ fn run_on<B: Backend>(
         plot: paths.plot.as_ref().map(|p| p.display().to_string()),
         interrupted,
         world_size: trainer.world_size(),
+        reduce_seconds: trainer.reduce_seconds(),
     })
 }
