@@ -233,6 +233,12 @@ impl<T: Real> Backend for CpuBackend<T> {
         Ok(t.to_vec())
     }
 
+    fn read_into(&self, t: &Self::Tensor, out: &mut Vec<T>) -> Result<()> {
+        out.clear();
+        out.extend_from_slice(&t.read("read", "tensor")?);
+        Ok(())
+    }
+
     fn write(&self, t: &Self::Tensor, data: &[T]) -> Result<()> {
         t.overwrite(data)
     }

@@ -300,6 +300,14 @@ pub trait Backend: Clone {
         Ok(self.read_many(&[t])?.pop().unwrap_or_default())
     }
 
+    /// Reads a tensor back into `out` (replacing its contents), reusing its
+    /// memory where the backend can: a loop that reads every step then
+    /// allocates nothing once `out` is large enough.
+    fn read_into(&self, t: &Self::Tensor, out: &mut Vec<Self::Elem>) -> Result<()> {
+        *out = self.read(t)?;
+        Ok(())
+    }
+
     /// Reads a tensor back as f64.
     fn read_f64(&self, t: &Self::Tensor) -> Result<Vec<f64>> {
         Ok(self.read(t)?.iter().map(|v| v.f64()).collect())

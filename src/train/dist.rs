@@ -38,11 +38,19 @@ pub trait Collective: Debug + Send + Sync {
     fn rank(&self) -> usize;
     /// Number of ranks.
     fn size(&self) -> usize;
-    /// Every rank's `send` (all of one length), concatenated in rank order.
-    fn all_gather(&self, send: &[u8]) -> Result<Vec<u8>>;
-    /// `send` is `size()` equal blocks, block `r` for rank `r`; returns the
-    /// blocks every rank sent to this one, in rank order (`MPI_Alltoall`).
-    fn all_to_all(&self, send: &[u8]) -> Result<Vec<u8>>;
+    /// Writes every rank's `send` (all of one length) into `recv`
+    /// (`size()` times as long), in rank order (`MPI_Allgather`).
+    fn all_gather_into(&self, send: &[u8], recv: &mut [u8]) -> Result<()>;
+    /// `send` is `size()` equal blocks, block `r` for rank `r`; writes the
+    /// blocks every rank sent to this one into `recv` (as long as `send`),
+    /// in rank order (`MPI_Alltoall`).
+    fn all_to_all_into(&self, send: &[u8], recv: &mut [u8]) -> Result<()>;
+    /// [`Collective::all_gather_into`] into a new vector.
+    fn all_gather(&self, send: &[u8]) -> Result<Vec<u8>> {
+        let mut recv = vec![0u8; send.len() * self.size()];
+        self.all_gather_into(send, &mut recv)?;
+        Ok(recv)
+    }
     /// Replaces `data` on every rank with `root`'s (lengths may differ).
     fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<()>;
 }
@@ -76,45 +84,76 @@ pub const BUCKET: usize = 1 << 22;
 /// receives the r-th of N chunks from every rank (all-to-all), adds them in
 /// rank order, and the summed chunks are gathered. Each rank sends and
 /// receives 2·(N − 1)/N of the values' bytes, and every element is summed by
-/// one rank in one fixed order.
+/// one rank in one fixed order. With two ranks one all-gather moves the same
+/// bytes in one exchange instead of two (measured faster); the sums are the
+/// same bits either way.
 pub fn sum_over_ranks<T: Real>(comm: &dyn Collective, values: &mut [T]) -> Result<()> {
-    let n = comm.size();
-    if n <= 1 {
-        return Ok(());
-    }
-    let rank = comm.rank();
-    let bad = |got: usize, want: usize| Error::Distributed {
-        rank,
-        message: format!("a sum over ranks received {got} values where {want} were due"),
-    };
-    for bucket in values.chunks_mut(BUCKET) {
-        let len = bucket.len();
-        let chunk = len.div_ceil(n);
-        // Block r: the r-th chunk, zero-padded to `chunk`.
-        let mut send = vec![T::zero(); n * chunk];
-        send[..len].copy_from_slice(bucket);
-        let got: Vec<T> =
-            bytemuck::pod_collect_to_vec(&comm.all_to_all(bytemuck::cast_slice(&send))?);
-        if got.len() != n * chunk {
-            return Err(bad(got.len(), n * chunk));
+    RankSum::default().sum(comm, values)
+}
+
+/// [`sum_over_ranks`] with its exchange buffers kept between calls: a
+/// training loop that sums every step allocates nothing once warm (fresh
+/// megabytes each step cost more in page faults than the exchange itself).
+#[derive(Debug, Default)]
+pub struct RankSum<T> {
+    recv: Vec<T>,
+    send: Vec<T>,
+    mine: Vec<T>,
+}
+
+impl<T: Real> RankSum<T> {
+    /// Replaces `values` with their sum over the ranks of `comm` (see
+    /// [`sum_over_ranks`]).
+    pub fn sum(&mut self, comm: &dyn Collective, values: &mut [T]) -> Result<()> {
+        let n = comm.size();
+        if n <= 1 {
+            return Ok(());
         }
-        let mine: Vec<T> = (0..chunk)
-            .map(|i| {
+        let len = values.len().min(BUCKET);
+        let chunk = len.div_ceil(n);
+        let grow = |v: &mut Vec<T>, want: usize| {
+            if v.len() < want {
+                v.resize(want, T::zero());
+            }
+        };
+        grow(&mut self.recv, n * len.max(chunk));
+        if n > 2 {
+            grow(&mut self.send, n * chunk);
+            grow(&mut self.mine, chunk);
+        }
+        for bucket in values.chunks_mut(BUCKET) {
+            let len = bucket.len();
+            if n == 2 {
+                // Two ranks: an all-gather moves the same bytes in one exchange.
+                let all = &mut self.recv[..2 * len];
+                comm.all_gather_into(bytemuck::cast_slice(bucket), bytemuck::cast_slice_mut(all))?;
+                let (a, b) = all.split_at(len);
+                for ((v, &x), &y) in bucket.iter_mut().zip(a).zip(b) {
+                    *v = T::of(x.f64() + y.f64());
+                }
+                continue;
+            }
+            let chunk = len.div_ceil(n);
+            // Block r: the r-th chunk, zero-padded to `chunk`.
+            let send = &mut self.send[..n * chunk];
+            send[..len].copy_from_slice(bucket);
+            send[len..].fill(T::zero());
+            let got = &mut self.recv[..n * chunk];
+            comm.all_to_all_into(bytemuck::cast_slice(send), bytemuck::cast_slice_mut(got))?;
+            let mine = &mut self.mine[..chunk];
+            for (i, m) in mine.iter_mut().enumerate() {
                 let mut acc = 0.0f64;
                 for r in 0..n {
                     acc += got[r * chunk + i].f64();
                 }
-                T::of(acc)
-            })
-            .collect();
-        let all: Vec<T> =
-            bytemuck::pod_collect_to_vec(&comm.all_gather(bytemuck::cast_slice(&mine))?);
-        if all.len() != n * chunk {
-            return Err(bad(all.len(), n * chunk));
+                *m = T::of(acc);
+            }
+            let all = &mut self.recv[..n * chunk];
+            comm.all_gather_into(bytemuck::cast_slice(mine), bytemuck::cast_slice_mut(all))?;
+            bucket.copy_from_slice(&all[..len]);
         }
-        bucket.copy_from_slice(&all[..len]);
+        Ok(())
     }
-    Ok(())
 }
 
 /// True on every rank when `flag` is true on any (a stop every rank agrees on).
@@ -210,6 +249,14 @@ impl ThreadRank {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn check_len(&self, what: &str, got: usize, want: usize) -> Result<()> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(self.error(format!("{what} holds {got} bytes, not {want}")))
+        }
+    }
+
     fn error(&self, message: String) -> Error {
         Error::Distributed {
             rank: self.rank,
@@ -292,7 +339,12 @@ impl Collective for ThreadRank {
         self.shared.size
     }
 
-    fn all_gather(&self, send: &[u8]) -> Result<Vec<u8>> {
+    fn all_gather_into(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
+        self.check_len(
+            "all-gather receive buffer",
+            recv.len(),
+            send.len() * self.shared.size,
+        )?;
         let parts = self.exchange(send.to_vec())?;
         if let Some(r) = parts.iter().position(|p| p.len() != send.len()) {
             return Err(self.error(format!(
@@ -301,10 +353,13 @@ impl Collective for ThreadRank {
                 send.len()
             )));
         }
-        Ok(parts.concat())
+        for (out, part) in recv.chunks_exact_mut(send.len().max(1)).zip(parts.iter()) {
+            out.copy_from_slice(part);
+        }
+        Ok(())
     }
 
-    fn all_to_all(&self, send: &[u8]) -> Result<Vec<u8>> {
+    fn all_to_all_into(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
         let n = self.shared.size;
         if !send.len().is_multiple_of(n) {
             return Err(self.error(format!(
@@ -312,6 +367,7 @@ impl Collective for ThreadRank {
                 send.len()
             )));
         }
+        self.check_len("all-to-all receive buffer", recv.len(), send.len())?;
         let block = send.len() / n;
         let parts = self.exchange(send.to_vec())?;
         if let Some(r) = parts.iter().position(|p| p.len() != send.len()) {
@@ -322,10 +378,10 @@ impl Collective for ThreadRank {
             )));
         }
         let at = self.rank * block;
-        Ok(parts
-            .iter()
-            .flat_map(|p| p[at..at + block].iter().copied())
-            .collect())
+        for (out, part) in recv.chunks_exact_mut(block.max(1)).zip(parts.iter()) {
+            out.copy_from_slice(&part[at..at + block]);
+        }
+        Ok(())
     }
 
     fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<()> {

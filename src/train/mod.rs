@@ -278,6 +278,9 @@ pub struct Trainer<B: Backend> {
     history: Vec<HistoryPoint>,
     evals: Vec<EvalReport>,
     dist: Option<Dist>,
+    /// Host copy of the gradients summed over ranks (reused every window).
+    reduce_buf: Vec<B::Elem>,
+    rank_sum: dist::RankSum<B::Elem>,
 }
 
 /// A data-parallel rank's part in a run.
@@ -286,9 +289,11 @@ struct Dist {
     comm: Arc<dyn Collective>,
     /// The rows of every global batch this rank trains on.
     rows: Range<usize>,
-    /// Time spent summing over ranks: reading the gradients, the exchange
-    /// (including waiting for slower ranks), the sum and writing back.
+    /// Time spent summing over ranks once all are there: reading the
+    /// gradients, the exchange, the sum and writing back.
     reduce_time: std::time::Duration,
+    /// Time spent waiting for the other ranks to reach the sum.
+    wait_time: std::time::Duration,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -343,6 +348,7 @@ impl<B: Backend> Trainer<B> {
                     comm,
                     rows,
                     reduce_time: std::time::Duration::ZERO,
+                    wait_time: std::time::Duration::ZERO,
                 })
             }
             _ => None,
@@ -423,6 +429,8 @@ impl<B: Backend> Trainer<B> {
             history: Vec::new(),
             evals: Vec::new(),
             dist,
+            reduce_buf: Vec::new(),
+            rank_sum: dist::RankSum::default(),
         })
     }
 
@@ -472,13 +480,14 @@ impl<B: Backend> Trainer<B> {
         )
     }
 
-    /// Seconds this rank has spent summing gradients over the ranks
-    /// (reading them from the device, the exchange and the wait for slower
-    /// ranks, the sum, writing back); 0 alone.
-    pub fn reduce_seconds(&self) -> f64 {
-        self.dist
-            .as_ref()
-            .map_or(0.0, |d| d.reduce_time.as_secs_f64())
+    /// Seconds this rank has spent summing gradients over the ranks once
+    /// all of them were there (reading the gradients from the device, the
+    /// exchange, the sum, writing back), and seconds it waited for the
+    /// others to get there; both 0 alone.
+    pub fn reduce_seconds(&self) -> (f64, f64) {
+        self.dist.as_ref().map_or((0.0, 0.0), |d| {
+            (d.reduce_time.as_secs_f64(), d.wait_time.as_secs_f64())
+        })
     }
 
     /// The collective of a data-parallel run.
@@ -574,21 +583,21 @@ impl<B: Backend> Trainer<B> {
 
     /// Sums the gradients and the loss summary of window `c` over the
     /// ranks (in rank order) and writes them back.
-    fn sum_over_ranks(&self, comm: &dyn Collective, c: usize) -> Result<()> {
+    fn sum_over_ranks(&mut self, comm: &dyn Collective, c: usize) -> Result<()> {
         let b = &self.backend;
-        let v = b.read_many(&[self.model.grads(), &self.stats])?;
         let n = self.model.layout().total;
         let at = c * STATS_STRIDE;
-        // [mean, count, sum, invalid, correct]: the mean is recomputed.
-        let mut values = v[0][..n].to_vec();
-        values.extend_from_slice(&v[1][at..at + SUMMARY_LEN]);
-        dist::sum_over_ranks(comm, &mut values)?;
-        let mut stats = v[1].clone();
-        stats[at..at + SUMMARY_LEN].copy_from_slice(&values[n..]);
+        // [grads | mean, count, sum, invalid, correct]: the mean is recomputed.
+        let host = &mut self.reduce_buf;
+        b.read_into(self.model.grads(), host)?;
+        host.truncate(n);
+        let mut stats = b.read(&self.stats)?;
+        host.extend_from_slice(&stats[at..at + SUMMARY_LEN]);
+        self.rank_sum.sum(comm, host)?;
+        stats[at..at + SUMMARY_LEN].copy_from_slice(&host[n..]);
         let (count, sum) = (stats[at + 1].f64(), stats[at + 2].f64());
         stats[at] = B::Elem::of(if count > 0.0 { sum / count } else { 0.0 });
-        values.truncate(n);
-        b.write(self.model.grads(), &values)?;
+        b.write(self.model.grads(), &host[..n])?;
         b.write(&self.stats, &stats)
     }
 
@@ -625,12 +634,17 @@ impl<B: Backend> Trainer<B> {
                 &self.stats,
                 c * STATS_STRIDE,
             )?;
-            if let Some(d) = &self.dist {
+            if let Some(comm) = self.dist.as_ref().map(|d| d.comm.clone()) {
+                // A one-byte exchange first: the time until every rank is
+                // there is waiting, the rest is the sum itself.
                 let start = std::time::Instant::now();
-                self.sum_over_ranks(d.comm.as_ref(), c)?;
+                dist::any_rank(comm.as_ref(), false)?;
+                let arrived = start.elapsed();
+                self.sum_over_ranks(comm.as_ref(), c)?;
                 let spent = start.elapsed();
                 if let Some(d) = &mut self.dist {
-                    d.reduce_time += spent;
+                    d.wait_time += arrived;
+                    d.reduce_time += spent - arrived;
                 }
             }
             if let Some(next) = self.windows.get(c + 1)

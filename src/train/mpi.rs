@@ -98,6 +98,19 @@ impl MpiWorld {
         self.local_size
     }
 
+    fn check(&self, what: &str, ok: bool, bytes: usize) -> Result<()> {
+        if ok {
+            return Ok(());
+        }
+        Err(Error::Distributed {
+            rank: self.rank,
+            message: format!(
+                "an {what} of {bytes} bytes does not fit {} ranks' buffers or MPI's int counts",
+                self.size
+            ),
+        })
+    }
+
     /// Ends every rank of the job with `code` (`MPI_Abort`).
     pub fn abort(&self, code: i32) -> ! {
         self.world().abort(code)
@@ -113,32 +126,27 @@ impl Collective for MpiWorld {
         self.size
     }
 
-    fn all_gather(&self, send: &[u8]) -> Result<Vec<u8>> {
-        if send.len() > i32::MAX as usize {
-            return Err(Error::Distributed {
-                rank: self.rank(),
-                message: format!("a gather of {} bytes exceeds MPI's count", send.len()),
-            });
-        }
-        let mut recv = vec![0u8; send.len() * self.size()];
-        self.world().all_gather_into(send, &mut recv[..]);
-        Ok(recv)
+    fn all_gather_into(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
+        self.check(
+            "all-gather",
+            send.len() <= i32::MAX as usize && recv.len() == send.len() * self.size(),
+            send.len(),
+        )?;
+        self.world().all_gather_into(send, recv);
+        Ok(())
     }
 
-    fn all_to_all(&self, send: &[u8]) -> Result<Vec<u8>> {
+    fn all_to_all_into(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
         let n = self.size();
-        if !send.len().is_multiple_of(n) || send.len() / n > i32::MAX as usize {
-            return Err(Error::Distributed {
-                rank: self.rank(),
-                message: format!(
-                    "an all-to-all of {} bytes is not {n} blocks within MPI's count",
-                    send.len()
-                ),
-            });
-        }
-        let mut recv = vec![0u8; send.len()];
-        self.world().all_to_all_into(send, &mut recv[..]);
-        Ok(recv)
+        self.check(
+            "all-to-all",
+            send.len().is_multiple_of(n)
+                && send.len() / n <= i32::MAX as usize
+                && recv.len() == send.len(),
+            send.len(),
+        )?;
+        self.world().all_to_all_into(send, recv);
+        Ok(())
     }
 
     fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<()> {

@@ -240,9 +240,12 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// Ranks that trained (1 alone).
     pub world_size: usize,
-    /// This rank's seconds in the sums over ranks (reading the gradients, the
-    /// exchange including waits for slower ranks, writing back); 0 alone.
+    /// This rank's seconds in the sums over ranks once every rank was there
+    /// (reading the gradients, the exchange, the sum, writing back); 0 alone.
     pub reduce_seconds: f64,
+    /// This rank's seconds waiting for the other ranks to reach a sum (the
+    /// slowest rank sets the pace); 0 alone.
+    pub reduce_wait_seconds: f64,
 }
 
 /// What a backend is, for comparing ranks: its kind and adapter name.
@@ -574,6 +577,7 @@ fn run_on<B: Backend>(
         plot: paths.plot.as_ref().map(|p| p.display().to_string()),
         interrupted,
         world_size: trainer.world_size(),
-        reduce_seconds: trainer.reduce_seconds(),
+        reduce_seconds: trainer.reduce_seconds().0,
+        reduce_wait_seconds: trainer.reduce_seconds().1,
     })
 }
