@@ -779,6 +779,7 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         stop: Some(stop_on_ctrl_c()),
         comm: None,
         local_rank: None,
+        overlap: overlap_from_env()?,
     };
     let summary = run_data_parallel(opts)?;
     if summary.rank != 0 {
@@ -798,6 +799,23 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     }
     // Stopped by Ctrl-C: saved, but not the run that was asked for.
     Ok(!summary.interrupted)
+}
+
+/// `RNN_WGPU_OVERLAP`: `1`/`on` (the default) sums each bucket of a
+/// data-parallel run's gradients while the backward goes on, `0`/`off`
+/// after it.
+fn overlap_from_env() -> rnn_wgpu::Result<bool> {
+    match std::env::var("RNN_WGPU_OVERLAP") {
+        Err(_) => Ok(true),
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "1" | "on" | "true" => Ok(true),
+            "0" | "off" | "false" => Ok(false),
+            other => Err(rnn_wgpu::Error::invalid(
+                "RNN_WGPU_OVERLAP",
+                format!("{other:?}: expected 1/on or 0/off"),
+            )),
+        },
+    }
 }
 
 /// A run's summary and the rank that made it.

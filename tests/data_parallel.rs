@@ -49,6 +49,17 @@ fn train_ranks<B: Backend + Send + 'static>(
     c: &TrainConfig,
     steps: usize,
 ) -> Vec<Run> {
+    train_ranks_with(n, backend, c, steps, true)
+}
+
+/// [`train_ranks`] with the sum over ranks overlapping the backward or not.
+fn train_ranks_with<B: Backend + Send + 'static>(
+    n: usize,
+    backend: impl Fn() -> B + Sync,
+    c: &TrainConfig,
+    steps: usize,
+    overlap: bool,
+) -> Vec<Run> {
     let ranks = ThreadGroup::new(n, Duration::from_secs(120));
     std::thread::scope(|s| {
         let handles: Vec<_> = ranks
@@ -58,6 +69,7 @@ fn train_ranks<B: Backend + Send + 'static>(
                 s.spawn(move || {
                     let comm: Arc<dyn Collective> = Arc::new(rank);
                     let mut t = Trainer::data_parallel(backend(), c.clone(), comm).unwrap();
+                    t.set_overlap(overlap);
                     assert_eq!(t.world_size(), n);
                     let losses = (0..steps).map(|_| t.train_step().unwrap().loss).collect();
                     t.check_replicas().unwrap();
@@ -151,6 +163,13 @@ fn ranks_on_the_gpu_train_what_one_gpu_trains() {
     for r in &ranks {
         assert_eq!(bits(&r.params), bits(&ranks[0].params));
     }
+    // The overlapped sum reads each bucket back while later work runs.
+    let off = train_ranks_with(2, || gpu.clone(), &c, steps, false);
+    assert_eq!(
+        bits(&off[0].params),
+        bits(&ranks[0].params),
+        "overlapped and not"
+    );
     let (x, y) = (
         alone.losses.last().unwrap(),
         ranks[0].losses.last().unwrap(),

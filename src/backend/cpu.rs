@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
-use super::{Backend, XentBuffers};
+use super::{Backend, PendingRead, XentBuffers};
 use crate::error::{Error, Result};
 use crate::gpu::{checked_numel, numel};
 use crate::ops::activation::{self, Activation, Span};
@@ -231,6 +231,21 @@ impl<T: Real> Backend for CpuBackend<T> {
 
     fn read_i32(&self, t: &Self::Ints) -> Result<Vec<i32>> {
         Ok(t.to_vec())
+    }
+
+    fn read_range_async(
+        &self,
+        t: &Self::Tensor,
+        range: std::ops::Range<usize>,
+    ) -> Result<PendingRead<T>> {
+        let all = t.read("read", "tensor")?;
+        let part = all.get(range.clone()).ok_or_else(|| {
+            Error::invalid(
+                "range",
+                format!("{range:?} is outside a tensor of {} elements", all.len()),
+            )
+        })?;
+        Ok(PendingRead::ready(part.to_vec()))
     }
 
     fn read_into(&self, t: &Self::Tensor, out: &mut Vec<T>) -> Result<()> {

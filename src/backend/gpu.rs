@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::{Backend, XentBuffers};
-use crate::error::Result;
+use super::{Backend, PendingRead, XentBuffers};
+use crate::error::{Error, Result};
 use crate::gpu::{DType, GpuContext, GpuTensor, download_many};
 use crate::ops::activation::{self, Activation, Span};
 use crate::ops::cell::{self, Cell, StepBackward, StepForward, StepSpec};
@@ -127,6 +127,29 @@ impl Backend for GpuBackend {
 
     fn read_i32(&self, t: &GpuTensor) -> Result<Vec<i32>> {
         t.to_i32_vec(&self.ctx)
+    }
+
+    fn read_range_async(
+        &self,
+        t: &GpuTensor,
+        range: std::ops::Range<usize>,
+    ) -> Result<PendingRead<f32>> {
+        t.expect_dtype("tensor", DType::F32)?;
+        if range.start > range.end || range.end > t.len() {
+            return Err(Error::invalid(
+                "range",
+                format!("{range:?} is outside a tensor of {} elements", t.len()),
+            ));
+        }
+        let (at, bytes) = ((range.start * 4) as u64, (range.len() * 4) as u64);
+        let read = self.ctx.start_read(&[(t.buffer(), at, bytes)])?;
+        let ctx = self.ctx.clone();
+        Ok(PendingRead::later(move || {
+            let mut parts = read.finish(&ctx)?;
+            Ok(bytemuck::pod_collect_to_vec(
+                &parts.pop().unwrap_or_default(),
+            ))
+        }))
     }
 
     fn write(&self, t: &GpuTensor, data: &[f32]) -> Result<()> {

@@ -308,6 +308,30 @@ pub trait Backend: Clone {
         Ok(())
     }
 
+    /// Starts reading `t[range]` back, after all work recorded so far,
+    /// without waiting for it: [`PendingRead::wait`] (on any thread) returns
+    /// the values. On the GPU the work recorded so far is submitted and the
+    /// read is a copy into a staging buffer mapped when the GPU gets there,
+    /// so the host can go on recording (and the GPU computing) meanwhile;
+    /// the CPU path reads at once.
+    fn read_range_async(
+        &self,
+        t: &Self::Tensor,
+        range: std::ops::Range<usize>,
+    ) -> Result<PendingRead<Self::Elem>> {
+        let all = self.read(t)?;
+        let part = all
+            .get(range.clone())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "range",
+                    format!("{range:?} is outside a tensor of {} elements", all.len()),
+                )
+            })?
+            .to_vec();
+        Ok(PendingRead::ready(part))
+    }
+
     /// Reads a tensor back as f64.
     fn read_f64(&self, t: &Self::Tensor) -> Result<Vec<f64>> {
         Ok(self.read(t)?.iter().map(|v| v.f64()).collect())
@@ -319,6 +343,32 @@ pub trait Backend: Clone {
         Ok(XentSummary::from_slice(
             v.get(out.summary_off..).unwrap_or(&[]),
         ))
+    }
+}
+
+/// Values being read back ([`Backend::read_range_async`]).
+pub struct PendingRead<T>(Box<dyn FnOnce() -> Result<Vec<T>> + Send>);
+
+impl<T: Send + 'static> PendingRead<T> {
+    /// Values already on the host.
+    pub fn ready(values: Vec<T>) -> Self {
+        PendingRead(Box::new(move || Ok(values)))
+    }
+
+    /// A read that `finish` completes (waiting for the device).
+    pub fn later(finish: impl FnOnce() -> Result<Vec<T>> + Send + 'static) -> Self {
+        PendingRead(Box::new(finish))
+    }
+
+    /// Waits for the values.
+    pub fn wait(self) -> Result<Vec<T>> {
+        (self.0)()
+    }
+}
+
+impl<T> std::fmt::Debug for PendingRead<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingRead")
     }
 }
 

@@ -115,6 +115,8 @@ struct Pending {
     bind_groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
     // Flushes so far (asked for by a caller, or forced by the dispatch bound).
     flushes: u64,
+    // The last submission made.
+    last_submission: Option<wgpu::SubmissionIndex>,
 }
 
 /// The most storage buffers one of our kernels binds (`gru_backward` binds
@@ -644,8 +646,13 @@ impl GpuContext {
     }
 
     fn wait(&self, op: &str) -> Result<()> {
+        self.wait_for(None, op)
+    }
+
+    /// Waits for `submission` (`None`: everything submitted).
+    fn wait_for(&self, submission: Option<wgpu::SubmissionIndex>, op: &str) -> Result<()> {
         match self.device.poll(wgpu::PollType::Wait {
-            submission_index: None,
+            submission_index: submission,
             timeout: Some(self.timeout),
         }) {
             Ok(_) => self.check_alive(),
@@ -764,7 +771,7 @@ impl GpuContext {
                 end += 1;
             }
             let buffer = self.encode(pending, &cmds[start..end], &arena, now, op);
-            self.queue.submit([buffer]);
+            pending.last_submission = Some(self.queue.submit([buffer]));
             self.submits.fetch_add(1, Ordering::Relaxed);
             self.dispatches
                 .fetch_add(n_dispatch as u64, Ordering::Relaxed);
@@ -877,12 +884,20 @@ impl GpuContext {
 
     /// Copies byte ranges of buffers back to the host, in one submission and one map.
     pub(crate) fn read_buffers(&self, parts: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        self.start_read(parts)?.finish(self)
+    }
+
+    /// Submits everything recorded so far followed by copies of byte ranges
+    /// of buffers into one staging buffer, and asks for it to be mapped;
+    /// [`ReadInFlight::finish`] waits for that submission alone (later ones
+    /// may still run) and returns the bytes.
+    pub(crate) fn start_read(&self, parts: &[(&wgpu::Buffer, u64, u64)]) -> Result<ReadInFlight> {
         self.check_alive()?;
         let mut layout = Vec::with_capacity(parts.len());
         let mut total = 0u64;
         for &(_, _, size) in parts {
             let padded = size.div_ceil(4) * 4;
-            layout.push(total);
+            layout.push((total, size));
             // Map offsets must be multiples of 8.
             total += padded.div_ceil(8) * 8;
         }
@@ -892,9 +907,9 @@ impl GpuContext {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        {
+        let submission = {
             let mut pending = lock(&self.pending);
-            for (&(buffer, offset, size), &at) in parts.iter().zip(&layout) {
+            for (&(buffer, offset, size), &(at, _)) in parts.iter().zip(&layout) {
                 let padded = size.div_ceil(4) * 4;
                 if padded > 0 {
                     pending.cmds.push(Cmd::Copy {
@@ -907,24 +922,54 @@ impl GpuContext {
                 }
             }
             self.flush_locked(&mut pending, "readback")?;
-        }
+            pending.last_submission.clone()
+        };
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             sender.send(r).ok();
         });
-        self.wait("readback")?;
-        self.readbacks.fetch_add(1, Ordering::Relaxed);
+        Ok(ReadInFlight {
+            staging,
+            layout,
+            submission,
+            receiver,
+        })
+    }
+}
+
+/// A readback started by `GpuContext::start_read`.
+pub(crate) struct ReadInFlight {
+    staging: wgpu::Buffer,
+    /// Offset in the staging buffer and size of every part.
+    layout: Vec<(u64, u64)>,
+    submission: Option<wgpu::SubmissionIndex>,
+    receiver: futures_intrusive::channel::shared::OneshotReceiver<
+        std::result::Result<(), wgpu::BufferAsyncError>,
+    >,
+}
+
+impl ReadInFlight {
+    /// Waits for the copies' submission and the map; the bytes of every part.
+    pub(crate) fn finish(self, ctx: &GpuContext) -> Result<Vec<Vec<u8>>> {
+        let ReadInFlight {
+            staging,
+            layout,
+            submission,
+            receiver,
+        } = self;
+        ctx.wait_for(submission, "readback")?;
+        ctx.readbacks.fetch_add(1, Ordering::Relaxed);
         match pollster::block_on(receiver.receive()) {
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                self.check_alive()?;
+                ctx.check_alive()?;
                 return Err(Error::Gpu {
                     op: "readback".into(),
                     message: e.to_string(),
                 });
             }
             None => {
-                self.check_alive()?;
+                ctx.check_alive()?;
                 return Err(Error::Gpu {
                     op: "readback".into(),
                     message: "the map callback was dropped".into(),
@@ -939,10 +984,9 @@ impl GpuContext {
                     op: "readback".into(),
                     message: e.to_string(),
                 })?;
-            parts
+            layout
                 .iter()
-                .zip(&layout)
-                .map(|(&(_, _, size), &at)| view[at as usize..(at + size) as usize].to_vec())
+                .map(|&(at, size)| view[at as usize..(at + size) as usize].to_vec())
                 .collect()
         };
         staging.unmap();

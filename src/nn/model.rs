@@ -576,6 +576,24 @@ impl<B: Backend> SeqModel<B> {
         stats: &B::Tensor,
         stats_off: usize,
     ) -> Result<()> {
+        self.backward_with(saved, targets, scale, stats, stats_off, &mut |_| Ok(()))
+    }
+
+    /// [`SeqModel::backward_scaled`], calling `ready` with each range of the
+    /// gradient buffer as soon as the backward has recorded its last
+    /// gradient: the decoder, then the stack's layers top first, then the
+    /// embedding. The ranges cover the parameters once. A data-parallel
+    /// trainer starts summing each over the ranks while the rest of the
+    /// backward runs.
+    pub fn backward_with(
+        &mut self,
+        saved: &ModelSaved<B>,
+        targets: &B::Ints,
+        scale: f64,
+        stats: &B::Tensor,
+        stats_off: usize,
+        ready: &mut dyn FnMut(std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<()> {
         if !scale.is_finite() {
             return Err(Error::invalid(
                 "loss scale",
@@ -632,6 +650,7 @@ impl<B: Backend> SeqModel<B> {
             ..ColSum::new(rows, v)
         };
         b.sum_cols(&cs, &dlogits, &self.grads)?;
+        ready(w_off..b_off + v)?;
         let dout = match saved.dropout {
             Some(d) => {
                 let dtop = self.pool.take(b, &[steps, batch, h])?;
@@ -642,7 +661,7 @@ impl<B: Backend> SeqModel<B> {
         };
         let g = self
             .rnn
-            .backward(&saved.rnn, Some(&dout), None, None, &self.grads)?;
+            .backward_with(&saved.rnn, Some(&dout), None, None, &self.grads, ready)?;
         if let (None, Some(d_input)) = (&self.onehot, &g.input) {
             let s = EmbedSpec {
                 n: rows,
@@ -652,6 +671,7 @@ impl<B: Backend> SeqModel<B> {
             };
             self.backend
                 .embed_backward(&s, &saved.tokens, d_input, &self.grads, true)?;
+            ready(s.table_off..s.table_off + v * s.e)?;
         }
         Ok(())
     }

@@ -810,6 +810,32 @@ impl<B: Backend> Rnn<B> {
         grad_cn: Option<&B::Tensor>,
         param_grads: &B::Tensor,
     ) -> Result<RnnInputGrads<B>> {
+        self.backward_with(
+            saved,
+            grad_output,
+            grad_hn,
+            grad_cn,
+            param_grads,
+            &mut |_| Ok(()),
+        )
+    }
+
+    /// [`Rnn::backward`], calling `ready` with the range of `param_grads`
+    /// that holds a layer's parameters (all its directions) as soon as the
+    /// backward has recorded their last gradient, top layer first: a
+    /// data-parallel trainer starts summing them over ranks while the layers
+    /// below are still differentiated. The ranges are in the buffer's
+    /// coordinates (this stack's offset included) and cover the stack's
+    /// parameters once.
+    pub fn backward_with(
+        &mut self,
+        saved: &RnnSaved<B>,
+        grad_output: Option<&B::Tensor>,
+        grad_hn: Option<&B::Tensor>,
+        grad_cn: Option<&B::Tensor>,
+        param_grads: &B::Tensor,
+        ready: &mut dyn FnMut(std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<RnnInputGrads<B>> {
         let cfg = self.config;
         if saved.stack != self.id {
             return Err(Error::invalid(
@@ -946,6 +972,13 @@ impl<B: Backend> Rnn<B> {
                     b.gemm(&g, dgx, &self.params, None, dx)?;
                 }
             }
+            // Layer l's parameters (every direction) are complete.
+            let start = DirParams::of(&self.layout, dirs, l, 0)?.w_ih;
+            let end = match l + 1 < cfg.num_layers {
+                true => DirParams::of(&self.layout, dirs, l + 1, 0)?.w_ih,
+                false => self.layout.total,
+            };
+            ready(self.offset + start..self.offset + end)?;
             match (l, dx) {
                 (0, dx) => grad_input = dx,
                 (_, Some(dx)) => {

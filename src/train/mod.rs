@@ -69,7 +69,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, PendingRead};
 use crate::error::{Error, Result};
 use crate::nn::dense::argmax;
 use crate::nn::model::{ModelConfig, SeqModel, Train};
@@ -294,6 +294,8 @@ struct Dist {
     reduce_time: std::time::Duration,
     /// Time spent waiting for the other ranks to reach the sum.
     wait_time: std::time::Duration,
+    /// Sum each bucket of gradients while the backward goes on.
+    overlap: bool,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -349,6 +351,7 @@ impl<B: Backend> Trainer<B> {
                     rows,
                     reduce_time: std::time::Duration::ZERO,
                     wait_time: std::time::Duration::ZERO,
+                    overlap: true,
                 })
             }
             _ => None,
@@ -490,6 +493,17 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
+    /// Whether the sum over ranks overlaps the backward (on by default):
+    /// every bucket of gradients (the decoder, each layer, the embedding) is
+    /// summed as soon as the backward has produced it, while it computes the
+    /// rest. Off, the sum follows the whole backward. Either way the sums
+    /// are the same bits. Alone, nothing changes.
+    pub fn set_overlap(&mut self, on: bool) {
+        if let Some(d) = &mut self.dist {
+            d.overlap = on;
+        }
+    }
+
     /// The collective of a data-parallel run.
     pub fn collective(&self) -> Option<&Arc<dyn Collective>> {
         self.dist.as_ref().map(|d| &d.comm)
@@ -581,6 +595,80 @@ impl<B: Backend> Trainer<B> {
         Ok(scales)
     }
 
+    /// The backward of window `c` with the sum over ranks overlapping it:
+    /// each bucket of gradients the backward completes (the decoder, each
+    /// layer top first, the embedding) is read back without waiting and
+    /// handed to an exchange thread, which sums the buckets in order while
+    /// the rest of the backward is recorded and computed. The sums are the
+    /// same bits as [`Trainer::sum_over_ranks`] gives. Returns the time the
+    /// step waited for the sums after its backward (the exposed part).
+    fn backward_overlapped(
+        &mut self,
+        comm: &dyn Collective,
+        saved: &crate::nn::model::ModelSaved<B>,
+        targets: &B::Ints,
+        scale: f64,
+        c: usize,
+    ) -> Result<std::time::Duration> {
+        let b = self.backend.clone();
+        let grads = self.model.grads().clone();
+        let n = self.model.layout().total;
+        let rank = comm.rank();
+        let lost = || Error::Distributed {
+            rank,
+            message: "the gradient exchange thread stopped".into(),
+        };
+        let mut rank_sum = std::mem::take(&mut self.rank_sum);
+        let (tx, rx) = std::sync::mpsc::channel::<(Range<usize>, PendingRead<B::Elem>)>();
+        let (backward, exchanged, exposed) = std::thread::scope(|s| {
+            let worker = s.spawn(move || {
+                let mut out = Vec::new();
+                for (range, pending) in rx {
+                    let mut v = pending.wait()?;
+                    rank_sum.sum(comm, &mut v)?;
+                    out.push((range, v));
+                }
+                Ok::<_, Error>((out, rank_sum))
+            });
+            let backward = self.model.backward_with(
+                saved,
+                targets,
+                scale,
+                &self.stats,
+                c * STATS_STRIDE,
+                &mut |range| {
+                    let pending = b.read_range_async(&grads, range.clone())?;
+                    tx.send((range, pending)).map_err(|_| lost())
+                },
+            );
+            drop(tx);
+            let waited = std::time::Instant::now();
+            let exchanged = worker.join().map_err(|_| lost());
+            (backward, exchanged, waited.elapsed())
+        });
+        let (buckets, rank_sum) = exchanged??;
+        self.rank_sum = rank_sum;
+        backward?;
+        let start = std::time::Instant::now();
+        // The buckets must tile the gradients exactly once.
+        let host = &mut self.reduce_buf;
+        host.clear();
+        host.resize(n, B::Elem::of(0.0));
+        let mut covered = 0;
+        for (range, v) in &buckets {
+            host[range.clone()].copy_from_slice(v);
+            covered += range.len();
+        }
+        if covered != n {
+            return Err(Error::Distributed {
+                rank,
+                message: format!("the backward's buckets cover {covered} of {n} gradients"),
+            });
+        }
+        self.finish_sum(comm, c)?;
+        Ok(exposed + start.elapsed())
+    }
+
     /// Sums the gradients and the loss summary of window `c` over the
     /// ranks (in rank order) and writes them back.
     fn sum_over_ranks(&mut self, comm: &dyn Collective, c: usize) -> Result<()> {
@@ -598,6 +686,21 @@ impl<B: Backend> Trainer<B> {
         let (count, sum) = (stats[at + 1].f64(), stats[at + 2].f64());
         stats[at] = B::Elem::of(if count > 0.0 { sum / count } else { 0.0 });
         b.write(self.model.grads(), &host[..n])?;
+        b.write(&self.stats, &stats)
+    }
+
+    /// After an overlapped backward (the summed gradients in `reduce_buf`):
+    /// sums window `c`'s loss summary and writes both back.
+    fn finish_sum(&mut self, comm: &dyn Collective, c: usize) -> Result<()> {
+        let b = &self.backend;
+        let at = c * STATS_STRIDE;
+        let mut stats = b.read(&self.stats)?;
+        let mut summary = stats[at..at + SUMMARY_LEN].to_vec();
+        self.rank_sum.sum(comm, &mut summary)?;
+        stats[at..at + SUMMARY_LEN].copy_from_slice(&summary);
+        let (count, sum) = (stats[at + 1].f64(), stats[at + 2].f64());
+        stats[at] = B::Elem::of(if count > 0.0 { sum / count } else { 0.0 });
+        b.write(self.model.grads(), &self.reduce_buf)?;
         b.write(&self.stats, &stats)
     }
 
@@ -627,24 +730,39 @@ impl<B: Backend> Trainer<B> {
                 rows,
             };
             let (_, saved) = self.model.forward_train(&bufs.tokens, state, Some(train))?;
-            self.model.backward_scaled(
-                &saved,
-                &bufs.targets,
-                scales[c],
-                &self.stats,
-                c * STATS_STRIDE,
-            )?;
-            if let Some(comm) = self.dist.as_ref().map(|d| d.comm.clone()) {
-                // A one-byte exchange first: the time until every rank is
-                // there is waiting, the rest is the sum itself.
-                let start = std::time::Instant::now();
-                dist::any_rank(comm.as_ref(), false)?;
-                let arrived = start.elapsed();
-                self.sum_over_ranks(comm.as_ref(), c)?;
-                let spent = start.elapsed();
-                if let Some(d) = &mut self.dist {
-                    d.wait_time += arrived;
-                    d.reduce_time += spent - arrived;
+            match self.dist.as_ref().map(|d| (d.comm.clone(), d.overlap)) {
+                None => self.model.backward_scaled(
+                    &saved,
+                    &bufs.targets,
+                    scales[c],
+                    &self.stats,
+                    c * STATS_STRIDE,
+                )?,
+                Some((comm, overlap)) => {
+                    // A one-byte exchange first: the time until every rank
+                    // is there is waiting.
+                    let start = std::time::Instant::now();
+                    dist::any_rank(comm.as_ref(), false)?;
+                    let arrived = start.elapsed();
+                    let targets = bufs.targets.clone();
+                    let exposed = if overlap {
+                        self.backward_overlapped(comm.as_ref(), &saved, &targets, scales[c], c)?
+                    } else {
+                        self.model.backward_scaled(
+                            &saved,
+                            &targets,
+                            scales[c],
+                            &self.stats,
+                            c * STATS_STRIDE,
+                        )?;
+                        let sum = std::time::Instant::now();
+                        self.sum_over_ranks(comm.as_ref(), c)?;
+                        sum.elapsed()
+                    };
+                    if let Some(d) = &mut self.dist {
+                        d.wait_time += arrived;
+                        d.reduce_time += exposed;
+                    }
                 }
             }
             if let Some(next) = self.windows.get(c + 1)

@@ -81,6 +81,9 @@ pub struct RunOptions {
     /// This rank's place among the ranks on its machine: local rank k takes
     /// the k-th adapter ([`choose_for_rank`]). `None`: the rank's number.
     pub local_rank: Option<usize>,
+    /// Whether a data-parallel run sums gradients while the backward goes on
+    /// ([`Trainer::set_overlap`]).
+    pub overlap: bool,
 }
 
 /// The loss plot's default path for `checkpoint`: `<stem>-loss.svg` beside it.
@@ -426,6 +429,7 @@ fn run_on<B: Backend>(
             None => Trainer::new(backend, opts.config.clone())?,
         },
     };
+    trainer.set_overlap(opts.overlap);
     let cfg = trainer.config().clone();
     let m = &cfg.model;
     log(&format!(
