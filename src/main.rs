@@ -360,6 +360,10 @@ enum Cmd {
         nonlinearity: Option<NonlinearityArg>,
     },
     /// Train a sequence model (the main job; defaults: the add task).
+    ///
+    /// Under `mpirun -n N` (a build with the `mpi` feature) the N ranks train
+    /// one model data-parallel: each takes its share of every batch and the
+    /// ranks sum their gradients; rank 0 alone prints, evaluates and saves.
     #[command(args_override_self = true, allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
     /// Generate from a checkpoint, e.g. complete "123+456=".

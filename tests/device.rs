@@ -4,7 +4,7 @@ mod common;
 
 use rnn_wgpu::Error;
 use rnn_wgpu::backend::{Backend, api};
-use rnn_wgpu::gpu::{DType, GpuTensor};
+use rnn_wgpu::gpu::{ContextOptions, DType, GpuContext, GpuTensor};
 use rnn_wgpu::ops::activation::Activation;
 
 #[test]
@@ -304,4 +304,35 @@ fn long_work_split_by_the_bound_is_bitwise_the_same() {
     }
     assert_eq!(values, split_values, "forward + backward");
     assert_eq!(steps, split_steps, "training losses and parameters");
+}
+
+/// A data-parallel rank's adapter: the k-th one (wrapping around), or the
+/// k-th hardware one for `--backend auto`, whose absence is a clear error
+/// (the trainer then takes the CPU path).
+#[test]
+fn ranks_take_the_kth_adapter_and_hardware_only_refuses_software() {
+    if common::gpu_ctx().is_none() {
+        return;
+    }
+    let base = ContextOptions::from_env().unwrap();
+    let first = GpuContext::new(base.clone()).unwrap();
+    // Past the last adapter the count wraps around: 7 ranks on this machine
+    // still each open one, the same as rank 0 when there is one adapter.
+    let mut k = base.clone();
+    k.ordinal = Some(7);
+    let seventh = GpuContext::new(k).unwrap();
+    let adapters = rnn_wgpu::gpu::list_adapters(base.backends);
+    let api = first.adapter().backend;
+    if adapters.iter().filter(|a| a.backend == api).count() == 1 {
+        assert_eq!(seventh.adapter(), first.adapter());
+    }
+    let mut hw = base;
+    hw.hardware_only = true;
+    match GpuContext::new(hw) {
+        Ok(ctx) => assert!(!ctx.adapter().is_software(), "{}", ctx.adapter()),
+        Err(e) => {
+            assert!(adapters.iter().all(|a| a.is_software()), "{e}");
+            assert!(e.to_string().contains("no hardware adapter"), "{e}");
+        }
+    }
 }

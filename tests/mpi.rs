@@ -379,3 +379,48 @@ fn a_rank_that_fails_ends_the_job_with_its_error() {
     assert!(stderr.contains("backend differs from rank 0's"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn two_gpu_ranks_train_what_one_gpu_trains() {
+    if !have_mpirun() || common::gpu_ctx().is_none() {
+        return;
+    }
+    let dir = Scratch::new("mpi-gpu");
+    // With one adapter (lavapipe here) both ranks take it (wrapping around).
+    let args = |ckpt: &'static str| {
+        vec![
+            "train",
+            "--backend",
+            "gpu",
+            "--hidden",
+            "16",
+            "--batch",
+            "8",
+            "--steps",
+            "12",
+            "--eval-problems",
+            "10",
+            "--json",
+            "--checkpoint",
+            ckpt,
+        ]
+    };
+    let one = run(&dir.0, 0, &args("one.st"));
+    let two = run(&dir.0, 2, &args("two.st"));
+    assert!(
+        two.status.success(),
+        "{}",
+        String::from_utf8_lossy(&two.stderr)
+    );
+    let (one, two) = (summary(&one), summary(&two));
+    assert_eq!(two["world_size"], 2);
+    assert_eq!(two["backend"], "gpu");
+    let (l1, l2) = (
+        one["final_loss"].as_f64().unwrap(),
+        two["final_loss"].as_f64().unwrap(),
+    );
+    assert!(
+        rel(l1, l2) < 1e-4,
+        "final loss {l2} with 2 GPU ranks, {l1} alone"
+    );
+}

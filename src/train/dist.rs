@@ -19,9 +19,41 @@
 //! process computes for the whole batch, up to the order of the sums.
 //!
 //! [`Collective`] is the only thing a transport provides: the MPI one is
-//! [`crate::train::mpi`] (feature `mpi`), [`ThreadGroup`] runs ranks as
+//! `train::mpi::MpiWorld` (feature `mpi`), [`ThreadGroup`] runs ranks as
 //! threads of one process (tests, or several adapters driven from one
-//! process).
+//! process):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use rnn_wgpu::backend::CpuBackend;
+//! use rnn_wgpu::nn::model::ModelConfig;
+//! use rnn_wgpu::ops::cell::Cell;
+//! use rnn_wgpu::train::dist::{Collective, ThreadGroup};
+//! use rnn_wgpu::train::tasks::TaskSpec;
+//! use rnn_wgpu::train::{TrainConfig, Trainer};
+//!
+//! let mut config = TrainConfig::new(TaskSpec::Add { digits: 2 }, ModelConfig::new(Cell::Gru, 8));
+//! config.batch = 6; // 3 rows a rank
+//! let params: Vec<Vec<f64>> = std::thread::scope(|s| {
+//!     let ranks: Vec<_> = ThreadGroup::new(2, Duration::from_secs(60))
+//!         .into_iter()
+//!         .map(|rank| {
+//!             let config = config.clone();
+//!             s.spawn(move || -> rnn_wgpu::Result<Vec<f64>> {
+//!                 let comm: Arc<dyn Collective> = Arc::new(rank);
+//!                 let mut t = Trainer::data_parallel(CpuBackend::<f32>::new(), config, comm)?;
+//!                 for _ in 0..3 {
+//!                     t.train_step()?; // its rows, then the sum over ranks
+//!                 }
+//!                 t.read_params()
+//!             })
+//!         })
+//!         .collect();
+//!     ranks.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+//! });
+//! assert_eq!(params[0], params[1]); // bit-identical replicas
+//! ```
 
 use std::fmt::Debug;
 use std::ops::Range;
