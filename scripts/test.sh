@@ -25,26 +25,32 @@ has_adapter() {
     fi
 }
 
+# Installs Debian packages "$2..." (described as "$1") when this is a
+# Debian/Ubuntu machine where we may (root, or password-less sudo); else
+# prints the command to run. Fails (status 1) when it could not.
+apt_install() {
+    local what="$1" sudo
+    shift
+    if [ "$(uname -s)" != Linux ] || ! command -v apt-get >/dev/null 2>&1; then
+        return 1
+    fi
+    if [ "$(id -u)" = 0 ]; then
+        sudo=""
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo="sudo -n"
+    else
+        echo "To install $what: sudo apt-get install -y $*" >&2
+        return 1
+    fi
+    echo "Installing $what ($*)..."
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 if ! has_adapter; then
     echo "No GPU adapter found (on Linux: no Vulkan adapter)."
-    if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null 2>&1; then
-        if [ "$(id -u)" = 0 ]; then
-            sudo=""
-        elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-            sudo="sudo -n"
-        else
-            sudo="none"
-        fi
-        if [ "$sudo" != none ]; then
-            echo "Installing Mesa's Vulkan drivers (mesa-vulkan-drivers, with the lavapipe software adapter)..."
-            $sudo apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers >/dev/null
-        else
-            echo "To run the GPU tests, install a Vulkan driver, e.g.: sudo apt-get install -y mesa-vulkan-drivers" >&2
-        fi
-    else
+    apt_install "Mesa's Vulkan drivers, with the lavapipe software adapter" mesa-vulkan-drivers ||
         target/release/rnn-wgpu adapters || true
-    fi
 fi
 target/release/rnn-wgpu adapters || true
 
@@ -60,20 +66,7 @@ has_mpi() {
 }
 if ! has_mpi; then
     echo "No MPI (mpirun, mpicc) or libclang found."
-    if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null 2>&1; then
-        if [ "$(id -u)" = 0 ]; then
-            sudo=""
-        elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-            sudo="sudo -n"
-        else
-            sudo="none"
-        fi
-        if [ "$sudo" != none ]; then
-            echo "Installing Open MPI and libclang (openmpi-bin libopenmpi-dev libclang-dev)..."
-            $sudo apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openmpi-bin libopenmpi-dev libclang-dev >/dev/null
-        fi
-    fi
+    apt_install "Open MPI and libclang" openmpi-bin libopenmpi-dev libclang-dev || true
 fi
 if has_mpi; then
     cargo test --release --features mpi --test mpi "$@"

@@ -793,6 +793,14 @@ fn embedding_matches_cpu() {
     assert!(got[3 * e..4 * e].iter().all(|&x| x == 0.0));
 }
 
+/// Dropout of `x` under `s` on `b`.
+fn dropout_on<B: Backend>(b: &B, s: &rnn_wgpu::ops::dropout::DropoutSpec, x: &[f64]) -> Vec<f64> {
+    let y = b.zeros(&[s.n]).unwrap();
+    b.dropout(s, &b.tensor_f64(&[x.len()], x).unwrap(), &y)
+        .unwrap();
+    b.read_f64(&y).unwrap()
+}
+
 #[test]
 fn dropout_masks_are_bitwise_identical_on_cpu_and_gpu() {
     use rnn_wgpu::ops::dropout::{DropoutKey, DropoutSpec};
@@ -813,13 +821,7 @@ fn dropout_masks_are_bitwise_identical_on_cpu_and_gpu() {
             },
             shard: None,
         };
-        fn run<B: Backend>(b: &B, s: &DropoutSpec, x: &[f64]) -> Vec<f64> {
-            let y = b.zeros(&[s.n]).unwrap();
-            b.dropout(s, &b.tensor_f64(&[x.len()], x).unwrap(), &y)
-                .unwrap();
-            b.read_f64(&y).unwrap()
-        }
-        let (a, g) = (run(&c32, &s, &x), run(&gpu, &s, &x));
+        let (a, g) = (dropout_on(&c32, &s, &x), dropout_on(&gpu, &s, &x));
         assert!(
             a.iter().zip(&g).all(|(a, g)| a.to_bits() == g.to_bits()),
             "p = {p}"
@@ -876,13 +878,7 @@ fn sharded_dropout_masks_are_the_global_batchs_rows() {
         key,
         shard: None,
     };
-    fn run<B: Backend>(b: &B, s: &DropoutSpec, x: &[f64]) -> Vec<f64> {
-        let y = b.zeros(&[s.n]).unwrap();
-        b.dropout(s, &b.tensor_f64(&[x.len()], x).unwrap(), &y)
-            .unwrap();
-        b.read_f64(&y).unwrap()
-    }
-    let full = run(&c32, &whole, &x);
+    let full = dropout_on(&c32, &whole, &x);
     for (offset, batch) in [(0, 2), (2, 2), (4, 1), (0, 5)] {
         let rows = |v: &[f64]| -> Vec<f64> {
             (0..t)
@@ -905,8 +901,8 @@ fn sharded_dropout_masks_are_the_global_batchs_rows() {
         let local = rows(&x);
         let want = rows(&full);
         for (name, got) in [
-            ("cpu", run(&c32, &part, &local)),
-            ("gpu", run(&gpu, &part, &local)),
+            ("cpu", dropout_on(&c32, &part, &local)),
+            ("gpu", dropout_on(&gpu, &part, &local)),
         ] {
             assert!(
                 want.iter()
