@@ -672,25 +672,15 @@ impl<B: Backend> Trainer<B> {
     /// Sums the gradients and the loss summary of window `c` over the
     /// ranks (in rank order) and writes them back.
     fn sum_over_ranks(&mut self, comm: &dyn Collective, c: usize) -> Result<()> {
-        let b = &self.backend;
-        let n = self.model.layout().total;
-        let at = c * STATS_STRIDE;
-        // [grads | mean, count, sum, invalid, correct]: the mean is recomputed.
-        let host = &mut self.reduce_buf;
-        b.read_into(self.model.grads(), host)?;
-        host.truncate(n);
-        let mut stats = b.read(&self.stats)?;
-        host.extend_from_slice(&stats[at..at + SUMMARY_LEN]);
-        self.rank_sum.sum(comm, host)?;
-        stats[at..at + SUMMARY_LEN].copy_from_slice(&host[n..]);
-        let (count, sum) = (stats[at + 1].f64(), stats[at + 2].f64());
-        stats[at] = B::Elem::of(if count > 0.0 { sum / count } else { 0.0 });
-        b.write(self.model.grads(), &host[..n])?;
-        b.write(&self.stats, &stats)
+        self.backend
+            .read_into(self.model.grads(), &mut self.reduce_buf)?;
+        self.rank_sum.sum(comm, &mut self.reduce_buf)?;
+        self.finish_sum(comm, c)
     }
 
-    /// After an overlapped backward (the summed gradients in `reduce_buf`):
-    /// sums window `c`'s loss summary and writes both back.
+    /// With the summed gradients in `reduce_buf`: sums window `c`'s loss
+    /// summary (`[mean, count, sum, invalid, correct]`, the mean recomputed)
+    /// and writes both back.
     fn finish_sum(&mut self, comm: &dyn Collective, c: usize) -> Result<()> {
         let b = &self.backend;
         let at = c * STATS_STRIDE;
