@@ -424,3 +424,96 @@ fn two_gpu_ranks_train_what_one_gpu_trains() {
         "final loss {l2} with 2 GPU ranks, {l1} alone"
     );
 }
+
+#[test]
+fn interrupted_ranks_stop_after_the_same_step_and_rank_0_saves() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = Scratch::new("mpi-int");
+    let tag_value = format!("int-{}", std::process::id());
+    let tag = format!("RNN_WGPU_TEST_TAG={tag_value}");
+    let mut c = command(
+        &dir.0,
+        2,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "--hidden",
+            "16",
+            "--batch",
+            "8",
+            "--steps",
+            "1000000",
+            "--eval-every",
+            "0",
+            "--eval-problems",
+            "20",
+            "--checkpoint",
+            "i.st",
+        ],
+        &[("RNN_WGPU_TEST_TAG", &tag_value)],
+    );
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both ranks running (and past their first steps), then SIGINT to each.
+    let start = Instant::now();
+    while ranks_tagged(&tag, 0).is_empty() || ranks_tagged(&tag, 1).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the ranks did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for rank in [0, 1] {
+        for pid in ranks_tagged(&tag, rank) {
+            Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+    let status = wait_bounded(&mut child, Duration::from_secs(60), "interrupted ranks");
+    assert!(!status.success(), "an interrupted run exits non-zero");
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("interrupted at step"), "{stderr}");
+    assert!(stderr.contains("checkpoint: i.st"), "{stderr}");
+    // The checkpoint resumes, at the step the ranks stopped after.
+    let at = stderr
+        .split("interrupted at step ")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .unwrap()
+        .to_string();
+    let more = (at.parse::<u64>().unwrap() + 2).to_string();
+    let out = run(
+        &dir.0,
+        0,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "--checkpoint",
+            "i.st",
+            "--resume",
+            "--steps",
+            &more,
+            "--json",
+        ],
+    );
+    assert!(out.status.success());
+    let resumed = String::from_utf8_lossy(&out.stderr);
+    assert!(resumed.contains(&format!("at step {at}")), "{resumed}");
+}

@@ -561,6 +561,9 @@ fn run_on<B: Backend>(
         write_svg(path, &title, trainer.history(), trainer.evals())?;
         log(&format!("plot: {}", path.display()));
     }
+    // No rank ends before rank 0 has written its files: a launcher ends the
+    // whole job when a rank exits non-zero (an interrupted run does).
+    trainer.any_rank(false)?;
     let hist = trainer.history();
     let tail = &hist[hist.len().saturating_sub(50)..];
     let final_loss = tail.iter().map(|p| p.loss).sum::<f64>() / tail.len().max(1) as f64;
