@@ -2,7 +2,7 @@
 //! `mpirun -n 2 target/release/examples/mpi_sum [values] [repeats]`
 //! (build with `cargo build --release --features mpi --example mpi_sum`).
 //! Prints, on rank 0, the mean time of one sum of `values` f32 gradients
-//! (default 284 365, the main job's LSTM) and the bytes each rank moved.
+//! (default 284 125, the main job's LSTM) and the bytes each rank moved.
 
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use rnn_wgpu::train::mpi::MpiWorld;
 
 fn main() -> rnn_wgpu::Result<()> {
     let mut args = std::env::args().skip(1);
-    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(284_365);
+    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(284_125);
     let repeats: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(200);
     let world = MpiWorld::init()?;
     let mut v: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 1e-3).collect();

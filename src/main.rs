@@ -787,7 +787,9 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     };
     let summary = run_data_parallel(opts)?;
     if summary.rank != 0 {
-        return Ok(!summary.summary.interrupted);
+        // Rank 0's exit status is the job's: a launcher ends the job at the
+        // first non-zero exit, which must not cut rank 0's last lines short.
+        return Ok(true);
     }
     let summary = summary.summary;
     eprintln!(

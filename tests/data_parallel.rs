@@ -256,3 +256,42 @@ fn a_batch_smaller_than_the_group_is_refused() {
         .to_string();
     assert!(err.contains("2 rows cannot be shared by 3 ranks"), "{err}");
 }
+
+/// Ranks that would not sum the same things stop before the first step,
+/// with an error naming the rank and what differs.
+#[test]
+fn ranks_that_differ_are_refused_before_the_first_step() {
+    fn first_step_errors(edit: impl Fn(usize, &mut TrainConfig, &mut bool) + Sync) -> Vec<String> {
+        let ranks = ThreadGroup::new(2, Duration::from_secs(60));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ranks
+                .into_iter()
+                .map(|rank| {
+                    let edit = &edit;
+                    s.spawn(move || {
+                        let r = rank.rank();
+                        let mut c = config(Cell::Gru, Bptt::Full, 0.0);
+                        let mut overlap = true;
+                        edit(r, &mut c, &mut overlap);
+                        let comm: Arc<dyn Collective> = Arc::new(rank);
+                        let mut t =
+                            Trainer::data_parallel(CpuBackend::<f32>::new(), c, comm).unwrap();
+                        t.set_overlap(overlap);
+                        t.train_step().unwrap_err().to_string()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+    let errs = first_step_errors(|r, c, _| c.seed = 1 + r as u64);
+    assert!(
+        errs.iter().all(|e| e.contains("rank 1's configuration")),
+        "{errs:?}"
+    );
+    let errs = first_step_errors(|r, _, o| *o = r == 0);
+    assert!(
+        errs.iter().all(|e| e.contains("rank 1's overlap setting")),
+        "{errs:?}"
+    );
+}

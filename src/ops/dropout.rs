@@ -107,11 +107,12 @@ fn check(s: &DropoutSpec, x_len: usize, y_len: usize) -> Result<()> {
     check_range("dropout y", s.y_off, s.n, y_len)?;
     u32_of("dropout n", s.n)?;
     if let Some(sh) = s.shard {
-        if sh.width == 0
-            || sh.batch == 0
-            || sh.offset + sh.batch > sh.global
-            || !s.n.is_multiple_of(sh.width * sh.batch)
-        {
+        let fits = sh
+            .offset
+            .checked_add(sh.batch)
+            .is_some_and(|end| end <= sh.global);
+        let row = sh.width.checked_mul(sh.batch).filter(|&r| r > 0);
+        if !fits || row.is_none_or(|r| !s.n.is_multiple_of(r)) {
             return Err(Error::invalid(
                 "dropout shard",
                 format!(
@@ -124,7 +125,9 @@ fn check(s: &DropoutSpec, x_len: usize, y_len: usize) -> Result<()> {
                 ),
             ));
         }
-        let global = s.n / sh.batch * sh.global;
+        let global = (s.n / sh.batch)
+            .checked_mul(sh.global)
+            .unwrap_or(usize::MAX);
         u32_of("dropout global batch elements", global)?;
         u32_of("dropout width", sh.width)?;
     }

@@ -335,7 +335,19 @@ impl ThreadRank {
         }
         // Until the round completes, or a rank whose part is missing left.
         let gone = |e: &Exchange| e.left.filter(|&r| e.parts[r].is_none());
-        let mut g = self.wait_while(g, |e| e.round == round && gone(e).is_none())?;
+        let waited = self.wait_while(g, |e| e.round == round && gone(e).is_none());
+        let mut g = match waited {
+            Ok(g) => g,
+            Err(e) => {
+                // Timed out: take the part back, so that the others see this
+                // rank is missing once it leaves.
+                let mut g = self.lock();
+                if g.round == round {
+                    g.parts[self.rank] = None;
+                }
+                return Err(e);
+            }
+        };
         if g.round == round {
             let r = gone(&g).unwrap_or(n);
             g.parts[self.rank] = None;

@@ -296,6 +296,8 @@ struct Dist {
     wait_time: std::time::Duration,
     /// Sum each bucket of gradients while the backward goes on.
     overlap: bool,
+    /// Whether the ranks have checked that they run the same thing.
+    agreed: bool,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -345,6 +347,12 @@ impl<B: Backend> Trainer<B> {
                         ),
                     ));
                 }
+                if comm.rank() >= comm.size() {
+                    return Err(Error::Distributed {
+                        rank: comm.rank(),
+                        message: format!("is not a rank of a group of {}", comm.size()),
+                    });
+                }
                 let rows = dist::share(config.batch, comm.rank(), comm.size());
                 Some(Dist {
                     comm,
@@ -352,6 +360,7 @@ impl<B: Backend> Trainer<B> {
                     reduce_time: std::time::Duration::ZERO,
                     wait_time: std::time::Duration::ZERO,
                     overlap: true,
+                    agreed: false,
                 })
             }
             _ => None,
@@ -651,19 +660,31 @@ impl<B: Backend> Trainer<B> {
         backward?;
         let start = std::time::Instant::now();
         // The buckets must tile the gradients exactly once.
+        let mut ranges: Vec<Range<usize>> = buckets.iter().map(|(r, _)| r.clone()).collect();
+        ranges.sort_by_key(|r| r.start);
+        let mut next = 0;
+        for r in &ranges {
+            if r.start != next || r.end > n {
+                return Err(Error::Distributed {
+                    rank,
+                    message: format!(
+                        "the backward's gradient buckets {ranges:?} do not tile 0..{n}"
+                    ),
+                });
+            }
+            next = r.end;
+        }
+        if next != n {
+            return Err(Error::Distributed {
+                rank,
+                message: format!("the backward's gradient buckets {ranges:?} do not tile 0..{n}"),
+            });
+        }
         let host = &mut self.reduce_buf;
         host.clear();
         host.resize(n, B::Elem::of(0.0));
-        let mut covered = 0;
         for (range, v) in &buckets {
             host[range.clone()].copy_from_slice(v);
-            covered += range.len();
-        }
-        if covered != n {
-            return Err(Error::Distributed {
-                rank,
-                message: format!("the backward's buckets cover {covered} of {n} gradients"),
-            });
         }
         self.finish_sum(comm, c)?;
         Ok(exposed + start.elapsed())
@@ -694,8 +715,39 @@ impl<B: Backend> Trainer<B> {
         b.write(&self.stats, &stats)
     }
 
+    /// Before a data-parallel run's first step: checks that every rank
+    /// trains the same configuration and vocabulary with the same overlap
+    /// setting from the same parameters and optimizer state, so that the
+    /// ranks' sums line up (an error names the first rank that differs).
+    fn check_agreement(&mut self) -> Result<()> {
+        let Some(d) = &self.dist else {
+            return Ok(());
+        };
+        let comm = d.comm.clone();
+        let config = serde_json::to_vec(&(&self.config, self.task.vocab(), self.step))
+            .map_err(|e| Error::invalid("configuration", format!("cannot encode: {e}")))?;
+        dist::same_on_all(
+            comm.as_ref(),
+            "configuration (task, vocabulary, model, batch, optimizer, seed, step)",
+            &config,
+        )?;
+        dist::same_on_all(
+            comm.as_ref(),
+            "overlap setting (Trainer::set_overlap, RNN_WGPU_OVERLAP)",
+            &[u8::from(d.overlap)],
+        )?;
+        self.check_replicas()?;
+        if let Some(d) = &mut self.dist {
+            d.agreed = true;
+        }
+        Ok(())
+    }
+
     /// One training step on the next batch.
     pub fn train_step(&mut self) -> Result<StepReport> {
+        if self.dist.as_ref().is_some_and(|d| !d.agreed) {
+            self.check_agreement()?;
+        }
         let batch = self
             .task
             .train_batch(self.config.seed, self.step, self.config.batch)?;

@@ -76,13 +76,14 @@ pub struct RunOptions {
     /// The ranks of a data-parallel run (`None`, or a group of one: alone).
     /// Every rank calls [`run`] with the same options; rank 0 alone logs,
     /// evaluates and writes the checkpoint and the plot, and every rank
-    /// returns the same summary.
+    /// returns rank 0's evaluation in its summary (the files are named only
+    /// in rank 0's).
     pub comm: Option<Arc<dyn Collective>>,
     /// This rank's place among the ranks on its machine: local rank k takes
     /// the k-th adapter ([`choose_for_rank`]). `None`: the rank's number.
     pub local_rank: Option<usize>,
     /// Whether a data-parallel run sums gradients while the backward goes on
-    /// ([`Trainer::set_overlap`]).
+    /// ([`Trainer::set_overlap`]; rank 0's setting is every rank's).
     pub overlap: bool,
 }
 
@@ -429,7 +430,13 @@ fn run_on<B: Backend>(
             None => Trainer::new(backend, opts.config.clone())?,
         },
     };
-    trainer.set_overlap(opts.overlap);
+    // Every rank takes rank 0's setting (an environment variable need not
+    // reach every machine).
+    let mut overlap = vec![u8::from(opts.overlap)];
+    if let Some(c) = &comm {
+        c.broadcast(0, &mut overlap)?;
+    }
+    trainer.set_overlap(overlap.first().is_some_and(|&o| o != 0));
     let cfg = trainer.config().clone();
     let m = &cfg.model;
     log(&format!(
