@@ -125,9 +125,7 @@ fn check(s: &DropoutSpec, x_len: usize, y_len: usize) -> Result<()> {
                 ),
             ));
         }
-        let global = (s.n / sh.batch)
-            .checked_mul(sh.global)
-            .unwrap_or(usize::MAX);
+        let global = (s.n / sh.batch).saturating_mul(sh.global);
         u32_of("dropout global batch elements", global)?;
         u32_of("dropout width", sh.width)?;
     }
