@@ -405,7 +405,7 @@ pub fn training_check(report: &mut Report, gpu: &GpuBackend) {
         schedule: Schedule::Constant,
         seed: 11,
         eval_problems: 20,
-        ..TrainConfig::new(TaskSpec::Add { digits: 2 }, model)
+        ..TrainConfig::new(TaskSpec::add(2), model)
     };
     fn run<B: crate::backend::Backend>(
         b: B,

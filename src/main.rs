@@ -121,6 +121,9 @@ struct TrainArgs {
     /// Most digits per operand (add).
     #[arg(long, default_value_t = 3)]
     digits: usize,
+    /// Write each sum least-significant digit first, `123+456=975` (add).
+    #[arg(long)]
+    reverse_answer: bool,
     /// Longest string (copy).
     #[arg(long, default_value_t = 10)]
     copy_length: usize,
@@ -420,6 +423,7 @@ const RUN_DEFINING: &[&str] = &[
     "task",
     "text",
     "digits",
+    "reverse_answer",
     "copy_length",
     "symbols",
     "seq_len",
@@ -510,7 +514,7 @@ const TRAIN_UNUSED: &[Unused<TrainArgs>] = &[
         },
     },
     Unused {
-        ids: &["digits"],
+        ids: &["digits", "reverse_answer"],
         ignored: |a| a.other_task(TaskArg::Add),
     },
     Unused {
@@ -681,7 +685,10 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         ));
     }
     let task = match a.task() {
-        TaskArg::Add => TaskSpec::Add { digits: a.digits },
+        TaskArg::Add => TaskSpec::Add {
+            digits: a.digits,
+            reverse_answer: a.reverse_answer,
+        },
         TaskArg::Copy => TaskSpec::Copy {
             length: a.copy_length,
             symbols: a.symbols,

@@ -462,6 +462,10 @@ fn train_refuses_flags_of_another_task_or_cell() {
             &["--digits: applies to --task add only", "copy"],
         ),
         (
+            &["--task", "copy", "--reverse-answer"],
+            &["--reverse-answer: applies to --task add only", "copy"],
+        ),
+        (
             &["--copy-length", "4"],
             &["--copy-length", "--task copy only"],
         ),
@@ -555,6 +559,7 @@ fn resume_refuses_every_flag_that_defines_the_run() {
         &["--task", "copy"],
         &["--text", &text],
         &["--digits", "2"],
+        &["--reverse-answer"],
         &["--copy-length", "3"],
         &["--symbols", "3"],
         &["--seq-len", "8"],

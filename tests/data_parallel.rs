@@ -19,7 +19,7 @@ fn config(cell: Cell, bptt: Bptt, dropout: f32) -> TrainConfig {
     let mut model = ModelConfig::new(cell, 12);
     model.layers = 2;
     model.dropout = dropout;
-    let mut c = TrainConfig::new(TaskSpec::Add { digits: 2 }, model);
+    let mut c = TrainConfig::new(TaskSpec::add(2), model);
     c.batch = 7; // shares of 4 and 3 rows, or 3, 2, 2
     c.steps = 40;
     c.bptt = bptt;

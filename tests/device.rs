@@ -254,7 +254,7 @@ fn long_work_split_by_the_bound_is_bitwise_the_same() {
         clip: Some(0.5),
         seed: 4,
         eval_problems: 20,
-        ..TrainConfig::new(TaskSpec::Add { digits: 2 }, model)
+        ..TrainConfig::new(TaskSpec::add(2), model)
     };
     // (forward + backward values and gradients, their [dispatches,
     // submissions]; losses and parameters of 3 training steps, [dispatches,

@@ -17,7 +17,7 @@ use rnn_wgpu::train::{Bptt, NonFinite, TrainConfig, Trainer};
 
 fn train_config() -> TrainConfig {
     TrainConfig {
-        task: TaskSpec::Add { digits: 2 },
+        task: TaskSpec::add(2),
         model: ModelConfig {
             vocab: 0,
             input: InputEncoding::Embedding(8),

@@ -53,7 +53,7 @@ fn config(task: TaskSpec, model: ModelConfig, optimizer: Optimizer) -> TrainConf
 }
 
 fn add() -> TaskSpec {
-    TaskSpec::Add { digits: 2 }
+    TaskSpec::add(2)
 }
 
 fn text_file(s: &Scratch) -> PathBuf {

@@ -209,7 +209,7 @@ fn model_chunks_leak_nothing<B: Backend>(b: B) {
 /// (a full and a partial window), dropout, two layers, nor after evaluations.
 fn training_allocates_nothing_once_warm<B: Backend>(b: B) {
     let cfg = TrainConfig {
-        task: TaskSpec::Add { digits: 2 },
+        task: TaskSpec::add(2),
         model: model_config(Cell::Lstm, 0),
         batch: 4,
         steps: 100,

@@ -33,7 +33,7 @@
 //! use rnn_wgpu::train::tasks::TaskSpec;
 //! use rnn_wgpu::train::{TrainConfig, Trainer};
 //!
-//! let mut config = TrainConfig::new(TaskSpec::Add { digits: 2 }, ModelConfig::new(Cell::Gru, 8));
+//! let mut config = TrainConfig::new(TaskSpec::add(2), ModelConfig::new(Cell::Gru, 8));
 //! config.batch = 6; // 3 rows a rank
 //! let params: Vec<Vec<f64>> = std::thread::scope(|s| {
 //!     let ranks: Vec<_> = ThreadGroup::new(2, Duration::from_secs(60))

@@ -39,7 +39,7 @@
 //! use rnn_wgpu::train::{Bptt, TrainConfig, Trainer};
 //!
 //! # fn main() -> rnn_wgpu::Result<()> {
-//! let mut config = TrainConfig::new(TaskSpec::Add { digits: 2 }, ModelConfig::new(Cell::Gru, 16));
+//! let mut config = TrainConfig::new(TaskSpec::add(2), ModelConfig::new(Cell::Gru, 16));
 //! config.batch = 8;
 //! config.eval_problems = 20;
 //! config.bptt = Bptt::Truncated { k1: 4, k2: 6 }; // update every 4 steps, backpropagate 6

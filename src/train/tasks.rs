@@ -31,6 +31,11 @@ pub enum TaskSpec {
     Add {
         /// Most digits per operand.
         digits: usize,
+        /// Write the sum least-significant digit first (`123+456=975⏎`), the
+        /// order in which a carry is computed (Zaremba & Sutskever,
+        /// "Learning to Execute", 2014).
+        #[serde(default)]
+        reverse_answer: bool,
     },
     /// Character-level language model on a UTF-8 file.
     Text {
@@ -42,6 +47,14 @@ pub enum TaskSpec {
 }
 
 impl TaskSpec {
+    /// Addition of numbers of up to `digits` digits, the sum written as usual.
+    pub fn add(digits: usize) -> Self {
+        TaskSpec::Add {
+            digits,
+            reverse_answer: false,
+        }
+    }
+
     /// `copy`, `add` or `text`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -185,7 +198,7 @@ impl Task {
                 }
                 .check_split()
             }
-            TaskSpec::Add { digits } => {
+            TaskSpec::Add { digits, .. } => {
                 if *digits == 0 || *digits > 9 {
                     return Err(Error::invalid(
                         "add task",
@@ -310,7 +323,7 @@ impl Task {
             // "s=s⏎" minus one (inputs stop before the last symbol).
             TaskSpec::Copy { length, .. } => 2 * length + 1,
             // "a+b=c⏎": d + 1 + d + 1 + (d + 1) + 1, minus one.
-            TaskSpec::Add { digits } => 3 * digits + 3,
+            TaskSpec::Add { digits, .. } => 3 * digits + 3,
             TaskSpec::Text { seq_len, .. } => seq_len,
         }
     }
@@ -341,16 +354,26 @@ impl Task {
                         .fold(n as u64, |k, c| k.wrapping_mul(31).wrapping_add(c as u64));
                     (format!("{s}="), s, key)
                 }
-                TaskSpec::Add { digits } => {
+                TaskSpec::Add {
+                    digits,
+                    reverse_answer,
+                } => {
                     let number = |r: &mut ChaCha8Rng| {
                         let d = r.random_range(1..=digits as u32);
                         let lo = if d == 1 { 0 } else { 10u64.pow(d - 1) };
                         r.random_range(lo..10u64.pow(d))
                     };
                     let (a, b) = (number(r), number(r));
+                    let sum = (a + b).to_string();
+                    // The same problems (and the same held-out split) in
+                    // either order.
+                    let answer = match reverse_answer {
+                        true => sum.chars().rev().collect(),
+                        false => sum,
+                    };
                     (
                         format!("{a}+{b}="),
-                        (a + b).to_string(),
+                        answer,
                         a * 10u64.pow(digits as u32) + b,
                     )
                 }
@@ -443,7 +466,7 @@ mod tests {
 
     #[test]
     fn add_problems_are_laid_out_time_major() {
-        let task = Task::new(TaskSpec::Add { digits: 3 }).unwrap();
+        let task = Task::new(TaskSpec::add(3)).unwrap();
         let b = task.train_batch(1, 0, 4).unwrap();
         assert_eq!(b.steps, 12);
         for row in 0..4 {
@@ -466,8 +489,43 @@ mod tests {
     }
 
     #[test]
+    fn reversed_answers_are_the_same_problems_written_backwards() {
+        let plain = Task::new(TaskSpec::add(3)).unwrap();
+        let rev = Task::new(TaskSpec::Add {
+            digits: 3,
+            reverse_answer: true,
+        })
+        .unwrap();
+        let (p, r) = (
+            plain.train_batch(4, 2, 16).unwrap(),
+            rev.train_batch(4, 2, 16).unwrap(),
+        );
+        assert_eq!(p.answers, r.answers);
+        for row in 0..16 {
+            let text = |task: &Task, b: &Batch| -> (String, String) {
+                let input: Vec<i32> = (0..b.steps).map(|t| b.inputs[t * 16 + row]).collect();
+                let (s, e) = b.answers[row];
+                let answer: Vec<i32> = (s..e).map(|t| b.targets[t * 16 + row]).collect();
+                let prompt = task.vocab().decode(&input);
+                (
+                    prompt.split('=').next().unwrap().to_string(),
+                    task.vocab().decode(&answer),
+                )
+            };
+            let ((pp, pa), (rp, ra)) = (text(&plain, &p), text(&rev, &r));
+            assert_eq!(pp, rp, "the same problem");
+            let digits = pa.trim_end_matches(END);
+            let reversed: String = digits.chars().rev().collect();
+            assert_eq!(ra, format!("{reversed}{END}"), "{pp}");
+        }
+        // Checkpoints written before the option read as the plain task.
+        let old: TaskSpec = serde_json::from_str(r#"{"Add":{"digits":3}}"#).unwrap();
+        assert_eq!(old, TaskSpec::add(3));
+    }
+
+    #[test]
     fn held_out_problems_never_appear_in_training() {
-        let task = Task::new(TaskSpec::Add { digits: 2 }).unwrap();
+        let task = Task::new(TaskSpec::add(2)).unwrap();
         let mut r = stream(5, 0, 2);
         let held: std::collections::HashSet<String> = (0..200)
             .map(|_| task.problem(&mut r, true).unwrap().0)
@@ -533,6 +591,6 @@ mod tests {
             err.to_string().contains("too few distinct problems"),
             "{err}"
         );
-        assert!(Task::new(TaskSpec::Add { digits: 1 }).is_ok());
+        assert!(Task::new(TaskSpec::add(1)).is_ok());
     }
 }
