@@ -247,43 +247,44 @@ fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> std::process:
     }
 }
 
+/// A long 2-rank CPU run in `dir` checkpointing to `checkpoint` (with
+/// `extra` flags), its ranks tagged in their environment so the test can
+/// find their processes: the job and the tag.
+fn spawn_long_run(dir: &Path, name: &str, checkpoint: &str, extra: &[&str]) -> (Child, String) {
+    let tag_value = format!("{name}-{}", std::process::id());
+    let mut args = vec![
+        "train",
+        "--backend",
+        "cpu",
+        "--hidden",
+        "16",
+        "--batch",
+        "8",
+        "--steps",
+        "1000000",
+        "--eval-every",
+        "0",
+        "--eval-problems",
+        "20",
+        "--checkpoint",
+        checkpoint,
+    ];
+    args.extend_from_slice(extra);
+    let child = command(dir, 2, &args, &[("RNN_WGPU_TEST_TAG", &tag_value)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, format!("RNN_WGPU_TEST_TAG={tag_value}"))
+}
+
 #[test]
 fn a_killed_rank_ends_the_job_and_the_checkpoint_resumes() {
     if !have_mpirun() {
         return;
     }
     let dir = Scratch::new("mpi-kill");
-    let tag_value = format!("kill-{}", std::process::id());
-    let tag = format!("RNN_WGPU_TEST_TAG={tag_value}");
-    let mut c = command(
-        &dir.0,
-        2,
-        &[
-            "train",
-            "--backend",
-            "cpu",
-            "--hidden",
-            "24",
-            "--batch",
-            "16",
-            "--steps",
-            "1000000",
-            "--save-every",
-            "5",
-            "--eval-every",
-            "0",
-            "--eval-problems",
-            "20",
-            "--checkpoint",
-            "k.st",
-        ],
-        &[("RNN_WGPU_TEST_TAG", &tag_value)],
-    );
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, tag) = spawn_long_run(&dir.0, "kill", "k.st", &["--save-every", "5"]);
     // Wait for a first checkpoint, then kill rank 1.
     let ckpt = dir.path("k.st");
     let start = Instant::now();
@@ -431,35 +432,7 @@ fn interrupted_ranks_stop_after_the_same_step_and_rank_0_saves() {
         return;
     }
     let dir = Scratch::new("mpi-int");
-    let tag_value = format!("int-{}", std::process::id());
-    let tag = format!("RNN_WGPU_TEST_TAG={tag_value}");
-    let mut c = command(
-        &dir.0,
-        2,
-        &[
-            "train",
-            "--backend",
-            "cpu",
-            "--hidden",
-            "16",
-            "--batch",
-            "8",
-            "--steps",
-            "1000000",
-            "--eval-every",
-            "0",
-            "--eval-problems",
-            "20",
-            "--checkpoint",
-            "i.st",
-        ],
-        &[("RNN_WGPU_TEST_TAG", &tag_value)],
-    );
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, tag) = spawn_long_run(&dir.0, "int", "i.st", &[]);
     // Both ranks running (and past their first steps), then SIGINT to each.
     let start = Instant::now();
     while ranks_tagged(&tag, 0).is_empty() || ranks_tagged(&tag, 1).is_empty() {
