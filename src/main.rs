@@ -845,8 +845,7 @@ fn run_data_parallel(mut opts: RunOptions) -> rnn_wgpu::Result<RankSummary> {
     use rnn_wgpu::train::dist::{Collective, launched_world_size};
     use rnn_wgpu::train::mpi::MpiWorld;
     if launched_world_size().is_none_or(|n| n <= 1) {
-        let summary = run_training(&opts, &mut |line| eprintln!("{line}"))?;
-        return Ok(RankSummary { rank: 0, summary });
+        return run_alone(&opts);
     }
     let world = Arc::new(MpiWorld::init()?);
     let rank = world.rank();
@@ -875,7 +874,12 @@ fn run_data_parallel(opts: RunOptions) -> rnn_wgpu::Result<RankSummary> {
             ),
         ));
     }
-    let summary = run_training(&opts, &mut |line| eprintln!("{line}"))?;
+    run_alone(&opts)
+}
+
+/// Runs `opts` in this process alone, logging to stderr.
+fn run_alone(opts: &RunOptions) -> rnn_wgpu::Result<RankSummary> {
+    let summary = run_training(opts, &mut |line| eprintln!("{line}"))?;
     Ok(RankSummary { rank: 0, summary })
 }
 

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
-use super::{Backend, PendingRead, XentBuffers};
+use super::{Backend, PendingRead, XentBuffers, check_read_range};
 use crate::error::{Error, Result};
 use crate::gpu::{checked_numel, numel};
 use crate::ops::activation::{self, Activation, Span};
@@ -239,13 +239,8 @@ impl<T: Real> Backend for CpuBackend<T> {
         range: std::ops::Range<usize>,
     ) -> Result<PendingRead<T>> {
         let all = t.read("read", "tensor")?;
-        let part = all.get(range.clone()).ok_or_else(|| {
-            Error::invalid(
-                "range",
-                format!("{range:?} is outside a tensor of {} elements", all.len()),
-            )
-        })?;
-        Ok(PendingRead::ready(part.to_vec()))
+        check_read_range(&range, all.len())?;
+        Ok(PendingRead::ready(all[range].to_vec()))
     }
 
     fn read_into(&self, t: &Self::Tensor, out: &mut Vec<T>) -> Result<()> {

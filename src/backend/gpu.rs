@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::{Backend, PendingRead, XentBuffers};
-use crate::error::{Error, Result};
+use super::{Backend, PendingRead, XentBuffers, check_read_range};
+use crate::error::Result;
 use crate::gpu::{DType, GpuContext, GpuTensor, download_many};
 use crate::ops::activation::{self, Activation, Span};
 use crate::ops::cell::{self, Cell, StepBackward, StepForward, StepSpec};
@@ -135,12 +135,7 @@ impl Backend for GpuBackend {
         range: std::ops::Range<usize>,
     ) -> Result<PendingRead<f32>> {
         t.expect_dtype("tensor", DType::F32)?;
-        if range.start > range.end || range.end > t.len() {
-            return Err(Error::invalid(
-                "range",
-                format!("{range:?} is outside a tensor of {} elements", t.len()),
-            ));
-        }
+        check_read_range(&range, t.len())?;
         let (at, bytes) = ((range.start * 4) as u64, (range.len() * 4) as u64);
         let read = self.ctx.start_read(&[(t.buffer(), at, bytes)])?;
         let ctx = self.ctx.clone();

@@ -320,16 +320,8 @@ pub trait Backend: Clone {
         range: std::ops::Range<usize>,
     ) -> Result<PendingRead<Self::Elem>> {
         let all = self.read(t)?;
-        let part = all
-            .get(range.clone())
-            .ok_or_else(|| {
-                Error::invalid(
-                    "range",
-                    format!("{range:?} is outside a tensor of {} elements", all.len()),
-                )
-            })?
-            .to_vec();
-        Ok(PendingRead::ready(part))
+        check_read_range(&range, all.len())?;
+        Ok(PendingRead::ready(all[range].to_vec()))
     }
 
     /// Reads a tensor back as f64.
@@ -344,6 +336,15 @@ pub trait Backend: Clone {
             v.get(out.summary_off..).unwrap_or(&[]),
         ))
     }
+}
+
+/// Fails unless `range` runs forward within a tensor of `len` elements
+/// (the check of every [`Backend::read_range_async`]).
+pub(crate) fn check_read_range(range: &std::ops::Range<usize>, len: usize) -> Result<()> {
+    if range.start > range.end {
+        return Err(Error::invalid("range", format!("{range:?} runs backwards")));
+    }
+    crate::ops::memory::check_range("range", range.start, range.len(), len)
 }
 
 /// Values being read back ([`Backend::read_range_async`]).

@@ -319,6 +319,20 @@ impl ThreadRank {
         Ok(g)
     }
 
+    /// Every rank's `send`, in rank order, checked to be all of one length
+    /// (for `what`, a collective that needs equal parts).
+    fn exchange_equal(&self, send: &[u8], what: &str) -> Result<Arc<Vec<Vec<u8>>>> {
+        let parts = self.exchange(send.to_vec())?;
+        if let Some(r) = parts.iter().position(|p| p.len() != send.len()) {
+            return Err(self.error(format!(
+                "rank {r} sent {} bytes to {what} of {}",
+                parts[r].len(),
+                send.len()
+            )));
+        }
+        Ok(parts)
+    }
+
     /// Every rank's part, in rank order.
     fn exchange(&self, part: Vec<u8>) -> Result<Arc<Vec<Vec<u8>>>> {
         let n = self.shared.size;
@@ -389,14 +403,7 @@ impl Collective for ThreadRank {
             recv.len(),
             send.len() * self.shared.size,
         )?;
-        let parts = self.exchange(send.to_vec())?;
-        if let Some(r) = parts.iter().position(|p| p.len() != send.len()) {
-            return Err(self.error(format!(
-                "rank {r} sent {} bytes to a gather of {}",
-                parts[r].len(),
-                send.len()
-            )));
-        }
+        let parts = self.exchange_equal(send, "an all-gather")?;
         for (out, part) in recv.chunks_exact_mut(send.len().max(1)).zip(parts.iter()) {
             out.copy_from_slice(part);
         }
@@ -413,14 +420,7 @@ impl Collective for ThreadRank {
         }
         self.check_len("all-to-all receive buffer", recv.len(), send.len())?;
         let block = send.len() / n;
-        let parts = self.exchange(send.to_vec())?;
-        if let Some(r) = parts.iter().position(|p| p.len() != send.len()) {
-            return Err(self.error(format!(
-                "rank {r} sent {} bytes to an all-to-all of {}",
-                parts[r].len(),
-                send.len()
-            )));
-        }
+        let parts = self.exchange_equal(send, "an all-to-all")?;
         let at = self.rank * block;
         for (out, part) in recv.chunks_exact_mut(block.max(1)).zip(parts.iter()) {
             out.copy_from_slice(&part[at..at + block]);

@@ -354,11 +354,12 @@ fn run_root(opts: &RunOptions, log: &mut dyn FnMut(&str)) -> Result<RunSummary> 
             ));
             (chosen, why)
         }
-        None => choose_for_rank(opts.backend, None)?,
+        None => {
+            let (chosen, why) = choose_for_rank(opts.backend, None)?;
+            log(&format!("backend: {why}"));
+            (chosen, why)
+        }
     };
-    if opts.comm.as_ref().is_none_or(|c| c.size() <= 1) {
-        log(&format!("backend: {why}"));
-    }
     let name = chosen.name().to_string();
     let paths = Paths { checkpoint, plot };
     with_backend!(chosen, b => run_on(b, &name, &why, opts, &paths, log))
