@@ -284,7 +284,7 @@ pub struct Trainer<B: Backend> {
 }
 
 /// A data-parallel rank's part in a run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Dist {
     comm: Arc<dyn Collective>,
     /// The rows of every global batch this rank trains on.
@@ -662,19 +662,10 @@ impl<B: Backend> Trainer<B> {
         // The buckets must tile the gradients exactly once.
         let mut ranges: Vec<Range<usize>> = buckets.iter().map(|(r, _)| r.clone()).collect();
         ranges.sort_by_key(|r| r.start);
-        let mut next = 0;
-        for r in &ranges {
-            if r.start != next || r.end > n {
-                return Err(Error::Distributed {
-                    rank,
-                    message: format!(
-                        "the backward's gradient buckets {ranges:?} do not tile 0..{n}"
-                    ),
-                });
-            }
-            next = r.end;
-        }
-        if next != n {
+        let end = ranges
+            .iter()
+            .try_fold(0, |next, r| (r.start == next).then_some(r.end));
+        if end != Some(n) {
             return Err(Error::Distributed {
                 rank,
                 message: format!("the backward's gradient buckets {ranges:?} do not tile 0..{n}"),
@@ -781,15 +772,8 @@ impl<B: Backend> Trainer<B> {
                     c * STATS_STRIDE,
                 )?,
                 Some((comm, overlap)) => {
-                    // A one-byte exchange first: the time until every rank
-                    // is there is waiting.
-                    let start = std::time::Instant::now();
-                    dist::any_rank(comm.as_ref(), false)?;
-                    let arrived = start.elapsed();
                     let targets = bufs.targets.clone();
-                    let exposed = if overlap {
-                        self.backward_overlapped(comm.as_ref(), &saved, &targets, scales[c], c)?
-                    } else {
+                    if !overlap {
                         self.model.backward_scaled(
                             &saved,
                             &targets,
@@ -797,9 +781,18 @@ impl<B: Backend> Trainer<B> {
                             &self.stats,
                             c * STATS_STRIDE,
                         )?;
-                        let sum = std::time::Instant::now();
+                    }
+                    // A one-byte exchange where the sum starts (before an
+                    // overlapped backward, after a plain one): the time
+                    // until every rank is there is waiting.
+                    let start = std::time::Instant::now();
+                    dist::any_rank(comm.as_ref(), false)?;
+                    let arrived = start.elapsed();
+                    let exposed = if overlap {
+                        self.backward_overlapped(comm.as_ref(), &saved, &targets, scales[c], c)?
+                    } else {
                         self.sum_over_ranks(comm.as_ref(), c)?;
-                        sum.elapsed()
+                        start.elapsed() - arrived
                     };
                     if let Some(d) = &mut self.dist {
                         d.wait_time += arrived;
