@@ -13,6 +13,13 @@
 // written only when p.save == 1 (a training forward saves them for its
 // backward; an inference forward binds a placeholder there).
 //
+// Variants (ops::cell::Variant): the activations act_f (gates), act_g
+// (candidate), act_h (LSTM output) are CA_* codes; clip > 0 clips every
+// pre-activation (and the LSTM's c where h(c) reads it) to [-clip, clip],
+// and then the gates buffer holds the clipped pre-activations instead of the
+// activations, so the backward knows where the clip stopped the gradient.
+// LSTM peepholes: P_i, P_f, P_o at peep_off in the weights; coupled: f = 1 - i.
+//
 // Backward: carry [2, 2, B, H] ping-pongs between steps (index `parity` is
 // read, 1 - parity written); [., 0] is the gradient flowing straight into the
 // previous h, [., 1] the gradient of the previous c (LSTM).
@@ -30,9 +37,15 @@ struct Params {
     bhh_off: u32,
     out_col: u32,
     out_ld: u32,
-    relu: u32,
     save: u32,
     ring: u32,
+    act_f: u32,
+    act_g: u32,
+    act_h: u32,
+    peepholes: u32,
+    coupled: u32,
+    peep_off: u32,
+    clip: f32,
     _pad0: u32,
 }
 
@@ -76,4 +89,54 @@ fn out_index(b: u32, j: u32) -> u32 {
 
 fn carry_index(parity: u32, which: u32, b: u32, j: u32) -> u32 {
     return ((parity * 2u + which) * p.B + b) * p.H + j;
+}
+
+const CA_SIGMOID: u32 = 0u;
+const CA_TANH: u32 = 1u;
+const CA_RELU: u32 = 2u;
+
+fn cell_act(kind: u32, x: f32) -> f32 {
+    switch kind {
+        case CA_SIGMOID: { return sigmoid_f(x); }
+        case CA_TANH: { return tanh_f(x); }
+        default: { return max(x, 0.0); }
+    }
+}
+
+// up * act'(x) read off y = act(x), the products formed left to right
+// (up * y * (1 - y), up * (1 - y * y)) as the CPU twin forms them.
+fn cell_act_back(kind: u32, y: f32, up: f32) -> f32 {
+    switch kind {
+        case CA_SIGMOID: { return up * y * (1.0 - y); }
+        case CA_TANH: { return up * (1.0 - y * y); }
+        default: { return select(0.0, up, y > 0.0); }
+    }
+}
+
+fn clipping() -> bool {
+    return p.clip > 0.0;
+}
+
+fn clip_v(x: f32) -> f32 {
+    if (clipping()) {
+        return min(max(x, -p.clip), p.clip);
+    }
+    return x;
+}
+
+// d where the clipped value z is strictly inside (-clip, clip), else 0.
+fn clip_pass(z: f32, d: f32) -> f32 {
+    if (clipping() && abs(z) >= p.clip) {
+        return 0.0;
+    }
+    return d;
+}
+
+// A saved gate (k-th block of a row at srow): (activation, clipped pre-activation).
+fn saved_gate(srow: u32, k: u32, j: u32, kind: u32) -> vec2<f32> {
+    let v = gates[srow + k * p.H + j];
+    if (clipping()) {
+        return vec2<f32>(cell_act(kind, v), v);
+    }
+    return vec2<f32>(v, 0.0);
 }

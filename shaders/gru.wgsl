@@ -9,6 +9,8 @@
 // The backward writes two gate gradients: dgx (of the input pre-activations,
 // for W_ih, b_ih and the input) and dgh (of the recurrent ones, for W_hh, b_hh
 // and h); they differ only in the n block, by the factor r.
+// Variants (cell_common.wgsl): activations f (r, z) and g (n), clipping of
+// the pre-activations.
 // CPU twin: ops::cell (Cell::Gru).
 
 const G: u32 = 3u;
@@ -49,14 +51,21 @@ fn gru_forward(
     let hr = acc[0] + weights[p.bhh_off + j];
     let hz = acc[1] + weights[p.bhh_off + p.H + j];
     let hn = acc[2] + weights[p.bhh_off + 2u * p.H + j];
-    let r = sigmoid_f(xg[row + j] + hr);
-    let z = sigmoid_f(xg[row + p.H + j] + hz);
-    let n = tanh_f(xg[row + 2u * p.H + j] + r * hn);
+    let zr = clip_v(xg[row + j] + hr);
+    let zz = clip_v(xg[row + p.H + j] + hz);
+    let r = cell_act(p.act_f, zr);
+    let z = cell_act(p.act_f, zz);
+    let zn = clip_v(xg[row + 2u * p.H + j] + r * hn);
+    let n = cell_act(p.act_g, zn);
     let h = (1.0 - z) * n + z * h_prev;
     if (p.save == 1u) {
-        gates[srow + j] = r;
-        gates[srow + p.H + j] = z;
-        gates[srow + 2u * p.H + j] = n;
+        var keep = vec3<f32>(r, z, n);
+        if (clipping()) {
+            keep = vec3<f32>(zr, zz, zn);
+        }
+        gates[srow + j] = keep.x;
+        gates[srow + p.H + j] = keep.y;
+        gates[srow + 2u * p.H + j] = keep.z;
         gates[srow + 3u * p.H + j] = hn;
     }
     hs[next_slot() * bh + hc] = h;
@@ -102,14 +111,17 @@ fn gru_backward(
         carry[carry_index(out_par, 0u, b, j)] = dh;
         return;
     }
-    let r = gates[srow + j];
-    let z = gates[srow + p.H + j];
-    let n = gates[srow + 2u * p.H + j];
+    let gr = saved_gate(srow, 0u, j, p.act_f);
+    let gz = saved_gate(srow, 1u, j, p.act_f);
+    let gn = saved_gate(srow, 2u, j, p.act_g);
+    let r = gr.x;
+    let z = gz.x;
+    let n = gn.x;
     let hn = gates[srow + 3u * p.H + j];
     let h_prev = hs[prev_slot() * bh + hc];
-    let dn = dh * (1.0 - z) * (1.0 - n * n);
-    let dr = dn * hn * r * (1.0 - r);
-    let dz = dh * (h_prev - n) * z * (1.0 - z);
+    let dn = clip_pass(gn.y, cell_act_back(p.act_g, n, dh * (1.0 - z)));
+    let dr = clip_pass(gr.y, cell_act_back(p.act_f, r, dn * hn));
+    let dz = clip_pass(gz.y, cell_act_back(p.act_f, z, dh * (h_prev - n)));
     dgx[row + j] = dr;
     dgx[row + p.H + j] = dz;
     dgx[row + 2u * p.H + j] = dn;

@@ -3,6 +3,10 @@
 //   i, f, o = sigmoid(xg + W_hh h + b_hh), g = tanh(...)   gate order i, f, g, o
 //   c' = f * c + i * g,  h' = o * tanh(c')
 //
+// Variants (cell_common.wgsl): activations f, g, h; peepholes (i, f += P c,
+// o += P c'); coupled gates (f = 1 - i); clipping of the pre-activations and
+// of c' where h(c') reads it.
+//
 // One dispatch per time step: the recurrent product of all four gates (recurrent.wgsl,
 // tiled or split) and the cell update in the same invocation. The forward
 // saves the gate activations [T, B, 4H] (a training forward; p.save == 1);
@@ -48,17 +52,35 @@ fn lstm_forward(
     for (var g = 0u; g < G; g++) {
         pre[g] = xg[row + g * p.H + j] + (acc[g] + weights[p.bhh_off + g * p.H + j]);
     }
-    let i = sigmoid_f(pre[0]);
-    let f = sigmoid_f(pre[1]);
-    let gg = tanh_f(pre[2]);
-    let o = sigmoid_f(pre[3]);
+    if (p.peepholes == 1u) {
+        pre[0] += weights[p.peep_off + j] * c_prev;
+        pre[1] += weights[p.peep_off + p.H + j] * c_prev;
+    }
+    let zi = clip_v(pre[0]);
+    let zf = clip_v(pre[1]);
+    let zg = clip_v(pre[2]);
+    let i = cell_act(p.act_f, zi);
+    var f = cell_act(p.act_f, zf);
+    if (p.coupled == 1u) {
+        f = 1.0 - i;
+    }
+    let gg = cell_act(p.act_g, zg);
     let c = f * c_prev + i * gg;
-    let h = o * tanh_f(c);
+    if (p.peepholes == 1u) {
+        pre[3] += weights[p.peep_off + 2u * p.H + j] * c;
+    }
+    let zo = clip_v(pre[3]);
+    let o = cell_act(p.act_f, zo);
+    let h = o * cell_act(p.act_h, clip_v(c));
     if (p.save == 1u) {
-        gates[row + j] = i;
-        gates[row + p.H + j] = f;
-        gates[row + 2u * p.H + j] = gg;
-        gates[row + 3u * p.H + j] = o;
+        var keep = vec4<f32>(i, f, gg, o);
+        if (clipping()) {
+            keep = vec4<f32>(zi, zf, zg, zo);
+        }
+        gates[row + j] = keep.x;
+        gates[row + p.H + j] = keep.y;
+        gates[row + 2u * p.H + j] = keep.z;
+        gates[row + 3u * p.H + j] = keep.w;
     }
     cs[next_slot() * bh + hc] = c;
     hs[next_slot() * bh + hc] = h;
@@ -106,17 +128,41 @@ fn lstm_backward(
         carry[carry_index(out_par, 1u, b, j)] = dc_in;
         return;
     }
-    let i = gates[row + j];
-    let f = gates[row + p.H + j];
-    let gg = gates[row + 2u * p.H + j];
-    let o = gates[row + 3u * p.H + j];
-    let tc = tanh_f(cs[next_slot() * bh + hc]);
+    let gi = saved_gate(row, 0u, j, p.act_f);
+    var gf = saved_gate(row, 1u, j, p.act_f);
+    let gg = saved_gate(row, 2u, j, p.act_g);
+    let go = saved_gate(row, 3u, j, p.act_f);
+    let i = gi.x;
+    if (p.coupled == 1u) {
+        gf = vec2<f32>(1.0 - i, 0.0);
+    }
+    let f = gf.x;
+    let g = gg.x;
+    let o = go.x;
+    let zc = clip_v(cs[next_slot() * bh + hc]);
+    let tc = cell_act(p.act_h, zc);
     let c_prev = cs[prev_slot() * bh + hc];
-    let dc = dc_in + dh * o * (1.0 - tc * tc);
-    dgh[row + j] = dc * gg * i * (1.0 - i);
-    dgh[row + p.H + j] = dc * c_prev * f * (1.0 - f);
-    dgh[row + 2u * p.H + j] = dc * i * (1.0 - gg * gg);
-    dgh[row + 3u * p.H + j] = dh * tc * o * (1.0 - o);
+    let d_o = clip_pass(go.y, cell_act_back(p.act_f, o, dh * tc));
+    var dc = dc_in + clip_pass(zc, cell_act_back(p.act_h, tc, dh * o));
+    if (p.peepholes == 1u) {
+        dc += d_o * weights[p.peep_off + 2u * p.H + j];
+    }
+    var di_up = dc * g;
+    var df = 0.0;
+    if (p.coupled == 1u) {
+        di_up = dc * (g - c_prev);
+    } else {
+        df = clip_pass(gf.y, cell_act_back(p.act_f, f, dc * c_prev));
+    }
+    let di = clip_pass(gi.y, cell_act_back(p.act_f, i, di_up));
+    dgh[row + j] = di;
+    dgh[row + p.H + j] = df;
+    dgh[row + 2u * p.H + j] = clip_pass(gg.y, cell_act_back(p.act_g, g, dc * i));
+    dgh[row + 3u * p.H + j] = d_o;
+    var dcp = dc * f;
+    if (p.peepholes == 1u) {
+        dcp += di * weights[p.peep_off + j] + df * weights[p.peep_off + p.H + j];
+    }
     carry[carry_index(out_par, 0u, b, j)] = 0.0;
-    carry[carry_index(out_par, 1u, b, j)] = dc * f;
+    carry[carry_index(out_par, 1u, b, j)] = dcp;
 }

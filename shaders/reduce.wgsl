@@ -2,6 +2,7 @@
 // assignment, fixed tree; no atomics), so results are bitwise reproducible.
 //
 //   sum_cols        out[c] (+)= sum over r of x[r, c]   (bias gradients)
+//   dot_cols        out[c] (+)= sum over r of x[r, c] * y[r, c]   (peephole gradients)
 //   reduce_partial  one partial result per chunk of a vector
 //   reduce_final    one workgroup folds the partials
 // OP: 0 sum, 1 max, 2 sum of squares (the final stage sums the partial sums).
@@ -16,6 +17,10 @@ struct Params {
     chunk: u32,
     parts: u32,
     flags: u32,
+    y_off: u32,
+    y_ld: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const FLAG_ACCUMULATE: u32 = 1u;
@@ -30,6 +35,7 @@ override OP: u32 = 0u;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(4) var<storage, read> partial_in: array<f32>;
+@group(0) @binding(5) var<storage, read> y: array<f32>;
 
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, 256>;
@@ -74,6 +80,27 @@ fn sum_cols(
     var s = 0.0;
     for (var r = 0u; r < p.n; r++) {
         s += x[p.x_off + r * p.ld + c];
+    }
+    if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+        s += out[p.out_off + c];
+    }
+    out[p.out_off + c] = s;
+}
+
+// Rows p.n, columns p.cols; x has row stride p.ld, y row stride p.y_ld.
+@compute @workgroup_size(256)
+fn dot_cols(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let c = linear_group(wid, nwg) * 256u + lid;
+    if (c >= p.cols) {
+        return;
+    }
+    var s = 0.0;
+    for (var r = 0u; r < p.n; r++) {
+        s += x[p.x_off + r * p.ld + c] * y[p.y_off + r * p.y_ld + c];
     }
     if ((p.flags & FLAG_ACCUMULATE) != 0u) {
         s += out[p.out_off + c];

@@ -1,8 +1,9 @@
 // rnn.wgsl: fused vanilla RNN step, forward and backward (PyTorch's nn.RNN).
 //
-//   h' = tanh(xg + W_hh h + b_hh)   (or relu when p.relu == 1)
+//   h' = f(xg + W_hh h + b_hh)   f = tanh, relu or sigmoid (p.act_f)
 //
-// Nothing beyond the states is saved: the derivative is read off h'.
+// Nothing beyond the states is saved (the derivative is read off h'), but
+// the clipped pre-activations when clipping (gates [T, B, H]).
 // CPU twin: ops::cell (Cell::Rnn).
 
 const G: u32 = 1u;
@@ -31,12 +32,11 @@ fn rnn_forward(
         out[out_index(b, j)] = 0.0;
         return;
     }
-    let pre = xg[(p.t * p.B + b) * p.H + j] + (acc[0] + weights[p.bhh_off + j]);
-    var h: f32;
-    if (p.relu == 1u) {
-        h = max(pre, 0.0);
-    } else {
-        h = tanh_f(pre);
+    let idx = (p.t * p.B + b) * p.H + j;
+    let z = clip_v(xg[idx] + (acc[0] + weights[p.bhh_off + j]));
+    let h = cell_act(p.act_f, z);
+    if (p.save == 1u && clipping()) {
+        gates[idx] = z;
     }
     hs[next_slot() * bh + hc] = h;
     out[out_index(b, j)] = h;
@@ -73,12 +73,12 @@ fn rnn_backward(
         return;
     }
     dh += dout[out_index(b, j)];
-    let h = hs[next_slot() * p.B * p.H + hc];
     var d: f32;
-    if (p.relu == 1u) {
-        d = select(0.0, dh, h > 0.0);
+    if (clipping()) {
+        let z = gates[idx];
+        d = clip_pass(z, cell_act_back(p.act_f, cell_act(p.act_f, z), dh));
     } else {
-        d = dh * (1.0 - h * h);
+        d = cell_act_back(p.act_f, hs[next_slot() * p.B * p.H + hc], dh);
     }
     dgh[idx] = d;
     carry[carry_index(out_par, 0u, b, j)] = 0.0;

@@ -11,7 +11,7 @@ use rnn_wgpu::gradcheck::GradCheck;
 use rnn_wgpu::nn::case::{RnnCase, RnnResults, check_case_gradients, run_case};
 use rnn_wgpu::nn::rnn::DirParams;
 use rnn_wgpu::nn::{Rnn, RnnConfig};
-use rnn_wgpu::ops::cell::{Cell, StepSpec};
+use rnn_wgpu::ops::cell::{Act, Activations, Cell, Nonlinearity, StepSpec, Variant};
 use rnn_wgpu::parity::{Tolerance, compare, rng, uniform};
 
 use rand::RngExt;
@@ -48,6 +48,137 @@ fn every_gradient_of_every_cell_matches_finite_differences() {
         gradcheck(&case);
         let single = RnnCase::new(RnnConfig::new(cell, 2, 3), 4, 2, 20 + i as u64);
         gradcheck(&single);
+    }
+}
+
+/// Every cell variant beyond PyTorch's, alone and combined.
+fn variants() -> Vec<(Cell, Variant)> {
+    let lstm = |f: &dyn Fn(&mut Variant)| {
+        let mut v = Variant::default();
+        f(&mut v);
+        (Cell::Lstm, v)
+    };
+    let clip = |v: &mut Variant| v.cell_clip = Some(0.6);
+    vec![
+        lstm(&|v| v.peepholes = true),
+        lstm(&|v| v.coupled = true),
+        lstm(&clip),
+        lstm(&|v| {
+            v.peepholes = true;
+            v.coupled = true;
+            v.cell_clip = Some(0.8);
+            v.activations = Activations {
+                f: Act::Sigmoid,
+                g: Act::Relu,
+                h: Act::Sigmoid,
+            };
+        }),
+        lstm(&|v| {
+            v.activations = Activations {
+                f: Act::Sigmoid,
+                g: Act::Tanh,
+                h: Act::Relu,
+            }
+        }),
+        (
+            Cell::Gru,
+            Variant {
+                cell_clip: Some(0.5),
+                ..Default::default()
+            },
+        ),
+        (
+            Cell::Gru,
+            Variant {
+                activations: Activations {
+                    f: Act::Sigmoid,
+                    g: Act::Relu,
+                    h: Act::Tanh,
+                },
+                ..Default::default()
+            },
+        ),
+        (Cell::Rnn(Nonlinearity::Sigmoid), Variant::default()),
+        (
+            Cell::Rnn(Nonlinearity::Tanh),
+            Variant {
+                cell_clip: Some(0.5),
+                ..Default::default()
+            },
+        ),
+        (
+            Cell::Rnn(Nonlinearity::Relu),
+            Variant {
+                cell_clip: Some(0.4),
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+#[test]
+fn every_gradient_of_every_variant_matches_finite_differences() {
+    for (i, (cell, v)) in variants().into_iter().enumerate() {
+        let cfg = RnnConfig::new(cell, 3, 4)
+            .variant(v)
+            .layers(2)
+            .bidirectional(true);
+        let case = RnnCase::new(cfg, 5, 3, 40 + i as u64)
+            .with_states()
+            .with_lengths(vec![5, 2, 4]);
+        gradcheck(&case);
+    }
+}
+
+/// A clip that binds: some pre-activations of the case are clipped, and
+/// the results differ from the unclipped cell's.
+#[test]
+fn the_clip_binds_in_the_variant_cases() {
+    for (cell, v) in variants()
+        .into_iter()
+        .filter(|(_, v)| v.cell_clip.is_some())
+    {
+        let cfg = RnnConfig::new(cell, 3, 4).variant(v);
+        let data = RnnCase::new(cfg, 5, 3, 7).data();
+        let clipped = run_case(&cpu(), &cfg, &data, false).unwrap();
+        let free = RnnConfig {
+            variant: Variant {
+                cell_clip: None,
+                ..v
+            },
+            ..cfg
+        };
+        let unclipped = run_case(&cpu(), &free, &data, false).unwrap();
+        assert_ne!(clipped.output, unclipped.output, "{}", cell.name());
+    }
+}
+
+#[test]
+fn gpu_matches_cpu_on_every_variant() {
+    let _ = gpu_or_skip!();
+    for (kernel, gpu) in step_variants() {
+        eprintln!("step kernel: {}", kernel.name());
+        for (i, (cell, v)) in variants().into_iter().enumerate() {
+            let s = 500 + 10 * i as u64;
+            let cases = [
+                RnnCase::new(
+                    RnnConfig::new(cell, 3, 5)
+                        .variant(v)
+                        .layers(2)
+                        .bidirectional(true),
+                    5,
+                    4,
+                    s,
+                )
+                .with_states()
+                .with_lengths(vec![5, 1, 3, 4]),
+                // Tile edges: H = 33, B = 9.
+                RnnCase::new(RnnConfig::new(cell, 4, 33).variant(v), 3, 9, s + 1).with_states(),
+            ];
+            for case in &cases {
+                gpu_vs_cpu(&gpu, case);
+            }
+        }
     }
 }
 
@@ -213,6 +344,7 @@ fn single_steps(gpu: &GpuBackend, variant: StepKernel) {
             out_col: h,
             out_ld: 2 * h,
             ring: false,
+            ..Default::default()
         };
         let seed = 40 + ci as u64 * 10;
         let weights = uniform(seed, 7 + gh * h + gh + 3, -0.3, 0.3);
@@ -411,7 +543,7 @@ fn layout_offsets_agree_with_the_layout() {
         for l in 0..3 {
             for d in 0..2 {
                 let sfx = RnnConfig::suffix(l, d);
-                let p = DirParams::of(&layout, 2, l, d).unwrap();
+                let p = DirParams::of(&layout, l, d).unwrap();
                 assert_eq!(
                     layout.get(&format!("weight_ih{sfx}")).unwrap().offset,
                     p.w_ih

@@ -16,7 +16,7 @@ use crate::ops::embed::{self, EmbedSpec};
 use crate::ops::matmul::{Gemm, gemm_cpu};
 use crate::ops::memory::{check_range, fill_cpu};
 use crate::ops::optim::{self, Optimizer, UpdateSpec};
-use crate::ops::reduce::{ColSum, ReduceOp, reduce_cpu, sum_cols_cpu};
+use crate::ops::reduce::{ColDot, ColSum, ReduceOp, dot_cols_cpu, reduce_cpu, sum_cols_cpu};
 use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, softmax_cpu, xent_cpu};
 use crate::real::Real;
 
@@ -390,6 +390,19 @@ impl<T: Real> Backend for CpuBackend<T> {
         let x = x.read("sum_cols", "x")?;
         let mut out = out.write("sum_cols", "out")?;
         sum_cols_cpu(s, &x, &mut out)
+    }
+
+    fn dot_cols(
+        &self,
+        d: &ColDot,
+        x: &Self::Tensor,
+        y: &Self::Tensor,
+        out: &Self::Tensor,
+    ) -> Result<()> {
+        let x = x.read("dot_cols", "x")?;
+        let y = y.read("dot_cols", "y")?;
+        let mut out = out.write("dot_cols", "out")?;
+        dot_cols_cpu(d, &x, &y, &mut out)
     }
 
     fn reduce(

@@ -13,7 +13,7 @@ use crate::ops::embed::{self, EmbedSpec};
 use crate::ops::matmul::{Gemm, GemmKernel, gemm_gpu};
 use crate::ops::memory::{copy_gpu, fill_gpu};
 use crate::ops::optim::{self, Optimizer, UpdateSpec};
-use crate::ops::reduce::{self, ColSum, ReduceOp, reduce_gpu, sum_cols_gpu};
+use crate::ops::reduce::{self, ColDot, ColSum, ReduceOp, reduce_gpu, sum_cols_gpu};
 use crate::ops::softmax_xent::{self, Rows, XentOut};
 
 /// Records every launch for the GPU.
@@ -231,6 +231,11 @@ impl Backend for GpuBackend {
 
     fn sum_cols(&self, s: &ColSum, x: &GpuTensor, out: &GpuTensor) -> Result<()> {
         self.ctx.record(|rec| sum_cols_gpu(rec, s, x, out))
+    }
+
+    fn dot_cols(&self, d: &ColDot, x: &GpuTensor, y: &GpuTensor, out: &GpuTensor) -> Result<()> {
+        self.ctx
+            .record(|rec| reduce::dot_cols_gpu(rec, d, x, y, out))
     }
 
     fn reduce(

@@ -50,7 +50,7 @@ use crate::ops::dropout::DropoutSpec;
 use crate::ops::embed::EmbedSpec;
 use crate::ops::matmul::Gemm;
 use crate::ops::optim::{Optimizer, UpdateSpec};
-use crate::ops::reduce::{ColSum, ReduceOp};
+use crate::ops::reduce::{ColDot, ColSum, ReduceOp};
 use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, XentSummary};
 use crate::real::Real;
 
@@ -208,6 +208,15 @@ pub trait Backend: Clone {
 
     /// Column sums; see [`ColSum`].
     fn sum_cols(&self, s: &ColSum, x: &Self::Tensor, out: &Self::Tensor) -> Result<()>;
+
+    /// Column dot products; see [`ColDot`].
+    fn dot_cols(
+        &self,
+        d: &ColDot,
+        x: &Self::Tensor,
+        y: &Self::Tensor,
+        out: &Self::Tensor,
+    ) -> Result<()>;
 
     /// `out[out_off] (+)= op(x[x_off .. x_off + n])`.
     #[allow(clippy::too_many_arguments)]

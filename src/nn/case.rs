@@ -127,12 +127,19 @@ impl RnnCase {
         self
     }
 
-    /// A short description, e.g. `lstm I=3 H=4 L=2 bi T=5 B=2 lengths h0`.
+    /// A short description, e.g. `lstm I=3 H=4 L=2 bi T=5 B=2 lengths h0`
+    /// (the variant in parentheses after the cell, when it has one).
     pub fn describe(&self) -> String {
         let c = &self.config;
+        let variant = c.variant.describe(c.cell);
         format!(
-            "{} I={} H={} L={}{} T={} B={}{}{}",
+            "{}{} I={} H={} L={}{} T={} B={}{}{}",
             c.cell.name(),
+            if variant.is_empty() {
+                String::new()
+            } else {
+                format!(" ({variant})")
+            },
             c.input_size,
             c.hidden_size,
             c.num_layers,

@@ -67,10 +67,10 @@ use super::params::{ParamEntry, ParamLayout};
 use super::pool::{Pool, next_owner_id};
 use crate::backend::{Backend, StepBackward, StepForward, expect_shape};
 use crate::error::{Error, Result};
-use crate::ops::cell::{Cell, StepSpec};
+use crate::ops::cell::{Cell, StepSpec, Variant};
 use crate::ops::dropout::{DropoutKey, DropoutSpec, Shard};
 use crate::ops::matmul::Gemm;
-use crate::ops::reduce::ColSum;
+use crate::ops::reduce::{ColDot, ColSum};
 use crate::parity::rng;
 use crate::real::Real;
 use serde::{Deserialize, Serialize};
@@ -78,10 +78,12 @@ use serde::{Deserialize, Serialize};
 use rand::RngExt;
 
 /// Shape of a recurrent stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RnnConfig {
     /// Cell type.
     pub cell: Cell,
+    /// The cell's variant (PyTorch's cell by default), the same in every layer.
+    pub variant: Variant,
     /// Input features I.
     pub input_size: usize,
     /// Hidden size H.
@@ -123,31 +125,34 @@ pub struct DirParams {
     pub b_ih: usize,
     /// `bias_hh` `[G·H]`
     pub b_hh: usize,
+    /// `weight_p` `[3H]` (an LSTM with peepholes), else 0.
+    pub peep: usize,
 }
 
 impl DirParams {
     /// Offsets of layer `l`, direction `d` in `layout`, a layout built by
-    /// [`RnnConfig::layout`] (four entries per layer and direction, in order)
-    /// for a stack with `dirs` directions.
-    pub fn of(layout: &ParamLayout, dirs: usize, l: usize, d: usize) -> Result<Self> {
-        let first = (l * dirs + d) * 4;
-        let off = |k: usize| {
+    /// [`RnnConfig::layout`], found by their names.
+    pub fn of(layout: &ParamLayout, l: usize, d: usize) -> Result<Self> {
+        let sfx = RnnConfig::suffix(l, d);
+        let off = |name: &str| {
             layout
-                .entries
-                .get(first + k)
+                .get(&format!("{name}{sfx}"))
                 .map(|e| e.offset)
                 .ok_or_else(|| {
                     Error::invalid(
                         "parameters",
-                        format!("the layout has no entries for layer {l}, direction {d}"),
+                        format!("the layout has no {name}{sfx} (layer {l}, direction {d})"),
                     )
                 })
         };
         Ok(DirParams {
-            w_ih: off(0)?,
-            w_hh: off(1)?,
-            b_ih: off(2)?,
-            b_hh: off(3)?,
+            w_ih: off("weight_ih")?,
+            w_hh: off("weight_hh")?,
+            b_ih: off("bias_ih")?,
+            b_hh: off("bias_hh")?,
+            peep: layout
+                .get(&format!("weight_p{sfx}"))
+                .map_or(0, |e| e.offset),
         })
     }
 
@@ -157,6 +162,7 @@ impl DirParams {
             w_hh: self.w_hh + by,
             b_ih: self.b_ih + by,
             b_hh: self.b_hh + by,
+            peep: self.peep + by,
         }
     }
 }
@@ -226,6 +232,7 @@ impl RnnConfig {
     pub fn new(cell: Cell, input_size: usize, hidden_size: usize) -> Self {
         RnnConfig {
             cell,
+            variant: Variant::default(),
             input_size,
             hidden_size,
             num_layers: 1,
@@ -236,6 +243,12 @@ impl RnnConfig {
     /// With `n` layers.
     pub fn layers(mut self, n: usize) -> Self {
         self.num_layers = n;
+        self
+    }
+
+    /// With the cell variant `v`.
+    pub fn variant(mut self, v: Variant) -> Self {
+        self.variant = v;
         self
     }
 
@@ -267,6 +280,7 @@ impl RnnConfig {
     /// Rejects empty and absurd sizes: every dimension in `1..=MAX_DIM`, at
     /// most `MAX_LAYERS` layers, and a parameter count the kernels can index (u32).
     pub fn validate(&self) -> Result<()> {
+        self.variant.validate(self.cell)?;
         for (arg, v, max) in [
             ("input_size", self.input_size, MAX_DIM),
             ("hidden_size", self.hidden_size, MAX_DIM),
@@ -288,8 +302,9 @@ impl RnnConfig {
             self.input_size as u128,
         );
         let d = self.directions() as u128;
-        let first = g * h * (i + h + 2);
-        let rest = g * h * (d * h + h + 2);
+        let peep = self.variant.peephole_len(self.hidden_size) as u128;
+        let first = g * h * (i + h + 2) + peep;
+        let rest = g * h * (d * h + h + 2) + peep;
         let total = d * (first + (self.num_layers as u128 - 1) * rest);
         check_index_range("the recurrent stack's parameters", total)
     }
@@ -300,7 +315,8 @@ impl RnnConfig {
     }
 
     /// Parameters in PyTorch's order (per layer, per direction: `weight_ih`,
-    /// `weight_hh`, `bias_ih`, `bias_hh`), packed into one flat buffer.
+    /// `weight_hh`, `bias_ih`, `bias_hh`, then `weight_p` `[3H]` with
+    /// peepholes), packed into one flat buffer.
     pub fn layout(&self) -> ParamLayout {
         let gh = self.cell.gates() * self.hidden_size;
         let mut layout = ParamLayout::default();
@@ -311,6 +327,9 @@ impl RnnConfig {
                 layout.push(format!("weight_hh{sfx}"), &[gh, self.hidden_size]);
                 layout.push(format!("bias_ih{sfx}"), &[gh]);
                 layout.push(format!("bias_hh{sfx}"), &[gh]);
+                if self.variant.peepholes {
+                    layout.push(format!("weight_p{sfx}"), &[3 * self.hidden_size]);
+                }
             }
         }
         layout
@@ -710,7 +729,7 @@ impl<B: Backend> Rnn<B> {
             let out = pool.take(b, &[steps, batch, cfg.output_size()])?;
             let mut saved_dirs = Vec::with_capacity(dirs);
             for d in 0..dirs {
-                let p = DirParams::of(&self.layout, dirs, l, d)?.shifted(self.offset);
+                let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
                 // The input projection of every step: a temporary.
                 let xg = pool.take(b, &[steps, batch, gh])?;
                 let g = Gemm::nt(steps * batch, gh, in_size)
@@ -719,10 +738,11 @@ impl<B: Backend> Rnn<B> {
                 b.gemm(&g, &input, &self.params, Some(&self.params), &xg)?;
                 let hs = pool.take(b, &[slots, batch, h])?;
                 let cs = pool.take_if(b, lstm, &[slots, batch, h])?;
+                let saved_per_unit = cfg.variant.saved(cfg.cell);
                 let gates = pool.take_if(
                     b,
-                    train && cfg.cell.saved() > 0,
-                    &[steps, batch, cfg.cell.saved() * h],
+                    train && saved_per_unit > 0,
+                    &[steps, batch, saved_per_unit * h],
                 )?;
                 let spec = |s: usize| StepSpec {
                     batch,
@@ -735,6 +755,8 @@ impl<B: Backend> Rnn<B> {
                     out_col: d * h,
                     out_ld: dirs * h,
                     ring: !train,
+                    variant: cfg.variant,
+                    peep_off: p.peep,
                     ..Default::default()
                 };
                 let (first, last) = (spec(0).prev(), spec(steps - 1).next());
@@ -892,7 +914,7 @@ impl<B: Backend> Rnn<B> {
             let in_size = cfg.layer_input(l);
             let dx = pool.take_if(b, l > 0 || self.input_grad, &[steps, batch, in_size])?;
             for (d, dw) in layer.dirs.iter().enumerate() {
-                let p = DirParams::of(&self.layout, dirs, l, d)?.shifted(self.offset);
+                let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
                 let sd = l * dirs + d;
                 let dgh = pool.take(b, &[steps, batch, gh])?;
                 let dgx = pool.take_if(b, cfg.cell == Cell::Gru, &[steps, batch, gh])?;
@@ -930,6 +952,8 @@ impl<B: Backend> Rnn<B> {
                         out_col: d * h,
                         out_ld: dirs * h,
                         ring: false,
+                        variant: cfg.variant,
+                        peep_off: p.peep,
                     };
                     b.cell_backward(cfg.cell, &spec, &bufs)?;
                 }
@@ -963,6 +987,27 @@ impl<B: Backend> Rnn<B> {
                     };
                     b.sum_cols(&cs, src, param_grads)?;
                 }
+                // Peephole gradients: dP_i = Σ di ⊙ c_prev, dP_f = Σ df ⊙ c_prev,
+                // dP_o = Σ do ⊙ c (over T·B rows; c_prev of the row of step t
+                // is slot t forward, t + 1 reverse).
+                if let (true, Some(cs)) = (cfg.variant.peepholes, &dw.cs) {
+                    let (prev_base, next_base) = if d == 0 { (0, bh) } else { (bh, 0) };
+                    for (k, gate, base) in [(0, 0, prev_base), (1, 1, prev_base), (2, 3, next_base)]
+                    {
+                        let dot = ColDot {
+                            sum: ColSum {
+                                ld: gh,
+                                x_off: gate * h,
+                                out_off: p.peep + k * h,
+                                accumulate: true,
+                                ..ColSum::new(rows, h)
+                            },
+                            y_off: base,
+                            y_ld: h,
+                        };
+                        b.dot_cols(&dot, &dgh, cs, param_grads)?;
+                    }
+                }
                 // Gradient of this layer's input, summed over directions
                 // (for the first layer only when the caller wants it).
                 if let Some(dx) = &dx {
@@ -973,9 +1018,9 @@ impl<B: Backend> Rnn<B> {
                 }
             }
             // Layer l's parameters (every direction) are complete.
-            let start = DirParams::of(&self.layout, dirs, l, 0)?.w_ih;
+            let start = DirParams::of(&self.layout, l, 0)?.w_ih;
             let end = match l + 1 < cfg.num_layers {
-                true => DirParams::of(&self.layout, dirs, l + 1, 0)?.w_ih,
+                true => DirParams::of(&self.layout, l + 1, 0)?.w_ih,
                 false => self.layout.total,
             };
             ready(self.offset + start..self.offset + end)?;

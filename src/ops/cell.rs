@@ -43,6 +43,8 @@ pub enum Nonlinearity {
     Tanh,
     /// `relu`.
     Relu,
+    /// The logistic sigmoid (ONNX's `RNN` with `activations = [Sigmoid]`).
+    Sigmoid,
 }
 
 /// A recurrent cell type.
@@ -57,7 +59,7 @@ pub enum Cell {
 }
 
 impl Cell {
-    /// Every cell type.
+    /// PyTorch's cell types (the vanilla RNN's sigmoid is ONNX's only).
     pub const ALL: [Cell; 4] = [
         Cell::Lstm,
         Cell::Gru,
@@ -92,6 +94,7 @@ impl Cell {
         match self {
             Cell::Rnn(Nonlinearity::Tanh) => "rnn_tanh",
             Cell::Rnn(Nonlinearity::Relu) => "rnn_relu",
+            Cell::Rnn(Nonlinearity::Sigmoid) => "rnn_sigmoid",
             Cell::Lstm => "lstm",
             Cell::Gru => "gru",
         }
@@ -104,22 +107,304 @@ impl Cell {
             "gru" => Cell::Gru,
             "rnn" | "rnn_tanh" => Cell::Rnn(Nonlinearity::Tanh),
             "rnn_relu" => Cell::Rnn(Nonlinearity::Relu),
+            "rnn_sigmoid" => Cell::Rnn(Nonlinearity::Sigmoid),
             other => {
                 return Err(Error::invalid(
                     "cell",
-                    format!("unknown cell {other:?}; expected lstm, gru, rnn_tanh or rnn_relu"),
+                    format!(
+                        "unknown cell {other:?}; expected lstm, gru, rnn_tanh, rnn_relu or rnn_sigmoid"
+                    ),
                 ));
             }
         })
     }
 
-    fn relu(self) -> bool {
-        self == Cell::Rnn(Nonlinearity::Relu)
+    /// The activation of a vanilla RNN's update (`None` for the gated cells).
+    fn rnn_act(self) -> Option<Act> {
+        match self {
+            Cell::Rnn(Nonlinearity::Tanh) => Some(Act::Tanh),
+            Cell::Rnn(Nonlinearity::Relu) => Some(Act::Relu),
+            Cell::Rnn(Nonlinearity::Sigmoid) => Some(Act::Sigmoid),
+            _ => None,
+        }
+    }
+}
+
+/// An activation of a cell's equations (the ones ONNX names and every
+/// runtime implements: `Sigmoid`, `Tanh`, `Relu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Act {
+    /// `1 / (1 + e^{-x})`
+    Sigmoid,
+    /// `tanh x`
+    Tanh,
+    /// `max(x, 0)`
+    Relu,
+}
+
+impl Act {
+    /// The code the step kernels switch on (`CA_*` in `cell_common.wgsl`).
+    fn code(self) -> u32 {
+        match self {
+            Act::Sigmoid => 0,
+            Act::Tanh => 1,
+            Act::Relu => 2,
+        }
+    }
+
+    /// `sigmoid`, `tanh` or `relu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Act::Sigmoid => "sigmoid",
+            Act::Tanh => "tanh",
+            Act::Relu => "relu",
+        }
+    }
+
+    /// Parses an activation name, in any case (`Sigmoid`, `tanh`, ...);
+    /// another ONNX activation is an error that names it.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "sigmoid" => Act::Sigmoid,
+            "tanh" => Act::Tanh,
+            "relu" => Act::Relu,
+            _ => {
+                return Err(Error::invalid(
+                    "activations",
+                    format!(
+                        "activation {s:?} is not supported; the cells compute Sigmoid, Tanh and Relu"
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// `act(x)`, with the cells' sigmoid and tanh.
+    #[inline(always)]
+    pub fn apply<T: Real>(self, x: T) -> T {
+        match self {
+            Act::Sigmoid => x.sigmoid_cell(),
+            Act::Tanh => x.tanh_cell(),
+            Act::Relu => x.max(T::zero()),
+        }
+    }
+
+    /// `up · act'(x)` from the output `y = act(x)` (how the backward steps
+    /// read the derivative off the saved activations; the products are
+    /// formed left to right as `up · y · (1 − y)`, `up · (1 − y²)`).
+    #[inline(always)]
+    pub fn back<T: Real>(self, y: T, up: T) -> T {
+        match self {
+            Act::Sigmoid => up * y * (T::one() - y),
+            Act::Tanh => up * (T::one() - y * y),
+            Act::Relu => {
+                if y > T::zero() {
+                    up
+                } else {
+                    T::zero()
+                }
+            }
+        }
+    }
+}
+
+/// The activation functions of the gated cells, ONNX's `activations` list:
+/// `f` for the gates (LSTM i, f, o; GRU r, z), `g` for the candidate (LSTM
+/// g, GRU n), `h` for the LSTM's output `h = o · h(c)`. The default,
+/// sigmoid / tanh / tanh, is PyTorch's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Activations {
+    /// Gates.
+    pub f: Act,
+    /// Candidate.
+    pub g: Act,
+    /// LSTM output (unused by the GRU).
+    pub h: Act,
+}
+
+impl Default for Activations {
+    fn default() -> Self {
+        Activations {
+            f: Act::Sigmoid,
+            g: Act::Tanh,
+            h: Act::Tanh,
+        }
+    }
+}
+
+impl Activations {
+    /// Parses ONNX's list for `cell`: three names for the LSTM (f, g, h), two
+    /// for the GRU (f, g), separated by commas (`sigmoid,tanh,tanh`).
+    pub fn parse(cell: Cell, list: &str) -> Result<Self> {
+        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        let want = match cell {
+            Cell::Lstm => 3,
+            Cell::Gru => 2,
+            Cell::Rnn(_) => {
+                return Err(Error::invalid(
+                    "activations",
+                    "a vanilla RNN's activation is its nonlinearity (rnn_tanh, rnn_relu, rnn_sigmoid)",
+                ));
+            }
+        };
+        if names.len() != want {
+            return Err(Error::invalid(
+                "activations",
+                format!(
+                    "{} names given; the {} takes {want} (f, g{})",
+                    names.len(),
+                    cell.name(),
+                    if want == 3 { ", h" } else { "" }
+                ),
+            ));
+        }
+        let mut acts = Activations::default();
+        acts.f = Act::parse(names[0])?;
+        acts.g = Act::parse(names[1])?;
+        if want == 3 {
+            acts.h = Act::parse(names[2])?;
+        }
+        Ok(acts)
+    }
+
+    /// `f,g,h` (LSTM) or `f,g` (GRU).
+    pub fn list(&self, cell: Cell) -> String {
+        match cell {
+            Cell::Lstm => format!("{},{},{}", self.f.name(), self.g.name(), self.h.name()),
+            _ => format!("{},{}", self.f.name(), self.g.name()),
+        }
+    }
+}
+
+/// The cells' variants beyond PyTorch's three (the attributes ONNX's
+/// `LSTM`, `GRU` and `RNN` operators carry, and the literature's LSTM
+/// variants). The default is PyTorch's cell exactly; every variant is a
+/// fused kernel forward and backward with a CPU twin, like the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Variant {
+    /// LSTM with peepholes (Gers & Schmidhuber 2000; ONNX's `P`): i and f
+    /// also see `P_i ⊙ c_{t−1}`, `P_f ⊙ c_{t−1}`, o sees `P_o ⊙ c_t`; the
+    /// weights are `weight_p_l{k}` `[3H]` (P_i, P_f, P_o).
+    pub peepholes: bool,
+    /// LSTM with coupled input and forget gates, `f = 1 − i` (ONNX's
+    /// `input_forget`; the f rows of the weights are kept and get zero gradients).
+    pub coupled: bool,
+    /// ONNX's `clip`, as onnxruntime computes it: every gate's
+    /// pre-activation and, in the LSTM, `c` where `h(c)` reads it are
+    /// clipped to `[−clip, clip]`; the cell state carried to the next step
+    /// is not. `None`: no clipping.
+    pub cell_clip: Option<f32>,
+    /// The gated cells' activations (ONNX's `activations`).
+    pub activations: Activations,
+}
+
+impl Variant {
+    /// True for PyTorch's cell.
+    pub fn is_default(&self) -> bool {
+        *self == Variant::default()
+    }
+
+    /// Rejects options the cell does not have and a clip that is not a
+    /// positive finite number.
+    pub fn validate(&self, cell: Cell) -> Result<()> {
+        if cell != Cell::Lstm {
+            for (on, what) in [(self.peepholes, "peepholes"), (self.coupled, "coupled")] {
+                if on {
+                    return Err(Error::invalid(
+                        what,
+                        format!("is an LSTM variant; this is {}", cell.name()),
+                    ));
+                }
+            }
+        }
+        match cell {
+            Cell::Rnn(_) if self.activations != Activations::default() => {
+                return Err(Error::invalid(
+                    "activations",
+                    "a vanilla RNN's activation is its nonlinearity (rnn_tanh, rnn_relu, rnn_sigmoid)",
+                ));
+            }
+            Cell::Gru if self.activations.h != Act::Tanh => {
+                return Err(Error::invalid(
+                    "activations",
+                    "the GRU takes two activations (f, g); h is the LSTM's",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(c) = self.cell_clip
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(Error::invalid(
+                "cell_clip",
+                format!("{c} is not a positive finite threshold"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Values per hidden unit a training forward saves in `gates`: the
+    /// LSTM's and GRU's four, and for the vanilla RNN one (its clipped
+    /// pre-activation) when clipping, else none.
+    pub fn saved(&self, cell: Cell) -> usize {
+        match cell {
+            Cell::Rnn(_) => self.cell_clip.is_some() as usize,
+            Cell::Lstm | Cell::Gru => 4,
+        }
+    }
+
+    /// Peephole weights per layer and direction (`3H` for an LSTM with peepholes).
+    pub fn peephole_len(&self, hidden: usize) -> usize {
+        if self.peepholes { 3 * hidden } else { 0 }
+    }
+
+    /// A short description for logs: `peepholes, coupled, clip 1, activations sigmoid,relu,tanh`,
+    /// or `""` for the default.
+    pub fn describe(&self, cell: Cell) -> String {
+        let mut parts = Vec::new();
+        if self.peepholes {
+            parts.push("peepholes".to_string());
+        }
+        if self.coupled {
+            parts.push("coupled".to_string());
+        }
+        if let Some(c) = self.cell_clip {
+            parts.push(format!("cell clip {c}"));
+        }
+        if self.activations != Activations::default() {
+            parts.push(format!("activations {}", self.activations.list(cell)));
+        }
+        parts.join(", ")
+    }
+
+    fn clip<T: Real>(&self) -> Option<T> {
+        self.cell_clip.map(|c| T::of(c as f64))
+    }
+}
+
+/// `x` clipped to `[−c, c]` when `c` is set.
+#[inline(always)]
+fn clamp_opt<T: Real>(c: Option<T>, x: T) -> T {
+    match c {
+        Some(c) => x.max(-c).min(c),
+        None => x,
+    }
+}
+
+/// `d` where the clipped value `z` is strictly inside `(−c, c)` (the clip
+/// passes gradients there), zero where it was clipped.
+#[inline(always)]
+fn clip_pass<T: Real>(c: Option<T>, z: T, d: T) -> T {
+    match c {
+        Some(c) if z.abs() >= c => T::zero(),
+        _ => d,
     }
 }
 
 /// Where one step sits: sizes, time, direction, and offsets into shared buffers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepSpec {
     /// Batch B.
     pub batch: usize,
@@ -147,6 +432,11 @@ pub struct StepSpec {
     /// are `[2, B, H]`), for an inference forward that keeps nothing for a
     /// backward.
     pub ring: bool,
+    /// The cell's variant (PyTorch's cell by default).
+    pub variant: Variant,
+    /// Offset of the peephole weights `[3H]` (P_i, P_f, P_o) in the weights
+    /// buffer (an LSTM with peepholes).
+    pub peep_off: usize,
 }
 
 impl StepSpec {
@@ -184,6 +474,7 @@ impl StepSpec {
 
     /// Checks the step against the cell and the buffer lengths it will touch.
     fn validate(&self, cell: Cell, backward: bool, lens: &Lens) -> Result<()> {
+        self.variant.validate(cell)?;
         let (b, h, t) = (self.batch, self.hidden, self.steps);
         if b == 0 || h == 0 || t == 0 {
             return Err(Error::invalid(
@@ -243,6 +534,13 @@ impl StepSpec {
             gh.saturating_add(self.bhh_off),
             lens.weights,
         )?;
+        if self.variant.peepholes {
+            Self::need(
+                "weights (peepholes)",
+                m(&[3, h]).saturating_add(self.peep_off),
+                lens.weights,
+            )?;
+        }
         let slots = m(&[self.slots(), b, h]);
         Self::need("hs", slots, lens.hs)?;
         if let Some(len) = lens.lengths {
@@ -253,12 +551,9 @@ impl StepSpec {
         }
         // A forward saves gates only when given a buffer for them; a
         // backward needs them.
-        if cell.saved() > 0 && (backward || lens.gates.is_some()) {
-            Self::need(
-                "gates",
-                m(&[t, b, cell.saved(), h]),
-                lens.gates.unwrap_or(0),
-            )?;
+        let saved = self.variant.saved(cell);
+        if saved > 0 && (backward || lens.gates.is_some()) {
+            Self::need("gates", m(&[t, b, saved, h]), lens.gates.unwrap_or(0))?;
         }
         let out_len = m(&[t, b, self.out_ld]);
         let per_step = m(&[t, b, gh]);
@@ -438,7 +733,14 @@ pub fn forward_step_cpu<T: Real>(
     };
     let mut c_prev = c_prev.map(|c| c.chunks(h));
     let mut c_next = c_next.map(|c| c.chunks_mut(h));
-    let mut gate_rows = gates.map(|g| g[t0 * 4 * h..(t0 + bsz) * 4 * h].chunks_mut(4 * h));
+    let sv = s.variant.saved(cell) * h;
+    let mut gate_rows = gates
+        .filter(|_| sv > 0)
+        .map(|g| g[t0 * sv..(t0 + bsz) * sv].chunks_mut(sv));
+    let peep = s
+        .variant
+        .peepholes
+        .then(|| &weights[s.peep_off..s.peep_off + 3 * h]);
     let out_rows = out[t0 * s.out_ld..(t0 + bsz) * s.out_ld].chunks_mut(s.out_ld);
     let mut rows: Vec<ForwardRow<'_, T>> = xg[t0 * gh..(t0 + bsz) * gh]
         .chunks(gh)
@@ -456,6 +758,8 @@ pub fn forward_step_cpu<T: Real>(
             c_next: c_next.as_mut().and_then(|i| i.next()),
             gates: gate_rows.as_mut().and_then(|i| i.next()),
             out: &mut out[s.out_col..s.out_col + h],
+            variant: s.variant,
+            peep,
         })
         .collect();
     for_each_row(&mut rows, bh, |row| row.run(cell));
@@ -473,6 +777,8 @@ struct ForwardRow<'a, T> {
     c_next: Option<&'a mut [T]>,
     gates: Option<&'a mut [T]>,
     out: &'a mut [T],
+    variant: Variant,
+    peep: Option<&'a [T]>,
 }
 
 impl<T: Real> ForwardRow<'_, T> {
@@ -508,6 +814,10 @@ impl<T: Real> ForwardRow<'_, T> {
             }
             return;
         }
+        if !self.variant.is_default() {
+            self.run_variant(cell);
+            return;
+        }
         match (
             cell,
             self.c_prev,
@@ -531,11 +841,108 @@ impl<T: Real> ForwardRow<'_, T> {
                 &mut [],
                 self.out,
             ),
-            (Cell::Rnn(_), _, _, _) => {
-                rnn_forward_row(cell.relu(), self.x, self.r, self.h_next, self.out)
-            }
+            (Cell::Rnn(_), _, _, _) => rnn_forward_row(
+                cell.rnn_act().unwrap_or(Act::Tanh),
+                self.x,
+                self.r,
+                self.h_next,
+                self.out,
+            ),
             // The buffers were checked before the rows were built.
             _ => {}
+        }
+    }
+
+    /// A variant's update: the equations of [`Variant`] element by element
+    /// (the default cells keep their vectorized rows above). With a clip
+    /// the clipped pre-activations are saved (the backward recomputes the
+    /// activations and knows where the clip stopped the gradient), else the
+    /// activations, as the default cells do.
+    fn run_variant(&mut self, cell: Cell) {
+        let v = self.variant;
+        let clip = v.clip::<T>();
+        let h = self.h_next.len();
+        let acts = v.activations;
+        let one = T::one();
+        let mut gates = self.gates.as_deref_mut();
+        match cell {
+            Cell::Lstm => {
+                let (Some(cp), Some(cn)) = (self.c_prev, self.c_next.as_deref_mut()) else {
+                    return;
+                };
+                for j in 0..h {
+                    let x = |g: usize| self.x[g * h + j] + self.r[g * h + j];
+                    let (mut pi, mut pf, pg, mut po) = (x(0), x(1), x(2), x(3));
+                    if let Some(p) = self.peep {
+                        pi += p[j] * cp[j];
+                        pf += p[h + j] * cp[j];
+                    }
+                    let (zi, zf, zg) = (
+                        clamp_opt(clip, pi),
+                        clamp_opt(clip, pf),
+                        clamp_opt(clip, pg),
+                    );
+                    let i = acts.f.apply(zi);
+                    let f = if v.coupled { one - i } else { acts.f.apply(zf) };
+                    let g = acts.g.apply(zg);
+                    let c = f * cp[j] + i * g;
+                    if let Some(p) = self.peep {
+                        po += p[2 * h + j] * c;
+                    }
+                    let zo = clamp_opt(clip, po);
+                    let o = acts.f.apply(zo);
+                    let hv = o * acts.h.apply(clamp_opt(clip, c));
+                    if let Some(gs) = gates.as_deref_mut() {
+                        let keep = if clip.is_some() {
+                            [zi, zf, zg, zo]
+                        } else {
+                            [i, f, g, o]
+                        };
+                        for (k, val) in keep.into_iter().enumerate() {
+                            gs[k * h + j] = val;
+                        }
+                    }
+                    cn[j] = c;
+                    self.h_next[j] = hv;
+                    self.out[j] = hv;
+                }
+            }
+            Cell::Gru => {
+                for j in 0..h {
+                    let zr = clamp_opt(clip, self.x[j] + self.r[j]);
+                    let zz = clamp_opt(clip, self.x[h + j] + self.r[h + j]);
+                    let r = acts.f.apply(zr);
+                    let z = acts.f.apply(zz);
+                    let hn = self.r[2 * h + j];
+                    let zn = clamp_opt(clip, self.x[2 * h + j] + r * hn);
+                    let n = acts.g.apply(zn);
+                    let hv = (one - z) * n + z * self.h_prev[j];
+                    if let Some(gs) = gates.as_deref_mut() {
+                        let keep = if clip.is_some() {
+                            [zr, zz, zn, hn]
+                        } else {
+                            [r, z, n, hn]
+                        };
+                        for (k, val) in keep.into_iter().enumerate() {
+                            gs[k * h + j] = val;
+                        }
+                    }
+                    self.h_next[j] = hv;
+                    self.out[j] = hv;
+                }
+            }
+            Cell::Rnn(_) => {
+                let act = cell.rnn_act().unwrap_or(Act::Tanh);
+                for j in 0..h {
+                    let z = clamp_opt(clip, self.x[j] + self.r[j]);
+                    let hv = act.apply(z);
+                    if let Some(gs) = gates.as_deref_mut() {
+                        gs[j] = z;
+                    }
+                    self.h_next[j] = hv;
+                    self.out[j] = hv;
+                }
+            }
         }
     }
 }
@@ -673,17 +1080,17 @@ fn gru_forward_row<T: Real, const SAVE: bool>(
     }
 }
 
-/// Vanilla RNN: h' = tanh(x + r) or relu(x + r).
+/// Vanilla RNN: h' = act(x + r), act tanh, relu or sigmoid.
 #[inline(always)]
-fn rnn_forward_row<T: Real>(relu: bool, x: &[T], r: &[T], h_next: &mut [T], out: &mut [T]) {
+fn rnn_forward_row<T: Real>(act: Act, x: &[T], r: &[T], h_next: &mut [T], out: &mut [T]) {
     let h = h_next.len();
     let (x, r, out) = (&x[..h], &r[..h], &mut out[..h]);
     for j in 0..h {
         let pre = x[j] + r[j];
-        let hv = if relu {
-            pre.max(T::zero())
-        } else {
-            pre.tanh_cell()
+        let hv = match act {
+            Act::Relu => pre.max(T::zero()),
+            Act::Tanh => pre.tanh_cell(),
+            Act::Sigmoid => pre.sigmoid_cell(),
         };
         h_next[j] = hv;
         out[j] = hv;
@@ -740,7 +1147,8 @@ pub fn backward_step_cpu<T: Real>(
     for b in 0..bsz {
         let live = is_active(lengths, b, s.t);
         let row = (s.t * bsz + b) * gh;
-        let srow = (s.t * bsz + b) * 4 * h;
+        let sv = s.variant.saved(cell) * h;
+        let srow = (s.t * bsz + b) * sv;
         let hr = b * h..(b + 1) * h;
         // dh of this step's output state: from the later step, the carry and
         // the output (accumulated in place in `acc`).
@@ -765,6 +1173,51 @@ pub fn backward_step_cpu<T: Real>(
             dh_out[hr.clone()].copy_from_slice(dh);
             if cell.has_cell_state() {
                 dc_out[hr.clone()].copy_from_slice(&dc_in[hr]);
+            }
+            continue;
+        }
+        if !s.variant.is_default() {
+            fn need<'v, T>(t: Option<&'v [T]>, what: &str, cell: Cell) -> Result<&'v [T]> {
+                t.ok_or_else(|| missing(what, cell))
+            }
+            let row_of = |base: usize| base + b * h..base + (b + 1) * h;
+            let bufs = VariantBack {
+                dh,
+                saved: match sv {
+                    0 => &[],
+                    _ => &need(gates, "gates", cell)?[srow..srow + sv],
+                },
+                dgh: dgh_row,
+                peep: s
+                    .variant
+                    .peepholes
+                    .then(|| &weights[s.peep_off..s.peep_off + 3 * h]),
+            };
+            match cell {
+                Cell::Lstm => {
+                    let cs = need(cs, "cs", cell)?;
+                    bufs.lstm(
+                        &s.variant,
+                        &dc_in[hr.clone()],
+                        &cs[row_of(prev)],
+                        &cs[row_of(next)],
+                        &mut dc_out[hr.clone()],
+                    );
+                    dh_out[hr].fill(T::zero());
+                }
+                Cell::Gru => {
+                    let dgx = dgx.as_deref_mut().ok_or_else(|| missing("dgx", cell))?;
+                    bufs.gru(
+                        &s.variant,
+                        &hs[row_of(prev)],
+                        &mut dgx[row..row + gh],
+                        &mut dh_out[hr],
+                    );
+                }
+                Cell::Rnn(_) => {
+                    bufs.rnn(&s.variant, cell, &hs[row_of(next)]);
+                    dh_out[hr].fill(T::zero());
+                }
             }
             continue;
         }
@@ -799,18 +1252,123 @@ pub fn backward_step_cpu<T: Real>(
             }
             Cell::Rnn(_) => {
                 let h_next = &hs[next + b * h..next + (b + 1) * h];
+                let act = cell.rnn_act().unwrap_or(Act::Tanh);
                 for ((d, &g), &hv) in dgh_row.iter_mut().zip(dh).zip(h_next) {
-                    *d = if cell.relu() {
-                        if hv > T::zero() { g } else { T::zero() }
-                    } else {
-                        g * (T::one() - hv * hv)
-                    };
+                    *d = act.back(hv, g);
                 }
                 dh_out[hr].fill(T::zero());
             }
         }
     }
     Ok(())
+}
+
+/// One live row of a variant's backward step: dh of the row, what its
+/// forward saved, its gate gradients (written) and the peephole weights.
+struct VariantBack<'a, T> {
+    dh: &'a [T],
+    saved: &'a [T],
+    dgh: &'a mut [T],
+    peep: Option<&'a [T]>,
+}
+
+impl<T: Real> VariantBack<'_, T> {
+    /// A saved gate value: with a clip the clipped pre-activation `z`
+    /// (returned with `act(z)`), else the activation itself.
+    #[inline(always)]
+    fn gate(&self, v: &Variant, act: Act, k: usize, j: usize) -> (T, T) {
+        let z = self.saved[k * self.dh.len() + j];
+        if v.cell_clip.is_some() {
+            (act.apply(z), z)
+        } else {
+            (z, T::zero())
+        }
+    }
+
+    fn lstm(self, v: &Variant, dc_in: &[T], c_prev: &[T], c_next: &[T], dc_out: &mut [T]) {
+        let h = self.dh.len();
+        let clip = v.clip::<T>();
+        let a = v.activations;
+        let one = T::one();
+        for j in 0..h {
+            let (i, zi) = self.gate(v, a.f, 0, j);
+            let (f, zf) = if v.coupled {
+                (one - i, T::zero())
+            } else {
+                self.gate(v, a.f, 1, j)
+            };
+            let (g, zg) = self.gate(v, a.g, 2, j);
+            let (o, zo) = self.gate(v, a.f, 3, j);
+            let c = c_next[j];
+            let zc = clamp_opt(clip, c);
+            let hc = a.h.apply(zc);
+            let dh = self.dh[j];
+            let d_o = clip_pass(clip, zo, a.f.back(o, dh * hc));
+            let mut dc = dc_in[j] + clip_pass(clip, zc, a.h.back(hc, dh * o));
+            if let Some(p) = self.peep {
+                dc += d_o * p[2 * h + j];
+            }
+            let di_up = if v.coupled {
+                dc * (g - c_prev[j])
+            } else {
+                dc * g
+            };
+            let di = clip_pass(clip, zi, a.f.back(i, di_up));
+            let df = if v.coupled {
+                T::zero()
+            } else {
+                clip_pass(clip, zf, a.f.back(f, dc * c_prev[j]))
+            };
+            let dg = clip_pass(clip, zg, a.g.back(g, dc * i));
+            let mut dcp = dc * f;
+            if let Some(p) = self.peep {
+                dcp += di * p[j] + df * p[h + j];
+            }
+            self.dgh[j] = di;
+            self.dgh[h + j] = df;
+            self.dgh[2 * h + j] = dg;
+            self.dgh[3 * h + j] = d_o;
+            dc_out[j] = dcp;
+        }
+    }
+
+    fn gru(self, v: &Variant, h_prev: &[T], dgx: &mut [T], dh_out: &mut [T]) {
+        let h = self.dh.len();
+        let clip = v.clip::<T>();
+        let a = v.activations;
+        let one = T::one();
+        for j in 0..h {
+            let (r, zr) = self.gate(v, a.f, 0, j);
+            let (z, zz) = self.gate(v, a.f, 1, j);
+            let (n, zn) = self.gate(v, a.g, 2, j);
+            let hn = self.saved[3 * h + j];
+            let dh = self.dh[j];
+            let dn = clip_pass(clip, zn, a.g.back(n, dh * (one - z)));
+            let dr = clip_pass(clip, zr, a.f.back(r, dn * hn));
+            let dz = clip_pass(clip, zz, a.f.back(z, dh * (h_prev[j] - n)));
+            dgx[j] = dr;
+            dgx[h + j] = dz;
+            dgx[2 * h + j] = dn;
+            self.dgh[j] = dr;
+            self.dgh[h + j] = dz;
+            self.dgh[2 * h + j] = dn * r;
+            dh_out[j] = dh * z;
+        }
+    }
+
+    fn rnn(self, v: &Variant, cell: Cell, h_next: &[T]) {
+        let clip = v.clip::<T>();
+        let act = cell.rnn_act().unwrap_or(Act::Tanh);
+        for (j, d) in self.dgh.iter_mut().enumerate() {
+            *d = match clip {
+                Some(_) => {
+                    let z = self.saved[j];
+                    clip_pass(clip, z, act.back(act.apply(z), self.dh[j]))
+                }
+                None => act.back(h_next[j], self.dh[j]),
+            };
+        }
+    }
 }
 
 /// LSTM gate gradients of one row from dh, the incoming dc, the saved gates
@@ -890,9 +1448,15 @@ kernel_params! {
         bhh_off: u32,
         out_col: u32,
         out_ld: u32,
-        relu: u32,
         save: u32,
         ring: u32,
+        act_f: u32,
+        act_g: u32,
+        act_h: u32,
+        peepholes: u32,
+        coupled: u32,
+        peep_off: u32,
+        clip: f32,
         _pad0: u32,
     }
 }
@@ -900,12 +1464,13 @@ kernel_params! {
 impl Params {
     fn of(cell: Cell, s: &StepSpec, has_lengths: bool, save: bool) -> Result<Self> {
         // Every index the kernels form must fit in u32.
-        let gh = cell.gates().max(cell.saved()) * s.hidden;
+        let gh = cell.gates().max(s.variant.saved(cell)) * s.hidden;
         let biggest = (s.steps + 1)
             .checked_mul(s.batch)
             .and_then(|v| v.checked_mul(gh.max(s.out_ld)))
             .ok_or_else(|| Error::invalid("cell step", "sizes overflow"))?;
         u32_of("T·B·G·H", biggest)?;
+        let v = s.variant;
         Ok(Params {
             b: u32_of("B", s.batch)?,
             h: u32_of("H", s.hidden)?,
@@ -919,9 +1484,16 @@ impl Params {
             bhh_off: u32_of("bhh_off", s.bhh_off)?,
             out_col: u32_of("out_col", s.out_col)?,
             out_ld: u32_of("out_ld", s.out_ld)?,
-            relu: cell.relu() as u32,
             save: save as u32,
             ring: s.ring as u32,
+            act_f: cell.rnn_act().unwrap_or(v.activations.f).code(),
+            act_g: v.activations.g.code(),
+            act_h: v.activations.h.code(),
+            peepholes: v.peepholes as u32,
+            coupled: v.coupled as u32,
+            peep_off: u32_of("peep_off", s.peep_off)?,
+            // 0 means no clip (a clip is positive).
+            clip: v.cell_clip.unwrap_or(0.0),
             _pad0: 0,
         })
     }
@@ -986,6 +1558,7 @@ const RNN_FORWARD: KernelDef<Params> = KernelDef::new(
         (binding::WEIGHTS, R),
         (binding::LENGTHS, R),
         (binding::HS, W),
+        (binding::GATES, W),
         (binding::OUT, W),
     ],
     STEP_CONSTANTS,
@@ -1029,6 +1602,7 @@ const RNN_BACKWARD: KernelDef<Params> = KernelDef::new(
         (binding::WEIGHTS, R),
         (binding::LENGTHS, R),
         (binding::HS, W),
+        (binding::GATES, W),
         (binding::DOUT, R),
         (binding::DGH, W),
         (binding::CARRY, W),
@@ -1145,8 +1719,8 @@ pub fn forward_step_gpu(
         (Cell::Lstm, Some(cs)) => {
             buffers.extend([(binding::CS, cs.buffer()), (binding::GATES, gates)]);
         }
-        (Cell::Gru, _) => buffers.push((binding::GATES, gates)),
-        (Cell::Rnn(_), _) => {}
+        // The RNN saves its clipped pre-activations when clipping.
+        (Cell::Gru | Cell::Rnn(_), _) => buffers.push((binding::GATES, gates)),
         _ => return Err(missing("cs", cell)),
     }
     dispatch_step(rec, forward_kernel(cell), s, &buffers, &params)
@@ -1194,7 +1768,10 @@ pub fn backward_step_gpu(
             (binding::GATES, gates.buffer()),
             (binding::DGX, dgx.buffer()),
         ]),
-        (Cell::Rnn(_), _, _, _) => buffers.push((binding::HS, bufs.hs.buffer())),
+        (Cell::Rnn(_), _, gates, _) => buffers.extend([
+            (binding::HS, bufs.hs.buffer()),
+            (binding::GATES, gates.unwrap_or(dummies.floats).buffer()),
+        ]),
         _ => return Err(missing("cs/gates/dgx", cell)),
     }
     dispatch_step(rec, backward_kernel(cell), s, &buffers, &params)

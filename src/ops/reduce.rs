@@ -5,7 +5,7 @@
 //! in an order that depends only on the sizes, never on timing, and use no
 //! atomics: the same inputs give bitwise the same outputs on the same adapter.
 //!
-//! CPU twin: [`sum_cols_cpu`], [`reduce_cpu`]. GPU: `shaders/reduce.wgsl`.
+//! CPU twin: [`sum_cols_cpu`], [`dot_cols_cpu`], [`reduce_cpu`]. GPU: `shaders/reduce.wgsl`.
 
 use super::matmul::u32_of;
 use super::need_len;
@@ -91,6 +91,59 @@ impl ColSum {
     }
 }
 
+/// Column dot products of two row-major matrices:
+/// `out[c] (+)= Σ_r x[x_off + r·ld + c] · y[y_off + r·y_ld + c]` (the LSTM's
+/// peephole gradients: gate gradients times cell states, over every step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColDot {
+    /// Rows, columns, x and out as in a column sum.
+    pub sum: ColSum,
+    /// Offset of y.
+    pub y_off: usize,
+    /// Row stride of y.
+    pub y_ld: usize,
+}
+
+impl ColDot {
+    fn validate(&self, x_len: usize, y_len: usize, out_len: usize) -> Result<()> {
+        let s = &self.sum;
+        s.validate(x_len, out_len)?;
+        if self.y_ld < s.cols {
+            return Err(Error::invalid(
+                "dot_cols y_ld",
+                format!("row stride {} below {} columns", self.y_ld, s.cols),
+            ));
+        }
+        let need = (s.rows - 1)
+            .saturating_mul(self.y_ld)
+            .saturating_add(self.y_off)
+            .saturating_add(s.cols);
+        need_len("dot_cols y", need, y_len)
+    }
+}
+
+/// CPU column dot products, rows added in order.
+pub fn dot_cols_cpu<T: Real>(d: &ColDot, x: &[T], y: &[T], out: &mut [T]) -> Result<()> {
+    d.validate(x.len(), y.len(), out.len())?;
+    let s = &d.sum;
+    let out = &mut out[s.out_off..s.out_off + s.cols];
+    if !s.accumulate {
+        out.fill(T::zero());
+    }
+    let mut acc = vec![T::zero(); s.cols];
+    for r in 0..s.rows {
+        let xr = &x[s.x_off + r * s.ld..s.x_off + r * s.ld + s.cols];
+        let yr = &y[d.y_off + r * d.y_ld..d.y_off + r * d.y_ld + s.cols];
+        for ((a, &u), &v) in acc.iter_mut().zip(xr).zip(yr) {
+            *a += u * v;
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o += a;
+    }
+    Ok(())
+}
+
 /// CPU column sums, rows added in order.
 pub fn sum_cols_cpu<T: Real>(s: &ColSum, x: &[T], out: &mut [T]) -> Result<()> {
     s.validate(x.len(), out.len())?;
@@ -134,6 +187,10 @@ kernel_params! {
         chunk: u32,
         parts: u32,
         flags: u32,
+        y_off: u32,
+        y_ld: u32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -143,6 +200,7 @@ binding_names! {
     OUT = 2,
     PARTIAL = 3,
     PARTIAL_IN = 4,
+    Y = 5,
 }
 
 const SUM_COLS: KernelDef<Params> = KernelDef::new(
@@ -151,6 +209,17 @@ const SUM_COLS: KernelDef<Params> = KernelDef::new(
     &[
         (binding::X, Access::Read),
         (binding::OUT, Access::ReadWrite),
+    ],
+    &[],
+);
+
+const DOT_COLS: KernelDef<Params> = KernelDef::new(
+    Shader::Reduce,
+    "dot_cols",
+    &[
+        (binding::X, Access::Read),
+        (binding::OUT, Access::ReadWrite),
+        (binding::Y, Access::Read),
     ],
     &[],
 );
@@ -176,7 +245,12 @@ const FINAL: KernelDef<Params> = KernelDef::new(
 );
 
 /// Every kernel of this module (see [`super::kernels`]).
-pub(super) const KERNELS: &[KernelInfo] = &[SUM_COLS.info(), PARTIAL.info(), FINAL.info()];
+pub(super) const KERNELS: &[KernelInfo] = &[
+    SUM_COLS.info(),
+    DOT_COLS.info(),
+    PARTIAL.info(),
+    FINAL.info(),
+];
 
 /// Records column sums on the GPU (one invocation per column, rows in order).
 pub fn sum_cols_gpu(
@@ -188,7 +262,14 @@ pub fn sum_cols_gpu(
     x.expect_dtype("sum_cols x", DType::F32)?;
     out.expect_dtype("sum_cols out", DType::F32)?;
     s.validate(x.len(), out.len())?;
-    let params = Params {
+    let params = col_params(s, 0, 0)?;
+    let grid = rec.ctx().grid((s.cols as u64).div_ceil(256))?;
+    let buffers = [(binding::X, x.buffer()), (binding::OUT, out.buffer())];
+    rec.dispatch(SUM_COLS, &[], &buffers, &params, grid)
+}
+
+fn col_params(s: &ColSum, y_off: usize, y_ld: usize) -> Result<Params> {
+    Ok(Params {
         n: u32_of("rows", s.rows)?,
         cols: u32_of("cols", s.cols)?,
         ld: u32_of("ld", s.ld)?,
@@ -197,10 +278,33 @@ pub fn sum_cols_gpu(
         chunk: 0,
         parts: 0,
         flags: s.accumulate as u32,
-    };
-    let grid = rec.ctx().grid((s.cols as u64).div_ceil(256))?;
-    let buffers = [(binding::X, x.buffer()), (binding::OUT, out.buffer())];
-    rec.dispatch(SUM_COLS, &[], &buffers, &params, grid)
+        y_off: u32_of("y_off", y_off)?,
+        y_ld: u32_of("y_ld", y_ld)?,
+        _pad0: 0,
+        _pad1: 0,
+    })
+}
+
+/// Records column dot products on the GPU (one invocation per column, rows in order).
+pub fn dot_cols_gpu(
+    rec: &mut Recorder<'_>,
+    d: &ColDot,
+    x: &GpuTensor,
+    y: &GpuTensor,
+    out: &GpuTensor,
+) -> Result<()> {
+    x.expect_dtype("dot_cols x", DType::F32)?;
+    y.expect_dtype("dot_cols y", DType::F32)?;
+    out.expect_dtype("dot_cols out", DType::F32)?;
+    d.validate(x.len(), y.len(), out.len())?;
+    let params = col_params(&d.sum, d.y_off, d.y_ld)?;
+    let grid = rec.ctx().grid((d.sum.cols as u64).div_ceil(256))?;
+    let buffers = [
+        (binding::X, x.buffer()),
+        (binding::OUT, out.buffer()),
+        (binding::Y, y.buffer()),
+    ];
+    rec.dispatch(DOT_COLS, &[], &buffers, &params, grid)
 }
 
 /// Number of partial results (and scratch elements) a GPU reduction of `n` elements uses.
@@ -255,6 +359,10 @@ pub fn reduce_gpu(
         chunk: u32_of("chunk", n.div_ceil(parts))?,
         parts: parts as u32,
         flags: accumulate as u32,
+        y_off: 0,
+        y_ld: 0,
+        _pad0: 0,
+        _pad1: 0,
     };
     let constants = [("OP", op.code() as f64)];
     let grid = rec.ctx().grid(parts as u64)?;
