@@ -12,6 +12,7 @@ use rnn_wgpu::nn::case::{RnnCase, RnnResults, check_case_gradients, run_case};
 use rnn_wgpu::nn::rnn::DirParams;
 use rnn_wgpu::nn::{Rnn, RnnConfig};
 use rnn_wgpu::ops::cell::{Act, Activations, Cell, Nonlinearity, StepSpec, Variant};
+use rnn_wgpu::ops::skip::Skip;
 use rnn_wgpu::parity::{Tolerance, compare, rng, uniform};
 
 use rand::RngExt;
@@ -128,6 +129,69 @@ fn every_gradient_of_every_variant_matches_finite_differences() {
             .with_lengths(vec![5, 2, 4]);
         gradcheck(&case);
     }
+}
+
+/// Residual and highway stacks, with every cell, one with a variant and dropout-free.
+fn skip_configs() -> Vec<RnnConfig> {
+    let mut v = Vec::new();
+    for (i, cell) in CELLS.into_iter().enumerate() {
+        let skip = if i % 2 == 0 {
+            Skip::Residual
+        } else {
+            Skip::Highway
+        };
+        v.push(RnnConfig::new(cell, 3, 4).layers(3).skip(skip));
+        let other = if skip == Skip::Residual {
+            Skip::Highway
+        } else {
+            Skip::Residual
+        };
+        v.push(
+            RnnConfig::new(cell, 2, 3)
+                .layers(2)
+                .bidirectional(true)
+                .skip(other),
+        );
+    }
+    let peep = Variant {
+        peepholes: true,
+        ..Default::default()
+    };
+    v.push(
+        RnnConfig::new(Cell::Lstm, 3, 4)
+            .variant(peep)
+            .layers(2)
+            .skip(Skip::Highway),
+    );
+    v
+}
+
+#[test]
+fn every_gradient_of_skip_stacks_matches_finite_differences() {
+    for (i, cfg) in skip_configs().into_iter().enumerate() {
+        let case = RnnCase::new(cfg, 4, 3, 70 + i as u64)
+            .with_states()
+            .with_lengths(vec![4, 1, 3]);
+        gradcheck(&case);
+    }
+}
+
+#[test]
+fn gpu_matches_cpu_on_skip_stacks() {
+    let gpu = gpu_or_skip!();
+    for (i, cfg) in skip_configs().into_iter().enumerate() {
+        let case = RnnCase::new(cfg, 5, 3, 600 + i as u64)
+            .with_states()
+            .with_lengths(vec![5, 2, 4]);
+        gpu_vs_cpu(&gpu, &case);
+    }
+}
+
+#[test]
+fn a_skip_needs_a_stack() {
+    let cfg = RnnConfig::new(Cell::Gru, 3, 4).skip(Skip::Residual);
+    let err = Rnn::new(cpu(), cfg, 1).unwrap_err().to_string();
+    assert!(err.contains("skip") && err.contains("stacked"), "{err}");
 }
 
 /// A clip that binds: some pre-activations of the case are clipped, and

@@ -17,6 +17,7 @@ use crate::ops::matmul::{Gemm, gemm_cpu};
 use crate::ops::memory::{check_range, fill_cpu};
 use crate::ops::optim::{self, Optimizer, UpdateSpec};
 use crate::ops::reduce::{ColDot, ColSum, ReduceOp, dot_cols_cpu, reduce_cpu, sum_cols_cpu};
+use crate::ops::skip::{self, Skip, SkipBackward, SkipForward};
 use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, softmax_cpu, xent_cpu};
 use crate::real::Real;
 
@@ -515,6 +516,51 @@ impl<T: Real> Backend for CpuBackend<T> {
         let dout = dout.read("embedding backward", "dout")?;
         let mut dtable = dtable.write("embedding backward", "dtable")?;
         embed::backward_cpu(s, &tokens, &dout, &mut dtable, accumulate)
+    }
+
+    fn skip_forward(&self, skip: Skip, n: usize, t: &SkipForward<'_, Self::Tensor>) -> Result<()> {
+        const OP: &str = "skip forward";
+        let x = t.x.read(OP, "x")?;
+        let out = t.out.read(OP, "out")?;
+        let mut gate = t.gate.map(|g| g.write(OP, "gate")).transpose()?;
+        let mut y = t.y.write(OP, "y")?;
+        skip::forward_cpu(
+            skip,
+            n,
+            &x,
+            &out,
+            gate.as_deref_mut().map(|v| v.as_mut_slice()),
+            &mut y,
+        )
+    }
+
+    fn skip_backward(
+        &self,
+        skip: Skip,
+        n: usize,
+        t: &SkipBackward<'_, Self::Tensor>,
+    ) -> Result<()> {
+        const OP: &str = "skip backward";
+        let dy = t.dy.read(OP, "dy")?;
+        let x = t.x.read(OP, "x")?;
+        let out = t.out.read(OP, "out")?;
+        let gate = t.gate.map(|g| g.read(OP, "gate")).transpose()?;
+        let mut d_out = t.d_out.map(|g| g.write(OP, "d_out")).transpose()?;
+        let mut dgate = t.dgate.map(|g| g.write(OP, "dgate")).transpose()?;
+        let mut dx = t.dx.write(OP, "dx")?;
+        skip::backward_cpu(
+            skip,
+            n,
+            skip::BackwardSlices {
+                dy: &dy,
+                dx: &mut dx,
+                x: &x,
+                out: &out,
+                gate: gate.as_deref().map(|v| v.as_slice()),
+                d_out: d_out.as_deref_mut().map(|v| v.as_mut_slice()),
+                dgate: dgate.as_deref_mut().map(|v| v.as_mut_slice()),
+            },
+        )
     }
 
     fn dropout(&self, s: &DropoutSpec, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {

@@ -14,6 +14,7 @@ use crate::ops::matmul::{Gemm, GemmKernel, gemm_gpu};
 use crate::ops::memory::{copy_gpu, fill_gpu};
 use crate::ops::optim::{self, Optimizer, UpdateSpec};
 use crate::ops::reduce::{self, ColDot, ColSum, ReduceOp, reduce_gpu, sum_cols_gpu};
+use crate::ops::skip::{self, Skip, SkipBackward, SkipForward};
 use crate::ops::softmax_xent::{self, Rows, XentOut};
 
 /// Records every launch for the GPU.
@@ -304,6 +305,14 @@ impl Backend for GpuBackend {
     ) -> Result<()> {
         self.ctx
             .record(|rec| embed::backward_gpu(rec, s, tokens, dout, dtable, accumulate))
+    }
+
+    fn skip_forward(&self, skip: Skip, n: usize, t: &SkipForward<'_, GpuTensor>) -> Result<()> {
+        self.ctx.record(|rec| skip::forward_gpu(rec, skip, n, t))
+    }
+
+    fn skip_backward(&self, skip: Skip, n: usize, t: &SkipBackward<'_, GpuTensor>) -> Result<()> {
+        self.ctx.record(|rec| skip::backward_gpu(rec, skip, n, t))
     }
 
     fn dropout(&self, s: &DropoutSpec, x: &GpuTensor, y: &GpuTensor) -> Result<()> {

@@ -51,6 +51,7 @@ use crate::ops::embed::EmbedSpec;
 use crate::ops::matmul::Gemm;
 use crate::ops::optim::{Optimizer, UpdateSpec};
 use crate::ops::reduce::{ColDot, ColSum, ReduceOp};
+use crate::ops::skip::{Skip, SkipBackward, SkipForward};
 use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, XentSummary};
 use crate::real::Real;
 
@@ -246,6 +247,13 @@ pub trait Backend: Clone {
         s: &StepSpec,
         bufs: &StepBackward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()>;
+
+    /// A skip connection's forward over `n` elements (see [`crate::ops::skip`]).
+    fn skip_forward(&self, skip: Skip, n: usize, t: &SkipForward<'_, Self::Tensor>) -> Result<()>;
+
+    /// A skip connection's backward over `n` elements.
+    fn skip_backward(&self, skip: Skip, n: usize, t: &SkipBackward<'_, Self::Tensor>)
+    -> Result<()>;
 
     /// `out[n, :] = table[tokens[n], :]`.
     fn embed_forward(

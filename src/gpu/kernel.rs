@@ -77,11 +77,13 @@ pub enum Shader {
     Gru,
     /// `shaders/rnn.wgsl` (after `recurrent.wgsl` and `cell_common.wgsl`)
     Rnn,
+    /// `shaders/skip.wgsl`
+    Skip,
 }
 
 impl Shader {
     /// Every shader file.
-    pub const ALL: [Shader; 11] = [
+    pub const ALL: [Shader; 12] = [
         Shader::Matmul,
         Shader::Activation,
         Shader::SoftmaxXent,
@@ -93,6 +95,7 @@ impl Shader {
         Shader::Lstm,
         Shader::Gru,
         Shader::Rnn,
+        Shader::Skip,
     ];
 
     /// File name, for messages.
@@ -109,6 +112,7 @@ impl Shader {
             Shader::Lstm => "lstm.wgsl",
             Shader::Gru => "gru.wgsl",
             Shader::Rnn => "rnn.wgsl",
+            Shader::Skip => "skip.wgsl",
         }
     }
 
@@ -125,6 +129,7 @@ impl Shader {
             Shader::Lstm => include_str!("../../shaders/lstm.wgsl"),
             Shader::Gru => include_str!("../../shaders/gru.wgsl"),
             Shader::Rnn => include_str!("../../shaders/rnn.wgsl"),
+            Shader::Skip => include_str!("../../shaders/skip.wgsl"),
         }
     }
 

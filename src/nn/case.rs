@@ -133,7 +133,7 @@ impl RnnCase {
         let c = &self.config;
         let variant = c.variant.describe(c.cell);
         format!(
-            "{}{} I={} H={} L={}{} T={} B={}{}{}",
+            "{}{} I={} H={} L={}{}{} T={} B={}{}{}",
             c.cell.name(),
             if variant.is_empty() {
                 String::new()
@@ -144,6 +144,10 @@ impl RnnCase {
             c.hidden_size,
             c.num_layers,
             if c.bidirectional { " bi" } else { "" },
+            match c.skip {
+                crate::ops::skip::Skip::None => String::new(),
+                s => format!(" {}", s.name()),
+            },
             self.steps,
             self.batch,
             if self.lengths.is_some() {

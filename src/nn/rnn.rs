@@ -71,6 +71,7 @@ use crate::ops::cell::{Cell, StepSpec, Variant};
 use crate::ops::dropout::{DropoutKey, DropoutSpec, Shard};
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::{ColDot, ColSum};
+use crate::ops::skip::{Skip, SkipBackward, SkipForward};
 use crate::parity::rng;
 use crate::real::Real;
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,8 @@ pub struct RnnConfig {
     pub num_layers: usize,
     /// Two directions (D = 2) when true.
     pub bidirectional: bool,
+    /// How every layer above the first joins its input to its output.
+    pub skip: Skip,
 }
 
 /// The largest supported size of one dimension (features, hidden units).
@@ -237,7 +240,19 @@ impl RnnConfig {
             hidden_size,
             num_layers: 1,
             bidirectional: false,
+            skip: Skip::None,
         }
+    }
+
+    /// With skip connections `skip` between the stacked layers.
+    pub fn skip(mut self, skip: Skip) -> Self {
+        self.skip = skip;
+        self
+    }
+
+    /// Whether layer `l` has a skip connection (every layer above the first).
+    pub fn has_skip(&self, l: usize) -> bool {
+        self.skip != Skip::None && l > 0
     }
 
     /// With `n` layers.
@@ -281,6 +296,16 @@ impl RnnConfig {
     /// most `MAX_LAYERS` layers, and a parameter count the kernels can index (u32).
     pub fn validate(&self) -> Result<()> {
         self.variant.validate(self.cell)?;
+        if self.skip != Skip::None && self.num_layers < 2 {
+            return Err(Error::invalid(
+                "skip",
+                format!(
+                    "{} connections join stacked layers; a stack of {} layer has none",
+                    self.skip.name(),
+                    self.num_layers
+                ),
+            ));
+        }
         for (arg, v, max) in [
             ("input_size", self.input_size, MAX_DIM),
             ("hidden_size", self.hidden_size, MAX_DIM),
@@ -305,7 +330,13 @@ impl RnnConfig {
         let peep = self.variant.peephole_len(self.hidden_size) as u128;
         let first = g * h * (i + h + 2) + peep;
         let rest = g * h * (d * h + h + 2) + peep;
-        let total = d * (first + (self.num_layers as u128 - 1) * rest);
+        let dh = d * h;
+        let highway = if self.skip == Skip::Highway {
+            dh * (dh + 1)
+        } else {
+            0
+        };
+        let total = d * first + (self.num_layers as u128 - 1) * (d * rest + highway);
         check_index_range("the recurrent stack's parameters", total)
     }
 
@@ -316,7 +347,9 @@ impl RnnConfig {
 
     /// Parameters in PyTorch's order (per layer, per direction: `weight_ih`,
     /// `weight_hh`, `bias_ih`, `bias_hh`, then `weight_p` `[3H]` with
-    /// peepholes), packed into one flat buffer.
+    /// peepholes; after a layer's directions, with highway connections,
+    /// `weight_t_l{k}` `[D·H, D·H]` and `bias_t_l{k}` `[D·H]`), packed into
+    /// one flat buffer.
     pub fn layout(&self) -> ParamLayout {
         let gh = self.cell.gates() * self.hidden_size;
         let mut layout = ParamLayout::default();
@@ -330,6 +363,11 @@ impl RnnConfig {
                 if self.variant.peepholes {
                     layout.push(format!("weight_p{sfx}"), &[3 * self.hidden_size]);
                 }
+            }
+            if self.skip == Skip::Highway && l > 0 {
+                let dh = self.output_size();
+                layout.push(format!("weight_t_l{l}"), &[dh, dh]);
+                layout.push(format!("bias_t_l{l}"), &[dh]);
             }
         }
         layout
@@ -347,6 +385,9 @@ struct SavedDir<B: Backend> {
 #[derive(Debug)]
 struct SavedLayer<B: Backend> {
     dirs: Vec<SavedDir<B>>,
+    // With a skip connection: the cells' output and the highway gate T.
+    cells_out: Option<B::Tensor>,
+    gate: Option<B::Tensor>,
     // What the layer above read: this layer's output, masked when dropout is
     // on (`None` for the top layer, whose output only the caller holds).
     fed_up: Option<B::Tensor>,
@@ -785,6 +826,35 @@ impl<B: Backend> Rnn<B> {
                     saved_dirs.push(SavedDir { hs, cs, gates });
                 }
             }
+            // A skip connection joins the layer's input to its cells' output.
+            let (out, cells_out, gate) = if cfg.has_skip(l) {
+                let n = steps * batch * cfg.output_size();
+                let shape = [steps, batch, cfg.output_size()];
+                let gate = match cfg.skip {
+                    Skip::Highway => {
+                        let g = pool.take(b, &shape)?;
+                        let (w, bias) = highway_offsets(&self.layout, self.offset, l)?;
+                        let dh = cfg.output_size();
+                        let mm = Gemm::nt(steps * batch, dh, dh)
+                            .offsets(0, w, 0)
+                            .with_bias(bias);
+                        b.gemm(&mm, &input, &self.params, Some(&self.params), &g)?;
+                        Some(g)
+                    }
+                    _ => None,
+                };
+                let y = pool.take(b, &shape)?;
+                let t = SkipForward {
+                    x: &input,
+                    out: &out,
+                    gate: gate.as_ref(),
+                    y: &y,
+                };
+                b.skip_forward(cfg.skip, n, &t)?;
+                (y, Some(out), gate)
+            } else {
+                (out, None, None)
+            };
             let fed_up = if l + 1 == cfg.num_layers {
                 output = Some(out);
                 None
@@ -802,6 +872,8 @@ impl<B: Backend> Rnn<B> {
             if train {
                 layers.push(SavedLayer {
                     dirs: saved_dirs,
+                    cells_out,
+                    gate,
                     fed_up,
                 });
             }
@@ -913,6 +985,36 @@ impl<B: Backend> Rnn<B> {
             };
             let in_size = cfg.layer_input(l);
             let dx = pool.take_if(b, l > 0 || self.input_grad, &[steps, batch, in_size])?;
+            // A skip connection: its share of dx first (the cells' is added
+            // below); the cells see the gradient of their own output.
+            let skip = cfg.has_skip(l);
+            let mut dgate = None;
+            if let (true, Some(dx_t)) = (skip, &dx) {
+                let cells_out = layer.cells_out.as_ref().ok_or_else(|| {
+                    Error::invalid("saved", "holds no cell output for a skip connection")
+                })?;
+                let (d_out, dg) = match cfg.skip {
+                    Skip::Highway => (
+                        Some(pool.take(b, &out_shape)?),
+                        Some(pool.take(b, &out_shape)?),
+                    ),
+                    _ => (None, None),
+                };
+                let t = SkipBackward {
+                    dy: &dout,
+                    dx: dx_t,
+                    x: input,
+                    out: cells_out,
+                    gate: layer.gate.as_ref(),
+                    d_out: d_out.as_ref(),
+                    dgate: dg.as_ref(),
+                };
+                b.skip_backward(cfg.skip, rows * cfg.output_size(), &t)?;
+                if let Some(d_out) = d_out {
+                    dout = d_out;
+                }
+                dgate = dg;
+            }
             for (d, dw) in layer.dirs.iter().enumerate() {
                 let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
                 let sd = l * dirs + d;
@@ -1013,9 +1115,24 @@ impl<B: Backend> Rnn<B> {
                 if let Some(dx) = &dx {
                     let g = Gemm::nn(rows, in_size, gh)
                         .offsets(0, p.w_ih, 0)
-                        .accumulating(d > 0);
+                        .accumulating(d > 0 || skip);
                     b.gemm(&g, dgx, &self.params, None, dx)?;
                 }
+            }
+            // The highway gate's parameters and its share of dx.
+            if let (Some(dg), Some(dx)) = (&dgate, &dx) {
+                let (w, bias) = highway_offsets(&self.layout, self.offset, l)?;
+                let dh = cfg.output_size();
+                let g = Gemm::tn(dh, dh, rows).offsets(0, 0, w).accumulating(true);
+                b.gemm(&g, dg, input, None, param_grads)?;
+                let cs = ColSum {
+                    out_off: bias,
+                    accumulate: true,
+                    ..ColSum::new(rows, dh)
+                };
+                b.sum_cols(&cs, dg, param_grads)?;
+                let g = Gemm::nn(rows, dh, dh).offsets(0, w, 0).accumulating(true);
+                b.gemm(&g, dg, &self.params, None, dx)?;
             }
             // Layer l's parameters (every direction) are complete.
             let start = DirParams::of(&self.layout, l, 0)?.w_ih;
@@ -1105,6 +1222,18 @@ impl<B: Backend> Rnn<B> {
             .get(name)
             .ok_or_else(|| Error::invalid("parameter", format!("no parameter named {name:?}")))
     }
+}
+
+/// Offsets (the stack's `offset` included) of layer `l`'s highway weights
+/// `[D·H, D·H]` and bias `[D·H]`.
+fn highway_offsets(layout: &ParamLayout, offset: usize, l: usize) -> Result<(usize, usize)> {
+    let off = |name: String| {
+        layout
+            .get(&name)
+            .map(|e| offset + e.offset)
+            .ok_or_else(|| Error::invalid("parameters", format!("the layout has no {name}")))
+    };
+    Ok((off(format!("weight_t_l{l}"))?, off(format!("bias_t_l{l}"))?))
 }
 
 fn load_state<B: Backend>(

@@ -10,6 +10,7 @@ pub mod matmul;
 pub mod memory;
 pub mod optim;
 pub mod reduce;
+pub mod skip;
 pub mod small_gemm;
 pub mod softmax_xent;
 
@@ -31,6 +32,7 @@ pub fn kernels() -> Vec<KernelInfo> {
         dropout::KERNELS,
         optim::KERNELS,
         cell::KERNELS,
+        skip::KERNELS,
     ]
     .concat()
 }
