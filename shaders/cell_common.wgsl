@@ -19,6 +19,9 @@
 // and then the gates buffer holds the clipped pre-activations instead of the
 // activations, so the backward knows where the clip stopped the gradient.
 // LSTM peepholes: P_i, P_f, P_o at peep_off in the weights; coupled: f = 1 - i.
+// GRU reset-before (reset_before == 1): two dispatches a step (gru.wgsl's
+// gates, then gru_reset.wgsl's candidate; see there).
+// The backward's recurrent product reads dg_rows rows of dgh at row stride dg_ld.
 //
 // Backward: carry [2, 2, B, H] ping-pongs between steps (index `parity` is
 // read, 1 - parity written); [., 0] is the gradient flowing straight into the
@@ -46,6 +49,9 @@ struct Params {
     coupled: u32,
     peep_off: u32,
     clip: f32,
+    reset_before: u32,
+    dg_ld: u32,
+    dg_rows: u32,
     _pad0: u32,
 }
 

@@ -10,7 +10,11 @@
 // for W_ih, b_ih and the input) and dgh (of the recurrent ones, for W_hh, b_hh
 // and h); they differ only in the n block, by the factor r.
 // Variants (cell_common.wgsl): activations f (r, z) and g (n), clipping of
-// the pre-activations.
+// the pre-activations, and the reset gate applied before the recurrent
+// product (reset_before: n = g(xg_n + W_hn (r * h) + b_hn), Cho et al. 2014,
+// ONNX linear_before_reset = 0): this file's kernels then compute r, z and
+// save r * h in the fourth gates block (forward), or dz, dn (backward), and
+// gru_reset.wgsl's the part that needs every unit's r * h or dn.
 // CPU twin: ops::cell (Cell::Gru).
 
 const G: u32 = 3u;
@@ -38,9 +42,10 @@ fn gru_forward(
     let srow = (p.t * p.B + b) * 4u * p.H;
     let hc = b * p.H + j;
     let h_prev = hs[prev_slot() * bh + hc];
+    let rb = p.reset_before == 1u;
     if (!is_live(b)) {
         hs[next_slot() * bh + hc] = h_prev;
-        if (p.save == 1u) {
+        if (p.save == 1u || rb) {
             for (var g = 0u; g < 4u; g++) {
                 gates[srow + g * p.H + j] = 0.0;
             }
@@ -55,6 +60,13 @@ fn gru_forward(
     let zz = clip_v(xg[row + p.H + j] + hz);
     let r = cell_act(p.act_f, zr);
     let z = cell_act(p.act_f, zz);
+    if (rb) {
+        // Reset-before: the gates and r * h_prev; gru_reset_forward follows.
+        gates[srow + j] = select(r, zr, clipping());
+        gates[srow + p.H + j] = select(z, zz, clipping());
+        gates[srow + 3u * p.H + j] = r * h_prev;
+        return;
+    }
     let zn = clip_v(xg[row + 2u * p.H + j] + r * hn);
     let n = cell_act(p.act_g, zn);
     let h = (1.0 - z) * n + z * h_prev;
@@ -103,12 +115,27 @@ fn gru_backward(
         dh += dout[out_index(b, j)];
     }
     let out_par = 1u - p.parity;
+    let rb = p.reset_before == 1u;
     if (!live) {
         for (var g = 0u; g < G; g++) {
             dgh[row + g * p.H + j] = 0.0;
-            dgx[row + g * p.H + j] = 0.0;
+            if (!rb) {
+                dgx[row + g * p.H + j] = 0.0;
+            }
         }
         carry[carry_index(out_par, 0u, b, j)] = dh;
+        return;
+    }
+    if (rb) {
+        // Reset-before: dz, dn (one buffer: input and recurrent sides agree)
+        // and the carry's z part; gru_reset_backward adds dr and the r part.
+        let gz = saved_gate(srow, 1u, j, p.act_f);
+        let gn = saved_gate(srow, 2u, j, p.act_g);
+        let h_prev = hs[prev_slot() * bh + hc];
+        let dn = clip_pass(gn.y, cell_act_back(p.act_g, gn.x, dh * (1.0 - gz.x)));
+        dgh[row + p.H + j] = clip_pass(gz.y, cell_act_back(p.act_f, gz.x, dh * (h_prev - gn.x)));
+        dgh[row + 2u * p.H + j] = dn;
+        carry[carry_index(out_par, 0u, b, j)] = dh * gz.x;
         return;
     }
     let gr = saved_gate(srow, 0u, j, p.act_f);

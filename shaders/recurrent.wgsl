@@ -26,6 +26,18 @@
 // Out-of-range elements count as zero. Both are deterministic.
 
 override SPLIT: bool = false;
+// The forward product's vector: the state slots hs (row stride H), or, for
+// the reset-before GRU's candidate, r * h_prev saved in gates (its fourth
+// block, row stride 4H).
+override FROM_GATES: bool = false;
+
+// Row `b`, element `k` of the forward product's vector at `base`.
+fn vec_at(base: u32, b: u32, k: u32) -> f32 {
+    if (FROM_GATES) {
+        return gates[base + b * 4u * p.H + k];
+    }
+    return hs[base + b * p.H + k];
+}
 
 const TJ: u32 = 32u;
 const TB: u32 = 8u;
@@ -82,7 +94,7 @@ fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f
             let kk = flat % TK;
             var v = 0.0;
             if (b0 + bb < p.B && k0 + kk < p.H) {
-                v = hs[h_base + (b0 + bb) * p.H + k0 + kk];
+                v = vec_at(h_base, b0 + bb, k0 + kk);
             }
             lhs_tile[flat] = v;
         }
@@ -151,7 +163,7 @@ fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> a
             for (var bb = 0u; bb < TB; bb++) {
                 hv[bb] = 0.0;
                 if (bb < rows) {
-                    hv[bb] = hs[h_base + (b0 + bb) * p.H + k];
+                    hv[bb] = vec_at(h_base, b0 + bb, k);
                 }
             }
             for (var g = 0u; g < G; g++) {
@@ -181,8 +193,9 @@ fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> a
     return acc;
 }
 
-// Backward: acc = sum_m dG[b, m] * W_hh[m, j] over all G*H rows m, dG rows
-// read from dgh at dg_base (row stride G*H), for (b, j) = (b0 + ly, j0 + lx).
+// Backward: acc = sum_m dG[b, m] * W_hh[m, j] over the p.dg_rows rows m
+// (G*H, or fewer: the reset-before GRU's r and z), dG rows read from dgh at
+// dg_base (row stride p.dg_ld), for (b, j) = (b0 + ly, j0 + lx).
 // Every invocation of the workgroup must call it.
 fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> f32 {
     if (SPLIT) {
@@ -190,14 +203,14 @@ fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> f32 
     }
     var acc = 0.0;
     let flat = ly * TJ + lx;
-    let gh = G * p.H;
+    let gh = p.dg_rows;
     for (var m0 = 0u; m0 < gh; m0 += TK) {
         if (flat < TB * TK) {
             let bb = flat / TK;
             let mm = flat % TK;
             var v = 0.0;
             if (b0 + bb < p.B && m0 + mm < gh) {
-                v = dgh[dg_base + (b0 + bb) * gh + m0 + mm];
+                v = dgh[dg_base + (b0 + bb) * p.dg_ld + m0 + mm];
             }
             lhs_tile[flat] = v;
         }
@@ -227,7 +240,7 @@ fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -
     let jj = flat % SU;
     let lane = flat / SU;
     let j = j0 + jj;
-    let gh = G * p.H;
+    let gh = p.dg_rows;
     let rows = min(TB, p.B - b0);
     var part: array<f32, 8>; // [TB]
     for (var bb = 0u; bb < TB; bb++) {
@@ -238,7 +251,7 @@ fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -
             let w = weights[p.whh_off + m * p.H + j];
             for (var bb = 0u; bb < TB; bb++) {
                 if (bb < rows) {
-                    part[bb] += dgh[dg_base + (b0 + bb) * gh + m] * w;
+                    part[bb] += dgh[dg_base + (b0 + bb) * p.dg_ld + m] * w;
                 }
             }
         }

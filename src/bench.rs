@@ -18,8 +18,9 @@ use crate::backend::{Backend, XentBuffers};
 use crate::error::{Error, Result};
 use crate::gpu::{Counters, GpuContext};
 use crate::nn::{Rnn, RnnConfig};
-use crate::ops::cell::Cell;
+use crate::ops::cell::{Cell, Variant};
 use crate::ops::matmul::Gemm;
+use crate::ops::skip::Skip;
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
 use crate::parity::{uniform, uniform_i32};
 
@@ -43,7 +44,7 @@ pub const MATMUL_SHAPES_SMALL: &[(usize, usize, usize)] = &[(64, 64, 64), (128, 
 pub const XENT_SHAPES_SMALL: &[(usize, usize)] = &[(256, 128)];
 
 /// One recurrent benchmark shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RnnShape {
     /// `lstm`, `gru`, `rnn_tanh` or `rnn_relu`.
     pub cell: Cell,
@@ -57,6 +58,12 @@ pub struct RnnShape {
     pub seq: usize,
     /// L
     pub layers: usize,
+    /// The cell's variant (PyTorch's cell in the shape tables).
+    #[serde(default)]
+    pub variant: Variant,
+    /// Skip connections between the layers.
+    #[serde(default)]
+    pub skip: Skip,
 }
 
 /// The shape tables, as `benches/shapes.json` holds them.
@@ -104,6 +111,8 @@ impl Grid {
                                 batch,
                                 seq,
                                 layers: self.layers,
+                                variant: Variant::default(),
+                                skip: Skip::None,
                             });
                         }
                     }
@@ -121,6 +130,16 @@ pub fn shape_table() -> Result<ShapeTable> {
 }
 
 impl RnnShape {
+    /// The variant and skip connections in words, `""` for PyTorch's stack.
+    pub fn describe_variant(&self) -> String {
+        let mut parts = vec![self.variant.describe(self.cell)];
+        if self.skip != Skip::None {
+            parts.push(self.skip.name().to_string());
+        }
+        parts.retain(|p| !p.is_empty());
+        parts.join(", ")
+    }
+
     /// FLOPs of the forward: `2·T·B·G·H·(In + H)` summed over layers.
     pub fn forward_flops(&self) -> f64 {
         let g = self.cell.gates() as f64;
@@ -150,6 +169,9 @@ pub struct RnnBench {
     pub device: String,
     /// Cell name.
     pub cell: String,
+    /// The cell's variant and skip connections in words (empty for PyTorch's stack).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub variant: String,
     /// I
     pub input: usize,
     /// H
@@ -203,7 +225,10 @@ pub fn bench_rnn<B: Backend>(
     shape: &RnnShape,
     iters: usize,
 ) -> Result<RnnBench> {
-    let cfg = RnnConfig::new(shape.cell, shape.input, shape.hidden).layers(shape.layers);
+    let cfg = RnnConfig::new(shape.cell, shape.input, shape.hidden)
+        .variant(shape.variant)
+        .layers(shape.layers)
+        .skip(shape.skip);
     let mut rnn = Rnn::new(b.clone(), cfg, 1)?;
     let (t, bsz) = (shape.seq, shape.batch);
     let x = b.tensor_f64(
@@ -258,6 +283,7 @@ pub fn bench_rnn<B: Backend>(
         backend: backend_name(b),
         device: device.into(),
         cell: shape.cell.name().into(),
+        variant: shape.describe_variant(),
         input: shape.input,
         hidden: shape.hidden,
         batch: shape.batch,

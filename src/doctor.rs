@@ -11,10 +11,11 @@ use crate::nn::RnnConfig;
 use crate::nn::case::{RnnCase, run_case};
 use crate::nn::model::{InputEncoding, ModelConfig};
 use crate::ops::activation::{Activation, Span};
-use crate::ops::cell::Cell;
+use crate::ops::cell::{Act, Activations, Cell, Nonlinearity, Variant};
 use crate::ops::matmul::{Gemm, GemmKernel};
 use crate::ops::optim::{Optimizer, UpdateSpec};
-use crate::ops::reduce::{ColSum, ReduceOp};
+use crate::ops::reduce::{ColDot, ColSum, ReduceOp};
+use crate::ops::skip::Skip;
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
 use crate::parity::{Tolerance, compare, uniform, uniform_i32};
 use crate::train::schedule::Schedule;
@@ -199,7 +200,7 @@ impl<B: Backend> Runner for B {
 
     fn reduce(&self, x: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>> {
         let xt = self.tensor_f64(&[x.len()], x)?;
-        let out = self.zeros(&[3 + cols])?;
+        let out = self.zeros(&[3 + 2 * cols])?;
         for (i, op) in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::SumSquares]
             .into_iter()
             .enumerate()
@@ -211,6 +212,16 @@ impl<B: Backend> Runner for B {
             ..ColSum::new(rows, cols)
         };
         self.sum_cols(&s, &xt, &out)?;
+        // Column dot products of x with itself shifted by a row.
+        let d = ColDot {
+            sum: ColSum {
+                out_off: 3 + cols,
+                ..ColSum::new(rows - 1, cols)
+            },
+            y_off: cols,
+            y_ld: cols,
+        };
+        self.dot_cols(&d, &xt, &xt, &out)?;
         self.read_f64(&out)
     }
 
@@ -337,7 +348,7 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
     let v = uniform(70, 300 * 41, -1.0, 1.0);
     both(
         &mut report,
-        "reductions (sum, max, sumsq, column sums)",
+        "reductions (sum, max, sumsq, column sums and dot products)",
         Tolerance::new(1e-4, 1e-5),
         &|r| r.reduce(&v, 300, 41),
         gpu,
@@ -354,9 +365,58 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
                 .with_lengths(vec![6, 3, 1, 6, 5, 2, 4, 6, 6]);
             rnn_case(&mut report, gpu, &case, kernel.name());
         }
+        for (i, cfg) in variant_stacks().into_iter().enumerate() {
+            let case = RnnCase::new(cfg, 5, 9, 90 + i as u64)
+                .with_states()
+                .with_lengths(vec![5, 3, 1, 5, 4, 2, 4, 5, 5]);
+            rnn_case(&mut report, gpu, &case, kernel.name());
+        }
     }
     ctx.set_step_kernel(chosen);
     report
+}
+
+/// The cell variants and skip connections `doctor` checks: an LSTM with
+/// every variant at once (peepholes, coupled gates, clip, activations) and
+/// highway connections, a clipped reset-before GRU with relu candidates and
+/// residual connections, a clipped sigmoid RNN.
+pub fn variant_stacks() -> Vec<RnnConfig> {
+    let lstm = Variant {
+        peepholes: true,
+        coupled: true,
+        cell_clip: Some(0.8),
+        activations: Activations {
+            f: Act::Sigmoid,
+            g: Act::Relu,
+            h: Act::Sigmoid,
+        },
+        reset_before: false,
+    };
+    let gru = Variant {
+        cell_clip: Some(0.6),
+        reset_before: true,
+        activations: Activations {
+            g: Act::Relu,
+            ..Activations::default()
+        },
+        ..Variant::default()
+    };
+    let rnn = Variant {
+        cell_clip: Some(0.5),
+        ..Variant::default()
+    };
+    vec![
+        RnnConfig::new(Cell::Lstm, 5, 37)
+            .variant(lstm)
+            .layers(2)
+            .bidirectional(true)
+            .skip(Skip::Highway),
+        RnnConfig::new(Cell::Gru, 5, 37)
+            .variant(gru)
+            .layers(2)
+            .skip(Skip::Residual),
+        RnnConfig::new(Cell::Rnn(Nonlinearity::Sigmoid), 5, 37).variant(rnn),
+    ]
 }
 
 /// Compares a forward + backward of `case` on `gpu` with the f64 CPU path;

@@ -5,7 +5,12 @@
 //! - weights: the module's `state_dict()` saved with safetensors: for each layer
 //!   `k` and direction, `weight_ih_l{k}[_reverse]` `[G·H, In]`, `weight_hh_l{k}`
 //!   `[G·H, H]`, `bias_ih_l{k}` and `bias_hh_l{k}` `[G·H]`. Cell type, sizes,
-//!   layers and directions are inferred from names and shapes.
+//!   layers and directions are inferred from names and shapes. Beyond
+//!   PyTorch's names: `weight_p_l{k}[_reverse]` `[3H]` (LSTM peepholes P_i,
+//!   P_f, P_o) and, for layers `k ≥ 1`, `weight_t_l{k}` `[D·H, D·H]` and
+//!   `bias_t_l{k}` `[D·H]` (highway connections); the options that names
+//!   cannot show (coupled gates, clip, activations, residual connections)
+//!   come from [`EvalOptions`].
 //! - inputs: `input` `[T, B, I]`; optional `h0`, `c0` `[L·D, B, H]`, `lengths`
 //!   `[B]` (int64 or int32, each in `1..=T`); with `--backward`: optional
 //!   `grad_output` `[T, B, D·H]`, `grad_hn`, `grad_cn` (absent ones are zero).
@@ -22,7 +27,8 @@ use crate::io::{HostTensor, TensorMap, flat_params, read_safetensors, write_safe
 use crate::nn::RnnConfig;
 use crate::nn::case::{RnnCaseData, RnnResults, run_case};
 use crate::nn::rnn::check_lengths;
-use crate::ops::cell::{Cell, Nonlinearity};
+use crate::ops::cell::{Act, Activations, Cell, Nonlinearity, Variant};
+use crate::ops::skip::Skip;
 
 /// Arguments of `rnn-wgpu eval`.
 #[derive(Clone, Debug)]
@@ -39,6 +45,15 @@ pub struct EvalOptions {
     pub backward: bool,
     /// For `nn.RNN` weights: the nonlinearity (tanh when `None`).
     pub nonlinearity: Option<Nonlinearity>,
+    /// The cell's variant: coupled gates, clip and activations as given;
+    /// peepholes are inferred from `weight_p_l{k}` (the field is ignored).
+    pub variant: Variant,
+    /// ONNX's activation list (`[f, g, h]` for an LSTM, `[f, g]` for a
+    /// GRU), replacing `variant.activations` when given.
+    pub activations: Option<Vec<Act>>,
+    /// Residual connections between the layers (highway connections are
+    /// inferred from `weight_t_l{k}`).
+    pub residual: bool,
 }
 
 fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
@@ -61,11 +76,8 @@ fn matrix<'a>(w: &'a TensorMap, path: &Path, name: &str) -> Result<&'a HostTenso
 
 /// Infers the stack from a state_dict's names and shapes, and checks that every
 /// tensor is there with the right shape and nothing else is.
-pub fn infer_config(
-    weights: &TensorMap,
-    path: &Path,
-    nonlinearity: Option<Nonlinearity>,
-) -> Result<RnnConfig> {
+pub fn infer_config(weights: &TensorMap, path: &Path, opts: &EvalOptions) -> Result<RnnConfig> {
+    let nonlinearity = opts.nonlinearity;
     let whh = matrix(weights, path, "weight_hh_l0")?;
     let wih = matrix(weights, path, "weight_ih_l0")?;
     let (gh, h) = (whh.shape[0], whh.shape[1]);
@@ -101,9 +113,31 @@ pub fn infer_config(
         layers += 1;
     }
     let bidirectional = weights.keys().any(|k| k.ends_with("_reverse"));
+    let highway = weights.contains_key("weight_t_l1");
+    let skip = match (highway, opts.residual) {
+        (true, true) => {
+            return Err(Error::invalid(
+                "--residual",
+                "the weights hold highway gates (weight_t_l1): a stack has one kind of skip connection",
+            ));
+        }
+        (true, false) => Skip::Highway,
+        (false, true) => Skip::Residual,
+        (false, false) => Skip::None,
+    };
+    let variant = Variant {
+        peepholes: weights.contains_key("weight_p_l0"),
+        activations: match &opts.activations {
+            Some(list) => Activations::from_list(cell, list)?,
+            None => opts.variant.activations,
+        },
+        ..opts.variant
+    };
     let config = RnnConfig::new(cell, wih.shape[1], h)
+        .variant(variant)
         .layers(layers)
-        .bidirectional(bidirectional);
+        .bidirectional(bidirectional)
+        .skip(skip);
     config.validate()?;
     let layout = config.layout();
     for e in &layout.entries {
@@ -111,6 +145,12 @@ pub fn infer_config(
             "[G·H, In]"
         } else if e.name.starts_with("weight_hh") {
             "[G·H, H]"
+        } else if e.name.starts_with("weight_p") {
+            "[3H]"
+        } else if e.name.starts_with("weight_t") {
+            "[D·H, D·H]"
+        } else if e.name.starts_with("bias_t") {
+            "[D·H]"
         } else {
             "[G·H]"
         };
@@ -318,7 +358,7 @@ pub fn output_tensors(
 /// Reads both files and checks them; returns the stack and the run's data.
 pub fn load(opts: &EvalOptions) -> Result<(RnnConfig, RnnCaseData)> {
     let weights = read_safetensors(&opts.weights)?;
-    let config = infer_config(&weights, &opts.weights, opts.nonlinearity)?;
+    let config = infer_config(&weights, &opts.weights, opts)?;
     let inputs = read_safetensors(&opts.inputs)?;
     let mut data = read_inputs(&inputs, &opts.inputs, &config, opts.backward)?;
     data.params = flat_params(&weights, &opts.weights, &config.layout())?;
@@ -354,9 +394,15 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
     let results = crate::with_backend!(backend, b => run_case(&b, &config, &data, opts.backward))?;
     let tensors = output_tensors(&config, &data, &results, opts.backward);
     write_safetensors(&opts.out, &tensors, None)?;
+    let variant = config.variant.describe(config.cell);
     Ok(format!(
-        "{} I={} H={} L={}{}, T={} B={}{}: {} tensors written to {} ({why})",
+        "{}{} I={} H={} L={}{}{}, T={} B={}{}: {} tensors written to {} ({why})",
         config.cell.name(),
+        if variant.is_empty() {
+            String::new()
+        } else {
+            format!(" ({variant})")
+        },
         config.input_size,
         config.hidden_size,
         config.num_layers,
@@ -364,6 +410,10 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
             " bidirectional"
         } else {
             ""
+        },
+        match config.skip {
+            Skip::None => String::new(),
+            s => format!(" {}", s.name()),
         },
         data.steps,
         data.batch,

@@ -21,9 +21,10 @@ use rnn_wgpu::gradcheck::GradCheck;
 use rnn_wgpu::nn::RnnConfig;
 use rnn_wgpu::nn::case::{RnnCase, check_case_gradients};
 use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
-use rnn_wgpu::ops::cell::{Cell, Nonlinearity};
+use rnn_wgpu::ops::cell::{Act, Activations, Cell, Nonlinearity, Variant};
 use rnn_wgpu::ops::matmul::GemmKernel;
 use rnn_wgpu::ops::optim::Optimizer;
+use rnn_wgpu::ops::skip::Skip;
 use rnn_wgpu::train::run::{Existing, PlotPath, RunOptions, run as run_training};
 use rnn_wgpu::train::sample::{SampleOptions, sample};
 use rnn_wgpu::train::schedule::Schedule;
@@ -64,6 +65,81 @@ impl From<BackendArg> for BackendChoice {
 enum NonlinearityArg {
     Tanh,
     Relu,
+    Sigmoid,
+}
+
+/// The cell options of ONNX's operators that a state_dict's names cannot
+/// show (`train`, `eval`, `gradcheck`, `bench`).
+#[derive(clap::Args, Clone, Debug, Default)]
+struct CellOptionArgs {
+    /// LSTM with coupled input and forget gates, f = 1 − i (ONNX input_forget).
+    #[arg(long)]
+    coupled: bool,
+    /// Clip every gate's pre-activation (and the LSTM's c where h(c) reads it)
+    /// to [−X, X] (ONNX clip).
+    #[arg(long, value_name = "X")]
+    cell_clip: Option<f32>,
+    /// The gated cells' activations f,g[,h] from sigmoid, tanh, relu (ONNX
+    /// activations; default sigmoid,tanh,tanh).
+    #[arg(long, value_name = "F,G[,H]")]
+    activations: Option<String>,
+    /// GRU with the reset gate applied before the recurrent product (ONNX
+    /// linear_before_reset = 0, Keras reset_after = False).
+    #[arg(long)]
+    reset_before: bool,
+}
+
+impl CellOptionArgs {
+    /// The variant these flags ask for, with peepholes or not.
+    fn variant(&self, cell: Cell, peepholes: bool) -> rnn_wgpu::Result<Variant> {
+        let v = || -> rnn_wgpu::Result<Variant> {
+            let v = Variant {
+                peepholes,
+                coupled: self.coupled,
+                cell_clip: self.cell_clip,
+                activations: match &self.activations {
+                    Some(list) => Activations::parse(cell, list)?,
+                    None => Activations::default(),
+                },
+                reset_before: self.reset_before,
+            };
+            v.validate(cell)?;
+            Ok(v)
+        };
+        v().map_err(|e| match e {
+            // Name the flag the way it was typed.
+            rnn_wgpu::Error::InvalidArgument { arg, reason } => rnn_wgpu::Error::InvalidArgument {
+                arg: flag(&arg),
+                reason,
+            },
+            e => e,
+        })
+    }
+}
+
+/// Peepholes and skip connections (`train`, `gradcheck`, `bench`; `eval`
+/// infers them from the weights' names).
+#[derive(clap::Args, Clone, Debug, Default)]
+struct StackArgs {
+    /// LSTM with peepholes: i and f see c_{t−1}, o sees c_t (ONNX P).
+    #[arg(long)]
+    peepholes: bool,
+    /// Residual connections between stacked layers: y = out + x.
+    #[arg(long, conflicts_with = "highway")]
+    residual: bool,
+    /// Highway connections between stacked layers: y = T·out + (1 − T)·x.
+    #[arg(long)]
+    highway: bool,
+}
+
+impl StackArgs {
+    fn skip(&self) -> Skip {
+        match (self.residual, self.highway) {
+            (true, _) => Skip::Residual,
+            (_, true) => Skip::Highway,
+            _ => Skip::None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -79,6 +155,7 @@ enum ModelCell {
     Gru,
     RnnTanh,
     RnnRelu,
+    RnnSigmoid,
 }
 
 impl From<ModelCell> for Cell {
@@ -88,6 +165,7 @@ impl From<ModelCell> for Cell {
             ModelCell::Gru => Cell::Gru,
             ModelCell::RnnTanh => Cell::Rnn(Nonlinearity::Tanh),
             ModelCell::RnnRelu => Cell::Rnn(Nonlinearity::Relu),
+            ModelCell::RnnSigmoid => Cell::Rnn(Nonlinearity::Sigmoid),
         }
     }
 }
@@ -154,6 +232,10 @@ struct TrainArgs {
     /// Initial LSTM forget-gate bias (LSTM only).
     #[arg(long, default_value_t = 1.0)]
     forget_bias: f32,
+    #[command(flatten)]
+    cell_options: CellOptionArgs,
+    #[command(flatten)]
+    stack: StackArgs,
     /// Batch B.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -264,6 +346,10 @@ struct BenchArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    cell_options: CellOptionArgs,
+    #[command(flatten)]
+    stack: StackArgs,
 }
 
 /// Flags of `sample`.
@@ -321,6 +407,10 @@ struct GradcheckArgs {
     /// Seed of parameters and inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    cell_options: CellOptionArgs,
+    #[command(flatten)]
+    stack: StackArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -329,6 +419,7 @@ enum CellArg {
     Gru,
     RnnTanh,
     RnnRelu,
+    RnnSigmoid,
     All,
 }
 
@@ -361,6 +452,12 @@ enum Cmd {
         /// Nonlinearity of nn.RNN weights (default tanh).
         #[arg(long, value_enum)]
         nonlinearity: Option<NonlinearityArg>,
+        #[command(flatten)]
+        cell_options: CellOptionArgs,
+        /// Residual connections between the layers (highway ones are read
+        /// off weight_t_l{k}; peepholes off weight_p_l{k}).
+        #[arg(long)]
+        residual: bool,
     },
     /// Train a sequence model (the main job; defaults: the add task).
     ///
@@ -434,6 +531,13 @@ const RUN_DEFINING: &[&str] = &[
     "dropout",
     "init",
     "forget_bias",
+    "coupled",
+    "cell_clip",
+    "activations",
+    "reset_before",
+    "peepholes",
+    "residual",
+    "highway",
     "batch",
     "bptt",
     "bptt_k2",
@@ -537,6 +641,14 @@ const TRAIN_UNUSED: &[Unused<TrainArgs>] = &[
         },
     },
     Unused {
+        ids: &["forget_bias"],
+        ignored: |a| {
+            a.cell_options
+                .coupled
+                .then(|| "has no effect with --coupled, whose forget gate is 1 − i".into())
+        },
+    },
+    Unused {
         ids: &["bptt_k2"],
         ignored: |a| a.bptt.is_none().then(|| "needs --bptt K".into()),
     },
@@ -584,6 +696,23 @@ const BENCH_UNUSED: &[Unused<BenchArgs>] = &[
         },
     },
     Unused {
+        ids: &[
+            "coupled",
+            "cell_clip",
+            "activations",
+            "reset_before",
+            "peepholes",
+            "residual",
+            "highway",
+        ],
+        ignored: |a| {
+            a.cell.is_none().then(|| {
+                "shapes the one stack benchmarked with --cell; the shape table runs                  PyTorch's cells"
+                    .into()
+            })
+        },
+    },
+    Unused {
         ids: &["table"],
         ignored: |a| {
             a.cell.is_some().then(|| {
@@ -619,12 +748,15 @@ fn gradcheck(a: GradcheckArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         batch,
         lengths,
         seed,
+        cell_options,
+        stack,
     } = a;
     let cells = match cell {
         CellArg::Lstm => vec![Cell::Lstm],
         CellArg::Gru => vec![Cell::Gru],
         CellArg::RnnTanh => vec![Cell::Rnn(Nonlinearity::Tanh)],
         CellArg::RnnRelu => vec![Cell::Rnn(Nonlinearity::Relu)],
+        CellArg::RnnSigmoid => vec![Cell::Rnn(Nonlinearity::Sigmoid)],
         CellArg::All => Cell::ALL.to_vec(),
     };
     for (arg, v) in [("--steps", steps), ("--batch", batch)] {
@@ -640,8 +772,10 @@ fn gradcheck(a: GradcheckArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     );
     for cell in cells {
         let cfg = RnnConfig::new(cell, input, hidden)
+            .variant(cell_options.variant(cell, stack.peepholes)?)
             .layers(layers)
-            .bidirectional(bidirectional);
+            .bidirectional(bidirectional)
+            .skip(stack.skip());
         cfg.validate()?;
         // Finite differences cost two forwards per probe: keep it to small stacks.
         let params = cfg.layout().total;
@@ -745,6 +879,8 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             dropout: a.dropout,
             forget_bias: a.forget_bias,
             init: Init::parse(&a.init)?,
+            variant: a.cell_options.variant(a.cell.into(), a.stack.peepholes)?,
+            skip: a.stack.skip(),
         },
         batch: a.batch,
         steps,
@@ -909,7 +1045,11 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         matches!(&chosen, rnn_wgpu::backend::Chosen::Gpu(g) if g.ctx().adapter().is_software());
     let shapes: Vec<RnnShape> = match a.cell {
         Some(cell) => {
-            let cfg = RnnConfig::new(cell.into(), a.input, a.hidden).layers(a.layers);
+            let variant = a.cell_options.variant(cell.into(), a.stack.peepholes)?;
+            let cfg = RnnConfig::new(cell.into(), a.input, a.hidden)
+                .variant(variant)
+                .layers(a.layers)
+                .skip(a.stack.skip());
             cfg.validate()?;
             for (arg, v) in [("--batch", a.batch), ("--seq", a.seq), ("--iters", a.iters)] {
                 if v == 0 {
@@ -923,6 +1063,8 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
                 batch: a.batch,
                 seq: a.seq,
                 layers: a.layers,
+                variant,
+                skip: a.stack.skip(),
             }]
         }
         None => {
@@ -940,6 +1082,13 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     };
     if !a.json {
         eprintln!("backend: {why}");
+        if let Some(v) = shapes
+            .first()
+            .map(|s| s.describe_variant())
+            .filter(|v| !v.is_empty())
+        {
+            eprintln!("variant: {v}");
+        }
         println!(
             "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6}",
             "cell",
@@ -1120,17 +1269,36 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             backend,
             backward,
             nonlinearity,
+            cell_options,
+            residual,
         } => {
+            let nonlinearity = nonlinearity.map(|n| match n {
+                NonlinearityArg::Tanh => Nonlinearity::Tanh,
+                NonlinearityArg::Relu => Nonlinearity::Relu,
+                NonlinearityArg::Sigmoid => Nonlinearity::Sigmoid,
+            });
+            // The cell's options are checked once the weights show the cell.
+            let activations = cell_options
+                .activations
+                .as_deref()
+                .map(|list| list.split(',').map(|n| Act::parse(n.trim())).collect())
+                .transpose()?;
+            let variant = Variant {
+                coupled: cell_options.coupled,
+                cell_clip: cell_options.cell_clip,
+                reset_before: cell_options.reset_before,
+                ..Variant::default()
+            };
             let opts = EvalOptions {
                 weights,
                 inputs,
                 out,
                 backend: backend.into(),
                 backward,
-                nonlinearity: nonlinearity.map(|n| match n {
-                    NonlinearityArg::Tanh => Nonlinearity::Tanh,
-                    NonlinearityArg::Relu => Nonlinearity::Relu,
-                }),
+                nonlinearity,
+                variant,
+                activations,
+                residual,
             };
             println!("{}", run_eval(&opts)?);
             Ok(true)

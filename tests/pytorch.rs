@@ -1,5 +1,8 @@
 //! PyTorch fixtures: `eval` semantics on the CPU and GPU paths against values
-//! PyTorch computed in f64 (tests/fixtures/pytorch, made by make_fixtures.py).
+//! PyTorch computed in f64 (tests/fixtures/pytorch, made by make_fixtures.py):
+//! its own modules (cases.json), and the cell variants and skip connections
+//! through the script's autograd reference, itself checked against
+//! PyTorch's modules where PyTorch has the cell (variants.json).
 //! Tolerance: relative Frobenius error ≤ 1e-4 for values, ≤ 1e-3 for gradients.
 
 mod common;
@@ -11,7 +14,7 @@ use rnn_wgpu::backend::{Backend, BackendChoice, CpuBackend};
 use rnn_wgpu::eval::{EvalOptions, load, output_tensors};
 use rnn_wgpu::io::{TensorMap, read_safetensors};
 use rnn_wgpu::nn::case::run_case;
-use rnn_wgpu::ops::cell::Nonlinearity;
+use rnn_wgpu::ops::cell::{Act, Nonlinearity, Variant};
 use rnn_wgpu::parity::rel_frobenius;
 
 fn dir() -> PathBuf {
@@ -21,22 +24,80 @@ fn dir() -> PathBuf {
 struct Fixture {
     name: String,
     nonlinearity: Option<Nonlinearity>,
+    /// The cell's options (variant fixtures): what `eval` cannot read off
+    /// the weights' names.
+    variant: Variant,
+    activations: Option<Vec<Act>>,
+    residual: bool,
 }
 
-fn fixtures() -> Vec<Fixture> {
-    let text = std::fs::read_to_string(dir().join("cases.json")).unwrap();
+fn nonlinearity(name: Option<&str>) -> Option<Nonlinearity> {
+    match name {
+        Some("relu") => Some(Nonlinearity::Relu),
+        Some("tanh") => Some(Nonlinearity::Tanh),
+        Some("sigmoid") => Some(Nonlinearity::Sigmoid),
+        _ => None,
+    }
+}
+
+fn manifest(file: &str, at_least: usize) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir().join(file)).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let cases = v["cases"].as_array().unwrap();
-    assert!(cases.len() >= 9, "expected the full fixture set");
+    let cases = v["cases"].as_array().unwrap().clone();
+    assert!(
+        cases.len() >= at_least,
+        "expected the full fixture set of {file}"
+    );
     cases
+}
+
+/// PyTorch's own modules (cases.json).
+fn fixtures() -> Vec<Fixture> {
+    manifest("cases.json", 9)
         .iter()
         .map(|c| Fixture {
             name: c["name"].as_str().unwrap().to_string(),
-            nonlinearity: match c["nonlinearity"].as_str() {
-                Some("relu") => Some(Nonlinearity::Relu),
-                Some("tanh") => Some(Nonlinearity::Tanh),
-                _ => None,
-            },
+            nonlinearity: nonlinearity(c["nonlinearity"].as_str()),
+            variant: Variant::default(),
+            activations: None,
+            residual: false,
+        })
+        .collect()
+}
+
+/// The variants, computed by the fixture script's own autograd reference
+/// (variants.json).
+fn variant_fixtures() -> Vec<Fixture> {
+    manifest("variants.json", 11)
+        .iter()
+        .map(|c| {
+            let v = &c["variant"];
+            let acts: Vec<&str> = v["activations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
+            let module = c["module"].as_str().unwrap();
+            // An RNN's one activation is its nonlinearity; the GRU takes two.
+            let (nonlinearity, activations) = match module {
+                "RNN" => (nonlinearity(acts.first().copied()), None),
+                "GRU" => (None, Some(&acts[..2])),
+                _ => (None, Some(&acts[..])),
+            };
+            Fixture {
+                name: c["name"].as_str().unwrap().to_string(),
+                nonlinearity,
+                variant: Variant {
+                    coupled: v["coupled"].as_bool().unwrap(),
+                    cell_clip: v["cell_clip"].as_f64().map(|c| c as f32),
+                    reset_before: v["reset_before"].as_bool().unwrap(),
+                    ..Variant::default()
+                },
+                activations: activations
+                    .map(|a| a.iter().map(|n| Act::parse(n).unwrap()).collect()),
+                residual: v["skip"].as_str() == Some("residual"),
+            }
         })
         .collect()
 }
@@ -49,6 +110,9 @@ fn options(f: &Fixture, out: PathBuf) -> EvalOptions {
         backend: BackendChoice::Cpu,
         backward: true,
         nonlinearity: f.nonlinearity,
+        variant: f.variant,
+        activations: f.activations.clone(),
+        residual: f.residual,
     }
 }
 
@@ -77,7 +141,7 @@ fn compare_to_expected(label: &str, f: &Fixture, got: &TensorMap) {
 }
 
 fn eval_on<B: Backend>(b: &B, label: &str) {
-    for f in fixtures() {
+    for f in fixtures().into_iter().chain(variant_fixtures()) {
         let (config, data) = load(&options(&f, PathBuf::new())).unwrap();
         let r = run_case(b, &config, &data, true).unwrap();
         compare_to_expected(label, &f, &output_tensors(&config, &data, &r, true));
@@ -111,14 +175,21 @@ fn run_cli(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// The command line end to end, on both backends, for an LSTM and a ReLU RNN.
+/// The command line end to end, on both backends, for an LSTM, a ReLU RNN
+/// and three variant stacks (every option flag of `eval`).
 #[test]
 fn eval_command_writes_the_contract() {
     let have_gpu = common::gpu_ctx().is_some();
     let tmp = std::env::temp_dir().join(format!("rnn-wgpu-eval-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let all = fixtures();
-    let picks = ["lstm_2layer_bi_states_lengths", "rnn_relu_1layer_lengths"];
+    let all: Vec<Fixture> = fixtures().into_iter().chain(variant_fixtures()).collect();
+    let picks = [
+        "lstm_2layer_bi_states_lengths",
+        "rnn_relu_1layer_lengths",
+        "lstm_peep_coupled_clip_acts",
+        "lstm_residual_3layer",
+        "rnn_sigmoid_2layer_lengths",
+    ];
     for f in all.iter().filter(|f| picks.contains(&f.name.as_str())) {
         for backend in ["cpu", "gpu"] {
             if backend == "gpu" && !have_gpu {
@@ -138,8 +209,28 @@ fn eval_command_writes_the_contract() {
                 backend.into(),
                 "--backward".into(),
             ];
-            if f.nonlinearity == Some(Nonlinearity::Relu) {
-                args.extend(["--nonlinearity".into(), "relu".into()]);
+            match f.nonlinearity {
+                Some(Nonlinearity::Relu) => args.extend(["--nonlinearity".into(), "relu".into()]),
+                Some(Nonlinearity::Sigmoid) => {
+                    args.extend(["--nonlinearity".into(), "sigmoid".into()])
+                }
+                _ => {}
+            }
+            if f.variant.coupled {
+                args.push("--coupled".into());
+            }
+            if let Some(c) = f.variant.cell_clip {
+                args.extend(["--cell-clip".into(), c.to_string()]);
+            }
+            if let Some(a) = &f.activations {
+                let names: Vec<&str> = a.iter().map(|a| a.name()).collect();
+                args.extend(["--activations".into(), names.join(",")]);
+            }
+            if f.variant.reset_before {
+                args.push("--reset-before".into());
+            }
+            if f.residual {
+                args.push("--residual".into());
             }
             let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
             let res = run_cli(&args);

@@ -99,6 +99,26 @@ fn variants() -> Vec<(Cell, Variant)> {
                 ..Default::default()
             },
         ),
+        (
+            Cell::Gru,
+            Variant {
+                reset_before: true,
+                ..Default::default()
+            },
+        ),
+        (
+            Cell::Gru,
+            Variant {
+                reset_before: true,
+                cell_clip: Some(0.5),
+                activations: Activations {
+                    f: Act::Sigmoid,
+                    g: Act::Relu,
+                    h: Act::Tanh,
+                },
+                ..Default::default()
+            },
+        ),
         (Cell::Rnn(Nonlinearity::Sigmoid), Variant::default()),
         (
             Cell::Rnn(Nonlinearity::Tanh),

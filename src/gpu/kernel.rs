@@ -77,13 +77,15 @@ pub enum Shader {
     Gru,
     /// `shaders/rnn.wgsl` (after `recurrent.wgsl` and `cell_common.wgsl`)
     Rnn,
+    /// `shaders/gru_reset.wgsl` (after `recurrent.wgsl` and `cell_common.wgsl`)
+    GruReset,
     /// `shaders/skip.wgsl`
     Skip,
 }
 
 impl Shader {
     /// Every shader file.
-    pub const ALL: [Shader; 12] = [
+    pub const ALL: [Shader; 13] = [
         Shader::Matmul,
         Shader::Activation,
         Shader::SoftmaxXent,
@@ -95,6 +97,7 @@ impl Shader {
         Shader::Lstm,
         Shader::Gru,
         Shader::Rnn,
+        Shader::GruReset,
         Shader::Skip,
     ];
 
@@ -112,6 +115,7 @@ impl Shader {
             Shader::Lstm => "lstm.wgsl",
             Shader::Gru => "gru.wgsl",
             Shader::Rnn => "rnn.wgsl",
+            Shader::GruReset => "gru_reset.wgsl",
             Shader::Skip => "skip.wgsl",
         }
     }
@@ -129,6 +133,7 @@ impl Shader {
             Shader::Lstm => include_str!("../../shaders/lstm.wgsl"),
             Shader::Gru => include_str!("../../shaders/gru.wgsl"),
             Shader::Rnn => include_str!("../../shaders/rnn.wgsl"),
+            Shader::GruReset => include_str!("../../shaders/gru_reset.wgsl"),
             Shader::Skip => include_str!("../../shaders/skip.wgsl"),
         }
     }
@@ -137,7 +142,7 @@ impl Shader {
     /// recurrent helpers) followed by the file.
     pub fn source(self) -> String {
         match self {
-            Shader::Lstm | Shader::Gru | Shader::Rnn => {
+            Shader::Lstm | Shader::Gru | Shader::Rnn | Shader::GruReset => {
                 format!("{COMMON}\n{RECURRENT}\n{}", self.body())
             }
             _ => format!("{COMMON}\n{}", self.body()),

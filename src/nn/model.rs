@@ -42,10 +42,11 @@ use super::rnn::{
 };
 use crate::backend::{Backend, expect_shape, host_zeros};
 use crate::error::{Error, Result};
-use crate::ops::cell::Cell;
+use crate::ops::cell::{Cell, Variant};
 use crate::ops::embed::EmbedSpec;
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::ColSum;
+use crate::ops::skip::Skip;
 use crate::ops::softmax_xent::Rows;
 use crate::parity::rng;
 use crate::real::Real;
@@ -81,6 +82,13 @@ pub struct ModelConfig {
     pub forget_bias: f32,
     /// Weight initialization.
     pub init: Init,
+    /// The cell's variant (PyTorch's cell by default; older checkpoints
+    /// have none).
+    #[serde(default)]
+    pub variant: Variant,
+    /// Skip connections between the stacked layers.
+    #[serde(default)]
+    pub skip: Skip,
 }
 
 /// Weight initialization schemes.
@@ -132,7 +140,30 @@ impl ModelConfig {
             dropout: 0.0,
             forget_bias: 1.0,
             init: Init::Uniform,
+            variant: Variant::default(),
+            skip: Skip::None,
         }
+    }
+
+    /// The stack in words: `lstm H=256 L=1`, with the variant and skip
+    /// connections when it has them (`lstm (peepholes) H=64 L=2 highway`).
+    pub fn describe_stack(&self) -> String {
+        let v = self.variant.describe(self.cell);
+        format!(
+            "{}{} H={} L={}{}",
+            self.cell.name(),
+            if v.is_empty() {
+                String::new()
+            } else {
+                format!(" ({v})")
+            },
+            self.hidden,
+            self.layers,
+            match self.skip {
+                Skip::None => String::new(),
+                s => format!(" {}", s.name()),
+            }
+        )
     }
 
     /// Input width of the recurrent stack.
@@ -145,7 +176,10 @@ impl ModelConfig {
 
     /// The recurrent stack (unidirectional: a language model reads left to right).
     pub fn rnn(&self) -> RnnConfig {
-        RnnConfig::new(self.cell, self.input_width(), self.hidden).layers(self.layers)
+        RnnConfig::new(self.cell, self.input_width(), self.hidden)
+            .variant(self.variant)
+            .layers(self.layers)
+            .skip(self.skip)
     }
 
     /// Checks sizes.
@@ -212,7 +246,9 @@ impl ModelConfig {
         l
     }
 
-    /// Initial parameters from `seed` (after checking the sizes).
+    /// Initial parameters from `seed` (after checking the sizes): by
+    /// [`Init`], the LSTM forget-gate biases at `forget_bias`, the highway
+    /// gates' biases at −1.
     pub fn init_params(&self, seed: u64) -> Result<Vec<f64>> {
         self.validate()?;
         let layout = self.layout();
@@ -244,7 +280,13 @@ impl ModelConfig {
                     0.0
                 };
             }
-            if self.cell == Cell::Lstm && is_bias && e.name.starts_with("rnn.bias_") {
+            if e.name.starts_with("rnn.bias_t_") {
+                // Highway gates start closed (T = σ(−1) ≈ 0.27): a layer
+                // first mostly carries its input (Srivastava et al. 2015).
+                out.fill(-1.0);
+            }
+            let gate_bias = e.name.starts_with("rnn.bias_ih") || e.name.starts_with("rnn.bias_hh");
+            if self.cell == Cell::Lstm && gate_bias {
                 // Gate order i, f, g, o: the second block is the forget gate.
                 let h = self.hidden;
                 for x in &mut out[h..2 * h] {

@@ -757,6 +757,7 @@ impl<B: Backend> Rnn<B> {
         let bh = batch * h;
         let gh = cfg.cell.gates() * h;
         let lstm = cfg.cell.has_cell_state();
+        let reset = cfg.variant.reset_before;
         // Training keeps every state slot and the gates; inference two slots
         // (a ring) and no gates.
         let slots = if train { steps + 1 } else { 2 };
@@ -779,10 +780,12 @@ impl<B: Backend> Rnn<B> {
                 b.gemm(&g, &input, &self.params, Some(&self.params), &xg)?;
                 let hs = pool.take(b, &[slots, batch, h])?;
                 let cs = pool.take_if(b, lstm, &[slots, batch, h])?;
+                // (The reset-before GRU's steps pass r ⊙ h in the gates,
+                // so its inference keeps them too.)
                 let saved_per_unit = cfg.variant.saved(cfg.cell);
                 let gates = pool.take_if(
                     b,
-                    train && saved_per_unit > 0,
+                    (train || reset) && saved_per_unit > 0,
                     &[steps, batch, saved_per_unit * h],
                 )?;
                 let spec = |s: usize| StepSpec {
@@ -1019,7 +1022,10 @@ impl<B: Backend> Rnn<B> {
                 let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
                 let sd = l * dirs + d;
                 let dgh = pool.take(b, &[steps, batch, gh])?;
-                let dgx = pool.take_if(b, cfg.cell == Cell::Gru, &[steps, batch, gh])?;
+                // The GRU's input and recurrent sides differ (by r in the n
+                // block) unless the reset gate comes before the product.
+                let reset = cfg.variant.reset_before;
+                let dgx = pool.take_if(b, cfg.cell == Cell::Gru && !reset, &[steps, batch, gh])?;
                 let carry = pool.take(b, &[2, 2, batch, h])?;
                 // Carries start at the gradients of the final states.
                 b.fill(&carry, 0, 4 * bh, 0.0)?;
@@ -1059,13 +1065,18 @@ impl<B: Backend> Rnn<B> {
                     };
                     b.cell_backward(cfg.cell, &spec, &bufs)?;
                 }
-                // grad_h0 = carry + dG(last step of the sweep) · W_hh
+                // grad_h0 = carry + dG(last step of the sweep) · W_hh (the
+                // reset-before GRU: r's and z's rows; the carry holds n's part)
                 let par = steps % 2;
                 let t_last = if d == 0 { 0 } else { steps - 1 };
                 b.copy(&carry, par * 2 * bh, &grad_h0, sd * bh, bh)?;
-                let g = Gemm::nn(batch, h, gh)
-                    .offsets(t_last * batch * gh, p.w_hh, sd * bh)
-                    .accumulating(true);
+                let rec_rows = if reset { 2 * h } else { gh };
+                let g = Gemm {
+                    lda: gh,
+                    ..Gemm::nn(batch, h, rec_rows)
+                        .offsets(t_last * batch * gh, p.w_hh, sd * bh)
+                        .accumulating(true)
+                };
                 b.gemm(&g, &dgh, &self.params, None, &grad_h0)?;
                 if let Some(gc0) = &grad_c0 {
                     b.copy(&carry, (par * 2 + 1) * bh, gc0, sd * bh, bh)?;
@@ -1077,10 +1088,24 @@ impl<B: Backend> Rnn<B> {
                     .accumulating(true);
                 b.gemm(&g, dgx, input, None, param_grads)?;
                 let prev_rows = if d == 0 { 0 } else { bh };
-                let g = Gemm::tn(gh, h, rows)
-                    .offsets(0, prev_rows, p.w_hh)
-                    .accumulating(true);
+                let g = Gemm {
+                    lda: gh,
+                    ..Gemm::tn(rec_rows, h, rows)
+                        .offsets(0, prev_rows, p.w_hh)
+                        .accumulating(true)
+                };
                 b.gemm(&g, &dgh, &dw.hs, None, param_grads)?;
+                if let (true, Some(gates)) = (reset, &dw.gates) {
+                    // dW_hn = dnᵀ · (r ⊙ h), r ⊙ h in the gates' fourth block.
+                    let g = Gemm {
+                        lda: gh,
+                        ldb: 4 * h,
+                        ..Gemm::tn(h, h, rows)
+                            .offsets(2 * h, 3 * h, p.w_hh + 2 * h * h)
+                            .accumulating(true)
+                    };
+                    b.gemm(&g, &dgh, gates, None, param_grads)?;
+                }
                 for (src, off) in [(dgx, p.b_ih), (&dgh, p.b_hh)] {
                     let cs = ColSum {
                         out_off: off,

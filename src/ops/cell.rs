@@ -237,7 +237,16 @@ impl Activations {
     /// Parses ONNX's list for `cell`: three names for the LSTM (f, g, h), two
     /// for the GRU (f, g), separated by commas (`sigmoid,tanh,tanh`).
     pub fn parse(cell: Cell, list: &str) -> Result<Self> {
-        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        let acts = list
+            .split(',')
+            .map(|n| Act::parse(n.trim()))
+            .collect::<Result<Vec<Act>>>()?;
+        Self::from_list(cell, &acts)
+    }
+
+    /// The activations of ONNX's list for `cell`: `[f, g, h]` for the LSTM,
+    /// `[f, g]` for the GRU.
+    pub fn from_list(cell: Cell, names: &[Act]) -> Result<Self> {
         let want = match cell {
             Cell::Lstm => 3,
             Cell::Gru => 2,
@@ -259,13 +268,11 @@ impl Activations {
                 ),
             ));
         }
-        let mut acts = Activations::default();
-        acts.f = Act::parse(names[0])?;
-        acts.g = Act::parse(names[1])?;
-        if want == 3 {
-            acts.h = Act::parse(names[2])?;
-        }
-        Ok(acts)
+        Ok(Activations {
+            f: names[0],
+            g: names[1],
+            h: if want == 3 { names[2] } else { Act::Tanh },
+        })
     }
 
     /// `f,g,h` (LSTM) or `f,g` (GRU).
@@ -298,6 +305,11 @@ pub struct Variant {
     pub cell_clip: Option<f32>,
     /// The gated cells' activations (ONNX's `activations`).
     pub activations: Activations,
+    /// GRU with the reset gate applied before the recurrent product (Cho et
+    /// al. 2014; ONNX's `linear_before_reset = 0`, Keras' `reset_after =
+    /// False`): `n = g(W_in x + b_in + W_hn (r ⊙ h) + b_hn)`. Two dispatches
+    /// a step, since the candidate needs every unit's `r ⊙ h`.
+    pub reset_before: bool,
 }
 
 impl Variant {
@@ -309,6 +321,12 @@ impl Variant {
     /// Rejects options the cell does not have and a clip that is not a
     /// positive finite number.
     pub fn validate(&self, cell: Cell) -> Result<()> {
+        if self.reset_before && cell != Cell::Gru {
+            return Err(Error::invalid(
+                "reset_before",
+                format!("is a GRU variant; this is {}", cell.name()),
+            ));
+        }
         if cell != Cell::Lstm {
             for (on, what) in [(self.peepholes, "peepholes"), (self.coupled, "coupled")] {
                 if on {
@@ -369,6 +387,9 @@ impl Variant {
         }
         if self.coupled {
             parts.push("coupled".to_string());
+        }
+        if self.reset_before {
+            parts.push("reset before".to_string());
         }
         if let Some(c) = self.cell_clip {
             parts.push(format!("cell clip {c}"));
@@ -552,7 +573,9 @@ impl StepSpec {
         // A forward saves gates only when given a buffer for them; a
         // backward needs them.
         let saved = self.variant.saved(cell);
-        if saved > 0 && (backward || lens.gates.is_some()) {
+        // The reset-before GRU passes r ⊙ h between its two dispatches in
+        // the gates, so even an inference forward has them.
+        if saved > 0 && (backward || lens.gates.is_some() || self.variant.reset_before) {
             Self::need("gates", m(&[t, b, saved, h]), lens.gates.unwrap_or(0))?;
         }
         let out_len = m(&[t, b, self.out_ld]);
@@ -560,7 +583,8 @@ impl StepSpec {
         if backward {
             Self::need("dout", out_len, lens.out)?;
             Self::need("dgh", per_step, lens.dgh)?;
-            if cell == Cell::Gru {
+            // The reset-before GRU's two sides share one gradient, dgh.
+            if cell == Cell::Gru && !self.variant.reset_before {
                 Self::need("dgx", per_step, lens.dgx.unwrap_or(0))?;
             }
             Self::need("carry", m(&[4, b, h]), lens.carry)?;
@@ -718,6 +742,10 @@ pub fn forward_step_cpu<T: Real>(
         .with_bias(s.bhh_off);
     gemm_cpu(&g, hs, weights, Some(weights), &mut rec)?;
 
+    if cell == Cell::Gru && s.variant.reset_before {
+        let gates = gates.ok_or_else(|| missing("gates", cell))?;
+        return gru_reset_forward_cpu(s, xg, weights, lengths, hs, gates, out, &rec);
+    }
     if cell.has_cell_state() && cs.is_none() {
         return Err(missing("cs", cell));
     }
@@ -1133,10 +1161,21 @@ pub fn backward_step_cpu<T: Real>(
     let (prev, next) = (s.prev() * bh, s.next() * bh);
 
     // acc[b, j] = Σ_m dG_later[b, m]·W_hh[m, j]
+    // (The reset-before GRU: over r's and z's rows only; its n part comes
+    // through r ⊙ h, below.)
+    let reset = cell == Cell::Gru && s.variant.reset_before;
     let mut acc = vec![T::zero(); bh];
     if !s.first {
-        let g = Gemm::nn(bsz, h, gh).offsets(s.later() * bsz * gh, s.whh_off, 0);
+        let rows = if reset { 2 * h } else { gh };
+        let g = Gemm {
+            lda: gh,
+            ..Gemm::nn(bsz, h, rows).offsets(s.later() * bsz * gh, s.whh_off, 0)
+        };
         gemm_cpu(&g, dgh, weights, None, &mut acc)?;
+    }
+    if reset {
+        let gates = gates.ok_or_else(|| missing("gates", cell))?;
+        return gru_reset_backward_cpu(s, lengths, hs, gates, weights, dout, dgh, carry, acc);
     }
 
     // carry is [2 (parity), 2 (h, c), B, H]: read one half, write the other.
@@ -1258,6 +1297,145 @@ pub fn backward_step_cpu<T: Real>(
                 }
                 dh_out[hr].fill(T::zero());
             }
+        }
+    }
+    Ok(())
+}
+
+/// A reset-before GRU's forward step on the host, after the product of
+/// every gate with h (`rec`, of which the n block is not used): r, z and
+/// `q = r ⊙ h` (saved in the gates' fourth block), then `q·W_hnᵀ + b_hn`,
+/// the candidate and the update.
+#[allow(clippy::too_many_arguments)]
+fn gru_reset_forward_cpu<T: Real>(
+    s: &StepSpec,
+    xg: &[T],
+    weights: &[T],
+    lengths: Option<&[i32]>,
+    hs: &mut [T],
+    gates: &mut [T],
+    out: &mut [T],
+    rec: &[T],
+) -> Result<()> {
+    let (bsz, h) = (s.batch, s.hidden);
+    let (gh, bh) = (3 * h, bsz * h);
+    let (prev, next) = (s.prev() * bh, s.next() * bh);
+    let (clip, a) = (s.variant.clip::<T>(), s.variant.activations);
+    let keep = |act: T, z: T| if clip.is_some() { z } else { act };
+    let h_prev = hs[prev..prev + bh].to_vec();
+    let mut q = vec![T::zero(); bh];
+    for b in 0..bsz {
+        let (row, srow) = ((s.t * bsz + b) * gh, (s.t * bsz + b) * 4 * h);
+        let g = &mut gates[srow..srow + 4 * h];
+        if !is_active(lengths, b, s.t) {
+            g.fill(T::zero());
+            continue;
+        }
+        for j in 0..h {
+            let zr = clamp_opt(clip, xg[row + j] + rec[b * gh + j]);
+            let zz = clamp_opt(clip, xg[row + h + j] + rec[b * gh + h + j]);
+            let r = a.f.apply(zr);
+            g[j] = keep(r, zr);
+            g[h + j] = keep(a.f.apply(zz), zz);
+            q[b * h + j] = r * h_prev[b * h + j];
+            g[3 * h + j] = q[b * h + j];
+        }
+    }
+    let mut rn = vec![T::zero(); bh];
+    let mm = Gemm::nt(bsz, h, h)
+        .offsets(0, s.whh_off + 2 * h * h, 0)
+        .with_bias(s.bhh_off + 2 * h);
+    gemm_cpu(&mm, &q, weights, Some(weights), &mut rn)?;
+    for b in 0..bsz {
+        let (row, srow) = ((s.t * bsz + b) * gh, (s.t * bsz + b) * 4 * h);
+        let o = s.out_index(b, 0);
+        let hp = &h_prev[b * h..(b + 1) * h];
+        if !is_active(lengths, b, s.t) {
+            hs[next + b * h..next + (b + 1) * h].copy_from_slice(hp);
+            out[o..o + h].fill(T::zero());
+            continue;
+        }
+        for j in 0..h {
+            let sz = gates[srow + h + j];
+            let z = if clip.is_some() { a.f.apply(sz) } else { sz };
+            let zn = clamp_opt(clip, xg[row + 2 * h + j] + rn[b * h + j]);
+            let n = a.g.apply(zn);
+            let hv = (T::one() - z) * n + z * hp[j];
+            gates[srow + 2 * h + j] = keep(n, zn);
+            hs[next + b * h + j] = hv;
+            out[o + j] = hv;
+        }
+    }
+    Ok(())
+}
+
+/// A reset-before GRU's backward step on the host, after the product of the
+/// later step's r and z gradients with their rows of W_hh (`acc`): dz, dn,
+/// then `dq = dn·W_hn`, dr, and the carry `dh'·z + dq ⊙ r`.
+#[allow(clippy::too_many_arguments)]
+fn gru_reset_backward_cpu<T: Real>(
+    s: &StepSpec,
+    lengths: Option<&[i32]>,
+    hs: &[T],
+    gates: &[T],
+    weights: &[T],
+    dout: &[T],
+    dgh: &mut [T],
+    carry: &mut [T],
+    mut acc: Vec<T>,
+) -> Result<()> {
+    let (bsz, h) = (s.batch, s.hidden);
+    let (gh, bh) = (3 * h, bsz * h);
+    let prev = s.prev() * bh;
+    let (clip, a) = (s.variant.clip::<T>(), s.variant.activations);
+    let gate = |v: T, act: Act| if clip.is_some() { act.apply(v) } else { v };
+    let (lo, hi) = carry.split_at_mut(2 * bh);
+    let (carry_in, carry_out): (&[T], &mut [T]) = if s.parity == 0 { (lo, hi) } else { (hi, lo) };
+    let dh_out = &mut carry_out[..bh];
+    for b in 0..bsz {
+        let (row, srow) = ((s.t * bsz + b) * gh, (s.t * bsz + b) * 4 * h);
+        let live = is_active(lengths, b, s.t);
+        let o = s.out_index(b, 0);
+        for j in 0..h {
+            let mut dh = acc[b * h + j] + carry_in[b * h + j];
+            if live {
+                dh += dout[o + j];
+            }
+            acc[b * h + j] = dh;
+        }
+        if !live {
+            dgh[row..row + gh].fill(T::zero());
+            dh_out[b * h..(b + 1) * h].copy_from_slice(&acc[b * h..(b + 1) * h]);
+            continue;
+        }
+        for j in 0..h {
+            let dh = acc[b * h + j];
+            let (sz, sn) = (gates[srow + h + j], gates[srow + 2 * h + j]);
+            let (z, n) = (gate(sz, a.f), gate(sn, a.g));
+            let dn = clip_pass(clip, sn, a.g.back(n, dh * (T::one() - z)));
+            dgh[row + h + j] = clip_pass(clip, sz, a.f.back(z, dh * (hs[prev + b * h + j] - n)));
+            dgh[row + 2 * h + j] = dn;
+            dh_out[b * h + j] = dh * z;
+        }
+    }
+    // dq = dn · W_hn, for every row (a past-the-end row's dn is zero).
+    let mut dq = vec![T::zero(); bh];
+    let mm = Gemm {
+        lda: gh,
+        ..Gemm::nn(bsz, h, h).offsets(s.t * bsz * gh + 2 * h, s.whh_off + 2 * h * h, 0)
+    };
+    gemm_cpu(&mm, dgh, weights, None, &mut dq)?;
+    for b in 0..bsz {
+        let (row, srow) = ((s.t * bsz + b) * gh, (s.t * bsz + b) * 4 * h);
+        if !is_active(lengths, b, s.t) {
+            continue;
+        }
+        for j in 0..h {
+            let sr = gates[srow + j];
+            let r = gate(sr, a.f);
+            let d = dq[b * h + j];
+            dgh[row + j] = clip_pass(clip, sr, a.f.back(r, d * hs[prev + b * h + j]));
+            dh_out[b * h + j] += d * r;
         }
     }
     Ok(())
@@ -1457,6 +1635,9 @@ kernel_params! {
         coupled: u32,
         peep_off: u32,
         clip: f32,
+        reset_before: u32,
+        dg_ld: u32,
+        dg_rows: u32,
         _pad0: u32,
     }
 }
@@ -1494,6 +1675,14 @@ impl Params {
             peep_off: u32_of("peep_off", s.peep_off)?,
             // 0 means no clip (a clip is positive).
             clip: v.cell_clip.unwrap_or(0.0),
+            reset_before: v.reset_before as u32,
+            // The backward product's gate gradients: all G·H of a row; the
+            // reset-before GRU's first dispatch only r and z's.
+            dg_ld: u32_of("G·H", cell.gates() * s.hidden)?,
+            dg_rows: u32_of(
+                "G·H",
+                if v.reset_before { 2 } else { cell.gates() } * s.hidden,
+            )?,
             _pad0: 0,
         })
     }
@@ -1518,8 +1707,10 @@ binding_names! {
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
 
-/// The override constants of every step kernel (see [`crate::gpu::StepKernel`]).
-const STEP_CONSTANTS: &[&str] = &["SPLIT"];
+/// The override constants of every step kernel: the recurrent-product
+/// variant (see [`crate::gpu::StepKernel`]) and where the forward product's
+/// vector comes from.
+const STEP_CONSTANTS: &[&str] = &["SPLIT", "FROM_GATES"];
 
 const LSTM_FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Lstm,
@@ -1610,6 +1801,34 @@ const RNN_BACKWARD: KernelDef<Params> = KernelDef::new(
     STEP_CONSTANTS,
 );
 
+const GRU_RESET_FORWARD: KernelDef<Params> = KernelDef::new(
+    Shader::GruReset,
+    "gru_reset_forward",
+    &[
+        (binding::XG, R),
+        (binding::WEIGHTS, R),
+        (binding::LENGTHS, R),
+        (binding::HS, W),
+        (binding::GATES, W),
+        (binding::OUT, W),
+    ],
+    STEP_CONSTANTS,
+);
+
+const GRU_RESET_BACKWARD: KernelDef<Params> = KernelDef::new(
+    Shader::GruReset,
+    "gru_reset_backward",
+    &[
+        (binding::WEIGHTS, R),
+        (binding::LENGTHS, R),
+        (binding::HS, W),
+        (binding::GATES, W),
+        (binding::DGH, W),
+        (binding::CARRY, W),
+    ],
+    STEP_CONSTANTS,
+);
+
 /// Every kernel of this module (see [`super::kernels`]).
 pub(super) const KERNELS: &[KernelInfo] = &[
     LSTM_FORWARD.info(),
@@ -1618,6 +1837,8 @@ pub(super) const KERNELS: &[KernelInfo] = &[
     LSTM_BACKWARD.info(),
     GRU_BACKWARD.info(),
     RNN_BACKWARD.info(),
+    GRU_RESET_FORWARD.info(),
+    GRU_RESET_BACKWARD.info(),
 ];
 
 fn forward_kernel(cell: Cell) -> KernelDef<Params> {
@@ -1643,10 +1864,28 @@ fn dispatch_step(
     s: &StepSpec,
     buffers: &[(u32, &wgpu::Buffer)],
     params: &Params,
+    from_gates: bool,
 ) -> Result<()> {
     let variant = rec.ctx().step_kernel(s.batch, s.hidden);
     let grid = rec.ctx().grid(variant.groups(s.batch, s.hidden))?;
-    rec.dispatch(kernel, variant.constants(), buffers, params, grid)
+    let mut constants = variant.constants().to_vec();
+    if from_gates {
+        constants.push(("FROM_GATES", 1.0));
+    }
+    rec.dispatch(kernel, &constants, buffers, params, grid)
+}
+
+/// The parameters of a reset-before GRU step's second dispatch: the
+/// products with W_hn (rows 2H.. of W_hh) and b_hn; backward, over this
+/// step's dn (H rows of gate gradients at row stride 3H).
+fn reset_params(s: &StepSpec, first: &Params) -> Result<Params> {
+    let h = s.hidden;
+    Ok(Params {
+        whh_off: u32_of("whh_off", s.whh_off + 2 * h * h)?,
+        bhh_off: u32_of("bhh_off", s.bhh_off + 2 * h)?,
+        dg_rows: u32_of("H", h)?,
+        ..*first
+    })
 }
 
 /// GPU buffers of a forward step.
@@ -1723,7 +1962,14 @@ pub fn forward_step_gpu(
         (Cell::Gru | Cell::Rnn(_), _) => buffers.push((binding::GATES, gates)),
         _ => return Err(missing("cs", cell)),
     }
-    dispatch_step(rec, forward_kernel(cell), s, &buffers, &params)
+    dispatch_step(rec, forward_kernel(cell), s, &buffers, &params, false)?;
+    if cell == Cell::Gru && s.variant.reset_before {
+        // The candidate and the update, from the r ⊙ h the first saved.
+        let params = reset_params(s, &params)?;
+        buffers.retain(|(n, _)| *n != binding::CS);
+        dispatch_step(rec, GRU_RESET_FORWARD, s, &buffers, &params, true)?;
+    }
+    Ok(())
 }
 
 /// Records one backward step.
@@ -1763,16 +2009,25 @@ pub fn backward_step_gpu(
         (Cell::Lstm, Some(cs), Some(gates), _) => {
             buffers.extend([(binding::CS, cs.buffer()), (binding::GATES, gates.buffer())]);
         }
-        (Cell::Gru, _, Some(gates), Some(dgx)) => buffers.extend([
-            (binding::HS, bufs.hs.buffer()),
-            (binding::GATES, gates.buffer()),
-            (binding::DGX, dgx.buffer()),
-        ]),
+        // (The reset-before GRU has one gate-gradient buffer, dgh.)
+        (Cell::Gru, _, Some(gates), dgx) if s.variant.reset_before || dgx.is_some() => buffers
+            .extend([
+                (binding::HS, bufs.hs.buffer()),
+                (binding::GATES, gates.buffer()),
+                (binding::DGX, dgx.unwrap_or(dummies.floats).buffer()),
+            ]),
         (Cell::Rnn(_), _, gates, _) => buffers.extend([
             (binding::HS, bufs.hs.buffer()),
             (binding::GATES, gates.unwrap_or(dummies.floats).buffer()),
         ]),
         _ => return Err(missing("cs/gates/dgx", cell)),
     }
-    dispatch_step(rec, backward_kernel(cell), s, &buffers, &params)
+    dispatch_step(rec, backward_kernel(cell), s, &buffers, &params, false)?;
+    if cell == Cell::Gru && s.variant.reset_before {
+        // dr and the carry's r part, from this step's dn.
+        let params = reset_params(s, &params)?;
+        buffers.retain(|(n, _)| ![binding::DOUT, binding::DGX].contains(n));
+        dispatch_step(rec, GRU_RESET_BACKWARD, s, &buffers, &params, false)?;
+    }
+    Ok(())
 }

@@ -441,11 +441,9 @@ fn run_on<B: Backend>(
     let cfg = trainer.config().clone();
     let m = &cfg.model;
     log(&format!(
-        "task {} | {} H={} L={} | {} params | batch {} × {} steps | {} lr {} | {} steps",
+        "task {} | {} | {} params | batch {} × {} steps | {} lr {} | {} steps",
         cfg.task.name(),
-        m.cell.name(),
-        m.hidden,
-        m.layers,
+        m.describe_stack(),
         trainer.model().layout().total,
         cfg.batch,
         trainer.task().steps(),
@@ -558,11 +556,9 @@ fn run_on<B: Backend>(
     }
     if let (Some(path), true) = (&paths.plot, root) {
         let title = format!(
-            "{} — {} H={} L={}, {} lr {}",
+            "{} — {}, {} lr {}",
             cfg.task.name(),
-            m.cell.name(),
-            m.hidden,
-            m.layers,
+            m.describe_stack(),
             cfg.optimizer.name(),
             cfg.optimizer.lr()
         );

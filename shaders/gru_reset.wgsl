@@ -1,0 +1,81 @@
+// gru_reset.wgsl: the second dispatch of a reset-before GRU step
+// (ops::cell Variant::reset_before; the first is gru.wgsl's, with
+// p.reset_before == 1), the product with W_hn of a vector that needs every
+// unit's gate:
+//
+//   forward:  n = g(xg_n + W_hn (r * h) + b_hn), h' = (1 - z) * n + z * h,
+//             r * h read from the gates' fourth block (FROM_GATES);
+//             the host points whh_off / bhh_off at W_hn and b_hn.
+//   backward: dq = dn . W_hn (dn: this step's third dgh block, row stride
+//             3H), dr = f'(r) * dq * h, and the carry gains dq * r (the
+//             first dispatch left dh' * z there).
+// CPU twin: ops::cell (Cell::Gru with reset_before).
+
+const G: u32 = 1u;
+
+@compute @workgroup_size(32, 8)
+fn gru_reset_forward(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = step_tile(wid, nwg);
+    if (tile.x >= p.B) {
+        return;
+    }
+    let gh4 = 4u * p.H;
+    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, p.t * p.B * gh4 + 3u * p.H);
+    let bj = tile_cell(tile, lid);
+    let b = bj.x;
+    let j = bj.y;
+    if (b >= p.B) {
+        return;
+    }
+    let bh = p.B * p.H;
+    let hc = b * p.H + j;
+    let row = (p.t * p.B + b) * 3u * p.H;
+    let srow = (p.t * p.B + b) * gh4;
+    let h_prev = hs[prev_slot() * bh + hc];
+    if (!is_live(b)) {
+        hs[next_slot() * bh + hc] = h_prev;
+        out[out_index(b, j)] = 0.0;
+        return;
+    }
+    let z = saved_gate(srow, 1u, j, p.act_f).x;
+    let zn = clip_v(xg[row + 2u * p.H + j] + (acc[0] + weights[p.bhh_off + j]));
+    let n = cell_act(p.act_g, zn);
+    let h = (1.0 - z) * n + z * h_prev;
+    gates[srow + 2u * p.H + j] = select(n, zn, clipping());
+    hs[next_slot() * bh + hc] = h;
+    out[out_index(b, j)] = h;
+}
+
+@compute @workgroup_size(32, 8)
+fn gru_reset_backward(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = step_tile(wid, nwg);
+    if (tile.x >= p.B) {
+        return;
+    }
+    let gh3 = 3u * p.H;
+    let dq = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, p.t * p.B * gh3 + 2u * p.H);
+    let bj = tile_cell(tile, lid);
+    let b = bj.x;
+    let j = bj.y;
+    if (b >= p.B) {
+        return;
+    }
+    let row = (p.t * p.B + b) * gh3;
+    if (!is_live(b)) {
+        dgh[row + j] = 0.0;
+        return;
+    }
+    let gr = saved_gate((p.t * p.B + b) * 4u * p.H, 0u, j, p.act_f);
+    let h_prev = hs[prev_slot() * p.B * p.H + b * p.H + j];
+    dgh[row + j] = clip_pass(gr.y, cell_act_back(p.act_f, gr.x, dq * h_prev));
+    let c = carry_index(1u - p.parity, 0u, b, j);
+    carry[c] = carry[c] + dq * gr.x;
+}
