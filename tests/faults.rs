@@ -27,6 +27,8 @@ fn train_config() -> TrainConfig {
             dropout: 0.1,
             forget_bias: 1.0,
             init: Init::Uniform,
+            variant: Default::default(),
+            skip: Default::default(),
         },
         batch: 8,
         steps: 100,

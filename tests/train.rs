@@ -33,6 +33,8 @@ fn model(cell: Cell, layers: usize, dropout: f32) -> ModelConfig {
         dropout,
         forget_bias: 1.0,
         init: Init::Uniform,
+        variant: Default::default(),
+        skip: Default::default(),
     }
 }
 

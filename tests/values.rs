@@ -169,6 +169,8 @@ fn model_config(cell: Cell, vocab: usize) -> ModelConfig {
         dropout: 0.25,
         forget_bias: 1.0,
         init: Init::Uniform,
+        variant: Default::default(),
+        skip: Default::default(),
     }
 }
 
