@@ -66,8 +66,9 @@ mod tests {
             (Shader::Embed, super::embed::binding::NAMES),
             (Shader::Dropout, super::dropout::binding::NAMES),
             (Shader::Optim, super::optim::binding::NAMES),
+            (Shader::Skip, super::skip::binding::NAMES),
         ];
-        for cell in [Shader::Lstm, Shader::Gru, Shader::Rnn] {
+        for cell in [Shader::Lstm, Shader::Gru, Shader::Rnn, Shader::GruReset] {
             t.push((cell, super::cell::binding::NAMES));
         }
         t
