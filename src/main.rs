@@ -147,6 +147,7 @@ enum TaskArg {
     Add,
     Copy,
     Text,
+    Xml,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -190,7 +191,9 @@ enum NonFiniteArg {
 #[derive(clap::Args)]
 struct TrainArgs {
     /// add: "123+456=579"; copy: reproduce a random string; text: a character
-    /// model of --text FILE [default: text with --text, else add].
+    /// model of --text FILE; xml: a character model of generated XML
+    /// documents, `<a id="3"><em>xy</em></a>` [default: text with --text,
+    /// else add].
     #[arg(long, value_enum)]
     task: Option<TaskArg>,
     /// The UTF-8 file of the text task (implies --task text).
@@ -211,6 +214,12 @@ struct TrainArgs {
     /// Window length T (text).
     #[arg(long, default_value_t = 64)]
     seq_len: usize,
+    /// Deepest nesting of elements, the root alone being 1 (xml).
+    #[arg(long, default_value_t = 4)]
+    xml_depth: usize,
+    /// Longest document in characters, its final newline included (xml).
+    #[arg(long, default_value_t = 60)]
+    xml_length: usize,
     /// Cell type.
     #[arg(long, value_enum, default_value = "lstm")]
     cell: ModelCell,
@@ -359,7 +368,7 @@ struct SampleArgs {
     #[arg(long)]
     checkpoint: PathBuf,
     /// Text to start from (default: a held-out problem for add/copy, the
-    /// vocabulary's first character for text).
+    /// vocabulary's first character for text, `<` for xml).
     #[arg(long)]
     prompt: Option<String>,
     /// 0 for greedy decoding.
@@ -524,6 +533,8 @@ const RUN_DEFINING: &[&str] = &[
     "copy_length",
     "symbols",
     "seq_len",
+    "xml_depth",
+    "xml_length",
     "cell",
     "hidden",
     "layers",
@@ -630,6 +641,10 @@ const TRAIN_UNUSED: &[Unused<TrainArgs>] = &[
         ignored: |a| a.other_task(TaskArg::Text),
     },
     Unused {
+        ids: &["xml_depth", "xml_length"],
+        ignored: |a| a.other_task(TaskArg::Xml),
+    },
+    Unused {
         ids: &["forget_bias"],
         ignored: |a| {
             (a.cell != ModelCell::Lstm).then(|| {
@@ -655,11 +670,13 @@ const TRAIN_UNUSED: &[Unused<TrainArgs>] = &[
 ];
 
 /// What `sample`'s rules look at: the flags, and once the checkpoint is
-/// read, whether its task has answers (add, copy) or is text.
+/// read, its task's name and whether it has answers (add, copy) or starts
+/// from a fixed prompt (text, xml).
 struct SampleCtx {
     temperature: f32,
     prompt: bool,
     answers: Option<bool>,
+    task: &'static str,
 }
 
 /// `sample`: flags that would have no effect.
@@ -670,9 +687,9 @@ const SAMPLE_UNUSED: &[Unused<SampleCtx>] = &[Unused {
             return None;
         }
         let start = if c.prompt {
-            "--prompt is given"
+            "--prompt is given".to_string()
         } else if c.answers == Some(false) {
-            "a text model starts from a fixed character"
+            format!("{} models start from a fixed prompt", c.task)
         } else {
             return None;
         };
@@ -827,6 +844,10 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             length: a.copy_length,
             symbols: a.symbols,
         },
+        TaskArg::Xml => TaskSpec::Xml {
+            depth: a.xml_depth,
+            length: a.xml_length,
+        },
         TaskArg::Text => TaskSpec::Text {
             path: a.text.clone().ok_or_else(|| {
                 rnn_wgpu::Error::invalid("--text", "the text task needs --text FILE")
@@ -935,8 +956,11 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         return Ok(true);
     }
     let summary = summary.summary;
+    let closing = summary.closing_accuracy.map_or_else(String::new, |c| {
+        format!(", closing tags {:.1} %", 100.0 * c)
+    });
     eprintln!(
-        "done: {} steps in {:.1} s ({:.0} tokens/s), final loss {:.4}, held-out accuracy {:.1} %",
+        "done: {} steps in {:.1} s ({:.0} tokens/s), final loss {:.4}, held-out accuracy {:.1} %{closing}",
         summary.steps,
         summary.seconds,
         summary.tokens_per_second,
@@ -1170,17 +1194,22 @@ fn gpu_ctx_of<B: std::any::Any>(b: &B) -> Option<Arc<GpuContext>> {
 
 /// `sample`: generates from a checkpoint and prints prompt + generation.
 fn sample_cmd(a: SampleArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
-    let ctx = |answers| SampleCtx {
+    let ctx = |answers, task| SampleCtx {
         temperature: a.temperature,
         prompt: a.prompt.is_some(),
         answers,
+        task,
     };
-    refuse_unused(m, &ctx(None), SAMPLE_UNUSED)?;
+    refuse_unused(m, &ctx(None, ""), SAMPLE_UNUSED)?;
     let (chosen, _) = rnn_wgpu::backend::choose(a.backend.into())?;
     let text = rnn_wgpu::with_backend!(chosen, b => {
         let (mut model, task, config) =
             rnn_wgpu::train::checkpoint::load_model(b, &a.checkpoint)?;
-        refuse_unused(m, &ctx(Some(task.has_answers())), SAMPLE_UNUSED)?;
+        refuse_unused(
+            m,
+            &ctx(Some(task.has_answers()), task.spec().name()),
+            SAMPLE_UNUSED,
+        )?;
         let seed = a.seed;
         let prompt = match a.prompt.clone() {
                     Some(p) => p,
@@ -1189,7 +1218,7 @@ fn sample_cmd(a: SampleArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
                         let end = batch.answers.first().map_or(0, |a| a.0);
                         task.vocab().decode(&batch.inputs[..=end])
                     }
-                    None => task.vocab().chars.first().map(|c| c.to_string()).unwrap_or_default(),
+                    None => task.fixed_prompt(),
                 };
                 let opts = SampleOptions {
                     prompt: prompt.clone(),

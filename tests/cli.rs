@@ -471,6 +471,19 @@ fn train_refuses_flags_of_another_task_or_cell() {
         ),
         (&["--symbols", "4"], &["--symbols", "--task copy only"]),
         (&["--seq-len", "8"], &["--seq-len", "--task text only"]),
+        (&["--xml-depth", "3"], &["--xml-depth", "--task xml only"]),
+        (
+            &["--task", "copy", "--xml-length", "30"],
+            &["--xml-length: applies to --task xml only", "copy"],
+        ),
+        (
+            &["--task", "xml", "--digits", "2"],
+            &["--digits", "this run's task is xml"],
+        ),
+        (
+            &["--task", "xml", "--text", &text],
+            &["--text", "--task xml does not read it"],
+        ),
         (
             &["--text", &text, "--digits", "2"],
             &["--digits", "this run's task is text"],
@@ -549,6 +562,78 @@ fn text_implies_the_text_task() {
 }
 
 #[test]
+fn xml_task_end_to_end() {
+    let s = Scratch::new("cli-xml");
+    let ck = s.path("xml.safetensors").display().to_string();
+    let args = [
+        "train",
+        "--task",
+        "xml",
+        "--steps",
+        "30",
+        "--hidden",
+        "32",
+        "--backend",
+        "cpu",
+        "--checkpoint",
+        &ck,
+    ];
+    let out = run_in(None, &[&args[..], &["--json"]].concat());
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stderr.contains("task xml"), "{}", out.stderr);
+    // Every evaluation reports token accuracy and closing-tag accuracy.
+    let last = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("step 30: held-out:"))
+        .unwrap_or_else(|| panic!("no final evaluation in {}", out.stderr));
+    for needle in ["token accuracy", "closing-tag accuracy", "1000 documents"] {
+        assert!(last.contains(needle), "{last:?} should mention {needle:?}");
+    }
+    assert!(out.stderr.contains("closing tags"), "{}", out.stderr);
+    let summary: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(summary["task"], "xml", "{}", out.stdout);
+    let closing = summary["closing_accuracy"].as_f64();
+    assert!(
+        closing.is_some_and(|c| (0.0..=1.0).contains(&c)),
+        "{}",
+        out.stdout
+    );
+    assert!(s.path("xml-loss.svg").exists());
+    let (ok, err) = run(&[
+        "train",
+        "--backend",
+        "cpu",
+        "--resume",
+        "--checkpoint",
+        &ck,
+        "--steps",
+        "32",
+    ]);
+    assert!(ok && err.contains("done: 32 steps"), "{err}");
+    // Generation starts a document from `<` and stops at its end.
+    let sample = ["sample", "--checkpoint", &ck, "--backend", "cpu"];
+    let out = run_in(None, &[&sample[..], &["--length", "30"]].concat());
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stdout.starts_with('<'), "{}", out.stdout);
+    assert_eq!(out.stdout.trim_end_matches('\n').lines().count(), 1);
+    refused(
+        &[&sample[..], &["--seed", "2"]].concat(),
+        &[
+            "--seed: has no effect",
+            "xml models start from a fixed prompt",
+        ],
+    );
+    let short = s.path("short.safetensors").display().to_string();
+    let (ok, err) = run(&[&args[..9], &["--checkpoint", &short, "--xml-length", "10"]].concat());
+    assert!(
+        !ok && err.contains("xml task: depth 4 must be in 1..=32 and length 10 in 14..="),
+        "{err}"
+    );
+    assert!(!s.path("short.safetensors").exists());
+}
+
+#[test]
 fn resume_refuses_every_flag_that_defines_the_run() {
     let s = Scratch::new("cli-resume");
     let (ok, err) = train(&s.0, &[]);
@@ -563,6 +648,8 @@ fn resume_refuses_every_flag_that_defines_the_run() {
         &["--copy-length", "3"],
         &["--symbols", "3"],
         &["--seq-len", "8"],
+        &["--xml-depth", "3"],
+        &["--xml-length", "30"],
         &["--cell", "gru"],
         &["--hidden", "8"],
         &["--layers", "2"],

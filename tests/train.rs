@@ -291,6 +291,14 @@ fn every_task_learns() {
         150,
     );
     learns(
+        TaskSpec::Xml {
+            depth: 3,
+            length: 30,
+        },
+        Cell::Lstm,
+        100,
+    );
+    learns(
         TaskSpec::Text {
             path: text_file(&s),
             seq_len: 16,

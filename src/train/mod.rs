@@ -237,6 +237,11 @@ pub struct EvalReport {
     /// gets a whole answer right exactly when every answer step's argmax is
     /// right under teacher forcing, so this is measured in one forward.
     pub exact_match: Option<f64>,
+    /// Fraction of closing-tag name characters predicted (`xml`: the targets
+    /// [`Batch::closing`] lists, the characters of `name` in each `</name>`);
+    /// `None` for the other tasks (and in checkpoints written before it).
+    #[serde(default)]
+    pub closing_accuracy: Option<f64>,
     /// Problems evaluated.
     pub problems: usize,
 }
@@ -908,23 +913,31 @@ impl<B: Backend> Trainer<B> {
         let fwd = self
             .model
             .evaluate(&bufs.tokens, &bufs.targets, &self.stats, off)?;
-        // The logits are needed (and read back) only to match whole answers.
+        // The logits are needed (and read back) only to match whole answers
+        // or to score closing tags.
         let answers = self.task.has_answers();
+        let closing = self.task.has_closing_tags();
         let mut wanted = vec![&self.stats];
-        if answers {
+        if answers || closing {
             wanted.push(&fwd.logits);
         }
         let v = self.backend.read_many(&wanted)?;
         let stats: Vec<f64> = v[0].iter().map(|x| x.f64()).collect();
         let s = XentSummary::from_slice(&stats[off..off + SUMMARY_LEN]);
-        let exact_match = v
-            .get(1)
-            .map(|logits| exact_match(&batch, logits, self.config.model.vocab));
+        let vocab = self.config.model.vocab;
+        let logits = v.get(1);
+        let exact_match = logits
+            .filter(|_| answers)
+            .map(|logits| exact_match(&batch, logits, vocab));
+        let closing_accuracy = logits
+            .filter(|_| closing)
+            .map(|logits| positions_right(&batch, &batch.closing, logits, vocab));
         let report = EvalReport {
             step: self.step,
             loss: s.mean,
             token_accuracy: s.correct as f64 / s.count.max(1) as f64,
             exact_match,
+            closing_accuracy,
             problems,
         };
         self.evals.push(report);
@@ -954,6 +967,26 @@ pub fn exact_match<T: Real>(batch: &Batch, logits: &[T], vocab: usize) -> f64 {
     right as f64 / batch.answers.len().max(1) as f64
 }
 
+/// Fraction of the time-major `positions` (`t·B + b`, e.g.
+/// [`Batch::closing`]) whose target is the argmax of its logits.
+pub fn positions_right<T: Real>(
+    batch: &Batch,
+    positions: &[usize],
+    logits: &[T],
+    vocab: usize,
+) -> f64 {
+    let right = positions
+        .iter()
+        .filter(|&&i| {
+            logits
+                .get(i * vocab..(i + 1) * vocab)
+                .zip(batch.targets.get(i))
+                .is_some_and(|(row, &target)| argmax(row) as i32 == target)
+        })
+        .count();
+    right as f64 / positions.len().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -973,5 +1006,37 @@ mod tests {
             Bptt::Full.windows(9).unwrap()
         );
         assert!(Bptt::Truncated { k1: 4, k2: 2 }.windows(9).is_err());
+    }
+
+    #[test]
+    fn closing_tags_are_scored_at_their_positions() {
+        let task = Task::new(TaskSpec::Xml {
+            depth: 3,
+            length: 30,
+        })
+        .unwrap();
+        let b = task.eval_batch(1, 4).unwrap();
+        let v = task.vocab().len();
+        // Logits that predict every target except at the first closing position.
+        let mut logits = vec![0.0f32; b.targets.len() * v];
+        for (i, &t) in b.targets.iter().enumerate() {
+            if t >= 0 {
+                logits[i * v + t as usize] = 1.0;
+            }
+        }
+        assert_eq!(positions_right(&b, &b.closing, &logits, v), 1.0);
+        let first = b.closing[0];
+        logits[first * v + b.targets[first] as usize] = -1.0;
+        let expected = (b.closing.len() - 1) as f64 / b.closing.len() as f64;
+        assert_eq!(positions_right(&b, &b.closing, &logits, v), expected);
+        assert_eq!(positions_right(&b, &[], &logits, v), 0.0);
+    }
+
+    #[test]
+    fn evaluations_saved_before_closing_tag_accuracy_still_load() {
+        let old = r#"{"step":5,"loss":0.5,"token_accuracy":0.75,"exact_match":0.5,"problems":10}"#;
+        let e: EvalReport = serde_json::from_str(old).unwrap();
+        assert_eq!(e.closing_accuracy, None);
+        assert_eq!(e.exact_match, Some(0.5));
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! Layout: x is the step; the left axis is the training loss (each step,
 //! light, and its moving average, dark); the right axis is the held-out metric
-//! (exact match for `add`/`copy`, token accuracy for `text`) in 0–100 %; a
+//! (exact match for `add`/`copy`, token accuracy for `text`/`xml`) in 0–100 %; a
 //! legend names the three curves.
 #![cfg(feature = "cli")]
 
@@ -212,6 +212,7 @@ mod tests {
             loss: 0.5,
             token_accuracy: 0.75,
             exact_match: exact,
+            closing_accuracy: None,
             problems: 10,
         }
     }

@@ -226,8 +226,11 @@ pub struct RunSummary {
     pub steps: u64,
     /// Mean training loss over the last steps (up to 50).
     pub final_loss: f64,
-    /// Held-out exact match (`copy`, `add`) or token accuracy (`text`).
+    /// Held-out exact match (`copy`, `add`) or token accuracy (`text`, `xml`).
     pub accuracy: f64,
+    /// Held-out accuracy on the characters of closing tags' names (`xml`,
+    /// see [`EvalReport::closing_accuracy`]); `None` for the other tasks.
+    pub closing_accuracy: Option<f64>,
     /// Held-out loss.
     pub eval_loss: f64,
     /// Wall time of this invocation.
@@ -384,12 +387,21 @@ fn describe_eval(e: &EvalReport) -> String {
             percent(e.token_accuracy),
             e.loss
         ),
-        None => format!(
-            "held-out: token accuracy {}, loss {:.4} (perplexity {:.2})",
-            percent(e.token_accuracy),
-            e.loss,
-            e.loss.exp()
-        ),
+        None => {
+            let closing = e.closing_accuracy.map_or_else(String::new, |c| {
+                format!(
+                    ", closing-tag accuracy {} ({} documents)",
+                    percent(c),
+                    e.problems
+                )
+            });
+            format!(
+                "held-out: token accuracy {}{closing}, loss {:.4} (perplexity {:.2})",
+                percent(e.token_accuracy),
+                e.loss,
+                e.loss.exp()
+            )
+        }
     }
 }
 
@@ -580,6 +592,7 @@ fn run_on<B: Backend>(
         steps: trainer.step(),
         final_loss,
         accuracy: e.exact_match.unwrap_or(e.token_accuracy),
+        closing_accuracy: e.closing_accuracy,
         eval_loss: e.loss,
         seconds,
         tokens_per_second: trained as f64 * tokens_per_step / seconds.max(1e-9),

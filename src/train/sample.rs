@@ -3,7 +3,7 @@
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::tasks::{END, Task};
+use super::tasks::Task;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::nn::dense::argmax;
@@ -24,7 +24,8 @@ pub struct SampleOptions {
 }
 
 /// Generates up to `opts.length` tokens after the prompt. For `copy` and `add`
-/// generation stops at the end-of-answer symbol, which is not returned.
+/// generation stops at the end-of-answer symbol, for `xml` at the end of the
+/// document ([`Task::end_symbol`]), which is not returned.
 pub fn sample<B: Backend>(
     model: &mut SeqModel<B>,
     task: &Task,
@@ -44,7 +45,7 @@ pub fn sample<B: Backend>(
     let b = model.backend().clone();
     let v = model.config().vocab;
     let mut r = ChaCha8Rng::seed_from_u64(opts.seed);
-    let end = task.has_answers().then(|| vocab.id(END)).flatten();
+    let end = task.end_symbol().and_then(|c| vocab.id(c));
     // The prompt in one forward, then one streaming step per generated token:
     // the state stays on the device, only the logits row is read back.
     let tokens = b.ints(&[ids.len(), 1], &ids)?;
