@@ -133,12 +133,20 @@ struct StackArgs {
 }
 
 impl StackArgs {
-    fn skip(&self) -> Skip {
-        match (self.residual, self.highway) {
-            (true, _) => Skip::Residual,
-            (_, true) => Skip::Highway,
-            _ => Skip::None,
+    /// The skip connections of a stack of `layers` layers.
+    fn skip(&self, layers: usize) -> rnn_wgpu::Result<Skip> {
+        let (skip, flag) = match (self.residual, self.highway) {
+            (true, _) => (Skip::Residual, "--residual"),
+            (_, true) => (Skip::Highway, "--highway"),
+            _ => return Ok(Skip::None),
+        };
+        if layers < 2 {
+            return Err(rnn_wgpu::Error::invalid(
+                flag,
+                format!("joins stacked layers; give --layers 2 or more (this stack has {layers})"),
+            ));
         }
+        Ok(skip)
     }
 }
 
@@ -202,8 +210,17 @@ struct TrainArgs {
     /// Most digits per operand (add).
     #[arg(long, default_value_t = 3)]
     digits: usize,
-    /// Write each sum least-significant digit first, `123+456=975` (add).
-    #[arg(long)]
+    /// Write each sum least-significant digit first, `123+456=975`, the
+    /// order a carry is computed in (add; the default: `--reverse-answer
+    /// false` writes sums as usual).
+    #[arg(
+        long,
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
     reverse_answer: bool,
     /// Longest string (copy).
     #[arg(long, default_value_t = 10)]
@@ -792,7 +809,7 @@ fn gradcheck(a: GradcheckArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             .variant(cell_options.variant(cell, stack.peepholes)?)
             .layers(layers)
             .bidirectional(bidirectional)
-            .skip(stack.skip());
+            .skip(stack.skip(layers)?);
         cfg.validate()?;
         // Finite differences cost two forwards per probe: keep it to small stacks.
         let params = cfg.layout().total;
@@ -901,7 +918,7 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             forget_bias: a.forget_bias,
             init: Init::parse(&a.init)?,
             variant: a.cell_options.variant(a.cell.into(), a.stack.peepholes)?,
-            skip: a.stack.skip(),
+            skip: a.stack.skip(a.layers)?,
         },
         batch: a.batch,
         steps,
@@ -1073,7 +1090,7 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             let cfg = RnnConfig::new(cell.into(), a.input, a.hidden)
                 .variant(variant)
                 .layers(a.layers)
-                .skip(a.stack.skip());
+                .skip(a.stack.skip(a.layers)?);
             cfg.validate()?;
             for (arg, v) in [("--batch", a.batch), ("--seq", a.seq), ("--iters", a.iters)] {
                 if v == 0 {
@@ -1088,7 +1105,7 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
                 seq: a.seq,
                 layers: a.layers,
                 variant,
-                skip: a.stack.skip(),
+                skip: cfg.skip,
             }]
         }
         None => {

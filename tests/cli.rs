@@ -633,6 +633,59 @@ fn xml_task_end_to_end() {
     assert!(!s.path("short.safetensors").exists());
 }
 
+/// A variant stack trains, keeps its variant in the checkpoint and resumes as itself.
+#[test]
+fn variant_stacks_train_and_resume_as_themselves() {
+    let s = Scratch::new("cli-variant");
+    let flags = [
+        "--layers",
+        "2",
+        "--peepholes",
+        "--cell-clip",
+        "3",
+        "--activations",
+        "sigmoid,tanh,relu",
+        "--highway",
+    ];
+    let want = "lstm (peepholes, cell clip 3, activations sigmoid,tanh,relu) H=8 L=2 highway";
+    let (ok, err) = train(&s.0, &flags);
+    assert!(ok && err.contains(want), "{err}");
+    let (ok, err) = resume(&s.0, &["--steps", "5"]);
+    assert!(ok && err.contains(want), "{err}");
+    let (ok, err) = train(
+        &s.0,
+        &[
+            "--cell",
+            "gru",
+            "--reset-before",
+            "--layers",
+            "2",
+            "--residual",
+        ],
+    );
+    assert!(
+        ok && err.contains("gru (reset before) H=8 L=2 residual"),
+        "{err}"
+    );
+    refused(
+        &strs(&tiny(&["--cell", "gru", "--peepholes"])),
+        &["--peepholes", "LSTM", "gru"],
+    );
+    refused(
+        &strs(&tiny(&["--cell", "lstm", "--reset-before"])),
+        &["--reset-before", "GRU"],
+    );
+    refused(
+        &strs(&tiny(&["--activations", "sigmoid,softsign,tanh"])),
+        &["--activations", "softsign", "not supported"],
+    );
+    refused(&strs(&tiny(&["--residual"])), &["--residual", "stacked"]);
+    refused(
+        &strs(&tiny(&["--coupled", "--forget-bias", "2"])),
+        &["--forget-bias", "--coupled"],
+    );
+}
+
 #[test]
 fn resume_refuses_every_flag_that_defines_the_run() {
     let s = Scratch::new("cli-resume");
@@ -644,7 +697,7 @@ fn resume_refuses_every_flag_that_defines_the_run() {
         &["--task", "copy"],
         &["--text", &text],
         &["--digits", "2"],
-        &["--reverse-answer"],
+        &["--reverse-answer", "false"],
         &["--copy-length", "3"],
         &["--symbols", "3"],
         &["--seq-len", "8"],
@@ -657,6 +710,13 @@ fn resume_refuses_every_flag_that_defines_the_run() {
         &["--dropout", "0.1"],
         &["--init", "xavier"],
         &["--forget-bias", "0"],
+        &["--peepholes"],
+        &["--coupled"],
+        &["--cell-clip", "1"],
+        &["--activations", "sigmoid,tanh,relu"],
+        &["--reset-before"],
+        &["--residual"],
+        &["--highway"],
         &["--batch", "2"],
         &["--bptt", "2"],
         &["--bptt", "2", "--bptt-k2", "3"],
