@@ -22,6 +22,9 @@
 // GRU reset-before (reset_before == 1): two dispatches a step (gru.wgsl's
 // gates, then gru_reset.wgsl's candidate; see there).
 // The backward's recurrent product reads dg_rows rows of dgh at row stride dg_ld.
+// LSTM projection (proj == 1, lstm_proj.wgsl): h is hp = P wide, c cell_h = H;
+// the gates row (gates_ld = 5H) also holds m = o * h(c), the projection's input.
+// pk / vec_ld: the forward product's reduction length and vector row stride.
 //
 // Backward: carry [2, 2, B, H] ping-pongs between steps (index `parity` is
 // read, 1 - parity written); [., 0] is the gradient flowing straight into the
@@ -52,7 +55,14 @@ struct Params {
     reset_before: u32,
     dg_ld: u32,
     dg_rows: u32,
+    pk: u32,
+    vec_ld: u32,
+    hp: u32,
+    cell_h: u32,
+    gates_ld: u32,
+    proj: u32,
     _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -93,8 +103,11 @@ fn out_index(b: u32, j: u32) -> u32 {
     return (p.t * p.B + b) * p.out_ld + p.out_col + j;
 }
 
+// carry [2, 2, B, H]: each (parity, which) block is B * cell_h long; the h
+// block holds [B, hp] (the state width: P with a projection), the c block [B, H].
 fn carry_index(parity: u32, which: u32, b: u32, j: u32) -> u32 {
-    return ((parity * 2u + which) * p.B + b) * p.H + j;
+    let width = select(p.cell_h, p.hp, which == 0u);
+    return (parity * 2u + which) * p.B * p.cell_h + b * width + j;
 }
 
 const CA_SIGMOID: u32 = 0u;

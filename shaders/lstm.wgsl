@@ -5,7 +5,9 @@
 //
 // Variants (cell_common.wgsl): activations f, g, h; peepholes (i, f += P c,
 // o += P c'); coupled gates (f = 1 - i); clipping of the pre-activations and
-// of c' where h(c') reads it.
+// of c' where h(c') reads it; a projection (proj == 1: this file's
+// kernels compute m = o * h(c') and the cell's gradients from dm, and
+// lstm_proj.wgsl's the products with W_hr and W_hh of the P-wide h).
 //
 // One dispatch per time step: the recurrent product of all four gates (recurrent.wgsl,
 // tiled or split) and the cell update in the same invocation. The forward
@@ -26,7 +28,7 @@ fn lstm_forward(
         return;
     }
     let bh = p.B * p.H;
-    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * bh);
+    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * p.B * p.hp);
     let bj = tile_cell(tile, lid);
     let b = bj.x;
     let j = bj.y;
@@ -35,17 +37,21 @@ fn lstm_forward(
     }
     let gh = G * p.H;
     let row = (p.t * p.B + b) * gh;
+    let srow = (p.t * p.B + b) * p.gates_ld;
     let hc = b * p.H + j;
     let c_prev = cs[prev_slot() * bh + hc];
+    let proj = p.proj == 1u;
     if (!is_live(b)) {
-        hs[next_slot() * bh + hc] = hs[prev_slot() * bh + hc];
         cs[next_slot() * bh + hc] = c_prev;
-        if (p.save == 1u) {
-            for (var g = 0u; g < G; g++) {
-                gates[row + g * p.H + j] = 0.0;
+        if (p.save == 1u || proj) {
+            for (var g = 0u; g < p.gates_ld / p.H; g++) {
+                gates[srow + g * p.H + j] = 0.0;
             }
         }
-        out[out_index(b, j)] = 0.0;
+        if (!proj) {
+            hs[next_slot() * bh + hc] = hs[prev_slot() * bh + hc];
+            out[out_index(b, j)] = 0.0;
+        }
         return;
     }
     var pre: array<f32, 4>;
@@ -77,12 +83,17 @@ fn lstm_forward(
         if (clipping()) {
             keep = vec4<f32>(zi, zf, zg, zo);
         }
-        gates[row + j] = keep.x;
-        gates[row + p.H + j] = keep.y;
-        gates[row + 2u * p.H + j] = keep.z;
-        gates[row + 3u * p.H + j] = keep.w;
+        gates[srow + j] = keep.x;
+        gates[srow + p.H + j] = keep.y;
+        gates[srow + 2u * p.H + j] = keep.z;
+        gates[srow + 3u * p.H + j] = keep.w;
     }
     cs[next_slot() * bh + hc] = c;
+    if (proj) {
+        // m = o * h(c), which lstm_project multiplies by W_hr.
+        gates[srow + 4u * p.H + j] = h;
+        return;
+    }
     hs[next_slot() * bh + hc] = h;
     out[out_index(b, j)] = h;
 }
@@ -100,9 +111,13 @@ fn lstm_backward(
         return;
     }
     let gh = G * p.H;
+    let proj = p.proj == 1u;
     var acc = 0.0;
-    if (p.first == 0u) {
-        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * gh);
+    if (proj) {
+        // dm = dh . W_hr, dh of this step left in dgh by lstm_project_backward.
+        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, p.t * p.B * p.dg_ld + gh);
+    } else if (p.first == 0u) {
+        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * p.dg_ld);
     }
     let bj = tile_cell(tile, lid);
     let b = bj.x;
@@ -112,11 +127,15 @@ fn lstm_backward(
     }
     let bh = p.B * p.H;
     let hc = b * p.H + j;
-    let row = (p.t * p.B + b) * gh;
+    let row = (p.t * p.B + b) * p.dg_ld;
+    let srow = (p.t * p.B + b) * p.gates_ld;
     let live = is_live(b);
-    var dh = acc + carry[carry_index(p.parity, 0u, b, j)];
-    if (live) {
-        dh += dout[out_index(b, j)];
+    var dh = acc;
+    if (!proj) {
+        dh += carry[carry_index(p.parity, 0u, b, j)];
+        if (live) {
+            dh += dout[out_index(b, j)];
+        }
     }
     let dc_in = carry[carry_index(p.parity, 1u, b, j)];
     let out_par = 1u - p.parity;
@@ -124,14 +143,19 @@ fn lstm_backward(
         for (var g = 0u; g < G; g++) {
             dgh[row + g * p.H + j] = 0.0;
         }
-        carry[carry_index(out_par, 0u, b, j)] = dh;
+        if (!proj) {
+            carry[carry_index(out_par, 0u, b, j)] = dh;
+        } else if (j < p.hp) {
+            // Past the row's end h is carried: its gradient too.
+            carry[carry_index(out_par, 0u, b, j)] = dgh[row + gh + j];
+        }
         carry[carry_index(out_par, 1u, b, j)] = dc_in;
         return;
     }
-    let gi = saved_gate(row, 0u, j, p.act_f);
-    var gf = saved_gate(row, 1u, j, p.act_f);
-    let gg = saved_gate(row, 2u, j, p.act_g);
-    let go = saved_gate(row, 3u, j, p.act_f);
+    let gi = saved_gate(srow, 0u, j, p.act_f);
+    var gf = saved_gate(srow, 1u, j, p.act_f);
+    let gg = saved_gate(srow, 2u, j, p.act_g);
+    let go = saved_gate(srow, 3u, j, p.act_f);
     let i = gi.x;
     if (p.coupled == 1u) {
         gf = vec2<f32>(1.0 - i, 0.0);
@@ -163,6 +187,8 @@ fn lstm_backward(
     if (p.peepholes == 1u) {
         dcp += di * weights[p.peep_off + j] + df * weights[p.peep_off + p.H + j];
     }
-    carry[carry_index(out_par, 0u, b, j)] = 0.0;
+    if (j < p.hp) {
+        carry[carry_index(out_par, 0u, b, j)] = 0.0;
+    }
     carry[carry_index(out_par, 1u, b, j)] = dcp;
 }

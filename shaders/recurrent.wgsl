@@ -31,12 +31,13 @@ override SPLIT: bool = false;
 // block, row stride 4H).
 override FROM_GATES: bool = false;
 
-// Row `b`, element `k` of the forward product's vector at `base`.
+// Row `b`, element `k` of the forward product's vector at `base` (row
+// stride p.vec_ld: the state width, or the gates' row).
 fn vec_at(base: u32, b: u32, k: u32) -> f32 {
     if (FROM_GATES) {
-        return gates[base + b * 4u * p.H + k];
+        return gates[base + b * p.vec_ld + k];
     }
-    return hs[base + b * p.H + k];
+    return hs[base + b * p.vec_ld + k];
 }
 
 const TJ: u32 = 32u;
@@ -77,8 +78,11 @@ fn tile_cell(tile: vec2<u32>, lid: vec3<u32>) -> vec2<u32> {
     return vec2<u32>(b, j);
 }
 
-// Forward: acc[g] = sum_k h[b, k] * W_hh[g*H + j, k], h read from hs at h_base,
-// for (b, j) = (b0 + ly, j0 + lx). Every invocation of the workgroup must call it.
+// Forward: acc[g] = sum_k h[b, k] * W_hh[g*H + j, k] over k < p.pk (the
+// vector's width and W's row stride: H, or P for a projected LSTM's h, or H
+// for the projection itself), h read through vec_at at h_base, for
+// (b, j) = (b0 + ly, j0 + lx) with j < p.H units. Every invocation of the
+// workgroup must call it.
 fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f32, G> {
     if (SPLIT) {
         return recurrent_product_split(b0, j0, lx, ly, h_base);
@@ -88,12 +92,12 @@ fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f
         acc[g] = 0.0;
     }
     let flat = ly * TJ + lx;
-    for (var k0 = 0u; k0 < p.H; k0 += TK) {
+    for (var k0 = 0u; k0 < p.pk; k0 += TK) {
         if (flat < TB * TK) {
             let bb = flat / TK;
             let kk = flat % TK;
             var v = 0.0;
-            if (b0 + bb < p.B && k0 + kk < p.H) {
+            if (b0 + bb < p.B && k0 + kk < p.pk) {
                 v = vec_at(h_base, b0 + bb, k0 + kk);
             }
             lhs_tile[flat] = v;
@@ -106,8 +110,8 @@ fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f
             let jj = rem / TK;
             let kk = rem % TK;
             var v = 0.0;
-            if (j0 + jj < p.H && k0 + kk < p.H) {
-                v = weights[p.whh_off + (g * p.H + j0 + jj) * p.H + k0 + kk];
+            if (j0 + jj < p.H && k0 + kk < p.pk) {
+                v = weights[p.whh_off + (g * p.H + j0 + jj) * p.pk + k0 + kk];
             }
             rhs_tile[(g * TK + kk) * TJ + jj] = v;
         }
@@ -158,7 +162,7 @@ fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> a
         part[e] = 0.0;
     }
     if (j < p.H) {
-        for (var k = lane; k < p.H; k += SL) {
+        for (var k = lane; k < p.pk; k += SL) {
             var hv: array<f32, 8>; // [TB]
             for (var bb = 0u; bb < TB; bb++) {
                 hv[bb] = 0.0;
@@ -167,7 +171,7 @@ fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> a
                 }
             }
             for (var g = 0u; g < G; g++) {
-                let w = weights[p.whh_off + (g * p.H + j) * p.H + k];
+                let w = weights[p.whh_off + (g * p.H + j) * p.pk + k];
                 for (var bb = 0u; bb < TB; bb++) {
                     part[g * TB + bb] += w * hv[bb];
                 }

@@ -236,8 +236,8 @@ pub fn bench_rnn<B: Backend>(
         &uniform(2, t * bsz * shape.input, -1.0, 1.0),
     )?;
     let dy = b.tensor_f64(
-        &[t, bsz, shape.hidden],
-        &uniform(3, t * bsz * shape.hidden, -1.0, 1.0),
+        &[t, bsz, cfg.output_size()],
+        &uniform(3, t * bsz * cfg.output_size(), -1.0, 1.0),
     )?;
     let grads = rnn.zeros_like_params()?;
     let sync = || sync(ctx);

@@ -391,6 +391,7 @@ pub fn variant_stacks() -> Vec<RnnConfig> {
             h: Act::Sigmoid,
         },
         reset_before: false,
+        proj_size: 0,
     };
     let gru = Variant {
         cell_clip: Some(0.6),

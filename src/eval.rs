@@ -7,7 +7,9 @@
 //!   `[G·H, H]`, `bias_ih_l{k}` and `bias_hh_l{k}` `[G·H]`. Cell type, sizes,
 //!   layers and directions are inferred from names and shapes. Beyond
 //!   PyTorch's names: `weight_p_l{k}[_reverse]` `[3H]` (LSTM peepholes P_i,
-//!   P_f, P_o) and, for layers `k ≥ 1`, `weight_t_l{k}` `[D·H, D·H]` and
+//!   P_f, P_o), `weight_hr_l{k}[_reverse]` `[P, H]` (PyTorch's `proj_size`:
+//!   then `weight_hh` is `[4H, P]`, and `h0`/`hn`/the output are P wide,
+//!   `c0`/`cn` H) and, for layers `k ≥ 1`, `weight_t_l{k}` `[D·H, D·H]` and
 //!   `bias_t_l{k}` `[D·H]` (highway connections); the options that names
 //!   cannot show (coupled gates, clip, activations, residual connections)
 //!   come from [`EvalOptions`].
@@ -80,7 +82,27 @@ pub fn infer_config(weights: &TensorMap, path: &Path, opts: &EvalOptions) -> Res
     let nonlinearity = opts.nonlinearity;
     let whh = matrix(weights, path, "weight_hh_l0")?;
     let wih = matrix(weights, path, "weight_ih_l0")?;
-    let (gh, h) = (whh.shape[0], whh.shape[1]);
+    // A projection (PyTorch's proj_size): weight_hr_l0 [P, H], and W_hh [4H, P].
+    let proj = match weights.get("weight_hr_l0") {
+        Some(_) => Some(matrix(weights, path, "weight_hr_l0")?.shape.clone()),
+        None => None,
+    };
+    let (gh, h) = match &proj {
+        Some(hr) => (whh.shape[0], hr[1]),
+        None => (whh.shape[0], whh.shape[1]),
+    };
+    if let Some(hr) = &proj
+        && (gh != 4 * h || whh.shape[1] != hr[0])
+    {
+        return Err(fmt_err(
+            path,
+            format!(
+                "weight_hr_l0 has shape {hr:?} and weight_hh_l0 {:?}: an LSTM with a projection \
+                 has weight_hh [4H, P] and weight_hr [P, H]",
+                whh.shape
+            ),
+        ));
+    }
     if h == 0 || gh % h != 0 || ![1, 3, 4].contains(&(gh / h)) {
         return Err(fmt_err(
             path,
@@ -127,6 +149,7 @@ pub fn infer_config(weights: &TensorMap, path: &Path, opts: &EvalOptions) -> Res
     };
     let variant = Variant {
         peepholes: weights.contains_key("weight_p_l0"),
+        proj_size: proj.as_ref().map_or(0, |hr| hr[0]),
         activations: match &opts.activations {
             Some(list) => Activations::from_list(cell, list)?,
             None => opts.variant.activations,
@@ -144,7 +167,13 @@ pub fn infer_config(weights: &TensorMap, path: &Path, opts: &EvalOptions) -> Res
         let letters = if e.name.starts_with("weight_ih") {
             "[G·H, In]"
         } else if e.name.starts_with("weight_hh") {
-            "[G·H, H]"
+            if proj.is_some() {
+                "[4H, P]"
+            } else {
+                "[G·H, H]"
+            }
+        } else if e.name.starts_with("weight_hr") {
+            "[P, H]"
         } else if e.name.starts_with("weight_p") {
             "[3H]"
         } else if e.name.starts_with("weight_t") {
@@ -184,9 +213,7 @@ pub fn infer_config(weights: &TensorMap, path: &Path, opts: &EvalOptions) -> Res
     if let Some(extra) = weights.keys().find(|k| layout.get(k).is_none()) {
         return Err(fmt_err(
             path,
-            format!(
-                "unexpected tensor {extra:?} (projections and other extensions are not supported)"
-            ),
+            format!("unexpected tensor {extra:?}: not a parameter of this stack"),
         ));
     }
     Ok(config)
@@ -234,6 +261,13 @@ pub fn read_inputs(
         batch,
         config.hidden_size,
     ];
+    // h is P wide with a projection.
+    let hstate = vec![state[0], batch, config.state_size()];
+    let h_letters = if hstate == state {
+        "[L·D, B, H]"
+    } else {
+        "[L·D, B, P]"
+    };
     let lstm = config.cell.has_cell_state();
     let get = |name: &str, want: &[usize], letters: &str| -> Result<Option<Vec<f64>>> {
         match inputs.get(name) {
@@ -286,7 +320,7 @@ pub fn read_inputs(
         batch,
         params: Vec::new(),
         x: x.floats("input")?,
-        h0: get("h0", &state, "[L·D, B, H]")?,
+        h0: get("h0", &hstate, h_letters)?,
         c0: get("c0", &state, "[L·D, B, H]")?,
         lengths,
         grad_output: if backward {
@@ -295,7 +329,7 @@ pub fn read_inputs(
             None
         },
         grad_hn: if backward {
-            get("grad_hn", &state, "[L·D, B, H]")?
+            get("grad_hn", &hstate, h_letters)?
         } else {
             None
         },
@@ -319,6 +353,7 @@ pub fn output_tensors(
         data.batch,
         config.hidden_size,
     ];
+    let hstate = [state[0], data.batch, config.state_size()];
     let mut m = TensorMap::new();
     let mut put = |name: &str, shape: &[usize], v: &[f64]| {
         m.insert(name.to_string(), HostTensor::f32_from_f64(shape, v));
@@ -328,7 +363,7 @@ pub fn output_tensors(
         &[data.steps, data.batch, config.output_size()],
         &r.output,
     );
-    put("hn", &state, &r.hn);
+    put("hn", &hstate, &r.hn);
     if config.cell.has_cell_state() {
         put("cn", &state, &r.cn);
     }
@@ -339,7 +374,7 @@ pub fn output_tensors(
             &r.grad_input,
         );
         if data.h0.is_some() {
-            put("grad_h0", &state, &r.grad_h0);
+            put("grad_h0", &hstate, &r.grad_h0);
         }
         if data.c0.is_some() {
             put("grad_c0", &state, &r.grad_c0);

@@ -91,10 +91,11 @@ struct CellOptionArgs {
 
 impl CellOptionArgs {
     /// The variant these flags ask for, with peepholes or not.
-    fn variant(&self, cell: Cell, peepholes: bool) -> rnn_wgpu::Result<Variant> {
+    fn variant(&self, cell: Cell, stack: &StackArgs) -> rnn_wgpu::Result<Variant> {
         let v = || -> rnn_wgpu::Result<Variant> {
             let v = Variant {
-                peepholes,
+                peepholes: stack.peepholes,
+                proj_size: stack.proj_size,
                 coupled: self.coupled,
                 cell_clip: self.cell_clip,
                 activations: match &self.activations {
@@ -124,6 +125,10 @@ struct StackArgs {
     /// LSTM with peepholes: i and f see c_{t−1}, o sees c_t (ONNX P).
     #[arg(long)]
     peepholes: bool,
+    /// LSTM with a projection of P < H units: h = W_hr (o ⊙ tanh c)
+    /// (PyTorch's proj_size; 0: none).
+    #[arg(long, default_value_t = 0, value_name = "P")]
+    proj_size: usize,
     /// Residual connections between stacked layers: y = out + x.
     #[arg(long, conflicts_with = "highway")]
     residual: bool,
@@ -564,6 +569,7 @@ const RUN_DEFINING: &[&str] = &[
     "activations",
     "reset_before",
     "peepholes",
+    "proj_size",
     "residual",
     "highway",
     "batch",
@@ -736,6 +742,7 @@ const BENCH_UNUSED: &[Unused<BenchArgs>] = &[
             "activations",
             "reset_before",
             "peepholes",
+            "proj_size",
             "residual",
             "highway",
         ],
@@ -806,7 +813,7 @@ fn gradcheck(a: GradcheckArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     );
     for cell in cells {
         let cfg = RnnConfig::new(cell, input, hidden)
-            .variant(cell_options.variant(cell, stack.peepholes)?)
+            .variant(cell_options.variant(cell, &stack)?)
             .layers(layers)
             .bidirectional(bidirectional)
             .skip(stack.skip(layers)?);
@@ -917,7 +924,7 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             dropout: a.dropout,
             forget_bias: a.forget_bias,
             init: Init::parse(&a.init)?,
-            variant: a.cell_options.variant(a.cell.into(), a.stack.peepholes)?,
+            variant: a.cell_options.variant(a.cell.into(), &a.stack)?,
             skip: a.stack.skip(a.layers)?,
         },
         batch: a.batch,
@@ -1086,7 +1093,7 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         matches!(&chosen, rnn_wgpu::backend::Chosen::Gpu(g) if g.ctx().adapter().is_software());
     let shapes: Vec<RnnShape> = match a.cell {
         Some(cell) => {
-            let variant = a.cell_options.variant(cell.into(), a.stack.peepholes)?;
+            let variant = a.cell_options.variant(cell.into(), &a.stack)?;
             let cfg = RnnConfig::new(cell.into(), a.input, a.hidden)
                 .variant(variant)
                 .layers(a.layers)

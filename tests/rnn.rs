@@ -119,6 +119,12 @@ fn variants() -> Vec<(Cell, Variant)> {
                 ..Default::default()
             },
         ),
+        lstm(&|v| v.proj_size = 2),
+        lstm(&|v| {
+            v.proj_size = 3;
+            v.peepholes = true;
+            v.cell_clip = Some(0.7);
+        }),
         (Cell::Rnn(Nonlinearity::Sigmoid), Variant::default()),
         (
             Cell::Rnn(Nonlinearity::Tanh),

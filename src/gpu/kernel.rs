@@ -79,13 +79,15 @@ pub enum Shader {
     Rnn,
     /// `shaders/gru_reset.wgsl` (after `recurrent.wgsl` and `cell_common.wgsl`)
     GruReset,
+    /// `shaders/lstm_proj.wgsl` (after `recurrent.wgsl` and `cell_common.wgsl`)
+    LstmProj,
     /// `shaders/skip.wgsl`
     Skip,
 }
 
 impl Shader {
     /// Every shader file.
-    pub const ALL: [Shader; 13] = [
+    pub const ALL: [Shader; 14] = [
         Shader::Matmul,
         Shader::Activation,
         Shader::SoftmaxXent,
@@ -98,6 +100,7 @@ impl Shader {
         Shader::Gru,
         Shader::Rnn,
         Shader::GruReset,
+        Shader::LstmProj,
         Shader::Skip,
     ];
 
@@ -116,6 +119,7 @@ impl Shader {
             Shader::Gru => "gru.wgsl",
             Shader::Rnn => "rnn.wgsl",
             Shader::GruReset => "gru_reset.wgsl",
+            Shader::LstmProj => "lstm_proj.wgsl",
             Shader::Skip => "skip.wgsl",
         }
     }
@@ -134,6 +138,7 @@ impl Shader {
             Shader::Gru => include_str!("../../shaders/gru.wgsl"),
             Shader::Rnn => include_str!("../../shaders/rnn.wgsl"),
             Shader::GruReset => include_str!("../../shaders/gru_reset.wgsl"),
+            Shader::LstmProj => include_str!("../../shaders/lstm_proj.wgsl"),
             Shader::Skip => include_str!("../../shaders/skip.wgsl"),
         }
     }
@@ -142,7 +147,7 @@ impl Shader {
     /// recurrent helpers) followed by the file.
     pub fn source(self) -> String {
         match self {
-            Shader::Lstm | Shader::Gru | Shader::Rnn | Shader::GruReset => {
+            Shader::Lstm | Shader::Gru | Shader::Rnn | Shader::GruReset | Shader::LstmProj => {
                 format!("{COMMON}\n{RECURRENT}\n{}", self.body())
             }
             _ => format!("{COMMON}\n{}", self.body()),

@@ -171,6 +171,8 @@ impl RnnCase {
         let k = 1.0 / (c.hidden_size as f64).sqrt();
         let s = self.seed;
         let n_state = self.state_len();
+        // h (and its gradient) is P wide with a projection.
+        let n_h = n_state / c.hidden_size * c.state_size();
         let out_len = self.steps * self.batch * c.output_size();
         let lstm = c.cell.has_cell_state();
         RnnCaseData {
@@ -178,11 +180,11 @@ impl RnnCase {
             batch: self.batch,
             params: uniform(s, c.layout().total, -k, k),
             x: uniform(s + 1, self.steps * self.batch * c.input_size, -1.0, 1.0),
-            h0: self.with_h0.then(|| uniform(s + 2, n_state, -1.0, 1.0)),
+            h0: self.with_h0.then(|| uniform(s + 2, n_h, -1.0, 1.0)),
             c0: (self.with_c0 && lstm).then(|| uniform(s + 3, n_state, -1.0, 1.0)),
             lengths: self.lengths.clone(),
             grad_output: Some(uniform(s + 4, out_len, -1.0, 1.0)),
-            grad_hn: Some(uniform(s + 5, n_state, -1.0, 1.0)),
+            grad_hn: Some(uniform(s + 5, n_h, -1.0, 1.0)),
             grad_cn: lstm.then(|| uniform(s + 6, n_state, -1.0, 1.0)),
         }
     }
@@ -204,17 +206,18 @@ pub fn run_case<B: Backend>(
     let mut rnn = Rnn::from_params(backend.clone(), *c, &conv(&data.params))?;
     let (steps, batch) = (data.steps, data.batch);
     let state = [c.num_layers * c.directions(), batch, c.hidden_size];
+    let hstate = [state[0], batch, c.state_size()];
     let opt = |shape: &[usize], v: &Option<Vec<f64>>| {
         v.as_ref().map(|v| backend.tensor_f64(shape, v)).transpose()
     };
     let x = backend.tensor_f64(&[steps, batch, c.input_size], &data.x)?;
-    let h0 = opt(&state, &data.h0)?;
+    let h0 = opt(&hstate, &data.h0)?;
     let c0 = opt(&state, &data.c0)?;
     let lengths = data.lengths.as_deref();
     let (out, grads) = if backward {
         let (out, saved) = rnn.forward_train(&x, h0.as_ref(), c0.as_ref(), lengths, None)?;
         let go = opt(&[steps, batch, c.output_size()], &data.grad_output)?;
-        let ghn = opt(&state, &data.grad_hn)?;
+        let ghn = opt(&hstate, &data.grad_hn)?;
         let gcn = opt(&state, &data.grad_cn)?;
         let params = rnn.zeros_like_params()?;
         let inputs = rnn.backward(&saved, go.as_ref(), ghn.as_ref(), gcn.as_ref(), &params)?;

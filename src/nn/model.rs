@@ -166,6 +166,11 @@ impl ModelConfig {
         )
     }
 
+    /// Width of the stack's output, what the decoder reads: H, or P with a projection.
+    pub fn output_width(&self) -> usize {
+        self.variant.state_size(self.hidden)
+    }
+
     /// Input width of the recurrent stack.
     pub fn input_width(&self) -> usize {
         match self.input {
@@ -227,7 +232,8 @@ impl ModelConfig {
             }
         }
         self.rnn().validate()?;
-        let extra = (self.vocab as u128) * (self.input_width() as u128 + self.hidden as u128 + 1);
+        let extra =
+            (self.vocab as u128) * (self.input_width() as u128 + self.output_width() as u128 + 1);
         check_index_range(
             "the model's parameters",
             self.rnn().layout().total as u128 + extra,
@@ -241,7 +247,7 @@ impl ModelConfig {
             l.push("embedding.weight", &[self.vocab, e]);
         }
         l.extend_prefixed("rnn.", &self.rnn().layout());
-        l.push("decoder.weight", &[self.vocab, self.hidden]);
+        l.push("decoder.weight", &[self.vocab, self.output_width()]);
         l.push("decoder.bias", &[self.vocab]);
         l
     }
@@ -480,7 +486,7 @@ impl<B: Backend> SeqModel<B> {
 
     /// Logits `[T·B, V]` of the decoder over `top` `[T, B, H]`.
     fn decode(&mut self, top: &B::Tensor, rows: usize) -> Result<B::Tensor> {
-        let (v, h) = (self.config.vocab, self.config.hidden);
+        let (v, h) = (self.config.vocab, self.config.output_width());
         let logits = self.pool.take(&self.backend, &[rows, v])?;
         let g = Gemm::nt(rows, v, h)
             .offsets(0, self.offset("decoder.weight")?, 0)
@@ -494,7 +500,13 @@ impl<B: Backend> SeqModel<B> {
     fn check_state(&self, state: Option<&State<B>>, batch: usize) -> Result<()> {
         let Some(s) = state else { return Ok(()) };
         let want = [self.config.layers, batch, self.config.hidden];
-        expect_shape("state.h", "[L, B, H]", &want, self.backend.shape(&s.h))?;
+        let want_h = [self.config.layers, batch, self.config.output_width()];
+        let letters = if want_h == want {
+            "[L, B, H]"
+        } else {
+            "[L, B, P]"
+        };
+        expect_shape("state.h", letters, &want_h, self.backend.shape(&s.h))?;
         match (&s.c, self.config.cell.has_cell_state()) {
             (Some(c), true) => expect_shape("state.c", "[L, B, H]", &want, self.backend.shape(c)),
             (None, false) => Ok(()),
@@ -565,8 +577,9 @@ impl<B: Backend> SeqModel<B> {
             Some(d) => {
                 let top = self
                     .pool
-                    .take(&self.backend, &[steps, batch, self.config.hidden])?;
-                let spec = d.at_site(OUTPUT_DROPOUT_SITE, steps, batch, self.config.hidden);
+                    .take(&self.backend, &[steps, batch, self.config.output_width()])?;
+                let width = self.config.output_width();
+                let spec = d.at_site(OUTPUT_DROPOUT_SITE, steps, batch, width);
                 self.backend.dropout(&spec, &out.output, &top)?;
                 top
             }
@@ -657,7 +670,7 @@ impl<B: Backend> SeqModel<B> {
         )?;
         self.pool.next_pass(&self.backend);
         let cfg = self.config;
-        let (v, h, rows) = (cfg.vocab, cfg.hidden, steps * batch);
+        let (v, h, rows) = (cfg.vocab, cfg.output_width(), steps * batch);
         let dlogits = self.pool.take(&self.backend, &[rows, v])?;
         self.record_loss(
             &saved.logits,

@@ -130,6 +130,8 @@ pub struct DirParams {
     pub b_hh: usize,
     /// `weight_p` `[3H]` (an LSTM with peepholes), else 0.
     pub peep: usize,
+    /// `weight_hr` `[P, H]` (an LSTM with a projection), else 0.
+    pub hr: usize,
 }
 
 impl DirParams {
@@ -156,6 +158,9 @@ impl DirParams {
             peep: layout
                 .get(&format!("weight_p{sfx}"))
                 .map_or(0, |e| e.offset),
+            hr: layout
+                .get(&format!("weight_hr{sfx}"))
+                .map_or(0, |e| e.offset),
         })
     }
 
@@ -166,6 +171,7 @@ impl DirParams {
             b_ih: self.b_ih + by,
             b_hh: self.b_hh + by,
             peep: self.peep + by,
+            hr: self.hr + by,
         }
     }
 }
@@ -278,24 +284,30 @@ impl RnnConfig {
         if self.bidirectional { 2 } else { 1 }
     }
 
-    /// Input width of layer `l`: I for the first, D·H above.
+    /// Input width of layer `l`: I for the first, D·H above (D·P with a projection).
     pub fn layer_input(&self, l: usize) -> usize {
         if l == 0 {
             self.input_size
         } else {
-            self.directions() * self.hidden_size
+            self.output_size()
         }
     }
 
-    /// Output width D·H.
+    /// Width of the hidden state h: H, or P with a projection (c stays H).
+    pub fn state_size(&self) -> usize {
+        self.variant.state_size(self.hidden_size)
+    }
+
+    /// Output width D·H (D·P with a projection).
     pub fn output_size(&self) -> usize {
-        self.directions() * self.hidden_size
+        self.directions() * self.state_size()
     }
 
     /// Rejects empty and absurd sizes: every dimension in `1..=MAX_DIM`, at
     /// most `MAX_LAYERS` layers, and a parameter count the kernels can index (u32).
     pub fn validate(&self) -> Result<()> {
         self.variant.validate(self.cell)?;
+        self.variant.check_proj(self.hidden_size)?;
         if self.skip != Skip::None && self.num_layers < 2 {
             return Err(Error::invalid(
                 "skip",
@@ -327,10 +339,17 @@ impl RnnConfig {
             self.input_size as u128,
         );
         let d = self.directions() as u128;
+        // Per direction: W_ih, W_hh [G·H, P], biases, peepholes, W_hr [P, H].
         let peep = self.variant.peephole_len(self.hidden_size) as u128;
-        let first = g * h * (i + h + 2) + peep;
-        let rest = g * h * (d * h + h + 2) + peep;
-        let dh = d * h;
+        let hp = self.state_size() as u128;
+        let proj = if self.variant.proj_size > 0 {
+            hp * h
+        } else {
+            0
+        };
+        let first = g * h * (i + hp + 2) + peep + proj;
+        let rest = g * h * (d * hp + hp + 2) + peep + proj;
+        let dh = d * hp;
         let highway = if self.skip == Skip::Highway {
             dh * (dh + 1)
         } else {
@@ -346,7 +365,8 @@ impl RnnConfig {
     }
 
     /// Parameters in PyTorch's order (per layer, per direction: `weight_ih`,
-    /// `weight_hh`, `bias_ih`, `bias_hh`, then `weight_p` `[3H]` with
+    /// `weight_hh` (`[G·H, P]` with a projection), `bias_ih`, `bias_hh`, then
+    /// `weight_hr` `[P, H]` with a projection and `weight_p` `[3H]` with
     /// peepholes; after a layer's directions, with highway connections,
     /// `weight_t_l{k}` `[D·H, D·H]` and `bias_t_l{k}` `[D·H]`), packed into
     /// one flat buffer.
@@ -357,9 +377,15 @@ impl RnnConfig {
             for d in 0..self.directions() {
                 let sfx = Self::suffix(l, d);
                 layout.push(format!("weight_ih{sfx}"), &[gh, self.layer_input(l)]);
-                layout.push(format!("weight_hh{sfx}"), &[gh, self.hidden_size]);
+                layout.push(format!("weight_hh{sfx}"), &[gh, self.state_size()]);
                 layout.push(format!("bias_ih{sfx}"), &[gh]);
                 layout.push(format!("bias_hh{sfx}"), &[gh]);
+                if self.variant.proj_size > 0 {
+                    layout.push(
+                        format!("weight_hr{sfx}"),
+                        &[self.variant.proj_size, self.hidden_size],
+                    );
+                }
                 if self.variant.peepholes {
                     layout.push(format!("weight_p{sfx}"), &[3 * self.hidden_size]);
                 }
@@ -494,6 +520,9 @@ pub struct Rnn<B: Backend> {
 
 /// The shape of initial and final states, as errors name it.
 const STATE_SHAPE: &str = "[L·D, B, H]";
+
+/// The shape of h states with a projection, as errors name it.
+const PROJ_STATE_SHAPE: &str = "[L·D, B, P]";
 
 /// What a forward keeps: nothing (inference) or everything its backward needs.
 #[derive(Clone, Copy, PartialEq)]
@@ -667,7 +696,7 @@ impl<B: Backend> Rnn<B> {
         let out = self.forward(&x3, h0, c0, None)?;
         let y = self
             .backend
-            .reshape(&out.output, &[xs[0], cfg.hidden_size])?;
+            .reshape(&out.output, &[xs[0], cfg.state_size()])?;
         Ok((y, out.state()))
     }
 
@@ -688,14 +717,15 @@ impl<B: Backend> Rnn<B> {
     /// Zero states for a batch of `batch` rows.
     pub fn zero_state(&mut self, batch: usize) -> Result<State<B>> {
         let cfg = self.config;
-        let shape = [cfg.num_layers * cfg.directions(), batch, cfg.hidden_size];
+        let ld = cfg.num_layers * cfg.directions();
+        let (hshape, cshape) = ([ld, batch, cfg.state_size()], [ld, batch, cfg.hidden_size]);
         let b = &self.backend;
         Ok(State {
-            h: self.pool.zeros(b, &shape)?,
+            h: self.pool.zeros(b, &hshape)?,
             c: cfg
                 .cell
                 .has_cell_state()
-                .then(|| self.pool.zeros(b, &shape))
+                .then(|| self.pool.zeros(b, &cshape))
                 .transpose()?,
         })
     }
@@ -732,9 +762,16 @@ impl<B: Backend> Rnn<B> {
         }
         let (steps, batch) = (xs[0], xs[1]);
         let (h, dirs) = (cfg.hidden_size, cfg.directions());
+        let hp = cfg.state_size();
         let state = [cfg.num_layers * dirs, batch, h];
+        let hstate = [cfg.num_layers * dirs, batch, hp];
+        let h_shape = if hp == h {
+            STATE_SHAPE
+        } else {
+            PROJ_STATE_SHAPE
+        };
         if let Some(h0) = h0 {
-            expect_shape("h0", STATE_SHAPE, &state, self.backend.shape(h0))?;
+            expect_shape("h0", h_shape, &hstate, self.backend.shape(h0))?;
         }
         if let Some(c0) = c0 {
             if !cfg.cell.has_cell_state() {
@@ -754,14 +791,15 @@ impl<B: Backend> Rnn<B> {
         self.pool.next_pass(&self.backend);
         let b = &self.backend;
         let pool = &mut self.pool;
-        let bh = batch * h;
+        let (bh, bp) = (batch * h, batch * hp);
         let gh = cfg.cell.gates() * h;
         let lstm = cfg.cell.has_cell_state();
-        let reset = cfg.variant.reset_before;
+        // Both pass values between a step's two dispatches in the gates.
+        let reset = cfg.variant.reset_before || cfg.variant.proj_size > 0;
         // Training keeps every state slot and the gates; inference two slots
         // (a ring) and no gates.
         let slots = if train { steps + 1 } else { 2 };
-        let hn = pool.take(b, &state)?;
+        let hn = pool.take(b, &hstate)?;
         let cn = pool.take_if(b, lstm, &state)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         let mut input = x.clone();
@@ -778,7 +816,7 @@ impl<B: Backend> Rnn<B> {
                     .offsets(0, p.w_ih, 0)
                     .with_bias(p.b_ih);
                 b.gemm(&g, &input, &self.params, Some(&self.params), &xg)?;
-                let hs = pool.take(b, &[slots, batch, h])?;
+                let hs = pool.take(b, &[slots, batch, hp])?;
                 let cs = pool.take_if(b, lstm, &[slots, batch, h])?;
                 // (The reset-before GRU's steps pass r ⊙ h in the gates,
                 // so its inference keeps them too.)
@@ -796,16 +834,17 @@ impl<B: Backend> Rnn<B> {
                     reverse: d == 1,
                     whh_off: p.w_hh,
                     bhh_off: p.b_hh,
-                    out_col: d * h,
-                    out_ld: dirs * h,
+                    out_col: d * hp,
+                    out_ld: dirs * hp,
                     ring: !train,
                     variant: cfg.variant,
                     peep_off: p.peep,
+                    hr_off: p.hr,
                     ..Default::default()
                 };
                 let (first, last) = (spec(0).prev(), spec(steps - 1).next());
                 let sd = l * dirs + d;
-                load_state(b, h0, sd * bh, &hs, first * bh, bh)?;
+                load_state(b, h0, sd * bp, &hs, first * bp, bp)?;
                 if let Some(cs) = &cs {
                     load_state(b, c0, sd * bh, cs, first * bh, bh)?;
                 }
@@ -821,7 +860,7 @@ impl<B: Backend> Rnn<B> {
                 for s in 0..steps {
                     b.cell_forward(cfg.cell, &spec(s), &bufs)?;
                 }
-                b.copy(&hs, last * bh, &hn, sd * bh, bh)?;
+                b.copy(&hs, last * bp, &hn, sd * bp, bp)?;
                 if let (Some(cs), Some(cn)) = (&cs, &cn) {
                     b.copy(cs, last * bh, cn, sd * bh, bh)?;
                 }
@@ -941,7 +980,14 @@ impl<B: Backend> Rnn<B> {
             ));
         }
         let (steps, batch, h, dirs) = (saved.steps, saved.batch, cfg.hidden_size, cfg.directions());
+        let hp = cfg.state_size();
         let state = [cfg.num_layers * dirs, batch, h];
+        let hstate = [cfg.num_layers * dirs, batch, hp];
+        let h_shape = if hp == h {
+            STATE_SHAPE
+        } else {
+            PROJ_STATE_SHAPE
+        };
         let out_shape = [steps, batch, cfg.output_size()];
         let b = &self.backend;
         expect_shape(
@@ -954,7 +1000,7 @@ impl<B: Backend> Rnn<B> {
             expect_shape("grad_output", "[T, B, D·H]", &out_shape, b.shape(g))?;
         }
         if let Some(g) = grad_hn {
-            expect_shape("grad_hn", STATE_SHAPE, &state, b.shape(g))?;
+            expect_shape("grad_hn", h_shape, &hstate, b.shape(g))?;
         }
         if let Some(g) = grad_cn {
             if !cfg.cell.has_cell_state() {
@@ -971,11 +1017,14 @@ impl<B: Backend> Rnn<B> {
             Some(g) => g.clone(),
             None => pool.zeros(b, &out_shape)?,
         };
-        let bh = batch * h;
+        let (bh, bp) = (batch * h, batch * hp);
         let gh = cfg.cell.gates() * h;
+        // Row stride of the gate gradients (G·H, + P with a projection).
+        let dl = cfg.variant.dgh_width(cfg.cell, h);
+        let proj = cfg.variant.proj_size > 0;
         let rows = steps * batch;
         let lstm = cfg.cell.has_cell_state();
-        let grad_h0 = pool.take(b, &state)?;
+        let grad_h0 = pool.take(b, &hstate)?;
         let grad_c0 = pool.take_if(b, lstm, &state)?;
         let mut grad_input = None;
         for l in (0..cfg.num_layers).rev() {
@@ -1021,7 +1070,7 @@ impl<B: Backend> Rnn<B> {
             for (d, dw) in layer.dirs.iter().enumerate() {
                 let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
                 let sd = l * dirs + d;
-                let dgh = pool.take(b, &[steps, batch, gh])?;
+                let dgh = pool.take(b, &[steps, batch, dl])?;
                 // The GRU's input and recurrent sides differ (by r in the n
                 // block) unless the reset gate comes before the product.
                 let reset = cfg.variant.reset_before;
@@ -1030,7 +1079,7 @@ impl<B: Backend> Rnn<B> {
                 // Carries start at the gradients of the final states.
                 b.fill(&carry, 0, 4 * bh, 0.0)?;
                 if let Some(g) = grad_hn {
-                    b.copy(g, sd * bh, &carry, 0, bh)?;
+                    b.copy(g, sd * bp, &carry, 0, bp)?;
                 }
                 if let Some(g) = grad_cn {
                     b.copy(g, sd * bh, &carry, bh, bh)?;
@@ -1057,11 +1106,12 @@ impl<B: Backend> Rnn<B> {
                         parity: s % 2,
                         whh_off: p.w_hh,
                         bhh_off: p.b_hh,
-                        out_col: d * h,
-                        out_ld: dirs * h,
+                        out_col: d * hp,
+                        out_ld: dirs * hp,
                         ring: false,
                         variant: cfg.variant,
                         peep_off: p.peep,
+                        hr_off: p.hr,
                     };
                     b.cell_backward(cfg.cell, &spec, &bufs)?;
                 }
@@ -1069,32 +1119,47 @@ impl<B: Backend> Rnn<B> {
                 // reset-before GRU: r's and z's rows; the carry holds n's part)
                 let par = steps % 2;
                 let t_last = if d == 0 { 0 } else { steps - 1 };
-                b.copy(&carry, par * 2 * bh, &grad_h0, sd * bh, bh)?;
+                b.copy(&carry, par * 2 * bh, &grad_h0, sd * bp, bp)?;
                 let rec_rows = if reset { 2 * h } else { gh };
                 let g = Gemm {
-                    lda: gh,
-                    ..Gemm::nn(batch, h, rec_rows)
-                        .offsets(t_last * batch * gh, p.w_hh, sd * bh)
+                    lda: dl,
+                    ..Gemm::nn(batch, hp, rec_rows)
+                        .offsets(t_last * batch * dl, p.w_hh, sd * bp)
                         .accumulating(true)
                 };
                 b.gemm(&g, &dgh, &self.params, None, &grad_h0)?;
                 if let Some(gc0) = &grad_c0 {
                     b.copy(&carry, (par * 2 + 1) * bh, gc0, sd * bh, bh)?;
                 }
-                // Weight gradients over all T·B rows at once.
+                // Weight gradients over all T·B rows at once (dgh's rows are
+                // dl wide: the gates', and a projection's dh).
                 let dgx = dgx.as_ref().unwrap_or(&dgh);
-                let g = Gemm::tn(gh, in_size, rows)
-                    .offsets(0, 0, p.w_ih)
-                    .accumulating(true);
-                b.gemm(&g, dgx, input, None, param_grads)?;
-                let prev_rows = if d == 0 { 0 } else { bh };
                 let g = Gemm {
-                    lda: gh,
-                    ..Gemm::tn(rec_rows, h, rows)
+                    lda: dl,
+                    ..Gemm::tn(gh, in_size, rows)
+                        .offsets(0, 0, p.w_ih)
+                        .accumulating(true)
+                };
+                b.gemm(&g, dgx, input, None, param_grads)?;
+                let prev_rows = if d == 0 { 0 } else { bp };
+                let g = Gemm {
+                    lda: dl,
+                    ..Gemm::tn(rec_rows, hp, rows)
                         .offsets(0, prev_rows, p.w_hh)
                         .accumulating(true)
                 };
                 b.gemm(&g, &dgh, &dw.hs, None, param_grads)?;
+                if let (true, Some(gates)) = (proj, &dw.gates) {
+                    // dW_hr = dhᵀ · m, m = o ⊙ h(c) in the gates' fifth block.
+                    let g = Gemm {
+                        lda: dl,
+                        ldb: 5 * h,
+                        ..Gemm::tn(hp, h, rows)
+                            .offsets(gh, 4 * h, p.hr)
+                            .accumulating(true)
+                    };
+                    b.gemm(&g, &dgh, gates, None, param_grads)?;
+                }
                 if let (true, Some(gates)) = (reset, &dw.gates) {
                     // dW_hn = dnᵀ · (r ⊙ h), r ⊙ h in the gates' fourth block.
                     let g = Gemm {
@@ -1108,6 +1173,7 @@ impl<B: Backend> Rnn<B> {
                 }
                 for (src, off) in [(dgx, p.b_ih), (&dgh, p.b_hh)] {
                     let cs = ColSum {
+                        ld: dl,
                         out_off: off,
                         accumulate: true,
                         ..ColSum::new(rows, gh)
@@ -1123,7 +1189,7 @@ impl<B: Backend> Rnn<B> {
                     {
                         let dot = ColDot {
                             sum: ColSum {
-                                ld: gh,
+                                ld: dl,
                                 x_off: gate * h,
                                 out_off: p.peep + k * h,
                                 accumulate: true,
@@ -1138,9 +1204,12 @@ impl<B: Backend> Rnn<B> {
                 // Gradient of this layer's input, summed over directions
                 // (for the first layer only when the caller wants it).
                 if let Some(dx) = &dx {
-                    let g = Gemm::nn(rows, in_size, gh)
-                        .offsets(0, p.w_ih, 0)
-                        .accumulating(d > 0 || skip);
+                    let g = Gemm {
+                        lda: dl,
+                        ..Gemm::nn(rows, in_size, gh)
+                            .offsets(0, p.w_ih, 0)
+                            .accumulating(d > 0 || skip)
+                    };
                     b.gemm(&g, dgx, &self.params, None, dx)?;
                 }
             }
@@ -1229,12 +1298,14 @@ impl<B: Backend> Rnn<B> {
         }
         let b = &self.backend;
         let shape = [cfg.num_layers, saved.batch, cfg.hidden_size];
-        let h = self.pool.take(b, &shape)?;
+        let hshape = [cfg.num_layers, saved.batch, cfg.state_size()];
+        let h = self.pool.take(b, &hshape)?;
         let c = self.pool.take_if(b, cfg.cell.has_cell_state(), &shape)?;
         let bh = saved.batch * cfg.hidden_size;
+        let bp = saved.batch * cfg.state_size();
         for (l, layer) in saved.layers.iter().enumerate() {
             let dw = &layer.dirs[0];
-            b.copy(&dw.hs, steps * bh, &h, l * bh, bh)?;
+            b.copy(&dw.hs, steps * bp, &h, l * bp, bp)?;
             if let (Some(cs), Some(c)) = (&dw.cs, &c) {
                 b.copy(cs, steps * bh, c, l * bh, bh)?;
             }

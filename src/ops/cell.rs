@@ -310,6 +310,12 @@ pub struct Variant {
     /// False`): `n = g(W_in x + b_in + W_hn (r ⊙ h) + b_hn)`. Two dispatches
     /// a step, since the candidate needs every unit's `r ⊙ h`.
     pub reset_before: bool,
+    /// LSTM with a projection (PyTorch's `proj_size`; Sak et al. 2014):
+    /// `h = W_hr (o ⊙ h(c))` has P units, `0 < P < H`, with `weight_hr_l{k}`
+    /// `[P, H]`; W_hh is `[4H, P]`, h and the layer output P wide, c H
+    /// wide. Two dispatches a forward step (the cell, then the
+    /// projection) and two a backward step. `0`: no projection.
+    pub proj_size: usize,
 }
 
 impl Variant {
@@ -321,6 +327,12 @@ impl Variant {
     /// Rejects options the cell does not have and a clip that is not a
     /// positive finite number.
     pub fn validate(&self, cell: Cell) -> Result<()> {
+        if self.proj_size > 0 && cell != Cell::Lstm {
+            return Err(Error::invalid(
+                "proj_size",
+                format!("is an LSTM variant; this is {}", cell.name()),
+            ));
+        }
         if self.reset_before && cell != Cell::Gru {
             return Err(Error::invalid(
                 "reset_before",
@@ -369,8 +381,39 @@ impl Variant {
     pub fn saved(&self, cell: Cell) -> usize {
         match cell {
             Cell::Rnn(_) => self.cell_clip.is_some() as usize,
-            Cell::Lstm | Cell::Gru => 4,
+            // With a projection, also o ⊙ h(c), the projection's input.
+            Cell::Lstm => 4 + (self.proj_size > 0) as usize,
+            Cell::Gru => 4,
         }
+    }
+
+    /// Width of the hidden state h for `hidden` cells: P with a projection, else H.
+    pub fn state_size(&self, hidden: usize) -> usize {
+        if self.proj_size > 0 {
+            self.proj_size
+        } else {
+            hidden
+        }
+    }
+
+    /// Rejects a projection that is not in `1..hidden` (PyTorch's rule).
+    pub fn check_proj(&self, hidden: usize) -> Result<()> {
+        if self.proj_size > 0 && self.proj_size >= hidden {
+            return Err(Error::invalid(
+                "proj_size",
+                format!(
+                    "{} must be smaller than the hidden size {hidden}",
+                    self.proj_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Row stride of the gate gradients dgh: G·H, plus P with a projection
+    /// (where the backward keeps dh between its two dispatches).
+    pub fn dgh_width(&self, cell: Cell, hidden: usize) -> usize {
+        cell.gates() * hidden + self.proj_size
     }
 
     /// Peephole weights per layer and direction (`3H` for an LSTM with peepholes).
@@ -390,6 +433,9 @@ impl Variant {
         }
         if self.reset_before {
             parts.push("reset before".to_string());
+        }
+        if self.proj_size > 0 {
+            parts.push(format!("proj {}", self.proj_size));
         }
         if let Some(c) = self.cell_clip {
             parts.push(format!("cell clip {c}"));
@@ -458,6 +504,9 @@ pub struct StepSpec {
     /// Offset of the peephole weights `[3H]` (P_i, P_f, P_o) in the weights
     /// buffer (an LSTM with peepholes).
     pub peep_off: usize,
+    /// Offset of the projection `W_hr` `[P, H]` in the weights buffer (an
+    /// LSTM with a projection).
+    pub hr_off: usize,
 }
 
 impl StepSpec {
@@ -494,9 +543,16 @@ impl StepSpec {
     }
 
     /// Checks the step against the cell and the buffer lengths it will touch.
+    /// Width of h: P with a projection, else H.
+    pub fn state_size(&self) -> usize {
+        self.variant.state_size(self.hidden)
+    }
+
     fn validate(&self, cell: Cell, backward: bool, lens: &Lens) -> Result<()> {
         self.variant.validate(cell)?;
+        self.variant.check_proj(self.hidden)?;
         let (b, h, t) = (self.batch, self.hidden, self.steps);
+        let hp = self.state_size();
         if b == 0 || h == 0 || t == 0 {
             return Err(Error::invalid(
                 "cell step",
@@ -509,13 +565,13 @@ impl StepSpec {
                 format!("{} >= T = {t}", self.t),
             ));
         }
-        if self.out_col.saturating_add(h) > self.out_ld {
+        if self.out_col.saturating_add(hp) > self.out_ld {
             return Err(Error::invalid(
                 "cell step out_col",
                 format!(
                     "columns {}..{} exceed the row stride {}",
                     self.out_col,
-                    self.out_col + h,
+                    self.out_col + hp,
                     self.out_ld
                 ),
             ));
@@ -547,9 +603,16 @@ impl StepSpec {
         let gh = m(&[cell.gates(), h]);
         Self::need(
             "weights (W_hh)",
-            m(&[gh, h]).saturating_add(self.whh_off),
+            m(&[gh, hp]).saturating_add(self.whh_off),
             lens.weights,
         )?;
+        if self.variant.proj_size > 0 {
+            Self::need(
+                "weights (W_hr)",
+                m(&[hp, h]).saturating_add(self.hr_off),
+                lens.weights,
+            )?;
+        }
         Self::need(
             "weights (b_hh)",
             gh.saturating_add(self.bhh_off),
@@ -562,27 +625,29 @@ impl StepSpec {
                 lens.weights,
             )?;
         }
-        let slots = m(&[self.slots(), b, h]);
-        Self::need("hs", slots, lens.hs)?;
+        Self::need("hs", m(&[self.slots(), b, hp]), lens.hs)?;
         if let Some(len) = lens.lengths {
             Self::need("lengths", b, len)?;
         }
         if cell.has_cell_state() {
-            Self::need("cs", slots, lens.cs.unwrap_or(0))?;
+            Self::need("cs", m(&[self.slots(), b, h]), lens.cs.unwrap_or(0))?;
         }
         // A forward saves gates only when given a buffer for them; a
         // backward needs them.
         let saved = self.variant.saved(cell);
         // The reset-before GRU passes r ⊙ h between its two dispatches in
         // the gates, so even an inference forward has them.
-        if saved > 0 && (backward || lens.gates.is_some() || self.variant.reset_before) {
+        // So does a projected LSTM, whose projection reads o ⊙ h(c) there.
+        let passes = self.variant.reset_before || self.variant.proj_size > 0;
+        if saved > 0 && (backward || lens.gates.is_some() || passes) {
             Self::need("gates", m(&[t, b, saved, h]), lens.gates.unwrap_or(0))?;
         }
         let out_len = m(&[t, b, self.out_ld]);
         let per_step = m(&[t, b, gh]);
         if backward {
             Self::need("dout", out_len, lens.out)?;
-            Self::need("dgh", per_step, lens.dgh)?;
+            let dgh_len = m(&[t, b, self.variant.dgh_width(cell, h)]);
+            Self::need("dgh", dgh_len, lens.dgh)?;
             // The reset-before GRU's two sides share one gradient, dgh.
             if cell == Cell::Gru && !self.variant.reset_before {
                 Self::need("dgx", per_step, lens.dgx.unwrap_or(0))?;
@@ -730,6 +795,12 @@ pub fn forward_step_cpu<T: Real>(
         ..Default::default()
     };
     s.validate(cell, false, &lens)?;
+    if s.variant.proj_size > 0 {
+        let (Some(cs), Some(gates)) = (cs, gates) else {
+            return Err(missing("cs/gates", cell));
+        };
+        return lstm_proj_forward_cpu(s, xg, weights, lengths, hs, cs, gates, out);
+    }
     let (bsz, h) = (s.batch, s.hidden);
     let gh = cell.gates() * h;
     let bh = bsz * h;
@@ -1161,6 +1232,12 @@ pub fn backward_step_cpu<T: Real>(
     let (prev, next) = (s.prev() * bh, s.next() * bh);
 
     // acc[b, j] = Σ_m dG_later[b, m]·W_hh[m, j]
+    if s.variant.proj_size > 0 {
+        let (Some(cs), Some(gates)) = (cs, gates) else {
+            return Err(missing("cs/gates", cell));
+        };
+        return lstm_proj_backward_cpu(s, lengths, cs, gates, weights, dout, dgh, carry);
+    }
     // (The reset-before GRU: over r's and z's rows only; its n part comes
     // through r ⊙ h, below.)
     let reset = cell == Cell::Gru && s.variant.reset_before;
@@ -1298,6 +1375,157 @@ pub fn backward_step_cpu<T: Real>(
                 dh_out[hr].fill(T::zero());
             }
         }
+    }
+    Ok(())
+}
+
+/// A projected LSTM's forward step on the host: the recurrent product of
+/// the P-wide h, the cell's update on its H units (the variant rows, with
+/// `m = o ⊙ h(c)` where an unprojected cell writes h; m saved in the gates'
+/// fifth block), then `h = m·W_hrᵀ` for the live rows.
+#[allow(clippy::too_many_arguments)]
+fn lstm_proj_forward_cpu<T: Real>(
+    s: &StepSpec,
+    xg: &[T],
+    weights: &[T],
+    lengths: Option<&[i32]>,
+    hs: &mut [T],
+    cs: &mut [T],
+    gates: &mut [T],
+    out: &mut [T],
+) -> Result<()> {
+    let (bsz, h, hp) = (s.batch, s.hidden, s.state_size());
+    let (gh, sv) = (4 * h, 5 * h);
+    let (bp, bh) = (bsz * hp, bsz * h);
+    let mut rec = vec![T::zero(); bsz * gh];
+    let g = Gemm::nt(bsz, gh, hp)
+        .offsets(s.prev() * bp, s.whh_off, 0)
+        .with_bias(s.bhh_off);
+    gemm_cpu(&g, hs, weights, Some(weights), &mut rec)?;
+    let peep = s
+        .variant
+        .peepholes
+        .then(|| &weights[s.peep_off..s.peep_off + 3 * h]);
+    let mut m = vec![T::zero(); bh];
+    let mut spare = vec![T::zero(); h];
+    for b in 0..bsz {
+        let t0 = s.t * bsz + b;
+        let srow = t0 * sv;
+        let (cp, cn) = rows_mut(cs, s.prev() * bh + b * h, s.next() * bh + b * h, h);
+        if !is_active(lengths, b, s.t) {
+            cn.copy_from_slice(cp);
+            gates[srow..srow + sv].fill(T::zero());
+            continue;
+        }
+        let mut row = ForwardRow {
+            live: true,
+            x: &xg[t0 * gh..(t0 + 1) * gh],
+            r: &rec[b * gh..(b + 1) * gh],
+            h_prev: &[],
+            h_next: &mut m[b * h..(b + 1) * h],
+            c_prev: Some(cp),
+            c_next: Some(cn),
+            gates: Some(&mut gates[srow..srow + 4 * h]),
+            out: &mut spare,
+            variant: s.variant,
+            peep,
+        };
+        row.run_variant(Cell::Lstm);
+        gates[srow + 4 * h..srow + sv].copy_from_slice(&m[b * h..(b + 1) * h]);
+    }
+    let mut proj = vec![T::zero(); bp];
+    let g = Gemm::nt(bsz, hp, h).offsets(0, s.hr_off, 0);
+    gemm_cpu(&g, &m, weights, None, &mut proj)?;
+    let (prev, next) = (s.prev() * bp, s.next() * bp);
+    for b in 0..bsz {
+        let o = s.out_index(b, 0);
+        let row = if is_active(lengths, b, s.t) {
+            out[o..o + hp].copy_from_slice(&proj[b * hp..(b + 1) * hp]);
+            proj[b * hp..(b + 1) * hp].to_vec()
+        } else {
+            out[o..o + hp].fill(T::zero());
+            hs[prev + b * hp..prev + (b + 1) * hp].to_vec()
+        };
+        hs[next + b * hp..next + (b + 1) * hp].copy_from_slice(&row);
+    }
+    Ok(())
+}
+
+/// A projected LSTM's backward step on the host: `dh = dG_later·W_hh +
+/// carry + dout` (P wide, kept in dgh's last P columns), `dm = dh·W_hr`, then
+/// the cell's gradients from dm (the variant rows).
+#[allow(clippy::too_many_arguments)]
+fn lstm_proj_backward_cpu<T: Real>(
+    s: &StepSpec,
+    lengths: Option<&[i32]>,
+    cs: &[T],
+    gates: &[T],
+    weights: &[T],
+    dout: &[T],
+    dgh: &mut [T],
+    carry: &mut [T],
+) -> Result<()> {
+    let (bsz, h, hp) = (s.batch, s.hidden, s.state_size());
+    let (gh, sv, dl) = (4 * h, 5 * h, 4 * h + hp);
+    let bh = bsz * h;
+    let mut dh = vec![T::zero(); bsz * hp];
+    if !s.first {
+        let g = Gemm {
+            lda: dl,
+            ..Gemm::nn(bsz, hp, gh).offsets(s.later() * bsz * dl, s.whh_off, 0)
+        };
+        gemm_cpu(&g, dgh, weights, None, &mut dh)?;
+    }
+    // carry is [2, 2, B, H]; its h blocks hold [B, P].
+    let (lo, hi) = carry.split_at_mut(2 * bh);
+    let (carry_in, carry_out): (&[T], &mut [T]) = if s.parity == 0 { (lo, hi) } else { (hi, lo) };
+    let (dh_in, dc_in) = carry_in.split_at(bh);
+    let (dh_out, dc_out) = carry_out.split_at_mut(bh);
+    for b in 0..bsz {
+        let o = s.out_index(b, 0);
+        let live = is_active(lengths, b, s.t);
+        let row = (s.t * bsz + b) * dl;
+        for j in 0..hp {
+            let mut d = dh[b * hp + j] + dh_in[b * hp + j];
+            if live {
+                d += dout[o + j];
+            }
+            dh[b * hp + j] = d;
+            dgh[row + gh + j] = d;
+        }
+    }
+    let mut dm = vec![T::zero(); bh];
+    let g = Gemm::nn(bsz, h, hp).offsets(0, s.hr_off, 0);
+    gemm_cpu(&g, &dh, weights, None, &mut dm)?;
+    let peep = s
+        .variant
+        .peepholes
+        .then(|| &weights[s.peep_off..s.peep_off + 3 * h]);
+    let (prev, next) = (s.prev() * bh, s.next() * bh);
+    for b in 0..bsz {
+        let row = (s.t * bsz + b) * dl;
+        let srow = (s.t * bsz + b) * sv;
+        let hr = b * h..(b + 1) * h;
+        if !is_active(lengths, b, s.t) {
+            dgh[row..row + gh].fill(T::zero());
+            dh_out[b * hp..(b + 1) * hp].copy_from_slice(&dh[b * hp..(b + 1) * hp]);
+            dc_out[hr.clone()].copy_from_slice(&dc_in[hr]);
+            continue;
+        }
+        let back = VariantBack {
+            dh: &dm[hr.clone()],
+            saved: &gates[srow..srow + 4 * h],
+            dgh: &mut dgh[row..row + gh],
+            peep,
+        };
+        back.lstm(
+            &s.variant,
+            &dc_in[hr.clone()],
+            &cs[prev + b * h..prev + (b + 1) * h],
+            &cs[next + b * h..next + (b + 1) * h],
+            &mut dc_out[hr],
+        );
+        dh_out[b * hp..(b + 1) * hp].fill(T::zero());
     }
     Ok(())
 }
@@ -1638,7 +1866,14 @@ kernel_params! {
         reset_before: u32,
         dg_ld: u32,
         dg_rows: u32,
+        pk: u32,
+        vec_ld: u32,
+        hp: u32,
+        cell_h: u32,
+        gates_ld: u32,
+        proj: u32,
         _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -1678,12 +1913,20 @@ impl Params {
             reset_before: v.reset_before as u32,
             // The backward product's gate gradients: all G·H of a row; the
             // reset-before GRU's first dispatch only r and z's.
-            dg_ld: u32_of("G·H", cell.gates() * s.hidden)?,
+            dg_ld: u32_of("G·H", v.dgh_width(cell, s.hidden))?,
             dg_rows: u32_of(
                 "G·H",
                 if v.reset_before { 2 } else { cell.gates() } * s.hidden,
             )?,
+            // The forward product reads h (P wide with a projection).
+            pk: u32_of("P", s.state_size())?,
+            vec_ld: u32_of("P", s.state_size())?,
+            hp: u32_of("P", s.state_size())?,
+            cell_h: u32_of("H", s.hidden)?,
+            gates_ld: u32_of("gates", v.saved(cell).max(1) * s.hidden)?,
+            proj: (v.proj_size > 0) as u32,
             _pad0: 0,
+            _pad1: 0,
         })
     }
 }
@@ -1829,8 +2072,36 @@ const GRU_RESET_BACKWARD: KernelDef<Params> = KernelDef::new(
     STEP_CONSTANTS,
 );
 
+const LSTM_PROJECT: KernelDef<Params> = KernelDef::new(
+    Shader::LstmProj,
+    "lstm_project",
+    &[
+        (binding::WEIGHTS, R),
+        (binding::LENGTHS, R),
+        (binding::HS, W),
+        (binding::GATES, W),
+        (binding::OUT, W),
+    ],
+    STEP_CONSTANTS,
+);
+
+const LSTM_PROJECT_BACKWARD: KernelDef<Params> = KernelDef::new(
+    Shader::LstmProj,
+    "lstm_project_backward",
+    &[
+        (binding::WEIGHTS, R),
+        (binding::LENGTHS, R),
+        (binding::DOUT, R),
+        (binding::DGH, W),
+        (binding::CARRY, W),
+    ],
+    STEP_CONSTANTS,
+);
+
 /// Every kernel of this module (see [`super::kernels`]).
 pub(super) const KERNELS: &[KernelInfo] = &[
+    LSTM_PROJECT.info(),
+    LSTM_PROJECT_BACKWARD.info(),
     LSTM_FORWARD.info(),
     GRU_FORWARD.info(),
     RNN_FORWARD.info(),
@@ -1866,8 +2137,10 @@ fn dispatch_step(
     params: &Params,
     from_gates: bool,
 ) -> Result<()> {
-    let variant = rec.ctx().step_kernel(s.batch, s.hidden);
-    let grid = rec.ctx().grid(variant.groups(s.batch, s.hidden))?;
+    // The units this dispatch owns: H, or the projection's P.
+    let units = params.h as usize;
+    let variant = rec.ctx().step_kernel(s.batch, units);
+    let grid = rec.ctx().grid(variant.groups(s.batch, units))?;
     let mut constants = variant.constants().to_vec();
     if from_gates {
         constants.push(("FROM_GATES", 1.0));
@@ -1884,7 +2157,24 @@ fn reset_params(s: &StepSpec, first: &Params) -> Result<Params> {
         whh_off: u32_of("whh_off", s.whh_off + 2 * h * h)?,
         bhh_off: u32_of("bhh_off", s.bhh_off + 2 * h)?,
         dg_rows: u32_of("H", h)?,
+        // r ⊙ h from the gates' fourth block.
+        vec_ld: u32_of("4H", 4 * h)?,
         ..*first
+    })
+}
+
+/// The parameters of a projected LSTM's projection dispatch (its units are
+/// the P of h): forward `h = W_hr m` with m from the gates' fifth block,
+/// backward `dh = dG_later·W_hh + carry + dout`.
+fn proj_params(s: &StepSpec, cell_params: &Params) -> Result<Params> {
+    let (h, hp) = (s.hidden, s.state_size());
+    Ok(Params {
+        h: u32_of("P", hp)?,
+        whh_off: u32_of("hr_off", s.hr_off)?,
+        pk: u32_of("H", h)?,
+        vec_ld: u32_of("5H", 5 * h)?,
+        dg_rows: u32_of("4H", 4 * h)?,
+        ..*cell_params
     })
 }
 
@@ -1963,6 +2253,12 @@ pub fn forward_step_gpu(
         _ => return Err(missing("cs", cell)),
     }
     dispatch_step(rec, forward_kernel(cell), s, &buffers, &params, false)?;
+    if s.variant.proj_size > 0 {
+        // h = W_hr m and the output, from the m the cell saved.
+        let params = proj_params(s, &params)?;
+        buffers.retain(|(n, _)| ![binding::CS, binding::XG].contains(n));
+        dispatch_step(rec, LSTM_PROJECT, s, &buffers, &params, true)?;
+    }
     if cell == Cell::Gru && s.variant.reset_before {
         // The candidate and the update, from the r ⊙ h the first saved.
         let params = reset_params(s, &params)?;
@@ -2021,6 +2317,32 @@ pub fn backward_step_gpu(
             (binding::GATES, gates.unwrap_or(dummies.floats).buffer()),
         ]),
         _ => return Err(missing("cs/gates/dgx", cell)),
+    }
+    if s.variant.proj_size > 0 {
+        // dh (P wide) first, then the cell's gradients from dm = dh·W_hr.
+        let pp = Params {
+            whh_off: params.whh_off,
+            ..proj_params(s, &params)?
+        };
+        let keep = [
+            binding::WEIGHTS,
+            binding::LENGTHS,
+            binding::DOUT,
+            binding::DGH,
+            binding::CARRY,
+        ];
+        let first: Vec<_> = buffers
+            .iter()
+            .filter(|(n, _)| keep.contains(n))
+            .copied()
+            .collect();
+        dispatch_step(rec, LSTM_PROJECT_BACKWARD, s, &first, &pp, false)?;
+        let cell_params = Params {
+            whh_off: u32_of("hr_off", s.hr_off)?,
+            dg_rows: u32_of("P", s.state_size())?,
+            ..params
+        };
+        return dispatch_step(rec, backward_kernel(cell), s, &buffers, &cell_params, false);
     }
     dispatch_step(rec, backward_kernel(cell), s, &buffers, &params, false)?;
     if cell == Cell::Gru && s.variant.reset_before {

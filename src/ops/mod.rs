@@ -68,7 +68,13 @@ mod tests {
             (Shader::Optim, super::optim::binding::NAMES),
             (Shader::Skip, super::skip::binding::NAMES),
         ];
-        for cell in [Shader::Lstm, Shader::Gru, Shader::Rnn, Shader::GruReset] {
+        for cell in [
+            Shader::Lstm,
+            Shader::Gru,
+            Shader::Rnn,
+            Shader::GruReset,
+            Shader::LstmProj,
+        ] {
             t.push((cell, super::cell::binding::NAMES));
         }
         t

@@ -392,9 +392,12 @@ impl<B: Backend> Trainer<B> {
         let steps = task.steps();
         let windows = config.bptt.windows(steps)?;
         config.model.validate()?;
-        // The largest per-batch tensor: [T + 1, B, max(4H, V, E)].
+        // The largest per-batch tensor: [T + 1, B, max(5H + P, V, E)] (the
+        // gates and gate gradients of a projected LSTM are the widest).
         let m = &config.model;
-        let width = (4 * m.hidden).max(m.vocab).max(m.input_width()) as u128;
+        let width = (5 * m.hidden + m.variant.proj_size)
+            .max(m.vocab)
+            .max(m.input_width()) as u128;
         crate::nn::rnn::check_index_range(
             "batch × steps (a workspace tensor)",
             (steps as u128 + 1) * config.batch as u128 * width,

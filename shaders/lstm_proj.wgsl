@@ -1,0 +1,71 @@
+// lstm_proj.wgsl: the projection of an LSTM with proj_size (PyTorch's
+// weight_hr; ops::cell Variant::proj_size), the second dispatch of a forward
+// step and the first of a backward step. Here p.H is the projection's P
+// (the units these kernels own), p.cell_h the cell's H.
+//
+//   lstm_project:           h = W_hr m,  m = o * h(c) from the gates' fifth
+//                           block (FROM_GATES, vec_ld = 5H, pk = H); rows
+//                           past their length carry h and output zeros.
+//   lstm_project_backward:  dh = dG_later . W_hh + carry + dout (W_hh
+//                           [4H, P], dG rows of dgh at stride dg_ld = 4H + P),
+//                           left in dgh's last P columns for lstm_backward,
+//                           which takes dm = dh . W_hr from there.
+// CPU twin: ops::cell (Cell::Lstm with proj_size).
+
+const G: u32 = 1u;
+
+@compute @workgroup_size(32, 8)
+fn lstm_project(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = step_tile(wid, nwg);
+    if (tile.x >= p.B) {
+        return;
+    }
+    let base = p.t * p.B * p.vec_ld + 4u * p.cell_h;
+    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, base);
+    let bj = tile_cell(tile, lid);
+    let b = bj.x;
+    let j = bj.y;
+    if (b >= p.B) {
+        return;
+    }
+    let bh = p.B * p.H;
+    let hc = b * p.H + j;
+    if (!is_live(b)) {
+        hs[next_slot() * bh + hc] = hs[prev_slot() * bh + hc];
+        out[out_index(b, j)] = 0.0;
+        return;
+    }
+    hs[next_slot() * bh + hc] = acc[0];
+    out[out_index(b, j)] = acc[0];
+}
+
+@compute @workgroup_size(32, 8)
+fn lstm_project_backward(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = step_tile(wid, nwg);
+    if (tile.x >= p.B) {
+        return;
+    }
+    var acc = 0.0;
+    if (p.first == 0u) {
+        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * p.dg_ld);
+    }
+    let bj = tile_cell(tile, lid);
+    let b = bj.x;
+    let j = bj.y;
+    if (b >= p.B) {
+        return;
+    }
+    var dh = acc + carry[carry_index(p.parity, 0u, b, j)];
+    if (is_live(b)) {
+        dh += dout[out_index(b, j)];
+    }
+    dgh[(p.t * p.B + b) * p.dg_ld + 4u * p.cell_h + j] = dh;
+}
