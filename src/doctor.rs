@@ -379,7 +379,8 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
 /// The cell variants and skip connections `doctor` checks: an LSTM with
 /// every variant at once (peepholes, coupled gates, clip, activations) and
 /// highway connections, a clipped reset-before GRU with relu candidates and
-/// residual connections, a clipped sigmoid RNN.
+/// residual connections, a clipped sigmoid RNN, and a bidirectional LSTM
+/// with a projection, peepholes and residual connections.
 pub fn variant_stacks() -> Vec<RnnConfig> {
     let lstm = Variant {
         peepholes: true,
@@ -406,6 +407,11 @@ pub fn variant_stacks() -> Vec<RnnConfig> {
         cell_clip: Some(0.5),
         ..Variant::default()
     };
+    let proj = Variant {
+        proj_size: 13,
+        peepholes: true,
+        ..Variant::default()
+    };
     vec![
         RnnConfig::new(Cell::Lstm, 5, 37)
             .variant(lstm)
@@ -417,6 +423,11 @@ pub fn variant_stacks() -> Vec<RnnConfig> {
             .layers(2)
             .skip(Skip::Residual),
         RnnConfig::new(Cell::Rnn(Nonlinearity::Sigmoid), 5, 37).variant(rnn),
+        RnnConfig::new(Cell::Lstm, 5, 37)
+            .variant(proj)
+            .layers(2)
+            .bidirectional(true)
+            .skip(Skip::Residual),
     ]
 }
 

@@ -90,8 +90,9 @@ struct CellOptionArgs {
 }
 
 impl CellOptionArgs {
-    /// The variant these flags ask for, with peepholes or not.
-    fn variant(&self, cell: Cell, stack: &StackArgs) -> rnn_wgpu::Result<Variant> {
+    /// The variant these flags ask for (with `stack`'s peepholes and
+    /// projection) for `hidden` units of `cell`.
+    fn variant(&self, cell: Cell, hidden: usize, stack: &StackArgs) -> rnn_wgpu::Result<Variant> {
         let v = || -> rnn_wgpu::Result<Variant> {
             let v = Variant {
                 peepholes: stack.peepholes,
@@ -105,6 +106,7 @@ impl CellOptionArgs {
                 reset_before: self.reset_before,
             };
             v.validate(cell)?;
+            v.check_proj(hidden)?;
             Ok(v)
         };
         v().map_err(|e| match e {
@@ -813,7 +815,7 @@ fn gradcheck(a: GradcheckArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     );
     for cell in cells {
         let cfg = RnnConfig::new(cell, input, hidden)
-            .variant(cell_options.variant(cell, &stack)?)
+            .variant(cell_options.variant(cell, hidden, &stack)?)
             .layers(layers)
             .bidirectional(bidirectional)
             .skip(stack.skip(layers)?);
@@ -924,7 +926,7 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             dropout: a.dropout,
             forget_bias: a.forget_bias,
             init: Init::parse(&a.init)?,
-            variant: a.cell_options.variant(a.cell.into(), &a.stack)?,
+            variant: a.cell_options.variant(a.cell.into(), a.hidden, &a.stack)?,
             skip: a.stack.skip(a.layers)?,
         },
         batch: a.batch,
@@ -1093,7 +1095,7 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         matches!(&chosen, rnn_wgpu::backend::Chosen::Gpu(g) if g.ctx().adapter().is_software());
     let shapes: Vec<RnnShape> = match a.cell {
         Some(cell) => {
-            let variant = a.cell_options.variant(cell.into(), &a.stack)?;
+            let variant = a.cell_options.variant(cell.into(), a.hidden, &a.stack)?;
             let cfg = RnnConfig::new(cell.into(), a.input, a.hidden)
                 .variant(variant)
                 .layers(a.layers)
@@ -1250,7 +1252,17 @@ fn sample_cmd(a: SampleArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
                     length: a.length,
                     seed,
                 };
-                sample(&mut model, &task, &opts).map(|s| format!("{prompt}{s}"))
+                sample(&mut model, &task, &opts).map(|s| {
+                    // A reversed sum is also shown the usual way round.
+                    let usual = match task.spec() {
+                        TaskSpec::Add { reverse_answer: true, .. } => {
+                            let digits: String = s.trim_end().chars().rev().collect();
+                            format!("\n(written least-significant digit first: the sum is {digits})")
+                        }
+                        _ => String::new(),
+                    };
+                    format!("{prompt}{s}{usual}")
+                })
     })?;
     println!("{text}");
     Ok(true)

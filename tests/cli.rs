@@ -667,6 +667,26 @@ fn variant_stacks_train_and_resume_as_themselves() {
         ok && err.contains("gru (reset before) H=8 L=2 residual"),
         "{err}"
     );
+    // A projection: trains, resumes, and samples through its P-wide state.
+    let (ok, err) = train(&s.0, &["--proj-size", "3", "--layers", "2"]);
+    assert!(ok && err.contains("lstm (proj 3) H=8 L=2"), "{err}");
+    let (ok, err) = resume(&s.0, &["--steps", "4"]);
+    assert!(ok && err.contains("lstm (proj 3) H=8 L=2"), "{err}");
+    let ck = s.path("run.safetensors").display().to_string();
+    let (ok, err) = run(&[
+        "sample",
+        "--checkpoint",
+        &ck,
+        "--backend",
+        "cpu",
+        "--prompt",
+        "12+3=",
+    ]);
+    assert!(ok, "{err}");
+    refused(
+        &strs(&tiny(&["--proj-size", "8"])),
+        &["--proj-size", "smaller than the hidden size 8"],
+    );
     refused(
         &strs(&tiny(&["--cell", "gru", "--peepholes"])),
         &["--peepholes", "LSTM", "gru"],
@@ -711,6 +731,7 @@ fn resume_refuses_every_flag_that_defines_the_run() {
         &["--init", "xavier"],
         &["--forget-bias", "0"],
         &["--peepholes"],
+        &["--proj-size", "2"],
         &["--coupled"],
         &["--cell-clip", "1"],
         &["--activations", "sigmoid,tanh,relu"],

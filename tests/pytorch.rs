@@ -51,10 +51,12 @@ fn manifest(file: &str, at_least: usize) -> Vec<serde_json::Value> {
     cases
 }
 
-/// PyTorch's own modules (cases.json).
+/// PyTorch's own modules (cases.json, and the LSTMs with projections of
+/// projections.json).
 fn fixtures() -> Vec<Fixture> {
     manifest("cases.json", 9)
         .iter()
+        .chain(&manifest("projections.json", 4))
         .map(|c| Fixture {
             name: c["name"].as_str().unwrap().to_string(),
             nonlinearity: nonlinearity(c["nonlinearity"].as_str()),
@@ -187,6 +189,7 @@ fn eval_command_writes_the_contract() {
         "lstm_2layer_bi_states_lengths",
         "rnn_relu_1layer_lengths",
         "lstm_peep_coupled_clip_acts",
+        "lstm_proj_2layer_bi_states_lengths",
         "lstm_residual_3layer",
         "rnn_sigmoid_2layer_lengths",
     ];

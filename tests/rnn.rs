@@ -189,7 +189,61 @@ fn skip_configs() -> Vec<RnnConfig> {
             .layers(2)
             .skip(Skip::Highway),
     );
+    let proj = Variant {
+        proj_size: 2,
+        ..Default::default()
+    };
+    for skip in [Skip::Residual, Skip::Highway] {
+        v.push(
+            RnnConfig::new(Cell::Lstm, 3, 4)
+                .variant(proj)
+                .layers(2)
+                .bidirectional(skip == Skip::Highway)
+                .skip(skip),
+        );
+    }
     v
+}
+
+/// Streaming a projected LSTM step by step ends where the whole sequence does.
+#[test]
+fn projected_lstms_stream_like_the_whole_sequence() {
+    let b = cpu();
+    let cfg = RnnConfig::new(Cell::Lstm, 3, 5)
+        .variant(Variant {
+            proj_size: 2,
+            ..Default::default()
+        })
+        .layers(2);
+    let mut rnn = Rnn::new(b.clone(), cfg, 3).unwrap();
+    let x = uniform(9, 4 * 2 * 3, -1.0, 1.0);
+    let whole = rnn
+        .forward(&b.tensor_f64(&[4, 2, 3], &x).unwrap(), None, None, None)
+        .unwrap();
+    assert_eq!(b.shape(&whole.output), [4, 2, 2]);
+    assert_eq!(b.shape(&whole.hn), [2, 2, 2]);
+    assert_eq!(b.shape(whole.cn.as_ref().unwrap()), [2, 2, 5]);
+    let mut state = None;
+    let mut outs = Vec::new();
+    for t in 0..4 {
+        let row = b.tensor_f64(&[2, 3], &x[t * 6..(t + 1) * 6]).unwrap();
+        let (y, next) = rnn.step(&row, state.as_ref()).unwrap();
+        outs.extend(b.read(&y).unwrap());
+        state = Some(next);
+    }
+    check(
+        "streamed output",
+        &b.read(&whole.output).unwrap(),
+        &outs,
+        Tolerance::new(1e-12, 1e-12),
+    );
+    let s = state.unwrap();
+    check(
+        "streamed h",
+        &b.read(&whole.hn).unwrap(),
+        &b.read(&s.h).unwrap(),
+        Tolerance::new(1e-12, 1e-12),
+    );
 }
 
 #[test]
