@@ -123,14 +123,41 @@ fn eval_rejects_bad_weight_files() {
         &["weight_hh_l1", "[G·H, H] = [20, 5]", "[20, 4]"],
     );
     let extra = edited(&w, &s.path("c"), |m| {
-        m.insert("weight_hr_l0".into(), HostTensor::f32(&[1], vec![0.0]));
+        m.insert("weight_xr_l0".into(), HostTensor::f32(&[1], vec![0.0]));
     });
     eval_fails(
         &extra,
         &i,
         &out,
         &[],
-        &["unexpected tensor \"weight_hr_l0\""],
+        &["unexpected tensor \"weight_xr_l0\""],
+    );
+    // A projection's weight_hr must be [P, H] with weight_hh [4H, P].
+    let flat_hr = edited(&w, &s.path("c2"), |m| {
+        m.insert("weight_hr_l0".into(), HostTensor::f32(&[1], vec![0.0]));
+    });
+    eval_fails(
+        &flat_hr,
+        &i,
+        &out,
+        &[],
+        &["weight_hr_l0 has shape [1]; expected a matrix"],
+    );
+    let odd_hr = edited(&w, &s.path("c3"), |m| {
+        m.insert(
+            "weight_hr_l0".into(),
+            HostTensor::f32(&[2, 7], vec![0.0; 14]),
+        );
+    });
+    eval_fails(
+        &odd_hr,
+        &i,
+        &out,
+        &[],
+        &[
+            "weight_hr_l0 has shape [2, 7]",
+            "weight_hh [4H, P] and weight_hr [P, H]",
+        ],
     );
     let odd = edited(&w, &s.path("d"), |m| {
         m.insert(
