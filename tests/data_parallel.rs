@@ -153,6 +153,23 @@ fn ranks_train_what_one_process_trains() {
     }
 }
 
+/// A variant stack (an LSTM with peepholes and a projection, highway
+/// connections) trains over ranks as one process does: its extra parameters
+/// are in the layers' ranges the overlapped sum sends.
+#[test]
+fn variant_stacks_train_over_ranks_as_alone() {
+    let mut c = config(Cell::Lstm, Bptt::Full, 0.0);
+    c.model.variant = rnn_wgpu::ops::cell::Variant {
+        peepholes: true,
+        proj_size: 5,
+        ..Default::default()
+    };
+    c.model.skip = rnn_wgpu::ops::skip::Skip::Highway;
+    let alone = train_alone(CpuBackend::<f64>::new(), &c, 20);
+    let ranks = train_ranks(2, CpuBackend::<f64>::new, &c, 20);
+    assert_matches_one_process(&alone, &ranks, "variant stack f64, 2 ranks");
+}
+
 #[test]
 fn ranks_on_the_gpu_train_what_one_gpu_trains() {
     let gpu = gpu_or_skip!();
