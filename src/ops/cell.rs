@@ -957,6 +957,7 @@ impl<T: Real> ForwardRow<'_, T> {
     /// the clipped pre-activations are saved (the backward recomputes the
     /// activations and knows where the clip stopped the gradient), else the
     /// activations, as the default cells do.
+    #[inline(always)]
     fn run_variant(&mut self, cell: Cell) {
         let v = self.variant;
         let clip = v.clip::<T>();
