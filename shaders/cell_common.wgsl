@@ -15,7 +15,7 @@
 //
 // Variants (ops::cell::Variant): the activations act_f (gates), act_g
 // (candidate), act_h (LSTM output) are CA_* codes; clip > 0 clips every
-// pre-activation (and the LSTM's c where h(c) reads it) to [-clip, clip],
+// gate's pre-activation to [-clip, clip] (the LSTM's c is never clipped),
 // and then the gates buffer holds the clipped pre-activations instead of the
 // activations, so the backward knows where the clip stopped the gradient.
 // LSTM peepholes: P_i, P_f, P_o at peep_off in the weights; coupled: f = 1 - i.

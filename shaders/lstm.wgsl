@@ -4,8 +4,8 @@
 //   c' = f * c + i * g,  h' = o * tanh(c')
 //
 // Variants (cell_common.wgsl): activations f, g, h; peepholes (i, f += P c,
-// o += P c'); coupled gates (f = 1 - i); clipping of the pre-activations and
-// of c' where h(c') reads it; a projection (proj == 1: this file's
+// o += P c'); coupled gates (f = 1 - i); clipping of the gates'
+// pre-activations (never of c, as onnxruntime computes ONNX's clip); a projection (proj == 1: this file's
 // kernels compute m = o * h(c') and the cell's gradients from dm, and
 // lstm_proj.wgsl's the products with W_hr and W_hh of the P-wide h).
 //
@@ -77,7 +77,7 @@ fn lstm_forward(
     }
     let zo = clip_v(pre[3]);
     let o = cell_act(p.act_f, zo);
-    let h = o * cell_act(p.act_h, clip_v(c));
+    let h = o * cell_act(p.act_h, c);
     if (p.save == 1u) {
         var keep = vec4<f32>(i, f, gg, o);
         if (clipping()) {
@@ -163,11 +163,10 @@ fn lstm_backward(
     let f = gf.x;
     let g = gg.x;
     let o = go.x;
-    let zc = clip_v(cs[next_slot() * bh + hc]);
-    let tc = cell_act(p.act_h, zc);
+    let tc = cell_act(p.act_h, cs[next_slot() * bh + hc]);
     let c_prev = cs[prev_slot() * bh + hc];
     let d_o = clip_pass(go.y, cell_act_back(p.act_f, o, dh * tc));
-    var dc = dc_in + clip_pass(zc, cell_act_back(p.act_h, tc, dh * o));
+    var dc = dc_in + cell_act_back(p.act_h, tc, dh * o);
     if (p.peepholes == 1u) {
         dc += d_o * weights[p.peep_off + 2u * p.H + j];
     }

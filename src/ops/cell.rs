@@ -293,15 +293,16 @@ impl Activations {
 pub struct Variant {
     /// LSTM with peepholes (Gers & Schmidhuber 2000; ONNX's `P`): i and f
     /// also see `P_i ⊙ c_{t−1}`, `P_f ⊙ c_{t−1}`, o sees `P_o ⊙ c_t`; the
-    /// weights are `weight_p_l{k}` `[3H]` (P_i, P_f, P_o).
+    /// weights are `weight_p_l{k}` `[3H]` in the order P_i, P_f, P_o (ONNX
+    /// orders its P as P_i, P_o, P_f).
     pub peepholes: bool,
     /// LSTM with coupled input and forget gates, `f = 1 − i` (ONNX's
     /// `input_forget`; the f rows of the weights are kept and get zero gradients).
     pub coupled: bool,
     /// ONNX's `clip`, as onnxruntime computes it: every gate's
-    /// pre-activation and, in the LSTM, `c` where `h(c)` reads it are
-    /// clipped to `[−clip, clip]`; the cell state carried to the next step
-    /// is not. `None`: no clipping.
+    /// pre-activation (after the bias and, in the LSTM, the peephole term)
+    /// is clipped to `[−clip, clip]`; the LSTM's cell state never is.
+    /// `None`: no clipping.
     pub cell_clip: Option<f32>,
     /// The gated cells' activations (ONNX's `activations`).
     pub activations: Activations,
@@ -991,7 +992,7 @@ impl<T: Real> ForwardRow<'_, T> {
                     }
                     let zo = clamp_opt(clip, po);
                     let o = acts.f.apply(zo);
-                    let hv = o * acts.h.apply(clamp_opt(clip, c));
+                    let hv = o * acts.h.apply(c);
                     if let Some(gs) = gates.as_deref_mut() {
                         let keep = if clip.is_some() {
                             [zi, zf, zg, zo]
@@ -1706,12 +1707,10 @@ impl<T: Real> VariantBack<'_, T> {
             };
             let (g, zg) = self.gate(v, a.g, 2, j);
             let (o, zo) = self.gate(v, a.f, 3, j);
-            let c = c_next[j];
-            let zc = clamp_opt(clip, c);
-            let hc = a.h.apply(zc);
+            let hc = a.h.apply(c_next[j]);
             let dh = self.dh[j];
             let d_o = clip_pass(clip, zo, a.f.back(o, dh * hc));
-            let mut dc = dc_in[j] + clip_pass(clip, zc, a.h.back(hc, dh * o));
+            let mut dc = dc_in[j] + a.h.back(hc, dh * o);
             if let Some(p) = self.peep {
                 dc += d_o * p[2 * h + j];
             }
