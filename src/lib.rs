@@ -89,6 +89,7 @@ pub mod gpu;
 pub mod gradcheck;
 pub mod io;
 pub mod nn;
+pub mod onnx;
 pub mod ops;
 pub mod parity;
 pub mod real;

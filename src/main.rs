@@ -464,11 +464,16 @@ enum Cmd {
     /// chosen adapter against the CPU path (a pass/fail table).
     #[command(alias = "selfcheck")]
     Doctor,
-    /// Run a PyTorch nn.LSTM / nn.GRU / nn.RNN state_dict on inputs from a safetensors file.
+    /// Run a PyTorch nn.LSTM / nn.GRU / nn.RNN state_dict, or an ONNX model of
+    /// LSTM / GRU / RNN nodes, on inputs from a safetensors file.
     Eval {
         /// The module's state_dict, saved with safetensors (f32).
+        #[arg(long, required_unless_present = "onnx", conflicts_with = "onnx")]
+        weights: Option<PathBuf>,
+        /// An ONNX model of LSTM / GRU / RNN nodes (and the shape glue that
+        /// torch.onnx.export writes around them); forward only.
         #[arg(long)]
-        weights: PathBuf,
+        onnx: Option<PathBuf>,
         /// `input` [T, B, I]; optional `h0`, `c0`, `lengths`, and with --backward
         /// `grad_output`, `grad_hn`, `grad_cn`.
         #[arg(long)]
@@ -1329,6 +1334,7 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         }
         Cmd::Eval {
             weights,
+            onnx,
             inputs,
             out,
             backend,
@@ -1337,6 +1343,37 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             cell_options,
             residual,
         } => {
+            if let Some(model) = onnx {
+                // An ONNX node carries its cell's attributes.
+                for id in [
+                    "backward",
+                    "nonlinearity",
+                    "coupled",
+                    "cell_clip",
+                    "activations",
+                    "reset_before",
+                    "residual",
+                ] {
+                    if given(m, id) {
+                        return Err(rnn_wgpu::Error::invalid(
+                            flag(id),
+                            "has no effect with --onnx: the model's nodes carry their \
+                             attributes, and ONNX models run forward only",
+                        ));
+                    }
+                }
+                let opts = rnn_wgpu::onnx::OnnxEvalOptions {
+                    model,
+                    inputs,
+                    out,
+                    backend: backend.into(),
+                };
+                println!("{}", rnn_wgpu::onnx::run(&opts)?);
+                return Ok(true);
+            }
+            let weights = weights.ok_or_else(|| {
+                rnn_wgpu::Error::invalid("--weights", "eval needs --weights FILE or --onnx MODEL")
+            })?;
             let nonlinearity = nonlinearity.map(|n| match n {
                 NonlinearityArg::Tanh => Nonlinearity::Tanh,
                 NonlinearityArg::Relu => Nonlinearity::Relu,
