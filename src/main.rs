@@ -512,6 +512,23 @@ enum Cmd {
     Bench(BenchArgs),
     /// Check every gradient of a recurrent stack against finite differences (CPU, f64).
     Gradcheck(GradcheckArgs),
+    /// Write a checkpoint's recurrent stack as an ONNX model (LSTM / GRU / RNN
+    /// nodes, opset 14) that onnxruntime and `eval --onnx` run.
+    Export {
+        /// A checkpoint written by train.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Where to write the model.
+        #[arg(long)]
+        onnx: PathBuf,
+        /// Give the model graph inputs h0 (and c0) [L·D, B, H]; without, the
+        /// states start at zero.
+        #[arg(long)]
+        states: bool,
+        /// Replace the file at --onnx if there is one.
+        #[arg(long)]
+        overwrite: bool,
+    },
 }
 
 /// Whether the flag with clap id `id` was typed (not a default).
@@ -1406,6 +1423,48 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             Ok(true)
         }
         Cmd::Gradcheck(args) => gradcheck(args, m),
+        Cmd::Export {
+            checkpoint,
+            onnx,
+            states,
+            overwrite,
+        } => {
+            rnn_wgpu::eval::check_output_path("--onnx", &onnx)?;
+            if onnx.exists() && !overwrite {
+                return Err(rnn_wgpu::Error::invalid(
+                    "--onnx",
+                    format!("{} exists; give --overwrite to replace it", onnx.display()),
+                ));
+            }
+            let (config, params) = rnn_wgpu::train::checkpoint::load_stack(&checkpoint)?;
+            let model = rnn_wgpu::onnx::export_stack(&config, &params, states)?;
+            rnn_wgpu::onnx::write_model(&onnx, &model)?;
+            println!(
+                "{} I={} H={} L={}{}: {} written (inputs: input [T, B, {}]{}; outputs: output, hn{})",
+                config.cell.name(),
+                config.input_size,
+                config.hidden_size,
+                config.num_layers,
+                if config.bidirectional {
+                    " bidirectional"
+                } else {
+                    ""
+                },
+                onnx.display(),
+                config.input_size,
+                match (states, config.cell.has_cell_state()) {
+                    (true, true) => ", h0, c0",
+                    (true, false) => ", h0",
+                    _ => "",
+                },
+                if config.cell.has_cell_state() {
+                    ", cn"
+                } else {
+                    ""
+                },
+            );
+            Ok(true)
+        }
     }
 }
 

@@ -25,6 +25,9 @@
 #[allow(missing_docs, clippy::all)]
 pub mod proto;
 
+mod export;
+pub use export::{export_stack, write_model};
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -976,23 +979,27 @@ pub fn run_model<B: Backend>(
     for t in &graph.initializer {
         env.insert(t.name().to_string(), tensor_value(t)?);
     }
+    // Graph inputs without an initializer must be given; those with one
+    // (a default) may be.
     let needed: Vec<&str> = graph
         .input
         .iter()
         .map(|i| i.name())
         .filter(|n| !env.contains_key(*n))
         .collect();
-    for name in &needed {
-        let t = inputs.get(*name).ok_or_else(|| {
-            Error::invalid(
-                "--inputs",
-                format!(
-                    "graph input {name:?} is missing (inputs: {})",
-                    needed.join(", ")
-                ),
-            )
-        })?;
-        env.insert(name.to_string(), t.clone());
+    if let Some(name) = needed.iter().find(|n| !inputs.contains_key(**n)) {
+        return Err(Error::invalid(
+            "--inputs",
+            format!(
+                "graph input {name:?} is missing (inputs: {})",
+                needed.join(", ")
+            ),
+        ));
+    }
+    for i in &graph.input {
+        if let Some(t) = inputs.get(i.name()) {
+            env.insert(i.name().to_string(), t.clone());
+        }
     }
     if let Some(extra) = inputs
         .keys()

@@ -232,6 +232,22 @@ pub fn load_model<B: Backend>(backend: B, path: &Path) -> Result<(SeqModel<B>, T
     Ok((model, task, meta.config))
 }
 
+/// The recurrent stack of the checkpoint at `path`: its shape and its flat
+/// parameters (laid out by [`crate::nn::RnnConfig::layout`]), for export.
+pub fn load_stack(path: &Path) -> Result<(crate::nn::RnnConfig, Vec<f64>)> {
+    let (tensors, meta) = read_meta(path)?;
+    let model = meta.config.model;
+    let layout = model.layout();
+    let params = flat_params(&tensors, path, &layout)?;
+    let rnn = model.rnn();
+    let start = layout
+        .get("rnn.weight_ih_l0")
+        .map(|e| e.offset)
+        .ok_or_else(|| Error::format(path, "holds no recurrent stack (rnn.weight_ih_l0)"))?;
+    let end = start + rnn.layout().total;
+    Ok((rnn, params[start..end].to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
