@@ -140,14 +140,27 @@ impl RnnShape {
         parts.join(", ")
     }
 
-    /// FLOPs of the forward: `2·T·B·G·H·(In + H)` summed over layers.
+    /// FLOPs of the forward: `2·T·B·G·H·(In + P)` (P = H, or the
+    /// projection's width, whose product adds `2·T·B·P·H`) summed over
+    /// layers, plus a highway gate's `2·T·B·P²` above the first.
     pub fn forward_flops(&self) -> f64 {
         let g = self.cell.gates() as f64;
         let (t, b, h) = (self.seq as f64, self.batch as f64, self.hidden as f64);
+        let p = self.variant.state_size(self.hidden) as f64;
+        let proj = if self.variant.proj_size > 0 {
+            p * h
+        } else {
+            0.0
+        };
         (0..self.layers)
             .map(|l| {
-                let i = if l == 0 { self.input } else { self.hidden } as f64;
-                2.0 * t * b * g * h * (i + h)
+                let i = if l == 0 { self.input as f64 } else { p };
+                let highway = if l > 0 && self.skip == Skip::Highway {
+                    p * p
+                } else {
+                    0.0
+                };
+                2.0 * t * b * (g * h * (i + p) + proj + highway)
             })
             .sum()
     }

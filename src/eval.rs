@@ -161,7 +161,20 @@ pub fn infer_config(weights: &TensorMap, path: &Path, opts: &EvalOptions) -> Res
         .layers(layers)
         .bidirectional(bidirectional)
         .skip(skip);
-    config.validate()?;
+    // Name the flags that set what the names cannot show.
+    config.validate().map_err(|e| match e {
+        Error::InvalidArgument { arg, reason } => Error::InvalidArgument {
+            arg: match arg.as_str() {
+                "coupled" | "reset_before" | "cell_clip" | "activations" => {
+                    format!("--{}", arg.replace('_', "-"))
+                }
+                "skip" => "--residual".into(),
+                _ => arg,
+            },
+            reason,
+        },
+        e => e,
+    })?;
     let layout = config.layout();
     for e in &layout.entries {
         let letters = if e.name.starts_with("weight_ih") {

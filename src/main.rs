@@ -772,7 +772,8 @@ const BENCH_UNUSED: &[Unused<BenchArgs>] = &[
         ],
         ignored: |a| {
             a.cell.is_none().then(|| {
-                "shapes the one stack benchmarked with --cell; the shape table runs                  PyTorch's cells"
+                "shapes the one stack benchmarked with --cell; the shape table runs \
+                 PyTorch's cells"
                     .into()
             })
         },
@@ -831,17 +832,35 @@ fn gradcheck(a: GradcheckArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     }
     let gc = GradCheck::default();
     let mut ok = true;
-    println!(
-        "central differences, h = {:e}; pass when |analytic - numeric| <= {:e} + {:e}·max(|analytic|, |numeric|)",
-        gc.h, gc.tol.abs, gc.tol.rel
-    );
-    for cell in cells {
+    // Every stack is built (and its flags checked) before any is checked.
+    let mut configs = Vec::with_capacity(cells.len());
+    for &cell in &cells {
+        let variant = cell_options.variant(cell, hidden, &stack).map_err(|e| {
+            if cells.len() > 1 {
+                rnn_wgpu::Error::invalid(
+                    "--cell",
+                    format!(
+                        "all includes cells these variant flags do not fit ({e}); name one cell"
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
         let cfg = RnnConfig::new(cell, input, hidden)
-            .variant(cell_options.variant(cell, hidden, &stack)?)
+            .variant(variant)
             .layers(layers)
             .bidirectional(bidirectional)
             .skip(stack.skip(layers)?);
         cfg.validate()?;
+        configs.push(cfg);
+    }
+    println!(
+        "central differences, h = {:e}; pass when |analytic - numeric| <= {:e} + {:e}·max(|analytic|, |numeric|)",
+        gc.h, gc.tol.abs, gc.tol.rel
+    );
+
+    for cfg in configs {
         // Finite differences cost two forwards per probe: keep it to small stacks.
         let params = cfg.layout().total;
         if params > GRADCHECK_MAX || steps.saturating_mul(batch) > GRADCHECK_MAX {

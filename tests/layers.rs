@@ -1,6 +1,6 @@
 //! The crate's modules import one another in one direction only:
 //! error ← real ← parity ← gradcheck, error ← gpu, then ops ← backend ← nn ←
-//! io ← eval ← train ← doctor / bench ← the CLI. Each module may use only
+//! io ← eval ← train / onnx ← doctor / bench ← the CLI. Each module may use only
 //! modules of a lower layer (and itself); a cycle, or an import against the
 //! flow, fails here with the file and the path that caused it.
 
@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("io", 7),
     ("eval", 8),
     ("train", 9),
+    ("onnx", 9),
     ("doctor", 10),
     ("bench", 10),
     ("main", 11),
