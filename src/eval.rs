@@ -442,15 +442,10 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
     let results = crate::with_backend!(backend, b => run_case(&b, &config, &data, opts.backward))?;
     let tensors = output_tensors(&config, &data, &results, opts.backward);
     write_safetensors(&opts.out, &tensors, None)?;
-    let variant = config.variant.describe(config.cell);
     Ok(format!(
         "{}{} I={} H={} L={}{}{}, T={} B={}{}: {} tensors written to {} ({why})",
         config.cell.name(),
-        if variant.is_empty() {
-            String::new()
-        } else {
-            format!(" ({variant})")
-        },
+        config.variant.tag(config.cell),
         config.input_size,
         config.hidden_size,
         config.num_layers,
@@ -459,10 +454,7 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
         } else {
             ""
         },
-        match config.skip {
-            Skip::None => String::new(),
-            s => format!(" {}", s.name()),
-        },
+        config.skip.tag(),
         data.steps,
         data.batch,
         if opts.backward {

@@ -747,6 +747,19 @@ const SAMPLE_UNUSED: &[Unused<SampleCtx>] = &[Unused {
     },
 }];
 
+/// The flags of a stack's cell variant and skip connections
+/// (`CellOptionArgs` and `StackArgs`).
+const VARIANT_FLAGS: &[&str] = &[
+    "coupled",
+    "cell_clip",
+    "activations",
+    "reset_before",
+    "peepholes",
+    "proj_size",
+    "residual",
+    "highway",
+];
+
 /// `bench`: flags that would have no effect.
 const BENCH_UNUSED: &[Unused<BenchArgs>] = &[
     Unused {
@@ -760,16 +773,7 @@ const BENCH_UNUSED: &[Unused<BenchArgs>] = &[
         },
     },
     Unused {
-        ids: &[
-            "coupled",
-            "cell_clip",
-            "activations",
-            "reset_before",
-            "peepholes",
-            "proj_size",
-            "residual",
-            "highway",
-        ],
+        ids: VARIANT_FLAGS,
         ignored: |a| {
             a.cell.is_none().then(|| {
                 "shapes the one stack benchmarked with --cell; the shape table runs \

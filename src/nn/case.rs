@@ -131,23 +131,15 @@ impl RnnCase {
     /// (the variant in parentheses after the cell, when it has one).
     pub fn describe(&self) -> String {
         let c = &self.config;
-        let variant = c.variant.describe(c.cell);
         format!(
             "{}{} I={} H={} L={}{}{} T={} B={}{}{}",
             c.cell.name(),
-            if variant.is_empty() {
-                String::new()
-            } else {
-                format!(" ({variant})")
-            },
+            c.variant.tag(c.cell),
             c.input_size,
             c.hidden_size,
             c.num_layers,
             if c.bidirectional { " bi" } else { "" },
-            match c.skip {
-                crate::ops::skip::Skip::None => String::new(),
-                s => format!(" {}", s.name()),
-            },
+            c.skip.tag(),
             self.steps,
             self.batch,
             if self.lengths.is_some() {

@@ -148,21 +148,13 @@ impl ModelConfig {
     /// The stack in words: `lstm H=256 L=1`, with the variant and skip
     /// connections when it has them (`lstm (peepholes) H=64 L=2 highway`).
     pub fn describe_stack(&self) -> String {
-        let v = self.variant.describe(self.cell);
         format!(
             "{}{} H={} L={}{}",
             self.cell.name(),
-            if v.is_empty() {
-                String::new()
-            } else {
-                format!(" ({v})")
-            },
+            self.variant.tag(self.cell),
             self.hidden,
             self.layers,
-            match self.skip {
-                Skip::None => String::new(),
-                s => format!(" {}", s.name()),
-            }
+            self.skip.tag()
         )
     }
 

@@ -447,6 +447,13 @@ impl Variant {
         parts.join(", ")
     }
 
+    /// [`Variant::describe`] in parentheses after a space (` (peepholes)`),
+    /// or `""` for the default: what follows a cell's name in logs.
+    pub fn tag(&self, cell: Cell) -> String {
+        let v = self.describe(cell);
+        if v.is_empty() { v } else { format!(" ({v})") }
+    }
+
     fn clip<T: Real>(&self) -> Option<T> {
         self.cell_clip.map(|c| T::of(c as f64))
     }

@@ -38,6 +38,14 @@ impl Skip {
             Skip::Highway => "highway",
         }
     }
+
+    /// ` residual` or ` highway` (what follows a stack's sizes in logs), `""` for none.
+    pub fn tag(self) -> String {
+        match self {
+            Skip::None => String::new(),
+            s => format!(" {}", s.name()),
+        }
+    }
 }
 
 /// Tensors of a forward on any backend (`gate` for the highway only: the
