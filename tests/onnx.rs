@@ -22,8 +22,6 @@ fn dir() -> PathBuf {
 
 struct Case {
     name: String,
-    /// The fixture a run must refuse (per-direction activations).
-    refused: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -35,7 +33,6 @@ fn cases() -> Vec<Case> {
         .iter()
         .map(|c| Case {
             name: c["name"].as_str().unwrap().to_string(),
-            refused: c["notes"].as_str() == Some("directions differ"),
         })
         .collect()
 }
@@ -65,15 +62,6 @@ fn run_on<B: Backend>(b: &B, label: &str) {
         let model = read_model(&file(&c, "onnx")).unwrap();
         let inputs = read_safetensors(&file(&c, "inputs.safetensors")).unwrap();
         let got = run_model(b, &model, &inputs);
-        if c.refused {
-            let err = got.unwrap_err().to_string();
-            assert!(
-                err.contains("activations per direction"),
-                "{}: {err}",
-                c.name
-            );
-            continue;
-        }
         compare(
             label,
             &c,
@@ -312,7 +300,6 @@ fn onnxruntime_runs_our_exports_to_our_outputs() {
         );
         let c = Case {
             name: name.to_string(),
-            refused: false,
         };
         let model = read_model(&path).unwrap();
         let inputs = read_safetensors(&file(&c, "inputs.safetensors")).unwrap();

@@ -15,7 +15,8 @@
 //! and `rzn`; `direction` forward, reverse (the sequence is reversed on the
 //! host, each row within its own length) or bidirectional; `layout` 0 and
 //! 1; `clip`, `input_forget`, `linear_before_reset` and `activations`
-//! (Sigmoid, Tanh, Relu) through [`Variant`]; `sequence_lens` with ONNX's
+//! (Sigmoid, Tanh, Relu; a bidirectional node whose directions differ runs
+//! as two one-direction nodes) through [`Variant`]; `sequence_lens` with ONNX's
 //! meaning (outputs past a sequence's end are zero, `Y_h` its state at its
 //! last step).
 //!
@@ -213,6 +214,84 @@ fn transpose(t: &HostTensor, perm: &[usize]) -> HostTensor {
     let shape: Vec<usize> = perm.iter().map(|&p| t.shape[p]).collect();
     let idx = gather_by(&shape, |ix| {
         ix.iter().zip(perm).map(|(&i, &p)| i * src[p]).sum()
+    });
+    take(t, shape, &idx)
+}
+
+/// `parts` joined along axis `ax` (they agree on every other axis and on
+/// their element type).
+fn concat(parts: &[&HostTensor], ax: usize) -> Result<HostTensor> {
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::invalid("concat", "nothing to join"))?;
+    let mut shape = first.shape.clone();
+    shape[ax] = 0;
+    for p in parts {
+        let mut a = p.shape.clone();
+        let mut b = first.shape.clone();
+        a[ax] = 0;
+        b[ax] = 0;
+        if a != b || p.dtype_name() != first.dtype_name() {
+            return Err(Error::invalid(
+                "concat",
+                "inputs differ beyond the concatenation axis",
+            ));
+        }
+        shape[ax] += p.shape[ax];
+    }
+    // The parts' data one after another, then picked element by element.
+    let mut all = (*first).clone();
+    let mut offsets = Vec::with_capacity(parts.len());
+    let mut total = 0usize;
+    for p in parts {
+        offsets.push(total);
+        total += p.shape.iter().product::<usize>();
+    }
+    for p in &parts[1..] {
+        match (&mut all.data, &p.data) {
+            (HostData::F32(a), HostData::F32(b)) => a.extend_from_slice(b),
+            (HostData::F64(a), HostData::F64(b)) => a.extend_from_slice(b),
+            (HostData::I32(a), HostData::I32(b)) => a.extend_from_slice(b),
+            (HostData::I64(a), HostData::I64(b)) => a.extend_from_slice(b),
+            _ => {
+                return Err(Error::invalid(
+                    "concat",
+                    "inputs of different element types",
+                ));
+            }
+        }
+    }
+    let bounds: Vec<usize> = parts
+        .iter()
+        .scan(0, |acc, p| {
+            *acc += p.shape[ax];
+            Some(*acc)
+        })
+        .collect();
+    let idx = gather_by(&shape, |ix| {
+        let k = bounds.iter().position(|&b| ix[ax] < b).unwrap_or(0);
+        let start = if k == 0 { 0 } else { bounds[k - 1] };
+        let st = strides(&parts[k].shape);
+        let local: usize = ix
+            .iter()
+            .enumerate()
+            .map(|(d, &i)| if d == ax { i - start } else { i } * st[d])
+            .sum();
+        offsets[k] + local
+    });
+    Ok(take(&all, shape, &idx))
+}
+
+/// Index `i` of axis `ax` of `t`, the axis kept (size 1).
+fn select(t: &HostTensor, ax: usize, i: usize) -> HostTensor {
+    let mut shape = t.shape.clone();
+    shape[ax] = 1;
+    let st = strides(&t.shape);
+    let idx = gather_by(&shape, |o| {
+        o.iter()
+            .enumerate()
+            .map(|(d, &v)| if d == ax { i } else { v } * st[d])
+            .sum()
     });
     take(t, shape, &idx)
 }
@@ -433,57 +512,7 @@ fn glue(node: &proto::NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostT
                 .first()
                 .ok_or_else(|| node_err(node, "has no inputs"))?;
             let ax = axis(node, attr_int(node, "axis").unwrap_or(0), first.shape.len())?;
-            let mut shape = first.shape.clone();
-            shape[ax] = 0;
-            for p in &parts {
-                let mut a = p.shape.clone();
-                let mut b = first.shape.clone();
-                a[ax] = 0;
-                b[ax] = 0;
-                if a != b || p.dtype_name() != first.dtype_name() {
-                    return Err(node_err(
-                        node,
-                        "inputs differ beyond the concatenation axis",
-                    ));
-                }
-                shape[ax] += p.shape[ax];
-            }
-            // Concatenate flat data of the parts, then pick element by element.
-            let mut all = (*first).clone();
-            let mut offsets = Vec::with_capacity(parts.len());
-            let mut total = 0usize;
-            for p in &parts {
-                offsets.push(total);
-                total += p.shape.iter().product::<usize>();
-            }
-            for p in &parts[1..] {
-                match (&mut all.data, &p.data) {
-                    (HostData::F32(a), HostData::F32(b)) => a.extend_from_slice(b),
-                    (HostData::F64(a), HostData::F64(b)) => a.extend_from_slice(b),
-                    (HostData::I32(a), HostData::I32(b)) => a.extend_from_slice(b),
-                    (HostData::I64(a), HostData::I64(b)) => a.extend_from_slice(b),
-                    _ => return Err(node_err(node, "inputs of different element types")),
-                }
-            }
-            let bounds: Vec<usize> = parts
-                .iter()
-                .scan(0, |acc, p| {
-                    *acc += p.shape[ax];
-                    Some(*acc)
-                })
-                .collect();
-            let idx = gather_by(&shape, |ix| {
-                let k = bounds.iter().position(|&b| ix[ax] < b).unwrap_or(0);
-                let start = if k == 0 { 0 } else { bounds[k - 1] };
-                let st = strides(&parts[k].shape);
-                let local: usize = ix
-                    .iter()
-                    .enumerate()
-                    .map(|(d, &i)| if d == ax { i - start } else { i } * st[d])
-                    .sum();
-                offsets[k] + local
-            });
-            take(&all, shape, &idx)
+            concat(&parts, ax).map_err(|e| node_err(node, e))?
         }
         "Gather" => {
             let t = need(0)?;
@@ -609,6 +638,16 @@ fn glue(node: &proto::NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostT
             });
             take(t, shape, &idx)
         }
+        other @ ("MatMul" | "Gemm" | "Add" | "Mul" | "Tanh" | "Relu" | "Sigmoid") => {
+            return Err(node_err(
+                node,
+                format!(
+                    "operator {other} is not supported: this evaluator runs recurrent nodes and \
+                     their shape glue, not arithmetic (torch.onnx.export's dynamo exporter \
+                     unrolls nn.RNN into per-step MatMul/Add/Tanh; export with dynamo=False)"
+                ),
+            ));
+        }
         other => {
             return Err(node_err(
                 node,
@@ -724,10 +763,7 @@ fn recurrent<B: Backend>(
         ));
     }
     if dirs == 2 && !acts.is_empty() && acts[..per_dir] != acts[per_dir..] {
-        return Err(node_err(
-            node,
-            "different activations per direction are not supported",
-        ));
+        return split_directions(backend, node, ins, per_dir, layout);
     }
     let cell = match op {
         "LSTM" => Cell::Lstm,
@@ -961,6 +997,59 @@ fn recurrent<B: Backend>(
         outs.push(Some(final_state(&res.cn)));
     }
     Ok(outs)
+}
+
+/// A bidirectional node whose directions have different activations: each
+/// direction as its own node (forward, and reverse), on its slices of the
+/// weights and initial states; the outputs joined along the direction axis.
+fn split_directions<B: Backend>(
+    backend: &B,
+    node: &proto::NodeProto,
+    ins: &[Option<HostTensor>],
+    per_dir: usize,
+    layout: i64,
+) -> Result<Vec<Option<HostTensor>>> {
+    // The direction axis: W, R, B, P on 0; initial_h / initial_c on 0
+    // (layout 0) or 1 (layout 1).
+    let state_axis = if layout == 0 { 0 } else { 1 };
+    let acts = attr(node, "activations")
+        .map(|a| a.strings.clone())
+        .unwrap_or_default();
+    let mut outs: Vec<Vec<Option<HostTensor>>> = Vec::with_capacity(2);
+    for (d, direction) in ["forward", "reverse"].into_iter().enumerate() {
+        let mut one = node.clone();
+        for a in &mut one.attribute {
+            match a.name() {
+                "direction" => a.s = Some(direction.as_bytes().to_vec()),
+                "activations" => a.strings = acts[d * per_dir..(d + 1) * per_dir].to_vec(),
+                _ => {}
+            }
+        }
+        let sliced: Vec<Option<HostTensor>> = ins
+            .iter()
+            .enumerate()
+            .map(|(k, t)| {
+                t.as_ref().map(|t| match k {
+                    // X and sequence_lens are shared.
+                    0 | 4 => t.clone(),
+                    5 | 6 => select(t, state_axis, d),
+                    _ => select(t, 0, d),
+                })
+            })
+            .collect();
+        outs.push(recurrent(backend, &one, &sliced)?);
+    }
+    // Y: [T, D, B, H] (axis 1) or [B, T, D, H] (axis 2); Y_h, Y_c: [D, B, H]
+    // (axis 0) or [B, D, H] (axis 1).
+    let (y_axis, s_axis) = if layout == 0 { (1, 0) } else { (2, 1) };
+    (0..outs[0].len())
+        .map(|k| {
+            let parts: Vec<&HostTensor> = outs.iter().filter_map(|o| o[k].as_ref()).collect();
+            concat(&parts, if k == 0 { y_axis } else { s_axis })
+                .map(Some)
+                .map_err(|e| node_err(node, e))
+        })
+        .collect()
 }
 
 /// Runs the graph of `model` on `backend` with the graph inputs `inputs`
