@@ -58,6 +58,9 @@ pub struct RnnShape {
     pub seq: usize,
     /// L
     pub layers: usize,
+    /// Two directions (the shape tables: one).
+    #[serde(default)]
+    pub bidirectional: bool,
     /// The cell's variant (PyTorch's cell in the shape tables).
     #[serde(default)]
     pub variant: Variant,
@@ -111,6 +114,7 @@ impl Grid {
                                 batch,
                                 seq,
                                 layers: self.layers,
+                                bidirectional: false,
                                 variant: Variant::default(),
                                 skip: Skip::None,
                             });
@@ -140,13 +144,14 @@ impl RnnShape {
         parts.join(", ")
     }
 
-    /// FLOPs of the forward: `2·T·B·G·H·(In + P)` (P = H, or the
-    /// projection's width, whose product adds `2·T·B·P·H`) summed over
-    /// layers, plus a highway gate's `2·T·B·P²` above the first.
+    /// FLOPs of the forward: `2·T·B·G·H·(In + P)` per direction (P = H, or
+    /// the projection's width, whose product adds `2·T·B·P·H`) summed over
+    /// layers, plus a highway gate's `2·T·B·(D·P)²` above the first.
     pub fn forward_flops(&self) -> f64 {
         let g = self.cell.gates() as f64;
         let (t, b, h) = (self.seq as f64, self.batch as f64, self.hidden as f64);
         let p = self.variant.state_size(self.hidden) as f64;
+        let d = if self.bidirectional { 2.0 } else { 1.0 };
         let proj = if self.variant.proj_size > 0 {
             p * h
         } else {
@@ -154,13 +159,13 @@ impl RnnShape {
         };
         (0..self.layers)
             .map(|l| {
-                let i = if l == 0 { self.input as f64 } else { p };
+                let i = if l == 0 { self.input as f64 } else { d * p };
                 let highway = if l > 0 && self.skip == Skip::Highway {
-                    p * p
+                    d * p * d * p
                 } else {
                     0.0
                 };
-                2.0 * t * b * (g * h * (i + p) + proj + highway)
+                2.0 * t * b * (d * (g * h * (i + p) + proj) + highway)
             })
             .sum()
     }
@@ -195,6 +200,8 @@ pub struct RnnBench {
     pub seq: usize,
     /// L
     pub layers: usize,
+    /// Two directions.
+    pub bidirectional: bool,
     /// Median forward time.
     pub forward_ms: f64,
     /// Median backward time (step − forward of the same iteration).
@@ -207,6 +214,10 @@ pub struct RnnBench {
     pub record_ms: f64,
     /// Compute dispatches per step (GPU).
     pub dispatches_per_step: u64,
+    /// Of those, the cells' step kernels: the chain of dependent dispatches
+    /// (2·L·D·T today, twice that for the reset-before GRU and the
+    /// projected LSTM).
+    pub recurrent_dispatches: u64,
     /// Queue submissions per step (GPU).
     pub submits_per_step: u64,
     /// Tensors allocated per step once warm (0: the step reuses its memory).
@@ -241,6 +252,7 @@ pub fn bench_rnn<B: Backend>(
     let cfg = RnnConfig::new(shape.cell, shape.input, shape.hidden)
         .variant(shape.variant)
         .layers(shape.layers)
+        .bidirectional(shape.bidirectional)
         .skip(shape.skip);
     let mut rnn = Rnn::new(b.clone(), cfg, 1)?;
     let (t, bsz) = (shape.seq, shape.batch);
@@ -302,12 +314,14 @@ pub fn bench_rnn<B: Backend>(
         batch: shape.batch,
         seq: shape.seq,
         layers: shape.layers,
+        bidirectional: shape.bidirectional,
         forward_ms: median(fwd),
         backward_ms: median(bwd),
         step_ms,
         gflops: shape.step_flops() / (step_ms * 1e-3) / 1e9,
         record_ms: median(rec),
         dispatches_per_step: per_step.dispatches,
+        recurrent_dispatches: per_step.step_dispatches,
         submits_per_step: per_step.submits,
         allocations_per_step: allocations,
         step_kernel: ctx

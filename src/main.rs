@@ -370,6 +370,9 @@ struct BenchArgs {
     /// Layers L.
     #[arg(long, default_value_t = 1)]
     layers: usize,
+    /// Two directions (with --cell).
+    #[arg(long)]
+    bidirectional: bool,
     /// Timed iterations per shape (the median is reported).
     #[arg(long, default_value_t = 10)]
     iters: usize,
@@ -763,7 +766,7 @@ const VARIANT_FLAGS: &[&str] = &[
 /// `bench`: flags that would have no effect.
 const BENCH_UNUSED: &[Unused<BenchArgs>] = &[
     Unused {
-        ids: &["input", "hidden", "batch", "seq", "layers"],
+        ids: &["input", "hidden", "batch", "seq", "layers", "bidirectional"],
         ignored: |a| {
             a.cell.is_none().then(|| {
                 "sizes the one shape benchmarked with --cell; without --cell the shape \
@@ -1144,6 +1147,7 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             let cfg = RnnConfig::new(cell.into(), a.input, a.hidden)
                 .variant(variant)
                 .layers(a.layers)
+                .bidirectional(a.bidirectional)
                 .skip(a.stack.skip(a.layers)?);
             cfg.validate()?;
             for (arg, v) in [("--batch", a.batch), ("--seq", a.seq), ("--iters", a.iters)] {
@@ -1158,6 +1162,7 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
                 batch: a.batch,
                 seq: a.seq,
                 layers: a.layers,
+                bidirectional: a.bidirectional,
                 variant,
                 skip: cfg.skip,
             }]

@@ -756,3 +756,55 @@ fn bad_inputs_are_clear_errors() {
     assert!(RnnConfig::new(Cell::Lstm, 0, 4).validate().is_err());
     assert!(Rnn::from_params(b.clone(), cfg, &[0.0; 3]).is_err());
 }
+
+/// `bench` reports the chain of dependent step dispatches of a training
+/// step: 2·L·D·T (forward and backward), twice that for the variants that
+/// take two dispatches a step.
+#[test]
+fn recurrent_dispatches_follow_the_formula() {
+    use rnn_wgpu::bench::{RnnShape, bench_rnn};
+    let Some(ctx) = common::gpu_ctx() else {
+        return;
+    };
+    let gpu = GpuBackend::new(ctx.clone()).unwrap();
+    let rb = Variant {
+        reset_before: true,
+        ..Default::default()
+    };
+    let proj = Variant {
+        proj_size: 3,
+        ..Default::default()
+    };
+    let shapes = [
+        (Cell::Lstm, 1, false, 5, Variant::default(), 1),
+        (Cell::Gru, 2, true, 3, Variant::default(), 1),
+        (
+            Cell::Rnn(Nonlinearity::Tanh),
+            3,
+            false,
+            4,
+            Variant::default(),
+            1,
+        ),
+        (Cell::Gru, 1, true, 4, rb, 2),
+        (Cell::Lstm, 2, false, 3, proj, 2),
+    ];
+    for (cell, layers, bidirectional, seq, variant, per_step) in shapes {
+        let shape = RnnShape {
+            cell,
+            input: 4,
+            hidden: 6,
+            batch: 2,
+            seq,
+            layers,
+            bidirectional,
+            variant,
+            skip: Skip::None,
+        };
+        let r = bench_rnn(&gpu, Some(&ctx), "", &shape, 1).unwrap();
+        let d = if bidirectional { 2 } else { 1 };
+        let want = (2 * layers * d * seq * per_step) as u64;
+        assert_eq!(r.recurrent_dispatches, want, "{shape:?}");
+        assert!(r.dispatches_per_step > r.recurrent_dispatches, "{shape:?}");
+    }
+}

@@ -43,6 +43,10 @@ struct DeviceState {
 pub struct Counters {
     /// Compute dispatches recorded.
     pub dispatches: u64,
+    /// Of those, the recurrent cells' step kernels (one per layer,
+    /// direction and time step, two for the reset-before GRU and the
+    /// projected LSTM): the dependent chain of a pass.
+    pub step_dispatches: u64,
     /// Queue submissions.
     pub submits: u64,
     /// Readbacks (buffer maps).
@@ -58,6 +62,7 @@ impl Counters {
     pub fn since(&self, earlier: &Counters) -> Counters {
         Counters {
             dispatches: self.dispatches - earlier.dispatches,
+            step_dispatches: self.step_dispatches - earlier.step_dispatches,
             submits: self.submits - earlier.submits,
             readbacks: self.readbacks - earlier.readbacks,
             allocations: self.allocations - earlier.allocations,
@@ -224,6 +229,7 @@ pub struct GpuContext {
     next_kernel_id: AtomicU64,
     pending: Mutex<Pending>,
     dispatches: AtomicU64,
+    step_dispatches: AtomicU64,
     submits: AtomicU64,
     readbacks: AtomicU64,
     allocations: AtomicU64,
@@ -310,6 +316,7 @@ impl GpuContext {
             next_kernel_id: AtomicU64::new(0),
             pending: Mutex::new(Pending::default()),
             dispatches: AtomicU64::new(0),
+            step_dispatches: AtomicU64::new(0),
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
             allocations: AtomicU64::new(0),
@@ -378,6 +385,7 @@ impl GpuContext {
     pub fn counters(&self) -> Counters {
         Counters {
             dispatches: self.dispatches.load(Ordering::Relaxed),
+            step_dispatches: self.step_dispatches.load(Ordering::Relaxed),
             submits: self.submits.load(Ordering::Relaxed),
             readbacks: self.readbacks.load(Ordering::Relaxed),
             allocations: self.allocations.load(Ordering::Relaxed),
@@ -760,13 +768,14 @@ impl GpuContext {
         let mut start = 0;
         while start < cmds.len() {
             let mut end = start;
-            let mut n_dispatch = 0;
+            let (mut n_dispatch, mut n_step) = (0, 0);
             while let Some(cmd) = cmds.get(end) {
-                if matches!(cmd, Cmd::Dispatch { .. }) {
+                if let Cmd::Dispatch { kernel, .. } = cmd {
                     if n_dispatch == self.max_dispatches_per_submit {
                         break;
                     }
                     n_dispatch += 1;
+                    n_step += kernel.spec.shader.is_step() as u64;
                 }
                 end += 1;
             }
@@ -775,6 +784,7 @@ impl GpuContext {
             self.submits.fetch_add(1, Ordering::Relaxed);
             self.dispatches
                 .fetch_add(n_dispatch as u64, Ordering::Relaxed);
+            self.step_dispatches.fetch_add(n_step, Ordering::Relaxed);
             start = end;
         }
         pending

@@ -104,6 +104,15 @@ impl Shader {
         Shader::Skip,
     ];
 
+    /// True for the recurrent cells' step kernels (what a pass chains one
+    /// after another).
+    pub fn is_step(self) -> bool {
+        matches!(
+            self,
+            Shader::Lstm | Shader::Gru | Shader::Rnn | Shader::GruReset | Shader::LstmProj
+        )
+    }
+
     /// File name, for messages.
     pub fn file(self) -> &'static str {
         match self {
