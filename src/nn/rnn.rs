@@ -521,8 +521,14 @@ pub struct Rnn<B: Backend> {
 /// The shape of initial and final states, as errors name it.
 const STATE_SHAPE: &str = "[L·D, B, H]";
 
-/// The shape of h states with a projection, as errors name it.
-const PROJ_STATE_SHAPE: &str = "[L·D, B, P]";
+/// The shape of h states, as errors name it: P wide with a projection.
+fn h_state_letters(cfg: &RnnConfig) -> &'static str {
+    if cfg.variant.proj_size > 0 {
+        "[L·D, B, P]"
+    } else {
+        STATE_SHAPE
+    }
+}
 
 /// What a forward keeps: nothing (inference) or everything its backward needs.
 #[derive(Clone, Copy, PartialEq)]
@@ -765,11 +771,7 @@ impl<B: Backend> Rnn<B> {
         let hp = cfg.state_size();
         let state = [cfg.num_layers * dirs, batch, h];
         let hstate = [cfg.num_layers * dirs, batch, hp];
-        let h_shape = if hp == h {
-            STATE_SHAPE
-        } else {
-            PROJ_STATE_SHAPE
-        };
+        let h_shape = h_state_letters(&cfg);
         if let Some(h0) = h0 {
             expect_shape("h0", h_shape, &hstate, self.backend.shape(h0))?;
         }
@@ -794,8 +796,7 @@ impl<B: Backend> Rnn<B> {
         let (bh, bp) = (batch * h, batch * hp);
         let gh = cfg.cell.gates() * h;
         let lstm = cfg.cell.has_cell_state();
-        // Both pass values between a step's two dispatches in the gates.
-        let reset = cfg.variant.reset_before || cfg.variant.proj_size > 0;
+        let passes = cfg.variant.gates_between_dispatches();
         // Training keeps every state slot and the gates; inference two slots
         // (a ring) and no gates.
         let slots = if train { steps + 1 } else { 2 };
@@ -818,12 +819,12 @@ impl<B: Backend> Rnn<B> {
                 b.gemm(&g, &input, &self.params, Some(&self.params), &xg)?;
                 let hs = pool.take(b, &[slots, batch, hp])?;
                 let cs = pool.take_if(b, lstm, &[slots, batch, h])?;
-                // (The reset-before GRU's steps pass r ⊙ h in the gates,
-                // so its inference keeps them too.)
+                // (A step of two dispatches passes values in the gates, so
+                // its inference keeps them too.)
                 let saved_per_unit = cfg.variant.saved(cfg.cell);
                 let gates = pool.take_if(
                     b,
-                    (train || reset) && saved_per_unit > 0,
+                    (train || passes) && saved_per_unit > 0,
                     &[steps, batch, saved_per_unit * h],
                 )?;
                 let spec = |s: usize| StepSpec {
@@ -983,11 +984,7 @@ impl<B: Backend> Rnn<B> {
         let hp = cfg.state_size();
         let state = [cfg.num_layers * dirs, batch, h];
         let hstate = [cfg.num_layers * dirs, batch, hp];
-        let h_shape = if hp == h {
-            STATE_SHAPE
-        } else {
-            PROJ_STATE_SHAPE
-        };
+        let h_shape = h_state_letters(&cfg);
         let out_shape = [steps, batch, cfg.output_size()];
         let b = &self.backend;
         expect_shape(

@@ -105,12 +105,18 @@ fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> proto::NodeP
     }
 }
 
-fn value_info(name: &str, dims: &[Option<usize>]) -> proto::ValueInfoProto {
+/// A dimension of a graph input or output: a size, or a symbolic name.
+enum Dim {
+    Size(usize),
+    Named(&'static str),
+}
+
+fn value_info(name: &str, dims: &[Dim]) -> proto::ValueInfoProto {
     use proto::tensor_shape_proto::{Dimension, dimension::Value};
-    let dim = |d: &Option<usize>, i: usize| Dimension {
+    let dim = |d: &Dim| Dimension {
         value: Some(match d {
-            Some(v) => Value::DimValue(*v as i64),
-            None => Value::DimParam(["T", "B"][i.min(1)].into()),
+            Dim::Size(v) => Value::DimValue(*v as i64),
+            Dim::Named(n) => Value::DimParam((*n).into()),
         }),
         ..Default::default()
     };
@@ -121,7 +127,7 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> proto::ValueInfoProto {
                 proto::type_proto::Tensor {
                     elem_type: Some(DataType::Float as i32),
                     shape: Some(proto::TensorShapeProto {
-                        dim: dims.iter().enumerate().map(|(i, d)| dim(d, i)).collect(),
+                        dim: dims.iter().map(dim).collect(),
                     }),
                 },
             )),
@@ -330,23 +336,12 @@ pub fn export_stack(config: &RnnConfig, params: &[f64], states: bool) -> Result<
         nodes.push(concat(&finals_c, "cn"));
     }
     // [L·D, B, H] with B symbolic.
-    let state = |n: &str| {
-        let mut vi = value_info(n, &[Some(ld), None, Some(h)]);
-        if let Some(proto::type_proto::Value::TensorType(t)) =
-            vi.r#type.as_mut().and_then(|t| t.value.as_mut())
-            && let Some(d) = t.shape.as_mut().and_then(|s| s.dim.get_mut(1))
-        {
-            d.value = Some(proto::tensor_shape_proto::dimension::Value::DimParam(
-                "B".into(),
-            ));
-        }
-        vi
+    let state = |n: &str| value_info(n, &[Dim::Size(ld), Dim::Named("B"), Dim::Size(h)]);
+    let seq = |n: &str, width: usize| {
+        value_info(n, &[Dim::Named("T"), Dim::Named("B"), Dim::Size(width)])
     };
-    let mut inputs = vec![value_info("input", &[None, None, Some(config.input_size)])];
-    let mut outputs = vec![
-        value_info("output", &[None, None, Some(config.output_size())]),
-        state("hn"),
-    ];
+    let mut inputs = vec![seq("input", config.input_size)];
+    let mut outputs = vec![seq("output", config.output_size()), state("hn")];
     if states {
         inputs.push(state("h0"));
         if lstm {

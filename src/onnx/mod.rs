@@ -384,7 +384,12 @@ fn glue(node: &proto::NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostT
                 ),
                 DataType::Int32 => HostTensor {
                     shape,
-                    data: HostData::I32(t.ints("Cast input")?.iter().map(|&x| x as i32).collect()),
+                    data: HostData::I32(match &t.data {
+                        HostData::F32(v) => v.iter().map(|&x| x as i32).collect(),
+                        HostData::F64(v) => v.iter().map(|&x| x as i32).collect(),
+                        HostData::I32(v) => v.clone(),
+                        HostData::I64(v) => v.iter().map(|&x| x as i32).collect(),
+                    }),
                 },
                 other => return Err(node_err(node, format!("casts to {other:?}: not supported"))),
             }
@@ -854,14 +859,17 @@ fn recurrent<B: Backend>(
     } else {
         (x_shape[1], x_shape[0])
     };
+    // Layout 1 puts the batch first: swap the first two axes.
     let to_tbi = |v: Vec<f64>, shape: &[usize]| -> Vec<f64> {
         if layout == 0 {
-            v
-        } else {
-            let t = HostTensor::f32_from_f64(shape, &v);
-            let p = transpose(&t, &[1, 0, 2]);
-            p.floats("X").unwrap_or_default()
+            return v;
         }
+        let st = strides(shape);
+        let swapped = [shape[1], shape[0], shape[2]];
+        gather_by(&swapped, |ix| ix[0] * st[1] + ix[1] * st[0] + ix[2] * st[2])
+            .into_iter()
+            .map(|i| v[i])
+            .collect()
     };
     let x = to_tbi(x, &x_shape);
     let lengths = input(4)

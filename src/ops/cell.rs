@@ -388,6 +388,13 @@ impl Variant {
         }
     }
 
+    /// True when a step takes two dispatches that pass values in the gates
+    /// (the reset-before GRU's r ⊙ h, the projection's m), so that even an
+    /// inference forward needs a gates buffer.
+    pub fn gates_between_dispatches(&self) -> bool {
+        self.reset_before || self.proj_size > 0
+    }
+
     /// Width of the hidden state h for `hidden` cells: P with a projection, else H.
     pub fn state_size(&self, hidden: usize) -> usize {
         if self.proj_size > 0 {
@@ -646,7 +653,7 @@ impl StepSpec {
         // The reset-before GRU passes r ⊙ h between its two dispatches in
         // the gates, so even an inference forward has them.
         // So does a projected LSTM, whose projection reads o ⊙ h(c) there.
-        let passes = self.variant.reset_before || self.variant.proj_size > 0;
+        let passes = self.variant.gates_between_dispatches();
         if saved > 0 && (backward || lens.gates.is_some() || passes) {
             Self::need("gates", m(&[t, b, saved, h]), lens.gates.unwrap_or(0))?;
         }
@@ -1448,14 +1455,15 @@ fn lstm_proj_forward_cpu<T: Real>(
     let (prev, next) = (s.prev() * bp, s.next() * bp);
     for b in 0..bsz {
         let o = s.out_index(b, 0);
-        let row = if is_active(lengths, b, s.t) {
-            out[o..o + hp].copy_from_slice(&proj[b * hp..(b + 1) * hp]);
-            proj[b * hp..(b + 1) * hp].to_vec()
+        let (row, dst) = (b * hp..(b + 1) * hp, next + b * hp);
+        if is_active(lengths, b, s.t) {
+            out[o..o + hp].copy_from_slice(&proj[row.clone()]);
+            hs[dst..dst + hp].copy_from_slice(&proj[row]);
         } else {
+            // Past the row's end h is carried.
             out[o..o + hp].fill(T::zero());
-            hs[prev + b * hp..prev + (b + 1) * hp].to_vec()
-        };
-        hs[next + b * hp..next + (b + 1) * hp].copy_from_slice(&row);
+            hs.copy_within(prev + row.start..prev + row.end, dst);
+        }
     }
     Ok(())
 }
