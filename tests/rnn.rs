@@ -763,10 +763,10 @@ fn bad_inputs_are_clear_errors() {
 #[test]
 fn recurrent_dispatches_follow_the_formula() {
     use rnn_wgpu::bench::{RnnShape, bench_rnn};
-    let Some(ctx) = common::gpu_ctx() else {
+    // A context of its own: the shared one counts the other tests' work too.
+    let Some((ctx, gpu)) = common::own_gpu(|_| {}) else {
         return;
     };
-    let gpu = GpuBackend::new(ctx.clone()).unwrap();
     let rb = Variant {
         reset_before: true,
         ..Default::default()
