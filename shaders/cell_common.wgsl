@@ -77,6 +77,11 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> dgh: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dgx: array<f32>;
 @group(0) @binding(11) var<storage, read_write> carry: array<f32>;
+// What the forward saved, bound read-only in the backward (the same buffers
+// as hs, cs and gates; a backward kernel never writes them).
+@group(0) @binding(12) var<storage, read> hs_saved: array<f32>;
+@group(0) @binding(13) var<storage, read> cs_saved: array<f32>;
+@group(0) @binding(14) var<storage, read> gates_saved: array<f32>;
 
 fn is_live(b: u32) -> bool {
     return p.has_lengths == 0u || i32(p.t) < lengths[b];
@@ -151,11 +156,15 @@ fn clip_pass(z: f32, d: f32) -> f32 {
     return d;
 }
 
-// A saved gate (k-th block of a row at srow): (activation, clipped pre-activation).
-fn saved_gate(srow: u32, k: u32, j: u32, kind: u32) -> vec2<f32> {
-    let v = gates[srow + k * p.H + j];
+// A saved gate value v: (activation, clipped pre-activation).
+fn gate_value(v: f32, kind: u32) -> vec2<f32> {
     if (clipping()) {
         return vec2<f32>(cell_act(kind, v), v);
     }
     return vec2<f32>(v, 0.0);
+}
+
+// A saved gate (k-th block of a row at srow), in the backward.
+fn saved_gate(srow: u32, k: u32, j: u32, kind: u32) -> vec2<f32> {
+    return gate_value(gates_saved[srow + k * p.H + j], kind);
 }

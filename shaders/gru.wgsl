@@ -31,12 +31,17 @@ fn gru_forward(
     }
     let bh = p.B * p.H;
     let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * bh);
-    let bj = tile_cell(tile, lid);
-    let b = bj.x;
-    let j = bj.y;
-    if (b >= p.B) {
-        return;
+    for (var r = 0u; r < RPI; r++) {
+        let bj = tile_cell(tile, lid, r);
+        if (bj.x < p.B) {
+            gru_forward_at(bj.x, bj.y, acc[r]);
+        }
     }
+}
+
+// The cell update of gru_forward for row b, unit j, after the product.
+fn gru_forward_at(b: u32, j: u32, acc: array<f32, G>) {
+    let bh = p.B * p.H;
     let gh = G * p.H;
     let row = (p.t * p.B + b) * gh;
     let srow = (p.t * p.B + b) * 4u * p.H;
@@ -95,16 +100,21 @@ fn gru_backward(
         return;
     }
     let gh = G * p.H;
-    var acc = 0.0;
+    var acc: array<f32, RPI>;
     if (p.first == 0u) {
         acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * gh);
     }
-    let bj = tile_cell(tile, lid);
-    let b = bj.x;
-    let j = bj.y;
-    if (b >= p.B) {
-        return;
+    for (var r = 0u; r < RPI; r++) {
+        let bj = tile_cell(tile, lid, r);
+        if (bj.x < p.B) {
+            gru_backward_at(bj.x, bj.y, acc[r]);
+        }
     }
+}
+
+// The cell update of gru_backward for row b, unit j, after the product.
+fn gru_backward_at(b: u32, j: u32, acc: f32) {
+    let gh = G * p.H;
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     let row = (p.t * p.B + b) * gh;
@@ -131,7 +141,7 @@ fn gru_backward(
         // and the carry's z part; gru_reset_backward adds dr and the r part.
         let gz = saved_gate(srow, 1u, j, p.act_f);
         let gn = saved_gate(srow, 2u, j, p.act_g);
-        let h_prev = hs[prev_slot() * bh + hc];
+        let h_prev = hs_saved[prev_slot() * bh + hc];
         let dn = clip_pass(gn.y, cell_act_back(p.act_g, gn.x, dh * (1.0 - gz.x)));
         dgh[row + p.H + j] = clip_pass(gz.y, cell_act_back(p.act_f, gz.x, dh * (h_prev - gn.x)));
         dgh[row + 2u * p.H + j] = dn;
@@ -144,8 +154,8 @@ fn gru_backward(
     let r = gr.x;
     let z = gz.x;
     let n = gn.x;
-    let hn = gates[srow + 3u * p.H + j];
-    let h_prev = hs[prev_slot() * bh + hc];
+    let hn = gates_saved[srow + 3u * p.H + j];
+    let h_prev = hs_saved[prev_slot() * bh + hc];
     let dn = clip_pass(gn.y, cell_act_back(p.act_g, n, dh * (1.0 - z)));
     let dr = clip_pass(gr.y, cell_act_back(p.act_f, r, dn * hn));
     let dz = clip_pass(gz.y, cell_act_back(p.act_f, z, dh * (h_prev - n)));

@@ -25,12 +25,17 @@ fn gru_reset_forward(
     }
     let gh4 = 4u * p.H;
     let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, p.t * p.B * gh4 + 3u * p.H);
-    let bj = tile_cell(tile, lid);
-    let b = bj.x;
-    let j = bj.y;
-    if (b >= p.B) {
-        return;
+    for (var r = 0u; r < RPI; r++) {
+        let bj = tile_cell(tile, lid, r);
+        if (bj.x < p.B) {
+            gru_reset_forward_at(bj.x, bj.y, acc[r]);
+        }
     }
+}
+
+// The cell update of gru_reset_forward for row b, unit j, after the product.
+fn gru_reset_forward_at(b: u32, j: u32, acc: array<f32, G>) {
+    let gh4 = 4u * p.H;
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     let row = (p.t * p.B + b) * 3u * p.H;
@@ -41,7 +46,7 @@ fn gru_reset_forward(
         out[out_index(b, j)] = 0.0;
         return;
     }
-    let z = saved_gate(srow, 1u, j, p.act_f).x;
+    let z = gate_value(gates[srow + p.H + j], p.act_f).x;
     let zn = clip_v(xg[row + 2u * p.H + j] + (acc[0] + weights[p.bhh_off + j]));
     let n = cell_act(p.act_g, zn);
     let h = (1.0 - z) * n + z * h_prev;
@@ -61,20 +66,26 @@ fn gru_reset_backward(
         return;
     }
     let gh3 = 3u * p.H;
-    let dq = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, p.t * p.B * gh3 + 2u * p.H);
-    let bj = tile_cell(tile, lid);
-    let b = bj.x;
-    let j = bj.y;
-    if (b >= p.B) {
-        return;
+    let acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, p.t * p.B * gh3 + 2u * p.H);
+    for (var r = 0u; r < RPI; r++) {
+        let bj = tile_cell(tile, lid, r);
+        if (bj.x < p.B) {
+            gru_reset_backward_at(bj.x, bj.y, acc[r]);
+        }
     }
+}
+
+// The cell update of gru_reset_backward for row b, unit j, after the product.
+fn gru_reset_backward_at(b: u32, j: u32, acc: f32) {
+    let gh3 = 3u * p.H;
+    let dq = acc;
     let row = (p.t * p.B + b) * gh3;
     if (!is_live(b)) {
         dgh[row + j] = 0.0;
         return;
     }
     let gr = saved_gate((p.t * p.B + b) * 4u * p.H, 0u, j, p.act_f);
-    let h_prev = hs[prev_slot() * p.B * p.H + b * p.H + j];
+    let h_prev = hs_saved[prev_slot() * p.B * p.H + b * p.H + j];
     dgh[row + j] = clip_pass(gr.y, cell_act_back(p.act_f, gr.x, dq * h_prev));
     let c = carry_index(1u - p.parity, 0u, b, j);
     carry[c] = carry[c] + dq * gr.x;

@@ -27,14 +27,18 @@ fn lstm_forward(
     if (tile.x >= p.B) {
         return;
     }
-    let bh = p.B * p.H;
     let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * p.B * p.hp);
-    let bj = tile_cell(tile, lid);
-    let b = bj.x;
-    let j = bj.y;
-    if (b >= p.B) {
-        return;
+    for (var r = 0u; r < RPI; r++) {
+        let bj = tile_cell(tile, lid, r);
+        if (bj.x < p.B) {
+            lstm_forward_at(bj.x, bj.y, acc[r]);
+        }
     }
+}
+
+// The cell update of lstm_forward for row b, unit j, after the product.
+fn lstm_forward_at(b: u32, j: u32, acc: array<f32, G>) {
+    let bh = p.B * p.H;
     let gh = G * p.H;
     let row = (p.t * p.B + b) * gh;
     let srow = (p.t * p.B + b) * p.gates_ld;
@@ -112,19 +116,25 @@ fn lstm_backward(
     }
     let gh = G * p.H;
     let proj = p.proj == 1u;
-    var acc = 0.0;
+    var acc: array<f32, RPI>;
     if (proj) {
         // dm = dh . W_hr, dh of this step left in dgh by lstm_project_backward.
         acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, p.t * p.B * p.dg_ld + gh);
     } else if (p.first == 0u) {
         acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * p.dg_ld);
     }
-    let bj = tile_cell(tile, lid);
-    let b = bj.x;
-    let j = bj.y;
-    if (b >= p.B) {
-        return;
+    for (var r = 0u; r < RPI; r++) {
+        let bj = tile_cell(tile, lid, r);
+        if (bj.x < p.B) {
+            lstm_backward_at(bj.x, bj.y, acc[r]);
+        }
     }
+}
+
+// The cell update of lstm_backward for row b, unit j, after the product.
+fn lstm_backward_at(b: u32, j: u32, acc: f32) {
+    let gh = G * p.H;
+    let proj = p.proj == 1u;
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     let row = (p.t * p.B + b) * p.dg_ld;
@@ -163,8 +173,8 @@ fn lstm_backward(
     let f = gf.x;
     let g = gg.x;
     let o = go.x;
-    let tc = cell_act(p.act_h, cs[next_slot() * bh + hc]);
-    let c_prev = cs[prev_slot() * bh + hc];
+    let tc = cell_act(p.act_h, cs_saved[next_slot() * bh + hc]);
+    let c_prev = cs_saved[prev_slot() * bh + hc];
     let d_o = clip_pass(go.y, cell_act_back(p.act_f, o, dh * tc));
     var dc = dc_in + cell_act_back(p.act_h, tc, dh * o);
     if (p.peepholes == 1u) {

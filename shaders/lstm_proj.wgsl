@@ -26,12 +26,16 @@ fn lstm_project(
     }
     let base = p.t * p.B * p.vec_ld + 4u * p.cell_h;
     let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, base);
-    let bj = tile_cell(tile, lid);
-    let b = bj.x;
-    let j = bj.y;
-    if (b >= p.B) {
-        return;
+    for (var r = 0u; r < RPI; r++) {
+        let bj = tile_cell(tile, lid, r);
+        if (bj.x < p.B) {
+            lstm_project_at(bj.x, bj.y, acc[r]);
+        }
     }
+}
+
+// The cell update of lstm_project for row b, unit j, after the product.
+fn lstm_project_at(b: u32, j: u32, acc: array<f32, G>) {
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
@@ -53,16 +57,20 @@ fn lstm_project_backward(
     if (tile.x >= p.B) {
         return;
     }
-    var acc = 0.0;
+    var acc: array<f32, RPI>;
     if (p.first == 0u) {
         acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * p.dg_ld);
     }
-    let bj = tile_cell(tile, lid);
-    let b = bj.x;
-    let j = bj.y;
-    if (b >= p.B) {
-        return;
+    for (var r = 0u; r < RPI; r++) {
+        let bj = tile_cell(tile, lid, r);
+        if (bj.x < p.B) {
+            lstm_project_backward_at(bj.x, bj.y, acc[r]);
+        }
     }
+}
+
+// The cell update of lstm_project_backward for row b, unit j, after the product.
+fn lstm_project_backward_at(b: u32, j: u32, acc: f32) {
     var dh = acc + carry[carry_index(p.parity, 0u, b, j)];
     if (is_live(b)) {
         dh += dout[out_index(b, j)];

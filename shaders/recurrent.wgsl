@@ -7,23 +7,30 @@
 // multiply W_hh).
 //
 // A workgroup of 32 x 8 invocations owns the hidden units j0..j0+units of
-// batch rows b0..b0+8 and computes the recurrent product of every gate for
-// them; then invocation (lx, ly) with lx < units applies the cell update of
-// unit j0 + lx, row b0 + ly (the fused epilogue). Two variants, chosen by the
-// override constant SPLIT:
+// batch rows b0..b0+16 and computes the recurrent product of every gate for
+// them; invocation (lx, ly) holds rows ly and ly + 8 (RPI = 2 rows per
+// invocation), so every W_hh value it reads serves both from registers and
+// W_hh is read ceil(B / 16) times a step. Then, for each of its rows, the
+// invocation with lx < units applies the cell update of unit j0 + lx (the
+// fused epilogue). Two variants, chosen by the override constant SPLIT:
 //
 // - tiled (SPLIT = false, 32 units): invocation (lx, ly) accumulates its own
 //   outputs; the reduction dimension is staged TK = 16 deep through workgroup
-//   memory, two barriers per stage. Few workgroups (H/32 per 8 rows), much
+//   memory, two barriers per stage. Few workgroups (H/32 per 16 rows), much
 //   reuse: suited to large batches.
 // - split (SPLIT = true, 8 units): the reduction dimension is split over 32
 //   lanes; each invocation streams its lane's slice of W_hh straight from
-//   memory with no barrier, then the 32 partial sums of every output are added
-//   in workgroup memory in a fixed order. Four times as many workgroups and
-//   a handful of barriers per step: suited to small batches, where the tiled
-//   grid leaves most of a GPU idle.
+//   memory with no barrier, keeping the partial sums of all 16 rows in
+//   registers, then the 32 partial sums of every output are added in
+//   workgroup memory in a fixed order, 8 rows a round (one round when the
+//   tile has at most 8 rows). Four times as many workgroups and a handful of
+//   barriers per step: suited to small batches, where the tiled grid leaves
+//   most of a GPU idle.
 //
-// Out-of-range elements count as zero. Both are deterministic.
+// Workgroup arrays are padded (row strides of 33 words) where a store or a
+// load of consecutive invocations would otherwise hit one memory bank.
+// Out-of-range elements count as zero. Both are deterministic: every output
+// is summed in the same order whatever the batch size.
 
 override SPLIT: bool = false;
 // The forward product's vector: the state slots hs (row stride H), or, for
@@ -41,20 +48,30 @@ fn vec_at(base: u32, b: u32, k: u32) -> f32 {
 }
 
 const TJ: u32 = 32u;
-const TB: u32 = 8u;
+// Invocation rows of a workgroup, batch rows per invocation, batch rows per
+// workgroup (LY * RPI).
+const LY: u32 = 8u;
+const RPI: u32 = 2u;
+const TB: u32 = 16u;
 const TK: u32 = 16u;
 const WG_SIZE: u32 = 256u;
-// Split variant: units per workgroup, reduction lanes, and the padded row
-// stride of the partial sums (33 keeps the lanes of one output in different
-// memory banks).
+// Padded row stride of the forward W tile: it is stored k-major, so
+// consecutive invocations (consecutive k) would otherwise store 32 words
+// apart, all in one bank.
+const TPAD: u32 = 33u;
+// Split variant: units per workgroup, reduction lanes, rows per reduction
+// round, and the padded row stride of the partial sums (33 keeps the lanes of
+// one output in different memory banks).
 const SU: u32 = 8u;
 const SL: u32 = 32u;
+const SH: u32 = 8u;
 const SPAD: u32 = 33u;
 
-// Tiled: lhs [TB][TK] and rhs [G][TK][TJ], G <= 4. Split: partial sums
-// [SU * TB][SPAD] in `rhs_tile`, sums of 8 lanes [SU * TB][4] in
-// `split_quarters`, and the finished sums [G][SU][TB] in `lhs_tile`.
-var<workgroup> lhs_tile: array<f32, 256>;
+// Tiled: lhs [TB][TK] in `lhs_tile`, rhs [G][TK][TPAD] (forward, G <= 4) or
+// [TK][TJ] (backward) in `rhs_tile`. Split: partial sums of one round
+// [SU * SH][SPAD] in `rhs_tile`, sums of 8 lanes [SU * SH][4] in
+// `split_quarters`, and the finished sums [G][RPI][SU][SH] in `lhs_tile`.
+var<workgroup> lhs_tile: array<f32, 512>;
 var<workgroup> rhs_tile: array<f32, 2112>;
 var<workgroup> split_quarters: array<f32, 256>;
 
@@ -67,10 +84,10 @@ fn step_tile(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
     return grid_tile(wid, nwg, p.B, TB, p.H, tile_units());
 }
 
-// (b, j) whose cell update this invocation applies after the product, or
-// (B, H) when it has none.
-fn tile_cell(tile: vec2<u32>, lid: vec3<u32>) -> vec2<u32> {
-    let b = tile.x + lid.y;
+// (b, j) whose cell update this invocation applies after the product for its
+// r-th row (r < RPI), or (B, H) when it has none.
+fn tile_cell(tile: vec2<u32>, lid: vec3<u32>, r: u32) -> vec2<u32> {
+    let b = tile.x + lid.y + LY * r;
     let j = tile.y + lid.x;
     if (lid.x >= tile_units() || b >= p.B || j >= p.H) {
         return vec2<u32>(p.B, p.H);
@@ -78,30 +95,31 @@ fn tile_cell(tile: vec2<u32>, lid: vec3<u32>) -> vec2<u32> {
     return vec2<u32>(b, j);
 }
 
-// Forward: acc[g] = sum_k h[b, k] * W_hh[g*H + j, k] over k < p.pk (the
+// Batch rows of the tile at b0 (at most TB).
+fn tile_rows(b0: u32) -> u32 {
+    return min(TB, p.B - b0);
+}
+
+// Forward: acc[r][g] = sum_k h[b, k] * W_hh[g*H + j, k] over k < p.pk (the
 // vector's width and W's row stride: H, or P for a projected LSTM's h, or H
 // for the projection itself), h read through vec_at at h_base, for
-// (b, j) = (b0 + ly, j0 + lx) with j < p.H units. Every invocation of the
-// workgroup must call it.
-fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f32, G> {
+// (b, j) = (b0 + ly + LY * r, j0 + lx) with j < p.H units. Every invocation
+// of the workgroup must call it.
+fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<array<f32, G>, RPI> {
     if (SPLIT) {
         return recurrent_product_split(b0, j0, lx, ly, h_base);
     }
-    var acc: array<f32, G>;
-    for (var g = 0u; g < G; g++) {
-        acc[g] = 0.0;
-    }
+    var acc: array<array<f32, G>, RPI>;
     let flat = ly * TJ + lx;
     for (var k0 = 0u; k0 < p.pk; k0 += TK) {
-        if (flat < TB * TK) {
-            let bb = flat / TK;
-            let kk = flat % TK;
-            var v = 0.0;
-            if (b0 + bb < p.B && k0 + kk < p.pk) {
-                v = vec_at(h_base, b0 + bb, k0 + kk);
-            }
-            lhs_tile[flat] = v;
+        // TB * TK = WG_SIZE: one element of h each.
+        let bb = flat / TK;
+        let kk = flat % TK;
+        var v = 0.0;
+        if (b0 + bb < p.B && k0 + kk < p.pk) {
+            v = vec_at(h_base, b0 + bb, k0 + kk);
         }
+        lhs_tile[flat] = v;
         // W rows are read along k (contiguous in memory) and stored k-major so
         // the inner loop reads consecutive words across invocations.
         for (var e = flat; e < G * TJ * TK; e += WG_SIZE) {
@@ -113,13 +131,19 @@ fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f
             if (j0 + jj < p.H && k0 + kk < p.pk) {
                 v = weights[p.whh_off + (g * p.H + j0 + jj) * p.pk + k0 + kk];
             }
-            rhs_tile[(g * TK + kk) * TJ + jj] = v;
+            rhs_tile[(g * TK + kk) * TPAD + jj] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            let hv = lhs_tile[ly * TK + kk];
+            var hv: array<f32, RPI>;
+            for (var r = 0u; r < RPI; r++) {
+                hv[r] = lhs_tile[(ly + LY * r) * TK + kk];
+            }
             for (var g = 0u; g < G; g++) {
-                acc[g] += hv * rhs_tile[(g * TK + kk) * TJ + lx];
+                let w = rhs_tile[(g * TK + kk) * TPAD + lx];
+                for (var r = 0u; r < RPI; r++) {
+                    acc[r][g] += hv[r] * w;
+                }
             }
         }
         workgroupBarrier();
@@ -127,7 +151,7 @@ fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f
     return acc;
 }
 
-// Adds the SL partial sums of each of the SU * TB outputs in `rhs_tile`
+// Adds the SL partial sums of each of the SU * SH outputs in `rhs_tile`
 // (output o at o * SPAD, lanes in order) into lhs_tile[base + o], in two
 // levels so that every invocation helps: invocation flat adds lanes
 // 8q..8q+7 of output flat / 4 (q = flat % 4), then one invocation per output
@@ -143,29 +167,30 @@ fn reduce_lanes(flat: u32, base: u32) {
     }
     split_quarters[flat] = s;
     workgroupBarrier();
-    if (flat < SU * TB) {
+    if (flat < SU * SH) {
         lhs_tile[base + flat] = ((split_quarters[flat * 4u] + split_quarters[flat * 4u + 1u])
             + (split_quarters[flat * 4u + 2u] + split_quarters[flat * 4u + 3u]));
     }
 }
 
+// Reduction rounds of the split variant for the tile at b0: one per SH rows.
+fn split_rounds(b0: u32) -> u32 {
+    return (tile_rows(b0) + SH - 1u) / SH;
+}
+
 // Split forward. Invocation (lane = lx, unit jj = ly) accumulates, over
 // k = lane, lane + 32, ..., every gate of unit j0 + jj for all TB rows; a
 // warp's 32 lanes read 32 consecutive words of one W_hh row and of h.
-fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<f32, G> {
+fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<array<f32, G>, RPI> {
     let lane = lx;
     let jj = ly;
     let j = j0 + jj;
-    let rows = min(TB, p.B - b0);
-    var part: array<f32, 32>; // [G][TB], G * TB <= 32
-    for (var e = 0u; e < G * TB; e++) {
-        part[e] = 0.0;
-    }
+    let rows = tile_rows(b0);
+    var part: array<f32, 64>; // [G][TB], G * TB <= 64
     if (j < p.H) {
         for (var k = lane; k < p.pk; k += SL) {
-            var hv: array<f32, 8>; // [TB]
+            var hv: array<f32, 16>; // [TB]
             for (var bb = 0u; bb < TB; bb++) {
-                hv[bb] = 0.0;
                 if (bb < rows) {
                     hv[bb] = vec_at(h_base, b0 + bb, k);
                 }
@@ -179,45 +204,48 @@ fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> a
         }
     }
     let flat = ly * TJ + lx;
+    let rounds = split_rounds(b0);
     for (var g = 0u; g < G; g++) {
-        for (var bb = 0u; bb < TB; bb++) {
-            rhs_tile[(jj * TB + bb) * SPAD + lane] = part[g * TB + bb];
+        for (var r = 0u; r < rounds; r++) {
+            for (var bb = 0u; bb < SH; bb++) {
+                rhs_tile[(jj * SH + bb) * SPAD + lane] = part[g * TB + r * SH + bb];
+            }
+            workgroupBarrier();
+            reduce_lanes(flat, (g * RPI + r) * SU * SH);
+            workgroupBarrier();
         }
-        workgroupBarrier();
-        reduce_lanes(flat, g * SU * TB);
-        workgroupBarrier();
     }
-    var acc: array<f32, G>;
-    for (var g = 0u; g < G; g++) {
-        acc[g] = 0.0;
-        if (lx < SU) {
-            acc[g] = lhs_tile[g * SU * TB + lx * TB + ly];
+    var acc: array<array<f32, G>, RPI>;
+    for (var r = 0u; r < RPI; r++) {
+        for (var g = 0u; g < G; g++) {
+            if (lx < SU && r < rounds) {
+                acc[r][g] = lhs_tile[(g * RPI + r) * SU * SH + lx * SH + ly];
+            }
         }
     }
     return acc;
 }
 
-// Backward: acc = sum_m dG[b, m] * W_hh[m, j] over the p.dg_rows rows m
+// Backward: acc[r] = sum_m dG[b, m] * W_hh[m, j] over the p.dg_rows rows m
 // (G*H, or fewer: the reset-before GRU's r and z), dG rows read from dgh at
-// dg_base (row stride p.dg_ld), for (b, j) = (b0 + ly, j0 + lx).
+// dg_base (row stride p.dg_ld), for (b, j) = (b0 + ly + LY * r, j0 + lx).
 // Every invocation of the workgroup must call it.
-fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> f32 {
+fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> array<f32, RPI> {
     if (SPLIT) {
         return recurrent_product_t_split(b0, j0, lx, ly, dg_base);
     }
-    var acc = 0.0;
+    var acc: array<f32, RPI>;
     let flat = ly * TJ + lx;
     let gh = p.dg_rows;
     for (var m0 = 0u; m0 < gh; m0 += TK) {
-        if (flat < TB * TK) {
-            let bb = flat / TK;
-            let mm = flat % TK;
-            var v = 0.0;
-            if (b0 + bb < p.B && m0 + mm < gh) {
-                v = dgh[dg_base + (b0 + bb) * p.dg_ld + m0 + mm];
-            }
-            lhs_tile[flat] = v;
+        // TB * TK = WG_SIZE: one element of dG each.
+        let bb = flat / TK;
+        let mm = flat % TK;
+        var v = 0.0;
+        if (b0 + bb < p.B && m0 + mm < gh) {
+            v = dgh[dg_base + (b0 + bb) * p.dg_ld + m0 + mm];
         }
+        lhs_tile[flat] = v;
         for (var e = flat; e < TK * TJ; e += WG_SIZE) {
             let mm = e / TJ;
             let jj = e % TJ;
@@ -229,7 +257,10 @@ fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> f32 
         }
         workgroupBarrier();
         for (var mm = 0u; mm < TK; mm++) {
-            acc += lhs_tile[ly * TK + mm] * rhs_tile[mm * TJ + lx];
+            let w = rhs_tile[mm * TJ + lx];
+            for (var r = 0u; r < RPI; r++) {
+                acc[r] += lhs_tile[(ly + LY * r) * TK + mm] * w;
+            }
         }
         workgroupBarrier();
     }
@@ -239,17 +270,14 @@ fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> f32 
 // Split backward. Invocation flat = lane * SU + jj accumulates, over rows
 // m = lane, lane + 32, ..., unit j0 + jj for all TB rows; a warp reads SU
 // consecutive words of each of four W_hh rows.
-fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> f32 {
+fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> array<f32, RPI> {
     let flat = ly * TJ + lx;
     let jj = flat % SU;
     let lane = flat / SU;
     let j = j0 + jj;
     let gh = p.dg_rows;
-    let rows = min(TB, p.B - b0);
-    var part: array<f32, 8>; // [TB]
-    for (var bb = 0u; bb < TB; bb++) {
-        part[bb] = 0.0;
-    }
+    let rows = tile_rows(b0);
+    var part: array<f32, 16>; // [TB]
     if (j < p.H) {
         for (var m = lane; m < gh; m += SL) {
             let w = weights[p.whh_off + m * p.H + j];
@@ -260,14 +288,20 @@ fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -
             }
         }
     }
-    for (var bb = 0u; bb < TB; bb++) {
-        rhs_tile[(jj * TB + bb) * SPAD + lane] = part[bb];
+    let rounds = split_rounds(b0);
+    for (var r = 0u; r < rounds; r++) {
+        for (var bb = 0u; bb < SH; bb++) {
+            rhs_tile[(jj * SH + bb) * SPAD + lane] = part[r * SH + bb];
+        }
+        workgroupBarrier();
+        reduce_lanes(flat, r * SU * SH);
+        workgroupBarrier();
     }
-    workgroupBarrier();
-    reduce_lanes(flat, 0u);
-    workgroupBarrier();
-    if (lx < SU) {
-        return lhs_tile[lx * TB + ly];
+    var acc: array<f32, RPI>;
+    for (var r = 0u; r < RPI; r++) {
+        if (lx < SU && r < rounds) {
+            acc[r] = lhs_tile[r * SU * SH + lx * SH + ly];
+        }
     }
-    return 0.0;
+    return acc;
 }

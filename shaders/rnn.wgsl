@@ -20,12 +20,17 @@ fn rnn_forward(
     }
     let bh = p.B * p.H;
     let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * bh);
-    let bj = tile_cell(tile, lid);
-    let b = bj.x;
-    let j = bj.y;
-    if (b >= p.B) {
-        return;
+    for (var r = 0u; r < RPI; r++) {
+        let bj = tile_cell(tile, lid, r);
+        if (bj.x < p.B) {
+            rnn_forward_at(bj.x, bj.y, acc[r]);
+        }
     }
+}
+
+// The cell update of rnn_forward for row b, unit j, after the product.
+fn rnn_forward_at(b: u32, j: u32, acc: array<f32, G>) {
+    let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
         hs[next_slot() * bh + hc] = hs[prev_slot() * bh + hc];
@@ -52,16 +57,20 @@ fn rnn_backward(
     if (tile.x >= p.B) {
         return;
     }
-    var acc = 0.0;
+    var acc: array<f32, RPI>;
     if (p.first == 0u) {
         acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * p.H);
     }
-    let bj = tile_cell(tile, lid);
-    let b = bj.x;
-    let j = bj.y;
-    if (b >= p.B) {
-        return;
+    for (var r = 0u; r < RPI; r++) {
+        let bj = tile_cell(tile, lid, r);
+        if (bj.x < p.B) {
+            rnn_backward_at(bj.x, bj.y, acc[r]);
+        }
     }
+}
+
+// The cell update of rnn_backward for row b, unit j, after the product.
+fn rnn_backward_at(b: u32, j: u32, acc: f32) {
     let hc = b * p.H + j;
     let idx = (p.t * p.B + b) * p.H + j;
     let live = is_live(b);
@@ -75,10 +84,10 @@ fn rnn_backward(
     dh += dout[out_index(b, j)];
     var d: f32;
     if (clipping()) {
-        let z = gates[idx];
+        let z = gates_saved[idx];
         d = clip_pass(z, cell_act_back(p.act_f, cell_act(p.act_f, z), dh));
     } else {
-        d = cell_act_back(p.act_f, hs[next_slot() * p.B * p.H + hc], dh);
+        d = cell_act_back(p.act_f, hs_saved[next_slot() * p.B * p.H + hc], dh);
     }
     dgh[idx] = d;
     carry[carry_index(out_par, 0u, b, j)] = 0.0;

@@ -396,6 +396,7 @@ fn named_edge_cases(gpu: &GpuBackend, variant: StepKernel) {
             RnnCase::new(RnnConfig::new(cell, 3, 4), 1, 3, s + 3).with_states(), // T = 1
             RnnCase::new(RnnConfig::new(cell, 7, 33), 3, 9, s + 4), // tile edges: H = 33, B = 9
             RnnCase::new(RnnConfig::new(cell, 2, 12), 2, 17, s + 8), // H = 12, B = 17
+            RnnCase::new(RnnConfig::new(cell, 2, 9), 2, 16, s + 9), // one full 16-row tile
             RnnCase::new(RnnConfig::new(cell, 5, 6).layers(3), 4, 2, s + 5).with_states(),
             RnnCase::new(RnnConfig::new(cell, 4, 5).bidirectional(true), 5, 3, s + 6).with_states(),
             RnnCase::new(
@@ -450,7 +451,7 @@ fn folded_step_grids_match_the_cpu() {
             return;
         };
         // Tiled: 2 x 3 = 6 workgroups; split: 5 x 3 = 15.
-        let (hidden, batch) = (40, 17);
+        let (hidden, batch) = (40, 33);
         assert!(kernel.groups(batch, hidden) > 4);
         assert_eq!(ctx.step_kernel(batch, hidden), kernel);
         for (i, cell) in CELLS.into_iter().enumerate() {

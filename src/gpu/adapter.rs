@@ -423,12 +423,14 @@ mod tests {
         assert_eq!(parse_step_kernel("SPLIT").unwrap(), Some(StepKernel::Split));
         let err = parse_step_kernel("fast").unwrap_err();
         assert!(err.contains("\"fast\"") && err.contains("tiled"), "{err}");
-        // Tiled grid: ceil(H / 32) * ceil(B / 8) workgroups; split: ceil(H / 8) * ceil(B / 8).
-        assert_eq!(StepKernel::Tiled.groups(9, 33), 4);
-        assert_eq!(StepKernel::Split.groups(9, 33), 10);
-        assert_eq!(StepKernel::auto(16, 1024), StepKernel::Split); // 64 tiled groups
-        assert_eq!(StepKernel::auto(64, 512), StepKernel::Tiled); // 128
-        assert_eq!(StepKernel::auto(64, 1024), StepKernel::Tiled); // 256
+        // Tiled grid: ceil(H / 32) * ceil(B / 16) workgroups; split: ceil(H / 8) * ceil(B / 16).
+        assert_eq!(StepKernel::Tiled.groups(17, 33), 4);
+        assert_eq!(StepKernel::Split.groups(17, 33), 10);
+        assert_eq!(StepKernel::Tiled.groups(16, 32), 1);
+        assert_eq!(StepKernel::auto(16, 1024), StepKernel::Split); // 32 tiled groups
+        assert_eq!(StepKernel::auto(64, 512), StepKernel::Split); // 64
+        assert_eq!(StepKernel::auto(128, 512), StepKernel::Tiled); // 128
+        assert_eq!(StepKernel::auto(64, 1024), StepKernel::Tiled); // 128
         assert_eq!(StepKernel::auto(1, 4096), StepKernel::Tiled); // 128
     }
 

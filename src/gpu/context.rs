@@ -150,7 +150,7 @@ pub const REQUIRED_DOWNLEVEL_FLAGS: wgpu::DownlevelFlags =
 ///
 /// Everything else the kernels use fits both bases (checked by
 /// `tests/portability.rs`): at most 256 invocations per workgroup (64, 256
-/// or 32 × 8), at most 10 496 bytes of workgroup memory, one uniform
+/// or 32 × 8), at most 11 520 bytes of workgroup memory, one uniform
 /// buffer with a dynamic offset and a 256-byte window. Fails with
 /// [`Error::Limit`] naming the first limit the adapter cannot give.
 pub fn required_limits(

@@ -168,12 +168,14 @@ impl Shader {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StepKernel {
-    /// 32 hidden units × 8 batch rows per workgroup, the reduction staged
-    /// through workgroup memory: few workgroups, much reuse (large batches).
+    /// 32 hidden units × 16 batch rows per workgroup (two rows per
+    /// invocation), the reduction staged through workgroup memory: few
+    /// workgroups, much reuse (large batches).
     Tiled,
-    /// 8 hidden units × 8 batch rows per workgroup, the reduction split over
-    /// 32 lanes and summed in workgroup memory: four times the workgroups,
-    /// few barriers (small batches).
+    /// 8 hidden units × 16 batch rows per workgroup, the reduction split over
+    /// 32 lanes (each lane's partial sums of all 16 rows in registers) and
+    /// summed in workgroup memory: four times the workgroups, few barriers
+    /// (small batches).
     Split,
 }
 
@@ -189,8 +191,9 @@ impl StepKernel {
         }
     }
 
-    /// Batch rows per workgroup.
-    pub const ROWS: usize = 8;
+    /// Batch rows per workgroup: each W_hh value a workgroup reads serves
+    /// this many rows, so a step reads W_hh ⌈B / 16⌉ times.
+    pub const ROWS: usize = 16;
 
     /// The name used by `RNN_WGPU_STEP_KERNEL` and the benchmarks.
     pub fn name(self) -> &'static str {

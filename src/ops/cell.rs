@@ -1960,6 +1960,9 @@ binding_names! {
     DGH = 9,
     DGX = 10,
     CARRY = 11,
+    HS_SAVED = 12,
+    CS_SAVED = 13,
+    GATES_SAVED = 14,
 }
 
 const R: Access = Access::Read;
@@ -2019,11 +2022,11 @@ const LSTM_BACKWARD: KernelDef<Params> = KernelDef::new(
     &[
         (binding::WEIGHTS, R),
         (binding::LENGTHS, R),
-        (binding::CS, W),
-        (binding::GATES, W),
         (binding::DOUT, R),
         (binding::DGH, W),
         (binding::CARRY, W),
+        (binding::CS_SAVED, R),
+        (binding::GATES_SAVED, R),
     ],
     STEP_CONSTANTS,
 );
@@ -2034,12 +2037,12 @@ const GRU_BACKWARD: KernelDef<Params> = KernelDef::new(
     &[
         (binding::WEIGHTS, R),
         (binding::LENGTHS, R),
-        (binding::HS, W),
-        (binding::GATES, W),
         (binding::DOUT, R),
         (binding::DGH, W),
         (binding::DGX, W),
         (binding::CARRY, W),
+        (binding::HS_SAVED, R),
+        (binding::GATES_SAVED, R),
     ],
     STEP_CONSTANTS,
 );
@@ -2050,11 +2053,11 @@ const RNN_BACKWARD: KernelDef<Params> = KernelDef::new(
     &[
         (binding::WEIGHTS, R),
         (binding::LENGTHS, R),
-        (binding::HS, W),
-        (binding::GATES, W),
         (binding::DOUT, R),
         (binding::DGH, W),
         (binding::CARRY, W),
+        (binding::HS_SAVED, R),
+        (binding::GATES_SAVED, R),
     ],
     STEP_CONSTANTS,
 );
@@ -2079,10 +2082,10 @@ const GRU_RESET_BACKWARD: KernelDef<Params> = KernelDef::new(
     &[
         (binding::WEIGHTS, R),
         (binding::LENGTHS, R),
-        (binding::HS, W),
-        (binding::GATES, W),
         (binding::DGH, W),
         (binding::CARRY, W),
+        (binding::HS_SAVED, R),
+        (binding::GATES_SAVED, R),
     ],
     STEP_CONSTANTS,
 );
@@ -2318,18 +2321,24 @@ pub fn backward_step_gpu(
     // gradient needs no h), the GRU h, its gates and dgx, the RNN h.
     match (cell, bufs.cs, bufs.gates, bufs.dgx) {
         (Cell::Lstm, Some(cs), Some(gates), _) => {
-            buffers.extend([(binding::CS, cs.buffer()), (binding::GATES, gates.buffer())]);
+            buffers.extend([
+                (binding::CS_SAVED, cs.buffer()),
+                (binding::GATES_SAVED, gates.buffer()),
+            ]);
         }
         // (The reset-before GRU has one gate-gradient buffer, dgh.)
         (Cell::Gru, _, Some(gates), dgx) if s.variant.reset_before || dgx.is_some() => buffers
             .extend([
-                (binding::HS, bufs.hs.buffer()),
-                (binding::GATES, gates.buffer()),
+                (binding::HS_SAVED, bufs.hs.buffer()),
+                (binding::GATES_SAVED, gates.buffer()),
                 (binding::DGX, dgx.unwrap_or(dummies.floats).buffer()),
             ]),
         (Cell::Rnn(_), _, gates, _) => buffers.extend([
-            (binding::HS, bufs.hs.buffer()),
-            (binding::GATES, gates.unwrap_or(dummies.floats).buffer()),
+            (binding::HS_SAVED, bufs.hs.buffer()),
+            (
+                binding::GATES_SAVED,
+                gates.unwrap_or(dummies.floats).buffer(),
+            ),
         ]),
         _ => return Err(missing("cs/gates/dgx", cell)),
     }
