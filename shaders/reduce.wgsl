@@ -2,6 +2,7 @@
 // assignment, fixed tree; no atomics), so results are bitwise reproducible.
 //
 //   sum_cols        out[c] (+)= sum over r of x[r, c]   (bias gradients)
+//                   (rows in 8 strided lanes, the lanes added in a fixed tree)
 //   dot_cols        out[c] (+)= sum over r of x[r, c] * y[r, c]   (peephole gradients)
 //   reduce_partial  one partial result per chunk of a vector
 //   reduce_final    one workgroup folds the partials
@@ -19,11 +20,12 @@ struct Params {
     flags: u32,
     y_off: u32,
     y_ld: u32,
-    _pad0: u32,
+    out2_off: u32,
     _pad1: u32,
 }
 
 const FLAG_ACCUMULATE: u32 = 1u;
+const FLAG_SECOND: u32 = 2u;
 const OP_SUM: u32 = 0u;
 const OP_MAX: u32 = 1u;
 const OP_SUMSQ: u32 = 2u;
@@ -66,46 +68,73 @@ fn tree(lid: u32, v: f32) -> f32 {
     return red[0];
 }
 
+// Column sums and column dot products: a workgroup of 32 x 8 owns 32
+// columns; invocation (lx, ly) adds rows ly, ly + 8, ly + 16, ... of column
+// c0 + lx in order (a row's 32 columns are read together), then invocation
+// (lx, 0) adds the 8 lanes' sums in a fixed tree. The order depends only on
+// the sizes. The result goes to out[out_off + c] (added to it with
+// FLAG_ACCUMULATE) and, with FLAG_SECOND, also to out[out2_off + c] (added
+// with the same rule): the LSTM's and RNN's b_ih and b_hh take the same sums.
+const CL: u32 = 32u;
+const RL: u32 = 8u;
+var<workgroup> col_part: array<f32, 264>; // [RL][CL + 1]
+
+fn col_finish(lx: u32, ly: u32, c: u32, s: f32) {
+    col_part[ly * (CL + 1u) + lx] = s;
+    workgroupBarrier();
+    if (ly != 0u || c >= p.cols) {
+        return;
+    }
+    let q = lx;
+    let w = CL + 1u;
+    let total = ((col_part[q] + col_part[w + q]) + (col_part[2u * w + q] + col_part[3u * w + q]))
+        + ((col_part[4u * w + q] + col_part[5u * w + q]) + (col_part[6u * w + q] + col_part[7u * w + q]));
+    var v = total;
+    if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+        v += out[p.out_off + c];
+    }
+    out[p.out_off + c] = v;
+    if ((p.flags & FLAG_SECOND) != 0u) {
+        var v2 = total;
+        if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+            v2 += out[p.out2_off + c];
+        }
+        out[p.out2_off + c] = v2;
+    }
+}
+
 // Rows are p.n, columns p.cols, row stride p.ld.
-@compute @workgroup_size(256)
+@compute @workgroup_size(32, 8)
 fn sum_cols(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let c = linear_group(wid, nwg) * 256u + lid;
-    if (c >= p.cols) {
-        return;
-    }
+    let c = linear_group(wid, nwg) * CL + lid.x;
     var s = 0.0;
-    for (var r = 0u; r < p.n; r++) {
-        s += x[p.x_off + r * p.ld + c];
+    if (c < p.cols) {
+        for (var r = lid.y; r < p.n; r += RL) {
+            s += x[p.x_off + r * p.ld + c];
+        }
     }
-    if ((p.flags & FLAG_ACCUMULATE) != 0u) {
-        s += out[p.out_off + c];
-    }
-    out[p.out_off + c] = s;
+    col_finish(lid.x, lid.y, c, s);
 }
 
 // Rows p.n, columns p.cols; x has row stride p.ld, y row stride p.y_ld.
-@compute @workgroup_size(256)
+@compute @workgroup_size(32, 8)
 fn dot_cols(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let c = linear_group(wid, nwg) * 256u + lid;
-    if (c >= p.cols) {
-        return;
-    }
+    let c = linear_group(wid, nwg) * CL + lid.x;
     var s = 0.0;
-    for (var r = 0u; r < p.n; r++) {
-        s += x[p.x_off + r * p.ld + c] * y[p.y_off + r * p.y_ld + c];
+    if (c < p.cols) {
+        for (var r = lid.y; r < p.n; r += RL) {
+            s += x[p.x_off + r * p.ld + c] * y[p.y_off + r * p.y_ld + c];
+        }
     }
-    if ((p.flags & FLAG_ACCUMULATE) != 0u) {
-        s += out[p.out_off + c];
-    }
-    out[p.out_off + c] = s;
+    col_finish(lid.x, lid.y, c, s);
 }
 
 @compute @workgroup_size(256)

@@ -6,7 +6,7 @@ mod common;
 use rnn_wgpu::backend::{Backend, CpuBackend, GpuBackend, XentBuffers, api};
 use rnn_wgpu::ops::activation::{Activation, Span};
 use rnn_wgpu::ops::matmul::{Gemm, GemmKernel};
-use rnn_wgpu::ops::reduce::{ColSum, ReduceOp};
+use rnn_wgpu::ops::reduce::{ColDot, ColSum, ReduceOp};
 use rnn_wgpu::ops::softmax_xent::{IGNORE_INDEX, Rows, XentSummary};
 use rnn_wgpu::parity::{Tolerance, compare, rng, uniform, uniform_i32};
 use rnn_wgpu::{Error, Real};
@@ -515,35 +515,125 @@ fn reductions_match_cpu_and_repeat_bitwise() {
     }
 }
 
+/// Column sums on named shapes: fewer rows than the 8 row lanes, rows and
+/// columns off the 8 x 32 tile, a column count that is not a multiple of 32,
+/// and a second output (`also_off`) taking the same sums.
 #[test]
 fn column_sums_match_cpu() {
     let gpu = gpu_or_skip!();
     let cpu = cpu();
-    let (rows, cols, ld) = (37, 300, 310);
-    let x = uniform(7, 5 + rows * ld, -1.0, 1.0);
-    let out0 = uniform(8, cols + 4, -1.0, 1.0);
-    for accumulate in [false, true] {
-        let s = ColSum {
-            rows,
-            cols,
-            ld,
-            x_off: 5,
-            out_off: 4,
-            accumulate,
+    for (rows, cols, ld) in [
+        (37, 300, 310),
+        (1, 1, 1),
+        (3, 33, 40),
+        (64, 32, 32),
+        (801, 7, 9),
+    ] {
+        let x = uniform(7, 5 + rows * ld, -1.0, 1.0);
+        let out_len = 2 * cols + 9;
+        let out0 = uniform(8, out_len, -1.0, 1.0);
+        for (accumulate, also_off) in [
+            (false, None),
+            (true, None),
+            (true, Some(cols + 6)),
+            (false, Some(cols + 9)),
+        ] {
+            let s = ColSum {
+                rows,
+                cols,
+                ld,
+                x_off: 5,
+                out_off: 4,
+                accumulate,
+                also_off,
+            };
+            let oc = cpu.tensor_f64(&[out_len], &out0).unwrap();
+            cpu.sum_cols(&s, &cpu.tensor_f64(&[x.len()], &x).unwrap(), &oc)
+                .unwrap();
+            let og = gpu.tensor_f64(&[out_len], &out0).unwrap();
+            gpu.sum_cols(&s, &gpu.tensor_f64(&[x.len()], &x).unwrap(), &og)
+                .unwrap();
+            let (e, a) = (cpu.read_f64(&oc).unwrap(), gpu.read_f64(&og).unwrap());
+            check(
+                &format!(
+                    "sum_cols {rows}x{cols} ld {ld} accumulate {accumulate} also {also_off:?}"
+                ),
+                &e,
+                &a,
+                Tolerance::new(1e-5 * (rows as f64).sqrt(), 1e-5),
+            );
+            if let Some(also) = also_off {
+                let (first, second) = (&e[4..4 + cols], &e[also..also + cols]);
+                if !accumulate {
+                    assert_eq!(first, second, "both outputs take the same sums");
+                }
+            }
+        }
+    }
+}
+
+/// Column dot products (the peephole gradients) on the same named shapes.
+#[test]
+fn column_dot_products_match_cpu() {
+    let gpu = gpu_or_skip!();
+    let cpu = cpu();
+    for (rows, cols, ld) in [(37, 300, 310), (1, 1, 1), (3, 33, 40), (801, 7, 9)] {
+        let x = uniform(17, 5 + rows * ld, -1.0, 1.0);
+        let y = uniform(18, 2 + rows * (cols + 1), -1.0, 1.0);
+        let out0 = uniform(19, cols + 4, -1.0, 1.0);
+        let d = ColDot {
+            sum: ColSum {
+                ld,
+                x_off: 5,
+                out_off: 4,
+                accumulate: true,
+                ..ColSum::new(rows, cols)
+            },
+            y_off: 2,
+            y_ld: cols + 1,
         };
-        let oc = cpu.tensor_f64(&[cols + 4], &out0).unwrap();
-        cpu.sum_cols(&s, &cpu.tensor_f64(&[x.len()], &x).unwrap(), &oc)
-            .unwrap();
-        let og = gpu.tensor_f64(&[cols + 4], &out0).unwrap();
-        gpu.sum_cols(&s, &gpu.tensor_f64(&[x.len()], &x).unwrap(), &og)
-            .unwrap();
+        let run = |b: &dyn Fn(&[f64], &[f64], &[f64]) -> Vec<f64>| b(&x, &y, &out0);
+        let e = run(&|x, y, o| {
+            let oc = cpu.tensor_f64(&[o.len()], o).unwrap();
+            let (xt, yt) = (
+                cpu.tensor_f64(&[x.len()], x).unwrap(),
+                cpu.tensor_f64(&[y.len()], y).unwrap(),
+            );
+            cpu.dot_cols(&d, &xt, &yt, &oc).unwrap();
+            cpu.read_f64(&oc).unwrap()
+        });
+        let a = run(&|x, y, o| {
+            let og = gpu.tensor_f64(&[o.len()], o).unwrap();
+            let (xt, yt) = (
+                gpu.tensor_f64(&[x.len()], x).unwrap(),
+                gpu.tensor_f64(&[y.len()], y).unwrap(),
+            );
+            gpu.dot_cols(&d, &xt, &yt, &og).unwrap();
+            gpu.read_f64(&og).unwrap()
+        });
         check(
-            "sum_cols",
-            &cpu.read_f64(&oc).unwrap(),
-            &gpu.read_f64(&og).unwrap(),
-            Tolerance::new(1e-5, 1e-5),
+            &format!("dot_cols {rows}x{cols}"),
+            &e,
+            &a,
+            Tolerance::new(1e-5 * (rows as f64).sqrt(), 1e-5),
         );
     }
+}
+
+#[test]
+fn column_sums_refuse_overlapping_outputs() {
+    let cpu = cpu();
+    let x = cpu.tensor_f64(&[12], &[1.0; 12]).unwrap();
+    let out = cpu.tensor_f64(&[20], &[0.0; 20]).unwrap();
+    let s = ColSum {
+        also_off: Some(3),
+        ..ColSum::new(3, 4)
+    };
+    let err = cpu.sum_cols(&s, &x, &out).unwrap_err().to_string();
+    assert!(
+        err.contains("also_off") && err.contains("overlaps"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1130,6 +1130,7 @@ impl<B: Backend> Rnn<B> {
                 }
                 // Weight gradients over all T·B rows at once (dgh's rows are
                 // dl wide: the gates', and a projection's dh).
+                let separate_dgx = dgx.is_some();
                 let dgx = dgx.as_ref().unwrap_or(&dgh);
                 let g = Gemm {
                     lda: dl,
@@ -1168,14 +1169,20 @@ impl<B: Backend> Rnn<B> {
                     };
                     b.gemm(&g, &dgh, gates, None, param_grads)?;
                 }
-                for (src, off) in [(dgx, p.b_ih), (&dgh, p.b_hh)] {
-                    let cs = ColSum {
-                        ld: dl,
-                        out_off: off,
-                        accumulate: true,
-                        ..ColSum::new(rows, gh)
-                    };
-                    b.sum_cols(&cs, src, param_grads)?;
+                // The bias gradients: the same sums for b_ih and b_hh unless
+                // the GRU's input side differs (then one pass each).
+                let bias = |src_off: usize, also: Option<usize>| ColSum {
+                    ld: dl,
+                    out_off: src_off,
+                    accumulate: true,
+                    also_off: also,
+                    ..ColSum::new(rows, gh)
+                };
+                if separate_dgx {
+                    b.sum_cols(&bias(p.b_ih, None), dgx, param_grads)?;
+                    b.sum_cols(&bias(p.b_hh, None), &dgh, param_grads)?;
+                } else {
+                    b.sum_cols(&bias(p.b_ih, Some(p.b_hh)), &dgh, param_grads)?;
                 }
                 // Peephole gradients: dP_i = Σ di ⊙ c_prev, dP_f = Σ df ⊙ c_prev,
                 // dP_o = Σ do ⊙ c (over T·B rows; c_prev of the row of step t

@@ -50,6 +50,10 @@ pub struct ColSum {
     pub out_off: usize,
     /// Add to out instead of overwriting.
     pub accumulate: bool,
+    /// Also write the sums to `out[also_off..]` (with the same `accumulate`
+    /// rule): two outputs that take the same sums (the LSTM's and RNN's
+    /// `b_ih` and `b_hh`) cost one pass over x.
+    pub also_off: Option<usize>,
 }
 
 impl ColSum {
@@ -62,6 +66,7 @@ impl ColSum {
             x_off: 0,
             out_off: 0,
             accumulate: false,
+            also_off: None,
         }
     }
 
@@ -87,7 +92,35 @@ impl ColSum {
             "sum_cols out",
             self.out_off.saturating_add(self.cols),
             out_len,
-        )
+        )?;
+        if let Some(also) = self.also_off {
+            need_len("sum_cols out", also.saturating_add(self.cols), out_len)?;
+            let (lo, hi) = (self.out_off.min(also), self.out_off.max(also));
+            if hi - lo < self.cols {
+                return Err(Error::invalid(
+                    "sum_cols also_off",
+                    format!(
+                        "{also} overlaps the {} outputs at {}",
+                        self.cols, self.out_off
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes (or adds, with `accumulate`) the column sums `acc` to out at
+    /// `out_off` and at `also_off`.
+    fn store<T: Real>(&self, acc: &[T], out: &mut [T]) {
+        for off in std::iter::once(self.out_off).chain(self.also_off) {
+            let o = &mut out[off..off + self.cols];
+            if !self.accumulate {
+                o.fill(T::zero());
+            }
+            for (o, &a) in o.iter_mut().zip(acc) {
+                *o += a;
+            }
+        }
     }
 }
 
@@ -126,10 +159,6 @@ impl ColDot {
 pub fn dot_cols_cpu<T: Real>(d: &ColDot, x: &[T], y: &[T], out: &mut [T]) -> Result<()> {
     d.validate(x.len(), y.len(), out.len())?;
     let s = &d.sum;
-    let out = &mut out[s.out_off..s.out_off + s.cols];
-    if !s.accumulate {
-        out.fill(T::zero());
-    }
     let mut acc = vec![T::zero(); s.cols];
     for r in 0..s.rows {
         let xr = &x[s.x_off + r * s.ld..s.x_off + r * s.ld + s.cols];
@@ -138,19 +167,13 @@ pub fn dot_cols_cpu<T: Real>(d: &ColDot, x: &[T], y: &[T], out: &mut [T]) -> Res
             *a += u * v;
         }
     }
-    for (o, a) in out.iter_mut().zip(acc) {
-        *o += a;
-    }
+    s.store(&acc, out);
     Ok(())
 }
 
 /// CPU column sums, rows added in order.
 pub fn sum_cols_cpu<T: Real>(s: &ColSum, x: &[T], out: &mut [T]) -> Result<()> {
     s.validate(x.len(), out.len())?;
-    let out = &mut out[s.out_off..s.out_off + s.cols];
-    if !s.accumulate {
-        out.fill(T::zero());
-    }
     // Row-major accumulation: for each output the rows are still added in order 0..R.
     let mut acc = vec![T::zero(); s.cols];
     for r in 0..s.rows {
@@ -159,9 +182,7 @@ pub fn sum_cols_cpu<T: Real>(s: &ColSum, x: &[T], out: &mut [T]) -> Result<()> {
             *a += v;
         }
     }
-    for (o, a) in out.iter_mut().zip(acc) {
-        *o += a;
-    }
+    s.store(&acc, out);
     Ok(())
 }
 
@@ -189,7 +210,7 @@ kernel_params! {
         flags: u32,
         y_off: u32,
         y_ld: u32,
-        _pad0: u32,
+        out2_off: u32,
         _pad1: u32,
     }
 }
@@ -252,7 +273,8 @@ pub(super) const KERNELS: &[KernelInfo] = &[
     FINAL.info(),
 ];
 
-/// Records column sums on the GPU (one invocation per column, rows in order).
+/// Records column sums on the GPU: 32 columns per workgroup, each column's
+/// rows in 8 strided lanes added in a fixed order (`shaders/reduce.wgsl`).
 pub fn sum_cols_gpu(
     rec: &mut Recorder<'_>,
     s: &ColSum,
@@ -263,10 +285,13 @@ pub fn sum_cols_gpu(
     out.expect_dtype("sum_cols out", DType::F32)?;
     s.validate(x.len(), out.len())?;
     let params = col_params(s, 0, 0)?;
-    let grid = rec.ctx().grid((s.cols as u64).div_ceil(256))?;
+    let grid = rec.ctx().grid((s.cols as u64).div_ceil(COLS_PER_GROUP))?;
     let buffers = [(binding::X, x.buffer()), (binding::OUT, out.buffer())];
     rec.dispatch(SUM_COLS, &[], &buffers, &params, grid)
 }
+
+/// Columns per workgroup of `sum_cols` and `dot_cols`.
+const COLS_PER_GROUP: u64 = 32;
 
 fn col_params(s: &ColSum, y_off: usize, y_ld: usize) -> Result<Params> {
     Ok(Params {
@@ -277,15 +302,15 @@ fn col_params(s: &ColSum, y_off: usize, y_ld: usize) -> Result<Params> {
         out_off: u32_of("out_off", s.out_off)?,
         chunk: 0,
         parts: 0,
-        flags: s.accumulate as u32,
+        flags: s.accumulate as u32 | (s.also_off.is_some() as u32) << 1,
         y_off: u32_of("y_off", y_off)?,
         y_ld: u32_of("y_ld", y_ld)?,
-        _pad0: 0,
+        out2_off: u32_of("also_off", s.also_off.unwrap_or(0))?,
         _pad1: 0,
     })
 }
 
-/// Records column dot products on the GPU (one invocation per column, rows in order).
+/// Records column dot products on the GPU, in the order of [`sum_cols_gpu`].
 pub fn dot_cols_gpu(
     rec: &mut Recorder<'_>,
     d: &ColDot,
@@ -298,7 +323,9 @@ pub fn dot_cols_gpu(
     out.expect_dtype("dot_cols out", DType::F32)?;
     d.validate(x.len(), y.len(), out.len())?;
     let params = col_params(&d.sum, d.y_off, d.y_ld)?;
-    let grid = rec.ctx().grid((d.sum.cols as u64).div_ceil(256))?;
+    let grid = rec
+        .ctx()
+        .grid((d.sum.cols as u64).div_ceil(COLS_PER_GROUP))?;
     let buffers = [
         (binding::X, x.buffer()),
         (binding::OUT, out.buffer()),
@@ -361,7 +388,7 @@ pub fn reduce_gpu(
         flags: accumulate as u32,
         y_off: 0,
         y_ld: 0,
-        _pad0: 0,
+        out2_off: 0,
         _pad1: 0,
     };
     let constants = [("OP", op.code() as f64)];
