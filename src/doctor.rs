@@ -460,16 +460,15 @@ pub fn rnn_case(report: &mut Report, gpu: &GpuBackend, case: &RnnCase, tag: &str
     );
 }
 
-/// A few training steps (LSTM, two layers, dropout, Adam, clipping) on the
-/// GPU against the CPU path in f32: losses and parameters must agree.
-pub fn training_check(report: &mut Report, gpu: &GpuBackend) {
+/// The training steps of [`training_check`].
+fn training_config() -> TrainConfig {
     let model = ModelConfig {
         input: InputEncoding::Embedding(8),
         layers: 2,
         dropout: 0.1,
         ..ModelConfig::new(Cell::Lstm, 24)
     };
-    let config = TrainConfig {
+    TrainConfig {
         batch: 16,
         steps: 100,
         bptt: Bptt::Truncated { k1: 4, k2: 6 },
@@ -478,21 +477,29 @@ pub fn training_check(report: &mut Report, gpu: &GpuBackend) {
         seed: 11,
         eval_problems: 20,
         ..TrainConfig::new(TaskSpec::add(2), model)
-    };
-    fn run<B: crate::backend::Backend>(
-        b: B,
-        config: &TrainConfig,
-    ) -> crate::Result<(Vec<f64>, Vec<f64>)> {
-        let mut t = Trainer::new(b, config.clone())?;
-        let losses = (0..3)
-            .map(|_| t.train_step().map(|r| r.loss))
-            .collect::<crate::Result<Vec<f64>>>()?;
-        Ok((losses, t.read_params()?))
     }
+}
+
+/// Three training steps of `config`: the losses and the parameters after.
+fn train_three<B: crate::backend::Backend>(
+    b: B,
+    config: &TrainConfig,
+) -> crate::Result<(Vec<f64>, Vec<f64>)> {
+    let mut t = Trainer::new(b, config.clone())?;
+    let losses = (0..3)
+        .map(|_| t.train_step().map(|r| r.loss))
+        .collect::<crate::Result<Vec<f64>>>()?;
+    Ok((losses, t.read_params()?))
+}
+
+/// A few training steps (LSTM, two layers, dropout, Adam, clipping) on the
+/// GPU against the CPU path in f32: losses and parameters must agree.
+pub fn training_check(report: &mut Report, gpu: &GpuBackend) {
+    let config = training_config();
     let name = "training: 3 steps, LSTM L=2, TBPTT(4,6), dropout, Adam, clipping";
     match (
-        run(CpuBackend::<f32>::new(), &config),
-        run(gpu.clone(), &config),
+        train_three(CpuBackend::<f32>::new(), &config),
+        train_three(gpu.clone(), &config),
     ) {
         (Ok((le, pe)), Ok((la, pa))) => {
             report.compare(
@@ -507,6 +514,27 @@ pub fn training_check(report: &mut Report, gpu: &GpuBackend) {
                 &pa,
                 Tolerance::new(1e-4, 1e-3),
             );
+        }
+        (Err(e), _) | (_, Err(e)) => report.error(name, &e),
+    }
+}
+
+/// The training steps of [`training_check`] on `unchecked` (a context whose
+/// hot kernels are compiled without runtime bounds checks, the default) and
+/// on `checked` (every shader checked): they must agree bitwise.
+pub fn unchecked_check(report: &mut Report, checked: &GpuBackend, unchecked: &GpuBackend) {
+    let config = training_config();
+    let name = "unchecked hot kernels: 3 training steps, bitwise as checked";
+    match (
+        train_three(checked.clone(), &config),
+        train_three(unchecked.clone(), &config),
+    ) {
+        (Ok((le, pe)), Ok((la, pa))) => {
+            let (e, a): (Vec<f64>, Vec<f64>) = (
+                le.iter().chain(&pe).copied().collect(),
+                la.iter().chain(&pa).copied().collect(),
+            );
+            report.compare(name, &e, &a, Tolerance::new(0.0, 0.0));
         }
         (Err(e), _) | (_, Err(e)) => report.error(name, &e),
     }

@@ -1350,11 +1350,24 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             for a in &adapters {
                 println!("  {a}");
             }
-            let ctx = GpuContext::from_env()?;
+            // The checks run on shaders compiled with runtime bounds checks;
+            // then the default build (hot kernels unchecked) is compared with it.
+            let opts = rnn_wgpu::gpu::ContextOptions::from_env()?;
+            let checked = rnn_wgpu::gpu::ContextOptions {
+                checked_shaders: true,
+                ..opts.clone()
+            };
+            let ctx = GpuContext::new(checked)?;
             println!("checking: {}", ctx.adapter());
             let software = ctx.adapter().is_software();
             let gpu = GpuBackend::new(Arc::new(ctx))?;
-            let (report, secs) = rnn_wgpu::doctor::selfcheck(&gpu);
+            let start = std::time::Instant::now();
+            let (mut report, _) = rnn_wgpu::doctor::selfcheck(&gpu);
+            match GpuContext::new(opts).and_then(|c| GpuBackend::new(Arc::new(c))) {
+                Ok(unchecked) => rnn_wgpu::doctor::unchecked_check(&mut report, &gpu, &unchecked),
+                Err(e) => report.error("unchecked hot kernels", &e),
+            }
+            let secs = start.elapsed().as_secs_f64();
             print!("{}", report.table());
             let failed = report.rows.iter().filter(|r| !r.pass).count();
             println!(

@@ -438,6 +438,53 @@ fn gpu_matches_cpu_on_random_cases() {
     }
 }
 
+/// The hot kernels compiled without runtime bounds checks (the default
+/// build) compute bitwise what the checked build computes, with each
+/// recurrent-product variant, on tile edges, two layers, both directions and
+/// packed lengths.
+#[test]
+fn unchecked_hot_kernels_match_the_checked_build_bitwise() {
+    let _ = gpu_or_skip!();
+    for kernel in StepKernel::ALL {
+        let build = |checked: bool| {
+            common::own_gpu(|o| {
+                o.step_kernel = Some(kernel);
+                o.checked_shaders = checked;
+            })
+            .map(|(_, g)| g)
+        };
+        let (Some(checked), Some(unchecked)) = (build(true), build(false)) else {
+            return;
+        };
+        for (i, cell) in CELLS.into_iter().enumerate() {
+            let case = RnnCase::new(
+                RnnConfig::new(cell, 5, 33).layers(2).bidirectional(true),
+                3,
+                17,
+                500 + i as u64,
+            )
+            .with_states()
+            .with_lengths((0..17).map(|b| 1 + b % 3).collect());
+            let data = case.data();
+            let e = run_case(&checked, &case.config, &data, true).unwrap();
+            let a = run_case(&unchecked, &case.config, &data, true).unwrap();
+            let bits = |r: &RnnResults| -> Vec<u64> {
+                r.values()
+                    .into_iter()
+                    .chain(r.gradients())
+                    .map(f64::to_bits)
+                    .collect()
+            };
+            assert!(
+                bits(&e) == bits(&a),
+                "{} [{}]: unchecked differs from checked",
+                case.describe(),
+                kernel.name()
+            );
+        }
+    }
+}
+
 /// Step grids beyond the per-dimension workgroup limit (forced to 4) are folded
 /// into 2-D, with each recurrent-product variant.
 #[test]

@@ -141,6 +141,13 @@ pub struct ContextOptions {
     /// Consider hardware adapters only (no software rasterizer such as
     /// llvmpipe); with none, [`Error::NoAdapter`].
     pub hardware_only: bool,
+    /// Compile every shader with wgpu's runtime bounds checks. Without this
+    /// (the default) the hot kernels ([`Shader::is_trusted`](super::kernel::Shader::is_trusted):
+    /// the cell steps and the matmul, whose launchers validate every buffer
+    /// against the sizes the kernel indexes with) are compiled without
+    /// them; `doctor` and the tests run checked. `RNN_WGPU_CHECKED_SHADERS=1`
+    /// sets it.
+    pub checked_shaders: bool,
 }
 
 impl Default for ContextOptions {
@@ -157,14 +164,16 @@ impl Default for ContextOptions {
             max_dispatches_per_submit: DEFAULT_MAX_DISPATCHES_PER_SUBMIT,
             ordinal: None,
             hardware_only: false,
+            checked_shaders: false,
         }
     }
 }
 
 impl ContextOptions {
     /// Options from `RNN_WGPU_BACKEND`, `RNN_WGPU_ADAPTER`,
-    /// `RNN_WGPU_STEP_KERNEL`, `RNN_WGPU_LIMITS` and
-    /// `RNN_WGPU_DISPATCHES_PER_SUBMIT`; defaults where unset.
+    /// `RNN_WGPU_STEP_KERNEL`, `RNN_WGPU_LIMITS`,
+    /// `RNN_WGPU_DISPATCHES_PER_SUBMIT` and `RNN_WGPU_CHECKED_SHADERS`
+    /// (`1`/`true` or `0`/`false`); defaults where unset.
     pub fn from_env() -> Result<Self> {
         let mut opts = ContextOptions::default();
         if let Ok(list) = std::env::var("RNN_WGPU_BACKEND")
@@ -192,6 +201,18 @@ impl ContextOptions {
         {
             opts.max_dispatches_per_submit = parse_dispatch_bound(&n)
                 .map_err(|reason| Error::invalid("RNN_WGPU_DISPATCHES_PER_SUBMIT", reason))?;
+        }
+        if let Ok(v) = std::env::var("RNN_WGPU_CHECKED_SHADERS") {
+            opts.checked_shaders = match v.trim().to_ascii_lowercase().as_str() {
+                "" | "0" | "false" | "no" => false,
+                "1" | "true" | "yes" => true,
+                other => {
+                    return Err(Error::invalid(
+                        "RNN_WGPU_CHECKED_SHADERS",
+                        format!("expected 1 or 0, got {other:?}"),
+                    ));
+                }
+            };
         }
         Ok(opts)
     }

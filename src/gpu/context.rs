@@ -221,6 +221,8 @@ pub struct GpuContext {
     max_groups_per_dim: u32,
     max_dispatches_per_submit: usize,
     step_kernel: Mutex<Option<StepKernel>>,
+    /// Every shader compiled with runtime bounds checks (see ContextOptions).
+    checked_shaders: bool,
     timeout: Duration,
     param_align: usize,
     state: Arc<DeviceState>,
@@ -308,6 +310,7 @@ impl GpuContext {
             max_groups_per_dim,
             max_dispatches_per_submit: opts.max_dispatches_per_submit.max(1),
             step_kernel: Mutex::new(opts.step_kernel),
+            checked_shaders: opts.checked_shaders,
             timeout: opts.timeout,
             param_align,
             state,
@@ -518,7 +521,17 @@ impl GpuContext {
         if let Some(m) = modules.get(&shader) {
             return Ok(m.clone());
         }
-        let module = self.compile(shader.file(), &shader.source())?;
+        let checks = if shader.is_trusted() && !self.checked_shaders {
+            // Safety: see Shader::is_trusted. Only the bounds checks are
+            // dropped; loop bounding and the integer-division guards stay.
+            wgpu::ShaderRuntimeChecks {
+                bounds_checks: false,
+                ..wgpu::ShaderRuntimeChecks::checked()
+            }
+        } else {
+            wgpu::ShaderRuntimeChecks::checked()
+        };
+        let module = self.compile_with(shader.file(), &shader.source(), checks)?;
         modules.insert(shader, module.clone());
         Ok(module)
     }
@@ -526,14 +539,24 @@ impl GpuContext {
     /// Compiles WGSL `source`; a compile error becomes [`Error::ShaderCompile`]
     /// carrying the compiler's message.
     pub fn compile(&self, label: &str, source: &str) -> Result<wgpu::ShaderModule> {
+        self.compile_with(label, source, wgpu::ShaderRuntimeChecks::checked())
+    }
+
+    fn compile_with(
+        &self,
+        label: &str,
+        source: &str,
+        checks: wgpu::ShaderRuntimeChecks,
+    ) -> Result<wgpu::ShaderModule> {
         self.check_alive()?;
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(label),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        };
+        // Safety: unchecked builds are only requested for Shader::is_trusted
+        // kernels (see `module`); `checked()` is the safe default.
+        let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
         if let Some(e) = pollster::block_on(val.pop()) {
             return Err(Error::ShaderCompile {
                 shader: label.into(),

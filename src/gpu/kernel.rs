@@ -113,6 +113,17 @@ impl Shader {
         )
     }
 
+    /// True for the hot kernels compiled without wgpu's runtime bounds checks
+    /// unless [`ContextOptions::checked_shaders`](super::ContextOptions) asks
+    /// for them: the cell steps and the matmul. Their launchers validate
+    /// every buffer's length against the sizes in the uniform block before
+    /// recording (`StepSpec` and `Gemm` validation), and every index the
+    /// kernels form is guarded by those sizes, so a checked and an unchecked
+    /// build compute bitwise the same (`tests/device.rs` compares them).
+    pub fn is_trusted(self) -> bool {
+        self.is_step() || self == Shader::Matmul
+    }
+
     /// File name, for messages.
     pub fn file(self) -> &'static str {
         match self {

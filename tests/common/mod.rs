@@ -10,6 +10,15 @@ use rnn_wgpu::gpu::{ContextOptions, GpuContext};
 
 static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
 
+/// The tests' context options: the environment's, with every shader
+/// compiled with runtime bounds checks (the unchecked hot kernels are
+/// compared with these bitwise in `tests/rnn.rs`).
+pub fn test_options() -> rnn_wgpu::Result<ContextOptions> {
+    let mut opts = ContextOptions::from_env()?;
+    opts.checked_shaders = true;
+    Ok(opts)
+}
+
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
@@ -18,7 +27,7 @@ fn in_ci() -> bool {
 /// when this machine has no adapter. Under `CI=true` a missing adapter panics.
 pub fn gpu_ctx() -> Option<Arc<GpuContext>> {
     CTX.get_or_init(|| {
-        let opened = ContextOptions::from_env().and_then(GpuContext::new);
+        let opened = test_options().and_then(GpuContext::new);
         match opened {
             Ok(ctx) => {
                 eprintln!("GPU tests run on {}", ctx.adapter());
@@ -66,7 +75,7 @@ macro_rules! gpu_or_skip {
 /// with options edited by `edit`; `None` when there is no adapter.
 pub fn own_gpu(edit: impl FnOnce(&mut ContextOptions)) -> Option<(Arc<GpuContext>, GpuBackend)> {
     gpu_ctx()?;
-    let mut opts = ContextOptions::from_env().ok()?;
+    let mut opts = test_options().ok()?;
     edit(&mut opts);
     let ctx = Arc::new(GpuContext::new(opts).unwrap_or_else(|e| panic!("second context: {e}")));
     let gpu = GpuBackend::new(ctx.clone()).unwrap_or_else(|e| panic!("backend: {e}"));
@@ -93,6 +102,7 @@ pub fn own_gl_gpu(
     }
     let mut opts = ContextOptions {
         backends: wgpu::Backends::GL,
+        checked_shaders: true,
         ..ContextOptions::default()
     };
     edit(&mut opts);
