@@ -592,25 +592,22 @@ fn column_dot_products_match_cpu() {
             y_off: 2,
             y_ld: cols + 1,
         };
-        let run = |b: &dyn Fn(&[f64], &[f64], &[f64]) -> Vec<f64>| b(&x, &y, &out0);
-        let e = run(&|x, y, o| {
-            let oc = cpu.tensor_f64(&[o.len()], o).unwrap();
-            let (xt, yt) = (
-                cpu.tensor_f64(&[x.len()], x).unwrap(),
-                cpu.tensor_f64(&[y.len()], y).unwrap(),
-            );
-            cpu.dot_cols(&d, &xt, &yt, &oc).unwrap();
-            cpu.read_f64(&oc).unwrap()
-        });
-        let a = run(&|x, y, o| {
-            let og = gpu.tensor_f64(&[o.len()], o).unwrap();
-            let (xt, yt) = (
-                gpu.tensor_f64(&[x.len()], x).unwrap(),
-                gpu.tensor_f64(&[y.len()], y).unwrap(),
-            );
-            gpu.dot_cols(&d, &xt, &yt, &og).unwrap();
-            gpu.read_f64(&og).unwrap()
-        });
+        let cpu_out = cpu.tensor_f64(&[out0.len()], &out0).unwrap();
+        let (xc, yc) = (
+            cpu.tensor_f64(&[x.len()], &x).unwrap(),
+            cpu.tensor_f64(&[y.len()], &y).unwrap(),
+        );
+        cpu.dot_cols(&d, &xc, &yc, &cpu_out).unwrap();
+        let gpu_out = gpu.tensor_f64(&[out0.len()], &out0).unwrap();
+        let (xg, yg) = (
+            gpu.tensor_f64(&[x.len()], &x).unwrap(),
+            gpu.tensor_f64(&[y.len()], &y).unwrap(),
+        );
+        gpu.dot_cols(&d, &xg, &yg, &gpu_out).unwrap();
+        let (e, a) = (
+            cpu.read_f64(&cpu_out).unwrap(),
+            gpu.read_f64(&gpu_out).unwrap(),
+        );
         check(
             &format!("dot_cols {rows}x{cols}"),
             &e,
