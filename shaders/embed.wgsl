@@ -1,6 +1,7 @@
-// embed.wgsl: token embedding, forward (gather) and backward (deterministic
-// scatter: one invocation per table element sums, in order, the gradient rows
-// of every position holding its token; no atomics).
+// embed.wgsl: token embedding, forward (gather) and backward (a
+// deterministic scatter in O(N·E): the positions are sorted by token, stably,
+// then one invocation per table element sums, in position order, the gradient
+// rows of its token's positions; no atomics, no float reordering).
 // CPU twin: ops::embed.
 
 struct Params {
@@ -10,8 +11,8 @@ struct Params {
     table_off: u32,
     out_off: u32,
     accumulate: u32,
-    _pad0: u32,
-    _pad1: u32,
+    passes: u32,   // radix passes of embed_sort (4 bits each)
+    sorted_off: u32, // where embed_sort leaves the sorted positions
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,6 +21,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> dout: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dtable: array<f32>;
+// The sort's scratch [2N + V]: two position arrays [N] (the radix passes
+// ping-pong between them) and, at 2N, the first sorted index of each token
+// (NONE for a token no position holds).
+@group(0) @binding(6) var<storage, read_write> order: array<u32>;
+@group(0) @binding(7) var<storage, read> order_in: array<u32>;
 
 // out[n, j] = table[tokens[n], j]; tokens outside [0, V) give zeros.
 @compute @workgroup_size(256)
@@ -42,7 +48,101 @@ fn embed_forward(
     out[p.out_off + i] = v;
 }
 
-// dtable[v, j] (+)= sum over n with tokens[n] == v of dout[n, j].
+const NONE: u32 = 0xffffffffu;
+const SORT_WG: u32 = 128u;
+const RADIX: u32 = 16u;
+var<workgroup> digit_count: array<u32, 2048>; // [RADIX][SORT_WG]
+var<workgroup> scan_total: array<u32, 128>;
+
+// The sort key of position n: its token, or V for a token outside [0, V)
+// (sorted last, never summed).
+fn sort_key(n: u32) -> u32 {
+    let t = tokens[n];
+    if (t >= 0 && u32(t) < p.v) {
+        return u32(t);
+    }
+    return p.v;
+}
+
+// One workgroup sorts the positions 0..N by token, stably (an LSD radix
+// sort, 4 bits a pass: each invocation counts the digits of its slice of
+// positions, an exclusive scan in (digit, invocation) order gives each its
+// offsets, and it scatters its slice in order), then records where each
+// token's run of positions starts. Every step's order depends only on the
+// tokens, so the result is the same on every run.
+@compute @workgroup_size(128)
+fn embed_sort(@builtin(local_invocation_index) lid: u32) {
+    let n = p.n;
+    let slice = (n + SORT_WG - 1u) / SORT_WG;
+    let lo = min(lid * slice, n);
+    let hi = min(lo + slice, n);
+    for (var k = lid; k < n; k += SORT_WG) {
+        order[k] = k;
+    }
+    storageBarrier();
+    workgroupBarrier();
+    for (var round = 0u; round < p.passes; round++) {
+        let src = (round % 2u) * n;
+        let dst = n - src;
+        let shift = 4u * round;
+        for (var d = 0u; d < RADIX; d++) {
+            digit_count[d * SORT_WG + lid] = 0u;
+        }
+        for (var k = lo; k < hi; k++) {
+            let d = (sort_key(order[src + k]) >> shift) & (RADIX - 1u);
+            digit_count[d * SORT_WG + lid] += 1u;
+        }
+        workgroupBarrier();
+        // Exclusive scan of the 2048 counts: 16 consecutive ones each, then
+        // the 128 totals by invocation 0, then each adds its base.
+        var run = 0u;
+        for (var q = 0u; q < 16u; q++) {
+            let c = digit_count[lid * 16u + q];
+            digit_count[lid * 16u + q] = run;
+            run += c;
+        }
+        scan_total[lid] = run;
+        workgroupBarrier();
+        if (lid == 0u) {
+            var acc = 0u;
+            for (var q = 0u; q < SORT_WG; q++) {
+                let c = scan_total[q];
+                scan_total[q] = acc;
+                acc += c;
+            }
+        }
+        workgroupBarrier();
+        for (var q = 0u; q < 16u; q++) {
+            digit_count[lid * 16u + q] += scan_total[lid];
+        }
+        workgroupBarrier();
+        for (var k = lo; k < hi; k++) {
+            let pos = order[src + k];
+            let d = (sort_key(pos) >> shift) & (RADIX - 1u);
+            let at = digit_count[d * SORT_WG + lid];
+            digit_count[d * SORT_WG + lid] = at + 1u;
+            order[dst + at] = pos;
+        }
+        storageBarrier();
+        workgroupBarrier();
+    }
+    let heads = 2u * n;
+    for (var t = lid; t < p.v; t += SORT_WG) {
+        order[heads + t] = NONE;
+    }
+    storageBarrier();
+    workgroupBarrier();
+    let sorted = p.sorted_off;
+    for (var k = lid; k < n; k += SORT_WG) {
+        let t = sort_key(order[sorted + k]);
+        if (t < p.v && (k == 0u || sort_key(order[sorted + k - 1u]) != t)) {
+            order[heads + t] = k;
+        }
+    }
+}
+
+// dtable[v, j] (+)= sum over n with tokens[n] == v of dout[n, j], positions
+// in order: the run of v's positions that embed_sort left at sorted_off.
 @compute @workgroup_size(256)
 fn embed_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -53,12 +153,17 @@ fn embed_backward(
     if (i >= p.v * p.e) {
         return;
     }
-    let v = i32(i / p.e);
+    let v = i / p.e;
     let j = i % p.e;
     var s = 0.0;
-    for (var n = 0u; n < p.n; n++) {
-        if (tokens[n] == v) {
-            s += dout[n * p.e + j];
+    let start = order_in[2u * p.n + v];
+    if (start != NONE) {
+        for (var k = start; k < p.n; k++) {
+            let pos = order_in[p.sorted_off + k];
+            if (sort_key(pos) != v) {
+                break;
+            }
+            s += dout[pos * p.e + j];
         }
     }
     if (p.accumulate != 0u) {

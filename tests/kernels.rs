@@ -831,53 +831,101 @@ fn cpu_f32_path_is_stable_at_extremes() {
     );
 }
 
+/// The embedding forward and backward on named shapes: one token, a
+/// vocabulary whose keys need one to four radix passes (V = 1, 15, 16, 300,
+/// 5000; a key of V marks a token outside [0, V)), more positions than the
+/// sort's 128 slices, one token everywhere, no valid token. The backward sums
+/// each token's rows in position order, bitwise as the CPU twin does.
 #[test]
 fn embedding_matches_cpu() {
     use rnn_wgpu::ops::embed::EmbedSpec;
     let gpu = gpu_or_skip!();
-    let cpu = cpu();
-    let (n, e, v) = (300, 13, 17);
-    let s = EmbedSpec {
-        n,
-        e,
-        v,
-        table_off: 5,
-    };
-    let mut tokens = uniform_i32(1, n, 0, v as i32);
-    tokens[3] = -1; // out of range: zeros forward, ignored backward
-    tokens[9] = v as i32;
-    let table = uniform(2, 5 + v * e, -1.0, 1.0);
-    let dout = uniform(3, n * e, -1.0, 1.0);
-    let d0 = uniform(4, 5 + v * e, -1.0, 1.0);
-    fn run<B: Backend>(
-        b: &B,
-        s: &EmbedSpec,
+    // The f32 CPU path: the GPU must reproduce its sums bit for bit.
+    let cpu = CpuBackend::<f32>::new();
+    let cases: [(usize, usize, usize, &str); 8] = [
+        (300, 13, 17, "random"),
+        (1, 1, 1, "random"),
+        (40, 3, 15, "random"),
+        (200, 2, 16, "random"),
+        (1000, 5, 300, "random"),
+        (700, 4, 5000, "random"),
+        (257, 3, 9, "one token"),
+        (50, 2, 4, "none valid"),
+    ];
+    for (n, e, v, kind) in cases {
+        let s = EmbedSpec {
+            n,
+            e,
+            v,
+            table_off: 5,
+        };
+        let mut tokens = match kind {
+            "one token" => vec![(v / 2) as i32; n],
+            "none valid" => (0..n)
+                .map(|i| if i % 2 == 0 { -3 } else { v as i32 })
+                .collect(),
+            _ => uniform_i32(1 + n as u64, n, 0, v as i32),
+        };
+        if kind == "random" && n > 9 {
+            tokens[3] = -1; // out of range: zeros forward, ignored backward
+            tokens[9] = v as i32;
+        }
+        let table = uniform(2, 5 + v * e, -1.0, 1.0);
+        let dout = uniform(3, n * e, -1.0, 1.0);
+        let d0 = uniform(4, 5 + v * e, -1.0, 1.0);
+        for accumulate in [true, false] {
+            let run = |b: &dyn EmbedRun| b.run(&s, &tokens, &table, &dout, &d0, accumulate);
+            let (expected, got) = (run(&cpu), run(&gpu));
+            let name = format!("embedding N={n} E={e} V={v} {kind} accumulate={accumulate}");
+            check(&name, &expected, &got, Tolerance::new(0.0, 0.0));
+            assert!(
+                expected
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}: not bitwise the CPU's"
+            );
+            if kind == "random" && n > 9 {
+                assert!(got[3 * e..4 * e].iter().all(|&x| x == 0.0));
+            }
+        }
+    }
+}
+
+/// One embedding forward and backward on a backend, read back.
+trait EmbedRun {
+    fn run(
+        &self,
+        s: &rnn_wgpu::ops::embed::EmbedSpec,
         t: &[i32],
         table: &[f64],
         dout: &[f64],
         d0: &[f64],
+        accumulate: bool,
+    ) -> Vec<f64>;
+}
+
+impl<B: Backend> EmbedRun for B {
+    fn run(
+        &self,
+        s: &rnn_wgpu::ops::embed::EmbedSpec,
+        t: &[i32],
+        table: &[f64],
+        dout: &[f64],
+        d0: &[f64],
+        accumulate: bool,
     ) -> Vec<f64> {
-        let tok = b.ints(&[t.len()], t).unwrap();
-        let out = b.zeros(&[s.n * s.e]).unwrap();
-        b.embed_forward(s, &tok, &b.tensor_f64(&[table.len()], table).unwrap(), &out)
-            .unwrap();
-        let dt = b.tensor_f64(&[d0.len()], d0).unwrap();
-        b.embed_backward(
-            s,
-            &tok,
-            &b.tensor_f64(&[dout.len()], dout).unwrap(),
-            &dt,
-            true,
-        )
-        .unwrap();
-        let mut v = b.read_f64(&out).unwrap();
-        v.extend(b.read_f64(&dt).unwrap());
+        let tok = self.ints(&[t.len()], t).unwrap();
+        let out = self.zeros(&[s.n * s.e]).unwrap();
+        let tab = self.tensor_f64(&[table.len()], table).unwrap();
+        self.embed_forward(s, &tok, &tab, &out).unwrap();
+        let dt = self.tensor_f64(&[d0.len()], d0).unwrap();
+        let dy = self.tensor_f64(&[dout.len()], dout).unwrap();
+        self.embed_backward(s, &tok, &dy, &dt, accumulate).unwrap();
+        let mut v = self.read_f64(&out).unwrap();
+        v.extend(self.read_f64(&dt).unwrap());
         v
     }
-    let expected = run(&cpu, &s, &tokens, &table, &dout, &d0);
-    let got = run(&gpu, &s, &tokens, &table, &dout, &d0);
-    check("embedding", &expected, &got, Tolerance::new(1e-5, 1e-5));
-    assert!(got[3 * e..4 * e].iter().all(|&x| x == 0.0));
 }
 
 /// Dropout of `x` under `s` on `b`.

@@ -1,7 +1,7 @@
 //! The GPU backend: every launch is recorded into the context's pending
 //! submission; nothing runs until a read (or an explicit flush).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{Backend, PendingRead, XentBuffers, check_read_range};
 use crate::error::Result;
@@ -28,6 +28,10 @@ pub struct GpuBackend {
     dummy_ints: GpuTensor,
     // Bound where a cell step saves no gates (an inference forward).
     dummy_floats: GpuTensor,
+    // The embedding backward's sort scratch (i32), grown to the largest
+    // `2N + V` seen and reused: both dispatches that use it are recorded
+    // together, and the queue runs them before any later use.
+    embed_scratch: Arc<Mutex<Option<GpuTensor>>>,
 }
 
 impl GpuBackend {
@@ -42,6 +46,7 @@ impl GpuBackend {
             scratch,
             dummy_ints,
             dummy_floats,
+            embed_scratch: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -303,8 +308,21 @@ impl Backend for GpuBackend {
         dtable: &GpuTensor,
         accumulate: bool,
     ) -> Result<()> {
+        let need = embed::sort_scratch_len(s);
+        let mut slot = self
+            .embed_scratch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let scratch = match slot.as_ref() {
+            Some(t) if t.len() >= need => t.clone(),
+            _ => {
+                let t = GpuTensor::zeros(&self.ctx, &[need.max(1)], DType::I32)?;
+                *slot = Some(t.clone());
+                t
+            }
+        };
         self.ctx
-            .record(|rec| embed::backward_gpu(rec, s, tokens, dout, dtable, accumulate))
+            .record(|rec| embed::backward_gpu(rec, s, tokens, dout, dtable, accumulate, &scratch))
     }
 
     fn skip_forward(&self, skip: Skip, n: usize, t: &SkipForward<'_, GpuTensor>) -> Result<()> {

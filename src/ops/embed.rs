@@ -1,6 +1,11 @@
 //! Token embedding: forward gathers rows of a table, backward sums gradient
 //! rows per token (in position order, so it is deterministic).
 //!
+//! The GPU backward is O(N·E + V·E): `embed_sort` (one workgroup) sorts the
+//! positions by token, stably, with a 4-bit radix sort and records where each
+//! token's run starts; `embed_backward` then sums, for each table element, the
+//! rows of its token's run in position order, bitwise what the CPU twin adds.
+//!
 //! CPU twin: [`forward_cpu`], [`backward_cpu`]. GPU: `shaders/embed.wgsl`.
 
 use super::matmul::u32_of;
@@ -94,8 +99,8 @@ kernel_params! {
         table_off: u32,
         out_off: u32,
         accumulate: u32,
-        _pad0: u32,
-        _pad1: u32,
+        passes: u32,
+        sorted_off: u32,
     }
 }
 
@@ -110,8 +115,8 @@ impl Params {
             table_off: u32_of("table_off", s.table_off)?,
             out_off: 0,
             accumulate: accumulate as u32,
-            _pad0: 0,
-            _pad1: 0,
+            passes: 0,
+            sorted_off: 0,
         })
     }
 }
@@ -123,6 +128,8 @@ binding_names! {
     OUT = 3,
     DOUT = 4,
     DTABLE = 5,
+    ORDER = 6,
+    ORDER_IN = 7,
 }
 
 const FORWARD: KernelDef<Params> = KernelDef::new(
@@ -136,6 +143,16 @@ const FORWARD: KernelDef<Params> = KernelDef::new(
     &[],
 );
 
+const SORT: KernelDef<Params> = KernelDef::new(
+    Shader::Embed,
+    "embed_sort",
+    &[
+        (binding::TOKENS, Access::Read),
+        (binding::ORDER, Access::ReadWrite),
+    ],
+    &[],
+);
+
 const BACKWARD: KernelDef<Params> = KernelDef::new(
     Shader::Embed,
     "embed_backward",
@@ -143,12 +160,13 @@ const BACKWARD: KernelDef<Params> = KernelDef::new(
         (binding::TOKENS, Access::Read),
         (binding::DOUT, Access::Read),
         (binding::DTABLE, Access::ReadWrite),
+        (binding::ORDER_IN, Access::Read),
     ],
     &[],
 );
 
 /// Every kernel of this module (see [`super::kernels`]).
-pub(super) const KERNELS: &[KernelInfo] = &[FORWARD.info(), BACKWARD.info()];
+pub(super) const KERNELS: &[KernelInfo] = &[FORWARD.info(), SORT.info(), BACKWARD.info()];
 
 /// Records the gather on the GPU.
 pub fn forward_gpu(
@@ -176,7 +194,22 @@ pub fn forward_gpu(
     )
 }
 
-/// Records the gradient scatter on the GPU.
+/// Elements of the i32 scratch [`backward_gpu`] needs: two position arrays
+/// and the start of each token's run, `2N + V`.
+pub fn sort_scratch_len(s: &EmbedSpec) -> usize {
+    s.n.saturating_mul(2).saturating_add(s.v)
+}
+
+/// Radix passes (4 bits each) that sort keys up to V (a token outside
+/// `[0, V)` has key V): at least one.
+fn sort_passes(v: usize) -> u32 {
+    let bits = usize::BITS - v.leading_zeros();
+    bits.div_ceil(4).max(1)
+}
+
+/// Records the gradient scatter on the GPU: the stable sort of the positions
+/// by token into `scratch` (i32, at least [`sort_scratch_len`] elements), then
+/// the sums.
 pub fn backward_gpu(
     rec: &mut Recorder<'_>,
     s: &EmbedSpec,
@@ -184,11 +217,32 @@ pub fn backward_gpu(
     dout: &GpuTensor,
     dtable: &GpuTensor,
     accumulate: bool,
+    scratch: &GpuTensor,
 ) -> Result<()> {
     tokens.expect_dtype("embedding tokens", DType::I32)?;
     dout.expect_dtype("embedding dout", DType::F32)?;
     dtable.expect_dtype("embedding dtable", DType::F32)?;
+    scratch.expect_dtype("embedding sort scratch", DType::I32)?;
     s.validate(tokens.len(), dtable.len(), dout.len())?;
+    need_len("embedding sort scratch", sort_scratch_len(s), scratch.len())?;
+    u32_of("2N + V", sort_scratch_len(s))?;
+    let passes = sort_passes(s.v);
+    let params = Params {
+        passes,
+        // The passes ping-pong between [0, N) and [N, 2N), from [0, N).
+        sorted_off: u32_of("N", if passes % 2 == 0 { 0 } else { s.n })?,
+        ..Params::of(s, accumulate)?
+    };
+    rec.dispatch(
+        SORT,
+        &[],
+        &[
+            (binding::TOKENS, tokens.buffer()),
+            (binding::ORDER, scratch.buffer()),
+        ],
+        &params,
+        rec.ctx().grid(1)?,
+    )?;
     let grid = rec.ctx().grid(((s.v * s.e) as u64).div_ceil(256))?;
     rec.dispatch(
         BACKWARD,
@@ -197,8 +251,9 @@ pub fn backward_gpu(
             (binding::TOKENS, tokens.buffer()),
             (binding::DOUT, dout.buffer()),
             (binding::DTABLE, dtable.buffer()),
+            (binding::ORDER_IN, scratch.buffer()),
         ],
-        &Params::of(s, accumulate)?,
+        &params,
         grid,
     )
 }
