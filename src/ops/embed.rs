@@ -230,7 +230,7 @@ pub fn backward_gpu(
     let params = Params {
         passes,
         // The passes ping-pong between [0, N) and [N, 2N), from [0, N).
-        sorted_off: u32_of("N", if passes % 2 == 0 { 0 } else { s.n })?,
+        sorted_off: u32_of("N", if passes.is_multiple_of(2) { 0 } else { s.n })?,
         ..Params::of(s, accumulate)?
     };
     rec.dispatch(
