@@ -20,6 +20,7 @@ use crate::gpu::{Counters, GpuContext};
 use crate::nn::{Rnn, RnnConfig};
 use crate::ops::cell::{Cell, Variant};
 use crate::ops::matmul::Gemm;
+use crate::ops::optim::Optimizer;
 use crate::ops::skip::Skip;
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
 use crate::parity::{uniform, uniform_i32};
@@ -174,7 +175,83 @@ impl RnnShape {
     pub fn step_flops(&self) -> f64 {
         3.0 * self.forward_flops()
     }
+
+    /// The stack this shape benchmarks.
+    pub fn config(&self) -> RnnConfig {
+        RnnConfig::new(self.cell, self.input, self.hidden)
+            .variant(self.variant)
+            .layers(self.layers)
+            .bidirectional(self.bidirectional)
+            .skip(self.skip)
+    }
+
+    /// The least memory traffic of a training step (forward and full
+    /// backward; with `optimizer`, its update too), in bytes of elements of
+    /// `elem` bytes (4 for f32).
+    ///
+    /// Counted, with N the stack's parameters, for `T` steps of `B` rows:
+    /// - parameters: all N read once in the forward and once in the
+    ///   backward, and the recurrent weights (W_hh, and W_hr with a
+    ///   projection) once more at every further time step of each layer and
+    ///   direction in each pass, since each step is its own dispatch and
+    ///   needs them whole (`(T − 1)·L·D·(G·H·P + P·H)` per pass);
+    /// - gradients: all N written once;
+    /// - each layer's input `[T, B, In]` read in the forward (once for both
+    ///   directions: their input products can be one) and again in the
+    ///   backward (for dW_ih);
+    /// - the saved states, per layer and direction: h `[T, B, P]` (which is
+    ///   the layer's output) and the LSTM's c `[T, B, H]`, written in the
+    ///   forward and read in the backward; with a skip connection, the
+    ///   layer's mixed output `[T, B, D·P]` written too;
+    /// - each layer's output gradient `[T, B, D·P]` read and its input
+    ///   gradient `[T, B, In]` written (the stack's input gradient at the
+    ///   bottom, the gradient handed down between layers);
+    /// - the optimizer: parameters and gradients read, its state buffers
+    ///   (`Optimizer::state_lens`) read and written, parameters written.
+    ///
+    /// It is a lower bound for the step as the stack runs it, layer after
+    /// layer and one dispatch per time step, if nothing stays on chip from one
+    /// dispatch to the next: it leaves out what an implementation could
+    /// recompute or fuse away (the input products' pre-activations, the
+    /// gates, which the backward could recompute from the saved states and
+    /// the input, the intermediate gradients of a layer's backward), the
+    /// biases' and peepholes' re-reads at each step, and the initial and
+    /// final states (`[B, P]`, small beside `[T, B, P]`). A cache that holds
+    /// W_hh between steps serves those re-reads faster than memory, so a
+    /// measured step may beat this count at the memory's bandwidth.
+    pub fn step_bytes(&self, elem: usize, optimizer: Option<&Optimizer>) -> u64 {
+        let cfg = self.config();
+        let n = cfg.layout().total as u64;
+        let (t, b) = (self.seq as u64, self.batch as u64);
+        let (g, h) = (self.cell.gates() as u64, self.hidden as u64);
+        let p = cfg.state_size() as u64;
+        let (d, l) = (cfg.directions() as u64, self.layers as u64);
+        let c = if self.cell == Cell::Lstm { h } else { 0 };
+        let proj = if self.variant.proj_size > 0 { p * h } else { 0 };
+        let recurrent = l * d * (g * h * p + proj);
+        // Parameters in each pass, then the gradients.
+        let params = 2 * (n + t.saturating_sub(1) * recurrent) + n;
+        // Elements per (time step, row) of the sequences each layer moves.
+        let per_row: u64 = (0..self.layers)
+            .map(|layer| {
+                let input = cfg.layer_input(layer) as u64;
+                let saved = d * (p + c);
+                let mixed = if cfg.has_skip(layer) { d * p } else { 0 };
+                let forward = input + saved + mixed;
+                let backward = input + saved + d * p + input;
+                forward + backward
+            })
+            .sum();
+        let update = optimizer.map_or(0, |o| {
+            let (s1, s2) = o.state_lens(n as usize);
+            3 * n + 2 * (s1 + s2) as u64
+        });
+        (params + t * b * per_row + update) * elem as u64
+    }
 }
+
+/// Bytes of an f32 element (the unit of [`RnnShape::step_bytes`] today).
+pub const F32_BYTES: usize = 4;
 
 /// One benchmark result, one JSON object per line with `--json`.
 #[derive(Clone, Debug, Serialize)]
@@ -249,11 +326,7 @@ pub fn bench_rnn<B: Backend>(
     shape: &RnnShape,
     iters: usize,
 ) -> Result<RnnBench> {
-    let cfg = RnnConfig::new(shape.cell, shape.input, shape.hidden)
-        .variant(shape.variant)
-        .layers(shape.layers)
-        .bidirectional(shape.bidirectional)
-        .skip(shape.skip);
+    let cfg = shape.config();
     let mut rnn = Rnn::new(b.clone(), cfg, 1)?;
     let (t, bsz) = (shape.seq, shape.batch);
     let x = b.tensor_f64(
@@ -423,4 +496,96 @@ fn time(
         out.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::cell::Nonlinearity;
+
+    fn shape(cell: Cell, input: usize, hidden: usize, batch: usize, seq: usize) -> RnnShape {
+        RnnShape {
+            cell,
+            input,
+            hidden,
+            batch,
+            seq,
+            layers: 1,
+            bidirectional: false,
+            variant: Variant::default(),
+            skip: Skip::None,
+        }
+    }
+
+    #[test]
+    fn step_counts_of_a_tiny_lstm_by_hand() {
+        // LSTM, I = 2, H = 3, B = 1, T = 2: G·H = 12.
+        let s = shape(Cell::Lstm, 2, 3, 1, 2);
+        // Forward 2·T·B·G·H·(I + H) = 2·2·1·12·5; the step three times that.
+        assert_eq!(s.forward_flops(), 240.0);
+        assert_eq!(s.step_flops(), 720.0);
+        // N = 12·2 + 12·3 + 12 + 12 = 84; W_hh 36 more per further step in
+        // each pass: 2·(84 + 36) read, 84 gradients written.
+        let params = 2 * (84 + 36) + 84;
+        // Per (step, row): forward x 2 + h 3 + c 3; backward x 2, h and c 6,
+        // dy 3, dx 2.
+        let seqs = 2 * (8 + 13);
+        assert_eq!(s.step_bytes(4, None), 4 * (params + seqs));
+        // Adam: parameters and gradients read, exp_avg and exp_avg_sq read
+        // and written, parameters written.
+        let adam = Optimizer::adam(1e-3);
+        assert_eq!(
+            s.step_bytes(4, Some(&adam)),
+            4 * (params + seqs + 3 * 84 + 2 * 168)
+        );
+        // Plain SGD keeps no state.
+        let sgd = Optimizer::sgd(0.1);
+        assert_eq!(s.step_bytes(4, Some(&sgd)), 4 * (params + seqs + 3 * 84));
+    }
+
+    #[test]
+    fn step_counts_of_a_residual_gru_stack_by_hand() {
+        // 2 GRU layers, I = 1, H = 2, B = 2, T = 3, residual, 16-bit elements.
+        let s = RnnShape {
+            layers: 2,
+            skip: Skip::Residual,
+            ..shape(Cell::Gru, 1, 2, 2, 3)
+        };
+        // Layer 0: 2·T·B·G·H·(1 + 2) = 216; layer 1: 2·6·6·(2 + 2) = 288.
+        assert_eq!(s.forward_flops(), 504.0);
+        assert_eq!(s.step_flops(), 1512.0);
+        // N = (6 + 12 + 12) + (12 + 12 + 12) = 66; W_hh 2·12 per further
+        // step, two further steps, each pass.
+        let params = 2 * (66 + 2 * 24) + 66;
+        // Per (step, row): layer 0 forward x 1 + h 2, backward x 1 + h 2 +
+        // dy 2 + dx 1; layer 1 forward x 2 + h 2 + mixed output 2, backward
+        // x 2 + h 2 + dy 2 + dx 2.
+        let seqs = 6 * (3 + 6 + 6 + 8);
+        assert_eq!(s.step_bytes(2, None), 2 * (params + seqs));
+    }
+
+    #[test]
+    fn step_bytes_of_a_bidirectional_projected_lstm() {
+        // LSTM, I = 2, H = 3, P = 1, D = 2, B = 1, T = 2.
+        let s = RnnShape {
+            bidirectional: true,
+            variant: Variant {
+                proj_size: 1,
+                ..Default::default()
+            },
+            ..shape(Cell::Lstm, 2, 3, 1, 2)
+        };
+        // Per direction: W_ih 24, W_hh 12, biases 24, W_hr 3: 63; N = 126.
+        // Recurrent weights W_hh + W_hr = 15 per direction.
+        let params = 2 * (126 + 2 * 15) + 126;
+        // Per (step, row): forward x 2 + 2·(h 1 + c 3); backward x 2, the
+        // same 8 saved, dy 2, dx 2.
+        let seqs = 2 * (10 + 14);
+        assert_eq!(s.step_bytes(4, None), 4 * (params + seqs));
+        // A vanilla RNN saves h alone.
+        let r = shape(Cell::Rnn(Nonlinearity::Tanh), 1, 1, 1, 1);
+        // N = 1 + 1 + 2; T = 1: no re-reads. Forward x 1 + h 1, backward
+        // x 1 + h 1 + dy 1 + dx 1.
+        assert_eq!(r.step_bytes(4, None), 4 * (2 * 4 + 4 + 6));
+    }
 }
