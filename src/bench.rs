@@ -253,6 +253,128 @@ impl RnnShape {
 /// Bytes of an f32 element (the unit of [`RnnShape::step_bytes`] today).
 pub const F32_BYTES: usize = 4;
 
+/// An adapter's peak fp32 arithmetic rate (without tensor cores or other
+/// matrix units) and memory bandwidth.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Peak {
+    /// TFLOP/s (10¹² FLOP/s).
+    pub tflops: f64,
+    /// GB/s (10⁹ bytes/s).
+    pub gbps: f64,
+}
+
+/// One row of [`PEAKS`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PeakEntry {
+    /// Matched against the adapter's name, case-insensitively, as whole
+    /// words (`L4` is not `L40S`).
+    pub pattern: &'static str,
+    /// The part it stands for, in words.
+    pub name: &'static str,
+    /// `None` where one name covers parts of very different peaks: the row
+    /// keeps them from taking a shorter pattern's figures.
+    pub peak: Option<Peak>,
+}
+
+const fn row(pattern: &'static str, name: &'static str, tflops: f64, gbps: f64) -> PeakEntry {
+    PeakEntry {
+        pattern,
+        name,
+        peak: Some(Peak { tflops, gbps }),
+    }
+}
+
+const fn unknown(pattern: &'static str, name: &'static str) -> PeakEntry {
+    PeakEntry {
+        pattern,
+        name,
+        peak: None,
+    }
+}
+
+/// Peak fp32 rates (no tensor cores) and memory bandwidths of adapters by
+/// name; the longest pattern found in the adapter's name wins.
+///
+/// Sources: NVIDIA's data sheets (H100, H200, A100, L4: "FP32" rows, not
+/// "TF32 Tensor Core") and GeForce specification pages (shader TFLOPS: 2 ×
+/// CUDA cores × boost clock); AMD's Radeon RX 7900 specification pages
+/// ("Peak Single Precision", dual issue); Apple's product pages and press
+/// releases for the memory bandwidths and the M1 and M2 families' TFLOPS.
+/// Apple gives no FLOP/s for the M3 and M4: theirs are GPU cores × 128 lanes ×
+/// 2 × clock (about 1.6 and 1.7 GHz). Where one name is sold with several
+/// core counts (Apple's chips, the A100) the figures are the fullest part's,
+/// so a smaller part's fraction of the limit reads low. The A100 row is the
+/// SXM4 80 GB (2039 GB/s); the 40 GB parts have 1555 GB/s, to be passed with
+/// `--peak-gbps` (and `--peak-tflops 19.5`).
+pub const PEAKS: &[PeakEntry] = &[
+    row("H100", "NVIDIA H100 SXM", 67.0, 3350.0),
+    row("H100 PCIe", "NVIDIA H100 PCIe", 51.0, 2000.0),
+    row("H100 NVL", "NVIDIA H100 NVL", 60.0, 3938.0),
+    row("H200", "NVIDIA H200 SXM", 67.0, 4800.0),
+    row("H200 NVL", "NVIDIA H200 NVL", 60.0, 4800.0),
+    row("A100", "NVIDIA A100 SXM4 80GB", 19.5, 2039.0),
+    row("L4", "NVIDIA L4", 30.3, 300.0),
+    row("RTX 4090", "NVIDIA GeForce RTX 4090", 82.6, 1008.0),
+    row("RTX 4090 D", "NVIDIA GeForce RTX 4090 D", 73.5, 1008.0),
+    row("RTX 3080", "NVIDIA GeForce RTX 3080", 29.8, 760.0),
+    row("RTX 3080 Ti", "NVIDIA GeForce RTX 3080 Ti", 34.1, 912.0),
+    row("Apple M1", "Apple M1 (8-core GPU)", 2.6, 68.0),
+    row("Apple M1 Pro", "Apple M1 Pro (16-core GPU)", 5.2, 200.0),
+    row("Apple M1 Max", "Apple M1 Max (32-core GPU)", 10.4, 400.0),
+    row(
+        "Apple M1 Ultra",
+        "Apple M1 Ultra (64-core GPU)",
+        21.0,
+        800.0,
+    ),
+    row("Apple M2", "Apple M2 (10-core GPU)", 3.6, 100.0),
+    row("Apple M2 Pro", "Apple M2 Pro (19-core GPU)", 6.8, 200.0),
+    row("Apple M2 Max", "Apple M2 Max (38-core GPU)", 13.6, 400.0),
+    row(
+        "Apple M2 Ultra",
+        "Apple M2 Ultra (76-core GPU)",
+        27.2,
+        800.0,
+    ),
+    row("Apple M3", "Apple M3 (10-core GPU)", 4.1, 100.0),
+    unknown("Apple M3 Pro", "Apple M3 Pro"),
+    unknown("Apple M3 Max", "Apple M3 Max"),
+    unknown("Apple M3 Ultra", "Apple M3 Ultra"),
+    row("Apple M4", "Apple M4 (10-core GPU)", 4.3, 120.0),
+    unknown("Apple M4 Pro", "Apple M4 Pro"),
+    unknown("Apple M4 Max", "Apple M4 Max"),
+    row("RX 7900 XTX", "AMD Radeon RX 7900 XTX", 61.4, 960.0),
+    row("RX 7900 XT", "AMD Radeon RX 7900 XT", 51.5, 800.0),
+];
+
+/// Words in an adapter's name that mark a laptop part, whose clocks follow
+/// its power limit: no row applies to it.
+const LAPTOP_WORDS: &[&str] = &["laptop", "max-q"];
+
+/// Whether `pattern` occurs in `name` (both lower case) as whole words: the
+/// characters on either side, if any, are not letters or digits.
+fn has_words(name: &str, pattern: &str) -> bool {
+    let edge = |c: Option<char>| c.is_none_or(|c| !c.is_ascii_alphanumeric());
+    name.match_indices(pattern).any(|(at, _)| {
+        edge(name[..at].chars().next_back()) && edge(name[at + pattern.len()..].chars().next())
+    })
+}
+
+/// The row of [`PEAKS`] for an adapter's name: the longest pattern that
+/// occurs in it as whole words, case-insensitively; `None` for a name no
+/// pattern matches and for laptop parts. The row's `peak` may still be
+/// `None` (a name without one set of figures).
+pub fn lookup_peak(adapter: &str) -> Option<&'static PeakEntry> {
+    let name = adapter.to_ascii_lowercase();
+    if LAPTOP_WORDS.iter().any(|w| has_words(&name, w)) {
+        return None;
+    }
+    PEAKS
+        .iter()
+        .filter(|e| has_words(&name, &e.pattern.to_ascii_lowercase()))
+        .max_by_key(|e| e.pattern.len())
+}
+
 /// One benchmark result, one JSON object per line with `--json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct RnnBench {
@@ -587,5 +709,51 @@ mod tests {
         // N = 1 + 1 + 2; T = 1: no re-reads. Forward x 1 + h 1, backward
         // x 1 + h 1 + dy 1 + dx 1.
         assert_eq!(r.step_bytes(4, None), 4 * (2 * 4 + 4 + 6));
+    }
+
+    #[test]
+    fn the_longest_whole_word_pattern_names_the_peak() {
+        let name = |adapter: &str| lookup_peak(adapter).map(|e| e.name);
+        assert_eq!(name("NVIDIA H200"), Some("NVIDIA H200 SXM"));
+        assert_eq!(name("NVIDIA H200 NVL"), Some("NVIDIA H200 NVL"));
+        assert_eq!(name("NVIDIA H100 80GB HBM3"), Some("NVIDIA H100 SXM"));
+        assert_eq!(name("NVIDIA H100 PCIe"), Some("NVIDIA H100 PCIe"));
+        assert_eq!(name("nvidia h100 pcie/PCIe/SSE2"), Some("NVIDIA H100 PCIe"));
+        assert_eq!(name("NVIDIA A100-SXM4-80GB"), Some("NVIDIA A100 SXM4 80GB"));
+        assert_eq!(name("NVIDIA L4"), Some("NVIDIA L4"));
+        assert_eq!(name("NVIDIA L40S"), None);
+        assert_eq!(
+            name("NVIDIA GeForce RTX 3080 Ti"),
+            Some("NVIDIA GeForce RTX 3080 Ti")
+        );
+        assert_eq!(name("NVIDIA GeForce RTX 4090 Laptop GPU"), None);
+        assert_eq!(
+            name("AMD Radeon RX 7900 XTX (RADV NAVI31)"),
+            Some("AMD Radeon RX 7900 XTX")
+        );
+        assert_eq!(name("AMD Radeon RX 7900 XT"), Some("AMD Radeon RX 7900 XT"));
+        assert_eq!(name("AMD Radeon RX 7900 GRE"), None);
+        assert_eq!(name("Apple M1"), Some("Apple M1 (8-core GPU)"));
+        assert_eq!(name("Apple M2 Max"), Some("Apple M2 Max (38-core GPU)"));
+        assert_eq!(name("Apple M10"), None);
+        assert_eq!(name("llvmpipe (LLVM 15.0.7, 256 bits)"), None);
+        let h200 = lookup_peak("NVIDIA H200").and_then(|e| e.peak);
+        assert_eq!(
+            h200,
+            Some(Peak {
+                tflops: 67.0,
+                gbps: 4800.0
+            })
+        );
+        // A row without figures keeps the base chip's from applying.
+        let m3_max = lookup_peak("Apple M3 Max").unwrap();
+        assert_eq!((m3_max.name, m3_max.peak), ("Apple M3 Max", None));
+        // Every pattern is found in its own name and wins there.
+        for e in PEAKS {
+            assert_eq!(lookup_peak(e.pattern), Some(e), "{}", e.pattern);
+            if let Some(p) = e.peak {
+                assert!(p.tflops > 0.0 && p.gbps > 0.0, "{}", e.pattern);
+            }
+        }
     }
 }
