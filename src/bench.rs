@@ -9,6 +9,15 @@
 //! GPU it is recorded and submitted as one submission (several beyond the
 //! dispatch bound, which `record_ms` then includes), and the time includes
 //! waiting for the GPU.
+//!
+//! Each step result carries a roofline: the step's FLOPs and least bytes,
+//! counted from the shape ([`RnnShape::step_flops`], [`RnnShape::step_bytes`];
+//! the step updates no parameters, so no optimizer is counted), and, given
+//! the adapter's peaks ([`PEAKS`] by name, or the caller's), the least time
+//! they allow: the largest of FLOPs at the peak rate, bytes at the peak
+//! bandwidth and the chain of dependent step dispatches at a launch latency
+//! ([`roofline`]), the fraction of it the measured step reaches and which of
+//! the three binds.
 
 use std::time::Instant;
 
@@ -375,6 +384,75 @@ pub fn lookup_peak(adapter: &str) -> Option<&'static PeakEntry> {
         .max_by_key(|e| e.pattern.len())
 }
 
+/// The default cost of one dependent dispatch, in µs: from one kernel's end
+/// to the next one's start on a hardware GPU (launch and the barrier between
+/// them) takes a few µs; 5 is a round figure, not a measurement
+/// (`bench --launch-us` sets another).
+pub const LAUNCH_US: f64 = 5.0;
+
+/// Which limit bounds a step from below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bound {
+    /// Its FLOPs at the peak arithmetic rate.
+    Arithmetic,
+    /// Its bytes at the peak memory bandwidth.
+    Bandwidth,
+    /// Its chain of dependent dispatches at the launch latency.
+    Launches,
+}
+
+impl Bound {
+    /// `arithmetic`, `bandwidth` or `launches`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bound::Arithmetic => "arithmetic",
+            Bound::Bandwidth => "bandwidth",
+            Bound::Launches => "launches",
+        }
+    }
+}
+
+/// A step's roofline: the least time its work allows and what sets it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Roofline {
+    /// The largest of the three lower bounds, in ms.
+    pub limit_ms: f64,
+    /// `limit_ms` / the measured time: 1 runs at the limit (above 1: the
+    /// step beat a bound's assumptions, e.g. W_hh served from a cache).
+    pub fraction: f64,
+    /// Which bound is the largest (the first of arithmetic, bandwidth,
+    /// launches on a tie).
+    pub bound: Bound,
+}
+
+/// The roofline of `flops` and `bytes` and a chain of `launches` dependent
+/// dispatches of `launch_us` each, on `peak`, for a step measured at
+/// `measured_ms`.
+pub fn roofline(
+    flops: f64,
+    bytes: u64,
+    launches: u64,
+    peak: Peak,
+    launch_us: f64,
+    measured_ms: f64,
+) -> Roofline {
+    let times = [
+        (Bound::Arithmetic, flops / (peak.tflops * 1e12)),
+        (Bound::Bandwidth, bytes as f64 / (peak.gbps * 1e9)),
+        (Bound::Launches, launches as f64 * launch_us / 1e6),
+    ];
+    let (bound, seconds) = times
+        .into_iter()
+        .fold(times[0], |best, t| if t.1 > best.1 { t } else { best });
+    let limit_ms = seconds * 1e3;
+    Roofline {
+        limit_ms,
+        fraction: limit_ms / measured_ms,
+        bound,
+    }
+}
+
 /// One benchmark result, one JSON object per line with `--json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct RnnBench {
@@ -423,6 +501,47 @@ pub struct RnnBench {
     pub allocations_per_step: u64,
     /// The cell steps' recurrent-product variant (`tiled` or `split`; empty on the CPU).
     pub step_kernel: String,
+    /// The step's FLOPs ([`RnnShape::step_flops`]).
+    pub min_flops: f64,
+    /// The least bytes the step moves ([`RnnShape::step_bytes`], f32).
+    pub min_bytes: u64,
+    /// The peak fp32 TFLOP/s the roofline assumes (`null`: peak unknown).
+    pub peak_tflops: Option<f64>,
+    /// The peak memory bandwidth in GB/s the roofline assumes.
+    pub peak_gbps: Option<f64>,
+    /// Where the peaks come from: `table: <part>` ([`PEAKS`]) or `flags`.
+    pub peak_source: Option<String>,
+    /// The cost assumed per dependent dispatch, in µs.
+    pub launch_us: Option<f64>,
+    /// The least time the step's work allows ([`roofline`]).
+    pub limit_ms: Option<f64>,
+    /// `limit_ms / step_ms`.
+    pub fraction_of_limit: Option<f64>,
+    /// Which limit binds: `arithmetic`, `bandwidth` or `launches`.
+    pub bound: Option<Bound>,
+}
+
+impl RnnBench {
+    /// Fills the roofline's fields for `peak` (from `source`: `table: <part>`
+    /// or `flags`) and a cost of `launch_us` per dependent dispatch
+    /// (`recurrent_dispatches` of them).
+    pub fn set_roofline(&mut self, peak: Peak, source: &str, launch_us: f64) {
+        let r = roofline(
+            self.min_flops,
+            self.min_bytes,
+            self.recurrent_dispatches,
+            peak,
+            launch_us,
+            self.step_ms,
+        );
+        self.peak_tflops = Some(peak.tflops);
+        self.peak_gbps = Some(peak.gbps);
+        self.peak_source = Some(source.into());
+        self.launch_us = Some(launch_us);
+        self.limit_ms = Some(r.limit_ms);
+        self.fraction_of_limit = Some(r.fraction);
+        self.bound = Some(r.bound);
+    }
 }
 
 /// Waits for the GPU's work, if there is a GPU.
@@ -522,6 +641,15 @@ pub fn bench_rnn<B: Backend>(
         step_kernel: ctx
             .map(|c| c.step_kernel(bsz, shape.hidden).name().to_string())
             .unwrap_or_default(),
+        min_flops: shape.step_flops(),
+        min_bytes: shape.step_bytes(F32_BYTES, None),
+        peak_tflops: None,
+        peak_gbps: None,
+        peak_source: None,
+        launch_us: None,
+        limit_ms: None,
+        fraction_of_limit: None,
+        bound: None,
     })
 }
 
@@ -755,5 +883,36 @@ mod tests {
                 assert!(p.tflops > 0.0 && p.gbps > 0.0, "{}", e.pattern);
             }
         }
+    }
+
+    #[test]
+    fn the_largest_bound_binds() {
+        let peak = Peak {
+            tflops: 1.0,
+            gbps: 1.0,
+        };
+        // 2e9 FLOPs at 1 TFLOP/s: 2 ms; 1e6 bytes at 1 GB/s: 1 ms; 100
+        // launches of 5 µs: 0.5 ms.
+        let r = roofline(2e9, 1_000_000, 100, peak, 5.0, 4.0);
+        assert_eq!(r.bound, Bound::Arithmetic);
+        assert!((r.limit_ms - 2.0).abs() < 1e-12, "{r:?}");
+        assert!((r.fraction - 0.5).abs() < 1e-12, "{r:?}");
+        let r = roofline(2e9, 3_000_000, 100, peak, 5.0, 4.0);
+        assert_eq!(r.bound, Bound::Bandwidth);
+        assert!((r.limit_ms - 3.0).abs() < 1e-12, "{r:?}");
+        let r = roofline(2e9, 3_000_000, 1000, peak, 5.0, 4.0);
+        assert_eq!(r.bound, Bound::Launches);
+        assert!((r.limit_ms - 5.0).abs() < 1e-12, "{r:?}");
+        assert!((r.fraction - 1.25).abs() < 1e-12, "{r:?}");
+        // No launches (the CPU path): the other two decide.
+        let r = roofline(1e9, 2_000_000, 0, peak, 5.0, 4.0);
+        assert_eq!(r.bound, Bound::Bandwidth);
+        // A tie goes to the first of arithmetic, bandwidth, launches.
+        let r = roofline(1e9, 1_000_000, 200, peak, 5.0, 4.0);
+        assert_eq!(r.bound, Bound::Arithmetic);
+        assert_eq!(
+            serde_json::to_string(&Bound::Launches).unwrap(),
+            format!("\"{}\"", Bound::Launches.name())
+        );
     }
 }
