@@ -7,6 +7,8 @@ writes a Markdown table (and an SVG chart of the step-time ratios).
 
 `--also` adds, per file, a column with that run's step time (runs of `bench`
 with one recurrent-product variant forced: RNN_WGPU_STEP_KERNEL).
+The `ours % limit` column is `bench`'s fraction of its roofline's limit and
+the limit that binds (– where the adapter's peaks were unknown).
 """
 
 import argparse
@@ -25,6 +27,11 @@ def load(path):
 
 def key(r):
     return (r["cell"], r["input"], r["hidden"], r["batch"], r["seq"], r["layers"])
+
+
+def roof(r):
+    f = r.get("fraction_of_limit")
+    return "–" if f is None else f'{100 * f:.1f} % {r.get("bound", "")}'
 
 
 def svg(pairs, title):
@@ -67,8 +74,8 @@ def main():
     dev_peer = next((r["device"] for r in peer if "device" in r), "?")
     lines.append(f"rnn-wgpu on: {dev_ours}  \npeer (PyTorch {next((r.get('torch') for r in peer if r.get('torch')), '?')}, {next((r['backend'] for r in peer if 'backend' in r), '?')}) on: {dev_peer}\n")
     extra = "".join(f" {name} step ms |" for name, _ in also)
-    lines.append("| cell | I | H | B | T | ours fwd ms | peer fwd ms | peer infer ms | ours step ms | peer step ms | step ratio | ours GFLOP/s | dispatches | record ms | step kernel |" + extra)
-    lines.append("|---" * (15 + len(also)) + "|")
+    lines.append("| cell | I | H | B | T | ours fwd ms | peer fwd ms | peer infer ms | ours step ms | peer step ms | step ratio | ours GFLOP/s | ours % limit | dispatches | record ms | step kernel |" + extra)
+    lines.append("|---" * (16 + len(also)) + "|")
     pairs = []
     for r in ours:
         if "cell" not in r:
@@ -82,7 +89,7 @@ def main():
         lines.append(
             f'| {r["cell"]} | {r["input"]} | {r["hidden"]} | {r["batch"]} | {r["seq"]} | {r["forward_ms"]:.3f} | '
             f'{p["forward_ms"]:.3f} | {p.get("inference_ms", float("nan")):.3f} | {r["step_ms"]:.3f} | {p["step_ms"]:.3f} | '
-            f'**{ratio:.2f}×** | {r["gflops"]:.1f} | {r["dispatches_per_step"]} | {r["record_ms"]:.3f} | '
+            f'**{ratio:.2f}×** | {r["gflops"]:.1f} | {roof(r)} | {r["dispatches_per_step"]} | {r["record_ms"]:.3f} | '
             f'{r.get("step_kernel", "")} |'
             + "".join(f' {rows[key(r)]["step_ms"]:.3f} |' if key(r) in rows else " – |" for _, rows in also)
         )

@@ -4,7 +4,8 @@
 //! effect (another task's option, a model setting with `--resume`, a size for
 //! `bench` without `--cell`, …) is refused with one line naming it and saying
 //! why. The rules are the tables `TRAIN_UNUSED`, `SAMPLE_UNUSED`,
-//! `BENCH_UNUSED` and `GRADCHECK_UNUSED`, checked by `refuse_unused` against
+//! `BENCH_UNUSED` (and `BENCH_ON_UNUSED`, once the backend is chosen) and
+//! `GRADCHECK_UNUSED`, checked by `refuse_unused` against
 //! what was typed (clap's `ValueSource::CommandLine`), so defaults never trip them.
 
 use std::path::PathBuf;
@@ -382,6 +383,17 @@ struct BenchArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// The device's peak fp32 rate in TFLOP/s for the roofline, with
+    /// --peak-gbps (default: the built-in table by adapter name).
+    #[arg(long, value_name = "TFLOPS")]
+    peak_tflops: Option<f64>,
+    /// The device's peak memory bandwidth in GB/s for the roofline, with
+    /// --peak-tflops.
+    #[arg(long, value_name = "GBPS")]
+    peak_gbps: Option<f64>,
+    /// The roofline's cost of one dependent dispatch, in µs (GPU).
+    #[arg(long, default_value_t = rnn_wgpu::bench::LAUNCH_US, value_name = "US")]
+    launch_us: f64,
     #[command(flatten)]
     cell_options: CellOptionArgs,
     #[command(flatten)]
@@ -793,6 +805,61 @@ const BENCH_UNUSED: &[Unused<BenchArgs>] = &[
             })
         },
     },
+    Unused {
+        ids: &["peak_tflops"],
+        ignored: |a| {
+            a.peak_gbps.is_none().then(|| {
+                "needs --peak-gbps too: the roofline takes both peaks from the flags, or both \
+                 from the table"
+                    .into()
+            })
+        },
+    },
+    Unused {
+        ids: &["peak_gbps"],
+        ignored: |a| {
+            a.peak_tflops.is_none().then(|| {
+                "needs --peak-tflops too: the roofline takes both peaks from the flags, or both \
+                 from the table"
+                    .into()
+            })
+        },
+    },
+];
+
+/// What `bench`'s rules look at once the backend is chosen.
+struct BenchOn {
+    /// The backend is a GPU (it launches dispatches).
+    gpu: bool,
+    /// The roofline has peaks (from the flags or the table).
+    peak: bool,
+    /// Why there are none, in words.
+    no_peak: String,
+}
+
+/// `bench`: flags that would have no effect on the chosen backend.
+const BENCH_ON_UNUSED: &[Unused<BenchOn>] = &[
+    Unused {
+        ids: &["launch_us"],
+        ignored: |c| {
+            (!c.gpu).then(|| {
+                "has no effect on the CPU path, which launches no dispatches (its roofline's \
+                 launch bound is 0)"
+                    .into()
+            })
+        },
+    },
+    Unused {
+        ids: &["launch_us"],
+        ignored: |c| {
+            (!c.peak).then(|| {
+                format!(
+                    "has no effect without a roofline: {}; pass --peak-tflops and --peak-gbps",
+                    c.no_peak
+                )
+            })
+        },
+    },
 ];
 
 /// `gradcheck`: flags that would have no effect.
@@ -1137,10 +1204,61 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
 
 fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     refuse_unused(m, &a, BENCH_UNUSED)?;
-    use rnn_wgpu::bench::{RnnShape, bench_matmul, bench_rnn, bench_xent, shape_table};
+    use rnn_wgpu::bench::{
+        Peak, RnnShape, bench_matmul, bench_rnn, bench_xent, lookup_peak, shape_table,
+    };
+    for (arg, v) in [
+        ("--peak-tflops", a.peak_tflops),
+        ("--peak-gbps", a.peak_gbps),
+    ] {
+        if let Some(v) = v
+            && !(v.is_finite() && v > 0.0)
+        {
+            return Err(rnn_wgpu::Error::invalid(
+                arg,
+                format!("must be a positive finite number, got {v}"),
+            ));
+        }
+    }
+    if !(a.launch_us.is_finite() && a.launch_us >= 0.0) {
+        return Err(rnn_wgpu::Error::invalid(
+            "--launch-us",
+            format!(
+                "must be a finite number of µs, at least 0, got {}",
+                a.launch_us
+            ),
+        ));
+    }
     let (chosen, why) = rnn_wgpu::backend::choose(a.backend.into())?;
     let software =
         matches!(&chosen, rnn_wgpu::backend::Chosen::Gpu(g) if g.ctx().adapter().is_software());
+    // The roofline's peaks: both flags, or the table's row for a hardware adapter.
+    let adapter = match &chosen {
+        rnn_wgpu::backend::Chosen::Gpu(g) => Some(g.ctx().adapter().name.clone()),
+        _ => None,
+    };
+    let (peak, no_peak): (Option<(Peak, String)>, String) = match (a.peak_tflops, a.peak_gbps) {
+        (Some(tflops), Some(gbps)) => {
+            (Some((Peak { tflops, gbps }, "flags".into())), String::new())
+        }
+        _ => match adapter.as_deref() {
+            None => (None, "the CPU path's peaks are not in the table".into()),
+            Some(name) if software => (None, format!("{name} is a software adapter")),
+            Some(name) => match lookup_peak(name) {
+                Some(e) => match e.peak {
+                    Some(p) => (Some((p, format!("table: {}", e.name))), String::new()),
+                    None => (None, format!("the table has no figures for {}", e.name)),
+                },
+                None => (None, format!("the table has no row for {name}")),
+            },
+        },
+    };
+    let on = BenchOn {
+        gpu: adapter.is_some(),
+        peak: peak.is_some(),
+        no_peak: no_peak.clone(),
+    };
+    refuse_unused(m, &on, BENCH_ON_UNUSED)?;
     let shapes: Vec<RnnShape> = match a.cell {
         Some(cell) => {
             let variant = a.cell_options.variant(cell.into(), a.hidden, &a.stack)?;
@@ -1189,8 +1307,21 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
         {
             eprintln!("variant: {v}");
         }
+        match &peak {
+            Some((p, source)) => eprintln!(
+                "roofline: {} TFLOP/s, {} GB/s ({source}){}",
+                p.tflops,
+                p.gbps,
+                if on.gpu {
+                    format!(", {} µs a dependent dispatch", a.launch_us)
+                } else {
+                    String::new()
+                }
+            ),
+            None => eprintln!("peak unknown: pass --peak-tflops/--peak-gbps ({no_peak})"),
+        }
         println!(
-            "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6}",
+            "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6} {:>9} {:>7} {:>10}",
             "cell",
             "I",
             "H",
@@ -1202,21 +1333,33 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             "GFLOP/s",
             "record ms",
             "dispatches",
-            "step"
+            "step",
+            "limit ms",
+            "% limit",
+            "bound"
         );
     }
     let device = why.clone();
     rnn_wgpu::with_backend!(chosen, b => {
         let ctx = rnn_wgpu::backend::Backend::is_gpu(&b).then(|| gpu_ctx_of(&b)).flatten();
         for shape in &shapes {
-            let r = bench_rnn(&b, ctx.as_deref(), &device, shape, a.iters)?;
+            let mut r = bench_rnn(&b, ctx.as_deref(), &device, shape, a.iters)?;
+            if let Some((p, source)) = &peak {
+                r.set_roofline(*p, source, a.launch_us);
+            }
             if a.json {
                 println!("{}", json_line(&r)?);
             } else {
+                let (limit, percent, bound) = match (r.limit_ms, r.fraction_of_limit, r.bound) {
+                    (Some(l), Some(f), Some(b)) => {
+                        (format!("{l:.3}"), format!("{:.1}", 100.0 * f), b.name())
+                    }
+                    _ => ("-".into(), "-".into(), "-"),
+                };
                 println!(
-                    "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11.3} {:>11.3} {:>11.3} {:>9.1} {:>10.3} {:>10} {:>6}",
+                    "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11.3} {:>11.3} {:>11.3} {:>9.1} {:>10.3} {:>10} {:>6} {:>9} {:>7} {:>10}",
                     r.cell, r.input, r.hidden, r.batch, r.seq, r.forward_ms, r.backward_ms, r.step_ms,
-                    r.gflops, r.record_ms, r.dispatches_per_step, r.step_kernel
+                    r.gflops, r.record_ms, r.dispatches_per_step, r.step_kernel, limit, percent, bound
                 );
             }
         }
@@ -1561,6 +1704,7 @@ mod tests {
             ("train", ids(TRAIN_UNUSED)),
             ("sample", ids(SAMPLE_UNUSED)),
             ("bench", ids(BENCH_UNUSED)),
+            ("bench", ids(BENCH_ON_UNUSED)),
             ("gradcheck", ids(GRADCHECK_UNUSED)),
         ] {
             let args = args_of(cmd);

@@ -977,6 +977,130 @@ fn sample_bench_and_gradcheck_refuse_flags_without_effect() {
     }
 }
 
+/// `bench` on the CPU path with peaks from the flags: the roofline's fields
+/// in its JSON agree with the shape's counts and with each other; without
+/// peaks they are null; bad peaks are refused naming the flag.
+#[test]
+fn bench_reports_a_roofline() {
+    use rnn_wgpu::bench::{F32_BYTES, RnnShape};
+    use rnn_wgpu::ops::cell::{Cell, Variant};
+    use rnn_wgpu::ops::skip::Skip;
+    let shape = [
+        "bench",
+        "--backend",
+        "cpu",
+        "--cell",
+        "gru",
+        "--input",
+        "4",
+        "--hidden",
+        "8",
+        "--batch",
+        "2",
+        "--seq",
+        "3",
+        "--iters",
+        "1",
+    ];
+    let json = |extra: &[&str]| -> serde_json::Value {
+        let out = run_in(None, &[&shape[..], &["--json"], extra].concat());
+        assert!(out.ok, "{extra:?}: {}", out.stderr);
+        serde_json::from_str(out.stdout.trim()).unwrap()
+    };
+    let r = json(&["--peak-tflops", "0.5", "--peak-gbps", "40"]);
+    let want = RnnShape {
+        cell: Cell::Gru,
+        input: 4,
+        hidden: 8,
+        batch: 2,
+        seq: 3,
+        layers: 1,
+        bidirectional: false,
+        variant: Variant::default(),
+        skip: Skip::None,
+    };
+    // 3 · 2·T·B·G·H·(I + H)
+    assert_eq!(r["min_flops"], 3.0 * 2.0 * 3.0 * 2.0 * 24.0 * 12.0, "{r}");
+    assert_eq!(r["min_flops"], want.step_flops(), "{r}");
+    assert_eq!(r["min_bytes"], want.step_bytes(F32_BYTES, None), "{r}");
+    assert_eq!(r["peak_tflops"], 0.5, "{r}");
+    assert_eq!(r["peak_gbps"], 40.0, "{r}");
+    assert_eq!(r["peak_source"], "flags", "{r}");
+    let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+    // No dispatches on the CPU: the larger of the other two bounds.
+    assert_eq!(r["recurrent_dispatches"], 0, "{r}");
+    let arithmetic = f("min_flops") / 0.5e12 * 1e3;
+    let bandwidth = f("min_bytes") / 40e9 * 1e3;
+    let limit = f("limit_ms");
+    assert!(
+        (limit - arithmetic.max(bandwidth)).abs() <= 1e-9 * limit,
+        "{r}"
+    );
+    let fraction = f("fraction_of_limit");
+    assert!(fraction > 0.0 && fraction.is_finite(), "{r}");
+    assert!(
+        (fraction - limit / f("step_ms")).abs() <= 1e-9 * fraction,
+        "{r}"
+    );
+    let bound = r["bound"].as_str().unwrap_or_default();
+    assert!(
+        ["arithmetic", "bandwidth", "launches"].contains(&bound),
+        "{r}"
+    );
+    assert_eq!(
+        bound,
+        if arithmetic >= bandwidth {
+            "arithmetic"
+        } else {
+            "bandwidth"
+        },
+        "{r}"
+    );
+    // The CPU's peaks are not in the table: the counts stay, the rest is null.
+    let r = json(&[]);
+    assert_eq!(r["min_bytes"], want.step_bytes(F32_BYTES, None), "{r}");
+    for k in [
+        "peak_tflops",
+        "peak_gbps",
+        "peak_source",
+        "limit_ms",
+        "fraction_of_limit",
+        "bound",
+    ] {
+        assert!(r[k].is_null(), "{k} in {r}");
+    }
+    let out = run_in(None, &shape);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("peak unknown: pass --peak-tflops/--peak-gbps"),
+        "{}",
+        out.stderr
+    );
+    for (extra, needle) in [
+        (
+            &["--peak-tflops", "0", "--peak-gbps", "40"][..],
+            "--peak-tflops: must be a positive",
+        ),
+        (
+            &["--peak-tflops", "nan", "--peak-gbps", "40"],
+            "--peak-tflops: must be a positive",
+        ),
+        (
+            &["--peak-tflops", "1", "--peak-gbps=-5"],
+            "--peak-gbps: must be a positive",
+        ),
+        (&["--peak-tflops", "1"], "--peak-tflops: needs --peak-gbps"),
+        (&["--peak-gbps", "1"], "--peak-gbps: needs --peak-tflops"),
+        (
+            &["--launch-us", "3"],
+            "--launch-us: has no effect on the CPU path",
+        ),
+    ] {
+        refused(&[&shape[..], extra].concat(), &[needle]);
+    }
+}
+
 #[test]
 fn train_resume_and_sample_end_to_end() {
     let s = Scratch::new("cli-e2e");
