@@ -3,7 +3,7 @@
 writes a Markdown table (and an SVG chart of the step-time ratios).
 
     python3 benches/compare.py ours.jsonl pytorch.jsonl --md out.md [--svg out.svg]
-        [--also tiled.jsonl split.jsonl]
+        [--also tiled.jsonl split.jsonl resident.jsonl]
 
 `--also` adds, per file, a column with that run's step time (runs of `bench`
 with one recurrent-product variant forced: RNN_WGPU_STEP_KERNEL).

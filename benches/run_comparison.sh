@@ -37,10 +37,10 @@ if [ "$mode" = gpu ]; then
     "$bin" doctor > "$out/doctor.txt" 2>&1 || echo "doctor reported failures (see $out/doctor.txt)"
     "$bin" bench --backend gpu --table gpu --kernels --json --iters "$iters" > "$out/ours.jsonl"
     # Each recurrent-product variant forced, for the columns that compare them.
-    for k in tiled split; do
+    for k in tiled split resident; do
         RNN_WGPU_STEP_KERNEL=$k "$bin" bench --backend gpu --table gpu --json --iters "$iters" > "$out/ours-$k.jsonl"
     done
-    also=("$out/ours-tiled.jsonl" "$out/ours-split.jsonl")
+    also=("$out/ours-tiled.jsonl" "$out/ours-split.jsonl" "$out/ours-resident.jsonl")
     python3 benches/pytorch_bench.py --device cuda --table gpu --kernels --iters "$iters" > "$out/pytorch.jsonl"
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$out/gpu.txt" 2>/dev/null || true
 else

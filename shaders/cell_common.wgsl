@@ -61,6 +61,18 @@ struct Params {
     cell_h: u32,
     gates_ld: u32,
     proj: u32,
+    dirs: u32,
+    d_param: u32,
+    d_xg: u32,
+    d_hs: u32,
+    d_cs: u32,
+    d_gates: u32,
+    d_dgh: u32,
+    d_dgx: u32,
+    d_carry: u32,
+    k_steps: u32,
+    t_down: u32,
+    resident: u32,
     _pad0: u32,
     _pad1: u32,
 }
@@ -83,8 +95,69 @@ struct Params {
 @group(0) @binding(13) var<storage, read> cs_saved: array<f32>;
 @group(0) @binding(14) var<storage, read> gates_saved: array<f32>;
 
+// The step this invocation is at: the uniform's fields for one direction
+// and one time step of the dispatch (see set_direction, set_step), and the
+// element offsets of that direction's part of each per-direction buffer.
+struct Step {
+    t: u32,
+    reverse: u32,
+    first: u32,
+    parity: u32,
+    whh_off: u32,
+    bhh_off: u32,
+    peep_off: u32,
+    out_col: u32,
+    d: u32,
+    o_xg: u32,
+    o_hs: u32,
+    o_cs: u32,
+    o_g: u32,
+    o_dgh: u32,
+    o_dgx: u32,
+    o_carry: u32,
+}
+
+var<private> st: Step;
+
+// Direction d of the dispatch (p.dirs of them): 0 is the uniform's own; 1,
+// the reverse direction beside a forward one, has its parameters p.d_param
+// elements further, its buffers' parts p.d_* further, its columns of out
+// after direction 0's, and runs at time T - 1 - t.
+fn set_direction(d: u32) {
+    st.d = d;
+    st.reverse = select(p.reverse, 1u - p.reverse, d == 1u);
+    st.whh_off = p.whh_off + d * p.d_param;
+    st.bhh_off = p.bhh_off + d * p.d_param;
+    st.peep_off = p.peep_off + d * p.d_param;
+    st.out_col = p.out_col + d * p.hp;
+    st.o_xg = d * p.d_xg;
+    st.o_hs = d * p.d_hs;
+    st.o_cs = d * p.d_cs;
+    st.o_g = d * p.d_gates;
+    st.o_dgh = d * p.d_dgh;
+    st.o_dgx = d * p.d_dgx;
+    st.o_carry = d * p.d_carry;
+}
+
+// Step s of the p.k_steps this dispatch advances: direction 0's time moves
+// from p.t by s, down when p.t_down == 1; only the first is the sweep's
+// first; the carries' parity alternates.
+fn set_step(s: u32) {
+    let t0 = select(p.t + s, p.t - s, p.t_down == 1u);
+    st.t = select(t0, p.T - 1u - t0, st.d == 1u);
+    st.first = select(0u, p.first, s == 0u);
+    st.parity = (p.parity + s) % 2u;
+}
+
+// Between the steps of a multi-step dispatch: the states this workgroup
+// wrote are what it reads next.
+fn step_barrier() {
+    storageBarrier();
+    workgroupBarrier();
+}
+
 fn is_live(b: u32) -> bool {
-    return p.has_lengths == 0u || i32(p.t) < lengths[b];
+    return p.has_lengths == 0u || i32(st.t) < lengths[b];
 }
 
 fn slot(s: u32) -> u32 {
@@ -92,20 +165,20 @@ fn slot(s: u32) -> u32 {
 }
 
 fn prev_slot() -> u32 {
-    return slot(p.t + p.reverse);
+    return slot(st.t + st.reverse);
 }
 
 fn next_slot() -> u32 {
-    return slot(p.t + 1u - p.reverse);
+    return slot(st.t + 1u - st.reverse);
 }
 
 // The time step processed just before this one in the backward sweep.
 fn later_step() -> u32 {
-    return select(p.t + 1u, p.t - 1u, p.reverse == 1u);
+    return select(st.t + 1u, st.t - 1u, st.reverse == 1u);
 }
 
 fn out_index(b: u32, j: u32) -> u32 {
-    return (p.t * p.B + b) * p.out_ld + p.out_col + j;
+    return (st.t * p.B + b) * p.out_ld + st.out_col + j;
 }
 
 // carry [2, 2, B, H]: each (parity, which) block is B * cell_h long; the h
@@ -166,5 +239,5 @@ fn gate_value(v: f32, kind: u32) -> vec2<f32> {
 
 // A saved gate (k-th block of a row at srow), in the backward.
 fn saved_gate(srow: u32, k: u32, j: u32, kind: u32) -> vec2<f32> {
-    return gate_value(gates_saved[srow + k * p.H + j], kind);
+    return gate_value(gates_saved[st.o_g + srow + k * p.H + j], kind);
 }

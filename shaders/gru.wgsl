@@ -29,13 +29,20 @@ fn gru_forward(
     if (tile.x >= p.B) {
         return;
     }
-    let bh = p.B * p.H;
-    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * bh);
-    for (var r = 0u; r < RPI; r++) {
-        let bj = tile_cell(tile, lid, r);
-        if (bj.x < p.B) {
-            gru_forward_at(bj.x, bj.y, acc[r]);
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let sub = vec2<u32>(tile.x, j0);
+            let bh = p.B * p.H;
+            let acc = recurrent_product(sub.x, sub.y, lid.x, lid.y, prev_slot() * bh);
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(sub, lid, r);
+                if (bj.x < p.B) {
+                    gru_forward_at(bj.x, bj.y, acc[r]);
+                }
+            }
         }
+        step_barrier();
     }
 }
 
@@ -43,36 +50,36 @@ fn gru_forward(
 fn gru_forward_at(b: u32, j: u32, acc: array<f32, G>) {
     let bh = p.B * p.H;
     let gh = G * p.H;
-    let row = (p.t * p.B + b) * gh;
-    let srow = (p.t * p.B + b) * 4u * p.H;
+    let row = (st.t * p.B + b) * gh;
+    let srow = (st.t * p.B + b) * 4u * p.H;
     let hc = b * p.H + j;
-    let h_prev = hs[prev_slot() * bh + hc];
+    let h_prev = hs[st.o_hs + prev_slot() * bh + hc];
     let rb = p.reset_before == 1u;
     if (!is_live(b)) {
-        hs[next_slot() * bh + hc] = h_prev;
+        hs[st.o_hs + next_slot() * bh + hc] = h_prev;
         if (p.save == 1u || rb) {
             for (var g = 0u; g < 4u; g++) {
-                gates[srow + g * p.H + j] = 0.0;
+                gates[st.o_g + srow + g * p.H + j] = 0.0;
             }
         }
         out[out_index(b, j)] = 0.0;
         return;
     }
-    let hr = acc[0] + weights[p.bhh_off + j];
-    let hz = acc[1] + weights[p.bhh_off + p.H + j];
-    let hn = acc[2] + weights[p.bhh_off + 2u * p.H + j];
-    let zr = clip_v(xg[row + j] + hr);
-    let zz = clip_v(xg[row + p.H + j] + hz);
+    let hr = acc[0] + weights[st.bhh_off + j];
+    let hz = acc[1] + weights[st.bhh_off + p.H + j];
+    let hn = acc[2] + weights[st.bhh_off + 2u * p.H + j];
+    let zr = clip_v(xg[st.o_xg + row + j] + hr);
+    let zz = clip_v(xg[st.o_xg + row + p.H + j] + hz);
     let r = cell_act(p.act_f, zr);
     let z = cell_act(p.act_f, zz);
     if (rb) {
         // Reset-before: the gates and r * h_prev; gru_reset_forward follows.
-        gates[srow + j] = select(r, zr, clipping());
-        gates[srow + p.H + j] = select(z, zz, clipping());
-        gates[srow + 3u * p.H + j] = r * h_prev;
+        gates[st.o_g + srow + j] = select(r, zr, clipping());
+        gates[st.o_g + srow + p.H + j] = select(z, zz, clipping());
+        gates[st.o_g + srow + 3u * p.H + j] = r * h_prev;
         return;
     }
-    let zn = clip_v(xg[row + 2u * p.H + j] + r * hn);
+    let zn = clip_v(xg[st.o_xg + row + 2u * p.H + j] + r * hn);
     let n = cell_act(p.act_g, zn);
     let h = (1.0 - z) * n + z * h_prev;
     if (p.save == 1u) {
@@ -80,12 +87,12 @@ fn gru_forward_at(b: u32, j: u32, acc: array<f32, G>) {
         if (clipping()) {
             keep = vec3<f32>(zr, zz, zn);
         }
-        gates[srow + j] = keep.x;
-        gates[srow + p.H + j] = keep.y;
-        gates[srow + 2u * p.H + j] = keep.z;
-        gates[srow + 3u * p.H + j] = hn;
+        gates[st.o_g + srow + j] = keep.x;
+        gates[st.o_g + srow + p.H + j] = keep.y;
+        gates[st.o_g + srow + 2u * p.H + j] = keep.z;
+        gates[st.o_g + srow + 3u * p.H + j] = hn;
     }
-    hs[next_slot() * bh + hc] = h;
+    hs[st.o_hs + next_slot() * bh + hc] = h;
     out[out_index(b, j)] = h;
 }
 
@@ -99,16 +106,23 @@ fn gru_backward(
     if (tile.x >= p.B) {
         return;
     }
-    let gh = G * p.H;
-    var acc: array<f32, RPI>;
-    if (p.first == 0u) {
-        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * gh);
-    }
-    for (var r = 0u; r < RPI; r++) {
-        let bj = tile_cell(tile, lid, r);
-        if (bj.x < p.B) {
-            gru_backward_at(bj.x, bj.y, acc[r]);
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let sub = vec2<u32>(tile.x, j0);
+            let gh = G * p.H;
+            var acc: array<f32, RPI>;
+            if (st.first == 0u) {
+                acc = recurrent_product_t(sub.x, sub.y, lid.x, lid.y, later_step() * p.B * gh);
+            }
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(sub, lid, r);
+                if (bj.x < p.B) {
+                    gru_backward_at(bj.x, bj.y, acc[r]);
+                }
+            }
         }
+        step_barrier();
     }
 }
 
@@ -117,23 +131,23 @@ fn gru_backward_at(b: u32, j: u32, acc: f32) {
     let gh = G * p.H;
     let bh = p.B * p.H;
     let hc = b * p.H + j;
-    let row = (p.t * p.B + b) * gh;
-    let srow = (p.t * p.B + b) * 4u * p.H;
+    let row = (st.t * p.B + b) * gh;
+    let srow = (st.t * p.B + b) * 4u * p.H;
     let live = is_live(b);
-    var dh = acc + carry[carry_index(p.parity, 0u, b, j)];
+    var dh = acc + carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
     if (live) {
         dh += dout[out_index(b, j)];
     }
-    let out_par = 1u - p.parity;
+    let out_par = 1u - st.parity;
     let rb = p.reset_before == 1u;
     if (!live) {
         for (var g = 0u; g < G; g++) {
-            dgh[row + g * p.H + j] = 0.0;
+            dgh[st.o_dgh + row + g * p.H + j] = 0.0;
             if (!rb) {
-                dgx[row + g * p.H + j] = 0.0;
+                dgx[st.o_dgx + row + g * p.H + j] = 0.0;
             }
         }
-        carry[carry_index(out_par, 0u, b, j)] = dh;
+        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh;
         return;
     }
     if (rb) {
@@ -141,11 +155,11 @@ fn gru_backward_at(b: u32, j: u32, acc: f32) {
         // and the carry's z part; gru_reset_backward adds dr and the r part.
         let gz = saved_gate(srow, 1u, j, p.act_f);
         let gn = saved_gate(srow, 2u, j, p.act_g);
-        let h_prev = hs_saved[prev_slot() * bh + hc];
+        let h_prev = hs_saved[st.o_hs + prev_slot() * bh + hc];
         let dn = clip_pass(gn.y, cell_act_back(p.act_g, gn.x, dh * (1.0 - gz.x)));
-        dgh[row + p.H + j] = clip_pass(gz.y, cell_act_back(p.act_f, gz.x, dh * (h_prev - gn.x)));
-        dgh[row + 2u * p.H + j] = dn;
-        carry[carry_index(out_par, 0u, b, j)] = dh * gz.x;
+        dgh[st.o_dgh + row + p.H + j] = clip_pass(gz.y, cell_act_back(p.act_f, gz.x, dh * (h_prev - gn.x)));
+        dgh[st.o_dgh + row + 2u * p.H + j] = dn;
+        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh * gz.x;
         return;
     }
     let gr = saved_gate(srow, 0u, j, p.act_f);
@@ -154,16 +168,16 @@ fn gru_backward_at(b: u32, j: u32, acc: f32) {
     let r = gr.x;
     let z = gz.x;
     let n = gn.x;
-    let hn = gates_saved[srow + 3u * p.H + j];
-    let h_prev = hs_saved[prev_slot() * bh + hc];
+    let hn = gates_saved[st.o_g + srow + 3u * p.H + j];
+    let h_prev = hs_saved[st.o_hs + prev_slot() * bh + hc];
     let dn = clip_pass(gn.y, cell_act_back(p.act_g, n, dh * (1.0 - z)));
     let dr = clip_pass(gr.y, cell_act_back(p.act_f, r, dn * hn));
     let dz = clip_pass(gz.y, cell_act_back(p.act_f, z, dh * (h_prev - n)));
-    dgx[row + j] = dr;
-    dgx[row + p.H + j] = dz;
-    dgx[row + 2u * p.H + j] = dn;
-    dgh[row + j] = dr;
-    dgh[row + p.H + j] = dz;
-    dgh[row + 2u * p.H + j] = dn * r;
-    carry[carry_index(out_par, 0u, b, j)] = dh * z;
+    dgx[st.o_dgx + row + j] = dr;
+    dgx[st.o_dgx + row + p.H + j] = dz;
+    dgx[st.o_dgx + row + 2u * p.H + j] = dn;
+    dgh[st.o_dgh + row + j] = dr;
+    dgh[st.o_dgh + row + p.H + j] = dz;
+    dgh[st.o_dgh + row + 2u * p.H + j] = dn * r;
+    carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh * z;
 }

@@ -23,13 +23,20 @@ fn gru_reset_forward(
     if (tile.x >= p.B) {
         return;
     }
-    let gh4 = 4u * p.H;
-    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, p.t * p.B * gh4 + 3u * p.H);
-    for (var r = 0u; r < RPI; r++) {
-        let bj = tile_cell(tile, lid, r);
-        if (bj.x < p.B) {
-            gru_reset_forward_at(bj.x, bj.y, acc[r]);
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let sub = vec2<u32>(tile.x, j0);
+            let gh4 = 4u * p.H;
+            let acc = recurrent_product(sub.x, sub.y, lid.x, lid.y, st.t * p.B * gh4 + 3u * p.H);
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(sub, lid, r);
+                if (bj.x < p.B) {
+                    gru_reset_forward_at(bj.x, bj.y, acc[r]);
+                }
+            }
         }
+        step_barrier();
     }
 }
 
@@ -38,20 +45,20 @@ fn gru_reset_forward_at(b: u32, j: u32, acc: array<f32, G>) {
     let gh4 = 4u * p.H;
     let bh = p.B * p.H;
     let hc = b * p.H + j;
-    let row = (p.t * p.B + b) * 3u * p.H;
-    let srow = (p.t * p.B + b) * gh4;
-    let h_prev = hs[prev_slot() * bh + hc];
+    let row = (st.t * p.B + b) * 3u * p.H;
+    let srow = (st.t * p.B + b) * gh4;
+    let h_prev = hs[st.o_hs + prev_slot() * bh + hc];
     if (!is_live(b)) {
-        hs[next_slot() * bh + hc] = h_prev;
+        hs[st.o_hs + next_slot() * bh + hc] = h_prev;
         out[out_index(b, j)] = 0.0;
         return;
     }
-    let z = gate_value(gates[srow + p.H + j], p.act_f).x;
-    let zn = clip_v(xg[row + 2u * p.H + j] + (acc[0] + weights[p.bhh_off + j]));
+    let z = gate_value(gates[st.o_g + srow + p.H + j], p.act_f).x;
+    let zn = clip_v(xg[st.o_xg + row + 2u * p.H + j] + (acc[0] + weights[st.bhh_off + j]));
     let n = cell_act(p.act_g, zn);
     let h = (1.0 - z) * n + z * h_prev;
-    gates[srow + 2u * p.H + j] = select(n, zn, clipping());
-    hs[next_slot() * bh + hc] = h;
+    gates[st.o_g + srow + 2u * p.H + j] = select(n, zn, clipping());
+    hs[st.o_hs + next_slot() * bh + hc] = h;
     out[out_index(b, j)] = h;
 }
 
@@ -65,13 +72,20 @@ fn gru_reset_backward(
     if (tile.x >= p.B) {
         return;
     }
-    let gh3 = 3u * p.H;
-    let acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, p.t * p.B * gh3 + 2u * p.H);
-    for (var r = 0u; r < RPI; r++) {
-        let bj = tile_cell(tile, lid, r);
-        if (bj.x < p.B) {
-            gru_reset_backward_at(bj.x, bj.y, acc[r]);
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let sub = vec2<u32>(tile.x, j0);
+            let gh3 = 3u * p.H;
+            let acc = recurrent_product_t(sub.x, sub.y, lid.x, lid.y, st.t * p.B * gh3 + 2u * p.H);
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(sub, lid, r);
+                if (bj.x < p.B) {
+                    gru_reset_backward_at(bj.x, bj.y, acc[r]);
+                }
+            }
         }
+        step_barrier();
     }
 }
 
@@ -79,14 +93,14 @@ fn gru_reset_backward(
 fn gru_reset_backward_at(b: u32, j: u32, acc: f32) {
     let gh3 = 3u * p.H;
     let dq = acc;
-    let row = (p.t * p.B + b) * gh3;
+    let row = (st.t * p.B + b) * gh3;
     if (!is_live(b)) {
-        dgh[row + j] = 0.0;
+        dgh[st.o_dgh + row + j] = 0.0;
         return;
     }
-    let gr = saved_gate((p.t * p.B + b) * 4u * p.H, 0u, j, p.act_f);
-    let h_prev = hs_saved[prev_slot() * p.B * p.H + b * p.H + j];
-    dgh[row + j] = clip_pass(gr.y, cell_act_back(p.act_f, gr.x, dq * h_prev));
-    let c = carry_index(1u - p.parity, 0u, b, j);
-    carry[c] = carry[c] + dq * gr.x;
+    let gr = saved_gate((st.t * p.B + b) * 4u * p.H, 0u, j, p.act_f);
+    let h_prev = hs_saved[st.o_hs + prev_slot() * p.B * p.H + b * p.H + j];
+    dgh[st.o_dgh + row + j] = clip_pass(gr.y, cell_act_back(p.act_f, gr.x, dq * h_prev));
+    let c = carry_index(1u - st.parity, 0u, b, j);
+    carry[st.o_carry + c] = carry[st.o_carry + c] + dq * gr.x;
 }

@@ -27,12 +27,19 @@ fn lstm_forward(
     if (tile.x >= p.B) {
         return;
     }
-    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * p.B * p.hp);
-    for (var r = 0u; r < RPI; r++) {
-        let bj = tile_cell(tile, lid, r);
-        if (bj.x < p.B) {
-            lstm_forward_at(bj.x, bj.y, acc[r]);
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let sub = vec2<u32>(tile.x, j0);
+            let acc = recurrent_product(sub.x, sub.y, lid.x, lid.y, prev_slot() * p.B * p.hp);
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(sub, lid, r);
+                if (bj.x < p.B) {
+                    lstm_forward_at(bj.x, bj.y, acc[r]);
+                }
+            }
         }
+        step_barrier();
     }
 }
 
@@ -40,31 +47,31 @@ fn lstm_forward(
 fn lstm_forward_at(b: u32, j: u32, acc: array<f32, G>) {
     let bh = p.B * p.H;
     let gh = G * p.H;
-    let row = (p.t * p.B + b) * gh;
-    let srow = (p.t * p.B + b) * p.gates_ld;
+    let row = (st.t * p.B + b) * gh;
+    let srow = (st.t * p.B + b) * p.gates_ld;
     let hc = b * p.H + j;
-    let c_prev = cs[prev_slot() * bh + hc];
+    let c_prev = cs[st.o_cs + prev_slot() * bh + hc];
     let proj = p.proj == 1u;
     if (!is_live(b)) {
-        cs[next_slot() * bh + hc] = c_prev;
+        cs[st.o_cs + next_slot() * bh + hc] = c_prev;
         if (p.save == 1u || proj) {
             for (var g = 0u; g < p.gates_ld / p.H; g++) {
-                gates[srow + g * p.H + j] = 0.0;
+                gates[st.o_g + srow + g * p.H + j] = 0.0;
             }
         }
         if (!proj) {
-            hs[next_slot() * bh + hc] = hs[prev_slot() * bh + hc];
+            hs[st.o_hs + next_slot() * bh + hc] = hs[st.o_hs + prev_slot() * bh + hc];
             out[out_index(b, j)] = 0.0;
         }
         return;
     }
     var pre: array<f32, 4>;
     for (var g = 0u; g < G; g++) {
-        pre[g] = xg[row + g * p.H + j] + (acc[g] + weights[p.bhh_off + g * p.H + j]);
+        pre[g] = xg[st.o_xg + row + g * p.H + j] + (acc[g] + weights[st.bhh_off + g * p.H + j]);
     }
     if (p.peepholes == 1u) {
-        pre[0] += weights[p.peep_off + j] * c_prev;
-        pre[1] += weights[p.peep_off + p.H + j] * c_prev;
+        pre[0] += weights[st.peep_off + j] * c_prev;
+        pre[1] += weights[st.peep_off + p.H + j] * c_prev;
     }
     let zi = clip_v(pre[0]);
     let zf = clip_v(pre[1]);
@@ -77,7 +84,7 @@ fn lstm_forward_at(b: u32, j: u32, acc: array<f32, G>) {
     let gg = cell_act(p.act_g, zg);
     let c = f * c_prev + i * gg;
     if (p.peepholes == 1u) {
-        pre[3] += weights[p.peep_off + 2u * p.H + j] * c;
+        pre[3] += weights[st.peep_off + 2u * p.H + j] * c;
     }
     let zo = clip_v(pre[3]);
     let o = cell_act(p.act_f, zo);
@@ -87,23 +94,23 @@ fn lstm_forward_at(b: u32, j: u32, acc: array<f32, G>) {
         if (clipping()) {
             keep = vec4<f32>(zi, zf, zg, zo);
         }
-        gates[srow + j] = keep.x;
-        gates[srow + p.H + j] = keep.y;
-        gates[srow + 2u * p.H + j] = keep.z;
-        gates[srow + 3u * p.H + j] = keep.w;
+        gates[st.o_g + srow + j] = keep.x;
+        gates[st.o_g + srow + p.H + j] = keep.y;
+        gates[st.o_g + srow + 2u * p.H + j] = keep.z;
+        gates[st.o_g + srow + 3u * p.H + j] = keep.w;
     }
-    cs[next_slot() * bh + hc] = c;
+    cs[st.o_cs + next_slot() * bh + hc] = c;
     if (proj) {
         // m = o * h(c), which lstm_project multiplies by W_hr.
-        gates[srow + 4u * p.H + j] = h;
+        gates[st.o_g + srow + 4u * p.H + j] = h;
         return;
     }
-    hs[next_slot() * bh + hc] = h;
+    hs[st.o_hs + next_slot() * bh + hc] = h;
     out[out_index(b, j)] = h;
 }
 
 // dG (one buffer: the input and recurrent pre-activations get the same gradient)
-// is written to dgh[t]; dh for this step = dG[later] . W_hh + carry + dout[t].
+// is written to dgh[st.o_dgh + t]; dh for this step = dG[later] . W_hh + carry + dout[t].
 @compute @workgroup_size(32, 8)
 fn lstm_backward(
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -114,20 +121,27 @@ fn lstm_backward(
     if (tile.x >= p.B) {
         return;
     }
-    let gh = G * p.H;
-    let proj = p.proj == 1u;
-    var acc: array<f32, RPI>;
-    if (proj) {
-        // dm = dh . W_hr, dh of this step left in dgh by lstm_project_backward.
-        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, p.t * p.B * p.dg_ld + gh);
-    } else if (p.first == 0u) {
-        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * p.dg_ld);
-    }
-    for (var r = 0u; r < RPI; r++) {
-        let bj = tile_cell(tile, lid, r);
-        if (bj.x < p.B) {
-            lstm_backward_at(bj.x, bj.y, acc[r]);
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let sub = vec2<u32>(tile.x, j0);
+            let gh = G * p.H;
+            let proj = p.proj == 1u;
+            var acc: array<f32, RPI>;
+            if (proj) {
+                // dm = dh . W_hr, dh of this step left in dgh by lstm_project_backward.
+                acc = recurrent_product_t(sub.x, sub.y, lid.x, lid.y, st.t * p.B * p.dg_ld + gh);
+            } else if (st.first == 0u) {
+                acc = recurrent_product_t(sub.x, sub.y, lid.x, lid.y, later_step() * p.B * p.dg_ld);
+            }
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(sub, lid, r);
+                if (bj.x < p.B) {
+                    lstm_backward_at(bj.x, bj.y, acc[r]);
+                }
+            }
         }
+        step_barrier();
     }
 }
 
@@ -137,29 +151,29 @@ fn lstm_backward_at(b: u32, j: u32, acc: f32) {
     let proj = p.proj == 1u;
     let bh = p.B * p.H;
     let hc = b * p.H + j;
-    let row = (p.t * p.B + b) * p.dg_ld;
-    let srow = (p.t * p.B + b) * p.gates_ld;
+    let row = (st.t * p.B + b) * p.dg_ld;
+    let srow = (st.t * p.B + b) * p.gates_ld;
     let live = is_live(b);
     var dh = acc;
     if (!proj) {
-        dh += carry[carry_index(p.parity, 0u, b, j)];
+        dh += carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
         if (live) {
             dh += dout[out_index(b, j)];
         }
     }
-    let dc_in = carry[carry_index(p.parity, 1u, b, j)];
-    let out_par = 1u - p.parity;
+    let dc_in = carry[st.o_carry + carry_index(st.parity, 1u, b, j)];
+    let out_par = 1u - st.parity;
     if (!live) {
         for (var g = 0u; g < G; g++) {
-            dgh[row + g * p.H + j] = 0.0;
+            dgh[st.o_dgh + row + g * p.H + j] = 0.0;
         }
         if (!proj) {
-            carry[carry_index(out_par, 0u, b, j)] = dh;
+            carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh;
         } else if (j < p.hp) {
             // Past the row's end h is carried: its gradient too.
-            carry[carry_index(out_par, 0u, b, j)] = dgh[row + gh + j];
+            carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dgh[st.o_dgh + row + gh + j];
         }
-        carry[carry_index(out_par, 1u, b, j)] = dc_in;
+        carry[st.o_carry + carry_index(out_par, 1u, b, j)] = dc_in;
         return;
     }
     let gi = saved_gate(srow, 0u, j, p.act_f);
@@ -173,12 +187,12 @@ fn lstm_backward_at(b: u32, j: u32, acc: f32) {
     let f = gf.x;
     let g = gg.x;
     let o = go.x;
-    let tc = cell_act(p.act_h, cs_saved[next_slot() * bh + hc]);
-    let c_prev = cs_saved[prev_slot() * bh + hc];
+    let tc = cell_act(p.act_h, cs_saved[st.o_cs + next_slot() * bh + hc]);
+    let c_prev = cs_saved[st.o_cs + prev_slot() * bh + hc];
     let d_o = clip_pass(go.y, cell_act_back(p.act_f, o, dh * tc));
     var dc = dc_in + cell_act_back(p.act_h, tc, dh * o);
     if (p.peepholes == 1u) {
-        dc += d_o * weights[p.peep_off + 2u * p.H + j];
+        dc += d_o * weights[st.peep_off + 2u * p.H + j];
     }
     var di_up = dc * g;
     var df = 0.0;
@@ -188,16 +202,16 @@ fn lstm_backward_at(b: u32, j: u32, acc: f32) {
         df = clip_pass(gf.y, cell_act_back(p.act_f, f, dc * c_prev));
     }
     let di = clip_pass(gi.y, cell_act_back(p.act_f, i, di_up));
-    dgh[row + j] = di;
-    dgh[row + p.H + j] = df;
-    dgh[row + 2u * p.H + j] = clip_pass(gg.y, cell_act_back(p.act_g, g, dc * i));
-    dgh[row + 3u * p.H + j] = d_o;
+    dgh[st.o_dgh + row + j] = di;
+    dgh[st.o_dgh + row + p.H + j] = df;
+    dgh[st.o_dgh + row + 2u * p.H + j] = clip_pass(gg.y, cell_act_back(p.act_g, g, dc * i));
+    dgh[st.o_dgh + row + 3u * p.H + j] = d_o;
     var dcp = dc * f;
     if (p.peepholes == 1u) {
-        dcp += di * weights[p.peep_off + j] + df * weights[p.peep_off + p.H + j];
+        dcp += di * weights[st.peep_off + j] + df * weights[st.peep_off + p.H + j];
     }
     if (j < p.hp) {
-        carry[carry_index(out_par, 0u, b, j)] = 0.0;
+        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = 0.0;
     }
-    carry[carry_index(out_par, 1u, b, j)] = dcp;
+    carry[st.o_carry + carry_index(out_par, 1u, b, j)] = dcp;
 }

@@ -24,13 +24,20 @@ fn lstm_project(
     if (tile.x >= p.B) {
         return;
     }
-    let base = p.t * p.B * p.vec_ld + 4u * p.cell_h;
-    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, base);
-    for (var r = 0u; r < RPI; r++) {
-        let bj = tile_cell(tile, lid, r);
-        if (bj.x < p.B) {
-            lstm_project_at(bj.x, bj.y, acc[r]);
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let sub = vec2<u32>(tile.x, j0);
+            let base = st.t * p.B * p.vec_ld + 4u * p.cell_h;
+            let acc = recurrent_product(sub.x, sub.y, lid.x, lid.y, base);
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(sub, lid, r);
+                if (bj.x < p.B) {
+                    lstm_project_at(bj.x, bj.y, acc[r]);
+                }
+            }
         }
+        step_barrier();
     }
 }
 
@@ -39,11 +46,11 @@ fn lstm_project_at(b: u32, j: u32, acc: array<f32, G>) {
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
-        hs[next_slot() * bh + hc] = hs[prev_slot() * bh + hc];
+        hs[st.o_hs + next_slot() * bh + hc] = hs[st.o_hs + prev_slot() * bh + hc];
         out[out_index(b, j)] = 0.0;
         return;
     }
-    hs[next_slot() * bh + hc] = acc[0];
+    hs[st.o_hs + next_slot() * bh + hc] = acc[0];
     out[out_index(b, j)] = acc[0];
 }
 
@@ -57,23 +64,30 @@ fn lstm_project_backward(
     if (tile.x >= p.B) {
         return;
     }
-    var acc: array<f32, RPI>;
-    if (p.first == 0u) {
-        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * p.dg_ld);
-    }
-    for (var r = 0u; r < RPI; r++) {
-        let bj = tile_cell(tile, lid, r);
-        if (bj.x < p.B) {
-            lstm_project_backward_at(bj.x, bj.y, acc[r]);
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let sub = vec2<u32>(tile.x, j0);
+            var acc: array<f32, RPI>;
+            if (st.first == 0u) {
+                acc = recurrent_product_t(sub.x, sub.y, lid.x, lid.y, later_step() * p.B * p.dg_ld);
+            }
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(sub, lid, r);
+                if (bj.x < p.B) {
+                    lstm_project_backward_at(bj.x, bj.y, acc[r]);
+                }
+            }
         }
+        step_barrier();
     }
 }
 
 // The cell update of lstm_project_backward for row b, unit j, after the product.
 fn lstm_project_backward_at(b: u32, j: u32, acc: f32) {
-    var dh = acc + carry[carry_index(p.parity, 0u, b, j)];
+    var dh = acc + carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
     if (is_live(b)) {
         dh += dout[out_index(b, j)];
     }
-    dgh[(p.t * p.B + b) * p.dg_ld + 4u * p.cell_h + j] = dh;
+    dgh[st.o_dgh + (st.t * p.B + b) * p.dg_ld + 4u * p.cell_h + j] = dh;
 }

@@ -42,9 +42,9 @@ override FROM_GATES: bool = false;
 // stride p.vec_ld: the state width, or the gates' row).
 fn vec_at(base: u32, b: u32, k: u32) -> f32 {
     if (FROM_GATES) {
-        return gates[base + b * p.vec_ld + k];
+        return gates[st.o_g + base + b * p.vec_ld + k];
     }
-    return hs[base + b * p.vec_ld + k];
+    return hs[st.o_hs + base + b * p.vec_ld + k];
 }
 
 const TJ: u32 = 32u;
@@ -79,9 +79,29 @@ fn tile_units() -> u32 {
     return select(TJ, SU, SPLIT);
 }
 
-// (b0, j0) of this workgroup's tile, or (B, H) past the last tile.
+// (b0, j0) of this workgroup's tile, or (B, H) past the last tile, after
+// setting its direction (set_direction): the grid holds p.dirs directions'
+// tiles one after the other. A resident workgroup (p.resident == 1) owns
+// every unit of its rows (j0 = 0; the entry points loop over the columns,
+// and over p.k_steps time steps with only workgroup barriers between them).
 fn step_tile(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
-    return grid_tile(wid, nwg, p.B, TB, p.H, tile_units());
+    let tiles_c = select((p.H + tile_units() - 1u) / tile_units(), 1u, p.resident == 1u);
+    let tiles_r = (p.B + TB - 1u) / TB;
+    let per_dir = tiles_r * tiles_c;
+    let tile = linear_group(wid, nwg);
+    let d = tile / per_dir;
+    if (d >= p.dirs) {
+        return vec2<u32>(p.B, p.H);
+    }
+    set_direction(d);
+    let k = tile % per_dir;
+    return vec2<u32>((k / tiles_c) * TB, (k % tiles_c) * tile_units());
+}
+
+// One past the last column tile start of this workgroup: its own tile, or
+// every tile when resident.
+fn tile_end(tile: vec2<u32>) -> u32 {
+    return select(tile.y + 1u, p.H, p.resident == 1u);
 }
 
 // (b, j) whose cell update this invocation applies after the product for its
@@ -129,7 +149,7 @@ fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<a
             let kk = rem % TK;
             var v = 0.0;
             if (j0 + jj < p.H && k0 + kk < p.pk) {
-                v = weights[p.whh_off + (g * p.H + j0 + jj) * p.pk + k0 + kk];
+                v = weights[st.whh_off + (g * p.H + j0 + jj) * p.pk + k0 + kk];
             }
             rhs_tile[(g * TK + kk) * TPAD + jj] = v;
         }
@@ -196,7 +216,7 @@ fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> a
                 }
             }
             for (var g = 0u; g < G; g++) {
-                let w = weights[p.whh_off + (g * p.H + j) * p.pk + k];
+                let w = weights[st.whh_off + (g * p.H + j) * p.pk + k];
                 for (var bb = 0u; bb < TB; bb++) {
                     part[g * TB + bb] += w * hv[bb];
                 }
@@ -243,7 +263,7 @@ fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> arra
         let mm = flat % TK;
         var v = 0.0;
         if (b0 + bb < p.B && m0 + mm < gh) {
-            v = dgh[dg_base + (b0 + bb) * p.dg_ld + m0 + mm];
+            v = dgh[st.o_dgh + dg_base + (b0 + bb) * p.dg_ld + m0 + mm];
         }
         lhs_tile[flat] = v;
         for (var e = flat; e < TK * TJ; e += WG_SIZE) {
@@ -251,7 +271,7 @@ fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> arra
             let jj = e % TJ;
             var v = 0.0;
             if (m0 + mm < gh && j0 + jj < p.H) {
-                v = weights[p.whh_off + (m0 + mm) * p.H + j0 + jj];
+                v = weights[st.whh_off + (m0 + mm) * p.H + j0 + jj];
             }
             rhs_tile[mm * TJ + jj] = v;
         }
@@ -280,10 +300,10 @@ fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -
     var part: array<f32, 16>; // [TB]
     if (j < p.H) {
         for (var m = lane; m < gh; m += SL) {
-            let w = weights[p.whh_off + m * p.H + j];
+            let w = weights[st.whh_off + m * p.H + j];
             for (var bb = 0u; bb < TB; bb++) {
                 if (bb < rows) {
-                    part[bb] += dgh[dg_base + (b0 + bb) * p.dg_ld + m] * w;
+                    part[bb] += dgh[st.o_dgh + dg_base + (b0 + bb) * p.dg_ld + m] * w;
                 }
             }
         }

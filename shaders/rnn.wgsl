@@ -18,13 +18,20 @@ fn rnn_forward(
     if (tile.x >= p.B) {
         return;
     }
-    let bh = p.B * p.H;
-    let acc = recurrent_product(tile.x, tile.y, lid.x, lid.y, prev_slot() * bh);
-    for (var r = 0u; r < RPI; r++) {
-        let bj = tile_cell(tile, lid, r);
-        if (bj.x < p.B) {
-            rnn_forward_at(bj.x, bj.y, acc[r]);
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let sub = vec2<u32>(tile.x, j0);
+            let bh = p.B * p.H;
+            let acc = recurrent_product(sub.x, sub.y, lid.x, lid.y, prev_slot() * bh);
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(sub, lid, r);
+                if (bj.x < p.B) {
+                    rnn_forward_at(bj.x, bj.y, acc[r]);
+                }
+            }
         }
+        step_barrier();
     }
 }
 
@@ -33,17 +40,17 @@ fn rnn_forward_at(b: u32, j: u32, acc: array<f32, G>) {
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
-        hs[next_slot() * bh + hc] = hs[prev_slot() * bh + hc];
+        hs[st.o_hs + next_slot() * bh + hc] = hs[st.o_hs + prev_slot() * bh + hc];
         out[out_index(b, j)] = 0.0;
         return;
     }
-    let idx = (p.t * p.B + b) * p.H + j;
-    let z = clip_v(xg[idx] + (acc[0] + weights[p.bhh_off + j]));
+    let idx = (st.t * p.B + b) * p.H + j;
+    let z = clip_v(xg[st.o_xg + idx] + (acc[0] + weights[st.bhh_off + j]));
     let h = cell_act(p.act_f, z);
     if (p.save == 1u && clipping()) {
-        gates[idx] = z;
+        gates[st.o_g + idx] = z;
     }
-    hs[next_slot() * bh + hc] = h;
+    hs[st.o_hs + next_slot() * bh + hc] = h;
     out[out_index(b, j)] = h;
 }
 
@@ -57,38 +64,45 @@ fn rnn_backward(
     if (tile.x >= p.B) {
         return;
     }
-    var acc: array<f32, RPI>;
-    if (p.first == 0u) {
-        acc = recurrent_product_t(tile.x, tile.y, lid.x, lid.y, later_step() * p.B * p.H);
-    }
-    for (var r = 0u; r < RPI; r++) {
-        let bj = tile_cell(tile, lid, r);
-        if (bj.x < p.B) {
-            rnn_backward_at(bj.x, bj.y, acc[r]);
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let sub = vec2<u32>(tile.x, j0);
+            var acc: array<f32, RPI>;
+            if (st.first == 0u) {
+                acc = recurrent_product_t(sub.x, sub.y, lid.x, lid.y, later_step() * p.B * p.H);
+            }
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(sub, lid, r);
+                if (bj.x < p.B) {
+                    rnn_backward_at(bj.x, bj.y, acc[r]);
+                }
+            }
         }
+        step_barrier();
     }
 }
 
 // The cell update of rnn_backward for row b, unit j, after the product.
 fn rnn_backward_at(b: u32, j: u32, acc: f32) {
     let hc = b * p.H + j;
-    let idx = (p.t * p.B + b) * p.H + j;
+    let idx = (st.t * p.B + b) * p.H + j;
     let live = is_live(b);
-    var dh = acc + carry[carry_index(p.parity, 0u, b, j)];
-    let out_par = 1u - p.parity;
+    var dh = acc + carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
+    let out_par = 1u - st.parity;
     if (!live) {
-        dgh[idx] = 0.0;
-        carry[carry_index(out_par, 0u, b, j)] = dh;
+        dgh[st.o_dgh + idx] = 0.0;
+        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh;
         return;
     }
     dh += dout[out_index(b, j)];
     var d: f32;
     if (clipping()) {
-        let z = gates_saved[idx];
+        let z = gates_saved[st.o_g + idx];
         d = clip_pass(z, cell_act_back(p.act_f, cell_act(p.act_f, z), dh));
     } else {
-        d = cell_act_back(p.act_f, hs_saved[next_slot() * p.B * p.H + hc], dh);
+        d = cell_act_back(p.act_f, hs_saved[st.o_hs + next_slot() * p.B * p.H + hc], dh);
     }
-    dgh[idx] = d;
-    carry[carry_index(out_par, 0u, b, j)] = 0.0;
+    dgh[st.o_dgh + idx] = d;
+    carry[st.o_carry + carry_index(out_par, 0u, b, j)] = 0.0;
 }

@@ -485,6 +485,122 @@ fn unchecked_hot_kernels_match_the_checked_build_bitwise() {
     }
 }
 
+/// Both directions of a layer share each step dispatch: each direction's
+/// output is bitwise that of a one-direction layer with its weights (the
+/// reverse one on the time-reversed sequence), and so are the forward
+/// direction's parameter gradients (the reverse one's sum their rows in
+/// another order, so they agree to rounding), with
+/// each recurrent-product variant; and the resident kernel (which also
+/// advances many steps a dispatch) computes bitwise what the tiled one does.
+#[test]
+fn fused_directions_and_steps_compute_each_direction_bitwise() {
+    let _ = gpu_or_skip!();
+    let (steps, batch, input, hidden) = (4, 17, 5, 33);
+    let mut tiled_bits = Vec::new();
+    for kernel in StepKernel::ALL {
+        let Some((_, gpu)) = common::own_gpu(|o| o.step_kernel = Some(kernel)) else {
+            return;
+        };
+        let mut bits_of_kernel = Vec::new();
+        for (i, cell) in CELLS.into_iter().enumerate() {
+            let bi = RnnConfig::new(cell, input, hidden).bidirectional(true);
+            let one = RnnConfig::new(cell, input, hidden);
+            let (bl, ul) = (bi.layout(), one.layout());
+            let params = uniform(40 + i as u64, bl.total, -0.4, 0.4);
+            let x = uniform(50 + i as u64, steps * batch * input, -1.0, 1.0);
+            let dy = uniform(60 + i as u64, steps * batch * 2 * hidden, -1.0, 1.0);
+            // Runs `cfg` on x (time-reversed when `rev`) with the output
+            // gradient's columns `cols`; returns the output (in x's time
+            // order), then the parameter gradients.
+            let run = |cfg: RnnConfig, p: &[f64], rev: bool, cols: std::ops::Range<usize>| {
+                let w = cfg.output_size();
+                let order = |t: usize| if rev { steps - 1 - t } else { t };
+                let mut xs = vec![0.0; x.len()];
+                let mut g = vec![0.0; steps * batch * w];
+                for t in 0..steps {
+                    let (src, dst) = (order(t) * batch * input, t * batch * input);
+                    xs[dst..dst + batch * input].copy_from_slice(&x[src..src + batch * input]);
+                    for b in 0..batch {
+                        let from = (order(t) * batch + b) * 2 * hidden + cols.start;
+                        let to = (t * batch + b) * w;
+                        g[to..to + w].copy_from_slice(&dy[from..from + w]);
+                    }
+                }
+                let mut rnn = Rnn::from_params(
+                    gpu.clone(),
+                    cfg,
+                    &p.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                )
+                .unwrap();
+                let xt = gpu.tensor_f64(&[steps, batch, input], &xs).unwrap();
+                let gt = gpu.tensor_f64(&[steps, batch, w], &g).unwrap();
+                let (out, saved) = rnn.forward_train(&xt, None, None, None, None).unwrap();
+                let grads = rnn.zeros_like_params().unwrap();
+                rnn.backward(&saved, Some(&gt), None, None, &grads).unwrap();
+                let o = gpu.read_f64(&out.output).unwrap();
+                let mut y = vec![0.0; o.len()];
+                for t in 0..steps {
+                    let (src, dst) = (t * batch * w, order(t) * batch * w);
+                    y[dst..dst + batch * w].copy_from_slice(&o[src..src + batch * w]);
+                }
+                (y, gpu.read_f64(&grads).unwrap())
+            };
+            let (y, g) = run(bi, &params, false, 0..2 * hidden);
+            for (d, suffix) in [(0, ""), (1, "_reverse")] {
+                let mut p = vec![0.0; ul.total];
+                for e in &ul.entries {
+                    let src = bl.get(&format!("{}{suffix}", e.name)).unwrap();
+                    let n: usize = e.shape.iter().product();
+                    p[e.offset..e.offset + n].copy_from_slice(&params[src.offset..src.offset + n]);
+                }
+                let (y1, g1) = run(one, &p, d == 1, d * hidden..(d + 1) * hidden);
+                for r in 0..steps * batch {
+                    let fused = &y[r * 2 * hidden + d * hidden..r * 2 * hidden + (d + 1) * hidden];
+                    let alone = &y1[r * hidden..(r + 1) * hidden];
+                    assert!(
+                        fused
+                            .iter()
+                            .zip(alone)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{} {} direction {d}: output row {r} differs",
+                        kernel.name(),
+                        cell.name()
+                    );
+                }
+                for e in &ul.entries {
+                    let src = bl.get(&format!("{}{suffix}", e.name)).unwrap();
+                    let n: usize = e.shape.iter().product();
+                    let (a, b) = (&g[src.offset..src.offset + n], &g1[e.offset..e.offset + n]);
+                    let name = format!(
+                        "{} {} direction {d}: gradient of {}",
+                        kernel.name(),
+                        cell.name(),
+                        e.name
+                    );
+                    if d == 0 {
+                        assert!(
+                            a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{name} differs"
+                        );
+                    } else {
+                        // The weight gradients sum over (t, b) rows, which
+                        // the time-reversed run visits in another order.
+                        check(&name, a, b, Tolerance::new(1e-5, 1e-4));
+                    }
+                }
+            }
+            bits_of_kernel.extend(y.iter().chain(&g).map(|v| v.to_bits()));
+        }
+        match kernel {
+            StepKernel::Tiled => tiled_bits = bits_of_kernel,
+            StepKernel::Resident => {
+                assert!(tiled_bits == bits_of_kernel, "resident differs from tiled")
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Step grids beyond the per-dimension workgroup limit (forced to 4) are folded
 /// into 2-D, with each recurrent-product variant.
 #[test]
@@ -497,8 +613,14 @@ fn folded_step_grids_match_the_cpu() {
         }) else {
             return;
         };
-        // Tiled: 2 x 3 = 6 workgroups; split: 5 x 3 = 15.
-        let (hidden, batch) = (40, 33);
+        // Tiled: 2 x 3 = 6 workgroups; split: 5 x 3 = 15; resident (all
+        // units a workgroup): 5 at 80 rows.
+        let hidden = 40;
+        let batch = if kernel == StepKernel::Resident {
+            80
+        } else {
+            33
+        };
         assert!(kernel.groups(batch, hidden) > 4);
         assert_eq!(ctx.step_kernel(batch, hidden), kernel);
         for (i, cell) in CELLS.into_iter().enumerate() {
@@ -806,15 +928,13 @@ fn bad_inputs_are_clear_errors() {
 }
 
 /// `bench` reports the chain of dependent step dispatches of a training
-/// step: 2·L·D·T (forward and backward), twice that for the variants that
-/// take two dispatches a step.
+/// step: both directions of a layer share each dispatch, so 2·L·T (forward
+/// and backward) with one step a dispatch, twice that for the variants that
+/// take two dispatches a step, and 2·L·⌈T/64⌉ with the resident kernel,
+/// which advances up to 64 steps a dispatch (single-dispatch steps only).
 #[test]
 fn recurrent_dispatches_follow_the_formula() {
     use rnn_wgpu::bench::{RnnShape, bench_rnn};
-    // A context of its own: the shared one counts the other tests' work too.
-    let Some((ctx, gpu)) = common::own_gpu(|_| {}) else {
-        return;
-    };
     let rb = Variant {
         reset_before: true,
         ..Default::default()
@@ -834,25 +954,35 @@ fn recurrent_dispatches_follow_the_formula() {
             Variant::default(),
             1,
         ),
+        (Cell::Lstm, 1, true, 130, Variant::default(), 1),
         (Cell::Gru, 1, true, 4, rb, 2),
         (Cell::Lstm, 2, false, 3, proj, 2),
     ];
-    for (cell, layers, bidirectional, seq, variant, per_step) in shapes {
-        let shape = RnnShape {
-            cell,
-            input: 4,
-            hidden: 6,
-            batch: 2,
-            seq,
-            layers,
-            bidirectional,
-            variant,
-            skip: Skip::None,
+    for kernel in [StepKernel::Tiled, StepKernel::Resident] {
+        // A context of its own: the shared one counts the other tests' work too.
+        let Some((ctx, gpu)) = common::own_gpu(|o| o.step_kernel = Some(kernel)) else {
+            return;
         };
-        let r = bench_rnn(&gpu, Some(&ctx), "", &shape, 1).unwrap();
-        let d = if bidirectional { 2 } else { 1 };
-        let want = (2 * layers * d * seq * per_step) as u64;
-        assert_eq!(r.recurrent_dispatches, want, "{shape:?}");
-        assert!(r.dispatches_per_step > r.recurrent_dispatches, "{shape:?}");
+        for (cell, layers, bidirectional, seq, variant, per_step) in shapes {
+            let shape = RnnShape {
+                cell,
+                input: 4,
+                hidden: 6,
+                batch: 2,
+                seq,
+                layers,
+                bidirectional,
+                variant,
+                skip: Skip::None,
+            };
+            let r = bench_rnn(&gpu, Some(&ctx), "", &shape, 1).unwrap();
+            let calls = match (kernel, per_step) {
+                (StepKernel::Resident, 1) => seq.div_ceil(StepKernel::RESIDENT_STEPS),
+                _ => seq * per_step,
+            };
+            let want = (2 * layers * calls) as u64;
+            assert_eq!(r.recurrent_dispatches, want, "{} {shape:?}", kernel.name());
+            assert!(r.dispatches_per_step > r.recurrent_dispatches, "{shape:?}");
+        }
     }
 }

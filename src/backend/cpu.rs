@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{checked_numel, numel};
 use crate::ops::activation::{self, Activation, Span};
 use crate::ops::cell::{
-    self, BackwardSlices, Cell, ForwardSlices, StepBackward, StepForward, StepSpec,
+    self, BackwardSlices, Cell, ForwardSlices, StepBackward, StepForward, StepSpec, Variant,
 };
 use crate::ops::dropout::{self, DropoutSpec};
 use crate::ops::embed::{self, EmbedSpec};
@@ -427,6 +427,16 @@ impl<T: Real> Backend for CpuBackend<T> {
             (true, _) => out[out_off] + v,
         };
         Ok(())
+    }
+
+    fn steps_per_call(&self, variant: &Variant, _batch: usize, _units: usize) -> usize {
+        // The schedule the resident GPU kernel runs; the host takes the
+        // steps in turn either way.
+        if variant.gates_between_dispatches() {
+            1
+        } else {
+            crate::gpu::StepKernel::RESIDENT_STEPS
+        }
     }
 
     fn cell_forward(

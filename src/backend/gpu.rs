@@ -7,7 +7,7 @@ use super::{Backend, PendingRead, XentBuffers, check_read_range};
 use crate::error::Result;
 use crate::gpu::{DType, GpuContext, GpuTensor, download_many};
 use crate::ops::activation::{self, Activation, Span};
-use crate::ops::cell::{self, Cell, StepBackward, StepForward, StepSpec};
+use crate::ops::cell::{self, Cell, StepBackward, StepForward, StepSpec, Variant};
 use crate::ops::dropout::{self, DropoutSpec};
 use crate::ops::embed::{self, EmbedSpec};
 use crate::ops::matmul::{Gemm, GemmKernel, gemm_gpu};
@@ -267,6 +267,15 @@ impl Backend for GpuBackend {
                 accumulate,
             )
         })
+    }
+
+    fn steps_per_call(&self, variant: &Variant, batch: usize, units: usize) -> usize {
+        let resident = self.ctx.step_kernel(batch, units) == crate::gpu::StepKernel::Resident;
+        if resident && !variant.gates_between_dispatches() {
+            crate::gpu::StepKernel::RESIDENT_STEPS
+        } else {
+            1
+        }
     }
 
     fn cell_forward(

@@ -44,7 +44,7 @@ use std::fmt::Debug;
 
 use crate::error::{Error, Result};
 use crate::ops::activation::{Activation, Span};
-use crate::ops::cell::{Cell, StepSpec};
+use crate::ops::cell::{Cell, StepSpec, Variant};
 pub use crate::ops::cell::{StepBackward, StepForward};
 use crate::ops::dropout::DropoutSpec;
 use crate::ops::embed::EmbedSpec;
@@ -231,6 +231,14 @@ pub trait Backend: Clone {
         out_off: usize,
         accumulate: bool,
     ) -> Result<()>;
+
+    /// The most time steps one [`Backend::cell_forward`] /
+    /// [`Backend::cell_backward`] call may advance for this shape
+    /// ([`crate::ops::cell::Fusion::more_steps`] + 1; `units`: H, or a
+    /// projection's P): on the GPU, several with the resident step kernel
+    /// and 1 otherwise; on the CPU, which runs them in turn, as many as the
+    /// resident kernel takes. A step of two dispatches takes 1.
+    fn steps_per_call(&self, variant: &Variant, batch: usize, units: usize) -> usize;
 
     /// One fused forward step of a recurrent cell.
     fn cell_forward(

@@ -188,16 +188,24 @@ pub enum StepKernel {
     /// summed in workgroup memory: four times the workgroups, few barriers
     /// (small batches).
     Split,
+    /// One workgroup owns all the hidden units of its 16 batch rows (the
+    /// tiled product, column tile after column tile), so it needs no other
+    /// workgroup's results to take the next time step: one dispatch advances
+    /// up to [`StepKernel::RESIDENT_STEPS`] steps with only workgroup
+    /// barriers between them (small H, where launches cost more than the
+    /// arithmetic).
+    Resident,
 }
 
 impl StepKernel {
     /// Every variant.
-    pub const ALL: [StepKernel; 2] = [StepKernel::Tiled, StepKernel::Split];
+    pub const ALL: [StepKernel; 3] = [StepKernel::Tiled, StepKernel::Split, StepKernel::Resident];
 
-    /// Hidden units per workgroup.
+    /// Hidden units per column tile (a resident workgroup takes them all,
+    /// one 32-unit tile after another).
     pub fn units(self) -> usize {
         match self {
-            StepKernel::Tiled => 32,
+            StepKernel::Tiled | StepKernel::Resident => 32,
             StepKernel::Split => 8,
         }
     }
@@ -211,19 +219,30 @@ impl StepKernel {
         match self {
             StepKernel::Tiled => "tiled",
             StepKernel::Split => "split",
+            StepKernel::Resident => "resident",
         }
     }
 
-    /// Workgroups of one step for `batch` rows and `hidden` units.
+    /// Workgroups of one step (one direction) for `batch` rows and `hidden` units.
     pub fn groups(self, batch: usize, hidden: usize) -> u64 {
-        (hidden as u64).div_ceil(self.units() as u64) * (batch as u64).div_ceil(Self::ROWS as u64)
+        let rows = (batch as u64).div_ceil(Self::ROWS as u64);
+        match self {
+            StepKernel::Resident => rows,
+            _ => (hidden as u64).div_ceil(self.units() as u64) * rows,
+        }
     }
 
-    /// The variant used when none is forced: split while the tiled grid
-    /// would have fewer than [`StepKernel::TILED_MIN_GROUPS`] workgroups
-    /// (too few to occupy a discrete GPU), tiled beyond.
+    /// The variant used when none is forced: resident up to
+    /// [`StepKernel::RESIDENT_MAX_UNITS`] units (at most four column tiles a
+    /// step per workgroup, where the launches of one dispatch per step cost
+    /// more than the arithmetic), then split while the tiled grid would have
+    /// fewer than [`StepKernel::TILED_MIN_GROUPS`] workgroups (too few to
+    /// occupy a discrete GPU), tiled beyond. These are chosen on paper;
+    /// `run_comparison.sh --gpu` times every variant forced.
     pub fn auto(batch: usize, hidden: usize) -> StepKernel {
-        if StepKernel::Tiled.groups(batch, hidden) < Self::TILED_MIN_GROUPS {
+        if hidden <= Self::RESIDENT_MAX_UNITS {
+            StepKernel::Resident
+        } else if StepKernel::Tiled.groups(batch, hidden) < Self::TILED_MIN_GROUPS {
             StepKernel::Split
         } else {
             StepKernel::Tiled
@@ -231,12 +250,19 @@ impl StepKernel {
     }
 
     /// See [`StepKernel::auto`].
+    pub const RESIDENT_MAX_UNITS: usize = 128;
+
+    /// The most time steps one resident dispatch advances (a bound on how
+    /// long one dispatch runs, for display watchdogs).
+    pub const RESIDENT_STEPS: usize = 64;
+
+    /// See [`StepKernel::auto`].
     pub const TILED_MIN_GROUPS: u64 = 128;
 
     /// The pipeline's override constants.
     pub(crate) fn constants(self) -> &'static [(&'static str, f64)] {
         match self {
-            StepKernel::Tiled => &[("SPLIT", 0.0)],
+            StepKernel::Tiled | StepKernel::Resident => &[("SPLIT", 0.0)],
             StepKernel::Split => &[("SPLIT", 1.0)],
         }
     }
@@ -249,8 +275,9 @@ impl std::str::FromStr for StepKernel {
         match s.trim().to_ascii_lowercase().as_str() {
             "tiled" => Ok(StepKernel::Tiled),
             "split" => Ok(StepKernel::Split),
+            "resident" => Ok(StepKernel::Resident),
             other => Err(format!(
-                "unknown step kernel {other:?}; expected auto, tiled or split"
+                "unknown step kernel {other:?}; expected auto, tiled, split or resident"
             )),
         }
     }

@@ -67,7 +67,7 @@ use super::params::{ParamEntry, ParamLayout};
 use super::pool::{Pool, next_owner_id};
 use crate::backend::{Backend, StepBackward, StepForward, expect_shape};
 use crate::error::{Error, Result};
-use crate::ops::cell::{Cell, StepSpec, Variant};
+use crate::ops::cell::{Cell, DirStrides, Fusion, StepSpec, Variant};
 use crate::ops::dropout::{DropoutKey, DropoutSpec, Shard};
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::{ColDot, ColSum};
@@ -400,17 +400,20 @@ impl RnnConfig {
     }
 }
 
-/// What a forward keeps of one layer and direction for the backward.
+/// What a forward keeps of one layer's cells for the backward: the states
+/// and gates of every direction, direction 1's parts `strides` after
+/// direction 0's.
 #[derive(Debug)]
-struct SavedDir<B: Backend> {
+struct SavedCells<B: Backend> {
     hs: B::Tensor,
     cs: Option<B::Tensor>,
     gates: Option<B::Tensor>,
+    strides: DirStrides,
 }
 
 #[derive(Debug)]
 struct SavedLayer<B: Backend> {
-    dirs: Vec<SavedDir<B>>,
+    cells: SavedCells<B>,
     // With a skip connection: the cells' output and the highway gate T.
     cells_out: Option<B::Tensor>,
     gate: Option<B::Tensor>,
@@ -808,67 +811,101 @@ impl<B: Backend> Rnn<B> {
         for l in 0..cfg.num_layers {
             let in_size = cfg.layer_input(l);
             let out = pool.take(b, &[steps, batch, cfg.output_size()])?;
-            let mut saved_dirs = Vec::with_capacity(dirs);
+            // Both directions' parts one after the other in each buffer, so
+            // that one dispatch steps both (`Fusion::pair`).
+            let p0 = DirParams::of(&self.layout, l, 0)?.shifted(self.offset);
+            let saved_per_unit = cfg.variant.saved(cfg.cell);
+            let strides = DirStrides {
+                params: direction_stride(&self.layout, l, dirs)?,
+                xg: steps * batch * gh,
+                hs: slots * bp,
+                cs: slots * bh,
+                gates: steps * batch * saved_per_unit * h,
+                ..Default::default()
+            };
+            // The input projection of every step of every direction: a temporary.
+            let xg = pool.take(b, &[dirs, steps, batch, gh])?;
             for d in 0..dirs {
                 let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
-                // The input projection of every step: a temporary.
-                let xg = pool.take(b, &[steps, batch, gh])?;
                 let g = Gemm::nt(steps * batch, gh, in_size)
-                    .offsets(0, p.w_ih, 0)
+                    .offsets(0, p.w_ih, d * strides.xg)
                     .with_bias(p.b_ih);
                 b.gemm(&g, &input, &self.params, Some(&self.params), &xg)?;
-                let hs = pool.take(b, &[slots, batch, hp])?;
-                let cs = pool.take_if(b, lstm, &[slots, batch, h])?;
-                // (A step of two dispatches passes values in the gates, so
-                // its inference keeps them too.)
-                let saved_per_unit = cfg.variant.saved(cfg.cell);
-                let gates = pool.take_if(
-                    b,
-                    (train || passes) && saved_per_unit > 0,
-                    &[steps, batch, saved_per_unit * h],
-                )?;
-                let spec = |s: usize| StepSpec {
-                    batch,
-                    hidden: h,
-                    steps,
-                    t: if d == 0 { s } else { steps - 1 - s },
-                    reverse: d == 1,
-                    whh_off: p.w_hh,
-                    bhh_off: p.b_hh,
-                    out_col: d * hp,
-                    out_ld: dirs * hp,
-                    ring: !train,
-                    variant: cfg.variant,
-                    peep_off: p.peep,
-                    hr_off: p.hr,
-                    ..Default::default()
-                };
-                let (first, last) = (spec(0).prev(), spec(steps - 1).next());
+            }
+            let hs = pool.take(b, &[dirs, slots, batch, hp])?;
+            let cs = pool.take_if(b, lstm, &[dirs, slots, batch, h])?;
+            // (A step of two dispatches passes values in the gates, so
+            // its inference keeps them too.)
+            let gates = pool.take_if(
+                b,
+                (train || passes) && saved_per_unit > 0,
+                &[dirs, steps, batch, saved_per_unit * h],
+            )?;
+            // Direction 0's step at t, standing for `more` further steps and
+            // (bidirectional) direction 1's.
+            let spec = |t: usize, more: usize| StepSpec {
+                batch,
+                hidden: h,
+                steps,
+                t,
+                whh_off: p0.w_hh,
+                bhh_off: p0.b_hh,
+                out_col: 0,
+                out_ld: dirs * hp,
+                ring: !train,
+                variant: cfg.variant,
+                peep_off: p0.peep,
+                hr_off: p0.hr,
+                fusion: Fusion {
+                    pair: (dirs == 2).then_some(strides),
+                    more_steps: more,
+                },
+                ..Default::default()
+            };
+            // Each direction's first and last state slots.
+            let ends = |d: usize| -> Result<(usize, usize)> {
+                let parts = spec(0, 0).parts(false)?;
+                let last = spec(steps - 1, 0).parts(false)?;
+                Ok((parts[d].1.prev(), last[d].1.next()))
+            };
+            for d in 0..dirs {
                 let sd = l * dirs + d;
-                load_state(b, h0, sd * bp, &hs, first * bp, bp)?;
+                let first = ends(d)?.0;
+                load_state(b, h0, sd * bp, &hs, d * strides.hs + first * bp, bp)?;
                 if let Some(cs) = &cs {
-                    load_state(b, c0, sd * bh, cs, first * bh, bh)?;
-                }
-                let bufs = StepForward {
-                    xg: &xg,
-                    weights: &self.params,
-                    lengths: lengths.as_ref(),
-                    hs: &hs,
-                    cs: cs.as_ref(),
-                    gates: gates.as_ref(),
-                    out: &out,
-                };
-                for s in 0..steps {
-                    b.cell_forward(cfg.cell, &spec(s), &bufs)?;
-                }
-                b.copy(&hs, last * bp, &hn, sd * bp, bp)?;
-                if let (Some(cs), Some(cn)) = (&cs, &cn) {
-                    b.copy(cs, last * bh, cn, sd * bh, bh)?;
-                }
-                if train {
-                    saved_dirs.push(SavedDir { hs, cs, gates });
+                    load_state(b, c0, sd * bh, cs, d * strides.cs + first * bh, bh)?;
                 }
             }
+            let bufs = StepForward {
+                xg: &xg,
+                weights: &self.params,
+                lengths: lengths.as_ref(),
+                hs: &hs,
+                cs: cs.as_ref(),
+                gates: gates.as_ref(),
+                out: &out,
+            };
+            let per_call = b.steps_per_call(&cfg.variant, batch, h).max(1);
+            let mut t = 0;
+            while t < steps {
+                let n = per_call.min(steps - t);
+                b.cell_forward(cfg.cell, &spec(t, n - 1), &bufs)?;
+                t += n;
+            }
+            for d in 0..dirs {
+                let sd = l * dirs + d;
+                let last = ends(d)?.1;
+                b.copy(&hs, d * strides.hs + last * bp, &hn, sd * bp, bp)?;
+                if let (Some(cs), Some(cn)) = (&cs, &cn) {
+                    b.copy(cs, d * strides.cs + last * bh, cn, sd * bh, bh)?;
+                }
+            }
+            let saved_cells = train.then_some(SavedCells {
+                hs,
+                cs,
+                gates,
+                strides,
+            });
             // A skip connection joins the layer's input to its cells' output.
             let (out, cells_out, gate) = if cfg.has_skip(l) {
                 let n = steps * batch * cfg.output_size();
@@ -914,7 +951,9 @@ impl<B: Backend> Rnn<B> {
             }
             if train {
                 layers.push(SavedLayer {
-                    dirs: saved_dirs,
+                    cells: saved_cells.ok_or_else(|| {
+                        Error::invalid("forward_train", "kept no states for the backward")
+                    })?,
                     cells_out,
                     gate,
                     fed_up,
@@ -1064,78 +1103,103 @@ impl<B: Backend> Rnn<B> {
                 }
                 dgate = dg;
             }
-            for (d, dw) in layer.dirs.iter().enumerate() {
-                let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
+            let cells = &layer.cells;
+            let reset = cfg.variant.reset_before;
+            // The GRU's input and recurrent sides differ (by r in the n
+            // block) unless the reset gate comes before the product.
+            let separate_dgx = cfg.cell == Cell::Gru && !reset;
+            let dgh = pool.take(b, &[dirs, steps, batch, dl])?;
+            let dgx = pool.take_if(b, separate_dgx, &[dirs, steps, batch, gh])?;
+            let carry = pool.take(b, &[dirs, 2, 2, batch, h])?;
+            let st = DirStrides {
+                dgh: steps * batch * dl,
+                dgx: steps * batch * gh,
+                carry: 4 * bh,
+                ..cells.strides
+            };
+            // Carries start at the gradients of the final states.
+            b.fill(&carry, 0, dirs * 4 * bh, 0.0)?;
+            for d in 0..dirs {
                 let sd = l * dirs + d;
-                let dgh = pool.take(b, &[steps, batch, dl])?;
-                // The GRU's input and recurrent sides differ (by r in the n
-                // block) unless the reset gate comes before the product.
-                let reset = cfg.variant.reset_before;
-                let dgx = pool.take_if(b, cfg.cell == Cell::Gru && !reset, &[steps, batch, gh])?;
-                let carry = pool.take(b, &[2, 2, batch, h])?;
-                // Carries start at the gradients of the final states.
-                b.fill(&carry, 0, 4 * bh, 0.0)?;
                 if let Some(g) = grad_hn {
-                    b.copy(g, sd * bp, &carry, 0, bp)?;
+                    b.copy(g, sd * bp, &carry, d * st.carry, bp)?;
                 }
                 if let Some(g) = grad_cn {
-                    b.copy(g, sd * bh, &carry, bh, bh)?;
+                    b.copy(g, sd * bh, &carry, d * st.carry + bh, bh)?;
                 }
-                let bufs = StepBackward {
-                    weights: &self.params,
-                    lengths: saved.lengths.as_ref(),
-                    hs: &dw.hs,
-                    cs: dw.cs.as_ref(),
-                    gates: dw.gates.as_ref(),
-                    dout: &dout,
-                    dgh: &dgh,
-                    dgx: dgx.as_ref(),
-                    carry: &carry,
+            }
+            let bufs = StepBackward {
+                weights: &self.params,
+                lengths: saved.lengths.as_ref(),
+                hs: &cells.hs,
+                cs: cells.cs.as_ref(),
+                gates: cells.gates.as_ref(),
+                dout: &dout,
+                dgh: &dgh,
+                dgx: dgx.as_ref(),
+                carry: &carry,
+            };
+            // The sweep: direction 0 from T - 1 down (direction 1 up from 0
+            // beside it), `per_call` steps a call.
+            let p0 = DirParams::of(&self.layout, l, 0)?.shifted(self.offset);
+            let per_call = b.steps_per_call(&cfg.variant, batch, h).max(1);
+            let mut s = 0;
+            while s < steps {
+                let n = per_call.min(steps - s);
+                let spec = StepSpec {
+                    batch,
+                    hidden: h,
+                    steps,
+                    t: steps - 1 - s,
+                    reverse: false,
+                    first: s == 0,
+                    parity: s % 2,
+                    whh_off: p0.w_hh,
+                    bhh_off: p0.b_hh,
+                    out_col: 0,
+                    out_ld: dirs * hp,
+                    ring: false,
+                    variant: cfg.variant,
+                    peep_off: p0.peep,
+                    hr_off: p0.hr,
+                    fusion: Fusion {
+                        pair: (dirs == 2).then_some(st),
+                        more_steps: n - 1,
+                    },
                 };
-                for s in 0..steps {
-                    let spec = StepSpec {
-                        batch,
-                        hidden: h,
-                        steps,
-                        t: if d == 0 { steps - 1 - s } else { s },
-                        reverse: d == 1,
-                        first: s == 0,
-                        parity: s % 2,
-                        whh_off: p.w_hh,
-                        bhh_off: p.b_hh,
-                        out_col: d * hp,
-                        out_ld: dirs * hp,
-                        ring: false,
-                        variant: cfg.variant,
-                        peep_off: p.peep,
-                        hr_off: p.hr,
-                    };
-                    b.cell_backward(cfg.cell, &spec, &bufs)?;
-                }
+                b.cell_backward(cfg.cell, &spec, &bufs)?;
+                s += n;
+            }
+            for d in 0..dirs {
+                let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
+                let sd = l * dirs + d;
+                // This direction's parts of the buffers.
+                let (o_dgh, o_hs, o_cs, o_gates, o_carry) =
+                    (d * st.dgh, d * st.hs, d * st.cs, d * st.gates, d * st.carry);
+                let o_dgx = if separate_dgx { d * st.dgx } else { o_dgh };
                 // grad_h0 = carry + dG(last step of the sweep) · W_hh (the
                 // reset-before GRU: r's and z's rows; the carry holds n's part)
                 let par = steps % 2;
                 let t_last = if d == 0 { 0 } else { steps - 1 };
-                b.copy(&carry, par * 2 * bh, &grad_h0, sd * bp, bp)?;
+                b.copy(&carry, o_carry + par * 2 * bh, &grad_h0, sd * bp, bp)?;
                 let rec_rows = if reset { 2 * h } else { gh };
                 let g = Gemm {
                     lda: dl,
                     ..Gemm::nn(batch, hp, rec_rows)
-                        .offsets(t_last * batch * dl, p.w_hh, sd * bp)
+                        .offsets(o_dgh + t_last * batch * dl, p.w_hh, sd * bp)
                         .accumulating(true)
                 };
                 b.gemm(&g, &dgh, &self.params, None, &grad_h0)?;
                 if let Some(gc0) = &grad_c0 {
-                    b.copy(&carry, (par * 2 + 1) * bh, gc0, sd * bh, bh)?;
+                    b.copy(&carry, o_carry + (par * 2 + 1) * bh, gc0, sd * bh, bh)?;
                 }
                 // Weight gradients over all T·B rows at once (dgh's rows are
                 // dl wide: the gates', and a projection's dh).
-                let separate_dgx = dgx.is_some();
                 let dgx = dgx.as_ref().unwrap_or(&dgh);
                 let g = Gemm {
                     lda: dl,
                     ..Gemm::tn(gh, in_size, rows)
-                        .offsets(0, 0, p.w_ih)
+                        .offsets(o_dgx, 0, p.w_ih)
                         .accumulating(true)
                 };
                 b.gemm(&g, dgx, input, None, param_grads)?;
@@ -1143,63 +1207,64 @@ impl<B: Backend> Rnn<B> {
                 let g = Gemm {
                     lda: dl,
                     ..Gemm::tn(rec_rows, hp, rows)
-                        .offsets(0, prev_rows, p.w_hh)
+                        .offsets(o_dgh, o_hs + prev_rows, p.w_hh)
                         .accumulating(true)
                 };
-                b.gemm(&g, &dgh, &dw.hs, None, param_grads)?;
-                if let (true, Some(gates)) = (proj, &dw.gates) {
+                b.gemm(&g, &dgh, &cells.hs, None, param_grads)?;
+                if let (true, Some(gates)) = (proj, &cells.gates) {
                     // dW_hr = dhᵀ · m, m = o ⊙ h(c) in the gates' fifth block.
                     let g = Gemm {
                         lda: dl,
                         ldb: 5 * h,
                         ..Gemm::tn(hp, h, rows)
-                            .offsets(gh, 4 * h, p.hr)
+                            .offsets(o_dgh + gh, o_gates + 4 * h, p.hr)
                             .accumulating(true)
                     };
                     b.gemm(&g, &dgh, gates, None, param_grads)?;
                 }
-                if let (true, Some(gates)) = (reset, &dw.gates) {
+                if let (true, Some(gates)) = (reset, &cells.gates) {
                     // dW_hn = dnᵀ · (r ⊙ h), r ⊙ h in the gates' fourth block.
                     let g = Gemm {
                         lda: gh,
                         ldb: 4 * h,
                         ..Gemm::tn(h, h, rows)
-                            .offsets(2 * h, 3 * h, p.w_hh + 2 * h * h)
+                            .offsets(o_dgh + 2 * h, o_gates + 3 * h, p.w_hh + 2 * h * h)
                             .accumulating(true)
                     };
                     b.gemm(&g, &dgh, gates, None, param_grads)?;
                 }
                 // The bias gradients: the same sums for b_ih and b_hh unless
                 // the GRU's input side differs (then one pass each).
-                let bias = |src_off: usize, also: Option<usize>| ColSum {
+                let bias = |x_off: usize, out_off: usize, also: Option<usize>| ColSum {
                     ld: dl,
-                    out_off: src_off,
+                    x_off,
+                    out_off,
                     accumulate: true,
                     also_off: also,
                     ..ColSum::new(rows, gh)
                 };
                 if separate_dgx {
-                    b.sum_cols(&bias(p.b_ih, None), dgx, param_grads)?;
-                    b.sum_cols(&bias(p.b_hh, None), &dgh, param_grads)?;
+                    b.sum_cols(&bias(o_dgx, p.b_ih, None), dgx, param_grads)?;
+                    b.sum_cols(&bias(o_dgh, p.b_hh, None), &dgh, param_grads)?;
                 } else {
-                    b.sum_cols(&bias(p.b_ih, Some(p.b_hh)), &dgh, param_grads)?;
+                    b.sum_cols(&bias(o_dgh, p.b_ih, Some(p.b_hh)), &dgh, param_grads)?;
                 }
                 // Peephole gradients: dP_i = Σ di ⊙ c_prev, dP_f = Σ df ⊙ c_prev,
                 // dP_o = Σ do ⊙ c (over T·B rows; c_prev of the row of step t
                 // is slot t forward, t + 1 reverse).
-                if let (true, Some(cs)) = (cfg.variant.peepholes, &dw.cs) {
+                if let (true, Some(cs)) = (cfg.variant.peepholes, &cells.cs) {
                     let (prev_base, next_base) = if d == 0 { (0, bh) } else { (bh, 0) };
                     for (k, gate, base) in [(0, 0, prev_base), (1, 1, prev_base), (2, 3, next_base)]
                     {
                         let dot = ColDot {
                             sum: ColSum {
                                 ld: dl,
-                                x_off: gate * h,
+                                x_off: o_dgh + gate * h,
                                 out_off: p.peep + k * h,
                                 accumulate: true,
                                 ..ColSum::new(rows, h)
                             },
-                            y_off: base,
+                            y_off: o_cs + base,
                             y_ld: h,
                         };
                         b.dot_cols(&dot, &dgh, cs, param_grads)?;
@@ -1211,7 +1276,7 @@ impl<B: Backend> Rnn<B> {
                     let g = Gemm {
                         lda: dl,
                         ..Gemm::nn(rows, in_size, gh)
-                            .offsets(0, p.w_ih, 0)
+                            .offsets(o_dgx, p.w_ih, 0)
                             .accumulating(d > 0 || skip)
                     };
                     b.gemm(&g, dgx, &self.params, None, dx)?;
@@ -1308,7 +1373,7 @@ impl<B: Backend> Rnn<B> {
         let bh = saved.batch * cfg.hidden_size;
         let bp = saved.batch * cfg.state_size();
         for (l, layer) in saved.layers.iter().enumerate() {
-            let dw = &layer.dirs[0];
+            let dw = &layer.cells;
             b.copy(&dw.hs, steps * bp, &h, l * bp, bp)?;
             if let (Some(cs), Some(c)) = (&dw.cs, &c) {
                 b.copy(cs, steps * bh, c, l * bh, bh)?;
@@ -1322,6 +1387,33 @@ impl<B: Backend> Rnn<B> {
             .get(name)
             .ok_or_else(|| Error::invalid("parameter", format!("no parameter named {name:?}")))
     }
+}
+
+/// The distance between layer `l`'s two directions' parameters (0 with one
+/// direction): every offset of direction 1 must be direction 0's plus the
+/// same stride, as the layout places them, for one dispatch to step both.
+fn direction_stride(layout: &ParamLayout, l: usize, dirs: usize) -> Result<usize> {
+    if dirs < 2 {
+        return Ok(0);
+    }
+    let (a, b) = (DirParams::of(layout, l, 0)?, DirParams::of(layout, l, 1)?);
+    let stride = b.w_ih.wrapping_sub(a.w_ih);
+    let same = [
+        (a.w_hh, b.w_hh),
+        (a.b_ih, b.b_ih),
+        (a.b_hh, b.b_hh),
+        (a.peep, b.peep),
+        (a.hr, b.hr),
+    ]
+    .iter()
+    .all(|&(x, y)| y.wrapping_sub(x) == stride || (x == 0 && y == 0));
+    if b.w_ih < a.w_ih || !same {
+        return Err(Error::invalid(
+            "parameters",
+            format!("layer {l}'s reverse direction is not laid out as its forward one"),
+        ));
+    }
+    Ok(stride)
 }
 
 /// Offsets (the stack's `offset` included) of layer `l`'s highway weights

@@ -33,7 +33,7 @@ use super::matmul::{Gemm, gemm_cpu, u32_of};
 use super::need_len;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
-use crate::gpu::{DType, GpuTensor, Recorder};
+use crate::gpu::{DType, GpuTensor, Recorder, StepKernel};
 use crate::real::Real;
 
 /// Nonlinearity of a vanilla RNN.
@@ -522,9 +522,122 @@ pub struct StepSpec {
     /// Offset of the projection `W_hr` `[P, H]` in the weights buffer (an
     /// LSTM with a projection).
     pub hr_off: usize,
+    /// More work in the same step: the reverse direction beside this
+    /// forward one, further time steps (none by default).
+    pub fusion: Fusion,
+}
+
+/// Work a step takes on beside its own (one direction, one time step), so
+/// that one dispatch does it: [`StepSpec::parts`] lists the single steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fusion {
+    /// Direction 1, the reverse one, beside this forward step: at time
+    /// T − 1 − t, its parameters and its parts of the buffers at these
+    /// distances from direction 0's, its columns of `out` / `dout` after
+    /// direction 0's.
+    pub pair: Option<DirStrides>,
+    /// Further time steps after this one, in the sweep's order (a forward:
+    /// each direction's own time order; a backward: the reverse), each with
+    /// the carries' parity flipped. A step of two dispatches (see
+    /// [`Variant::gates_between_dispatches`]) cannot take further steps.
+    pub more_steps: usize,
+}
+
+/// Element distances between direction 0's and direction 1's parts of the
+/// buffers of a fused step (the directions of a layer stored one after the
+/// other in one buffer each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirStrides {
+    /// In the weights (every offset of the step: W_hh, b_hh, peepholes, W_hr).
+    pub params: usize,
+    /// In `xg`.
+    pub xg: usize,
+    /// In `hs`.
+    pub hs: usize,
+    /// In `cs`.
+    pub cs: usize,
+    /// In `gates`.
+    pub gates: usize,
+    /// In `dgh`.
+    pub dgh: usize,
+    /// In `dgx`.
+    pub dgx: usize,
+    /// In `carry`.
+    pub carry: usize,
 }
 
 impl StepSpec {
+    /// The single steps this one stands for, in the order a dispatch runs
+    /// them (time steps in order, the directions of one time step together):
+    /// `(direction, step)`, each without fusion. Direction 1's buffers are
+    /// its parts, [`Fusion::pair`]'s strides further on.
+    pub fn parts(&self, backward: bool) -> Result<Vec<(usize, StepSpec)>> {
+        let f = self.fusion;
+        if f.pair.is_some() && self.reverse {
+            return Err(Error::invalid(
+                "cell step fusion",
+                "a pair of directions is given by its forward direction (reverse = false)",
+            ));
+        }
+        if f.more_steps > 0 && self.variant.gates_between_dispatches() {
+            return Err(Error::invalid(
+                "cell step fusion",
+                "a step of two dispatches cannot take further steps",
+            ));
+        }
+        let dirs = 1 + f.pair.is_some() as usize;
+        let hp = self.state_size();
+        let mut parts = Vec::with_capacity(dirs * (f.more_steps + 1));
+        for s in 0..=f.more_steps {
+            // Direction 0's time: forward in time for a forward direction's
+            // forward sweep and a reverse direction's backward one.
+            let down = backward != self.reverse;
+            let t = if down {
+                self.t.checked_sub(s)
+            } else {
+                Some(self.t + s).filter(|&t| t < self.steps)
+            }
+            .ok_or_else(|| {
+                Error::invalid(
+                    "cell step fusion",
+                    format!(
+                        "{} further steps from t = {} leave 0..T = {}",
+                        f.more_steps, self.t, self.steps
+                    ),
+                )
+            })?;
+            let one = StepSpec {
+                t,
+                first: self.first && s == 0,
+                parity: (self.parity + s) % 2,
+                fusion: Fusion::default(),
+                ..*self
+            };
+            parts.push((0, one));
+            if let Some(d) = f.pair {
+                parts.push((
+                    1,
+                    StepSpec {
+                        t: self.steps - 1 - t,
+                        reverse: true,
+                        whh_off: one.whh_off + d.params,
+                        bhh_off: one.bhh_off + d.params,
+                        peep_off: one.peep_off + d.params,
+                        hr_off: one.hr_off + d.params,
+                        out_col: one.out_col + hp,
+                        ..one
+                    },
+                ));
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Whether this step stands for more than one single step.
+    fn is_fused(&self) -> bool {
+        self.fusion != Fusion::default()
+    }
+
     fn slot(&self, s: usize) -> usize {
         if self.ring { s % 2 } else { s }
     }
@@ -691,6 +804,67 @@ struct Lens {
     carry: usize,
 }
 
+impl Lens {
+    /// The lengths of direction `d`'s parts: each buffer from its offset on.
+    fn for_direction(&self, d: usize, st: &DirStrides) -> Lens {
+        let less = |len: usize, stride: usize| len.saturating_sub(d.saturating_mul(stride));
+        Lens {
+            xg: less(self.xg, st.xg),
+            weights: self.weights,
+            lengths: self.lengths,
+            hs: less(self.hs, st.hs),
+            cs: self.cs.map(|l| less(l, st.cs)),
+            gates: self.gates.map(|l| less(l, st.gates)),
+            out: self.out,
+            dgh: less(self.dgh, st.dgh),
+            dgx: self.dgx.map(|l| less(l, st.dgx)),
+            carry: less(self.carry, st.carry),
+        }
+    }
+}
+
+impl StepSpec {
+    /// [`StepSpec::parts`], each checked against its direction's part of
+    /// the buffers.
+    fn checked_parts(
+        &self,
+        cell: Cell,
+        backward: bool,
+        lens: &Lens,
+    ) -> Result<Vec<(usize, StepSpec)>> {
+        let parts = self.parts(backward)?;
+        let st = self.fusion.pair.unwrap_or_default();
+        for (d, one) in &parts {
+            one.validate(cell, backward, &lens.for_direction(*d, &st))?;
+        }
+        Ok(parts)
+    }
+}
+
+/// `v[from..]`, or an error naming the buffer when it is shorter.
+fn tail<'v, T>(arg: &str, v: &'v [T], from: usize) -> Result<&'v [T]> {
+    v.get(from..).ok_or_else(|| {
+        Error::invalid(
+            format!("cell step {arg}"),
+            format!(
+                "holds {} elements, fewer than its second direction's offset {from}",
+                v.len()
+            ),
+        )
+    })
+}
+
+/// `v[from..]` mutably, as [`tail`].
+fn tail_mut<'v, T>(arg: &str, v: &'v mut [T], from: usize) -> Result<&'v mut [T]> {
+    let len = v.len();
+    v.get_mut(from..).ok_or_else(|| {
+        Error::invalid(
+            format!("cell step {arg}"),
+            format!("holds {len} elements, fewer than its second direction's offset {from}"),
+        )
+    })
+}
+
 fn is_active(lengths: Option<&[i32]>, b: usize, t: usize) -> bool {
     lengths.is_none_or(|l| (t as i64) < l[b] as i64)
 }
@@ -795,10 +969,33 @@ pub fn forward_step_cpu<T: Real>(
         weights,
         lengths,
         hs,
-        cs,
-        gates,
+        mut cs,
+        mut gates,
         out,
     } = bufs;
+    if s.is_fused() {
+        // Each single step on its direction's part of the buffers, in order.
+        let st = s.fusion.pair.unwrap_or_default();
+        for (d, one) in s.parts(false)? {
+            let view = ForwardSlices {
+                xg: tail("xg", xg, d * st.xg)?,
+                weights,
+                lengths,
+                hs: tail_mut("hs", &mut *hs, d * st.hs)?,
+                cs: cs
+                    .as_deref_mut()
+                    .map(|c| tail_mut("cs", c, d * st.cs))
+                    .transpose()?,
+                gates: gates
+                    .as_deref_mut()
+                    .map(|g| tail_mut("gates", g, d * st.gates))
+                    .transpose()?,
+                out: &mut *out,
+            };
+            forward_step_cpu(cell, &one, view)?;
+        }
+        return Ok(());
+    }
     let lens = Lens {
         xg: xg.len(),
         weights: weights.len(),
@@ -1229,6 +1426,27 @@ pub fn backward_step_cpu<T: Real>(
         mut dgx,
         carry,
     } = bufs;
+    if s.is_fused() {
+        let st = s.fusion.pair.unwrap_or_default();
+        for (d, one) in s.parts(true)? {
+            let view = BackwardSlices {
+                weights,
+                lengths,
+                hs: tail("hs", hs, d * st.hs)?,
+                cs: cs.map(|c| tail("cs", c, d * st.cs)).transpose()?,
+                gates: gates.map(|g| tail("gates", g, d * st.gates)).transpose()?,
+                dout,
+                dgh: tail_mut("dgh", &mut *dgh, d * st.dgh)?,
+                dgx: dgx
+                    .as_deref_mut()
+                    .map(|g| tail_mut("dgx", g, d * st.dgx))
+                    .transpose()?,
+                carry: tail_mut("carry", &mut *carry, d * st.carry)?,
+            };
+            backward_step_cpu(cell, &one, view)?;
+        }
+        return Ok(());
+    }
     let lens = Lens {
         weights: weights.len(),
         lengths: lengths.map(|l| l.len()),
@@ -1887,6 +2105,18 @@ kernel_params! {
         cell_h: u32,
         gates_ld: u32,
         proj: u32,
+        dirs: u32,
+        d_param: u32,
+        d_xg: u32,
+        d_hs: u32,
+        d_cs: u32,
+        d_gates: u32,
+        d_dgh: u32,
+        d_dgx: u32,
+        d_carry: u32,
+        k_steps: u32,
+        t_down: u32,
+        resident: u32,
         _pad0: u32,
         _pad1: u32,
     }
@@ -1940,8 +2170,54 @@ impl Params {
             cell_h: u32_of("H", s.hidden)?,
             gates_ld: u32_of("gates", v.saved(cell).max(1) * s.hidden)?,
             proj: (v.proj_size > 0) as u32,
+            dirs: 1,
+            d_param: 0,
+            d_xg: 0,
+            d_hs: 0,
+            d_cs: 0,
+            d_gates: 0,
+            d_dgh: 0,
+            d_dgx: 0,
+            d_carry: 0,
+            k_steps: 1,
+            t_down: 0,
+            resident: 0,
             _pad0: 0,
             _pad1: 0,
+        })
+    }
+
+    /// The fields of a fused step `s` (see [`Fusion`]): its directions,
+    /// their strides, the steps it advances and which way time goes.
+    fn fused(self, s: &StepSpec, backward: bool) -> Result<Self> {
+        let f = s.fusion;
+        let st = f.pair.unwrap_or_default();
+        let dirs = 1 + f.pair.is_some() as u32;
+        // Direction 1's indices reach one stride further.
+        for (arg, stride) in [
+            ("xg", st.xg),
+            ("hs", st.hs),
+            ("cs", st.cs),
+            ("gates", st.gates),
+            ("dgh", st.dgh),
+            ("dgx", st.dgx),
+            ("carry", st.carry),
+        ] {
+            u32_of(arg, stride.saturating_mul(2))?;
+        }
+        Ok(Params {
+            dirs,
+            d_param: u32_of("direction stride", st.params)?,
+            d_xg: u32_of("xg", st.xg)?,
+            d_hs: u32_of("hs", st.hs)?,
+            d_cs: u32_of("cs", st.cs)?,
+            d_gates: u32_of("gates", st.gates)?,
+            d_dgh: u32_of("dgh", st.dgh)?,
+            d_dgx: u32_of("dgx", st.dgx)?,
+            d_carry: u32_of("carry", st.carry)?,
+            k_steps: u32_of("steps", f.more_steps + 1)?,
+            t_down: (backward != s.reverse) as u32,
+            ..self
         })
     }
 }
@@ -2158,7 +2434,23 @@ fn dispatch_step(
     // The units this dispatch owns: H, or the projection's P.
     let units = params.h as usize;
     let variant = rec.ctx().step_kernel(s.batch, units);
-    let grid = rec.ctx().grid(variant.groups(s.batch, units))?;
+    let resident = variant == StepKernel::Resident;
+    if params.k_steps > 1 && !resident {
+        return Err(Error::invalid(
+            "cell step fusion",
+            format!(
+                "{} steps in one dispatch need the resident step kernel; this context uses {}",
+                params.k_steps,
+                variant.name()
+            ),
+        ));
+    }
+    let params = &Params {
+        resident: resident as u32,
+        ..*params
+    };
+    let groups = variant.groups(s.batch, units) * params.dirs as u64;
+    let grid = rec.ctx().grid(groups)?;
     let mut constants = variant.constants().to_vec();
     if from_gates {
         constants.push(("FROM_GATES", 1.0));
@@ -2228,7 +2520,8 @@ pub struct Placeholders<'a> {
     pub floats: &'a GpuTensor,
 }
 
-/// Records one forward step; `dummies` fill the bindings of absent buffers.
+/// Records one forward step (with its [`Fusion`]: one dispatch per phase);
+/// `dummies` fill the bindings of absent buffers.
 pub fn forward_step_gpu(
     rec: &mut Recorder<'_>,
     cell: Cell,
@@ -2236,6 +2529,7 @@ pub fn forward_step_gpu(
     bufs: &ForwardTensors<'_>,
     dummies: Placeholders<'_>,
 ) -> Result<()> {
+    let fused = *s;
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
         xg: f32_len("xg", bufs.xg)?,
@@ -2247,8 +2541,12 @@ pub fn forward_step_gpu(
         out: f32_len("out", bufs.out)?,
         ..Default::default()
     };
-    s.validate(cell, false, &lens)?;
-    let params = Params::of(cell, s, bufs.lengths.is_some(), bufs.gates.is_some())?;
+    // Every single step the dispatch stands for, checked; the uniform is
+    // the first's with the fusion's fields.
+    let one = s.checked_parts(cell, false, &lens)?[0].1;
+    let s = &one;
+    let params =
+        Params::of(cell, s, bufs.lengths.is_some(), bufs.gates.is_some())?.fused(&fused, false)?;
     let lengths = bufs.lengths.unwrap_or(dummies.ints).buffer();
     // Without a gates buffer nothing is saved (p.save = 0); the kernel still
     // declares the binding, so a placeholder fills it.
@@ -2286,7 +2584,7 @@ pub fn forward_step_gpu(
     Ok(())
 }
 
-/// Records one backward step.
+/// Records one backward step (with its [`Fusion`]).
 pub fn backward_step_gpu(
     rec: &mut Recorder<'_>,
     cell: Cell,
@@ -2294,6 +2592,7 @@ pub fn backward_step_gpu(
     bufs: &BackwardTensors<'_>,
     dummies: Placeholders<'_>,
 ) -> Result<()> {
+    let fused = *s;
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
         weights: f32_len("weights", bufs.weights)?,
@@ -2307,8 +2606,9 @@ pub fn backward_step_gpu(
         carry: f32_len("carry", bufs.carry)?,
         ..Default::default()
     };
-    s.validate(cell, true, &lens)?;
-    let params = Params::of(cell, s, bufs.lengths.is_some(), false)?;
+    let one = s.checked_parts(cell, true, &lens)?[0].1;
+    let s = &one;
+    let params = Params::of(cell, s, bufs.lengths.is_some(), false)?.fused(&fused, true)?;
     let lengths = bufs.lengths.unwrap_or(dummies.ints).buffer();
     let mut buffers = vec![
         (binding::WEIGHTS, bufs.weights.buffer()),
