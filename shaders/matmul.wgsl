@@ -5,6 +5,14 @@
 // C is M x N with row stride ldc. Element offsets let one buffer hold many
 // matrices (a time step of a sequence, one gate block of a weight).
 // CPU twins: ops::matmul::gemm_reference (plain loops) and gemm_cpu.
+//
+// Split K (p.splits > 1, the tiled and large variants): the grid holds
+// p.splits copies of the output tiles; copy s sums k in [s * k_chunk,
+// (s + 1) * k_chunk) only (A and B read a_kstep and b_kstep further per
+// copy) and writes its partial C, without bias or accumulation, at
+// c_off + s * c_split (a scratch [splits, M, N], ldc = N); then
+// matmul_split_sum adds the partials in order s = 0, 1, ... and applies the
+// bias and the accumulation. The order depends only on the sizes.
 
 struct Params {
     m: u32,
@@ -18,7 +26,15 @@ struct Params {
     c_off: u32,
     bias_off: u32,
     flags: u32,
-    _pad: u32,
+    splits: u32,
+    k_chunk: u32,
+    a_kstep: u32,
+    b_kstep: u32,
+    c_split: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;
@@ -33,25 +49,61 @@ override TRANS_B: bool = false;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
+// The part of the product this workgroup takes: the whole one, or one
+// split of K (see the top of the file).
+struct Part {
+    a_off: u32,
+    b_off: u32,
+    k: u32,
+    c_off: u32,
+}
+
+var<private> part: Part;
+
+fn set_part(s: u32) {
+    part.a_off = p.a_off + s * p.a_kstep;
+    part.b_off = p.b_off + s * p.b_kstep;
+    part.c_off = p.c_off + s * p.c_split;
+    part.k = p.k;
+    if (p.splits > 1u) {
+        part.k = min(p.k_chunk, p.k - s * p.k_chunk);
+    }
+}
+
+// The origin of this workgroup's tile of C (rows of side rs, columns of side
+// cs), or (m, n) past the last, after setting its split of K.
+fn split_tile(wid: vec3<u32>, nwg: vec3<u32>, rs: u32, cs: u32) -> vec2<u32> {
+    let tiles_c = (p.n + cs - 1u) / cs;
+    let per = ((p.m + rs - 1u) / rs) * tiles_c;
+    let g = linear_group(wid, nwg);
+    let s = g / per;
+    if (s >= max(p.splits, 1u)) {
+        return vec2<u32>(p.m, p.n);
+    }
+    set_part(s);
+    let t = g % per;
+    return vec2<u32>((t / tiles_c) * rs, (t % tiles_c) * cs);
+}
+
 // op(A)[row, kk]; callers guarantee row < m, kk < k.
 fn a_at(row: u32, kk: u32) -> f32 {
     if (TRANS_A) {
-        return a[p.a_off + kk * p.lda + row];
+        return a[part.a_off + kk * p.lda + row];
     }
-    return a[p.a_off + row * p.lda + kk];
+    return a[part.a_off + row * p.lda + kk];
 }
 
 // op(B)[kk, col]; callers guarantee kk < k, col < n.
 fn b_at(kk: u32, col: u32) -> f32 {
     if (TRANS_B) {
-        return b[p.b_off + col * p.ldb + kk];
+        return b[part.b_off + col * p.ldb + kk];
     }
-    return b[p.b_off + kk * p.ldb + col];
+    return b[part.b_off + kk * p.ldb + col];
 }
 
 // op(A)[row, kk], zero outside the matrix.
 fn a_or_zero(row: u32, kk: u32) -> f32 {
-    if (row < p.m && kk < p.k) {
+    if (row < p.m && kk < part.k) {
         return a_at(row, kk);
     }
     return 0.0;
@@ -59,19 +111,20 @@ fn a_or_zero(row: u32, kk: u32) -> f32 {
 
 // op(B)[kk, col], zero outside the matrix.
 fn b_or_zero(kk: u32, col: u32) -> f32 {
-    if (kk < p.k && col < p.n) {
+    if (kk < part.k && col < p.n) {
         return b_at(kk, col);
     }
     return 0.0;
 }
 
-// The epilogue shared by the variants: bias, then accumulation into C.
+// The epilogue shared by the variants: bias, then accumulation into C (a
+// split's partial takes neither: the host clears both flags).
 fn store(row: u32, col: u32, acc: f32) {
     var v = acc;
     if ((p.flags & FLAG_BIAS) != 0u) {
         v += bias[p.bias_off + col];
     }
-    let idx = p.c_off + row * p.ldc + col;
+    let idx = part.c_off + row * p.ldc + col;
     if ((p.flags & FLAG_ACCUMULATE) != 0u) {
         v += c[idx];
     }
@@ -85,6 +138,7 @@ fn matmul_naive(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    set_part(0u);
     let i = linear_group(wid, nwg) * 64u + lid;
     if (i >= p.m * p.n) {
         return;
@@ -92,7 +146,7 @@ fn matmul_naive(
     let row = i / p.n;
     let col = i % p.n;
     var acc = 0.0;
-    for (var kk = 0u; kk < p.k; kk++) {
+    for (var kk = 0u; kk < part.k; kk++) {
         acc += a_at(row, kk) * b_at(kk, col);
     }
     store(row, col, acc);
@@ -116,7 +170,7 @@ fn matmul_tiled(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let origin = grid_tile(wid, nwg, p.m, TM, p.n, TN);
+    let origin = split_tile(wid, nwg, TM, TN);
     // Uniform per workgroup: whole surplus workgroups of a folded grid leave together.
     if (origin.x >= p.m) {
         return;
@@ -131,7 +185,7 @@ fn matmul_tiled(
         acc[i] = 0.0;
     }
 
-    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+    for (var k0 = 0u; k0 < part.k; k0 += TK) {
         // Stage the tiles: 1024 elements each, 4 per invocation, read along the
         // stored rows so consecutive invocations touch consecutive addresses.
         for (var e = 0u; e < 4u; e++) {
@@ -267,7 +321,7 @@ fn matmul_large(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let origin = grid_tile(wid, nwg, p.m, LM, p.n, LN);
+    let origin = split_tile(wid, nwg, LM, LN);
     // Uniform per workgroup: whole surplus workgroups of a folded grid leave together.
     if (origin.x >= p.m) {
         return;
@@ -286,10 +340,10 @@ fn matmul_large(
 
     var va = large_load_a(lid, row0, 0u);
     var vb = large_load_b(lid, col0, 0u);
-    for (var k0 = 0u; k0 < p.k; k0 += LK) {
+    for (var k0 = 0u; k0 < part.k; k0 += LK) {
         large_store(lid, va, vb);
         workgroupBarrier();
-        if (k0 + LK < p.k) {
+        if (k0 + LK < part.k) {
             va = large_load_a(lid, row0, k0 + LK);
             vb = large_load_b(lid, col0, k0 + LK);
         }
@@ -322,4 +376,24 @@ fn matmul_large(
             }
         }
     }
+}
+
+// The sum of a split product's partials (bound at `a`: [splits, M, N]), in
+// order, with the bias and the accumulation into C.
+@compute @workgroup_size(256)
+fn matmul_split_sum(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = linear_group(wid, nwg) * 256u + lid;
+    if (i >= p.m * p.n) {
+        return;
+    }
+    var v = 0.0;
+    for (var s = 0u; s < p.splits; s++) {
+        v += a[s * p.c_split + i];
+    }
+    part.c_off = p.c_off;
+    store(i / p.n, i % p.n, v);
 }

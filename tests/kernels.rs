@@ -105,6 +105,64 @@ fn contiguous(m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Gemm {
 
 const LAYOUTS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
 
+/// Split K: each layout and tiled kernel, K split into 1, 2, 3 and 7 ranges
+/// (ragged last range), more ranges than K, and the automatic plan on a
+/// weight-gradient shape (few output tiles, long K); with offsets, strides,
+/// bias and accumulation; against the CPU, and bitwise the same run to run.
+#[test]
+fn split_k_matches_cpu_and_repeats_bitwise() {
+    use rnn_wgpu::ops::matmul::SplitK;
+    let gpu = gpu_or_skip!();
+    let splits = [
+        SplitK::Into(1),
+        SplitK::Into(2),
+        SplitK::Into(3),
+        SplitK::Into(7),
+        SplitK::Auto,
+    ];
+    for (ta, tb) in LAYOUTS {
+        for (m, n, k) in [(37, 70, 301), (3, 5, 2), (64, 48, 1300)] {
+            let mut g = contiguous(m, n, k, ta, tb)
+                .offsets(3, 5, 7)
+                .accumulating(true);
+            g.ldc = n + 2;
+            let g = g.with_bias(4);
+            let lens = [3 + m * k, 5 + k * n, 7 + m * (n + 2)];
+            for split in splits {
+                let gpu = gpu.clone().with_split_k(split);
+                let name = format!("{m}x{n}x{k} ta={ta} tb={tb} {split:?}");
+                gemm_case_with(
+                    &gpu,
+                    &[GemmKernel::Tiled, GemmKernel::Large],
+                    &name,
+                    g,
+                    lens,
+                    21,
+                );
+            }
+        }
+    }
+    // The same inputs twice: bitwise the same result.
+    let g = Gemm::tn(48, 40, 2000);
+    let a = gpu
+        .tensor_f64(&[2000 * 48], &uniform(5, 2000 * 48, -1.0, 1.0))
+        .unwrap();
+    let b = gpu
+        .tensor_f64(&[2000 * 40], &uniform(6, 2000 * 40, -1.0, 1.0))
+        .unwrap();
+    let run = || {
+        let c = gpu.zeros(&[48 * 40]).unwrap();
+        gpu.gemm(&g, &a, &b, None, &c).unwrap();
+        gpu.read_f64(&c)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(SplitK::Auto.plan(&g, GemmKernel::Tiled), (7, 286));
+    assert_eq!(run(), run(), "a split product repeats bitwise");
+}
+
 #[test]
 fn matmul_named_edge_shapes() {
     let gpu = gpu_or_skip!();

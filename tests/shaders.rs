@@ -399,12 +399,12 @@ fn a_wrong_description_is_reported() {
     assert!(
         found
             .iter()
-            .any(|m| m.contains("44 bytes") && m.contains("48"))
+            .any(|m| m.contains("76 bytes") && m.contains("80"))
     );
     assert!(
         found
             .iter()
-            .any(|m| m.contains("11 fields") && m.contains("12 members"))
+            .any(|m| m.contains("19 fields") && m.contains("20 members"))
     );
 
     // A block too large for the window.

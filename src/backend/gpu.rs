@@ -10,7 +10,7 @@ use crate::ops::activation::{self, Activation, Span};
 use crate::ops::cell::{self, Cell, StepBackward, StepForward, StepSpec, Variant};
 use crate::ops::dropout::{self, DropoutSpec};
 use crate::ops::embed::{self, EmbedSpec};
-use crate::ops::matmul::{Gemm, GemmKernel, gemm_gpu};
+use crate::ops::matmul::{self, Gemm, GemmKernel, SplitK, gemm_gpu};
 use crate::ops::memory::{copy_gpu, fill_gpu};
 use crate::ops::optim::{self, Optimizer, UpdateSpec};
 use crate::ops::reduce::{self, ColDot, ColSum, ReduceOp, reduce_gpu, sum_cols_gpu};
@@ -28,10 +28,13 @@ pub struct GpuBackend {
     dummy_ints: GpuTensor,
     // Bound where a cell step saves no gates (an inference forward).
     dummy_floats: GpuTensor,
-    // The embedding backward's sort scratch (i32), grown to the largest
-    // `2N + V` seen and reused: both dispatches that use it are recorded
-    // together, and the queue runs them before any later use.
+    split_k: SplitK,
+    // Scratch of the embedding backward's sort (i32) and of split matmuls'
+    // partials (f32), each grown to the largest need seen and reused: the
+    // dispatches that use one are recorded together, and the queue runs
+    // them before any later use.
     embed_scratch: Arc<Mutex<Option<GpuTensor>>>,
+    split_scratch: Arc<Mutex<Option<GpuTensor>>>,
 }
 
 impl GpuBackend {
@@ -46,7 +49,9 @@ impl GpuBackend {
             scratch,
             dummy_ints,
             dummy_floats,
+            split_k: SplitK::Auto,
             embed_scratch: Arc::new(Mutex::new(None)),
+            split_scratch: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -59,6 +64,31 @@ impl GpuBackend {
     pub fn with_gemm_kernel(mut self, kernel: GemmKernel) -> Self {
         self.gemm = kernel;
         self
+    }
+
+    /// Sets how matmuls split their reduction ([`SplitK::Auto`] by default).
+    pub fn with_split_k(mut self, split: SplitK) -> Self {
+        self.split_k = split;
+        self
+    }
+
+    /// A scratch tensor of at least `need` elements of `dtype` from `slot`,
+    /// allocated (or grown) only when the one there is smaller.
+    fn scratch(
+        &self,
+        slot: &Mutex<Option<GpuTensor>>,
+        need: usize,
+        dtype: DType,
+    ) -> Result<GpuTensor> {
+        let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match slot.as_ref() {
+            Some(t) if t.len() >= need => Ok(t.clone()),
+            _ => {
+                let t = GpuTensor::zeros(&self.ctx, &[need.max(1)], dtype)?;
+                *slot = Some(t.clone());
+                Ok(t)
+            }
+        }
     }
 
     /// The context.
@@ -186,8 +216,28 @@ impl Backend for GpuBackend {
         bias: Option<&GpuTensor>,
         c: &GpuTensor,
     ) -> Result<()> {
-        self.ctx
-            .record(|rec| gemm_gpu(rec, self.gemm, g, a, b, bias, c))
+        let (splits, _) = self.split_k.plan(g, self.gemm.resolve(g));
+        let scratch = match splits {
+            0 | 1 => None,
+            _ => Some(self.scratch(
+                &self.split_scratch,
+                matmul::split_scratch_len(g, splits),
+                DType::F32,
+            )?),
+        };
+        self.ctx.record(|rec| {
+            gemm_gpu(
+                rec,
+                self.gemm,
+                self.split_k,
+                g,
+                a,
+                b,
+                bias,
+                c,
+                scratch.as_ref(),
+            )
+        })
     }
 
     fn activation(&self, act: Activation, span: Span, x: &GpuTensor, y: &GpuTensor) -> Result<()> {
@@ -318,18 +368,7 @@ impl Backend for GpuBackend {
         accumulate: bool,
     ) -> Result<()> {
         let need = embed::sort_scratch_len(s);
-        let mut slot = self
-            .embed_scratch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let scratch = match slot.as_ref() {
-            Some(t) if t.len() >= need => t.clone(),
-            _ => {
-                let t = GpuTensor::zeros(&self.ctx, &[need.max(1)], DType::I32)?;
-                *slot = Some(t.clone());
-                t
-            }
-        };
+        let scratch = self.scratch(&self.embed_scratch, need, DType::I32)?;
         self.ctx
             .record(|rec| embed::backward_gpu(rec, s, tokens, dout, dtable, accumulate, &scratch))
     }

@@ -387,6 +387,60 @@ impl GemmKernel {
     }
 }
 
+/// How the GPU splits a product's K (the reduction) over workgroups
+/// (`GpuBackend::with_split_k`). A weight gradient sums over K = T·B rows
+/// into few output tiles, too few to occupy a GPU: split, each copy of the
+/// tiles sums a contiguous range of K into a scratch, and a second pass adds
+/// the partials in a fixed order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SplitK {
+    /// Split when the output has fewer than [`SplitK::TARGET_GROUPS`] tiles
+    /// and K holds at least two [`SplitK::MIN_CHUNK`] ranges: into as many
+    /// as reach the target, at most [`SplitK::MAX_SPLITS`].
+    #[default]
+    Auto,
+    /// Never split.
+    Off,
+    /// Into this many ranges (at most K; 1 is no split).
+    Into(usize),
+}
+
+impl SplitK {
+    /// See [`SplitK::Auto`].
+    pub const TARGET_GROUPS: u64 = 256;
+    /// See [`SplitK::Auto`].
+    pub const MIN_CHUNK: usize = 256;
+    /// See [`SplitK::Auto`].
+    pub const MAX_SPLITS: usize = 32;
+
+    /// `(splits, chunk)`: how many ranges of K `g` is summed in with the
+    /// (resolved) `kernel`, and the length of all but the last. The naive
+    /// kernel never splits.
+    pub fn plan(self, g: &Gemm, kernel: GemmKernel) -> (usize, usize) {
+        let side = match kernel {
+            GemmKernel::Naive => return (1, g.k),
+            GemmKernel::Large => 128,
+            _ => 64,
+        };
+        let wanted = match self {
+            SplitK::Off => 1,
+            SplitK::Into(n) => n.clamp(1, g.k.max(1)),
+            SplitK::Auto => {
+                let tiles = tiles(g, side);
+                if tiles >= Self::TARGET_GROUPS || g.k < 2 * Self::MIN_CHUNK {
+                    1
+                } else {
+                    ((Self::TARGET_GROUPS / tiles) as usize)
+                        .min(g.k / Self::MIN_CHUNK)
+                        .clamp(1, Self::MAX_SPLITS)
+                }
+            }
+        };
+        let chunk = g.k.div_ceil(wanted.max(1)).max(1);
+        (g.k.div_ceil(chunk).max(1), chunk)
+    }
+}
+
 /// Square tiles of side `side` covering C.
 fn tiles(g: &Gemm, side: u64) -> u64 {
     (g.m as u64).div_ceil(side) * (g.n as u64).div_ceil(side)
@@ -405,7 +459,15 @@ kernel_params! {
         c_off: u32,
         bias_off: u32,
         flags: u32,
-        _pad: u32,
+        splits: u32,
+        k_chunk: u32,
+        a_kstep: u32,
+        b_kstep: u32,
+        c_split: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+        _pad3: u32,
     }
 }
 
@@ -435,23 +497,49 @@ const TILED: KernelDef<Params> =
 const LARGE: KernelDef<Params> =
     KernelDef::new(Shader::Matmul, "matmul_large", BINDINGS, CONSTANTS);
 
+const SPLIT_SUM: KernelDef<Params> = KernelDef::new(
+    Shader::Matmul,
+    "matmul_split_sum",
+    &[
+        (binding::A, Access::Read),
+        (binding::BIAS, Access::Read),
+        (binding::C, Access::ReadWrite),
+    ],
+    &[],
+);
+
 /// Every kernel of this module (see [`super::kernels`]).
-pub(super) const KERNELS: &[KernelInfo] = &[NAIVE.info(), TILED.info(), LARGE.info()];
+pub(super) const KERNELS: &[KernelInfo] =
+    &[NAIVE.info(), TILED.info(), LARGE.info(), SPLIT_SUM.info()];
+
+/// Elements of the scratch a split product needs (`splits · M · N`).
+pub fn split_scratch_len(g: &Gemm, splits: usize) -> usize {
+    if splits <= 1 {
+        0
+    } else {
+        splits.saturating_mul(g.m).saturating_mul(g.n)
+    }
+}
 
 /// Converts a size or offset to the u32 the shaders index with.
 pub(crate) fn u32_of(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::invalid(what, format!("{v} does not fit in 32 bits")))
 }
 
-/// Records `C = op(A)·op(B) (+ bias) (+ C)` on the GPU.
+/// Records `C = op(A)·op(B) (+ bias) (+ C)` on the GPU, K split as `split`
+/// plans it: a split product needs `scratch` (f32, at least
+/// [`split_scratch_len`] elements); without one it is not split.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_gpu(
     rec: &mut Recorder<'_>,
     kernel: GemmKernel,
+    split: SplitK,
     g: &Gemm,
     a: &GpuTensor,
     b: &GpuTensor,
     bias: Option<&GpuTensor>,
     c: &GpuTensor,
+    scratch: Option<&GpuTensor>,
 ) -> Result<()> {
     a.expect_dtype("matmul A", DType::F32)?;
     b.expect_dtype("matmul B", DType::F32)?;
@@ -472,7 +560,15 @@ pub fn gemm_gpu(
         c_off: u32_of("c_off", g.c_off)?,
         bias_off: u32_of("bias_off", g.bias_off)?,
         flags: (g.bias as u32) | ((g.accumulate as u32) << 1),
-        _pad: 0,
+        splits: 1,
+        k_chunk: 0,
+        a_kstep: 0,
+        b_kstep: 0,
+        c_split: 0,
+        _pad0: 0,
+        _pad1: 0,
+        _pad2: 0,
+        _pad3: 0,
     };
     let constants = [
         ("TRANS_A", g.trans_a as u32 as f64),
@@ -480,11 +576,72 @@ pub fn gemm_gpu(
     ];
     // Without a bias the binding still needs a read-only buffer: reuse A.
     let bias_buf = bias.unwrap_or(a).buffer();
-    let (spec, groups) = match kernel.resolve(g) {
+    let resolved = kernel.resolve(g);
+    let (spec, groups) = match resolved {
         GemmKernel::Naive => (NAIVE, (g.m as u64 * g.n as u64).div_ceil(64)),
         GemmKernel::Large => (LARGE, tiles(g, 128)),
         GemmKernel::Tiled | GemmKernel::Auto => (TILED, tiles(g, 64)),
     };
+    let (splits, chunk) = split.plan(g, resolved);
+    if let (true, Some(scratch)) = (splits > 1, scratch) {
+        scratch.expect_dtype("matmul scratch", DType::F32)?;
+        let need = split_scratch_len(g, splits);
+        if scratch.len() < need {
+            return Err(Error::invalid(
+                "matmul scratch",
+                format!(
+                    "holds {} elements; a split into {splits} needs {need}",
+                    scratch.len()
+                ),
+            ));
+        }
+        let mn = u32_of("M·N", g.m * g.n)?;
+        u32_of("splits·M·N", need)?;
+        // K steps along A's and B's stored rows or columns.
+        let a_kstep = if g.trans_a { chunk * g.lda } else { chunk };
+        let b_kstep = if g.trans_b { chunk } else { chunk * g.ldb };
+        let part = Params {
+            ldc: u32_of("N", g.n)?,
+            c_off: 0,
+            flags: 0,
+            splits: u32_of("splits", splits)?,
+            k_chunk: u32_of("k chunk", chunk)?,
+            a_kstep: u32_of("A's K step", a_kstep)?,
+            b_kstep: u32_of("B's K step", b_kstep)?,
+            c_split: mn,
+            ..params
+        };
+        let grid = rec.ctx().grid(groups * splits as u64)?;
+        rec.dispatch(
+            spec,
+            &constants,
+            &[
+                (binding::A, a.buffer()),
+                (binding::B, b.buffer()),
+                (binding::BIAS, bias_buf),
+                (binding::C, scratch.buffer()),
+            ],
+            &part,
+            grid,
+        )?;
+        let sum = Params {
+            splits: part.splits,
+            c_split: mn,
+            ..params
+        };
+        let grid = rec.ctx().grid((g.m as u64 * g.n as u64).div_ceil(256))?;
+        return rec.dispatch(
+            SPLIT_SUM,
+            &[],
+            &[
+                (binding::A, scratch.buffer()),
+                (binding::BIAS, bias.unwrap_or(scratch).buffer()),
+                (binding::C, c.buffer()),
+            ],
+            &sum,
+            grid,
+        );
+    }
     let grid = rec.ctx().grid(groups)?;
     rec.dispatch(
         spec,
