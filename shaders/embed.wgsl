@@ -13,6 +13,18 @@ struct Params {
     accumulate: u32,
     passes: u32,   // radix passes of embed_sort (4 bits each)
     sorted_off: u32, // where embed_sort leaves the sorted positions
+    columns: u32,  // 1: the table is [E, ld], token v's values in column v
+    ld: u32,
+    bias_off: u32, // columns: the bias the forward adds (in the table's buffer)
+    dout_ld: u32,  // row stride of the output gradient
+}
+
+// Where token t's element j sits in the table's buffer.
+fn table_at(t: u32, j: u32) -> u32 {
+    if (p.columns == 1u) {
+        return p.table_off + j * p.ld + t;
+    }
+    return p.table_off + t * p.e + j;
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,7 +39,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> order: array<u32>;
 @group(0) @binding(7) var<storage, read> order_in: array<u32>;
 
-// out[n, j] = table[tokens[n], j]; tokens outside [0, V) give zeros.
+// out[n, j] = table[tokens[n], j]; tokens outside [0, V) give zeros. With
+// the column layout (a layer's W_ih read for one-hot rows) the bias is
+// added, as the product with the one-hot row would add it.
 @compute @workgroup_size(256)
 fn embed_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -43,7 +57,10 @@ fn embed_forward(
     let t = tokens[n];
     var v = 0.0;
     if (t >= 0 && u32(t) < p.v) {
-        v = table[p.table_off + u32(t) * p.e + j];
+        v = table[table_at(u32(t), j)];
+    }
+    if (p.columns == 1u) {
+        v += table[p.bias_off + j];
     }
     out[p.out_off + i] = v;
 }
@@ -163,11 +180,12 @@ fn embed_backward(
             if (sort_key(pos) != v) {
                 break;
             }
-            s += dout[pos * p.e + j];
+            s += dout[p.out_off + pos * p.dout_ld + j];
         }
     }
+    let at = table_at(v, j);
     if (p.accumulate != 0u) {
-        s += dtable[p.table_off + i];
+        s += dtable[at];
     }
-    dtable[p.table_off + i] = s;
+    dtable[at] = s;
 }

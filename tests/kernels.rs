@@ -896,7 +896,7 @@ fn cpu_f32_path_is_stable_at_extremes() {
 /// each token's rows in position order, bitwise as the CPU twin does.
 #[test]
 fn embedding_matches_cpu() {
-    use rnn_wgpu::ops::embed::EmbedSpec;
+    use rnn_wgpu::ops::embed::{EmbedSpec, Table};
     let gpu = gpu_or_skip!();
     // The f32 CPU path: the GPU must reproduce its sums bit for bit.
     let cpu = CpuBackend::<f32>::new();
@@ -910,12 +910,29 @@ fn embedding_matches_cpu() {
         (257, 3, 9, "one token"),
         (50, 2, 4, "none valid"),
     ];
-    for (n, e, v, kind) in cases {
+    // Both table layouts: rows [V, E], and columns of a [E, ld] matrix with
+    // a bias (a layer's W_ih read for one-hot rows), the output at an
+    // offset and the output gradient's rows wider than E.
+    for ((n, e, v, kind), columns) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
+        let table_kind = match columns {
+            false => Table::Rows,
+            true => Table::Columns {
+                ld: v + 2,
+                bias_off: 5 + e * (v + 2),
+                dout_ld: e + 3,
+            },
+        };
         let s = EmbedSpec {
             n,
             e,
             v,
             table_off: 5,
+            table: table_kind,
+            out_off: if columns { 2 } else { 0 },
+        };
+        let (table_len, dout_len) = match columns {
+            false => (5 + v * e, n * e),
+            true => (5 + e * (v + 2) + e, 2 + n * (e + 3)),
         };
         let mut tokens = match kind {
             "one token" => vec![(v / 2) as i32; n],
@@ -928,13 +945,15 @@ fn embedding_matches_cpu() {
             tokens[3] = -1; // out of range: zeros forward, ignored backward
             tokens[9] = v as i32;
         }
-        let table = uniform(2, 5 + v * e, -1.0, 1.0);
-        let dout = uniform(3, n * e, -1.0, 1.0);
-        let d0 = uniform(4, 5 + v * e, -1.0, 1.0);
+        let table = uniform(2, table_len, -1.0, 1.0);
+        let dout = uniform(3, dout_len, -1.0, 1.0);
+        let d0 = uniform(4, table_len, -1.0, 1.0);
         for accumulate in [true, false] {
             let run = |b: &dyn EmbedRun| b.run(&s, &tokens, &table, &dout, &d0, accumulate);
             let (expected, got) = (run(&cpu), run(&gpu));
-            let name = format!("embedding N={n} E={e} V={v} {kind} accumulate={accumulate}");
+            let name = format!(
+                "embedding N={n} E={e} V={v} {kind} columns={columns} accumulate={accumulate}"
+            );
             check(&name, &expected, &got, Tolerance::new(0.0, 0.0));
             assert!(
                 expected
@@ -943,7 +962,7 @@ fn embedding_matches_cpu() {
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{name}: not bitwise the CPU's"
             );
-            if kind == "random" && n > 9 {
+            if kind == "random" && n > 9 && !columns {
                 assert!(got[3 * e..4 * e].iter().all(|&x| x == 0.0));
             }
         }
@@ -974,7 +993,7 @@ impl<B: Backend> EmbedRun for B {
         accumulate: bool,
     ) -> Vec<f64> {
         let tok = self.ints(&[t.len()], t).unwrap();
-        let out = self.zeros(&[s.n * s.e]).unwrap();
+        let out = self.zeros(&[s.out_off + s.n * s.e]).unwrap();
         let tab = self.tensor_f64(&[table.len()], table).unwrap();
         self.embed_forward(s, &tok, &tab, &out).unwrap();
         let dt = self.tensor_f64(&[d0.len()], d0).unwrap();

@@ -601,6 +601,75 @@ fn fused_directions_and_steps_compute_each_direction_bitwise() {
     }
 }
 
+/// One-hot tokens (the first layer gathers W_ih's columns and scatters its
+/// gradient back into them) compute what the same stack computes on the
+/// one-hot rows themselves: outputs, final states and parameter gradients,
+/// on the CPU in f64 and on the GPU, with a token outside the vocabulary (a
+/// row of zeros), two layers, both directions and packed lengths.
+#[test]
+fn one_hot_tokens_match_one_hot_rows() {
+    let (steps, batch, vocab, hidden) = (5, 3, 7, 9);
+    let tokens: Vec<i32> = (0..steps * batch).map(|i| (i * 5 % 8) as i32).collect(); // 7 is outside
+    let mut rows = vec![0.0; steps * batch * vocab];
+    for (n, &t) in tokens.iter().enumerate() {
+        if (t as usize) < vocab {
+            rows[n * vocab + t as usize] = 1.0;
+        }
+    }
+    fn run<B: Backend>(
+        b: &B,
+        cfg: RnnConfig,
+        tokens: &[i32],
+        rows: &[f64],
+        one_hot: bool,
+    ) -> Vec<f64> {
+        let (steps, batch) = (5, 3);
+        let mut rnn = Rnn::new(b.clone(), cfg, 77).unwrap();
+        let lengths = [5, 2, 4];
+        let (out, saved) = if one_hot {
+            let t = b.ints(&[steps, batch], tokens).unwrap();
+            rnn.forward_train_one_hot(&t, None, None, Some(&lengths), None)
+                .unwrap()
+        } else {
+            let x = b.tensor_f64(&[steps, batch, cfg.input_size], rows).unwrap();
+            rnn.forward_train(&x, None, None, Some(&lengths), None)
+                .unwrap()
+        };
+        let grads = rnn.zeros_like_params().unwrap();
+        let dy = uniform(78, steps * batch * cfg.output_size(), -1.0, 1.0);
+        let dy = b
+            .tensor_f64(&[steps, batch, cfg.output_size()], &dy)
+            .unwrap();
+        rnn.backward(&saved, Some(&dy), None, None, &grads).unwrap();
+        let mut v = b.read_f64(&out.output).unwrap();
+        v.extend(b.read_f64(&out.hn).unwrap());
+        v.extend(b.read_f64(&grads).unwrap());
+        v
+    }
+    let gpu = common::gpu();
+    for cell in CELLS {
+        let cfg = RnnConfig::new(cell, vocab, hidden)
+            .layers(2)
+            .bidirectional(true);
+        let name = format!("one-hot {}", cell.name());
+        let cpu = cpu();
+        check(
+            &format!("{name} (cpu)"),
+            &run(&cpu, cfg, &tokens, &rows, false),
+            &run(&cpu, cfg, &tokens, &rows, true),
+            Tolerance::new(1e-13, 1e-12),
+        );
+        if let Some(gpu) = &gpu {
+            check(
+                &format!("{name} (gpu)"),
+                &run(gpu, cfg, &tokens, &rows, false),
+                &run(gpu, cfg, &tokens, &rows, true),
+                Tolerance::new(1e-5, 1e-4),
+            );
+        }
+    }
+}
+
 /// Step grids beyond the per-dimension workgroup limit (forced to 4) are folded
 /// into 2-D, with each recurrent-product variant.
 #[test]

@@ -119,7 +119,8 @@ impl Init {
     }
 }
 
-/// The largest vocabulary fed as one-hot vectors (the identity table is V×V).
+/// The largest vocabulary fed as one-hot vectors (the first layer's W_ih is
+/// G·H × V; an embedding serves larger ones better).
 pub const MAX_ONE_HOT: usize = 4096;
 
 /// The site number of the dropout before the decoder (inner layers use 0..L-1).
@@ -357,7 +358,6 @@ pub struct SeqModel<B: Backend> {
     params: B::Tensor,
     grads: B::Tensor,
     rnn: Rnn<B>,
-    onehot: Option<B::Tensor>,
     pool: Pool<B>,
 }
 
@@ -381,17 +381,6 @@ impl<B: Backend> SeqModel<B> {
         let mut rnn = Rnn::shared(backend.clone(), config.rnn(), params.clone(), rnn_offset)?;
         // One-hot inputs are constants: their gradient would be thrown away.
         rnn.set_input_gradient(config.input != InputEncoding::OneHot);
-        let onehot = match config.input {
-            InputEncoding::OneHot => {
-                let v = config.vocab;
-                let mut eye = vec![0.0; v * v];
-                for i in 0..v {
-                    eye[i * v + i] = 1.0;
-                }
-                Some(backend.tensor_f64(&[v, v], &eye)?)
-            }
-            InputEncoding::Embedding(_) => None,
-        };
         Ok(SeqModel {
             id: next_owner_id(),
             config,
@@ -400,7 +389,6 @@ impl<B: Backend> SeqModel<B> {
             params,
             grads,
             rnn,
-            onehot,
             pool: Pool::default(),
         })
     }
@@ -451,29 +439,26 @@ impl<B: Backend> SeqModel<B> {
         }
     }
 
-    /// The stack's input for `tokens` `[T, B]`: embedded (or one-hot) rows `[T, B, E]`.
-    fn embed(&mut self, tokens: &B::Ints, steps: usize, batch: usize) -> Result<B::Tensor> {
+    /// The stack's input rows `[T, B, E]` for `tokens` `[T, B]`: embedded,
+    /// or `None` for one-hot inputs, which the stack reads as tokens (its
+    /// first layer gathers W_ih's columns).
+    fn embed(&mut self, tokens: &B::Ints, steps: usize, batch: usize) -> Result<Option<B::Tensor>> {
         let cfg = self.config;
+        if cfg.input == InputEncoding::OneHot {
+            return Ok(None);
+        }
         let x = self
             .pool
             .take(&self.backend, &[steps, batch, cfg.input_width()])?;
-        let embed = EmbedSpec {
+        let s = EmbedSpec {
             n: steps * batch,
             e: cfg.input_width(),
             v: cfg.vocab,
-            table_off: 0,
+            table_off: self.offset("embedding.weight")?,
+            ..Default::default()
         };
-        match &self.onehot {
-            Some(eye) => self.backend.embed_forward(&embed, tokens, eye, &x)?,
-            None => {
-                let s = EmbedSpec {
-                    table_off: self.offset("embedding.weight")?,
-                    ..embed
-                };
-                self.backend.embed_forward(&s, tokens, &self.params, &x)?
-            }
-        }
-        Ok(x)
+        self.backend.embed_forward(&s, tokens, &self.params, &x)?;
+        Ok(Some(x))
     }
 
     /// Logits `[T·B, V]` of the decoder over `top` `[T, B, H]`.
@@ -522,7 +507,10 @@ impl<B: Backend> SeqModel<B> {
         self.pool.next_pass(&self.backend);
         let x = self.embed(tokens, steps, batch)?;
         let (h0, c0) = State::split(state);
-        let out = self.rnn.forward(&x, h0, c0, None)?;
+        let out = match &x {
+            Some(x) => self.rnn.forward(x, h0, c0, None)?,
+            None => self.rnn.forward_one_hot(tokens, h0, c0, None)?,
+        };
         drop(x);
         let logits = self.decode(&out.output, steps * batch)?;
         Ok(ForwardOut {
@@ -564,7 +552,10 @@ impl<B: Backend> SeqModel<B> {
         let x = self.embed(tokens, steps, batch)?;
         let drop = self.dropout_for(train);
         let (h0, c0) = State::split(state);
-        let (out, rnn) = self.rnn.forward_train(&x, h0, c0, None, drop)?;
+        let (out, rnn) = match &x {
+            Some(x) => self.rnn.forward_train(x, h0, c0, None, drop)?,
+            None => self.rnn.forward_train_one_hot(tokens, h0, c0, None, drop)?,
+        };
         let top = match drop {
             Some(d) => {
                 let top = self
@@ -709,12 +700,13 @@ impl<B: Backend> SeqModel<B> {
         let g = self
             .rnn
             .backward_with(&saved.rnn, Some(&dout), None, None, &self.grads, ready)?;
-        if let (None, Some(d_input)) = (&self.onehot, &g.input) {
+        if let (InputEncoding::Embedding(_), Some(d_input)) = (cfg.input, &g.input) {
             let s = EmbedSpec {
                 n: rows,
                 e: cfg.input_width(),
                 v,
                 table_off: self.offset("embedding.weight")?,
+                ..Default::default()
             };
             self.backend
                 .embed_backward(&s, &saved.tokens, d_input, &self.grads, true)?;

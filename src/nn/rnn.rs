@@ -69,6 +69,7 @@ use crate::backend::{Backend, StepBackward, StepForward, expect_shape};
 use crate::error::{Error, Result};
 use crate::ops::cell::{Cell, DirStrides, Fusion, StepSpec, Variant};
 use crate::ops::dropout::{DropoutKey, DropoutSpec, Shard};
+use crate::ops::embed::{EmbedSpec, Table};
 use crate::ops::matmul::Gemm;
 use crate::ops::reduce::{ColDot, ColSum};
 use crate::ops::skip::{Skip, SkipBackward, SkipForward};
@@ -422,6 +423,21 @@ struct SavedLayer<B: Backend> {
     fed_up: Option<B::Tensor>,
 }
 
+/// What a stack reads: rows `[T, B, I]`, or tokens `[T, B]` standing for
+/// one-hot rows.
+#[derive(Clone, Copy)]
+enum StackInput<'a, B: Backend> {
+    Rows(&'a B::Tensor),
+    OneHot(&'a B::Ints),
+}
+
+/// The input a training forward read, for its backward.
+#[derive(Debug)]
+enum SavedInput<B: Backend> {
+    Rows(B::Tensor),
+    OneHot(B::Ints),
+}
+
 /// What a training forward ([`Rnn::forward_train`]) keeps for its backward:
 /// the states and gates of every step, the stack's input and the dropout
 /// masks' key. [`Rnn::backward`] differentiates exactly the forward that made
@@ -435,7 +451,7 @@ pub struct RnnSaved<B: Backend> {
     stack: u64,
     steps: usize,
     batch: usize,
-    input: B::Tensor,
+    input: SavedInput<B>,
     lengths: Option<B::Ints>,
     dropout: Option<LayerDropout>,
     layers: Vec<SavedLayer<B>>,
@@ -658,7 +674,47 @@ impl<B: Backend> Rnn<B> {
         c0: Option<&B::Tensor>,
         lengths: Option<&[i32]>,
     ) -> Result<RnnOutput<B>> {
-        Ok(self.run_forward(x, h0, c0, lengths, Mode::Infer)?.0)
+        Ok(self
+            .run_forward(StackInput::Rows(x), h0, c0, lengths, Mode::Infer)?
+            .0)
+    }
+
+    /// [`Rnn::forward`] of one-hot rows: `tokens` `[T, B]` stand for rows of
+    /// I = `input_size` zeros with a one at the token (a token outside
+    /// `[0, I)`: all zeros). The first layer's input product is then a
+    /// gather of `W_ih`'s columns, not a matmul with K = I; its backward a
+    /// scatter of the gate gradients into those columns, and there is no
+    /// input gradient.
+    pub fn forward_one_hot(
+        &mut self,
+        tokens: &B::Ints,
+        h0: Option<&B::Tensor>,
+        c0: Option<&B::Tensor>,
+        lengths: Option<&[i32]>,
+    ) -> Result<RnnOutput<B>> {
+        Ok(self
+            .run_forward(StackInput::OneHot(tokens), h0, c0, lengths, Mode::Infer)?
+            .0)
+    }
+
+    /// [`Rnn::forward_train`] of one-hot rows (see [`Rnn::forward_one_hot`]).
+    pub fn forward_train_one_hot(
+        &mut self,
+        tokens: &B::Ints,
+        h0: Option<&B::Tensor>,
+        c0: Option<&B::Tensor>,
+        lengths: Option<&[i32]>,
+        dropout: Option<LayerDropout>,
+    ) -> Result<(RnnOutput<B>, RnnSaved<B>)> {
+        let (out, saved) = self.run_forward(
+            StackInput::OneHot(tokens),
+            h0,
+            c0,
+            lengths,
+            Mode::Train(dropout),
+        )?;
+        let saved = saved.ok_or_else(|| Error::invalid("forward", "saved nothing"))?;
+        Ok((out, saved))
     }
 
     /// [`Rnn::forward`] that also returns what [`Rnn::backward`] needs, with
@@ -671,7 +727,8 @@ impl<B: Backend> Rnn<B> {
         lengths: Option<&[i32]>,
         dropout: Option<LayerDropout>,
     ) -> Result<(RnnOutput<B>, RnnSaved<B>)> {
-        let (out, saved) = self.run_forward(x, h0, c0, lengths, Mode::Train(dropout))?;
+        let (out, saved) =
+            self.run_forward(StackInput::Rows(x), h0, c0, lengths, Mode::Train(dropout))?;
         let saved = saved.ok_or_else(|| Error::invalid("forward", "saved nothing"))?;
         Ok((out, saved))
     }
@@ -741,7 +798,7 @@ impl<B: Backend> Rnn<B> {
 
     fn run_forward(
         &mut self,
-        x: &B::Tensor,
+        x: StackInput<'_, B>,
         h0: Option<&B::Tensor>,
         c0: Option<&B::Tensor>,
         lengths: Option<&[i32]>,
@@ -761,15 +818,22 @@ impl<B: Backend> Rnn<B> {
             _ => None,
         };
         let train = mode != Mode::Infer;
-        let xs = self.backend.shape(x).to_vec();
-        if xs.len() != 3 || xs[2] != cfg.input_size || xs[0] == 0 || xs[1] == 0 {
-            return Err(Error::shape(
-                "input",
-                format!("[T, B, I] with T, B >= 1 and I = {}", cfg.input_size),
-                &xs,
-            ));
-        }
-        let (steps, batch) = (xs[0], xs[1]);
+        let (steps, batch) = match x {
+            StackInput::Rows(x) => match self.backend.shape(x) {
+                &[t, b, i] if i == cfg.input_size && t > 0 && b > 0 => (t, b),
+                xs => {
+                    return Err(Error::shape(
+                        "input",
+                        format!("[T, B, I] with T, B >= 1 and I = {}", cfg.input_size),
+                        xs,
+                    ));
+                }
+            },
+            StackInput::OneHot(tokens) => match self.backend.int_shape(tokens) {
+                &[t, b] if t > 0 && b > 0 => (t, b),
+                s => return Err(Error::shape("tokens", "[T, B] with T, B >= 1", s)),
+            },
+        };
         let (h, dirs) = (cfg.hidden_size, cfg.directions());
         let hp = cfg.state_size();
         let state = [cfg.num_layers * dirs, batch, h];
@@ -806,7 +870,11 @@ impl<B: Backend> Rnn<B> {
         let hn = pool.take(b, &hstate)?;
         let cn = pool.take_if(b, lstm, &state)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
-        let mut input = x.clone();
+        // The layer's input rows (none for one-hot tokens into the first).
+        let (mut input, one_hot) = match x {
+            StackInput::Rows(x) => (Some(x.clone()), None),
+            StackInput::OneHot(t) => (None, Some(t.clone())),
+        };
         let mut output = None;
         for l in 0..cfg.num_layers {
             let in_size = cfg.layer_input(l);
@@ -827,10 +895,20 @@ impl<B: Backend> Rnn<B> {
             let xg = pool.take(b, &[dirs, steps, batch, gh])?;
             for d in 0..dirs {
                 let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
-                let g = Gemm::nt(steps * batch, gh, in_size)
-                    .offsets(0, p.w_ih, d * strides.xg)
-                    .with_bias(p.b_ih);
-                b.gemm(&g, &input, &self.params, Some(&self.params), &xg)?;
+                match (&input, &one_hot) {
+                    (Some(input), _) => {
+                        let g = Gemm::nt(steps * batch, gh, in_size)
+                            .offsets(0, p.w_ih, d * strides.xg)
+                            .with_bias(p.b_ih);
+                        b.gemm(&g, input, &self.params, Some(&self.params), &xg)?;
+                    }
+                    // One-hot rows: W_ih's columns of the tokens, plus b_ih.
+                    (None, Some(tokens)) => {
+                        let s = one_hot_columns(steps * batch, gh, in_size, &p, d * strides.xg, 0);
+                        b.embed_forward(&s, tokens, &self.params, &xg)?;
+                    }
+                    (None, None) => return Err(Error::invalid("input", "no input for a layer")),
+                }
             }
             let hs = pool.take(b, &[dirs, slots, batch, hp])?;
             let cs = pool.take_if(b, lstm, &[dirs, slots, batch, h])?;
@@ -908,6 +986,10 @@ impl<B: Backend> Rnn<B> {
             });
             // A skip connection joins the layer's input to its cells' output.
             let (out, cells_out, gate) = if cfg.has_skip(l) {
+                // (Only between layers: the input is the layer below's rows.)
+                let input = input
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("input", "a skip connection needs input rows"))?;
                 let n = steps * batch * cfg.output_size();
                 let shape = [steps, batch, cfg.output_size()];
                 let gate = match cfg.skip {
@@ -918,14 +1000,14 @@ impl<B: Backend> Rnn<B> {
                         let mm = Gemm::nt(steps * batch, dh, dh)
                             .offsets(0, w, 0)
                             .with_bias(bias);
-                        b.gemm(&mm, &input, &self.params, Some(&self.params), &g)?;
+                        b.gemm(&mm, input, &self.params, Some(&self.params), &g)?;
                         Some(g)
                     }
                     _ => None,
                 };
                 let y = pool.take(b, &shape)?;
                 let t = SkipForward {
-                    x: &input,
+                    x: input,
                     out: &out,
                     gate: gate.as_ref(),
                     y: &y,
@@ -947,7 +1029,7 @@ impl<B: Backend> Rnn<B> {
                 Some(out)
             };
             if let Some(next) = &fed_up {
-                input = next.clone();
+                input = Some(next.clone());
             }
             if train {
                 layers.push(SavedLayer {
@@ -965,7 +1047,10 @@ impl<B: Backend> Rnn<B> {
             stack: self.id,
             steps,
             batch,
-            input: x.clone(),
+            input: match x {
+                StackInput::Rows(x) => SavedInput::Rows(x.clone()),
+                StackInput::OneHot(t) => SavedInput::OneHot(t.clone()),
+            },
             lengths,
             dropout,
             layers,
@@ -1065,14 +1150,21 @@ impl<B: Backend> Rnn<B> {
         let mut grad_input = None;
         for l in (0..cfg.num_layers).rev() {
             let layer = &saved.layers[l];
-            let input = match l.checked_sub(1) {
-                None => &saved.input,
-                Some(below) => saved.layers[below].fed_up.as_ref().ok_or_else(|| {
-                    Error::invalid("saved", "holds no input for a layer above the first")
-                })?,
+            // The layer's input rows, or (the first layer) one-hot tokens.
+            let (input, tokens) = match (l.checked_sub(1), &saved.input) {
+                (None, SavedInput::Rows(x)) => (Some(x), None),
+                (None, SavedInput::OneHot(t)) => (None, Some(t)),
+                (Some(below), _) => (
+                    Some(saved.layers[below].fed_up.as_ref().ok_or_else(|| {
+                        Error::invalid("saved", "holds no input for a layer above the first")
+                    })?),
+                    None,
+                ),
             };
             let in_size = cfg.layer_input(l);
-            let dx = pool.take_if(b, l > 0 || self.input_grad, &[steps, batch, in_size])?;
+            let want_dx = l > 0 || (self.input_grad && input.is_some());
+            let dx = pool.take_if(b, want_dx, &[steps, batch, in_size])?;
+            let rows_in = || input.ok_or_else(|| Error::invalid("saved", "holds no input rows"));
             // A skip connection: its share of dx first (the cells' is added
             // below); the cells see the gradient of their own output.
             let skip = cfg.has_skip(l);
@@ -1091,7 +1183,7 @@ impl<B: Backend> Rnn<B> {
                 let t = SkipBackward {
                     dy: &dout,
                     dx: dx_t,
-                    x: input,
+                    x: rows_in()?,
                     out: cells_out,
                     gate: layer.gate.as_ref(),
                     d_out: d_out.as_ref(),
@@ -1196,13 +1288,24 @@ impl<B: Backend> Rnn<B> {
                 // Weight gradients over all T·B rows at once (dgh's rows are
                 // dl wide: the gates', and a projection's dh).
                 let dgx = dgx.as_ref().unwrap_or(&dgh);
-                let g = Gemm {
-                    lda: dl,
-                    ..Gemm::tn(gh, in_size, rows)
-                        .offsets(o_dgx, 0, p.w_ih)
-                        .accumulating(true)
-                };
-                b.gemm(&g, dgx, input, None, param_grads)?;
+                match (input, tokens) {
+                    (Some(input), _) => {
+                        let g = Gemm {
+                            lda: dl,
+                            ..Gemm::tn(gh, in_size, rows)
+                                .offsets(o_dgx, 0, p.w_ih)
+                                .accumulating(true)
+                        };
+                        b.gemm(&g, dgx, input, None, param_grads)?;
+                    }
+                    // One-hot rows: each token's gate gradients added into
+                    // its column of W_ih, in position order.
+                    (None, Some(tokens)) => {
+                        let s = one_hot_columns(rows, gh, in_size, &p, o_dgx, dl);
+                        b.embed_backward(&s, tokens, dgx, param_grads, true)?;
+                    }
+                    (None, None) => return Err(Error::invalid("saved", "holds no input")),
+                }
                 let prev_rows = if d == 0 { 0 } else { bp };
                 let g = Gemm {
                     lda: dl,
@@ -1287,7 +1390,7 @@ impl<B: Backend> Rnn<B> {
                 let (w, bias) = highway_offsets(&self.layout, self.offset, l)?;
                 let dh = cfg.output_size();
                 let g = Gemm::tn(dh, dh, rows).offsets(0, 0, w).accumulating(true);
-                b.gemm(&g, dg, input, None, param_grads)?;
+                b.gemm(&g, dg, rows_in()?, None, param_grads)?;
                 let cs = ColSum {
                     out_off: bias,
                     accumulate: true,
@@ -1386,6 +1489,32 @@ impl<B: Backend> Rnn<B> {
         self.layout
             .get(name)
             .ok_or_else(|| Error::invalid("parameter", format!("no parameter named {name:?}")))
+    }
+}
+
+/// The first layer's input product for one-hot rows as a lookup: `rows`
+/// rows of `gh` gate pre-activations from the columns of `W_ih` `[gh,
+/// vocab]` at `p`, plus `b_ih` (forward, output at `out_off`); backward, the
+/// gate gradients at `out_off`, rows `dout_ld` apart, into those columns.
+fn one_hot_columns(
+    rows: usize,
+    gh: usize,
+    vocab: usize,
+    p: &DirParams,
+    out_off: usize,
+    dout_ld: usize,
+) -> EmbedSpec {
+    EmbedSpec {
+        n: rows,
+        e: gh,
+        v: vocab,
+        table_off: p.w_ih,
+        table: Table::Columns {
+            ld: vocab,
+            bias_off: p.b_ih,
+            dout_ld: dout_ld.max(gh),
+        },
+        out_off,
     }
 }
 

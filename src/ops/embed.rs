@@ -16,7 +16,7 @@ use crate::gpu::{DType, GpuTensor, Recorder};
 use crate::real::Real;
 
 /// Sizes and offsets of an embedding lookup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EmbedSpec {
     /// Positions N (tokens).
     pub n: usize,
@@ -24,12 +24,69 @@ pub struct EmbedSpec {
     pub e: usize,
     /// Vocabulary V.
     pub v: usize,
-    /// Offset of the `[V, E]` table (and of its gradient).
+    /// Offset of the table (and of its gradient).
     pub table_off: usize,
+    /// How the table is stored.
+    pub table: Table,
+    /// Offset of the output `[N, E]` (forward) or of the output gradient
+    /// (backward).
+    pub out_off: usize,
+}
+
+/// How a lookup's table is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Table {
+    /// `[V, E]`, token v's row at `table_off + v·E` (an embedding); the
+    /// output gradient's rows are E wide.
+    #[default]
+    Rows,
+    /// `[E, ld]`, token v's values in column v: a layer's `W_ih` `[G·H, V]`
+    /// read as a lookup, which is what its product with one-hot rows is.
+    /// The forward adds `bias[bias_off + j]` (the table's buffer) as that
+    /// product's bias; the backward reads output-gradient rows `dout_ld`
+    /// apart.
+    Columns {
+        /// Row stride of the table (V, or more).
+        ld: usize,
+        /// Offset of the bias `[E]` in the table's buffer.
+        bias_off: usize,
+        /// Row stride of the output gradient.
+        dout_ld: usize,
+    },
 }
 
 impl EmbedSpec {
-    fn validate(&self, tokens: usize, table: usize, out: usize) -> Result<()> {
+    /// Where token `t`'s element `j` sits in the table's buffer.
+    fn at(&self, t: usize, j: usize) -> usize {
+        match self.table {
+            Table::Rows => self.table_off + t * self.e + j,
+            Table::Columns { ld, .. } => self.table_off + j * ld + t,
+        }
+    }
+
+    /// Row stride of the output gradient.
+    fn dout_ld(&self) -> usize {
+        match self.table {
+            Table::Rows => self.e,
+            Table::Columns { dout_ld, .. } => dout_ld,
+        }
+    }
+
+    /// The elements of the table's buffer the lookup reaches.
+    fn table_need(&self) -> usize {
+        match self.table {
+            Table::Rows => self.v.saturating_mul(self.e).saturating_add(self.table_off),
+            Table::Columns { ld, bias_off, .. } => (self.e - 1)
+                .saturating_mul(ld)
+                .saturating_add(self.v)
+                .saturating_add(self.table_off)
+                .max(bias_off.saturating_add(self.e)),
+        }
+    }
+}
+
+impl EmbedSpec {
+    fn validate(&self, tokens: usize, table: usize, out: usize, backward: bool) -> Result<()> {
         if self.n == 0 || self.e == 0 || self.v == 0 {
             return Err(Error::invalid(
                 "embedding",
@@ -37,12 +94,30 @@ impl EmbedSpec {
             ));
         }
         need_len("embedding tokens", self.n, tokens)?;
-        need_len(
-            "embedding table",
-            self.v.saturating_mul(self.e).saturating_add(self.table_off),
-            table,
-        )?;
-        need_len("embedding output", self.n.saturating_mul(self.e), out)
+        if let Table::Columns { ld, dout_ld, .. } = self.table
+            && (ld < self.v || dout_ld < self.e)
+        {
+            return Err(Error::invalid(
+                "embedding table",
+                format!(
+                    "column layout strides ld = {ld}, dout_ld = {dout_ld} below V = {}, E = {}",
+                    self.v, self.e
+                ),
+            ));
+        }
+        need_len("embedding table", self.table_need(), table)?;
+        // The output's rows are E wide; the output gradient's dout_ld.
+        let ld = if backward { self.dout_ld() } else { self.e };
+        let need = (self.n - 1)
+            .saturating_mul(ld)
+            .saturating_add(self.e)
+            .saturating_add(self.out_off);
+        let what = if backward {
+            "embedding output gradient"
+        } else {
+            "embedding output"
+        };
+        need_len(what, need, out)
     }
 }
 
@@ -53,14 +128,27 @@ pub fn forward_cpu<T: Real>(
     table: &[T],
     out: &mut [T],
 ) -> Result<()> {
-    s.validate(tokens.len(), table.len(), out.len())?;
+    s.validate(tokens.len(), table.len(), out.len(), false)?;
     for (n, &t) in tokens[..s.n].iter().enumerate() {
-        let row = &mut out[n * s.e..(n + 1) * s.e];
-        if t >= 0 && (t as usize) < s.v {
-            let start = s.table_off + t as usize * s.e;
-            row.copy_from_slice(&table[start..start + s.e]);
-        } else {
-            row.fill(T::zero());
+        let row = &mut out[s.out_off + n * s.e..s.out_off + (n + 1) * s.e];
+        let valid = t >= 0 && (t as usize) < s.v;
+        match s.table {
+            Table::Rows if valid => {
+                let start = s.table_off + t as usize * s.e;
+                row.copy_from_slice(&table[start..start + s.e]);
+            }
+            Table::Rows => row.fill(T::zero()),
+            // The product of a one-hot row with W_ih, plus the bias.
+            Table::Columns { bias_off, .. } => {
+                for (j, o) in row.iter_mut().enumerate() {
+                    let w = if valid {
+                        table[s.at(t as usize, j)]
+                    } else {
+                        T::zero()
+                    };
+                    *o = w + table[bias_off + j];
+                }
+            }
         }
     }
     Ok(())
@@ -74,18 +162,20 @@ pub fn backward_cpu<T: Real>(
     dtable: &mut [T],
     accumulate: bool,
 ) -> Result<()> {
-    s.validate(tokens.len(), dtable.len(), dout.len())?;
+    s.validate(tokens.len(), dtable.len(), dout.len(), true)?;
+    let ld = s.dout_ld();
     let mut acc = vec![T::zero(); s.v * s.e];
     for (n, &t) in tokens[..s.n].iter().enumerate() {
         if t >= 0 && (t as usize) < s.v {
             let row = &mut acc[t as usize * s.e..(t as usize + 1) * s.e];
-            for (a, &d) in row.iter_mut().zip(&dout[n * s.e..(n + 1) * s.e]) {
+            let from = s.out_off + n * ld;
+            for (a, &d) in row.iter_mut().zip(&dout[from..from + s.e]) {
                 *a += d;
             }
         }
     }
-    let dst = &mut dtable[s.table_off..s.table_off + s.v * s.e];
-    for (d, a) in dst.iter_mut().zip(acc) {
+    for (i, a) in acc.into_iter().enumerate() {
+        let d = &mut dtable[s.at(i / s.e, i % s.e)];
         *d = if accumulate { *d + a } else { a };
     }
     Ok(())
@@ -101,6 +191,10 @@ kernel_params! {
         accumulate: u32,
         passes: u32,
         sorted_off: u32,
+        columns: u32,
+        ld: u32,
+        bias_off: u32,
+        dout_ld: u32,
     }
 }
 
@@ -108,15 +202,37 @@ impl Params {
     fn of(s: &EmbedSpec, accumulate: bool) -> Result<Self> {
         u32_of("N·E", s.n * s.e)?;
         u32_of("V·E", s.v * s.e)?;
+        u32_of("table", s.table_need())?;
+        u32_of(
+            "output",
+            s.out_off
+                .saturating_add(s.n.saturating_mul(s.dout_ld().max(s.e))),
+        )?;
         Ok(Params {
             n: u32_of("N", s.n)?,
             e: u32_of("E", s.e)?,
             v: u32_of("V", s.v)?,
             table_off: u32_of("table_off", s.table_off)?,
-            out_off: 0,
+            out_off: u32_of("out_off", s.out_off)?,
             accumulate: accumulate as u32,
             passes: 0,
             sorted_off: 0,
+            columns: matches!(s.table, Table::Columns { .. }) as u32,
+            ld: u32_of(
+                "ld",
+                match s.table {
+                    Table::Rows => 0,
+                    Table::Columns { ld, .. } => ld,
+                },
+            )?,
+            bias_off: u32_of(
+                "bias_off",
+                match s.table {
+                    Table::Rows => 0,
+                    Table::Columns { bias_off, .. } => bias_off,
+                },
+            )?,
+            dout_ld: u32_of("dout_ld", s.dout_ld())?,
         })
     }
 }
@@ -179,7 +295,7 @@ pub fn forward_gpu(
     tokens.expect_dtype("embedding tokens", DType::I32)?;
     table.expect_dtype("embedding table", DType::F32)?;
     out.expect_dtype("embedding output", DType::F32)?;
-    s.validate(tokens.len(), table.len(), out.len())?;
+    s.validate(tokens.len(), table.len(), out.len(), false)?;
     let grid = rec.ctx().grid(((s.n * s.e) as u64).div_ceil(256))?;
     rec.dispatch(
         FORWARD,
@@ -223,7 +339,7 @@ pub fn backward_gpu(
     dout.expect_dtype("embedding dout", DType::F32)?;
     dtable.expect_dtype("embedding dtable", DType::F32)?;
     scratch.expect_dtype("embedding sort scratch", DType::I32)?;
-    s.validate(tokens.len(), dtable.len(), dout.len())?;
+    s.validate(tokens.len(), dtable.len(), dout.len(), true)?;
     need_len("embedding sort scratch", sort_scratch_len(s), scratch.len())?;
     u32_of("2N + V", sort_scratch_len(s))?;
     let passes = sort_passes(s.v);
