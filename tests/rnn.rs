@@ -397,6 +397,15 @@ fn named_edge_cases(gpu: &GpuBackend, variant: StepKernel) {
             RnnCase::new(RnnConfig::new(cell, 7, 33), 3, 9, s + 4), // tile edges: H = 33, B = 9
             RnnCase::new(RnnConfig::new(cell, 2, 12), 2, 17, s + 8), // H = 12, B = 17
             RnnCase::new(RnnConfig::new(cell, 2, 9), 2, 16, s + 9), // one full 16-row tile
+            // T = 70: the resident kernel's 64 steps a dispatch, then 6.
+            RnnCase::new(
+                RnnConfig::new(cell, 3, 5).bidirectional(true),
+                70,
+                2,
+                s + 10,
+            )
+            .with_states()
+            .with_lengths(vec![70, 33]),
             RnnCase::new(RnnConfig::new(cell, 5, 6).layers(3), 4, 2, s + 5).with_states(),
             RnnCase::new(RnnConfig::new(cell, 4, 5).bidirectional(true), 5, 3, s + 6).with_states(),
             RnnCase::new(
