@@ -25,29 +25,16 @@ fn gru_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let tile = step_tile(wid, nwg);
-    if (tile.x >= p.B) {
-        return;
-    }
-    for (var s = 0u; s < p.k_steps; s++) {
-        set_step(s);
-        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
-            let sub = vec2<u32>(tile.x, j0);
-            let bh = p.B * p.H;
-            let acc = recurrent_product(sub.x, sub.y, lid.x, lid.y, prev_slot() * bh);
-            for (var r = 0u; r < RPI; r++) {
-                let bj = tile_cell(sub, lid, r);
-                if (bj.x < p.B) {
-                    gru_forward_at(bj.x, bj.y, acc[r]);
-                }
-            }
-        }
-        step_barrier();
-    }
+    run_forward(lid, wid, nwg);
+}
+
+// Where this step's product vector starts (see run_forward in recurrent.wgsl).
+fn forward_base() -> u32 {
+    return prev_slot() * p.B * p.H;
 }
 
 // The cell update of gru_forward for row b, unit j, after the product.
-fn gru_forward_at(b: u32, j: u32, acc: array<f32, G>) {
+fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
     let bh = p.B * p.H;
     let gh = G * p.H;
     let row = (st.t * p.B + b) * gh;
@@ -102,32 +89,19 @@ fn gru_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let tile = step_tile(wid, nwg);
-    if (tile.x >= p.B) {
-        return;
+    run_backward(lid, wid, nwg);
+}
+
+// Where this step's transposed product starts (see run_backward in recurrent.wgsl).
+fn backward_base() -> u32 {
+    if (st.first == 1u) {
+        return NO_PRODUCT;
     }
-    for (var s = 0u; s < p.k_steps; s++) {
-        set_step(s);
-        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
-            let sub = vec2<u32>(tile.x, j0);
-            let gh = G * p.H;
-            var acc: array<f32, RPI>;
-            if (st.first == 0u) {
-                acc = recurrent_product_t(sub.x, sub.y, lid.x, lid.y, later_step() * p.B * gh);
-            }
-            for (var r = 0u; r < RPI; r++) {
-                let bj = tile_cell(sub, lid, r);
-                if (bj.x < p.B) {
-                    gru_backward_at(bj.x, bj.y, acc[r]);
-                }
-            }
-        }
-        step_barrier();
-    }
+    return later_step() * p.B * G * p.H;
 }
 
 // The cell update of gru_backward for row b, unit j, after the product.
-fn gru_backward_at(b: u32, j: u32, acc: f32) {
+fn backward_at(b: u32, j: u32, acc: f32) {
     let gh = G * p.H;
     let bh = p.B * p.H;
     let hc = b * p.H + j;

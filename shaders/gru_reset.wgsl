@@ -19,29 +19,17 @@ fn gru_reset_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let tile = step_tile(wid, nwg);
-    if (tile.x >= p.B) {
-        return;
-    }
-    for (var s = 0u; s < p.k_steps; s++) {
-        set_step(s);
-        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
-            let sub = vec2<u32>(tile.x, j0);
-            let gh4 = 4u * p.H;
-            let acc = recurrent_product(sub.x, sub.y, lid.x, lid.y, st.t * p.B * gh4 + 3u * p.H);
-            for (var r = 0u; r < RPI; r++) {
-                let bj = tile_cell(sub, lid, r);
-                if (bj.x < p.B) {
-                    gru_reset_forward_at(bj.x, bj.y, acc[r]);
-                }
-            }
-        }
-        step_barrier();
-    }
+    run_forward(lid, wid, nwg);
+}
+
+// Where this step's product vector starts (see run_forward in recurrent.wgsl).
+fn forward_base() -> u32 {
+    // r * h_prev, the gates' fourth block.
+    return st.t * p.B * 4u * p.H + 3u * p.H;
 }
 
 // The cell update of gru_reset_forward for row b, unit j, after the product.
-fn gru_reset_forward_at(b: u32, j: u32, acc: array<f32, G>) {
+fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
     let gh4 = 4u * p.H;
     let bh = p.B * p.H;
     let hc = b * p.H + j;
@@ -68,29 +56,17 @@ fn gru_reset_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let tile = step_tile(wid, nwg);
-    if (tile.x >= p.B) {
-        return;
-    }
-    for (var s = 0u; s < p.k_steps; s++) {
-        set_step(s);
-        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
-            let sub = vec2<u32>(tile.x, j0);
-            let gh3 = 3u * p.H;
-            let acc = recurrent_product_t(sub.x, sub.y, lid.x, lid.y, st.t * p.B * gh3 + 2u * p.H);
-            for (var r = 0u; r < RPI; r++) {
-                let bj = tile_cell(sub, lid, r);
-                if (bj.x < p.B) {
-                    gru_reset_backward_at(bj.x, bj.y, acc[r]);
-                }
-            }
-        }
-        step_barrier();
-    }
+    run_backward(lid, wid, nwg);
+}
+
+// Where this step's transposed product starts (see run_backward in recurrent.wgsl).
+fn backward_base() -> u32 {
+    // This step's dn, the gate gradients' third block.
+    return st.t * p.B * 3u * p.H + 2u * p.H;
 }
 
 // The cell update of gru_reset_backward for row b, unit j, after the product.
-fn gru_reset_backward_at(b: u32, j: u32, acc: f32) {
+fn backward_at(b: u32, j: u32, acc: f32) {
     let gh3 = 3u * p.H;
     let dq = acc;
     let row = (st.t * p.B + b) * gh3;

@@ -20,29 +20,17 @@ fn lstm_project(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let tile = step_tile(wid, nwg);
-    if (tile.x >= p.B) {
-        return;
-    }
-    for (var s = 0u; s < p.k_steps; s++) {
-        set_step(s);
-        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
-            let sub = vec2<u32>(tile.x, j0);
-            let base = st.t * p.B * p.vec_ld + 4u * p.cell_h;
-            let acc = recurrent_product(sub.x, sub.y, lid.x, lid.y, base);
-            for (var r = 0u; r < RPI; r++) {
-                let bj = tile_cell(sub, lid, r);
-                if (bj.x < p.B) {
-                    lstm_project_at(bj.x, bj.y, acc[r]);
-                }
-            }
-        }
-        step_barrier();
-    }
+    run_forward(lid, wid, nwg);
+}
+
+// Where this step's product vector starts (see run_forward in recurrent.wgsl).
+fn forward_base() -> u32 {
+    // m = o * h(c), the gates' fifth block.
+    return st.t * p.B * p.vec_ld + 4u * p.cell_h;
 }
 
 // The cell update of lstm_project for row b, unit j, after the product.
-fn lstm_project_at(b: u32, j: u32, acc: array<f32, G>) {
+fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
@@ -60,31 +48,19 @@ fn lstm_project_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let tile = step_tile(wid, nwg);
-    if (tile.x >= p.B) {
-        return;
+    run_backward(lid, wid, nwg);
+}
+
+// Where this step's transposed product starts (see run_backward in recurrent.wgsl).
+fn backward_base() -> u32 {
+    if (st.first == 1u) {
+        return NO_PRODUCT;
     }
-    for (var s = 0u; s < p.k_steps; s++) {
-        set_step(s);
-        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
-            let sub = vec2<u32>(tile.x, j0);
-            var acc: array<f32, RPI>;
-            if (st.first == 0u) {
-                acc = recurrent_product_t(sub.x, sub.y, lid.x, lid.y, later_step() * p.B * p.dg_ld);
-            }
-            for (var r = 0u; r < RPI; r++) {
-                let bj = tile_cell(sub, lid, r);
-                if (bj.x < p.B) {
-                    lstm_project_backward_at(bj.x, bj.y, acc[r]);
-                }
-            }
-        }
-        step_barrier();
-    }
+    return later_step() * p.B * p.dg_ld;
 }
 
 // The cell update of lstm_project_backward for row b, unit j, after the product.
-fn lstm_project_backward_at(b: u32, j: u32, acc: f32) {
+fn backward_at(b: u32, j: u32, acc: f32) {
     var dh = acc + carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
     if (is_live(b)) {
         dh += dout[out_index(b, j)];

@@ -115,6 +115,61 @@ fn tile_cell(tile: vec2<u32>, lid: vec3<u32>, r: u32) -> vec2<u32> {
     return vec2<u32>(b, j);
 }
 
+// A backward step with no transposed product (the sweep's first step).
+const NO_PRODUCT: u32 = 0xffffffffu;
+
+// The loops every cell file's forward entry point runs: this workgroup's
+// tile (and direction), then for each time step of the dispatch and each of
+// its column tiles the recurrent product and every row's update. The cell
+// file defines forward_base() (where the product's vector starts) and
+// forward_at(b, j, acc) (the update of row b, unit j).
+fn run_forward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
+    let tile = step_tile(wid, nwg);
+    if (tile.x >= p.B) {
+        return;
+    }
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let acc = recurrent_product(tile.x, j0, lid.x, lid.y, forward_base());
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(vec2<u32>(tile.x, j0), lid, r);
+                if (bj.x < p.B) {
+                    forward_at(bj.x, bj.y, acc[r]);
+                }
+            }
+        }
+        step_barrier();
+    }
+}
+
+// The same for the backward entry point: backward_base() says where the
+// transposed product's gate gradients start (NO_PRODUCT: none, the sum is
+// zero), backward_at(b, j, acc) is the update.
+fn run_backward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
+    let tile = step_tile(wid, nwg);
+    if (tile.x >= p.B) {
+        return;
+    }
+    for (var s = 0u; s < p.k_steps; s++) {
+        set_step(s);
+        for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
+            let base = backward_base();
+            var acc: array<f32, RPI>;
+            if (base != NO_PRODUCT) {
+                acc = recurrent_product_t(tile.x, j0, lid.x, lid.y, base);
+            }
+            for (var r = 0u; r < RPI; r++) {
+                let bj = tile_cell(vec2<u32>(tile.x, j0), lid, r);
+                if (bj.x < p.B) {
+                    backward_at(bj.x, bj.y, acc[r]);
+                }
+            }
+        }
+        step_barrier();
+    }
+}
+
 // Batch rows of the tile at b0 (at most TB).
 fn tile_rows(b0: u32) -> u32 {
     return min(TB, p.B - b0);

@@ -949,8 +949,8 @@ fn embedding_matches_cpu() {
         let dout = uniform(3, dout_len, -1.0, 1.0);
         let d0 = uniform(4, table_len, -1.0, 1.0);
         for accumulate in [true, false] {
-            let run = |b: &dyn EmbedRun| b.run(&s, &tokens, &table, &dout, &d0, accumulate);
-            let (expected, got) = (run(&cpu), run(&gpu));
+            let expected = embed_run(&cpu, &s, &tokens, &table, &dout, &d0, accumulate);
+            let got = embed_run(&gpu, &s, &tokens, &table, &dout, &d0, accumulate);
             let name = format!(
                 "embedding N={n} E={e} V={v} {kind} columns={columns} accumulate={accumulate}"
             );
@@ -970,39 +970,25 @@ fn embedding_matches_cpu() {
 }
 
 /// One embedding forward and backward on a backend, read back.
-trait EmbedRun {
-    fn run(
-        &self,
-        s: &rnn_wgpu::ops::embed::EmbedSpec,
-        t: &[i32],
-        table: &[f64],
-        dout: &[f64],
-        d0: &[f64],
-        accumulate: bool,
-    ) -> Vec<f64>;
-}
-
-impl<B: Backend> EmbedRun for B {
-    fn run(
-        &self,
-        s: &rnn_wgpu::ops::embed::EmbedSpec,
-        t: &[i32],
-        table: &[f64],
-        dout: &[f64],
-        d0: &[f64],
-        accumulate: bool,
-    ) -> Vec<f64> {
-        let tok = self.ints(&[t.len()], t).unwrap();
-        let out = self.zeros(&[s.out_off + s.n * s.e]).unwrap();
-        let tab = self.tensor_f64(&[table.len()], table).unwrap();
-        self.embed_forward(s, &tok, &tab, &out).unwrap();
-        let dt = self.tensor_f64(&[d0.len()], d0).unwrap();
-        let dy = self.tensor_f64(&[dout.len()], dout).unwrap();
-        self.embed_backward(s, &tok, &dy, &dt, accumulate).unwrap();
-        let mut v = self.read_f64(&out).unwrap();
-        v.extend(self.read_f64(&dt).unwrap());
-        v
-    }
+fn embed_run<B: Backend>(
+    b: &B,
+    s: &rnn_wgpu::ops::embed::EmbedSpec,
+    t: &[i32],
+    table: &[f64],
+    dout: &[f64],
+    d0: &[f64],
+    accumulate: bool,
+) -> Vec<f64> {
+    let tok = b.ints(&[t.len()], t).unwrap();
+    let out = b.zeros(&[s.out_off + s.n * s.e]).unwrap();
+    let tab = b.tensor_f64(&[table.len()], table).unwrap();
+    b.embed_forward(s, &tok, &tab, &out).unwrap();
+    let dt = b.tensor_f64(&[d0.len()], d0).unwrap();
+    let dy = b.tensor_f64(&[dout.len()], dout).unwrap();
+    b.embed_backward(s, &tok, &dy, &dt, accumulate).unwrap();
+    let mut v = b.read_f64(&out).unwrap();
+    v.extend(b.read_f64(&dt).unwrap());
+    v
 }
 
 /// Dropout of `x` under `s` on `b`.

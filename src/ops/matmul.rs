@@ -583,66 +583,40 @@ pub fn gemm_gpu(
         GemmKernel::Tiled | GemmKernel::Auto => (TILED, tiles(g, 64)),
     };
     let (splits, chunk) = split.plan(g, resolved);
-    if let (true, Some(scratch)) = (splits > 1, scratch) {
-        scratch.expect_dtype("matmul scratch", DType::F32)?;
-        let need = split_scratch_len(g, splits);
-        if scratch.len() < need {
-            return Err(Error::invalid(
-                "matmul scratch",
-                format!(
-                    "holds {} elements; a split into {splits} needs {need}",
-                    scratch.len()
-                ),
-            ));
+    let scratch = scratch.filter(|_| splits > 1);
+    // The product: into C, or a split one's partials into the scratch.
+    let (first, target, groups) = match scratch {
+        None => (params, c, groups),
+        Some(scratch) => {
+            scratch.expect_dtype("matmul scratch", DType::F32)?;
+            let need = split_scratch_len(g, splits);
+            if scratch.len() < need {
+                return Err(Error::invalid(
+                    "matmul scratch",
+                    format!(
+                        "holds {} elements; a split into {splits} needs {need}",
+                        scratch.len()
+                    ),
+                ));
+            }
+            u32_of("splits·M·N", need)?;
+            // K steps along A's and B's stored rows or columns.
+            let a_kstep = if g.trans_a { chunk * g.lda } else { chunk };
+            let b_kstep = if g.trans_b { chunk } else { chunk * g.ldb };
+            let part = Params {
+                ldc: u32_of("N", g.n)?,
+                c_off: 0,
+                flags: 0,
+                splits: u32_of("splits", splits)?,
+                k_chunk: u32_of("k chunk", chunk)?,
+                a_kstep: u32_of("A's K step", a_kstep)?,
+                b_kstep: u32_of("B's K step", b_kstep)?,
+                c_split: u32_of("M·N", g.m * g.n)?,
+                ..params
+            };
+            (part, scratch, groups * splits as u64)
         }
-        let mn = u32_of("M·N", g.m * g.n)?;
-        u32_of("splits·M·N", need)?;
-        // K steps along A's and B's stored rows or columns.
-        let a_kstep = if g.trans_a { chunk * g.lda } else { chunk };
-        let b_kstep = if g.trans_b { chunk } else { chunk * g.ldb };
-        let part = Params {
-            ldc: u32_of("N", g.n)?,
-            c_off: 0,
-            flags: 0,
-            splits: u32_of("splits", splits)?,
-            k_chunk: u32_of("k chunk", chunk)?,
-            a_kstep: u32_of("A's K step", a_kstep)?,
-            b_kstep: u32_of("B's K step", b_kstep)?,
-            c_split: mn,
-            ..params
-        };
-        let grid = rec.ctx().grid(groups * splits as u64)?;
-        rec.dispatch(
-            spec,
-            &constants,
-            &[
-                (binding::A, a.buffer()),
-                (binding::B, b.buffer()),
-                (binding::BIAS, bias_buf),
-                (binding::C, scratch.buffer()),
-            ],
-            &part,
-            grid,
-        )?;
-        let sum = Params {
-            splits: part.splits,
-            c_split: mn,
-            ..params
-        };
-        let grid = rec.ctx().grid((g.m as u64 * g.n as u64).div_ceil(256))?;
-        return rec.dispatch(
-            SPLIT_SUM,
-            &[],
-            &[
-                (binding::A, scratch.buffer()),
-                (binding::BIAS, bias.unwrap_or(scratch).buffer()),
-                (binding::C, c.buffer()),
-            ],
-            &sum,
-            grid,
-        );
-    }
-    let grid = rec.ctx().grid(groups)?;
+    };
     rec.dispatch(
         spec,
         &constants,
@@ -650,10 +624,30 @@ pub fn gemm_gpu(
             (binding::A, a.buffer()),
             (binding::B, b.buffer()),
             (binding::BIAS, bias_buf),
+            (binding::C, target.buffer()),
+        ],
+        &first,
+        rec.ctx().grid(groups)?,
+    )?;
+    let Some(scratch) = scratch else {
+        return Ok(());
+    };
+    // The partials added in order, with the bias and the accumulation.
+    let sum = Params {
+        splits: first.splits,
+        c_split: first.c_split,
+        ..params
+    };
+    rec.dispatch(
+        SPLIT_SUM,
+        &[],
+        &[
+            (binding::A, scratch.buffer()),
+            (binding::BIAS, bias.unwrap_or(scratch).buffer()),
             (binding::C, c.buffer()),
         ],
-        &params,
-        grid,
+        &sum,
+        rec.ctx().grid((g.m as u64 * g.n as u64).div_ceil(256))?,
     )
 }
 
