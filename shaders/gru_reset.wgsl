@@ -59,7 +59,13 @@ fn gru_reset_backward(
     run_backward(lid, wid, nwg);
 }
 
-// Where this step's transposed product starts (see run_backward in recurrent.wgsl).
+// Whether this step has a transposed product (see run_backward in
+// recurrent.wgsl).
+fn backward_has_product(first: bool) -> bool {
+    return true;
+}
+
+// Where this step's transposed product starts.
 fn backward_base() -> u32 {
     // This step's dn, the gate gradients' third block.
     return st.t * p.B * 3u * p.H + 2u * p.H;

@@ -9,8 +9,10 @@
 // kernels compute m = o * h(c') and the cell's gradients from dm, and
 // lstm_proj.wgsl's the products with W_hr and W_hh of the P-wide h).
 //
-// One dispatch per time step: the recurrent product of all four gates (recurrent.wgsl,
-// tiled or split) and the cell update in the same invocation. The forward
+// Each step: the recurrent product of all four gates (recurrent.wgsl, tiled,
+// split or resident) and the cell update in the same invocation; a dispatch
+// covers the directions and time steps of cell_common.wgsl's set_direction /
+// set_step. The forward
 // saves the gate activations [T, B, 4H] (a training forward; p.save == 1);
 // c comes from the cs slots.
 // CPU twin: ops::cell (Cell::Lstm).
@@ -108,14 +110,17 @@ fn lstm_backward(
     run_backward(lid, wid, nwg);
 }
 
-// Where this step's transposed product starts (see run_backward in recurrent.wgsl).
+// Whether this step has a transposed product (see run_backward in
+// recurrent.wgsl).
+fn backward_has_product(first: bool) -> bool {
+    return p.proj == 1u || !first;
+}
+
+// Where this step's transposed product starts.
 fn backward_base() -> u32 {
     if (p.proj == 1u) {
         // dm = dh . W_hr, dh of this step left in dgh by lstm_project_backward.
         return st.t * p.B * p.dg_ld + G * p.H;
-    }
-    if (st.first == 1u) {
-        return NO_PRODUCT;
     }
     return later_step() * p.B * p.dg_ld;
 }

@@ -71,18 +71,24 @@ fn set_part(s: u32) {
 }
 
 // The origin of this workgroup's tile of C (rows of side rs, columns of side
-// cs), or (m, n) past the last, after setting its split of K.
-fn split_tile(wid: vec3<u32>, nwg: vec3<u32>, rs: u32, cs: u32) -> vec2<u32> {
+// cs), or (m, n) past the last, after setting its split of K, and the length
+// of that split (returned as a value: the K loops' barriers need uniform
+// bounds, which a private variable is not).
+fn split_tile(wid: vec3<u32>, nwg: vec3<u32>, rs: u32, cs: u32) -> vec3<u32> {
     let tiles_c = (p.n + cs - 1u) / cs;
     let per = ((p.m + rs - 1u) / rs) * tiles_c;
     let g = linear_group(wid, nwg);
     let s = g / per;
     if (s >= max(p.splits, 1u)) {
-        return vec2<u32>(p.m, p.n);
+        return vec3<u32>(p.m, p.n, 0u);
     }
     set_part(s);
     let t = g % per;
-    return vec2<u32>((t / tiles_c) * rs, (t % tiles_c) * cs);
+    var k = p.k;
+    if (p.splits > 1u) {
+        k = min(p.k_chunk, p.k - s * p.k_chunk);
+    }
+    return vec3<u32>((t / tiles_c) * rs, (t % tiles_c) * cs, k);
 }
 
 // op(A)[row, kk]; callers guarantee row < m, kk < k.
@@ -185,7 +191,7 @@ fn matmul_tiled(
         acc[i] = 0.0;
     }
 
-    for (var k0 = 0u; k0 < part.k; k0 += TK) {
+    for (var k0 = 0u; k0 < origin.z; k0 += TK) {
         // Stage the tiles: 1024 elements each, 4 per invocation, read along the
         // stored rows so consecutive invocations touch consecutive addresses.
         for (var e = 0u; e < 4u; e++) {
@@ -340,10 +346,10 @@ fn matmul_large(
 
     var va = large_load_a(lid, row0, 0u);
     var vb = large_load_b(lid, col0, 0u);
-    for (var k0 = 0u; k0 < part.k; k0 += LK) {
+    for (var k0 = 0u; k0 < origin.z; k0 += LK) {
         large_store(lid, va, vb);
         workgroupBarrier();
-        if (k0 + LK < part.k) {
+        if (k0 + LK < origin.z) {
             va = large_load_a(lid, row0, k0 + LK);
             vb = large_load_b(lid, col0, k0 + LK);
         }

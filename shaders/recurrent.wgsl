@@ -1,10 +1,10 @@
 // recurrent.wgsl: the recurrent products shared by the fused cell steps
 // (prepended, after common.wgsl, to lstm.wgsl, gru.wgsl and rnn.wgsl).
 //
-// Each cell file defines: the gate count G, the uniform `p` (fields B, H,
-// whh_off used here), and the buffers `weights` (the flat parameter buffer),
-// `hs` (hidden states) and, for the backward step, `dgh` (gate gradients that
-// multiply W_hh).
+// Each cell file defines the gate count G and the functions run_forward and
+// run_backward call; cell_common.wgsl (after this file) the uniform `p`, the
+// step state `st` and the buffers `weights` (the flat parameter buffer), `hs`
+// (hidden states) and `dgh` (gate gradients that multiply W_hh).
 //
 // A workgroup of 32 x 8 invocations owns the hidden units j0..j0+units of
 // batch rows b0..b0+16 and computes the recurrent product of every gate for
@@ -115,9 +115,6 @@ fn tile_cell(tile: vec2<u32>, lid: vec3<u32>, r: u32) -> vec2<u32> {
     return vec2<u32>(b, j);
 }
 
-// A backward step with no transposed product (the sweep's first step).
-const NO_PRODUCT: u32 = 0xffffffffu;
-
 // The loops every cell file's forward entry point runs: this workgroup's
 // tile (and direction), then for each time step of the dispatch and each of
 // its column tiles the recurrent product and every row's update. The cell
@@ -143,9 +140,11 @@ fn run_forward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
     }
 }
 
-// The same for the backward entry point: backward_base() says where the
-// transposed product's gate gradients start (NO_PRODUCT: none, the sum is
-// zero), backward_at(b, j, acc) is the update.
+// The same for the backward entry point: backward_has_product(first) says
+// whether the step has a transposed product (not at the sweep's first step,
+// where the sum is zero; decided from uniform values only, since the
+// product's barriers need uniform control flow), backward_base() where its
+// gate gradients start, backward_at(b, j, acc) is the update.
 fn run_backward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
     let tile = step_tile(wid, nwg);
     if (tile.x >= p.B) {
@@ -154,10 +153,9 @@ fn run_backward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
     for (var s = 0u; s < p.k_steps; s++) {
         set_step(s);
         for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
-            let base = backward_base();
             var acc: array<f32, RPI>;
-            if (base != NO_PRODUCT) {
-                acc = recurrent_product_t(tile.x, j0, lid.x, lid.y, base);
+            if (backward_has_product(s == 0u && p.first == 1u)) {
+                acc = recurrent_product_t(tile.x, j0, lid.x, lid.y, backward_base());
             }
             for (var r = 0u; r < RPI; r++) {
                 let bj = tile_cell(vec2<u32>(tile.x, j0), lid, r);

@@ -50,11 +50,14 @@ fn rnn_backward(
     run_backward(lid, wid, nwg);
 }
 
-// Where this step's transposed product starts (see run_backward in recurrent.wgsl).
+// Whether this step has a transposed product (see run_backward in
+// recurrent.wgsl).
+fn backward_has_product(first: bool) -> bool {
+    return !first;
+}
+
+// Where this step's transposed product starts.
 fn backward_base() -> u32 {
-    if (st.first == 1u) {
-        return NO_PRODUCT;
-    }
     return later_step() * p.B * p.H;
 }
 

@@ -679,6 +679,107 @@ fn one_hot_tokens_match_one_hot_rows() {
     }
 }
 
+/// A fused step that does not fit its sequence, or a pair of directions
+/// whose parts overlap, is an error before anything runs (CPU and GPU), and
+/// a matmul with an empty output is refused on both backends alike.
+#[test]
+fn bad_fusions_are_errors() {
+    use rnn_wgpu::ops::cell::{DirStrides, Fusion};
+    use rnn_wgpu::ops::matmul::Gemm;
+    fn attempt<B: Backend>(b: &B, fusion: Fusion, t: usize) -> rnn_wgpu::Error {
+        let (steps, batch, h) = (4, 2, 3);
+        let part = steps * batch * 4 * h;
+        let slots = (steps + 1) * batch * h;
+        let t_ = |n: usize| b.tensor_f64(&[n], &vec![0.1; n]).unwrap();
+        let (xg, w, hs, cs, gates, out) = (
+            t_(2 * part),
+            t_(200),
+            t_(2 * slots),
+            t_(2 * slots),
+            t_(2 * part),
+            t_(steps * batch * 2 * h),
+        );
+        let before = b.read_f64(&hs).unwrap();
+        let spec = StepSpec {
+            batch,
+            hidden: h,
+            steps,
+            t,
+            out_ld: 2 * h,
+            fusion,
+            ..Default::default()
+        };
+        let bufs = StepForward {
+            xg: &xg,
+            weights: &w,
+            lengths: None,
+            hs: &hs,
+            cs: Some(&cs),
+            gates: Some(&gates),
+            out: &out,
+        };
+        let err = b.cell_forward(Cell::Lstm, &spec, &bufs).unwrap_err();
+        assert_eq!(b.read_f64(&hs).unwrap(), before, "nothing ran: {err}");
+        err
+    }
+    let good = DirStrides {
+        xg: 4 * 2 * 12,
+        hs: 5 * 2 * 3,
+        cs: 5 * 2 * 3,
+        gates: 4 * 2 * 12,
+        ..Default::default()
+    };
+    let backends: Vec<Box<dyn Fn(Fusion, usize) -> String>> = {
+        let mut v: Vec<Box<dyn Fn(Fusion, usize) -> String>> =
+            vec![Box::new(|f, t| attempt(&cpu(), f, t).to_string())];
+        if let Some(g) = common::gpu() {
+            v.push(Box::new(move |f, t| attempt(&g, f, t).to_string()));
+        }
+        v
+    };
+    for run in &backends {
+        let huge = Fusion {
+            pair: None,
+            more_steps: usize::MAX / 2,
+        };
+        assert!(run(huge, 0).contains("do not fit"));
+        let past = Fusion {
+            pair: Some(good),
+            more_steps: 0,
+        };
+        assert!(run(past, 4).contains("do not fit"));
+        let over = Fusion {
+            pair: Some(good),
+            more_steps: 3,
+        };
+        assert!(run(over, 1).contains("do not fit") || run(over, 1).contains("leave"));
+        let overlap = Fusion {
+            pair: Some(DirStrides { hs: 3, ..good }),
+            more_steps: 0,
+        };
+        let e = run(overlap, 0);
+        assert!(e.contains("hs") && e.contains("inside"), "{e}");
+    }
+    // An empty product: the same error on both backends (no panic in the
+    // GPU's split planning).
+    let g = Gemm::nn(0, 4, 600);
+    let cpu = cpu();
+    let (a, bm, c) = (
+        cpu.zeros(&[2400]).unwrap(),
+        cpu.zeros(&[2400]).unwrap(),
+        cpu.zeros(&[4]).unwrap(),
+    );
+    assert!(cpu.gemm(&g, &a, &bm, None, &c).is_err());
+    if let Some(gpu) = common::gpu() {
+        let (a, bm, c) = (
+            gpu.zeros(&[2400]).unwrap(),
+            gpu.zeros(&[2400]).unwrap(),
+            gpu.zeros(&[4]).unwrap(),
+        );
+        assert!(gpu.gemm(&g, &a, &bm, None, &c).is_err());
+    }
+}
+
 /// Step grids beyond the per-dimension workgroup limit (forced to 4) are folded
 /// into 2-D, with each recurrent-product variant.
 #[test]

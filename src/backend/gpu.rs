@@ -322,7 +322,12 @@ impl Backend for GpuBackend {
     fn steps_per_call(&self, variant: &Variant, batch: usize, units: usize) -> usize {
         let resident = self.ctx.step_kernel(batch, units) == crate::gpu::StepKernel::Resident;
         if resident && !variant.gates_between_dispatches() {
-            crate::gpu::StepKernel::RESIDENT_STEPS
+            // Fewer steps a dispatch when a forced resident kernel walks many
+            // column tiles a step, so no dispatch runs much longer than 64
+            // steps at H = 128 (display watchdogs).
+            let tiles = units.div_ceil(32).max(1);
+            (crate::gpu::StepKernel::RESIDENT_STEPS * 4 / tiles)
+                .clamp(1, crate::gpu::StepKernel::RESIDENT_STEPS)
         } else {
             1
         }

@@ -335,8 +335,8 @@ impl GpuContext {
     }
 
     /// Forces a recurrent-product variant for the steps recorded from now on
-    /// (`None`: choose per shape). Returns the previous setting. Both variants
-    /// compute the same function; `doctor` checks each this way.
+    /// (`None`: choose per shape). Returns the previous setting. Every variant
+    /// computes the same function; `doctor` checks each this way.
     pub fn set_step_kernel(&self, kernel: Option<StepKernel>) -> Option<StepKernel> {
         std::mem::replace(&mut *lock(&self.step_kernel), kernel)
     }

@@ -119,7 +119,7 @@ impl Shader {
     /// every buffer's length against the sizes in the uniform block before
     /// recording (`StepSpec` and `Gemm` validation), and every index the
     /// kernels form is guarded by those sizes, so a checked and an unchecked
-    /// build compute bitwise the same (`tests/device.rs` compares them).
+    /// build compute bitwise the same (`tests/rnn.rs` and `doctor` compare them).
     pub fn is_trusted(self) -> bool {
         self.is_step() || self == Shader::Matmul
     }

@@ -573,6 +573,15 @@ impl StepSpec {
     /// its parts, [`Fusion::pair`]'s strides further on.
     pub fn parts(&self, backward: bool) -> Result<Vec<(usize, StepSpec)>> {
         let f = self.fusion;
+        if self.steps == 0 || self.t >= self.steps || f.more_steps >= self.steps {
+            return Err(Error::invalid(
+                "cell step",
+                format!(
+                    "t = {} and {} further steps do not fit T = {}",
+                    self.t, f.more_steps, self.steps
+                ),
+            ));
+        }
         if f.pair.is_some() && self.reverse {
             return Err(Error::invalid(
                 "cell step fusion",
@@ -588,6 +597,7 @@ impl StepSpec {
         let dirs = 1 + f.pair.is_some() as usize;
         let hp = self.state_size();
         let mut parts = Vec::with_capacity(dirs * (f.more_steps + 1));
+        // (more_steps < T, so the capacity is bounded by the sequence.)
         for s in 0..=f.more_steps {
             // Direction 0's time: forward in time for a forward direction's
             // forward sweep and a reverse direction's backward one.
@@ -837,7 +847,44 @@ impl StepSpec {
         for (d, one) in &parts {
             one.validate(cell, backward, &lens.for_direction(*d, &st))?;
         }
+        if self.fusion.pair.is_some() {
+            self.check_apart(cell, backward, lens, &st)?;
+        }
         Ok(parts)
+    }
+
+    /// A pair's directions write disjoint parts: each written buffer's
+    /// stride is at least what direction 0's part spans.
+    fn check_apart(&self, cell: Cell, backward: bool, lens: &Lens, st: &DirStrides) -> Result<()> {
+        let (b, h, t) = (self.batch, self.hidden, self.steps);
+        let m = |xs: &[usize]| xs.iter().fold(1usize, |acc, &x| acc.saturating_mul(x));
+        let saved = self.variant.saved(cell);
+        let mut spans = vec![("hs", st.hs, m(&[self.slots(), b, self.state_size()]))];
+        if cell.has_cell_state() {
+            spans.push(("cs", st.cs, m(&[self.slots(), b, h])));
+        }
+        if saved > 0 && lens.gates.is_some() && !backward {
+            spans.push(("gates", st.gates, m(&[t, b, saved, h])));
+        }
+        if backward {
+            spans.push(("dgh", st.dgh, m(&[t, b, self.variant.dgh_width(cell, h)])));
+            if lens.dgx.is_some() {
+                spans.push(("dgx", st.dgx, m(&[t, b, cell.gates(), h])));
+            }
+            spans.push(("carry", st.carry, m(&[4, b, h])));
+        }
+        for (arg, stride, span) in spans {
+            if stride < span {
+                return Err(Error::invalid(
+                    format!("cell step {arg}"),
+                    format!(
+                        "direction 1's part starts {stride} elements after direction 0's, \
+                         inside the {span} direction 0 writes"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -974,9 +1021,20 @@ pub fn forward_step_cpu<T: Real>(
         out,
     } = bufs;
     if s.is_fused() {
-        // Each single step on its direction's part of the buffers, in order.
+        // Each single step on its direction's part of the buffers, in
+        // order, all checked before the first runs.
+        let lens = Lens {
+            xg: xg.len(),
+            weights: weights.len(),
+            lengths: lengths.map(|l| l.len()),
+            hs: hs.len(),
+            cs: cs.as_ref().map(|c| c.len()),
+            gates: gates.as_ref().map(|g| g.len()),
+            out: out.len(),
+            ..Default::default()
+        };
         let st = s.fusion.pair.unwrap_or_default();
-        for (d, one) in s.parts(false)? {
+        for (d, one) in s.checked_parts(cell, false, &lens)? {
             let view = ForwardSlices {
                 xg: tail("xg", xg, d * st.xg)?,
                 weights,
@@ -1427,8 +1485,20 @@ pub fn backward_step_cpu<T: Real>(
         carry,
     } = bufs;
     if s.is_fused() {
+        let lens = Lens {
+            weights: weights.len(),
+            lengths: lengths.map(|l| l.len()),
+            hs: hs.len(),
+            cs: cs.map(|c| c.len()),
+            gates: gates.map(|g| g.len()),
+            out: dout.len(),
+            dgh: dgh.len(),
+            dgx: dgx.as_ref().map(|d| d.len()),
+            carry: carry.len(),
+            ..Default::default()
+        };
         let st = s.fusion.pair.unwrap_or_default();
-        for (d, one) in s.parts(true)? {
+        for (d, one) in s.checked_parts(cell, true, &lens)? {
             let view = BackwardSlices {
                 weights,
                 lengths,

@@ -401,7 +401,8 @@ pub enum SplitK {
     Auto,
     /// Never split.
     Off,
-    /// Into this many ranges (at most K; 1 is no split).
+    /// Into about this many ranges (at most K; 1 is no split): K is cut
+    /// into equal ranges of ⌈K / n⌉, so the count may come out lower.
     Into(usize),
 }
 
@@ -427,7 +428,8 @@ impl SplitK {
             SplitK::Into(n) => n.clamp(1, g.k.max(1)),
             SplitK::Auto => {
                 let tiles = tiles(g, side);
-                if tiles >= Self::TARGET_GROUPS || g.k < 2 * Self::MIN_CHUNK {
+                // (An empty output is refused by validation.)
+                if tiles == 0 || tiles >= Self::TARGET_GROUPS || g.k < 2 * Self::MIN_CHUNK {
                     1
                 } else {
                     ((Self::TARGET_GROUPS / tiles) as usize)
@@ -548,6 +550,17 @@ pub fn gemm_gpu(
         bias.expect_dtype("matmul bias", DType::F32)?;
     }
     g.validate(a.len(), b.len(), bias.map(|x| x.len()), c.len())?;
+    // Every index the kernels form must fit in u32 (the hot kernels run
+    // without runtime bounds checks).
+    let extent = |(rows, cols): (usize, usize), ld: usize, off: usize| {
+        (rows - 1)
+            .saturating_mul(ld)
+            .saturating_add(off)
+            .saturating_add(cols)
+    };
+    u32_of("matmul A's extent", extent(g.a_stored(), g.lda, g.a_off))?;
+    u32_of("matmul B's extent", extent(g.b_stored(), g.ldb, g.b_off))?;
+    u32_of("matmul C's extent", extent((g.m, g.n), g.ldc, g.c_off))?;
     let params = Params {
         m: u32_of("m", g.m)?,
         n: u32_of("n", g.n)?,
