@@ -16,6 +16,16 @@
 //! On the GPU everything up to the read is recorded into one submission (one
 //! per `max_dispatches_per_submit` dispatches for long sequences).
 //!
+//! ## Overlapped steps
+//! [`Trainer::begin_step`] records a step and only starts its read;
+//! [`Trainer::finish_step`] waits for it and returns the report. Beginning
+//! step n + 1 before finishing step n lets the host upload and record it
+//! while the device runs step n. Nothing in step n + 1 depends on step n's
+//! readback except whether the run stops at step n, so step n + 1 starts
+//! with a gate on step n's stats (`gate_updates`): its updates are skipped
+//! exactly when the host is going to stop at step n. The trajectory is the
+//! same bit for bit as [`Trainer::train_step`]'s, one step at a time.
+//!
 //! ## Truncated BPTT
 //! With `k1 ≤ k2`, an update happens every `k1` steps and backpropagates through
 //! the last `k2` (Williams & Peng's TBPTT(k1, k2)); `k1 = k2 = k` is the usual
