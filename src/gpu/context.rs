@@ -179,6 +179,8 @@ struct Pending {
     // Compiled kernels, looked up for every dispatch under the lock that
     // recording holds anyway.
     pipelines: FxMap<PipelineKey, Arc<Kernel>>,
+    // The pipeline found last, compared before the map is looked up.
+    last_kernel: Option<(PipelineKey, Arc<Kernel>)>,
     // Cached bind groups by `bind_hash`. A bind group holds its buffers
     // alive, so unused ones are dropped after a few flushes.
     bind_groups: FxMap<u64, Vec<CachedGroup>>,
@@ -675,7 +677,14 @@ impl GpuContext {
                 ),
             });
         };
+        // Runs of dispatches of one kernel (a layer's time steps) skip the hash.
+        if let Some((last, k)) = &pending.last_kernel
+            && *last == key
+        {
+            return Ok(k.clone());
+        }
         if let Some(k) = pending.pipelines.get(&key) {
+            pending.last_kernel = Some((key, k.clone()));
             return Ok(k.clone());
         }
         // wgpu would refuse the layout too, but with a message naming no limit.

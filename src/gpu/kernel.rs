@@ -633,11 +633,52 @@ pub const MAX_CONSTANTS: usize = 4;
 
 /// Key of the pipeline cache: the kernel and its override constants (as bit
 /// patterns), held inline so that looking a pipeline up allocates nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Compared and hashed by hand: the names are `&'static str`s, almost always
+/// the same statics, so equal pointers settle a comparison without a
+/// `memcmp` (which the derived comparison calls for every name, even empty
+/// ones, and which costs more than the rest of a dispatch).
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct PipelineKey {
     pub spec: KernelSpec,
     constants: [(&'static str, u64); MAX_CONSTANTS],
     n_constants: usize,
+}
+
+/// `a == b`, by pointer first.
+fn same_str(a: &'static str, b: &'static str) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+}
+
+impl PartialEq for PipelineKey {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.spec, &other.spec);
+        let bindings = std::ptr::eq(a.bindings, b.bindings) || a.bindings == b.bindings;
+        a.shader == b.shader
+            && same_str(a.entry, b.entry)
+            && bindings
+            && self.n_constants == other.n_constants
+            && self.constants[..self.n_constants]
+                .iter()
+                .zip(&other.constants[..other.n_constants])
+                .all(|(&(n, v), &(m, w))| v == w && same_str(n, m))
+    }
+}
+
+impl Eq for PipelineKey {}
+
+impl std::hash::Hash for PipelineKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // What `eq` compares, names by length and entry point by content
+        // (equal keys hash alike whatever their pointers).
+        self.spec.shader.hash(state);
+        state.write(self.spec.entry.as_bytes());
+        state.write_usize(self.spec.bindings.len());
+        state.write_usize(self.n_constants);
+        for &(name, value) in &self.constants[..self.n_constants] {
+            state.write_usize(name.len());
+            state.write_u64(value);
+        }
+    }
 }
 
 impl PipelineKey {
