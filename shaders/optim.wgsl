@@ -9,6 +9,14 @@
 // bits as loaded from the buffer (is_finite_f32), never through sqrt or a
 // comparison that fast math (Metal) may fold. With max_norm > 0 the gradient
 // is scaled by min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_).
+//
+// gate_updates runs before a step that is recorded while the host has not yet
+// read the previous step's stats (an overlapped trainer): when the host will
+// stop at that previous step (an invalid target; with FLAG_GATE_FINITE also a
+// non-finite loss sum or sum of squares), the updates of this step must not
+// happen. It sets every window's sum-of-squares cell to NaN then (0
+// otherwise), and the step's reductions add their sums to the cell, so the
+// optimizer skips — and a gated step leaves NaN for the next gate to find.
 // CPU twin: ops::optim.
 
 struct Params {
@@ -27,7 +35,10 @@ struct Params {
     bias_c1: f32,      // Adam: 1 - beta1^step
     bias_c2_sqrt: f32, // Adam: sqrt(1 - beta2^step)
     loss_idx: u32,     // NO_LOSS: no loss to check
+    stride: u32,       // gate_updates: values per window in stats
+    invalid_idx: u32,  // gate_updates: the invalid-target count in a window
     _pad1: u32,
+    _pad2: u32,
 }
 
 const NO_LOSS: u32 = 0xffffffffu;
@@ -35,6 +46,7 @@ const NO_LOSS: u32 = 0xffffffffu;
 const NESTEROV: u32 = 1u;
 const CENTERED: u32 = 2u;
 const FIRST: u32 = 4u;
+const FLAG_GATE_FINITE: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> params: array<f32>;
@@ -42,6 +54,7 @@ const FIRST: u32 = 4u;
 @group(0) @binding(3) var<storage, read_write> s1: array<f32>;
 @group(0) @binding(4) var<storage, read_write> s2: array<f32>;
 @group(0) @binding(5) var<storage, read> stats: array<f32>;
+@group(0) @binding(6) var<storage, read_write> gate_stats: array<f32>;
 
 // The clipping coefficient, or a negative value when the step must be skipped.
 fn clip_coef() -> f32 {
@@ -152,4 +165,40 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     s2[i] = v;
     let denom = sqrt(v) / p.bias_c2_sqrt + p.eps;
     params[i] = params[i] - (p.lr / p.bias_c1) * m / denom;
+}
+
+// True when the host counts v as at least one invalid target (it reads the
+// count as an integer: NaN and negatives are 0, +inf is many).
+fn counts_invalid(v: f32) -> bool {
+    if (is_nan_f32(v)) {
+        return false;
+    }
+    if (!is_finite_f32(v)) {
+        return (bitcast<u32>(v) >> 31u) == 0u;
+    }
+    return v >= 1.0;
+}
+
+// One invocation: p.n windows of p.stride values each in gate_stats, read
+// in full before any is written.
+@compute @workgroup_size(1)
+fn gate_updates() {
+    var stop = false;
+    for (var c = 0u; c < p.n; c++) {
+        let at = c * p.stride;
+        if ((p.flags & FLAG_GATE_FINITE) != 0u) {
+            if (!is_finite_f32(gate_stats[at + p.norm_idx]) || !is_finite_f32(gate_stats[at + p.loss_idx])) {
+                stop = true;
+            }
+        }
+        if (counts_invalid(gate_stats[at + p.invalid_idx])) {
+            stop = true;
+        }
+    }
+    // A NaN made at run time (naga refuses NaN constants).
+    let nan = bitcast<f32>(0x7fc00000u | (p.flags & 0u));
+    let v = select(0.0, nan, stop);
+    for (var c = 0u; c < p.n; c++) {
+        gate_stats[c * p.stride + p.norm_idx] = v;
+    }
 }

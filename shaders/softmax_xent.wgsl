@@ -16,6 +16,10 @@
 // (max, sum of exponentials, target-is-argmax) triples.
 // Every reduction uses a fixed assignment of elements to invocations and a
 // fixed tree, so results are bitwise reproducible run to run.
+//
+// argmax_rows (one invocation per row) writes the first index of each row's
+// largest logit, as the host's argmax picks it: an evaluation reads back
+// [R] predictions instead of [R, V] logits.
 // CPU twin: ops::softmax_xent.
 
 struct Params {
@@ -39,6 +43,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read> stats_in: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 @group(0) @binding(9) var<storage, read> summary_in: array<f32>;
+@group(0) @binding(10) var<storage, read_write> predicted: array<i32>;
 
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, 256>;
@@ -209,4 +214,33 @@ fn xent_grad(
         g = (sm - select(0.0, 1.0, u32(t) == col)) * (p.scale / count);
     }
     out[row * p.cols + col] = g;
+}
+
+// predicted[row] = the first column j of row `row` with x[j] > x[best] for
+// every earlier best, scanning left to right from best = 0: a NaN is never
+// greater, and nothing is greater than a NaN in column 0 (the host's
+// `nn::dense::argmax`, with the NaN tests on the bits for Metal's fast math).
+// One invocation reads a row of p.cols logits; V is a task's vocabulary.
+@compute @workgroup_size(64)
+fn argmax_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_group(wid, nwg) * 64u + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = p.x_off + row * p.ld;
+    var best = 0u;
+    var top = x[base];
+    let stuck = is_nan_f32(top);
+    for (var j = 1u; j < p.cols; j++) {
+        let v = x[base + j];
+        if (!stuck && !is_nan_f32(v) && v > top) {
+            best = j;
+            top = v;
+        }
+    }
+    predicted[row] = i32(best);
 }

@@ -1131,3 +1131,53 @@ fn sharded_dropout_masks_are_the_global_batchs_rows() {
         .to_string();
     assert!(err.contains("rows 4..6 of 5"), "{err}");
 }
+
+#[test]
+fn argmax_rows_match_the_host_argmax() {
+    let gpu = gpu_or_skip!();
+    let cpu = CpuBackend::<f32>::new();
+    let (nan, inf) = (f64::NAN, f64::INFINITY);
+    // Ties (the first wins), NaN first (it stays), NaN later (skipped),
+    // infinities, one column, and random rows past a workgroup of 64.
+    let named: Vec<(usize, Vec<f64>)> = vec![
+        (4, vec![1.0, 3.0, 3.0, 2.0]),
+        (4, vec![nan, 5.0, 6.0, 7.0]),
+        (4, vec![1.0, nan, 0.5, 2.0]),
+        (4, vec![-inf, -inf, -1e30, -inf]),
+        (4, vec![0.0, inf, inf, nan]),
+        (4, vec![-0.0, 0.0, -0.0, 0.0]),
+        (1, vec![nan]),
+        (7, uniform(41, 7 * 130, -3.0, 3.0)),
+    ];
+    for (cols, x) in named {
+        let rows = Rows {
+            rows: x.len() / cols,
+            cols,
+        };
+        let want: Vec<i32> = x
+            .chunks(cols)
+            .map(|r| {
+                let r: Vec<f32> = r.iter().map(|&v| v as f32).collect();
+                rnn_wgpu::nn::dense::argmax(&r) as i32
+            })
+            .collect();
+        let on_cpu = {
+            let t = cpu.tensor_f64(&[rows.rows, cols], &x).unwrap();
+            let p = cpu.ints(&[rows.rows], &vec![-1; rows.rows]).unwrap();
+            cpu.argmax_rows(rows, &t, &p).unwrap();
+            cpu.read_i32(&p).unwrap()
+        };
+        let on_gpu = {
+            let t = gpu.tensor_f64(&[rows.rows, cols], &x).unwrap();
+            let p = gpu.ints(&[rows.rows], &vec![-1; rows.rows]).unwrap();
+            gpu.argmax_rows(rows, &t, &p).unwrap();
+            gpu.read_i32(&p).unwrap()
+        };
+        assert_eq!(on_cpu, want, "cpu, {cols} columns: {x:?}");
+        assert_eq!(on_gpu, want, "gpu, {cols} columns: {x:?}");
+    }
+    // Too short an output is refused, not written past.
+    let t = gpu.tensor_f64(&[3, 2], &[0.0; 6]).unwrap();
+    let p = gpu.ints(&[2], &[0; 2]).unwrap();
+    assert!(gpu.argmax_rows(Rows { rows: 3, cols: 2 }, &t, &p).is_err());
+}

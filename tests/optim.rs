@@ -348,3 +348,75 @@ fn every_optimizer_skips_non_finite_norms_and_losses() {
         }
     }
 }
+
+#[test]
+fn the_update_gate_stops_where_the_host_stops() {
+    use rnn_wgpu::ops::optim::{GateSpec, gate_cpu};
+    let (nan, inf) = (f64::NAN, f64::INFINITY);
+    // Two windows of [mean, count, sum, invalid, correct, norm, -, -]; the
+    // second window varies.
+    let window = |sum: f64, invalid: f64, norm: f64| [0.5, 4.0, sum, invalid, 3.0, norm, 7.0, 8.0];
+    let cases = [
+        (window(2.0, 0.0, 1.5), false, false),
+        (window(nan, 0.0, 1.5), true, false),
+        (window(-inf, 0.0, 1.5), true, false),
+        (window(2.0, 0.0, inf), true, false),
+        (window(2.0, 0.0, nan), true, false),
+        (window(2.0, 1.0, 1.5), true, true),
+        (window(2.0, 0.5, 1.5), false, false),
+        (window(2.0, nan, 1.5), false, false),
+        (window(2.0, inf, 1.5), true, true),
+        (window(2.0, -inf, 1.5), false, false),
+    ];
+    let gpu = common::gpu();
+    for (second, stops_finite, stops_always) in cases {
+        for finite in [true, false] {
+            let g = GateSpec {
+                windows: 2,
+                stride: 8,
+                norm: 5,
+                loss: 2,
+                invalid: 3,
+                finite,
+            };
+            let mut stats: Vec<f64> = window(1.0, 0.0, 0.25).into_iter().chain(second).collect();
+            // One more window's worth past the gate's two: never touched.
+            stats.extend([9.0; 8]);
+            let stops = if finite { stops_finite } else { stops_always };
+            let mut want = stats.clone();
+            for w in 0..2 {
+                want[w * 8 + 5] = if stops { nan } else { 0.0 };
+            }
+            let mut host = stats.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            assert_eq!(
+                gate_cpu(&g, &mut host).unwrap(),
+                stops,
+                "{second:?} {finite}"
+            );
+            let same = |got: &[f64], on: &str| {
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        a.to_bits() == (*b as f32 as f64).to_bits() || (a.is_nan() && b.is_nan()),
+                        "{on}: stats[{i}] = {a}, want {b} ({second:?}, finite {finite})"
+                    );
+                }
+            };
+            same(&host.iter().map(|&v| v as f64).collect::<Vec<_>>(), "cpu");
+            if let Some(gpu) = &gpu {
+                let t = gpu.tensor_f64(&[stats.len()], &stats).unwrap();
+                gpu.gate_updates(&g, &t).unwrap();
+                same(&gpu.read_f64(&t).unwrap(), "gpu");
+            }
+        }
+    }
+    // A window past the buffer is refused.
+    let bad = GateSpec {
+        windows: 3,
+        stride: 8,
+        norm: 5,
+        loss: 2,
+        invalid: 3,
+        finite: true,
+    };
+    assert!(gate_cpu(&bad, &mut [0.0f32; 16]).is_err());
+}

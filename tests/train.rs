@@ -455,3 +455,305 @@ fn checkpoints_and_sampling() {
         "{err}"
     );
 }
+
+/// Every field of a step report, as bits.
+fn report_bits(r: &rnn_wgpu::train::StepReport) -> (u64, u64, u64, u64, usize, usize) {
+    (
+        r.step,
+        r.loss.to_bits(),
+        r.accuracy.to_bits(),
+        r.grad_norm.to_bits(),
+        r.tokens,
+        r.skipped,
+    )
+}
+
+/// `steps` steps recorded `depth` at a time (each begun while the ones
+/// before it are in flight), their reports in order.
+fn overlapped<B: Backend>(
+    t: &mut Trainer<B>,
+    steps: usize,
+    depth: usize,
+) -> Vec<rnn_wgpu::train::StepReport> {
+    let mut out = Vec::new();
+    let mut begun = 0;
+    while out.len() < steps {
+        while begun < steps && t.steps_in_flight() < depth {
+            t.begin_step().unwrap();
+            begun += 1;
+        }
+        out.push(t.finish_step().unwrap().expect("a step in flight"));
+    }
+    assert_eq!(t.finish_step().unwrap(), None);
+    out
+}
+
+fn overlap_is_bitwise_one_step_at_a_time<B: Backend>(b: B) {
+    let mut tbptt = config(add(), model(Cell::Gru, 2, 0.3), Optimizer::adam(0.01));
+    tbptt.bptt = Bptt::Truncated { k1: 3, k2: 5 };
+    let full = config(
+        add(),
+        model(Cell::Lstm, 2, 0.2),
+        Optimizer::momentum(0.1, 0.9, true),
+    );
+    for (name, cfg) in [("tbptt gru", tbptt), ("full lstm", full)] {
+        let mut one = Trainer::new(b.clone(), cfg.clone()).unwrap();
+        let want: Vec<_> = (0..6).map(|_| one.train_step().unwrap()).collect();
+        let params = bits(&one.read_params().unwrap());
+        // And the step after goes on identically (optimizer state, step count).
+        let next = report_bits(&one.train_step().unwrap());
+        for depth in [2, 3] {
+            let mut t = Trainer::new(b.clone(), cfg.clone()).unwrap();
+            let got = overlapped(&mut t, 6, depth);
+            assert_eq!(
+                got.iter().map(report_bits).collect::<Vec<_>>(),
+                want.iter().map(report_bits).collect::<Vec<_>>(),
+                "{name}, {depth} in flight"
+            );
+            assert_eq!(
+                bits(&t.read_params().unwrap()),
+                params,
+                "{name}, {depth} in flight: parameters"
+            );
+            assert_eq!(t.history(), &one.history()[..6]);
+            assert_eq!(report_bits(&t.train_step().unwrap()), next);
+        }
+    }
+}
+
+#[test]
+fn overlapped_steps_are_bitwise_one_step_at_a_time_on_cpu() {
+    overlap_is_bitwise_one_step_at_a_time(CpuBackend::<f32>::new());
+}
+
+#[test]
+fn overlapped_steps_are_bitwise_one_step_at_a_time_on_gpu() {
+    let gpu = gpu_or_skip!();
+    overlap_is_bitwise_one_step_at_a_time(gpu);
+}
+
+/// A non-finite step under `NonFinite::Error` with the next steps already
+/// recorded: the error is the same, the steps recorded after it changed
+/// nothing (the device gated their updates), and training goes on from
+/// there exactly as after the same error one step at a time.
+fn overlap_stops_where_one_step_at_a_time_stops<B: Backend>(b: B) {
+    let cfg = config(add(), model(Cell::Lstm, 1, 0.0), Optimizer::adam(0.01));
+    let mut one = Trainer::new(b.clone(), cfg.clone()).unwrap();
+    let mut ahead = Trainer::new(b, cfg).unwrap();
+    for t in [&mut one, &mut ahead] {
+        t.train_step().unwrap();
+    }
+    let good = one.read_params().unwrap();
+    let mut bad = good.clone();
+    bad[3] = f64::NAN;
+    let err_one = {
+        one.model().set_params(&bad).unwrap();
+        one.train_step().unwrap_err().to_string()
+    };
+    ahead.model().set_params(&bad).unwrap();
+    ahead.begin_step().unwrap();
+    ahead.begin_step().unwrap();
+    ahead.begin_step().unwrap();
+    let err_ahead = ahead.finish_step().unwrap_err().to_string();
+    assert_eq!(err_ahead, err_one);
+    assert!(err_ahead.contains("step 1"), "{err_ahead}");
+    assert_eq!(ahead.steps_in_flight(), 0);
+    assert_eq!(ahead.step(), one.step());
+    assert_eq!(
+        bits(&ahead.read_params().unwrap()),
+        bits(&one.read_params().unwrap())
+    );
+    // Repaired, both go on with the same bits (same optimizer state and
+    // update count).
+    for t in [&mut one, &mut ahead] {
+        t.model().set_params(&good).unwrap();
+    }
+    let want: Vec<_> = (0..2)
+        .map(|_| report_bits(&one.train_step().unwrap()))
+        .collect();
+    let got: Vec<_> = overlapped(&mut ahead, 2, 2)
+        .iter()
+        .map(report_bits)
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        bits(&ahead.read_params().unwrap()),
+        bits(&one.read_params().unwrap())
+    );
+}
+
+#[test]
+fn overlap_stops_where_one_step_at_a_time_stops_on_cpu() {
+    overlap_stops_where_one_step_at_a_time_stops(CpuBackend::<f32>::new());
+}
+
+#[test]
+fn overlap_stops_where_one_step_at_a_time_stops_on_gpu() {
+    let gpu = gpu_or_skip!();
+    overlap_stops_where_one_step_at_a_time_stops(gpu);
+}
+
+#[test]
+fn steps_in_flight_keep_the_trainer_busy() {
+    let cfg = config(add(), model(Cell::Gru, 1, 0.0), Optimizer::adam(0.01));
+    let mut t = Trainer::new(CpuBackend::<f32>::new(), cfg).unwrap();
+    t.begin_step().unwrap();
+    for err in [
+        t.train_step().unwrap_err(),
+        t.evaluate().unwrap_err(),
+        t.read_params().unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("in flight"), "{err}");
+    }
+    assert_eq!(t.finish_step().unwrap().map(|r| r.step), Some(0));
+    assert!(t.evaluate().is_ok());
+}
+
+/// The `train` job (which records each step while the one before runs,
+/// waiting only at evaluations and checkpoints) against one step at a
+/// time with the same evaluations: the same history, evaluations and
+/// parameters, bit for bit.
+#[cfg(feature = "cli")]
+fn the_train_job_is_bitwise_one_step_at_a_time<B: Backend>(
+    choice: rnn_wgpu::backend::BackendChoice,
+    reference: B,
+    tag: &str,
+) {
+    use rnn_wgpu::train::run::{Existing, PlotPath, RunOptions, run};
+    let s = Scratch::new(tag);
+    let ck = s.path("run.safetensors");
+    let mut cfg = config(add(), model(Cell::Lstm, 1, 0.1), Optimizer::adam(0.01));
+    cfg.steps = 11;
+    let opts = RunOptions {
+        config: cfg.clone(),
+        backend: choice,
+        checkpoint: Some(ck.clone()),
+        existing: Existing::Refuse,
+        save_every: 4,
+        resume: false,
+        plot: PlotPath::Off,
+        eval_every: Some(3),
+        time_limit: None,
+        extend_to: None,
+        progress: false,
+        stop: None,
+        comm: None,
+        local_rank: None,
+        overlap: true,
+    };
+    run(&opts, &mut |_| {}).unwrap();
+    let done = Trainer::load(reference.clone(), &ck).unwrap();
+    let mut one = Trainer::new(reference, cfg).unwrap();
+    for step in 1..=11 {
+        one.train_step().unwrap();
+        if step % 3 == 0 && step < 11 {
+            one.evaluate().unwrap();
+        }
+    }
+    one.evaluate().unwrap();
+    assert_eq!(done.step(), 11);
+    // The checkpoint keeps them as JSON: compare the reference's the same way.
+    fn through_json<T: serde::Serialize + serde::de::DeserializeOwned>(v: &[T]) -> Vec<T> {
+        serde_json::from_str(&serde_json::to_string(v).unwrap()).unwrap()
+    }
+    assert_eq!(done.history(), through_json(one.history()));
+    assert_eq!(done.evals(), through_json(one.evals()));
+    assert_eq!(
+        bits(&done.read_params().unwrap()),
+        bits(&one.read_params().unwrap())
+    );
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn the_train_job_is_bitwise_one_step_at_a_time_on_cpu() {
+    the_train_job_is_bitwise_one_step_at_a_time(
+        rnn_wgpu::backend::BackendChoice::Cpu,
+        CpuBackend::<f32>::new(),
+        "train-job-cpu",
+    );
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn the_train_job_is_bitwise_one_step_at_a_time_on_gpu() {
+    if common::gpu_ctx().is_none() {
+        return;
+    }
+    let gpu = rnn_wgpu::backend::GpuBackend::from_env().unwrap();
+    the_train_job_is_bitwise_one_step_at_a_time(
+        rnn_wgpu::backend::BackendChoice::Gpu,
+        gpu,
+        "train-job-gpu",
+    );
+}
+
+/// An evaluation reads back the loss summary and one class per position,
+/// not the logits, and reports what the logits give on the host.
+fn evaluation_matches_the_logits<B: Backend>(b: B, task: TaskSpec) {
+    let cfg = config(task, model(Cell::Gru, 1, 0.0), Optimizer::adam(0.01));
+    let mut t = Trainer::new(b.clone(), cfg).unwrap();
+    losses(&mut t, 3);
+    let e = t.evaluate().unwrap();
+    // The same forward on the host's side: logits, then argmax there.
+    let batch = t
+        .task()
+        .eval_batch(t.config().seed, t.config().eval_problems)
+        .unwrap();
+    let mut m = SeqModel::new(b.clone(), t.config().model, &t.read_params().unwrap()).unwrap();
+    let tokens = b.ints(&[batch.steps, batch.batch], &batch.inputs).unwrap();
+    let logits = b.read(&m.forward(&tokens, None).unwrap().logits).unwrap();
+    let v = t.config().model.vocab;
+    if t.task().has_answers() {
+        let want = rnn_wgpu::train::exact_match(&batch, &logits, v);
+        assert_eq!(e.exact_match.map(f64::to_bits), Some(want.to_bits()));
+    } else {
+        assert_eq!(e.exact_match, None);
+    }
+    if t.task().has_closing_tags() {
+        let want = rnn_wgpu::train::positions_right(&batch, &batch.closing, &logits, v);
+        assert_eq!(e.closing_accuracy.map(f64::to_bits), Some(want.to_bits()));
+    }
+}
+
+#[test]
+fn evaluation_matches_the_logits_on_cpu_and_gpu() {
+    let xml = TaskSpec::Xml {
+        depth: 2,
+        length: 20,
+    };
+    for task in [
+        add(),
+        TaskSpec::Copy {
+            length: 4,
+            symbols: 4,
+        },
+        xml,
+    ] {
+        evaluation_matches_the_logits(CpuBackend::<f32>::new(), task.clone());
+        if let Some(gpu) = common::gpu() {
+            evaluation_matches_the_logits(gpu, task);
+        }
+    }
+}
+
+#[test]
+fn an_evaluation_reads_back_one_class_per_position() {
+    let Some((ctx, gpu)) = common::own_gpu(|_| {}) else {
+        return;
+    };
+    let cfg = config(add(), model(Cell::Lstm, 1, 0.0), Optimizer::adam(0.01));
+    let mut t = Trainer::new(gpu, cfg).unwrap();
+    t.evaluate().unwrap();
+    let before = ctx.counters();
+    t.evaluate().unwrap();
+    let read = ctx.counters().since(&before);
+    let batch = t
+        .task()
+        .eval_batch(t.config().seed, t.config().eval_problems)
+        .unwrap();
+    let rows = (batch.steps * batch.batch) as u64;
+    assert_eq!(read.readbacks, 1);
+    // The summary [mean, count, sum, invalid, correct] and [T·B] classes.
+    assert_eq!(read.read_bytes, 4 * (5 + rows), "{read:?}");
+}

@@ -15,10 +15,10 @@ use crate::ops::dropout::{self, DropoutSpec};
 use crate::ops::embed::{self, EmbedSpec};
 use crate::ops::matmul::{Gemm, gemm_cpu};
 use crate::ops::memory::{check_range, fill_cpu};
-use crate::ops::optim::{self, Optimizer, UpdateSpec};
+use crate::ops::optim::{self, GateSpec, Optimizer, UpdateSpec};
 use crate::ops::reduce::{ColDot, ColSum, ReduceOp, dot_cols_cpu, reduce_cpu, sum_cols_cpu};
 use crate::ops::skip::{self, Skip, SkipBackward, SkipForward};
-use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, softmax_cpu, xent_cpu};
+use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, argmax_rows_cpu, softmax_cpu, xent_cpu};
 use crate::real::Real;
 
 /// A host tensor. Cloning shares the storage (like a GPU buffer handle).
@@ -596,6 +596,18 @@ impl<T: Real> Backend for CpuBackend<T> {
         let mut s1 = s1.write(OP, "state 1")?;
         let mut s2 = s2.write(OP, "state 2")?;
         optim::update_cpu(opt, s, &mut params, &grads, &mut s1, &mut s2, &stats)?;
+        Ok(())
+    }
+
+    fn argmax_rows(&self, shape: Rows, x: &Self::Tensor, predicted: &Self::Ints) -> Result<()> {
+        let x = x.read("argmax", "x")?;
+        let mut predicted = predicted.write("argmax", "predicted")?;
+        argmax_rows_cpu(shape, &x, &mut predicted)
+    }
+
+    fn gate_updates(&self, g: &GateSpec, stats: &Self::Tensor) -> Result<()> {
+        let mut stats = stats.write("gate", "stats")?;
+        optim::gate_cpu(g, &mut stats)?;
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, PendingRead, XentBuffers, check_read_range};
+use super::{Backend, PendingRead, RangeAndInts, XentBuffers, check_read_range};
 use crate::error::Result;
 use crate::gpu::{DType, GpuContext, GpuTensor, download_many};
 use crate::ops::activation::{self, Activation, Span};
@@ -12,7 +12,7 @@ use crate::ops::dropout::{self, DropoutSpec};
 use crate::ops::embed::{self, EmbedSpec};
 use crate::ops::matmul::{self, Gemm, GemmKernel, SplitK, gemm_gpu};
 use crate::ops::memory::{copy_gpu, fill_gpu};
-use crate::ops::optim::{self, Optimizer, UpdateSpec};
+use crate::ops::optim::{self, GateSpec, Optimizer, UpdateSpec};
 use crate::ops::reduce::{self, ColDot, ColSum, ReduceOp, reduce_gpu, sum_cols_gpu};
 use crate::ops::skip::{self, Skip, SkipBackward, SkipForward};
 use crate::ops::softmax_xent::{self, Rows, XentOut};
@@ -402,6 +402,40 @@ impl Backend for GpuBackend {
     ) -> Result<()> {
         self.ctx
             .record(|rec| optim::update_gpu(rec, opt, s, params, grads, s1, s2, stats))
+    }
+
+    fn argmax_rows(&self, shape: Rows, x: &GpuTensor, predicted: &GpuTensor) -> Result<()> {
+        self.ctx
+            .record(|rec| softmax_xent::argmax_rows_gpu(rec, shape, x, predicted))
+    }
+
+    fn gate_updates(&self, g: &GateSpec, stats: &GpuTensor) -> Result<()> {
+        self.ctx.record(|rec| optim::gate_gpu(rec, g, stats))
+    }
+
+    fn read_range_and_ints(
+        &self,
+        t: &GpuTensor,
+        range: std::ops::Range<usize>,
+        ints: &[&GpuTensor],
+    ) -> Result<RangeAndInts<f32>> {
+        t.expect_dtype("tensor", DType::F32)?;
+        check_read_range(&range, t.len())?;
+        let mut parts = vec![(
+            t.buffer(),
+            (range.start * 4) as u64,
+            (range.len() * 4) as u64,
+        )];
+        for i in ints {
+            i.expect_dtype("ints", DType::I32)?;
+            parts.push((i.buffer(), 0, (i.len() * 4) as u64));
+        }
+        let mut bytes = self.ctx.read_buffers(&parts)?.into_iter();
+        let floats = bytemuck::pod_collect_to_vec(&bytes.next().unwrap_or_default());
+        Ok((
+            floats,
+            bytes.map(|b| bytemuck::pod_collect_to_vec(&b)).collect(),
+        ))
     }
 
     fn flush(&self) -> Result<()> {

@@ -49,7 +49,7 @@ pub use crate::ops::cell::{StepBackward, StepForward};
 use crate::ops::dropout::DropoutSpec;
 use crate::ops::embed::EmbedSpec;
 use crate::ops::matmul::Gemm;
-use crate::ops::optim::{Optimizer, UpdateSpec};
+use crate::ops::optim::{GateSpec, Optimizer, UpdateSpec};
 use crate::ops::reduce::{ColDot, ColSum, ReduceOp};
 use crate::ops::skip::{Skip, SkipBackward, SkipForward};
 use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, XentSummary};
@@ -298,6 +298,14 @@ pub trait Backend: Clone {
         stats: &Self::Tensor,
     ) -> Result<()>;
 
+    /// `predicted[r]` = the argmax of row `r` of `x` `[R, V]` (the first
+    /// index of its largest value, [`crate::ops::softmax_xent::argmax`]).
+    fn argmax_rows(&self, shape: Rows, x: &Self::Tensor, predicted: &Self::Ints) -> Result<()>;
+
+    /// Gates the updates of a step recorded before the previous step's
+    /// stats were read: see [`GateSpec`].
+    fn gate_updates(&self, g: &GateSpec, stats: &Self::Tensor) -> Result<()>;
+
     /// Submits recorded work (no-op on the CPU).
     fn flush(&self) -> Result<()>;
 
@@ -349,6 +357,23 @@ pub trait Backend: Clone {
         Ok(PendingRead::ready(all[range].to_vec()))
     }
 
+    /// Reads `t[range]` and whole i32 tensors back together (on the GPU:
+    /// one submission, one map, only those bytes).
+    fn read_range_and_ints(
+        &self,
+        t: &Self::Tensor,
+        range: std::ops::Range<usize>,
+        ints: &[&Self::Ints],
+    ) -> Result<RangeAndInts<Self::Elem>> {
+        let all = self.read(t)?;
+        check_read_range(&range, all.len())?;
+        let ints = ints
+            .iter()
+            .map(|i| self.read_i32(i))
+            .collect::<Result<_>>()?;
+        Ok((all[range].to_vec(), ints))
+    }
+
     /// Reads a tensor back as f64.
     fn read_f64(&self, t: &Self::Tensor) -> Result<Vec<f64>> {
         Ok(self.read(t)?.iter().map(|v| v.f64()).collect())
@@ -362,6 +387,10 @@ pub trait Backend: Clone {
         ))
     }
 }
+
+/// What [`Backend::read_range_and_ints`] reads: the float range, then each
+/// i32 tensor.
+pub type RangeAndInts<T> = (Vec<T>, Vec<Vec<i32>>);
 
 /// Fails unless `range` runs forward within a tensor of `len` elements
 /// (the check of every [`Backend::read_range_async`]).

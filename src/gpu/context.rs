@@ -19,7 +19,8 @@
 //! WebGPU implementation guarantees.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -51,6 +52,8 @@ pub struct Counters {
     pub submits: u64,
     /// Readbacks (buffer maps).
     pub readbacks: u64,
+    /// Bytes those readbacks brought to the host.
+    pub read_bytes: u64,
     /// Tensor buffers allocated.
     pub allocations: u64,
     /// Bytes of those buffers.
@@ -65,6 +68,7 @@ impl Counters {
             step_dispatches: self.step_dispatches - earlier.step_dispatches,
             submits: self.submits - earlier.submits,
             readbacks: self.readbacks - earlier.readbacks,
+            read_bytes: self.read_bytes - earlier.read_bytes,
             allocations: self.allocations - earlier.allocations,
             allocated_bytes: self.allocated_bytes - earlier.allocated_bytes,
         }
@@ -75,8 +79,12 @@ impl Counters {
 enum Cmd {
     Dispatch {
         kernel: Arc<Kernel>,
-        // The kernel and its buffers: also the key of its cached bind group.
-        key: BindKey,
+        // Its buffers, in the order of the kernel's `KernelSpec::bindings`
+        // (whatever order the launcher passed them in): `Pending::bound[bound
+        // .. bound + n_bound]`. The kernel and its buffers are the key of its
+        // cached bind group.
+        bound: u32,
+        n_bound: u32,
         param_offset: u32,
         groups: [u32; 3],
     },
@@ -99,12 +107,61 @@ struct Arena {
     buffer: wgpu::Buffer,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct BindKey {
+/// FxHash (rustc's hasher): the caches below are looked up for every
+/// dispatch with small keys (a kernel's spec, a few buffer ids) that need
+/// no protection against collisions chosen by an adversary.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// A cached bind group: its kernel and buffers, the group, and the flush
+/// that last used it.
+#[derive(Debug)]
+struct CachedGroup {
     kernel: u64,
-    // In the order of the kernel's `KernelSpec::bindings`, whatever order the
-    // launcher passed them in.
-    buffers: Vec<wgpu::Buffer>,
+    buffers: Box<[wgpu::Buffer]>,
+    group: wgpu::BindGroup,
+    used: u64,
+}
+
+/// The bind group cache's key: a hash of the kernel and its buffers (the
+/// entries under it are compared in full), so a lookup allocates nothing.
+fn bind_hash(kernel: u64, buffers: &[wgpu::Buffer]) -> u64 {
+    let mut h = FxHasher::default();
+    kernel.hash(&mut h);
+    buffers.hash(&mut h);
+    h.finish()
 }
 
 /// Work recorded but not yet submitted.
@@ -114,10 +171,19 @@ struct Pending {
     // The dispatches among `cmds`.
     dispatches: usize,
     params: Vec<u8>,
+    // The buffers of the dispatches in `cmds` (see `Cmd::Dispatch`). The
+    // three vectors keep their capacity from one flush to the next, so
+    // recording allocates nothing once they have grown.
+    bound: Vec<wgpu::Buffer>,
     arena: Option<Arena>,
-    // Cached bind groups and the flush that last used each. A bind group holds
-    // its buffers alive, so unused ones are dropped after a few flushes.
-    bind_groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
+    // Compiled kernels, looked up for every dispatch under the lock that
+    // recording holds anyway.
+    pipelines: FxMap<PipelineKey, Arc<Kernel>>,
+    // The pipeline found last, compared before the map is looked up.
+    last_kernel: Option<(PipelineKey, Arc<Kernel>)>,
+    // Cached bind groups by `bind_hash`. A bind group holds its buffers
+    // alive, so unused ones are dropped after a few flushes.
+    bind_groups: FxMap<u64, Vec<CachedGroup>>,
     // Flushes so far (asked for by a caller, or forced by the dispatch bound).
     flushes: u64,
     // The last submission made.
@@ -220,22 +286,43 @@ pub struct GpuContext {
     limit_base: LimitBase,
     max_groups_per_dim: u32,
     max_dispatches_per_submit: usize,
-    step_kernel: Mutex<Option<StepKernel>>,
+    // The forced recurrent-product variant (`step_kernel_code`), read for
+    // every cell step without a lock.
+    step_kernel: AtomicU8,
     /// Every shader compiled with runtime bounds checks (see ContextOptions).
     checked_shaders: bool,
     timeout: Duration,
     param_align: usize,
     state: Arc<DeviceState>,
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
     next_kernel_id: AtomicU64,
     pending: Mutex<Pending>,
     dispatches: AtomicU64,
     step_dispatches: AtomicU64,
     submits: AtomicU64,
     readbacks: AtomicU64,
+    read_bytes: AtomicU64,
     allocations: AtomicU64,
     allocated_bytes: AtomicU64,
+}
+
+/// `ContextOptions::step_kernel` as a byte (0: choose per shape).
+fn step_kernel_code(kernel: Option<StepKernel>) -> u8 {
+    match kernel {
+        None => 0,
+        Some(StepKernel::Tiled) => 1,
+        Some(StepKernel::Split) => 2,
+        Some(StepKernel::Resident) => 3,
+    }
+}
+
+fn step_kernel_of(code: u8) -> Option<StepKernel> {
+    match code {
+        1 => Some(StepKernel::Tiled),
+        2 => Some(StepKernel::Split),
+        3 => Some(StepKernel::Resident),
+        _ => None,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -309,19 +396,19 @@ impl GpuContext {
             limit_base,
             max_groups_per_dim,
             max_dispatches_per_submit: opts.max_dispatches_per_submit.max(1),
-            step_kernel: Mutex::new(opts.step_kernel),
+            step_kernel: AtomicU8::new(step_kernel_code(opts.step_kernel)),
             checked_shaders: opts.checked_shaders,
             timeout: opts.timeout,
             param_align,
             state,
             modules: Mutex::new(HashMap::new()),
-            pipelines: Mutex::new(HashMap::new()),
             next_kernel_id: AtomicU64::new(0),
             pending: Mutex::new(Pending::default()),
             dispatches: AtomicU64::new(0),
             step_dispatches: AtomicU64::new(0),
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
             allocations: AtomicU64::new(0),
             allocated_bytes: AtomicU64::new(0),
         })
@@ -331,14 +418,18 @@ impl GpuContext {
     /// `hidden` units: the forced one ([`ContextOptions::step_kernel`]), else
     /// [`StepKernel::auto`].
     pub fn step_kernel(&self, batch: usize, hidden: usize) -> StepKernel {
-        lock(&self.step_kernel).unwrap_or_else(|| StepKernel::auto(batch, hidden))
+        step_kernel_of(self.step_kernel.load(Ordering::Relaxed))
+            .unwrap_or_else(|| StepKernel::auto(batch, hidden))
     }
 
     /// Forces a recurrent-product variant for the steps recorded from now on
     /// (`None`: choose per shape). Returns the previous setting. Every variant
     /// computes the same function; `doctor` checks each this way.
     pub fn set_step_kernel(&self, kernel: Option<StepKernel>) -> Option<StepKernel> {
-        std::mem::replace(&mut *lock(&self.step_kernel), kernel)
+        step_kernel_of(
+            self.step_kernel
+                .swap(step_kernel_code(kernel), Ordering::Relaxed),
+        )
     }
 
     /// Opens a context as configured by the environment (`RNN_WGPU_BACKEND`,
@@ -391,6 +482,7 @@ impl GpuContext {
             step_dispatches: self.step_dispatches.load(Ordering::Relaxed),
             submits: self.submits.load(Ordering::Relaxed),
             readbacks: self.readbacks.load(Ordering::Relaxed),
+            read_bytes: self.read_bytes.load(Ordering::Relaxed),
             allocations: self.allocations.load(Ordering::Relaxed),
             allocated_bytes: self.allocated_bytes.load(Ordering::Relaxed),
         }
@@ -567,14 +659,32 @@ impl GpuContext {
         Ok(module)
     }
 
-    /// The pipeline for `spec` with `constants`, built once and cached.
-    pub(crate) fn kernel(
+    /// The pipeline for `spec` with `constants`, built once and cached in
+    /// `pending` (whose lock the caller holds).
+    fn kernel(
         &self,
+        pending: &mut Pending,
         spec: KernelSpec,
         constants: &[(&'static str, f64)],
     ) -> Result<Arc<Kernel>> {
-        let key = PipelineKey::new(spec, constants);
-        if let Some(k) = lock(&self.pipelines).get(&key) {
+        let Some(key) = PipelineKey::new(spec, constants) else {
+            return Err(Error::Gpu {
+                op: spec.entry.into(),
+                message: format!(
+                    "internal: {} override constants (at most {})",
+                    constants.len(),
+                    super::kernel::MAX_CONSTANTS
+                ),
+            });
+        };
+        // Runs of dispatches of one kernel (a layer's time steps) skip the hash.
+        if let Some((last, k)) = &pending.last_kernel
+            && *last == key
+        {
+            return Ok(k.clone());
+        }
+        if let Some(k) = pending.pipelines.get(&key) {
+            pending.last_kernel = Some((key, k.clone()));
             return Ok(k.clone());
         }
         // wgpu would refuse the layout too, but with a message naming no limit.
@@ -624,42 +734,69 @@ impl GpuContext {
             pipeline,
             layout,
         });
-        lock(&self.pipelines).insert(key, kernel.clone());
+        pending.pipelines.insert(key, kernel.clone());
         Ok(kernel)
     }
 
     /// Records GPU work. Everything `f` records is appended to the pending
     /// submission as a unit, and only if `f` succeeds.
+    ///
+    /// The recorder writes straight into the pending submission under its
+    /// lock, taken once here: a dispatch takes no other lock and, once the
+    /// pending vectors have grown, allocates nothing.
     pub fn record<R>(&self, f: impl FnOnce(&mut Recorder<'_>) -> Result<R>) -> Result<R> {
         self.check_alive()?;
-        let mut rec = Recorder {
-            ctx: self,
-            cmds: Vec::new(),
-            params: Vec::new(),
-        };
-        let out = f(&mut rec)?;
-        let Recorder { cmds, params, .. } = rec;
-        let unit = cmds
-            .iter()
-            .filter(|c| matches!(c, Cmd::Dispatch { .. }))
-            .count();
         let mut pending = lock(&self.pending);
-        // Display watchdogs: submit what is pending before this op would take
-        // it past the bound. Program order is kept (the queue runs
-        // submissions in order), so results do not change.
-        if pending.dispatches > 0 && pending.dispatches + unit > self.max_dispatches_per_submit {
-            self.flush_locked(&mut pending, "flush (dispatch bound)")?;
-        }
-        pending.dispatches += unit;
+        // This op's parameter blocks start at an aligned offset (the padding
+        // before it is never read).
         let base = pending.params.len().div_ceil(self.param_align) * self.param_align;
         pending.params.resize(base, 0);
-        pending.params.extend_from_slice(&params);
-        for mut cmd in cmds {
-            if let Cmd::Dispatch { param_offset, .. } = &mut cmd {
-                *param_offset += base as u32;
+        let mut rec = Recorder {
+            ctx: self,
+            cmds0: pending.cmds.len(),
+            bound0: pending.bound.len(),
+            params0: base,
+            dispatches: 0,
+            pending: &mut pending,
+        };
+        let out = f(&mut rec);
+        let (cmds0, bound0, base, unit) = (rec.cmds0, rec.bound0, rec.params0, rec.dispatches);
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                pending.cmds.truncate(cmds0);
+                pending.bound.truncate(bound0);
+                pending.params.truncate(base);
+                return Err(e);
             }
-            pending.cmds.push(cmd);
+        };
+        // Display watchdogs: submit what was pending before this op when the
+        // op would take it past the bound. Program order is kept (the queue
+        // runs submissions in order), so results do not change.
+        let before = pending.dispatches;
+        if before > 0 && before + unit > self.max_dispatches_per_submit {
+            let cmds = pending.cmds.split_off(cmds0);
+            let bound = pending.bound.split_off(bound0);
+            let params = pending.params.split_off(base);
+            self.flush_locked(&mut pending, "flush (dispatch bound)")?;
+            // The flush left nothing pending: the op's blocks and buffers
+            // move to the front.
+            pending.params.extend_from_slice(&params);
+            pending.bound.extend(bound);
+            for mut cmd in cmds {
+                if let Cmd::Dispatch {
+                    bound,
+                    param_offset,
+                    ..
+                } = &mut cmd
+                {
+                    *bound -= bound0 as u32;
+                    *param_offset -= base as u32;
+                }
+                pending.cmds.push(cmd);
+            }
         }
+        pending.dispatches += unit;
         Ok(out)
     }
 
@@ -746,8 +883,9 @@ impl GpuContext {
         if pending.cmds.is_empty() {
             return Ok(());
         }
-        let cmds = std::mem::take(&mut pending.cmds);
-        let params = std::mem::take(&mut pending.params);
+        let mut cmds = std::mem::take(&mut pending.cmds);
+        let mut params = std::mem::take(&mut pending.params);
+        let mut bound = std::mem::take(&mut pending.bound);
         pending.dispatches = 0;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -802,7 +940,7 @@ impl GpuContext {
                 }
                 end += 1;
             }
-            let buffer = self.encode(pending, &cmds[start..end], &arena, now, op);
+            let buffer = self.encode(pending, &cmds[start..end], &bound, &arena, now, op);
             pending.last_submission = Some(self.queue.submit([buffer]));
             self.submits.fetch_add(1, Ordering::Relaxed);
             self.dispatches
@@ -810,9 +948,18 @@ impl GpuContext {
             self.step_dispatches.fetch_add(n_step, Ordering::Relaxed);
             start = end;
         }
-        pending
-            .bind_groups
-            .retain(|_, (_, used)| *used + BIND_GROUP_IDLE_FLUSHES >= now);
+        pending.bind_groups.retain(|_, groups| {
+            groups.retain(|g| g.used + BIND_GROUP_IDLE_FLUSHES >= now);
+            !groups.is_empty()
+        });
+        // Hand the (emptied) vectors back with their capacity. What the
+        // commands held (buffers, kernels) is released here.
+        cmds.clear();
+        params.clear();
+        bound.clear();
+        pending.cmds = cmds;
+        pending.params = params;
+        pending.bound = bound;
         // Let wgpu retire finished work without blocking.
         let _ = self.device.poll(wgpu::PollType::Poll);
         self.pop_scopes(val, oom, op)
@@ -824,6 +971,7 @@ impl GpuContext {
         &self,
         pending: &mut Pending,
         cmds: &[Cmd],
+        bound: &[wgpu::Buffer],
         arena: &wgpu::Buffer,
         now: u64,
         op: &str,
@@ -841,21 +989,33 @@ impl GpuContext {
                     });
                     while let Some(Cmd::Dispatch {
                         kernel,
-                        key,
+                        bound: at,
+                        n_bound,
                         param_offset,
                         groups,
                     }) = cmds.get(i)
                     {
-                        let bind_group = match pending.bind_groups.get_mut(key) {
-                            Some((group, used)) => {
-                                *used = now;
-                                group.clone()
+                        let buffers = &bound[*at as usize..(*at + *n_bound) as usize];
+                        let cached = pending
+                            .bind_groups
+                            .entry(bind_hash(kernel.id, buffers))
+                            .or_default();
+                        let found = cached
+                            .iter_mut()
+                            .find(|g| g.kernel == kernel.id && *g.buffers == *buffers);
+                        let bind_group = match found {
+                            Some(g) => {
+                                g.used = now;
+                                g.group.clone()
                             }
                             None => {
-                                let group = self.bind_group(kernel, arena, &key.buffers);
-                                pending
-                                    .bind_groups
-                                    .insert(key.clone(), (group.clone(), now));
+                                let group = self.bind_group(kernel, arena, buffers);
+                                cached.push(CachedGroup {
+                                    kernel: kernel.id,
+                                    buffers: buffers.into(),
+                                    group: group.clone(),
+                                    used: now,
+                                });
                                 group
                             }
                         };
@@ -992,6 +1152,8 @@ impl ReadInFlight {
         } = self;
         ctx.wait_for(submission, "readback")?;
         ctx.readbacks.fetch_add(1, Ordering::Relaxed);
+        let bytes: u64 = layout.iter().map(|&(_, size)| size).sum();
+        ctx.read_bytes.fetch_add(bytes, Ordering::Relaxed);
         match pollster::block_on(receiver.receive()) {
             Some(Ok(())) => {}
             Some(Err(e)) => {
@@ -1027,11 +1189,17 @@ impl ReadInFlight {
     }
 }
 
-/// Collects the commands of one op (or a group of ops) before they join the pending submission.
+/// Records the commands of one op (or a group of ops) into the pending
+/// submission; [`GpuContext::record`] removes them again if the op fails.
 pub struct Recorder<'a> {
     ctx: &'a GpuContext,
-    cmds: Vec<Cmd>,
-    params: Vec<u8>,
+    pending: &'a mut Pending,
+    // Where this op's commands, buffers and parameter blocks start.
+    cmds0: usize,
+    bound0: usize,
+    params0: usize,
+    // This op's dispatches so far.
+    dispatches: usize,
 }
 
 impl Recorder<'_> {
@@ -1079,13 +1247,15 @@ impl Recorder<'_> {
             });
         }
         // From here on `buffers[i]` goes to `spec.bindings[i]`.
-        let buffers = spec.in_binding_order(buffers)?;
-        for b in &buffers {
+        // (Every one of the first `n` slots is filled.)
+        let (slots, n) = spec.binding_order(buffers)?;
+        let buffers = &slots[..n];
+        for b in buffers.iter().flatten() {
             self.ctx.check_binding_size(spec.entry, b.size())?;
         }
         // A buffer written by a dispatch may not be bound to it a second time
         // (wgpu would reject the whole submission at flush).
-        for (i, (&(_, access), b)) in spec.bindings.iter().zip(&buffers).enumerate() {
+        for (i, (&(_, access), b)) in spec.bindings.iter().zip(buffers).enumerate() {
             if access == Access::ReadWrite
                 && let Some(j) = buffers
                     .iter()
@@ -1101,22 +1271,33 @@ impl Recorder<'_> {
                 });
             }
         }
-        let kernel = self.ctx.kernel(spec, constants)?;
+        let kernel = self.ctx.kernel(self.pending, spec, constants)?;
+        let pending = &mut *self.pending;
         let align = self.ctx.param_align;
-        let offset = self.params.len().div_ceil(align) * align;
-        self.params.resize(offset, 0);
-        self.params.extend_from_slice(bytes);
-        let key = BindKey {
-            kernel: kernel.id,
-            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
-        };
-        self.cmds.push(Cmd::Dispatch {
+        let offset = pending.params.len().div_ceil(align) * align;
+        pending.params.resize(offset, 0);
+        pending.params.extend_from_slice(bytes);
+        let at = pending.bound.len() as u32;
+        pending
+            .bound
+            .extend(buffers.iter().flatten().map(|&b| b.clone()));
+        pending.cmds.push(Cmd::Dispatch {
             kernel,
-            key,
+            bound: at,
+            n_bound: n as u32,
             param_offset: offset as u32,
             groups,
         });
+        self.dispatches += 1;
         Ok(())
+    }
+
+    /// True when this recorder has recorded nothing (yet).
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.pending.cmds.len() == self.cmds0
+            && self.pending.bound.len() == self.bound0
+            && self.pending.params.len() == self.params0
     }
 
     /// Records a buffer-to-buffer copy of `size` bytes (offsets and size multiples of 4).
@@ -1129,7 +1310,7 @@ impl Recorder<'_> {
         size: u64,
     ) {
         if size > 0 {
-            self.cmds.push(Cmd::Copy {
+            self.pending.cmds.push(Cmd::Copy {
                 src: src.clone(),
                 src_offset,
                 dst: dst.clone(),
@@ -1142,7 +1323,7 @@ impl Recorder<'_> {
     /// Records zeroing `size` bytes of `buffer` from `offset` (multiples of 4).
     pub(crate) fn clear(&mut self, buffer: &wgpu::Buffer, offset: u64, size: u64) {
         if size > 0 {
-            self.cmds.push(Cmd::Clear {
+            self.pending.cmds.push(Cmd::Clear {
                 buffer: buffer.clone(),
                 offset,
                 size,
@@ -1222,14 +1403,14 @@ mod tests {
                         if op == "f32_to_f16" && message.starts_with("internal: ")),
                     "{err}"
                 );
-                assert!(rec.cmds.is_empty() && rec.params.is_empty());
+                assert!(rec.is_empty());
             }
             // Two numbers, one buffer, one of them written: still refused.
             let err = rec
                 .dispatch(TO_F16, &[], &[(2, &src), (3, &src)], &p, [1, 1, 1])
                 .unwrap_err();
             assert!(matches!(err, Error::Aliasing { .. }), "{err}");
-            assert!(rec.cmds.is_empty() && rec.params.is_empty());
+            assert!(rec.is_empty());
             Ok(())
         })
         .unwrap();

@@ -25,7 +25,7 @@
 //!   definition does not list. Its buffers come as `(binding number, buffer)`
 //!   pairs (the ops name the numbers after the WGSL variables), bound by
 //!   number; the set of numbers must be exactly the spec's, each once
-//!   (`KernelSpec::in_binding_order`), so no buffer depends on its position
+//!   (`KernelSpec::binding_order`), so no buffer depends on its position
 //!   in a list;
 //! - `ops::kernels()` lists the [`KernelInfo`] of every kernel the crate
 //!   dispatches.
@@ -308,15 +308,27 @@ pub struct KernelSpec {
 }
 
 impl KernelSpec {
+    /// [`KernelSpec::binding_order`] as a vector (the tests' form).
+    #[cfg(test)]
+    pub(crate) fn in_binding_order<T: Copy>(&self, given: &[(u32, T)]) -> Result<Vec<T>> {
+        let (items, n) = self.binding_order::<T>(given)?;
+        Ok(items[..n].iter().flatten().copied().collect())
+    }
+
     /// The items of `given`, `(binding number, item)` pairs in any order,
-    /// rearranged into the order of [`KernelSpec::bindings`].
+    /// rearranged into the order of [`KernelSpec::bindings`]: the first `n`
+    /// slots of the array, all filled (no allocation: `Recorder::dispatch`
+    /// calls it for every dispatch).
     ///
     /// This is how `Recorder::dispatch` checks a launcher's buffers before
     /// anything is recorded; it is pure so that the check is tested without a
     /// GPU. Fails with an internal [`Error::Gpu`] naming the kernel and the
     /// binding unless `given` names every binding of the spec exactly once and
-    /// nothing else.
-    pub(crate) fn in_binding_order<T: Copy>(&self, given: &[(u32, T)]) -> Result<Vec<T>> {
+    /// nothing else (or the spec lists more than [`MAX_STORAGE_BINDINGS`]).
+    pub(crate) fn binding_order<T: Copy>(
+        &self,
+        given: &[(u32, T)],
+    ) -> Result<([Option<T>; MAX_STORAGE_BINDINGS], usize)> {
         let internal = |message: String| Error::Gpu {
             op: self.entry.into(),
             message: format!("internal: {message}"),
@@ -337,22 +349,26 @@ impl KernelSpec {
                 )));
             }
         }
-        self.bindings
-            .iter()
-            .map(|&(n, access)| {
-                given
-                    .iter()
-                    .find(|&&(m, _)| m == n)
-                    .map(|&(_, item)| item)
-                    .ok_or_else(|| {
-                        internal(format!(
-                            "no buffer is passed for binding {n} ({access:?}) of kernel {} (its storage bindings are {:?})",
-                            self.entry,
-                            numbers()
-                        ))
-                    })
-            })
-            .collect()
+        if self.bindings.len() > MAX_STORAGE_BINDINGS {
+            return Err(internal(format!(
+                "kernel {} lists {} storage bindings (at most {MAX_STORAGE_BINDINGS})",
+                self.entry,
+                self.bindings.len()
+            )));
+        }
+        let mut out = [None; MAX_STORAGE_BINDINGS];
+        for (slot, &(n, access)) in out.iter_mut().zip(self.bindings) {
+            let item = given.iter().find(|&&(m, _)| m == n).map(|&(_, item)| item);
+            if item.is_none() {
+                return Err(internal(format!(
+                    "no buffer is passed for binding {n} ({access:?}) of kernel {} (its storage bindings are {:?})",
+                    self.entry,
+                    numbers()
+                )));
+            }
+            *slot = item;
+        }
+        Ok((out, self.bindings.len()))
     }
 }
 
@@ -608,19 +624,78 @@ pub(crate) struct Kernel {
     pub layout: wgpu::BindGroupLayout,
 }
 
-/// Key of the pipeline cache: the kernel and its override constants (as bit patterns).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// The most storage buffers a [`KernelSpec`] may list (WebGPU's default
+/// `max_storage_buffers_per_shader_stage`; the context requests no more).
+pub const MAX_STORAGE_BINDINGS: usize = 8;
+
+/// The most override constants one dispatch may set.
+pub const MAX_CONSTANTS: usize = 4;
+
+/// Key of the pipeline cache: the kernel and its override constants (as bit
+/// patterns), held inline so that looking a pipeline up allocates nothing.
+/// Compared and hashed by hand: the names are `&'static str`s, almost always
+/// the same statics, so equal pointers settle a comparison without a
+/// `memcmp` (which the derived comparison calls for every name, even empty
+/// ones, and which costs more than the rest of a dispatch).
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct PipelineKey {
     pub spec: KernelSpec,
-    pub constants: Vec<(&'static str, u64)>,
+    constants: [(&'static str, u64); MAX_CONSTANTS],
+    n_constants: usize,
+}
+
+/// `a == b`, by pointer first.
+fn same_str(a: &'static str, b: &'static str) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+}
+
+impl PartialEq for PipelineKey {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.spec, &other.spec);
+        let bindings = std::ptr::eq(a.bindings, b.bindings) || a.bindings == b.bindings;
+        a.shader == b.shader
+            && same_str(a.entry, b.entry)
+            && bindings
+            && self.n_constants == other.n_constants
+            && self.constants[..self.n_constants]
+                .iter()
+                .zip(&other.constants[..other.n_constants])
+                .all(|(&(n, v), &(m, w))| v == w && same_str(n, m))
+    }
+}
+
+impl Eq for PipelineKey {}
+
+impl std::hash::Hash for PipelineKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // What `eq` compares, names by length and entry point by content
+        // (equal keys hash alike whatever their pointers).
+        self.spec.shader.hash(state);
+        state.write(self.spec.entry.as_bytes());
+        state.write_usize(self.spec.bindings.len());
+        state.write_usize(self.n_constants);
+        for &(name, value) in &self.constants[..self.n_constants] {
+            state.write_usize(name.len());
+            state.write_u64(value);
+        }
+    }
 }
 
 impl PipelineKey {
-    pub fn new(spec: KernelSpec, constants: &[(&'static str, f64)]) -> Self {
-        PipelineKey {
+    /// `None` when `constants` holds more than [`MAX_CONSTANTS`].
+    pub fn new(spec: KernelSpec, constants: &[(&'static str, f64)]) -> Option<Self> {
+        let mut key = PipelineKey {
             spec,
-            constants: constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
+            constants: [("", 0); MAX_CONSTANTS],
+            n_constants: constants.len(),
+        };
+        if constants.len() > MAX_CONSTANTS {
+            return None;
         }
+        for (slot, &(name, value)) in key.constants.iter_mut().zip(constants) {
+            *slot = (name, value.to_bits());
+        }
+        Some(key)
     }
 }
 

@@ -12,7 +12,11 @@
 //! rate of this step come from the host, so learning-rate schedules need no
 //! GPU work; a skipped update still counts as a step.
 //!
-//! CPU twin: [`update_cpu`]. GPU: `shaders/optim.wgsl`.
+//! A trainer that records a step before it has read the previous one's
+//! stats gates the new step's updates on them first ([`GateSpec`]): the
+//! updates are skipped when the host is going to stop at the previous step.
+//!
+//! CPU twin: [`update_cpu`], [`gate_cpu`]. GPU: `shaders/optim.wgsl`.
 
 use super::matmul::u32_of;
 use super::need_len;
@@ -238,7 +242,10 @@ kernel_params! {
         bias_c1: f32,
         bias_c2_sqrt: f32,
         loss_idx: u32,
+        stride: u32,
+        invalid_idx: u32,
         _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -247,6 +254,7 @@ const NO_LOSS: u32 = u32::MAX;
 const NESTEROV: u32 = 1;
 const CENTERED: u32 = 2;
 const FIRST: u32 = 4;
+const GATE_FINITE: u32 = 8;
 
 impl Params {
     /// The scalars of one update, computed once (in f64, then rounded) for both paths.
@@ -449,6 +457,78 @@ pub fn update_cpu<T: Real>(
     Ok(true)
 }
 
+/// The gate of a step's updates on the previous step's stats: `windows`
+/// windows of `stride` values each, from index 0 of the stats buffer (the
+/// previous step's, still there when the new step starts). The host stops
+/// at that step when a window counts an invalid target (offset `invalid`)
+/// or, with `finite`, when its loss sum (`loss`) or sum of squares (`norm`)
+/// is not finite; then every window's `norm` cell becomes NaN, otherwise 0.
+/// The new step's norm reductions accumulate into those cells (`0 + Σg²` is
+/// `Σg²` exactly), so a gated step's updates are all skipped, and a gated
+/// step gates the next one in turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GateSpec {
+    /// Windows per step.
+    pub windows: usize,
+    /// Values per window.
+    pub stride: usize,
+    /// Offset of the sum of squared gradients in a window.
+    pub norm: usize,
+    /// Offset of the loss sum.
+    pub loss: usize,
+    /// Offset of the invalid-target count.
+    pub invalid: usize,
+    /// Also stop on a non-finite loss sum or sum of squares.
+    pub finite: bool,
+}
+
+impl GateSpec {
+    fn check_len(&self, len: usize) -> Result<()> {
+        let last = self.norm.max(self.loss).max(self.invalid);
+        if self.windows == 0 || last >= self.stride {
+            return Err(Error::invalid(
+                "gate",
+                format!(
+                    "{} windows with offsets up to {last} in a stride of {}",
+                    self.windows, self.stride
+                ),
+            ));
+        }
+        need_len(
+            "stats (gate)",
+            self.windows.saturating_mul(self.stride),
+            len,
+        )
+    }
+
+    fn params(&self) -> Result<Params> {
+        Ok(Params {
+            n: u32_of("windows", self.windows)?,
+            norm_idx: u32_of("norm", self.norm)?,
+            loss_idx: u32_of("loss", self.loss)?,
+            stride: u32_of("stride", self.stride)?,
+            invalid_idx: u32_of("invalid", self.invalid)?,
+            flags: if self.finite { GATE_FINITE } else { 0 },
+            ..Default::default()
+        })
+    }
+}
+
+/// The gate on the host. Returns whether the updates are stopped.
+pub fn gate_cpu<T: Real>(g: &GateSpec, stats: &mut [T]) -> Result<bool> {
+    g.check_len(stats.len())?;
+    let stop = stats.chunks(g.stride).take(g.windows).any(|w| {
+        // The host reads the count as an integer (NaN is 0, +inf many).
+        let invalid = w[g.invalid].f64() >= 1.0;
+        invalid || (g.finite && !(w[g.norm].is_finite() && w[g.loss].is_finite()))
+    });
+    let v = if stop { T::nan() } else { T::zero() };
+    for w in stats.chunks_mut(g.stride).take(g.windows) {
+        w[g.norm] = v;
+    }
+    Ok(stop)
+}
+
 // Binding numbers of `shaders/optim.wgsl`, named after its variables.
 binding_names! {
     PARAMS = 1,
@@ -456,6 +536,7 @@ binding_names! {
     S1 = 3,
     S2 = 4,
     STATS = 5,
+    GATE_STATS = 6,
 }
 
 const R: Access = Access::Read;
@@ -479,10 +560,34 @@ const SGD: KernelDef<Params> = KernelDef::new(Shader::Optim, "sgd", ONE_STATE, &
 const ADAGRAD: KernelDef<Params> = KernelDef::new(Shader::Optim, "adagrad", ONE_STATE, &[]);
 const RMSPROP: KernelDef<Params> = KernelDef::new(Shader::Optim, "rmsprop", TWO_STATES, &[]);
 const ADAM: KernelDef<Params> = KernelDef::new(Shader::Optim, "adam", TWO_STATES, &[]);
+const GATE: KernelDef<Params> = KernelDef::new(
+    Shader::Optim,
+    "gate_updates",
+    &[(binding::GATE_STATS, W)],
+    &[],
+);
 
 /// Every kernel of this module (see [`super::kernels`]).
-pub(super) const KERNELS: &[KernelInfo] =
-    &[SGD.info(), ADAGRAD.info(), RMSPROP.info(), ADAM.info()];
+pub(super) const KERNELS: &[KernelInfo] = &[
+    SGD.info(),
+    ADAGRAD.info(),
+    RMSPROP.info(),
+    ADAM.info(),
+    GATE.info(),
+];
+
+/// Records the gate on the GPU (one invocation).
+pub fn gate_gpu(rec: &mut Recorder<'_>, g: &GateSpec, stats: &GpuTensor) -> Result<()> {
+    stats.expect_dtype("stats", DType::F32)?;
+    g.check_len(stats.len())?;
+    rec.dispatch(
+        GATE,
+        &[],
+        &[(binding::GATE_STATS, stats.buffer())],
+        &g.params()?,
+        [1, 1, 1],
+    )
+}
 
 fn kernel(opt: &Optimizer) -> KernelDef<Params> {
     match opt {

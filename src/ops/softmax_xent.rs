@@ -13,7 +13,12 @@
 //! the host reports when it reads the summary.) With no valid row at all the
 //! mean loss and the gradient are 0 (PyTorch returns NaN there).
 //!
-//! CPU twin: [`softmax_cpu`], [`xent_cpu`]. GPU: `shaders/softmax_xent.wgsl`.
+//! Predictions: [`argmax_rows_cpu`] writes each row's argmax (the first
+//! index of its largest logit, [`argmax`]), so that an
+//! evaluation reads back `[R]` classes instead of `[R, V]` logits.
+//!
+//! CPU twin: [`softmax_cpu`], [`xent_cpu`], [`argmax_rows_cpu`]. GPU:
+//! `shaders/softmax_xent.wgsl`.
 
 use super::matmul::u32_of;
 use crate::error::{Error, Result};
@@ -244,6 +249,7 @@ binding_names! {
     STATS_IN = 7,
     OUT = 8,
     SUMMARY_IN = 9,
+    PREDICTED = 10,
 }
 
 const R: Access = Access::Read;
@@ -293,13 +299,71 @@ const XENT_GRAD: KernelDef<Params> = KernelDef::new(
     &[],
 );
 
+const ARGMAX: KernelDef<Params> = KernelDef::new(
+    Shader::SoftmaxXent,
+    "argmax_rows",
+    &[(binding::X, R), (binding::PREDICTED, W)],
+    &[],
+);
+
 /// Every kernel of this module (see [`super::kernels`]).
 pub(super) const KERNELS: &[KernelInfo] = &[
     SOFTMAX.info(),
     XENT_ROWS.info(),
     XENT_REDUCE.info(),
     XENT_GRAD.info(),
+    ARGMAX.info(),
 ];
+
+/// Index of the largest value of `row`: scanning left to right from index 0,
+/// the first one greater than every one before it. Ties go to the first; a
+/// NaN is never greater, and nothing is greater than a NaN at index 0.
+pub fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// `predicted[r]` = [`argmax`] of row `r` of `x` `[R, V]`.
+pub fn argmax_rows_cpu<T: Real>(shape: Rows, x: &[T], predicted: &mut [i32]) -> Result<()> {
+    shape.validate()?;
+    shape.check_len("argmax x", x.len(), shape.rows * shape.cols)?;
+    shape.check_len("argmax predicted", predicted.len(), shape.rows)?;
+    for (p, row) in predicted.iter_mut().zip(x.chunks_exact(shape.cols)) {
+        *p = argmax(row) as i32;
+    }
+    Ok(())
+}
+
+/// Records `predicted = argmax` of every row of `x` `[R, V]` on the GPU
+/// (one invocation per row; [`argmax_rows_cpu`] is its twin).
+pub fn argmax_rows_gpu(
+    rec: &mut Recorder<'_>,
+    shape: Rows,
+    x: &GpuTensor,
+    predicted: &GpuTensor,
+) -> Result<()> {
+    shape.validate()?;
+    x.expect_dtype("argmax x", DType::F32)?;
+    predicted.expect_dtype("argmax predicted", DType::I32)?;
+    shape.check_len("argmax x", x.len(), shape.rows * shape.cols)?;
+    shape.check_len("argmax predicted", predicted.len(), shape.rows)?;
+    let grid = rec.ctx().grid((shape.rows as u64).div_ceil(64))?;
+    rec.dispatch(
+        ARGMAX,
+        &[],
+        &[
+            (binding::X, x.buffer()),
+            (binding::PREDICTED, predicted.buffer()),
+        ],
+        &params(shape, 0, 1.0)?,
+        grid,
+    )
+}
 
 fn params(shape: Rows, ignore_index: i32, scale: f32) -> Result<Params> {
     Ok(Params {

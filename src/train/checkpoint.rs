@@ -109,6 +109,7 @@ fn state_key(state: &str, block: usize, param: &str) -> String {
 impl<B: Backend> Trainer<B> {
     /// Writes the run to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.idle("save")?;
         let b = &self.backend;
         let v = b.read_many(&[self.model.params(), &self.s1, &self.s2])?;
         let layout = self.model.layout();

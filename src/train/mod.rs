@@ -16,6 +16,16 @@
 //! On the GPU everything up to the read is recorded into one submission (one
 //! per `max_dispatches_per_submit` dispatches for long sequences).
 //!
+//! ## Overlapped steps
+//! [`Trainer::begin_step`] records a step and only starts its read;
+//! [`Trainer::finish_step`] waits for it and returns the report. Beginning
+//! step n + 1 before finishing step n lets the host upload and record it
+//! while the device runs step n. Nothing in step n + 1 depends on step n's
+//! readback except whether the run stops at step n, so step n + 1 starts
+//! with a gate on step n's stats (`gate_updates`): its updates are skipped
+//! exactly when the host is going to stop at step n. The trajectory is the
+//! same bit for bit as [`Trainer::train_step`]'s, one step at a time.
+//!
 //! ## Truncated BPTT
 //! With `k1 ≤ k2`, an update happens every `k1` steps and backpropagates through
 //! the last `k2` (Williams & Peng's TBPTT(k1, k2)); `k1 = k2 = k` is the usual
@@ -64,6 +74,7 @@ pub mod sample;
 pub mod schedule;
 pub mod tasks;
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -74,9 +85,9 @@ use crate::error::{Error, Result};
 use crate::nn::dense::argmax;
 use crate::nn::model::{ModelConfig, SeqModel, Train};
 use crate::nn::{BatchRows, State};
-use crate::ops::optim::{Optimizer, UpdateSpec};
+use crate::ops::optim::{GateSpec, Optimizer, UpdateSpec};
 use crate::ops::reduce::ReduceOp;
-use crate::ops::softmax_xent::{IGNORE_INDEX, SUMMARY_LEN, XentSummary};
+use crate::ops::softmax_xent::{IGNORE_INDEX, Rows, SUMMARY_LEN, XentSummary};
 use crate::real::Real;
 use dist::Collective;
 use schedule::Schedule;
@@ -88,6 +99,10 @@ pub const MAX_EVAL_PROBLEMS: usize = 1_000_000;
 /// Values per window in the stats buffer: the loss summary, then Σ grad².
 pub const STATS_STRIDE: usize = 8;
 const NORM: usize = SUMMARY_LEN;
+// The loss sum and the invalid-target count in a window's summary
+// (`[mean, count, sum, invalid, correct]`).
+const LOSS_SUM: usize = 2;
+const INVALID: usize = 3;
 
 /// How far gradients flow back in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +279,24 @@ struct WindowBufs<B: Backend> {
     targets: B::Ints,
 }
 
+/// The held-out problems on the device, and where their predictions go
+/// (tasks scored by whole answers or closing tags).
+#[derive(Debug)]
+struct EvalBufs<B: Backend> {
+    tokens: B::Ints,
+    targets: B::Ints,
+    predicted: Option<B::Ints>,
+}
+
+/// A step recorded (on the GPU: submitted) whose stats the host has not read.
+#[derive(Debug)]
+struct InFlight<E> {
+    step: u64,
+    /// The updates it counted (one per window), given back if it is dropped.
+    updates: u64,
+    stats: PendingRead<E>,
+}
+
 /// A training run in progress.
 #[derive(Debug)]
 pub struct Trainer<B: Backend> {
@@ -276,7 +309,9 @@ pub struct Trainer<B: Backend> {
     stats: B::Tensor,
     windows: Vec<Window>,
     window_bufs: Vec<WindowBufs<B>>,
-    eval_bufs: Option<WindowBufs<B>>,
+    eval_bufs: Option<EvalBufs<B>>,
+    /// Steps recorded but not finished, oldest first.
+    in_flight: VecDeque<InFlight<B::Elem>>,
     step: u64,
     updates: u64,
     skipped: u64,
@@ -443,6 +478,7 @@ impl<B: Backend> Trainer<B> {
             windows,
             window_bufs,
             eval_bufs: None,
+            in_flight: VecDeque::new(),
             step: 0,
             updates: 0,
             skipped: 0,
@@ -742,15 +778,60 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
-    /// One training step on the next batch.
+    /// One training step on the next batch: records it, waits for it and
+    /// returns its report ([`Trainer::begin_step`] then
+    /// [`Trainer::finish_step`]). No step may be in flight.
     pub fn train_step(&mut self) -> Result<StepReport> {
+        self.idle("train_step")?;
+        self.begin_step()?;
+        self.finish_step()?.ok_or_else(|| Error::Gpu {
+            op: "train_step".into(),
+            message: "internal: the step recorded is not in flight".into(),
+        })
+    }
+
+    /// Steps recorded by [`Trainer::begin_step`] and not yet finished.
+    pub fn steps_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether [`Trainer::begin_step`] may record a step while another is
+    /// in flight: alone, yes; a data-parallel rank sums its gradients over
+    /// the ranks on the host within each step (a readback and a write), so
+    /// it waits for the device there anyway and runs one step at a time.
+    pub fn can_overlap(&self) -> bool {
+        self.dist.is_none()
+    }
+
+    /// Records the next training step (the one after those in flight) and
+    /// starts reading its stats, without waiting for the device: on the GPU
+    /// the step is submitted and the host can prepare the next one while
+    /// it runs. [`Trainer::finish_step`] returns the reports in order.
+    ///
+    /// A step recorded while another is in flight is gated on the device
+    /// by the stats of the step before it ([`GateSpec`]): when the host
+    /// will stop at that step (a non-finite loss or gradient norm under
+    /// [`NonFinite::Error`], targets outside the vocabulary), the gated
+    /// step's updates are skipped, so that stopping leaves the parameters
+    /// and optimizer state exactly where one step at a time leaves them.
+    /// Otherwise the gate changes no bit: the trajectory is the same as
+    /// [`Trainer::train_step`]'s, step for step.
+    pub fn begin_step(&mut self) -> Result<()> {
+        if !self.in_flight.is_empty() && !self.can_overlap() {
+            return Err(Error::invalid(
+                "begin_step",
+                "a data-parallel rank runs one step at a time (its sum over ranks \
+                 waits for the device within the step); finish the step in flight first",
+            ));
+        }
         if self.dist.as_ref().is_some_and(|d| !d.agreed) {
             self.check_agreement()?;
         }
+        let step = self.step + self.in_flight.len() as u64;
         let batch = self
             .task
-            .train_batch(self.config.seed, self.step, self.config.batch)?;
-        let lr = self.lr_at(self.step);
+            .train_batch(self.config.seed, step, self.config.batch)?;
+        let lr = self.lr_at(step);
         let scales = self.upload_windows(&batch)?;
         let rows = self.dist.as_ref().map(|d| BatchRows {
             offset: d.rows.start,
@@ -758,6 +839,21 @@ impl<B: Backend> Trainer<B> {
         });
         let b = self.backend.clone();
         let n = self.model.layout().total;
+        // The previous step's stats are still in the buffer (this step's
+        // first loss overwrites them): gate this step's updates on them.
+        let gated = !self.in_flight.is_empty();
+        if gated {
+            let gate = GateSpec {
+                windows: self.windows.len(),
+                stride: STATS_STRIDE,
+                norm: NORM,
+                loss: LOSS_SUM,
+                invalid: INVALID,
+                finite: self.config.non_finite == NonFinite::Error,
+            };
+            b.gate_updates(&gate, &self.stats)?;
+        }
+        let updates_before = self.updates;
         // The state a window starts from: the one the previous window's
         // forward reached at this window's start.
         let mut carry: Option<State<B>> = None;
@@ -767,7 +863,7 @@ impl<B: Backend> Trainer<B> {
             let state = carry.as_ref().filter(|_| w.start > 0);
             let train = Train {
                 seed: self.config.seed,
-                step: self.step * self.windows.len() as u64 + c as u64,
+                step: step * self.windows.len() as u64 + c as u64,
                 rows,
             };
             let (_, saved) = self.model.forward_train(&bufs.tokens, state, Some(train))?;
@@ -813,6 +909,8 @@ impl<B: Backend> Trainer<B> {
             {
                 carry = Some(self.model.state_after(&saved, next.start - w.start)?);
             }
+            // Gated, the sum of squares is added to the gate's 0 (the same
+            // bits) or NaN (the update is skipped).
             let norm_idx = c * STATS_STRIDE + NORM;
             b.reduce(
                 ReduceOp::SumSquares,
@@ -821,7 +919,7 @@ impl<B: Backend> Trainer<B> {
                 n,
                 &self.stats,
                 norm_idx,
-                false,
+                gated,
             )?;
             self.updates += 1;
             let spec = UpdateSpec {
@@ -831,7 +929,7 @@ impl<B: Backend> Trainer<B> {
                 max_norm: self.config.clip,
                 norm_idx,
                 // The summary's loss sum: a non-finite loss skips the update too.
-                loss_idx: Some(c * STATS_STRIDE + 2),
+                loss_idx: Some(c * STATS_STRIDE + LOSS_SUM),
             };
             b.optim_update(
                 &self.config.optimizer,
@@ -843,8 +941,71 @@ impl<B: Backend> Trainer<B> {
                 &self.stats,
             )?;
         }
-        // The only readback of the step.
-        let stats = b.read_f64(&self.stats)?;
+        // The only readback of the step, started now and waited for by
+        // finish_step.
+        let stats = b.read_range_async(&self.stats, 0..self.windows.len() * STATS_STRIDE)?;
+        self.in_flight.push_back(InFlight {
+            step,
+            updates: self.updates - updates_before,
+            stats,
+        });
+        Ok(())
+    }
+
+    /// Waits for the oldest step in flight and returns its report (`None`
+    /// when no step is in flight). On an error (a non-finite value under
+    /// [`NonFinite::Error`], invalid targets) the steps recorded after it
+    /// are dropped: their updates were skipped on the device, so the
+    /// trainer is where [`Trainer::train_step`] leaves it after the same
+    /// error, and the next step recorded is the failed one again.
+    pub fn finish_step(&mut self) -> Result<Option<StepReport>> {
+        let Some(done) = self.in_flight.pop_front() else {
+            return Ok(None);
+        };
+        let report = done
+            .stats
+            .wait()
+            .and_then(|stats| self.step_report(done.step, &stats));
+        match report {
+            Ok(report) => {
+                self.skipped += report.skipped as u64;
+                self.history.push(HistoryPoint {
+                    step: report.step,
+                    loss: report.loss,
+                    accuracy: report.accuracy,
+                });
+                self.step += 1;
+                Ok(Some(report))
+            }
+            Err(e) => {
+                for later in self.in_flight.drain(..) {
+                    // Its reads finish (or fail) with the device; nothing is kept.
+                    let _ = later.stats.wait();
+                    self.updates -= later.updates;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Fails when steps are in flight: `what` needs the state after the
+    /// last step finished.
+    fn idle(&self, what: &str) -> Result<()> {
+        match self.in_flight.len() {
+            0 => Ok(()),
+            n => Err(Error::invalid(
+                what,
+                format!(
+                    "{n} training steps are in flight; finish them first (Trainer::finish_step)"
+                ),
+            )),
+        }
+    }
+
+    /// The report of step `step` from its stats (`windows × STATS_STRIDE`
+    /// values); an error where the run must stop.
+    fn step_report(&self, step: u64, stats: &[B::Elem]) -> Result<StepReport> {
+        let stats: Vec<f64> = stats.iter().map(|v| v.f64()).collect();
         let mut total = XentSummary::default();
         let mut skipped = 0;
         let mut norm_sq = 0.0;
@@ -862,8 +1023,7 @@ impl<B: Backend> Trainer<B> {
                     };
                     return Err(Error::NonFinite {
                         what: format!(
-                            "{what} at step {} (window {c}); the update was not applied",
-                            self.step
+                            "{what} at step {step} (window {c}); the update was not applied"
                         ),
                         value,
                     });
@@ -881,60 +1041,65 @@ impl<B: Backend> Trainer<B> {
                 format!("{} targets are outside the vocabulary", total.invalid),
             ));
         }
-        self.skipped += skipped as u64;
-        let report = StepReport {
-            step: self.step,
+        Ok(StepReport {
+            step,
             loss: total.sum / total.count.max(1) as f64,
             accuracy: total.correct as f64 / total.count.max(1) as f64,
             tokens: total.count,
             grad_norm: norm_sq.sqrt(),
             skipped,
-        };
-        self.history.push(HistoryPoint {
-            step: self.step,
-            loss: report.loss,
-            accuracy: report.accuracy,
-        });
-        self.step += 1;
-        Ok(report)
+        })
     }
 
-    /// Evaluates on the task's held-out problems (one forward, one readback).
+    /// Evaluates on the task's held-out problems (one forward, one
+    /// readback of what the report needs: the loss summary and, for tasks
+    /// scored by whole answers or closing tags, each position's predicted
+    /// class, `[T·B]` classes instead of `[T·B, V]` logits).
     pub fn evaluate(&mut self) -> Result<EvalReport> {
+        self.idle("evaluate")?;
         let problems = self.config.eval_problems;
         let batch = self.task.eval_batch(self.config.seed, problems)?;
         let shape = [batch.steps, batch.batch];
+        let rows = Rows {
+            rows: batch.steps * batch.batch,
+            cols: self.config.model.vocab,
+        };
+        // Predictions are needed only to match whole answers or to score
+        // closing tags.
+        let answers = self.task.has_answers();
+        let closing = self.task.has_closing_tags();
         // The held-out problems are the same at every evaluation: uploaded once.
         let bufs = match &self.eval_bufs {
             Some(bufs) => bufs,
-            None => self.eval_bufs.insert(WindowBufs {
+            None => self.eval_bufs.insert(EvalBufs {
                 tokens: self.backend.ints(&shape, &batch.inputs)?,
                 targets: self.backend.ints(&shape, &batch.targets)?,
+                predicted: match answers || closing {
+                    true => Some(self.backend.ints(&[rows.rows], &vec![0; rows.rows])?),
+                    false => None,
+                },
             }),
         };
         let off = self.windows.len() * STATS_STRIDE;
         let fwd = self
             .model
             .evaluate(&bufs.tokens, &bufs.targets, &self.stats, off)?;
-        // The logits are needed (and read back) only to match whole answers
-        // or to score closing tags.
-        let answers = self.task.has_answers();
-        let closing = self.task.has_closing_tags();
-        let mut wanted = vec![&self.stats];
-        if answers || closing {
-            wanted.push(&fwd.logits);
+        if let Some(predicted) = &bufs.predicted {
+            self.backend.argmax_rows(rows, &fwd.logits, predicted)?;
         }
-        let v = self.backend.read_many(&wanted)?;
-        let stats: Vec<f64> = v[0].iter().map(|x| x.f64()).collect();
-        let s = XentSummary::from_slice(&stats[off..off + SUMMARY_LEN]);
-        let vocab = self.config.model.vocab;
-        let logits = v.get(1);
-        let exact_match = logits
+        let wanted: Vec<&B::Ints> = bufs.predicted.iter().collect();
+        let (summary, predicted) =
+            self.backend
+                .read_range_and_ints(&self.stats, off..off + SUMMARY_LEN, &wanted)?;
+        let summary: Vec<f64> = summary.iter().map(|x| x.f64()).collect();
+        let s = XentSummary::from_slice(&summary);
+        let predicted = predicted.first();
+        let exact_match = predicted
             .filter(|_| answers)
-            .map(|logits| exact_match(&batch, logits, vocab));
-        let closing_accuracy = logits
+            .map(|p| exact_match_predicted(&batch, p));
+        let closing_accuracy = predicted
             .filter(|_| closing)
-            .map(|logits| positions_right(&batch, &batch.closing, logits, vocab));
+            .map(|p| positions_right_predicted(&batch, &batch.closing, p));
         let report = EvalReport {
             step: self.step,
             loss: s.mean,
@@ -949,12 +1114,19 @@ impl<B: Backend> Trainer<B> {
 
     /// Parameters as f64, in layout order.
     pub fn read_params(&self) -> Result<Vec<f64>> {
+        self.idle("read_params")?;
         self.backend.read_f64(self.model.params())
     }
 }
 
 /// Fraction of rows whose every answer step has its target as the argmax.
 pub fn exact_match<T: Real>(batch: &Batch, logits: &[T], vocab: usize) -> f64 {
+    exact_match_predicted(batch, &predictions(logits, vocab))
+}
+
+/// Fraction of rows whose every answer step's predicted class (time-major
+/// `t·B + b`, the argmax of its logits) is its target.
+pub fn exact_match_predicted(batch: &Batch, predicted: &[i32]) -> f64 {
     let bsz = batch.batch;
     let right = batch
         .answers
@@ -962,8 +1134,10 @@ pub fn exact_match<T: Real>(batch: &Batch, logits: &[T], vocab: usize) -> f64 {
         .enumerate()
         .filter(|&(b, &(start, end))| {
             (start..end).all(|t| {
-                let row = (t * bsz + b) * vocab;
-                argmax(&logits[row..row + vocab]) as i32 == batch.targets[t * bsz + b]
+                let i = t * bsz + b;
+                predicted
+                    .get(i)
+                    .is_some_and(|p| Some(p) == batch.targets.get(i))
             })
         })
         .count();
@@ -978,16 +1152,29 @@ pub fn positions_right<T: Real>(
     logits: &[T],
     vocab: usize,
 ) -> f64 {
+    positions_right_predicted(batch, positions, &predictions(logits, vocab))
+}
+
+/// Fraction of the time-major `positions` whose predicted class is their target.
+pub fn positions_right_predicted(batch: &Batch, positions: &[usize], predicted: &[i32]) -> f64 {
     let right = positions
         .iter()
         .filter(|&&i| {
-            logits
-                .get(i * vocab..(i + 1) * vocab)
+            predicted
+                .get(i)
                 .zip(batch.targets.get(i))
-                .is_some_and(|(row, &target)| argmax(row) as i32 == target)
+                .is_some_and(|(p, t)| p == t)
         })
         .count();
     right as f64 / positions.len().max(1) as f64
+}
+
+/// The argmax of every row of `vocab` logits.
+fn predictions<T: Real>(logits: &[T], vocab: usize) -> Vec<i32> {
+    logits
+        .chunks_exact(vocab.max(1))
+        .map(|row| argmax(row) as i32)
+        .collect()
 }
 
 #[cfg(test)]

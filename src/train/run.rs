@@ -263,6 +263,42 @@ fn identity(chosen: &Chosen) -> String {
     }
 }
 
+/// Why a run stops before a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// [`RunOptions::stop`] was set (on some rank).
+    Interrupted,
+    /// [`RunOptions::time_limit`] passed (on some rank).
+    TimeLimit,
+}
+
+/// Whether the run stops before step `step` is recorded (every rank stops
+/// at the same step: none waits for a step the others skip), saying so
+/// through `log`.
+fn stop_before<B: Backend>(
+    trainer: &Trainer<B>,
+    opts: &RunOptions,
+    start: &Instant,
+    step: u64,
+    log: &mut dyn FnMut(&str),
+) -> Result<Option<Stop>> {
+    let asked = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+    if trainer.any_rank(asked)? {
+        log(&format!(
+            "interrupted at step {step}: evaluating and saving"
+        ));
+        return Ok(Some(Stop::Interrupted));
+    }
+    let over = opts
+        .time_limit
+        .is_some_and(|limit| start.elapsed().as_secs_f64() > limit);
+    if let (Some(limit), true) = (opts.time_limit, trainer.any_rank(over)?) {
+        log(&format!("time limit of {limit} s reached at step {step}"));
+        return Ok(Some(Stop::TimeLimit));
+    }
+    Ok(None)
+}
+
 /// Runs training on the backend `opts.backend` asks for.
 ///
 /// A new run never replaces an existing checkpoint unless `opts.existing` is
@@ -483,29 +519,44 @@ fn run_on<B: Backend>(
     let mut smooth: Option<f64> = None;
     let mut smooth_acc = 0.0;
     let mut interrupted = false;
+    // The host reads a step's parameters only at an evaluation or a
+    // checkpoint: there it waits for the step; elsewhere the next step is
+    // recorded (on the GPU: uploaded and submitted) while the one before
+    // runs, and that one's loss is read afterwards. The trajectory is the
+    // same bit for bit (see Trainer::begin_step). A data-parallel rank
+    // runs one step at a time (Trainer::can_overlap).
+    let overlap = trainer.can_overlap();
+    let saves = paths.checkpoint.is_some() && opts.save_every > 0 && root;
+    let waits_before = |s: u64| {
+        (eval_every > 0 && s.is_multiple_of(eval_every) && s < total)
+            || (saves && s.is_multiple_of(opts.save_every))
+    };
+    let mut stop_after = false;
     while trainer.step() < total {
-        // Every rank stops at the same step: none waits for a step the
-        // others skip.
-        let asked = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
-        if trainer.any_rank(asked)? {
-            interrupted = true;
-            log(&format!(
-                "interrupted at step {}: evaluating and saving",
-                trainer.step()
-            ));
-            break;
+        if trainer.steps_in_flight() == 0 {
+            match stop_before(&trainer, opts, &start, trainer.step(), log)? {
+                Some(stop) => {
+                    interrupted |= stop == Stop::Interrupted;
+                    break;
+                }
+                None => trainer.begin_step()?,
+            }
         }
-        let over = opts
-            .time_limit
-            .is_some_and(|limit| start.elapsed().as_secs_f64() > limit);
-        if let (Some(limit), true) = (opts.time_limit, trainer.any_rank(over)?) {
-            log(&format!(
-                "time limit of {limit} s reached at step {}",
-                trainer.step()
-            ));
-            break;
+        // One step ahead, unless the host must see the parameters after
+        // the step in flight first (or it is the last).
+        let ahead = trainer.step() + 1;
+        if overlap && ahead < total && !waits_before(ahead) {
+            match stop_before(&trainer, opts, &start, ahead, log)? {
+                Some(stop) => {
+                    interrupted |= stop == Stop::Interrupted;
+                    stop_after = true;
+                }
+                None => trainer.begin_step()?,
+            }
         }
-        let r = trainer.train_step()?;
+        let Some(r) = trainer.finish_step()? else {
+            break;
+        };
         smooth = Some(smooth.map_or(r.loss, |s| 0.95 * s + 0.05 * r.loss));
         smooth_acc = 0.95 * smooth_acc + 0.05 * r.accuracy;
         let done = trainer.step();
@@ -531,10 +582,13 @@ fn run_on<B: Backend>(
             }
             trainer.check_replicas()?;
         }
-        if let (Some(path), true) = (&paths.checkpoint, opts.save_every > 0 && root)
+        if let (Some(path), true) = (&paths.checkpoint, saves)
             && done.is_multiple_of(opts.save_every)
         {
             trainer.save(path)?;
+        }
+        if stop_after {
+            break;
         }
     }
     if let Some(bar) = &bar {
