@@ -46,9 +46,16 @@ pub trait Real:
     /// loops over it vectorize; for f64 the stable libm form, the reference.
     fn sigmoid_cell(self) -> Self;
 
-    /// General matrix multiply through `matrixmultiply`:
+    /// General matrix multiply through `gemm`:
     /// `C = alpha * A·B + beta * C` with A `m×k`, B `k×n`, C `m×n`, each given
-    /// by a row stride and a column stride (so transposes are free).
+    /// by a row stride and a column stride (so transposes are free). With
+    /// `beta` zero, C is written without being read (a NaN there is not kept).
+    ///
+    /// `gemm` picks its AVX-512, AVX2 or portable kernels at run time. A
+    /// product of at least [`GEMM_PARALLEL_MIN`] multiply-adds is split over
+    /// rayon's pool, by blocks of rows and columns of C only: every output's
+    /// sum runs in the same order whatever the number of threads, so results
+    /// are bitwise the same from run to run and from one pool size to another.
     ///
     /// # Safety
     /// Every element addressed through the pointers and strides must be in bounds,
@@ -131,9 +138,7 @@ impl Real for f32 {
         csc: isize,
     ) {
         // SAFETY: forwarded from the caller's contract.
-        unsafe {
-            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-        }
+        unsafe { gemm_any(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
     }
 }
 
@@ -179,9 +184,68 @@ impl Real for f64 {
         csc: isize,
     ) {
         // SAFETY: forwarded from the caller's contract.
-        unsafe {
-            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-        }
+        unsafe { gemm_any(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
+}
+
+/// Multiply-adds (m·n·k) at least for which [`Real::gemm_raw`] splits a
+/// product over rayon's pool. Below it one thread does better on a small
+/// machine: waking the pool's threads costs tens of µs (on a 2-core virtual
+/// machine, a recurrent step's `dG · W_hh`, 32×256×1024, took 85 µs on one
+/// core and over 110 µs on two); the whole-sequence products of a training
+/// step (T·B rows) are far above it.
+pub const GEMM_PARALLEL_MIN: usize = 1 << 25;
+
+/// [`Real::gemm_raw`] for either type, in `gemm`'s terms: it computes
+/// `dst = alpha·dst + beta·lhs·rhs` (its alpha and beta are ours swapped), and
+/// reads dst only when asked to.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_any<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: *const T,
+    rsa: isize,
+    csa: isize,
+    b: *const T,
+    rsb: isize,
+    csb: isize,
+    beta: T,
+    c: *mut T,
+    rsc: isize,
+    csc: isize,
+) {
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= GEMM_PARALLEL_MIN {
+        // 0: as many threads as the current pool has.
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: forwarded from the caller's contract (the same pointers and
+    // strides, with C's as dst's).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            csc,
+            rsc,
+            beta != T::zero(),
+            a,
+            csa,
+            rsa,
+            b,
+            csb,
+            rsb,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism,
+        )
     }
 }
 

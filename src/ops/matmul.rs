@@ -3,7 +3,8 @@
 //! One description, [`Gemm`], drives three implementations that compute the
 //! same function:
 //! - [`gemm_reference`]: three plain loops, the definition, read it first;
-//! - [`gemm_cpu`]: the CPU path, through `matrixmultiply` (tested against the loops);
+//! - [`gemm_cpu`]: the CPU path, through the `gemm` crate, and for the f32
+//!   products of a recurrent step through `ops::small_gemm` (tested against the loops);
 //! - [`gemm_gpu`]: `shaders/matmul.wgsl`, in a [`GemmKernel::Naive`], a
 //!   [`GemmKernel::Tiled`] (64×64 workgroup-memory tiles, 4×4 register blocks)
 //!   and a [`GemmKernel::Large`] variant (128×128 tiles, 8×8 register blocks
@@ -284,7 +285,8 @@ fn small_f32<T: Real>(g: &Gemm, a: &[T], b: &[T], c: &mut [T]) -> bool {
     unsafe { super::small_gemm::run(g, a, b, c) }
 }
 
-/// The CPU path: the same function through `matrixmultiply`'s blocked kernels.
+/// The CPU path: the same function through `gemm`'s blocked kernels
+/// ([`Real::gemm_raw`]), or `ops::small_gemm`'s where they win.
 pub fn gemm_cpu<T: Real>(
     g: &Gemm,
     a: &[T],
@@ -293,9 +295,9 @@ pub fn gemm_cpu<T: Real>(
     c: &mut [T],
 ) -> Result<()> {
     g.validate(a.len(), b.len(), bias.map(|x| x.len()), c.len())?;
-    // A recurrent step (few rows of A: `h · W_hhᵀ` forward, `dG · W_hh`
-    // backward) skips the packing a general GEMM does on every call (f32 with
-    // AVX2 + FMA; see ops::small_gemm).
+    // A recurrent step's `h · W_hhᵀ` (few rows of A; and `dG · W_hh` on CPUs
+    // with AVX2 but not AVX-512) skips the packing a general GEMM does on
+    // every call (f32; see ops::small_gemm).
     if small_f32(g, a, b, c) {
         add_bias(g, bias, c);
         return Ok(());
