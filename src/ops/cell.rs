@@ -2521,11 +2521,11 @@ fn dispatch_step(
     };
     let groups = variant.groups(s.batch, units) * params.dirs as u64;
     let grid = rec.ctx().grid(groups)?;
-    let mut constants = variant.constants().to_vec();
-    if from_gates {
-        constants.push(("FROM_GATES", 1.0));
-    }
-    rec.dispatch(kernel, &constants, buffers, params, grid)
+    // The variant's SPLIT, then FROM_GATES when set (no allocation a step).
+    let split = variant.constants()[0];
+    let both = [split, ("FROM_GATES", 1.0)];
+    let constants: &[(&str, f64)] = if from_gates { &both } else { &both[..1] };
+    rec.dispatch(kernel, constants, buffers, params, grid)
 }
 
 /// The parameters of a reset-before GRU step's second dispatch: the
