@@ -1020,19 +1020,19 @@ pub fn forward_step_cpu<T: Real>(
         mut gates,
         out,
     } = bufs;
+    let lens = Lens {
+        xg: xg.len(),
+        weights: weights.len(),
+        lengths: lengths.map(|l| l.len()),
+        hs: hs.len(),
+        cs: cs.as_ref().map(|c| c.len()),
+        gates: gates.as_ref().map(|g| g.len()),
+        out: out.len(),
+        ..Default::default()
+    };
     if s.is_fused() {
         // Each single step on its direction's part of the buffers, in
         // order, all checked before the first runs.
-        let lens = Lens {
-            xg: xg.len(),
-            weights: weights.len(),
-            lengths: lengths.map(|l| l.len()),
-            hs: hs.len(),
-            cs: cs.as_ref().map(|c| c.len()),
-            gates: gates.as_ref().map(|g| g.len()),
-            out: out.len(),
-            ..Default::default()
-        };
         let st = s.fusion.pair.unwrap_or_default();
         for (d, one) in s.checked_parts(cell, false, &lens)? {
             let view = ForwardSlices {
@@ -1054,16 +1054,6 @@ pub fn forward_step_cpu<T: Real>(
         }
         return Ok(());
     }
-    let lens = Lens {
-        xg: xg.len(),
-        weights: weights.len(),
-        lengths: lengths.map(|l| l.len()),
-        hs: hs.len(),
-        cs: cs.as_ref().map(|c| c.len()),
-        gates: gates.as_ref().map(|g| g.len()),
-        out: out.len(),
-        ..Default::default()
-    };
     s.validate(cell, false, &lens)?;
     if s.variant.proj_size > 0 {
         let (Some(cs), Some(gates)) = (cs, gates) else {
@@ -1484,19 +1474,19 @@ pub fn backward_step_cpu<T: Real>(
         mut dgx,
         carry,
     } = bufs;
+    let lens = Lens {
+        weights: weights.len(),
+        lengths: lengths.map(|l| l.len()),
+        hs: hs.len(),
+        cs: cs.map(|c| c.len()),
+        gates: gates.map(|g| g.len()),
+        out: dout.len(),
+        dgh: dgh.len(),
+        dgx: dgx.as_ref().map(|d| d.len()),
+        carry: carry.len(),
+        ..Default::default()
+    };
     if s.is_fused() {
-        let lens = Lens {
-            weights: weights.len(),
-            lengths: lengths.map(|l| l.len()),
-            hs: hs.len(),
-            cs: cs.map(|c| c.len()),
-            gates: gates.map(|g| g.len()),
-            out: dout.len(),
-            dgh: dgh.len(),
-            dgx: dgx.as_ref().map(|d| d.len()),
-            carry: carry.len(),
-            ..Default::default()
-        };
         let st = s.fusion.pair.unwrap_or_default();
         for (d, one) in s.checked_parts(cell, true, &lens)? {
             let view = BackwardSlices {
@@ -1517,18 +1507,6 @@ pub fn backward_step_cpu<T: Real>(
         }
         return Ok(());
     }
-    let lens = Lens {
-        weights: weights.len(),
-        lengths: lengths.map(|l| l.len()),
-        hs: hs.len(),
-        cs: cs.map(|c| c.len()),
-        gates: gates.map(|g| g.len()),
-        out: dout.len(),
-        dgh: dgh.len(),
-        dgx: dgx.as_ref().map(|d| d.len()),
-        carry: carry.len(),
-        ..Default::default()
-    };
     s.validate(cell, true, &lens)?;
     let (bsz, h) = (s.batch, s.hidden);
     let gh = cell.gates() * h;
