@@ -73,8 +73,12 @@ struct Params {
     k_steps: u32,
     t_down: u32,
     resident: u32,
-    _pad0: u32,
-    _pad1: u32,
+    wave: u32,
+    l0: u32,
+    top: u32,
+    wih_off: u32,
+    bih_off: u32,
+    d_out: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -115,6 +119,14 @@ struct Step {
     o_dgh: u32,
     o_dgx: u32,
     o_carry: u32,
+    o_out: u32,
+    wih_off: u32,
+    bih_off: u32,
+    // A wavefront's layer above the first: its input product is computed in
+    // the step (forward). A layer below the top: its output gradient is
+    // (backward).
+    wave_in: bool,
+    wave_up: bool,
 }
 
 var<private> st: Step;
@@ -123,7 +135,45 @@ var<private> st: Step;
 // the reverse direction beside a forward one, has its parameters p.d_param
 // elements further, its buffers' parts p.d_* further, its columns of out
 // after direction 0's, and runs at time T - 1 - t.
+//
+// A wavefront (p.wave: 1 forward, 2 backward) steps p.dirs layers of a unidirectional stack
+// instead: part d is layer l = p.l0 + d at time p.t - d, every offset the
+// layer's (p.whh_off, ... are layer 0's, layer l's l strides further; W_ih
+// and b_ih at p.wih_off, p.bih_off are layer 1's), and each buffer binds the
+// whole stack, layer l's part l strides in (out and dout: p.d_out).
 fn set_direction(d: u32) {
+    st.wave_in = false;
+    st.wave_up = false;
+    st.o_out = 0u;
+    if (p.wave != 0u) {
+        let l = p.l0 + d;
+        st.d = 0u;
+        st.reverse = p.reverse;
+        st.whh_off = p.whh_off + l * p.d_param;
+        st.bhh_off = p.bhh_off + l * p.d_param;
+        st.peep_off = p.peep_off + l * p.d_param;
+        st.out_col = p.out_col;
+        st.o_xg = l * p.d_xg;
+        st.o_hs = l * p.d_hs;
+        st.o_cs = l * p.d_cs;
+        st.o_g = l * p.d_gates;
+        st.o_dgh = l * p.d_dgh;
+        st.o_dgx = l * p.d_dgx;
+        st.o_carry = l * p.d_carry;
+        st.o_out = l * p.d_out;
+        // Forward: this layer's W_ih (layers above the first); backward: the
+        // layer above's (layers below the top).
+        if (p.wave == 2u) {
+            st.wave_up = l < p.top;
+            st.wih_off = p.wih_off + l * p.d_param;
+        } else {
+            st.wave_in = l > 0u;
+            st.wih_off = p.wih_off + (l - 1u) * p.d_param;
+            st.bih_off = p.bih_off + (l - 1u) * p.d_param;
+        }
+        st.t = p.t - d;
+        return;
+    }
     st.d = d;
     st.reverse = select(p.reverse, 1u - p.reverse, d == 1u);
     st.whh_off = p.whh_off + d * p.d_param;
@@ -143,6 +193,13 @@ fn set_direction(d: u32) {
 // from p.t by s, down when p.t_down == 1; only the first is the sweep's
 // first; the carries' parity alternates.
 fn set_step(s: u32) {
+    if (p.wave != 0u) {
+        // One step a dispatch; the layer's own sweep decides first and the
+        // carries' parity (a backward starts at T - 1 with parity 0).
+        st.first = select(0u, 1u, p.wave == 2u && st.t + 1u == p.T);
+        st.parity = (p.T - 1u - st.t) % 2u;
+        return;
+    }
     let t0 = select(p.t + s, p.t - s, p.t_down == 1u);
     st.t = select(t0, p.T - 1u - t0, st.d == 1u);
     st.first = select(0u, p.first, s == 0u);
@@ -178,7 +235,26 @@ fn later_step() -> u32 {
 }
 
 fn out_index(b: u32, j: u32) -> u32 {
-    return (st.t * p.B + b) * p.out_ld + st.out_col + j;
+    return st.o_out + (st.t * p.B + b) * p.out_ld + st.out_col + j;
+}
+
+// The input pre-activation at element i of xg: read from xg, or, for a
+// wavefront's layer above the first, its in-step product v plus b_ih at gj
+// (gate block and unit).
+fn x_pre(i: u32, v: f32, gj: u32) -> f32 {
+    if (st.wave_in) {
+        return v + weights[st.bih_off + gj];
+    }
+    return xg[st.o_xg + i];
+}
+
+// The gradient of the output of row b, unit j (backward): dout's, or, for a
+// wavefront's layer below the top, its in-step product `up`.
+fn grad_out(b: u32, j: u32, up: f32) -> f32 {
+    if (st.wave_up) {
+        return up;
+    }
+    return dout[out_index(b, j)];
 }
 
 // carry [2, 2, B, H]: each (parity, which) block is B * cell_h long; the h

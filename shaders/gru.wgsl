@@ -30,11 +30,11 @@ fn gru_forward(
 
 // Where this step's product vector starts (see run_forward in recurrent.wgsl).
 fn forward_base() -> u32 {
-    return prev_slot() * p.B * p.H;
+    return st.o_hs + prev_slot() * p.B * p.H;
 }
 
 // The cell update of gru_forward for row b, unit j, after the product.
-fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
+fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let bh = p.B * p.H;
     let gh = G * p.H;
     let row = (st.t * p.B + b) * gh;
@@ -55,8 +55,8 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
     let hr = acc[0] + weights[st.bhh_off + j];
     let hz = acc[1] + weights[st.bhh_off + p.H + j];
     let hn = acc[2] + weights[st.bhh_off + 2u * p.H + j];
-    let zr = clip_v(xg[st.o_xg + row + j] + hr);
-    let zz = clip_v(xg[st.o_xg + row + p.H + j] + hz);
+    let zr = clip_v(x_pre(row + j, xin[0], j) + hr);
+    let zz = clip_v(x_pre(row + p.H + j, xin[1], p.H + j) + hz);
     let r = cell_act(p.act_f, zr);
     let z = cell_act(p.act_f, zz);
     if (rb) {
@@ -66,7 +66,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
         gates[st.o_g + srow + 3u * p.H + j] = r * h_prev;
         return;
     }
-    let zn = clip_v(xg[st.o_xg + row + 2u * p.H + j] + r * hn);
+    let zn = clip_v(x_pre(row + 2u * p.H + j, xin[2], 2u * p.H + j) + r * hn);
     let n = cell_act(p.act_g, zn);
     let h = (1.0 - z) * n + z * h_prev;
     if (p.save == 1u) {
@@ -104,7 +104,7 @@ fn backward_base() -> u32 {
 }
 
 // The cell update of gru_backward for row b, unit j, after the product.
-fn backward_at(b: u32, j: u32, acc: f32) {
+fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let gh = G * p.H;
     let bh = p.B * p.H;
     let hc = b * p.H + j;
@@ -113,7 +113,7 @@ fn backward_at(b: u32, j: u32, acc: f32) {
     let live = is_live(b);
     var dh = acc + carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
     if (live) {
-        dh += dout[out_index(b, j)];
+        dh += grad_out(b, j, up);
     }
     let out_par = 1u - st.parity;
     let rb = p.reset_before == 1u;
@@ -157,4 +157,10 @@ fn backward_at(b: u32, j: u32, acc: f32) {
     dgh[st.o_dgh + row + p.H + j] = dz;
     dgh[st.o_dgh + row + 2u * p.H + j] = dn * r;
     carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh * z;
+}
+
+// Element i of the input-side gate gradients (dgx (the n block differs from dgh's by r)): what a
+// wavefront's layer below multiplies by this layer's W_ih.
+fn grad_in(i: u32) -> f32 {
+    return dgx[i];
 }

@@ -25,11 +25,11 @@ fn gru_reset_forward(
 // Where this step's product vector starts (see run_forward in recurrent.wgsl).
 fn forward_base() -> u32 {
     // r * h_prev, the gates' fourth block.
-    return st.t * p.B * 4u * p.H + 3u * p.H;
+    return st.o_g + st.t * p.B * 4u * p.H + 3u * p.H;
 }
 
 // The cell update of gru_reset_forward for row b, unit j, after the product.
-fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
+fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let gh4 = 4u * p.H;
     let bh = p.B * p.H;
     let hc = b * p.H + j;
@@ -72,7 +72,7 @@ fn backward_base() -> u32 {
 }
 
 // The cell update of gru_reset_backward for row b, unit j, after the product.
-fn backward_at(b: u32, j: u32, acc: f32) {
+fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let gh3 = 3u * p.H;
     let dq = acc;
     let row = (st.t * p.B + b) * gh3;
@@ -85,4 +85,10 @@ fn backward_at(b: u32, j: u32, acc: f32) {
     dgh[st.o_dgh + row + j] = clip_pass(gr.y, cell_act_back(p.act_f, gr.x, dq * h_prev));
     let c = carry_index(1u - st.parity, 0u, b, j);
     carry[st.o_carry + c] = carry[st.o_carry + c] + dq * gr.x;
+}
+
+// Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a
+// wavefront's layer below multiplies by this layer's W_ih.
+fn grad_in(i: u32) -> f32 {
+    return dgh[i];
 }

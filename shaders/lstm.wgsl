@@ -30,11 +30,11 @@ fn lstm_forward(
 
 // Where this step's product vector starts (see run_forward in recurrent.wgsl).
 fn forward_base() -> u32 {
-    return prev_slot() * p.B * p.hp;
+    return st.o_hs + prev_slot() * p.B * p.hp;
 }
 
 // The cell update of lstm_forward for row b, unit j, after the product.
-fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
+fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let bh = p.B * p.H;
     let gh = G * p.H;
     let row = (st.t * p.B + b) * gh;
@@ -57,7 +57,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
     }
     var pre: array<f32, 4>;
     for (var g = 0u; g < G; g++) {
-        pre[g] = xg[st.o_xg + row + g * p.H + j] + (acc[g] + weights[st.bhh_off + g * p.H + j]);
+        pre[g] = x_pre(row + g * p.H + j, xin[g], g * p.H + j) + (acc[g] + weights[st.bhh_off + g * p.H + j]);
     }
     if (p.peepholes == 1u) {
         pre[0] += weights[st.peep_off + j] * c_prev;
@@ -126,7 +126,7 @@ fn backward_base() -> u32 {
 }
 
 // The cell update of lstm_backward for row b, unit j, after the product.
-fn backward_at(b: u32, j: u32, acc: f32) {
+fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let gh = G * p.H;
     let proj = p.proj == 1u;
     let bh = p.B * p.H;
@@ -138,7 +138,7 @@ fn backward_at(b: u32, j: u32, acc: f32) {
     if (!proj) {
         dh += carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
         if (live) {
-            dh += dout[out_index(b, j)];
+            dh += grad_out(b, j, up);
         }
     }
     let dc_in = carry[st.o_carry + carry_index(st.parity, 1u, b, j)];
@@ -194,4 +194,10 @@ fn backward_at(b: u32, j: u32, acc: f32) {
         carry[st.o_carry + carry_index(out_par, 0u, b, j)] = 0.0;
     }
     carry[st.o_carry + carry_index(out_par, 1u, b, j)] = dcp;
+}
+
+// Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a
+// wavefront's layer below multiplies by this layer's W_ih.
+fn grad_in(i: u32) -> f32 {
+    return dgh[i];
 }

@@ -26,11 +26,11 @@ fn lstm_project(
 // Where this step's product vector starts (see run_forward in recurrent.wgsl).
 fn forward_base() -> u32 {
     // m = o * h(c), the gates' fifth block.
-    return st.t * p.B * p.vec_ld + 4u * p.cell_h;
+    return st.o_g + st.t * p.B * p.vec_ld + 4u * p.cell_h;
 }
 
 // The cell update of lstm_project for row b, unit j, after the product.
-fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
+fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
@@ -63,10 +63,16 @@ fn backward_base() -> u32 {
 }
 
 // The cell update of lstm_project_backward for row b, unit j, after the product.
-fn backward_at(b: u32, j: u32, acc: f32) {
+fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     var dh = acc + carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
     if (is_live(b)) {
         dh += dout[out_index(b, j)];
     }
     dgh[st.o_dgh + (st.t * p.B + b) * p.dg_ld + 4u * p.cell_h + j] = dh;
+}
+
+// Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a
+// wavefront's layer below multiplies by this layer's W_ih.
+fn grad_in(i: u32) -> f32 {
+    return dgh[i];
 }

@@ -38,13 +38,14 @@ override SPLIT: bool = false;
 // block, row stride 4H).
 override FROM_GATES: bool = false;
 
-// Row `b`, element `k` of the forward product's vector at `base` (row
-// stride p.vec_ld: the state width, or the gates' row).
+// Row `b`, element `k` of the forward product's vector at `base` (an
+// element index of hs or, FROM_GATES, of gates; row stride p.vec_ld: the
+// state width, or the gates' row).
 fn vec_at(base: u32, b: u32, k: u32) -> f32 {
     if (FROM_GATES) {
-        return gates[st.o_g + base + b * p.vec_ld + k];
+        return gates[base + b * p.vec_ld + k];
     }
-    return hs[st.o_hs + base + b * p.vec_ld + k];
+    return hs[base + b * p.vec_ld + k];
 }
 
 const TJ: u32 = 32u;
@@ -116,10 +117,14 @@ fn tile_cell(tile: vec2<u32>, lid: vec3<u32>, r: u32) -> vec2<u32> {
 }
 
 // The loops every cell file's forward entry point runs: this workgroup's
-// tile (and direction), then for each time step of the dispatch and each of
-// its column tiles the recurrent product and every row's update. The cell
-// file defines forward_base() (where the product's vector starts) and
-// forward_at(b, j, acc) (the update of row b, unit j).
+// tile (and direction, or layer of a wavefront), then for each time step of
+// the dispatch and each of its column tiles the recurrent product and every
+// row's update. A wavefront's layer above the first computes its input
+// product here too (W_ih times the layer below's output at this step, which
+// the previous dispatch wrote), instead of reading xg. The cell file defines
+// forward_base() (where the product's vector starts) and
+// forward_at(b, j, acc, xin) (the update of row b, unit j; xin the input
+// product, read through x_pre).
 fn run_forward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
     let tile = step_tile(wid, nwg);
     if (tile.x >= p.B) {
@@ -128,11 +133,16 @@ fn run_forward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
     for (var s = 0u; s < p.k_steps; s++) {
         set_step(s);
         for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
-            let acc = recurrent_product(tile.x, j0, lid.x, lid.y, forward_base());
+            let acc = recurrent_product(tile.x, j0, lid.x, lid.y, forward_base(), st.whh_off);
+            var xin: array<array<f32, G>, RPI>;
+            if (st.wave_in) {
+                let below = st.o_hs - p.d_hs + next_slot() * p.B * p.H;
+                xin = recurrent_product(tile.x, j0, lid.x, lid.y, below, st.wih_off);
+            }
             for (var r = 0u; r < RPI; r++) {
                 let bj = tile_cell(vec2<u32>(tile.x, j0), lid, r);
                 if (bj.x < p.B) {
-                    forward_at(bj.x, bj.y, acc[r]);
+                    forward_at(bj.x, bj.y, acc[r], xin[r]);
                 }
             }
         }
@@ -144,7 +154,10 @@ fn run_forward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
 // whether the step has a transposed product (not at the sweep's first step,
 // where the sum is zero; decided from uniform values only, since the
 // product's barriers need uniform control flow), backward_base() where its
-// gate gradients start, backward_at(b, j, acc) is the update.
+// gate gradients start, backward_at(b, j, acc, up) is the update. A
+// wavefront's layer below the top gets the gradient of its output here
+// (`up`: the layer above's input-side gate gradients at this step, which the
+// previous dispatch wrote, times that layer's W_ih) instead of from dout.
 fn run_backward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
     let tile = step_tile(wid, nwg);
     if (tile.x >= p.B) {
@@ -154,13 +167,18 @@ fn run_backward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
         set_step(s);
         for (var j0 = tile.y; j0 < tile_end(tile); j0 += tile_units()) {
             var acc: array<f32, RPI>;
-            if (backward_has_product(s == 0u && p.first == 1u)) {
-                acc = recurrent_product_t(tile.x, j0, lid.x, lid.y, backward_base());
+            if (backward_has_product(st.first == 1u)) {
+                acc = recurrent_product_t(tile.x, j0, lid.x, lid.y, st.o_dgh + backward_base(), st.whh_off, false);
+            }
+            var up: array<f32, RPI>;
+            if (st.wave_up) {
+                let above = st.o_dgh + p.d_dgh + st.t * p.B * p.dg_ld;
+                up = recurrent_product_t(tile.x, j0, lid.x, lid.y, above, st.wih_off, true);
             }
             for (var r = 0u; r < RPI; r++) {
                 let bj = tile_cell(vec2<u32>(tile.x, j0), lid, r);
                 if (bj.x < p.B) {
-                    backward_at(bj.x, bj.y, acc[r]);
+                    backward_at(bj.x, bj.y, acc[r], up[r]);
                 }
             }
         }
@@ -168,19 +186,28 @@ fn run_backward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
     }
 }
 
+// Element i of the gate gradients: dgh, or with `input` the input side's.
+fn dg_at(i: u32, input: bool) -> f32 {
+    if (input) {
+        return grad_in(i);
+    }
+    return dgh[i];
+}
+
 // Batch rows of the tile at b0 (at most TB).
 fn tile_rows(b0: u32) -> u32 {
     return min(TB, p.B - b0);
 }
 
-// Forward: acc[r][g] = sum_k h[b, k] * W_hh[g*H + j, k] over k < p.pk (the
+// Forward: acc[r][g] = sum_k h[b, k] * W[g*H + j, k] over k < p.pk (the
 // vector's width and W's row stride: H, or P for a projected LSTM's h, or H
-// for the projection itself), h read through vec_at at h_base, for
+// for the projection itself), h read through vec_at at h_base, W the
+// weights at w_off (W_hh; a wavefront's input product: W_ih), for
 // (b, j) = (b0 + ly + LY * r, j0 + lx) with j < p.H units. Every invocation
 // of the workgroup must call it.
-fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<array<f32, G>, RPI> {
+fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32, w_off: u32) -> array<array<f32, G>, RPI> {
     if (SPLIT) {
-        return recurrent_product_split(b0, j0, lx, ly, h_base);
+        return recurrent_product_split(b0, j0, lx, ly, h_base, w_off);
     }
     var acc: array<array<f32, G>, RPI>;
     let flat = ly * TJ + lx;
@@ -202,7 +229,7 @@ fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<a
             let kk = rem % TK;
             var v = 0.0;
             if (j0 + jj < p.H && k0 + kk < p.pk) {
-                v = weights[st.whh_off + (g * p.H + j0 + jj) * p.pk + k0 + kk];
+                v = weights[w_off + (g * p.H + j0 + jj) * p.pk + k0 + kk];
             }
             rhs_tile[(g * TK + kk) * TPAD + jj] = v;
         }
@@ -254,7 +281,7 @@ fn split_rounds(b0: u32) -> u32 {
 // Split forward. Invocation (lane = lx, unit jj = ly) accumulates, over
 // k = lane, lane + 32, ..., every gate of unit j0 + jj for all TB rows; a
 // warp's 32 lanes read 32 consecutive words of one W_hh row and of h.
-fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> array<array<f32, G>, RPI> {
+fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32, w_off: u32) -> array<array<f32, G>, RPI> {
     let lane = lx;
     let jj = ly;
     let j = j0 + jj;
@@ -269,7 +296,7 @@ fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> a
                 }
             }
             for (var g = 0u; g < G; g++) {
-                let w = weights[st.whh_off + (g * p.H + j) * p.pk + k];
+                let w = weights[w_off + (g * p.H + j) * p.pk + k];
                 for (var bb = 0u; bb < TB; bb++) {
                     part[g * TB + bb] += w * hv[bb];
                 }
@@ -299,13 +326,15 @@ fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32) -> a
     return acc;
 }
 
-// Backward: acc[r] = sum_m dG[b, m] * W_hh[m, j] over the p.dg_rows rows m
-// (G*H, or fewer: the reset-before GRU's r and z), dG rows read from dgh at
-// dg_base (row stride p.dg_ld), for (b, j) = (b0 + ly + LY * r, j0 + lx).
+// Backward: acc[r] = sum_m dG[b, m] * W[m, j] over the p.dg_rows rows m
+// (G*H, or fewer: the reset-before GRU's r and z), dG rows read at element
+// dg_base (row stride p.dg_ld) from dgh, or with `input` from the
+// input-side gradients (grad_in: dgx for the GRU, else dgh), W the weights
+// at w_off (W_hh, or W_ih), for (b, j) = (b0 + ly + LY * r, j0 + lx).
 // Every invocation of the workgroup must call it.
-fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> array<f32, RPI> {
+fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32, w_off: u32, input: bool) -> array<f32, RPI> {
     if (SPLIT) {
-        return recurrent_product_t_split(b0, j0, lx, ly, dg_base);
+        return recurrent_product_t_split(b0, j0, lx, ly, dg_base, w_off, input);
     }
     var acc: array<f32, RPI>;
     let flat = ly * TJ + lx;
@@ -316,7 +345,7 @@ fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> arra
         let mm = flat % TK;
         var v = 0.0;
         if (b0 + bb < p.B && m0 + mm < gh) {
-            v = dgh[st.o_dgh + dg_base + (b0 + bb) * p.dg_ld + m0 + mm];
+            v = dg_at(dg_base + (b0 + bb) * p.dg_ld + m0 + mm, input);
         }
         lhs_tile[flat] = v;
         for (var e = flat; e < TK * TJ; e += WG_SIZE) {
@@ -324,7 +353,7 @@ fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> arra
             let jj = e % TJ;
             var v = 0.0;
             if (m0 + mm < gh && j0 + jj < p.H) {
-                v = weights[st.whh_off + (m0 + mm) * p.H + j0 + jj];
+                v = weights[w_off + (m0 + mm) * p.H + j0 + jj];
             }
             rhs_tile[mm * TJ + jj] = v;
         }
@@ -343,7 +372,7 @@ fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> arra
 // Split backward. Invocation flat = lane * SU + jj accumulates, over rows
 // m = lane, lane + 32, ..., unit j0 + jj for all TB rows; a warp reads SU
 // consecutive words of each of four W_hh rows.
-fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -> array<f32, RPI> {
+fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32, w_off: u32, input: bool) -> array<f32, RPI> {
     let flat = ly * TJ + lx;
     let jj = flat % SU;
     let lane = flat / SU;
@@ -353,10 +382,10 @@ fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32) -
     var part: array<f32, 16>; // [TB]
     if (j < p.H) {
         for (var m = lane; m < gh; m += SL) {
-            let w = weights[st.whh_off + m * p.H + j];
+            let w = weights[w_off + m * p.H + j];
             for (var bb = 0u; bb < TB; bb++) {
                 if (bb < rows) {
-                    part[bb] += dgh[st.o_dgh + dg_base + (b0 + bb) * p.dg_ld + m] * w;
+                    part[bb] += dg_at(dg_base + (b0 + bb) * p.dg_ld + m, input) * w;
                 }
             }
         }

@@ -19,11 +19,11 @@ fn rnn_forward(
 
 // Where this step's product vector starts (see run_forward in recurrent.wgsl).
 fn forward_base() -> u32 {
-    return prev_slot() * p.B * p.H;
+    return st.o_hs + prev_slot() * p.B * p.H;
 }
 
 // The cell update of rnn_forward for row b, unit j, after the product.
-fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
+fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
@@ -32,7 +32,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>) {
         return;
     }
     let idx = (st.t * p.B + b) * p.H + j;
-    let z = clip_v(xg[st.o_xg + idx] + (acc[0] + weights[st.bhh_off + j]));
+    let z = clip_v(x_pre(idx, xin[0], j) + (acc[0] + weights[st.bhh_off + j]));
     let h = cell_act(p.act_f, z);
     if (p.save == 1u && clipping()) {
         gates[st.o_g + idx] = z;
@@ -62,7 +62,7 @@ fn backward_base() -> u32 {
 }
 
 // The cell update of rnn_backward for row b, unit j, after the product.
-fn backward_at(b: u32, j: u32, acc: f32) {
+fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let hc = b * p.H + j;
     let idx = (st.t * p.B + b) * p.H + j;
     let live = is_live(b);
@@ -73,7 +73,7 @@ fn backward_at(b: u32, j: u32, acc: f32) {
         carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh;
         return;
     }
-    dh += dout[out_index(b, j)];
+    dh += grad_out(b, j, up);
     var d: f32;
     if (clipping()) {
         let z = gates_saved[st.o_g + idx];
@@ -83,4 +83,10 @@ fn backward_at(b: u32, j: u32, acc: f32) {
     }
     dgh[st.o_dgh + idx] = d;
     carry[st.o_carry + carry_index(out_par, 0u, b, j)] = 0.0;
+}
+
+// Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a
+// wavefront's layer below multiplies by this layer's W_ih.
+fn grad_in(i: u32) -> f32 {
+    return dgh[i];
 }

@@ -541,6 +541,47 @@ pub struct Fusion {
     /// the carries' parity flipped. A step of two dispatches (see
     /// [`Variant::gates_between_dispatches`]) cannot take further steps.
     pub more_steps: usize,
+    /// Layers of a unidirectional stack stepped beside this one as a
+    /// wavefront (see [`Wave`]); not with `pair` or `more_steps`.
+    pub wave: Option<Wave>,
+}
+
+/// A wavefront over the layers of a unidirectional stack: one dispatch
+/// steps layers `layer..layer + lanes`, layer `layer + i` at time `t − i`
+/// (the step's `t` is layer `layer`'s), forward or backward. Each buffer
+/// holds the whole stack, layer `k`'s part `k` strides in (`strides`; in
+/// the weights, `strides.params` from one layer's parameters to the
+/// next's), and the step's offsets (`whh_off`, `bhh_off`, `peep_off`) are
+/// layer `layer`'s.
+///
+/// What a layer reads from its neighbours comes through the step itself:
+/// - forward, a layer above the first computes its input product
+///   `W_ih · h_below + b_ih` (the layer below's output at the same time step,
+///   which the previous dispatch wrote) instead of reading `xg`, which holds
+///   only layer 0's input projection (`strides.xg` is unused);
+/// - backward, a layer below the top computes the gradient of its output,
+///   the layer above's input-side gate gradients at the same time step times
+///   that layer's `W_ih`, instead of reading `dout`, which holds only the
+///   top layer's output gradient (`strides.out` is unused there).
+///
+/// Every layer writes its output into its part of `out` (`strides.out`).
+/// The sums differ in order from a separate input matmul, so a wavefront's
+/// results agree with the layer-by-layer schedule to rounding, not bitwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wave {
+    /// The step's layer (the lowest in the dispatch).
+    pub layer: usize,
+    /// Layers in the dispatch (at least 1).
+    pub lanes: usize,
+    /// Layers L of the stack (the top one is L − 1).
+    pub layers: usize,
+    /// Distances between consecutive layers' parts.
+    pub strides: DirStrides,
+    /// Offset of layer 1's `W_ih` `[G·H, H]`; layer `k`'s is
+    /// `(k − 1)·strides.params` further.
+    pub wih_off: usize,
+    /// Offset of layer 1's `b_ih` `[G·H]`, strided as `wih_off`.
+    pub bih_off: usize,
 }
 
 /// Element distances between direction 0's and direction 1's parts of the
@@ -564,6 +605,9 @@ pub struct DirStrides {
     pub dgx: usize,
     /// In `carry`.
     pub carry: usize,
+    /// In `out` (a [`Wave`]'s layers; a pair's directions share `out` by
+    /// columns).
+    pub out: usize,
 }
 
 impl StepSpec {
@@ -581,6 +625,9 @@ impl StepSpec {
                     self.t, f.more_steps, self.steps
                 ),
             ));
+        }
+        if let Some(w) = f.wave {
+            return self.wave_parts(&w, backward);
         }
         if f.pair.is_some() && self.reverse {
             return Err(Error::invalid(
@@ -641,6 +688,61 @@ impl StepSpec {
             }
         }
         Ok(parts)
+    }
+
+    /// [`StepSpec::parts`] of a wavefront: `(layer, step)` for each layer of
+    /// the dispatch, lowest first.
+    fn wave_parts(&self, w: &Wave, backward: bool) -> Result<Vec<(usize, StepSpec)>> {
+        let bad = |why: String| Err(Error::invalid("cell step wavefront", why));
+        if self.fusion.pair.is_some() || self.fusion.more_steps > 0 || self.reverse {
+            return bad("a wavefront steps one forward direction, one time step a layer".into());
+        }
+        if self.variant.gates_between_dispatches() {
+            return bad("a step of two dispatches cannot be part of a wavefront".into());
+        }
+        if w.lanes == 0 || w.layer.saturating_add(w.lanes) > w.layers {
+            return bad(format!(
+                "layers {}..{} are not inside the stack's {}",
+                w.layer,
+                w.layer.saturating_add(w.lanes),
+                w.layers
+            ));
+        }
+        if self.out_col != 0 || self.out_ld != self.state_size() || self.variant.proj_size > 0 {
+            return bad(format!(
+                "every layer of a wavefront writes its own [T, B, H] output (out_col 0, out_ld H = {}; \
+                 no projection), not columns {}.. of rows {} wide",
+                self.hidden, self.out_col, self.out_ld
+            ));
+        }
+        if w.lanes > self.t + 1 {
+            return bad(format!(
+                "{} layers from t = {} reach before time 0",
+                w.lanes, self.t
+            ));
+        }
+        let st = w.strides;
+        Ok((0..w.lanes)
+            .map(|i| {
+                let t = self.t - i;
+                let by = i * st.params;
+                let one = StepSpec {
+                    t,
+                    first: backward && t + 1 == self.steps,
+                    parity: if backward {
+                        (self.steps - 1 - t) % 2
+                    } else {
+                        0
+                    },
+                    whh_off: self.whh_off + by,
+                    bhh_off: self.bhh_off + by,
+                    peep_off: self.peep_off + by,
+                    fusion: Fusion::default(),
+                    ..*self
+                };
+                (w.layer + i, one)
+            })
+            .collect())
     }
 
     /// Whether this step stands for more than one single step.
@@ -825,7 +927,7 @@ impl Lens {
             hs: less(self.hs, st.hs),
             cs: self.cs.map(|l| less(l, st.cs)),
             gates: self.gates.map(|l| less(l, st.gates)),
-            out: self.out,
+            out: less(self.out, st.out),
             dgh: less(self.dgh, st.dgh),
             dgx: self.dgx.map(|l| less(l, st.dgx)),
             carry: less(self.carry, st.carry),
@@ -843,6 +945,9 @@ impl StepSpec {
         lens: &Lens,
     ) -> Result<Vec<(usize, StepSpec)>> {
         let parts = self.parts(backward)?;
+        if let Some(w) = self.fusion.wave {
+            return self.checked_wave(cell, backward, lens, &w, parts);
+        }
         let st = self.fusion.pair.unwrap_or_default();
         for (d, one) in &parts {
             one.validate(cell, backward, &lens.for_direction(*d, &st))?;
@@ -853,8 +958,73 @@ impl StepSpec {
         Ok(parts)
     }
 
-    /// A pair's directions write disjoint parts: each written buffer's
-    /// stride is at least what direction 0's part spans.
+    /// A wavefront's parts, each checked against its layer's part of the
+    /// buffers (and the W_ih it multiplies), the layers' parts disjoint.
+    fn checked_wave(
+        &self,
+        cell: Cell,
+        backward: bool,
+        lens: &Lens,
+        w: &Wave,
+        parts: Vec<(usize, StepSpec)>,
+    ) -> Result<Vec<(usize, StepSpec)>> {
+        let mut st = w.strides;
+        if backward {
+            // dout holds the top layer's gradient only.
+            st.out = 0;
+        }
+        let gh = cell.gates().saturating_mul(self.hidden);
+        for (k, one) in &parts {
+            let mut part = lens.for_direction(*k, &st);
+            // Where the step computes its input product (forward, above the
+            // first layer) or its output gradient (backward, below the top),
+            // it reads no xg or dout.
+            let reads = match backward {
+                true => (*k + 1 < w.layers).then_some(*k + 1),
+                false => (*k > 0).then_some(*k),
+            };
+            if reads.is_some() {
+                if backward {
+                    part.out = usize::MAX;
+                } else {
+                    part.xg = usize::MAX;
+                }
+            }
+            one.validate(cell, backward, &part)?;
+            if let Some(m) = reads {
+                let by = (m - 1).saturating_mul(st.params);
+                let wih = gh.saturating_mul(self.hidden);
+                Self::need(
+                    "weights (W_ih)",
+                    w.wih_off.saturating_add(by).saturating_add(wih),
+                    lens.weights,
+                )?;
+                Self::need(
+                    "weights (b_ih)",
+                    w.bih_off.saturating_add(by).saturating_add(gh),
+                    lens.weights,
+                )?;
+            }
+        }
+        if w.lanes > 1 {
+            self.check_apart(cell, backward, lens, &st)?;
+            if !backward && st.out < self.steps.saturating_mul(self.batch * self.out_ld) {
+                return Err(Error::invalid(
+                    "cell step out",
+                    format!(
+                        "a layer's part starts {} elements after the one below's, \
+                         inside the {} that one writes",
+                        st.out,
+                        self.steps * self.batch * self.out_ld
+                    ),
+                ));
+            }
+        }
+        Ok(parts)
+    }
+
+    /// A pair's directions (or a wavefront's layers) write disjoint parts:
+    /// each written buffer's stride is at least what one part spans.
     fn check_apart(&self, cell: Cell, backward: bool, lens: &Lens, st: &DirStrides) -> Result<()> {
         let (b, h, t) = (self.batch, self.hidden, self.steps);
         let m = |xs: &[usize]| xs.iter().fold(1usize, |acc, &x| acc.saturating_mul(x));
@@ -878,8 +1048,8 @@ impl StepSpec {
                 return Err(Error::invalid(
                     format!("cell step {arg}"),
                     format!(
-                        "direction 1's part starts {stride} elements after direction 0's, \
-                         inside the {span} direction 0 writes"
+                        "the second part starts {stride} elements after the first's, \
+                         inside the {span} the first writes"
                     ),
                 ));
             }
@@ -1011,6 +1181,18 @@ pub fn forward_step_cpu<T: Real>(
     s: &StepSpec,
     bufs: ForwardSlices<'_, T>,
 ) -> Result<()> {
+    forward_one(cell, s, bufs, None)
+}
+
+/// [`forward_step_cpu`]; `x_in`, when given, is the step's input product
+/// `[B, G·H]` (b_ih included), read instead of `xg`'s rows (a wavefront's
+/// layer above the first).
+fn forward_one<T: Real>(
+    cell: Cell,
+    s: &StepSpec,
+    bufs: ForwardSlices<'_, T>,
+    x_in: Option<&[T]>,
+) -> Result<()> {
     let ForwardSlices {
         xg,
         weights,
@@ -1031,12 +1213,32 @@ pub fn forward_step_cpu<T: Real>(
         ..Default::default()
     };
     if s.is_fused() {
-        // Each single step on its direction's part of the buffers, in
-        // order, all checked before the first runs.
-        let st = s.fusion.pair.unwrap_or_default();
-        for (d, one) in s.checked_parts(cell, false, &lens)? {
+        // Each single step on its direction's (or layer's) part of the
+        // buffers, in order, all checked before the first runs.
+        let parts = s.checked_parts(cell, false, &lens)?;
+        let wave = s.fusion.wave;
+        let st = wave.map_or(s.fusion.pair.unwrap_or_default(), |w| w.strides);
+        let mut x_in = Vec::new();
+        for (d, one) in parts {
+            // A wavefront's layer above the first: W_ih · (the layer
+            // below's output at this step) + b_ih.
+            let input = match wave {
+                Some(w) if d > 0 => {
+                    let (bsz, h) = (one.batch, one.hidden);
+                    let gh = cell.gates() * h;
+                    let by = (d - 1) * st.params;
+                    x_in.resize(bsz * gh, T::zero());
+                    let g = Gemm::nt(bsz, gh, h)
+                        .offsets((d - 1) * st.out + one.t * bsz * h, w.wih_off + by, 0)
+                        .with_bias(w.bih_off + by);
+                    gemm_cpu(&g, out, weights, Some(weights), &mut x_in)?;
+                    Some(&x_in[..])
+                }
+                _ => None,
+            };
             let view = ForwardSlices {
-                xg: tail("xg", xg, d * st.xg)?,
+                // (A wavefront's xg is layer 0's alone.)
+                xg: tail("xg", xg, if wave.is_some() { 0 } else { d * st.xg })?,
                 weights,
                 lengths,
                 hs: tail_mut("hs", &mut *hs, d * st.hs)?,
@@ -1048,9 +1250,9 @@ pub fn forward_step_cpu<T: Real>(
                     .as_deref_mut()
                     .map(|g| tail_mut("gates", g, d * st.gates))
                     .transpose()?,
-                out: &mut *out,
+                out: tail_mut("out", &mut *out, d * st.out)?,
             };
-            forward_step_cpu(cell, &one, view)?;
+            forward_one(cell, &one, view, input)?;
         }
         return Ok(());
     }
@@ -1101,7 +1303,8 @@ pub fn forward_step_cpu<T: Real>(
         .peepholes
         .then(|| &weights[s.peep_off..s.peep_off + 3 * h]);
     let out_rows = out[t0 * s.out_ld..(t0 + bsz) * s.out_ld].chunks_mut(s.out_ld);
-    let mut rows: Vec<ForwardRow<'_, T>> = xg[t0 * gh..(t0 + bsz) * gh]
+    let mut rows: Vec<ForwardRow<'_, T>> = x_in
+        .unwrap_or(&xg[t0 * gh..(t0 + bsz) * gh])
         .chunks(gh)
         .zip(rec.chunks(gh))
         .zip(h_prev.chunks(h).zip(h_next.chunks_mut(h)))
@@ -1463,6 +1666,18 @@ pub fn backward_step_cpu<T: Real>(
     s: &StepSpec,
     bufs: BackwardSlices<'_, T>,
 ) -> Result<()> {
+    backward_one(cell, s, bufs, None)
+}
+
+/// [`backward_step_cpu`]; `up`, when given, is the gradient of the step's
+/// output `[B, H]`, read instead of `dout`'s rows (a wavefront's layer below
+/// the top).
+fn backward_one<T: Real>(
+    cell: Cell,
+    s: &StepSpec,
+    bufs: BackwardSlices<'_, T>,
+    up: Option<&[T]>,
+) -> Result<()> {
     let BackwardSlices {
         weights,
         lengths,
@@ -1487,8 +1702,32 @@ pub fn backward_step_cpu<T: Real>(
         ..Default::default()
     };
     if s.is_fused() {
-        let st = s.fusion.pair.unwrap_or_default();
-        for (d, one) in s.checked_parts(cell, true, &lens)? {
+        let parts = s.checked_parts(cell, true, &lens)?;
+        let wave = s.fusion.wave;
+        let st = wave.map_or(s.fusion.pair.unwrap_or_default(), |w| w.strides);
+        let mut grad = Vec::new();
+        for (d, one) in parts {
+            // A wavefront's layer below the top: the layer above's
+            // input-side gate gradients at this step times its W_ih.
+            let up = match wave {
+                Some(w) if d + 1 < w.layers => {
+                    let (bsz, h) = (one.batch, one.hidden);
+                    let gh = cell.gates() * h;
+                    let (src, stride) = match dgx.as_deref() {
+                        Some(x) => (x, st.dgx),
+                        None => (&*dgh, st.dgh),
+                    };
+                    grad.resize(bsz * h, T::zero());
+                    let g = Gemm::nn(bsz, h, gh).offsets(
+                        (d + 1) * stride + one.t * bsz * gh,
+                        w.wih_off + d * st.params,
+                        0,
+                    );
+                    gemm_cpu(&g, src, weights, None, &mut grad)?;
+                    Some(&grad[..])
+                }
+                _ => None,
+            };
             let view = BackwardSlices {
                 weights,
                 lengths,
@@ -1503,7 +1742,7 @@ pub fn backward_step_cpu<T: Real>(
                     .transpose()?,
                 carry: tail_mut("carry", &mut *carry, d * st.carry)?,
             };
-            backward_step_cpu(cell, &one, view)?;
+            backward_one(cell, &one, view, up)?;
         }
         return Ok(());
     }
@@ -1556,7 +1795,11 @@ pub fn backward_step_cpu<T: Real>(
         }
         if live {
             let o = s.out_index(b, 0);
-            for (d, g) in dh.iter_mut().zip(&dout[o..o + h]) {
+            let grad = match up {
+                Some(up) => &up[b * h..(b + 1) * h],
+                None => &dout[o..o + h],
+            };
+            for (d, g) in dh.iter_mut().zip(grad) {
                 *d += *g;
             }
         }
@@ -2165,8 +2408,12 @@ kernel_params! {
         k_steps: u32,
         t_down: u32,
         resident: u32,
-        _pad0: u32,
-        _pad1: u32,
+        wave: u32,
+        l0: u32,
+        top: u32,
+        wih_off: u32,
+        bih_off: u32,
+        d_out: u32,
     }
 }
 
@@ -2230,8 +2477,12 @@ impl Params {
             k_steps: 1,
             t_down: 0,
             resident: 0,
-            _pad0: 0,
-            _pad1: 0,
+            wave: 0,
+            l0: 0,
+            top: 0,
+            wih_off: 0,
+            bih_off: 0,
+            d_out: 0,
         })
     }
 
@@ -2239,6 +2490,9 @@ impl Params {
     /// their strides, the steps it advances and which way time goes.
     fn fused(self, s: &StepSpec, backward: bool) -> Result<Self> {
         let f = s.fusion;
+        if let Some(w) = f.wave {
+            return self.wave(s, &w, backward);
+        }
         let st = f.pair.unwrap_or_default();
         let dirs = 1 + f.pair.is_some() as u32;
         // Direction 1's indices reach one stride further.
@@ -2265,6 +2519,81 @@ impl Params {
             d_carry: u32_of("carry", st.carry)?,
             k_steps: u32_of("steps", f.more_steps + 1)?,
             t_down: (backward != s.reverse) as u32,
+            ..self
+        })
+    }
+}
+
+impl Params {
+    /// The fields of a wavefront's step (see [`Wave`]): offsets of layer 0
+    /// and layer 1's W_ih, the layers' strides, the dispatch's lowest layer
+    /// and the top one.
+    fn wave(self, s: &StepSpec, w: &Wave, backward: bool) -> Result<Self> {
+        let st = w.strides;
+        // Every index of the top layer's part fits u32.
+        for (arg, stride) in [
+            ("hs", st.hs),
+            ("cs", st.cs),
+            ("gates", st.gates),
+            ("dgh", st.dgh),
+            ("dgx", st.dgx),
+            ("carry", st.carry),
+            ("out", st.out),
+            ("weights", st.params),
+        ] {
+            u32_of(arg, stride.saturating_mul(w.layers))?;
+        }
+        if backward && st.dgx != 0 && st.dgx != st.dgh {
+            return Err(Error::invalid(
+                "cell step wavefront",
+                format!(
+                    "dgx's layer stride {} must equal dgh's {} (the kernel finds both at one offset)",
+                    st.dgx, st.dgh
+                ),
+            ));
+        }
+        let back = w.layer * st.params;
+        let layer0 = |arg: &str, off: usize| {
+            off.checked_sub(back)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("cell step {arg}"),
+                        format!(
+                            "offset {off} is less than layer {}'s stride {} times {}",
+                            w.layer, st.params, w.layer
+                        ),
+                    )
+                })
+                .and_then(|o| u32_of(arg, o))
+        };
+        Ok(Params {
+            wave: 1 + backward as u32,
+            dirs: u32_of("layers", w.lanes)?,
+            l0: u32_of("layer", w.layer)?,
+            top: u32_of("layers", w.layers.saturating_sub(1))?,
+            whh_off: layer0("whh_off", s.whh_off)?,
+            bhh_off: layer0("bhh_off", s.bhh_off)?,
+            // Without peepholes the offset is unused (and 0 for every layer).
+            peep_off: if s.variant.peepholes {
+                layer0("peep_off", s.peep_off)?
+            } else {
+                0
+            },
+            wih_off: u32_of("wih_off", w.wih_off)?,
+            bih_off: u32_of("bih_off", w.bih_off)?,
+            d_param: u32_of("layer stride", st.params)?,
+            d_xg: 0,
+            d_hs: u32_of("hs", st.hs)?,
+            d_cs: u32_of("cs", st.cs)?,
+            d_gates: u32_of("gates", st.gates)?,
+            d_dgh: u32_of("dgh", st.dgh)?,
+            d_dgx: u32_of("dgx", st.dgx)?,
+            d_carry: u32_of("carry", st.carry)?,
+            // The backward's dout is the top layer's alone.
+            d_out: if backward { 0 } else { u32_of("out", st.out)? },
+            t: u32_of("t", s.t)?,
+            k_steps: 1,
+            t_down: 0,
             ..self
         })
     }
