@@ -8,9 +8,10 @@ use rnn_wgpu::Error;
 use rnn_wgpu::backend::{Backend, CpuBackend, GpuBackend, StepBackward, StepForward};
 use rnn_wgpu::gpu::StepKernel;
 use rnn_wgpu::gradcheck::GradCheck;
-use rnn_wgpu::nn::case::{RnnCase, RnnResults, check_case_gradients, run_case};
+use rnn_wgpu::nn::case::{RnnCase, RnnResults, check_case_gradients, run_case, run_case_ordered};
 use rnn_wgpu::nn::rnn::DirParams;
-use rnn_wgpu::nn::{Rnn, RnnConfig};
+use rnn_wgpu::nn::rnn::LayerDropout;
+use rnn_wgpu::nn::{Rnn, RnnConfig, StepOrder};
 use rnn_wgpu::ops::cell::{Act, Activations, Cell, Nonlinearity, StepSpec, Variant};
 use rnn_wgpu::ops::skip::Skip;
 use rnn_wgpu::parity::{Tolerance, compare, rng, uniform};
@@ -447,6 +448,169 @@ fn gpu_matches_cpu_on_random_cases() {
     }
 }
 
+/// Unidirectional stacks the wavefront schedule can run: every cell, the
+/// variants whose step is one dispatch, 2 to 4 layers (4 layers over 2 steps:
+/// more layers than steps), with states and packed lengths.
+fn wave_cases(seed: u64) -> Vec<RnnCase> {
+    let mut cases = Vec::new();
+    let mut cells: Vec<(Cell, Variant)> =
+        CELLS.into_iter().map(|c| (c, Variant::default())).collect();
+    cells.extend(
+        variants()
+            .into_iter()
+            .filter(|(_, v)| v.proj_size == 0 && !v.gates_between_dispatches()),
+    );
+    for (i, (cell, v)) in cells.into_iter().enumerate() {
+        let s = seed + 10 * i as u64;
+        let layers = 2 + i % 2;
+        cases.push(
+            RnnCase::new(
+                RnnConfig::new(cell, 3, 5).variant(v).layers(layers),
+                5,
+                3,
+                s,
+            )
+            .with_states()
+            .with_lengths(vec![5, 2, 4]),
+        );
+    }
+    for (i, cell) in CELLS.into_iter().enumerate() {
+        let s = seed + 500 + i as u64;
+        cases.push(RnnCase::new(RnnConfig::new(cell, 4, 6).layers(4), 2, 2, s).with_states());
+        // Tile edges: H = 33, B = 9 (and I != H: layer 0's input differs).
+        cases.push(RnnCase::new(
+            RnnConfig::new(cell, 7, 33).layers(2),
+            3,
+            9,
+            s + 50,
+        ));
+    }
+    cases
+}
+
+/// The wavefront computes what the layer-by-layer schedule computes: on the
+/// CPU in f64, to rounding (its input products sum in another order), in the
+/// inference forward and in training.
+#[test]
+fn wavefront_matches_layers_on_the_cpu() {
+    let tol = Tolerance::new(1e-12, 1e-10);
+    for case in wave_cases(3000) {
+        let data = case.data();
+        let name = case.describe();
+        for backward in [false, true] {
+            let run = |s| run_case_ordered(&cpu(), &case.config, &data, backward, s).unwrap();
+            let (layers, wave) = (run(StepOrder::Layers), run(StepOrder::Wavefront));
+            assert!(!wave.output.is_empty(), "{name}");
+            let pairs = [
+                ("output", &layers.output, &wave.output),
+                ("hn", &layers.hn, &wave.hn),
+                ("cn", &layers.cn, &wave.cn),
+                ("grad_input", &layers.grad_input, &wave.grad_input),
+                ("grad_h0", &layers.grad_h0, &wave.grad_h0),
+                ("grad_c0", &layers.grad_c0, &wave.grad_c0),
+                ("grad_params", &layers.grad_params, &wave.grad_params),
+            ];
+            for (what, a, b) in pairs {
+                check(&format!("{name} (backward {backward}): {what}"), a, b, tol);
+            }
+        }
+    }
+}
+
+/// Every gradient of a wavefront stack against finite differences.
+#[test]
+fn every_gradient_of_a_wavefront_matches_finite_differences() {
+    for (i, cell) in CELLS.into_iter().enumerate() {
+        let cfg = RnnConfig::new(cell, 3, 4).layers(3);
+        let case = RnnCase::new(cfg, 4, 3, 4000 + i as u64)
+            .with_states()
+            .with_lengths(vec![4, 1, 3]);
+        let data = case.data();
+        // Auto on the CPU runs layer by layer: the finite differences check
+        // the forward's loss; the wavefront's gradients are compared to
+        // them through the layer schedule's, which the cases check.
+        let auto = run_case(&cpu(), &case.config, &data, true).unwrap();
+        let wave =
+            run_case_ordered(&cpu(), &case.config, &data, true, StepOrder::Wavefront).unwrap();
+        check(
+            &case.describe(),
+            &auto.grad_params,
+            &wave.grad_params,
+            Tolerance::new(1e-12, 1e-10),
+        );
+        gradcheck(&case);
+    }
+}
+
+/// The GPU's wavefront (forced, with each recurrent-product variant) against
+/// the CPU's layer-by-layer results.
+#[test]
+fn gpu_wavefront_matches_cpu() {
+    let _ = gpu_or_skip!();
+    for (kernel, gpu) in step_variants() {
+        eprintln!("step kernel: {}", kernel.name());
+        for case in wave_cases(3100) {
+            let data = case.data();
+            let expected =
+                run_case_ordered(&cpu(), &case.config, &data, true, StepOrder::Layers).unwrap();
+            let actual =
+                run_case_ordered(&gpu, &case.config, &data, true, StepOrder::Wavefront).unwrap();
+            results_match(&case.describe(), &expected, &actual);
+        }
+    }
+}
+
+/// A wavefront forced on a stack it cannot run names the reason; the
+/// automatic schedule runs such stacks layer by layer.
+#[test]
+fn a_wavefront_it_cannot_run_is_an_error() {
+    let cpu = cpu();
+    let proj = Variant {
+        proj_size: 2,
+        ..Default::default()
+    };
+    let refused = [
+        (
+            RnnConfig::new(Cell::Lstm, 3, 4)
+                .layers(2)
+                .bidirectional(true),
+            "bidirectional",
+        ),
+        (RnnConfig::new(Cell::Gru, 3, 4), "one layer"),
+        (
+            RnnConfig::new(Cell::Lstm, 3, 4).layers(2).variant(proj),
+            "two dispatches",
+        ),
+    ];
+    for (cfg, why) in refused {
+        let case = RnnCase::new(cfg, 3, 2, 5);
+        let data = case.data();
+        let e = run_case_ordered(&cpu, &cfg, &data, true, StepOrder::Wavefront).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("step_order") && msg.contains(why), "{msg}");
+        run_case_ordered(&cpu, &cfg, &data, true, StepOrder::Auto).unwrap();
+    }
+    let mut rnn = Rnn::new(cpu.clone(), RnnConfig::new(Cell::Lstm, 3, 4).layers(2), 1).unwrap();
+    rnn.set_step_order(StepOrder::Wavefront);
+    let x = cpu.zeros(&[3, 2, 3]).unwrap();
+    let e = rnn
+        .forward_train(
+            &x,
+            None,
+            None,
+            None,
+            Some(LayerDropout {
+                p: 0.5,
+                seed: 7,
+                step: 0,
+                site: 0,
+                rows: None,
+            }),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("dropout"), "{e}");
+}
+
 /// The hot kernels compiled without runtime bounds checks (the default
 /// build) compute bitwise what the checked build computes, with each
 /// recurrent-product variant, on tile edges, two layers, both directions and
@@ -634,6 +798,9 @@ fn one_hot_tokens_match_one_hot_rows() {
     ) -> Vec<f64> {
         let (steps, batch) = (5, 3);
         let mut rnn = Rnn::new(b.clone(), cfg, 77).unwrap();
+        if !cfg.bidirectional {
+            rnn.set_step_order(StepOrder::Wavefront);
+        }
         let lengths = [5, 2, 4];
         let (out, saved) = if one_hot {
             let t = b.ints(&[steps, batch], tokens).unwrap();
@@ -656,11 +823,12 @@ fn one_hot_tokens_match_one_hot_rows() {
         v
     }
     let gpu = common::gpu();
-    for cell in CELLS {
+    // Bidirectional: layer by layer; unidirectional: a wavefront.
+    for (cell, bidirectional) in CELLS.into_iter().flat_map(|c| [(c, true), (c, false)]) {
         let cfg = RnnConfig::new(cell, vocab, hidden)
             .layers(2)
-            .bidirectional(true);
-        let name = format!("one-hot {}", cell.name());
+            .bidirectional(bidirectional);
+        let name = format!("one-hot {} (bidirectional {bidirectional})", cell.name());
         let cpu = cpu();
         check(
             &format!("{name} (cpu)"),
@@ -684,7 +852,7 @@ fn one_hot_tokens_match_one_hot_rows() {
 /// a matmul with an empty output is refused on both backends alike.
 #[test]
 fn bad_fusions_are_errors() {
-    use rnn_wgpu::ops::cell::{DirStrides, Fusion};
+    use rnn_wgpu::ops::cell::{DirStrides, Fusion, Wave};
     use rnn_wgpu::ops::matmul::Gemm;
     fn attempt<B: Backend>(b: &B, fusion: Fusion, t: usize) -> rnn_wgpu::Error {
         let (steps, batch, h) = (4, 2, 3);
@@ -741,24 +909,54 @@ fn bad_fusions_are_errors() {
         let huge = Fusion {
             pair: None,
             more_steps: usize::MAX / 2,
+            wave: None,
         };
         assert!(run(huge, 0).contains("do not fit"));
         let past = Fusion {
             pair: Some(good),
             more_steps: 0,
+            wave: None,
         };
         assert!(run(past, 4).contains("do not fit"));
         let over = Fusion {
             pair: Some(good),
             more_steps: 3,
+            wave: None,
         };
         assert!(run(over, 1).contains("do not fit") || run(over, 1).contains("leave"));
         let overlap = Fusion {
             pair: Some(DirStrides { hs: 3, ..good }),
             more_steps: 0,
+            wave: None,
         };
         let e = run(overlap, 0);
         assert!(e.contains("hs") && e.contains("inside"), "{e}");
+        // Wavefronts: beside a pair, past the stack's layers, into columns.
+        let wave = Wave {
+            layer: 0,
+            lanes: 2,
+            layers: 2,
+            strides: good,
+            wih_off: 0,
+            bih_off: 0,
+        };
+        let paired = Fusion {
+            pair: Some(good),
+            wave: Some(wave),
+            ..Default::default()
+        };
+        assert!(run(paired, 1).contains("one forward direction"));
+        let past = Fusion {
+            wave: Some(Wave { layer: 1, ..wave }),
+            ..Default::default()
+        };
+        let e = run(past, 1);
+        assert!(e.contains("layers 1..3") && e.contains("inside"), "{e}");
+        let columns = Fusion {
+            wave: Some(wave),
+            ..Default::default()
+        };
+        assert!(run(columns, 1).contains("own [T, B, H] output"));
     }
     // An empty product: the same error on both backends (no panic in the
     // GPU's split planning).
@@ -1155,11 +1353,13 @@ fn recurrent_dispatches_follow_the_formula() {
                 skip: Skip::None,
             };
             let r = bench_rnn(&gpu, Some(&ctx), "", &shape, 1).unwrap();
-            let calls = match (kernel, per_step) {
-                (StepKernel::Resident, 1) => seq.div_ceil(StepKernel::RESIDENT_STEPS),
-                _ => seq * per_step,
-            };
-            let want = (2 * layers * calls) as u64;
+            // A unidirectional stack of one-dispatch steps runs as a
+            // wavefront with single-step kernels: T + L - 1 calls a pass.
+            let want = match (kernel, per_step) {
+                (StepKernel::Resident, 1) => 2 * layers * seq.div_ceil(StepKernel::RESIDENT_STEPS),
+                (_, 1) if !bidirectional && layers > 1 => 2 * (seq + layers - 1),
+                _ => 2 * layers * seq * per_step,
+            } as u64;
             assert_eq!(r.recurrent_dispatches, want, "{} {shape:?}", kernel.name());
             assert!(r.dispatches_per_step > r.recurrent_dispatches, "{shape:?}");
         }

@@ -4,7 +4,7 @@
 //! Shared by the test suite, `rnn-wgpu gradcheck` and the self-checks, so that
 //! "what is checked" is defined once.
 
-use super::rnn::{Rnn, RnnConfig};
+use super::rnn::{Rnn, RnnConfig, StepOrder};
 use crate::backend::{Backend, CpuBackend};
 use crate::error::Result;
 use crate::gradcheck::{GradCheck, spread_indices};
@@ -193,9 +193,21 @@ pub fn run_case<B: Backend>(
     data: &RnnCaseData,
     backward: bool,
 ) -> Result<RnnResults> {
+    run_case_ordered(backend, config, data, backward, StepOrder::Auto)
+}
+
+/// [`run_case`] with the passes ordered by `order`.
+pub fn run_case_ordered<B: Backend>(
+    backend: &B,
+    config: &RnnConfig,
+    data: &RnnCaseData,
+    backward: bool,
+    order: StepOrder,
+) -> Result<RnnResults> {
     let c = config;
     let conv = |v: &[f64]| -> Vec<B::Elem> { v.iter().map(|&x| B::Elem::of(x)).collect() };
     let mut rnn = Rnn::from_params(backend.clone(), *c, &conv(&data.params))?;
+    rnn.set_step_order(order);
     let (steps, batch) = (data.steps, data.batch);
     let state = [c.num_layers * c.directions(), batch, c.hidden_size];
     let hstate = [state[0], batch, c.state_size()];

@@ -8,4 +8,4 @@ pub(crate) mod pool;
 pub mod rnn;
 
 pub use params::{ParamEntry, ParamLayout};
-pub use rnn::{BatchRows, Rnn, RnnConfig, RnnInputGrads, RnnOutput, RnnSaved, State};
+pub use rnn::{BatchRows, Rnn, RnnConfig, RnnInputGrads, RnnOutput, RnnSaved, State, StepOrder};

@@ -67,7 +67,7 @@ use super::params::{ParamEntry, ParamLayout};
 use super::pool::{Pool, next_owner_id};
 use crate::backend::{Backend, StepBackward, StepForward, expect_shape};
 use crate::error::{Error, Result};
-use crate::ops::cell::{Cell, DirStrides, Fusion, StepSpec, Variant};
+use crate::ops::cell::{Cell, DirStrides, Fusion, StepSpec, Variant, Wave};
 use crate::ops::dropout::{DropoutKey, DropoutSpec, Shard};
 use crate::ops::embed::{EmbedSpec, Table};
 use crate::ops::matmul::Gemm;
@@ -103,6 +103,42 @@ pub const MAX_DIM: usize = 1 << 20;
 
 /// The most layers a stack may have.
 pub const MAX_LAYERS: usize = 1024;
+
+/// How a pass orders the steps of a stack's layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StepOrder {
+    /// A wavefront where it can run and pays (each step its own dispatch,
+    /// see [`Backend::steps_per_call`]: the GPU's tiled and split step
+    /// kernels), else layer by layer.
+    #[default]
+    Auto,
+    /// Each layer's whole sequence before the next layer's: an input matmul
+    /// over all T steps, then the steps.
+    Layers,
+    /// A wavefront over the layers of a unidirectional stack: layer l at step
+    /// t beside layer l + 1 at step t − 1 in one step call (mirrored in the
+    /// backward), T + L − 1 calls a pass instead of L·T, each layer above the
+    /// first computing its input product inside its step (see
+    /// [`crate::ops::cell::Wave`]). It agrees with [`StepOrder::Layers`] to
+    /// rounding (the input product's sums run in another order). A stack it
+    /// cannot run (bidirectional, one layer, skip connections, dropout
+    /// between layers, a projection, a step of two dispatches) is an error.
+    Wavefront,
+}
+
+impl StepOrder {
+    /// Every order.
+    pub const ALL: [StepOrder; 3] = [StepOrder::Auto, StepOrder::Layers, StepOrder::Wavefront];
+
+    /// `auto`, `layers` or `wavefront`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepOrder::Auto => "auto",
+            StepOrder::Layers => "layers",
+            StepOrder::Wavefront => "wavefront",
+        }
+    }
+}
 
 /// Fails when `n` elements cannot be indexed by the kernels (u32).
 pub fn check_index_range(what: &str, n: u128) -> Result<()> {
@@ -423,6 +459,17 @@ struct SavedLayer<B: Backend> {
     fed_up: Option<B::Tensor>,
 }
 
+/// What a wavefront's training forward keeps: every layer's states, gates
+/// and output in one buffer each, layer `l`'s part `l` strides in.
+#[derive(Debug)]
+struct SavedWave<B: Backend> {
+    hs: B::Tensor,
+    cs: Option<B::Tensor>,
+    gates: Option<B::Tensor>,
+    outs: B::Tensor,
+    strides: DirStrides,
+}
+
 /// What a stack reads: rows `[T, B, I]`, or tokens `[T, B]` standing for
 /// one-hot rows.
 #[derive(Clone, Copy)]
@@ -455,6 +502,8 @@ pub struct RnnSaved<B: Backend> {
     lengths: Option<B::Ints>,
     dropout: Option<LayerDropout>,
     layers: Vec<SavedLayer<B>>,
+    // A wavefront's forward keeps its buffers here instead (layers is empty).
+    wave: Option<SavedWave<B>>,
 }
 
 impl<B: Backend> RnnSaved<B> {
@@ -532,6 +581,7 @@ pub struct Rnn<B: Backend> {
     params: B::Tensor,
     offset: usize,
     input_grad: bool,
+    step_order: StepOrder,
     pool: Pool<B>,
     // The last packed-sequence lengths uploaded, and their tensor.
     lengths: Option<(Vec<i32>, B::Ints)>,
@@ -613,6 +663,7 @@ impl<B: Backend> Rnn<B> {
             params,
             offset,
             input_grad: true,
+            step_order: StepOrder::Auto,
             pool: Pool::default(),
             lengths: None,
         })
@@ -623,6 +674,75 @@ impl<B: Backend> Rnn<B> {
     /// saves a `[T·B, G·H] × [G·H, I]` matmul per direction).
     pub fn set_input_gradient(&mut self, on: bool) {
         self.input_grad = on;
+    }
+
+    /// How the passes order the layers' steps ([`StepOrder::Auto`] by
+    /// default). A backward follows the order of the forward it
+    /// differentiates.
+    pub fn set_step_order(&mut self, order: StepOrder) {
+        self.step_order = order;
+    }
+
+    /// Whether a pass over `batch` rows runs as a wavefront (see
+    /// [`StepOrder`]); `dropout`: the pass drops between layers.
+    pub fn runs_wavefront(&self, batch: usize, dropout: bool) -> Result<bool> {
+        let cfg = &self.config;
+        let why = if cfg.bidirectional {
+            Some("a bidirectional layer's next layer needs both directions' whole output")
+        } else if cfg.num_layers < 2 {
+            Some("it has one layer")
+        } else if (1..cfg.num_layers).any(|l| cfg.has_skip(l)) {
+            Some("a skip connection joins a layer's whole input to its output")
+        } else if dropout {
+            Some("dropout between layers")
+        } else if cfg.variant.proj_size > 0 {
+            Some("a projected LSTM's step is two dispatches")
+        } else if cfg.variant.gates_between_dispatches() {
+            Some("its step is two dispatches")
+        } else if self.wave_plan()?.is_none() {
+            Some("its layers' parameters are not evenly spaced")
+        } else {
+            None
+        };
+        match (self.step_order, why) {
+            (StepOrder::Layers, _) | (StepOrder::Auto, Some(_)) => Ok(false),
+            (StepOrder::Wavefront, Some(why)) => Err(Error::invalid(
+                "step_order",
+                format!("a wavefront cannot run this stack: {why}"),
+            )),
+            (StepOrder::Wavefront, None) => Ok(true),
+            (StepOrder::Auto, None) => {
+                Ok(self
+                    .backend
+                    .steps_per_call(&cfg.variant, batch, cfg.hidden_size)
+                    == 1)
+            }
+        }
+    }
+
+    /// Every layer's parameter offsets and the distance from one layer's to
+    /// the next's, when that distance is the same between all layers (and
+    /// every layer above the first reads H features), as a wavefront needs.
+    fn wave_plan(&self) -> Result<Option<(Vec<DirParams>, usize)>> {
+        let cfg = &self.config;
+        if cfg.num_layers < 2 || cfg.directions() != 1 {
+            return Ok(None);
+        }
+        let plan = (0..cfg.num_layers)
+            .map(|l| Ok(DirParams::of(&self.layout, l, 0)?.shifted(self.offset)))
+            .collect::<Result<Vec<_>>>()?;
+        let stride = plan[1].w_hh - plan[0].w_hh;
+        let even = plan.iter().enumerate().all(|(l, p)| {
+            let at = |base: usize, k: usize| base + k * stride;
+            p.w_hh == at(plan[0].w_hh, l)
+                && p.b_hh == at(plan[0].b_hh, l)
+                && (!cfg.variant.peepholes || p.peep == at(plan[0].peep, l))
+                && (l == 0
+                    || (p.w_ih == at(plan[1].w_ih, l - 1)
+                        && p.b_ih == at(plan[1].b_ih, l - 1)
+                        && cfg.layer_input(l) == cfg.hidden_size))
+        });
+        Ok(even.then_some((plan, stride)))
     }
 
     /// Fills every buffer the stack reuses with NaN before handing it out, so
@@ -869,6 +989,16 @@ impl<B: Backend> Rnn<B> {
         let slots = if train { steps + 1 } else { 2 };
         let hn = pool.take(b, &hstate)?;
         let cn = pool.take_if(b, lstm, &state)?;
+        if self.runs_wavefront(batch, dropout.is_some())? {
+            let pass = Pass {
+                steps,
+                batch,
+                train,
+            };
+            return self.wave_forward(x, (h0, c0), lengths, pass, hn, cn);
+        }
+        let b = &self.backend;
+        let pool = &mut self.pool;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         // The layer's input rows (none for one-hot tokens into the first).
         let (mut input, one_hot) = match x {
@@ -937,6 +1067,7 @@ impl<B: Backend> Rnn<B> {
                 fusion: Fusion {
                     pair: (dirs == 2).then_some(strides),
                     more_steps: more,
+                    ..Default::default()
                 },
                 ..Default::default()
             };
@@ -1054,6 +1185,7 @@ impl<B: Backend> Rnn<B> {
             lengths,
             dropout,
             layers,
+            wave: None,
         });
         Ok((RnnOutput { output, hn, cn }, saved))
     }
@@ -1142,11 +1274,21 @@ impl<B: Backend> Rnn<B> {
         let gh = cfg.cell.gates() * h;
         // Row stride of the gate gradients (G·H, + P with a projection).
         let dl = cfg.variant.dgh_width(cfg.cell, h);
-        let proj = cfg.variant.proj_size > 0;
         let rows = steps * batch;
         let lstm = cfg.cell.has_cell_state();
         let grad_h0 = pool.take(b, &hstate)?;
         let grad_c0 = pool.take_if(b, lstm, &state)?;
+        if let Some(wave) = &saved.wave {
+            let grads = WaveGrads {
+                dout,
+                grad_hn,
+                grad_cn,
+                param_grads,
+                grad_h0,
+                grad_c0,
+            };
+            return self.wave_backward(saved, wave, grads, ready);
+        }
         let mut grad_input = None;
         for l in (0..cfg.num_layers).rev() {
             let layer = &saved.layers[l];
@@ -1257,133 +1399,44 @@ impl<B: Backend> Rnn<B> {
                     fusion: Fusion {
                         pair: (dirs == 2).then_some(st),
                         more_steps: n - 1,
+                        ..Default::default()
                     },
                 };
                 b.cell_backward(cfg.cell, &spec, &bufs)?;
                 s += n;
             }
+            let grad_bufs = GradBuffers {
+                dgh: &dgh,
+                dgx: dgx.as_ref(),
+                carry: &carry,
+                hs: &cells.hs,
+                cs: cells.cs.as_ref(),
+                gates: cells.gates.as_ref(),
+                grad_h0: &grad_h0,
+                grad_c0: grad_c0.as_ref(),
+                param_grads,
+            };
             for d in 0..dirs {
-                let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
-                let sd = l * dirs + d;
-                // This direction's parts of the buffers.
-                let (o_dgh, o_hs, o_cs, o_gates, o_carry) =
-                    (d * st.dgh, d * st.hs, d * st.cs, d * st.gates, d * st.carry);
-                let o_dgx = if separate_dgx { d * st.dgx } else { o_dgh };
-                // grad_h0 = carry + dG(last step of the sweep) · W_hh (the
-                // reset-before GRU: r's and z's rows; the carry holds n's part)
-                let par = steps % 2;
-                let t_last = if d == 0 { 0 } else { steps - 1 };
-                b.copy(&carry, o_carry + par * 2 * bh, &grad_h0, sd * bp, bp)?;
-                let rec_rows = if reset { 2 * h } else { gh };
-                let g = Gemm {
-                    lda: dl,
-                    ..Gemm::nn(batch, hp, rec_rows)
-                        .offsets(o_dgh + t_last * batch * dl, p.w_hh, sd * bp)
-                        .accumulating(true)
+                let part = GradPart {
+                    p: DirParams::of(&self.layout, l, d)?.shifted(self.offset),
+                    state: l * dirs + d,
+                    reverse: d == 1,
+                    o_dgh: d * st.dgh,
+                    o_dgx: if separate_dgx { d * st.dgx } else { d * st.dgh },
+                    o_hs: d * st.hs,
+                    o_cs: d * st.cs,
+                    o_gates: d * st.gates,
+                    o_carry: d * st.carry,
+                    input: match (input, tokens) {
+                        (Some(x), _) => LayerIn::Rows(x, 0),
+                        (None, Some(t)) => LayerIn::OneHot(t),
+                        (None, None) => return Err(Error::invalid("saved", "holds no input")),
+                    },
+                    in_size,
+                    // (summed over directions, and onto a skip's share)
+                    dx: dx.as_ref().map(|dx| (dx, d > 0 || skip)),
                 };
-                b.gemm(&g, &dgh, &self.params, None, &grad_h0)?;
-                if let Some(gc0) = &grad_c0 {
-                    b.copy(&carry, o_carry + (par * 2 + 1) * bh, gc0, sd * bh, bh)?;
-                }
-                // Weight gradients over all T·B rows at once (dgh's rows are
-                // dl wide: the gates', and a projection's dh).
-                let dgx = dgx.as_ref().unwrap_or(&dgh);
-                match (input, tokens) {
-                    (Some(input), _) => {
-                        let g = Gemm {
-                            lda: dl,
-                            ..Gemm::tn(gh, in_size, rows)
-                                .offsets(o_dgx, 0, p.w_ih)
-                                .accumulating(true)
-                        };
-                        b.gemm(&g, dgx, input, None, param_grads)?;
-                    }
-                    // One-hot rows: each token's gate gradients added into
-                    // its column of W_ih, in position order.
-                    (None, Some(tokens)) => {
-                        let s = one_hot_columns(rows, gh, in_size, &p, o_dgx, dl);
-                        b.embed_backward(&s, tokens, dgx, param_grads, true)?;
-                    }
-                    (None, None) => return Err(Error::invalid("saved", "holds no input")),
-                }
-                let prev_rows = if d == 0 { 0 } else { bp };
-                let g = Gemm {
-                    lda: dl,
-                    ..Gemm::tn(rec_rows, hp, rows)
-                        .offsets(o_dgh, o_hs + prev_rows, p.w_hh)
-                        .accumulating(true)
-                };
-                b.gemm(&g, &dgh, &cells.hs, None, param_grads)?;
-                if let (true, Some(gates)) = (proj, &cells.gates) {
-                    // dW_hr = dhᵀ · m, m = o ⊙ h(c) in the gates' fifth block.
-                    let g = Gemm {
-                        lda: dl,
-                        ldb: 5 * h,
-                        ..Gemm::tn(hp, h, rows)
-                            .offsets(o_dgh + gh, o_gates + 4 * h, p.hr)
-                            .accumulating(true)
-                    };
-                    b.gemm(&g, &dgh, gates, None, param_grads)?;
-                }
-                if let (true, Some(gates)) = (reset, &cells.gates) {
-                    // dW_hn = dnᵀ · (r ⊙ h), r ⊙ h in the gates' fourth block.
-                    let g = Gemm {
-                        lda: gh,
-                        ldb: 4 * h,
-                        ..Gemm::tn(h, h, rows)
-                            .offsets(o_dgh + 2 * h, o_gates + 3 * h, p.w_hh + 2 * h * h)
-                            .accumulating(true)
-                    };
-                    b.gemm(&g, &dgh, gates, None, param_grads)?;
-                }
-                // The bias gradients: the same sums for b_ih and b_hh unless
-                // the GRU's input side differs (then one pass each).
-                let bias = |x_off: usize, out_off: usize, also: Option<usize>| ColSum {
-                    ld: dl,
-                    x_off,
-                    out_off,
-                    accumulate: true,
-                    also_off: also,
-                    ..ColSum::new(rows, gh)
-                };
-                if separate_dgx {
-                    b.sum_cols(&bias(o_dgx, p.b_ih, None), dgx, param_grads)?;
-                    b.sum_cols(&bias(o_dgh, p.b_hh, None), &dgh, param_grads)?;
-                } else {
-                    b.sum_cols(&bias(o_dgh, p.b_ih, Some(p.b_hh)), &dgh, param_grads)?;
-                }
-                // Peephole gradients: dP_i = Σ di ⊙ c_prev, dP_f = Σ df ⊙ c_prev,
-                // dP_o = Σ do ⊙ c (over T·B rows; c_prev of the row of step t
-                // is slot t forward, t + 1 reverse).
-                if let (true, Some(cs)) = (cfg.variant.peepholes, &cells.cs) {
-                    let (prev_base, next_base) = if d == 0 { (0, bh) } else { (bh, 0) };
-                    for (k, gate, base) in [(0, 0, prev_base), (1, 1, prev_base), (2, 3, next_base)]
-                    {
-                        let dot = ColDot {
-                            sum: ColSum {
-                                ld: dl,
-                                x_off: o_dgh + gate * h,
-                                out_off: p.peep + k * h,
-                                accumulate: true,
-                                ..ColSum::new(rows, h)
-                            },
-                            y_off: o_cs + base,
-                            y_ld: h,
-                        };
-                        b.dot_cols(&dot, &dgh, cs, param_grads)?;
-                    }
-                }
-                // Gradient of this layer's input, summed over directions
-                // (for the first layer only when the caller wants it).
-                if let Some(dx) = &dx {
-                    let g = Gemm {
-                        lda: dl,
-                        ..Gemm::nn(rows, in_size, gh)
-                            .offsets(o_dgx, p.w_ih, 0)
-                            .accumulating(d > 0 || skip)
-                    };
-                    b.gemm(&g, dgx, &self.params, None, dx)?;
-                }
+                part_grads(b, &cfg, &self.params, steps, batch, &part, &grad_bufs)?;
             }
             // The highway gate's parameters and its share of dx.
             if let (Some(dg), Some(dx)) = (&dgate, &dx) {
@@ -1401,12 +1454,7 @@ impl<B: Backend> Rnn<B> {
                 b.gemm(&g, dg, &self.params, None, dx)?;
             }
             // Layer l's parameters (every direction) are complete.
-            let start = DirParams::of(&self.layout, l, 0)?.w_ih;
-            let end = match l + 1 < cfg.num_layers {
-                true => DirParams::of(&self.layout, l + 1, 0)?.w_ih,
-                false => self.layout.total,
-            };
-            ready(self.offset + start..self.offset + end)?;
+            ready(layer_range(&self.layout, self.offset, cfg.num_layers, l)?)?;
             match (l, dx) {
                 (0, dx) => grad_input = dx,
                 (_, Some(dx)) => {
@@ -1434,6 +1482,270 @@ impl<B: Backend> Rnn<B> {
             input: grad_input,
             h0: grad_h0,
             c0: grad_c0,
+        })
+    }
+
+    /// The wavefront's forward (see [`StepOrder::Wavefront`]): layer 0's
+    /// input projection over all steps, then T + L − 1 step calls, call `w`
+    /// stepping every layer `l` with `0 <= w − l < T` at time `w − l`.
+    fn wave_forward(
+        &mut self,
+        x: StackInput<'_, B>,
+        (h0, c0): (Option<&B::Tensor>, Option<&B::Tensor>),
+        lengths: Option<B::Ints>,
+        pass: Pass,
+        hn: B::Tensor,
+        cn: Option<B::Tensor>,
+    ) -> Result<(RnnOutput<B>, Option<RnnSaved<B>>)> {
+        let cfg = self.config;
+        let Pass {
+            steps,
+            batch,
+            train,
+        } = pass;
+        let (plan, wave) = self.wave_strides(steps, batch, train)?;
+        let st = wave.strides;
+        let (b, pool) = (&self.backend, &mut self.pool);
+        let (h, layers) = (cfg.hidden_size, cfg.num_layers);
+        let (bh, gh) = (batch * h, cfg.cell.gates() * h);
+        let saved_per_unit = cfg.variant.saved(cfg.cell);
+        let slots = st.hs / bh;
+        let p0 = plan[0];
+        let xg = pool.take(b, &[steps, batch, gh])?;
+        match x {
+            StackInput::Rows(x) => {
+                let g = Gemm::nt(steps * batch, gh, cfg.input_size)
+                    .offsets(0, p0.w_ih, 0)
+                    .with_bias(p0.b_ih);
+                b.gemm(&g, x, &self.params, Some(&self.params), &xg)?;
+            }
+            StackInput::OneHot(tokens) => {
+                let s = one_hot_columns(steps * batch, gh, cfg.input_size, &p0, 0, 0);
+                b.embed_forward(&s, tokens, &self.params, &xg)?;
+            }
+        }
+        let lstm = cfg.cell.has_cell_state();
+        let hs = pool.take(b, &[layers, slots, batch, h])?;
+        let cs = pool.take_if(b, lstm, &[layers, slots, batch, h])?;
+        let gates = pool.take_if(
+            b,
+            train && saved_per_unit > 0,
+            &[layers, steps, batch, saved_per_unit * h],
+        )?;
+        let outs = pool.take(b, &[layers, steps, batch, h])?;
+        for l in 0..layers {
+            load_state(b, h0, l * bh, &hs, l * st.hs, bh)?;
+            if let Some(cs) = &cs {
+                load_state(b, c0, l * bh, cs, l * st.cs, bh)?;
+            }
+        }
+        let bufs = StepForward {
+            xg: &xg,
+            weights: &self.params,
+            lengths: lengths.as_ref(),
+            hs: &hs,
+            cs: cs.as_ref(),
+            gates: gates.as_ref(),
+            out: &outs,
+        };
+        for w in 0..steps + layers - 1 {
+            let lo = w.saturating_sub(steps - 1);
+            let hi = w.min(layers - 1);
+            let spec = wave_step(
+                &cfg,
+                &plan[lo],
+                steps,
+                batch,
+                w - lo,
+                !train,
+                Wave {
+                    layer: lo,
+                    lanes: hi - lo + 1,
+                    ..wave
+                },
+            );
+            b.cell_forward(cfg.cell, &spec, &bufs)?;
+        }
+        // The slot after the last step.
+        let last = if train { steps } else { steps % 2 };
+        for l in 0..layers {
+            b.copy(&hs, l * st.hs + last * bh, &hn, l * bh, bh)?;
+            if let (Some(cs), Some(cn)) = (&cs, &cn) {
+                b.copy(cs, l * st.cs + last * bh, cn, l * bh, bh)?;
+            }
+        }
+        let output = pool.take(b, &[steps, batch, h])?;
+        b.copy(&outs, (layers - 1) * st.out, &output, 0, steps * bh)?;
+        let saved = train.then(|| RnnSaved {
+            stack: self.id,
+            steps,
+            batch,
+            input: match x {
+                StackInput::Rows(x) => SavedInput::Rows(x.clone()),
+                StackInput::OneHot(t) => SavedInput::OneHot(t.clone()),
+            },
+            lengths,
+            dropout: None,
+            layers: Vec::new(),
+            wave: Some(SavedWave {
+                hs,
+                cs,
+                gates,
+                outs,
+                strides: st,
+            }),
+        });
+        Ok((RnnOutput { output, hn, cn }, saved))
+    }
+
+    /// Every layer's parameter offsets and the wavefront's strides for a
+    /// pass of `steps` × `batch` (training: every state slot).
+    fn wave_strides(
+        &self,
+        steps: usize,
+        batch: usize,
+        train: bool,
+    ) -> Result<(Vec<DirParams>, Wave)> {
+        let cfg = &self.config;
+        let (plan, stride) = self.wave_plan()?.ok_or_else(|| {
+            Error::invalid("step_order", "a wavefront needs evenly spaced layers")
+        })?;
+        let bh = batch * cfg.hidden_size;
+        let slots = if train { steps + 1 } else { 2 };
+        let strides = DirStrides {
+            params: stride,
+            hs: slots * bh,
+            cs: slots * bh,
+            gates: steps * batch * cfg.variant.saved(cfg.cell) * cfg.hidden_size,
+            out: steps * bh,
+            ..Default::default()
+        };
+        let wave = Wave {
+            layer: 0,
+            lanes: 1,
+            layers: cfg.num_layers,
+            strides,
+            wih_off: plan[1].w_ih,
+            bih_off: plan[1].b_ih,
+        };
+        Ok((plan, wave))
+    }
+
+    /// The wavefront's backward: T + L − 1 step calls from the top layer's
+    /// last step (call `s` steps every layer `l` at time
+    /// `T − 1 − s + (L − 1 − l)` inside `0..T`), then every layer's weight
+    /// gradients from the top, as the layer-by-layer backward computes them.
+    fn wave_backward(
+        &mut self,
+        saved: &RnnSaved<B>,
+        wave: &SavedWave<B>,
+        grads: WaveGrads<'_, B>,
+        ready: &mut dyn FnMut(std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<RnnInputGrads<B>> {
+        let cfg = self.config;
+        let (steps, batch) = (saved.steps, saved.batch);
+        let (plan, shape) = self.wave_strides(steps, batch, true)?;
+        let (b, pool) = (&self.backend, &mut self.pool);
+        let (h, layers) = (cfg.hidden_size, cfg.num_layers);
+        let (bh, gh) = (batch * h, cfg.cell.gates() * h);
+        let gru = cfg.cell == Cell::Gru;
+        let dgh = pool.take(b, &[layers, steps, batch, gh])?;
+        let dgx = pool.take_if(b, gru, &[layers, steps, batch, gh])?;
+        let carry = pool.take(b, &[layers, 2, 2, batch, h])?;
+        let st = DirStrides {
+            dgh: steps * batch * gh,
+            dgx: if gru { steps * batch * gh } else { 0 },
+            carry: 4 * bh,
+            // dout is the top layer's alone.
+            out: 0,
+            ..wave.strides
+        };
+        b.fill(&carry, 0, layers * 4 * bh, 0.0)?;
+        for l in 0..layers {
+            if let Some(g) = grads.grad_hn {
+                b.copy(g, l * bh, &carry, l * st.carry, bh)?;
+            }
+            if let Some(g) = grads.grad_cn {
+                b.copy(g, l * bh, &carry, l * st.carry + bh, bh)?;
+            }
+        }
+        let bufs = StepBackward {
+            weights: &self.params,
+            lengths: saved.lengths.as_ref(),
+            hs: &wave.hs,
+            cs: wave.cs.as_ref(),
+            gates: wave.gates.as_ref(),
+            dout: &grads.dout,
+            dgh: &dgh,
+            dgx: dgx.as_ref(),
+            carry: &carry,
+        };
+        let top = layers - 1;
+        for s in 0..steps + top {
+            let lo = top.saturating_sub(s);
+            let hi = top.min(top + steps - 1 - s);
+            let t = steps - 1 - s + (top - lo);
+            let spec = wave_step(
+                &cfg,
+                &plan[lo],
+                steps,
+                batch,
+                t,
+                false,
+                Wave {
+                    layer: lo,
+                    lanes: hi - lo + 1,
+                    strides: st,
+                    ..shape
+                },
+            );
+            b.cell_backward(cfg.cell, &spec, &bufs)?;
+        }
+        let grad_bufs = GradBuffers {
+            dgh: &dgh,
+            dgx: dgx.as_ref(),
+            carry: &carry,
+            hs: &wave.hs,
+            cs: wave.cs.as_ref(),
+            gates: wave.gates.as_ref(),
+            grad_h0: &grads.grad_h0,
+            grad_c0: grads.grad_c0.as_ref(),
+            param_grads: grads.param_grads,
+        };
+        let mut grad_input = None;
+        for l in (0..layers).rev() {
+            let input = match (l, &saved.input) {
+                (0, SavedInput::Rows(x)) => LayerIn::Rows(x, 0),
+                (0, SavedInput::OneHot(t)) => LayerIn::OneHot(t),
+                // The layer below's output, as the layer-by-layer order reads it.
+                _ => LayerIn::Rows(&wave.outs, (l - 1) * wave.strides.out),
+            };
+            let want_dx = l == 0 && self.input_grad && matches!(input, LayerIn::Rows(..));
+            let dx = pool.take_if(b, want_dx, &[steps, batch, cfg.layer_input(l)])?;
+            let part = GradPart {
+                p: plan[l],
+                state: l,
+                reverse: false,
+                o_dgh: l * st.dgh,
+                o_dgx: l * if gru { st.dgx } else { st.dgh },
+                o_hs: l * st.hs,
+                o_cs: l * st.cs,
+                o_gates: l * st.gates,
+                o_carry: l * st.carry,
+                input,
+                in_size: cfg.layer_input(l),
+                dx: dx.as_ref().map(|d| (d, false)),
+            };
+            part_grads(b, &cfg, &self.params, steps, batch, &part, &grad_bufs)?;
+            ready(layer_range(&self.layout, self.offset, cfg.num_layers, l)?)?;
+            if l == 0 {
+                grad_input = dx;
+            }
+        }
+        Ok(RnnInputGrads {
+            input: grad_input,
+            h0: grads.grad_h0,
+            c0: grads.grad_c0,
         })
     }
 
@@ -1482,6 +1794,14 @@ impl<B: Backend> Rnn<B> {
                 b.copy(cs, steps * bh, c, l * bh, bh)?;
             }
         }
+        if let Some(w) = &saved.wave {
+            for l in 0..cfg.num_layers {
+                b.copy(&w.hs, l * w.strides.hs + steps * bh, &h, l * bh, bh)?;
+                if let (Some(cs), Some(c)) = (&w.cs, &c) {
+                    b.copy(cs, l * w.strides.cs + steps * bh, c, l * bh, bh)?;
+                }
+            }
+        }
         Ok(State { h, c })
     }
 
@@ -1490,6 +1810,272 @@ impl<B: Backend> Rnn<B> {
             .get(name)
             .ok_or_else(|| Error::invalid("parameter", format!("no parameter named {name:?}")))
     }
+}
+
+/// The range of layer `l`'s parameters (every direction) in a flat buffer
+/// holding `layout` at `offset`, of a stack of `layers`.
+fn layer_range(
+    layout: &ParamLayout,
+    offset: usize,
+    layers: usize,
+    l: usize,
+) -> Result<std::ops::Range<usize>> {
+    let start = DirParams::of(layout, l, 0)?.w_ih;
+    let end = match l + 1 < layers {
+        true => DirParams::of(layout, l + 1, 0)?.w_ih,
+        false => layout.total,
+    };
+    Ok(offset + start..offset + end)
+}
+
+/// The sizes of a forward pass.
+#[derive(Clone, Copy)]
+struct Pass {
+    steps: usize,
+    batch: usize,
+    train: bool,
+}
+
+/// The gradients a wavefront's backward starts from, and where its
+/// initial-state gradients go.
+struct WaveGrads<'a, B: Backend> {
+    dout: B::Tensor,
+    grad_hn: Option<&'a B::Tensor>,
+    grad_cn: Option<&'a B::Tensor>,
+    param_grads: &'a B::Tensor,
+    grad_h0: B::Tensor,
+    grad_c0: Option<B::Tensor>,
+}
+
+/// The step call of a wavefront at time `t` of its lowest layer (whose
+/// parameters are `p`).
+fn wave_step(
+    cfg: &RnnConfig,
+    p: &DirParams,
+    steps: usize,
+    batch: usize,
+    t: usize,
+    ring: bool,
+    wave: Wave,
+) -> StepSpec {
+    StepSpec {
+        batch,
+        hidden: cfg.hidden_size,
+        steps,
+        t,
+        whh_off: p.w_hh,
+        bhh_off: p.b_hh,
+        peep_off: p.peep,
+        out_col: 0,
+        out_ld: cfg.hidden_size,
+        ring,
+        variant: cfg.variant,
+        fusion: Fusion {
+            wave: Some(wave),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// What a layer reads: rows (with their offset) or one-hot tokens.
+#[derive(Clone, Copy)]
+enum LayerIn<'a, B: Backend> {
+    Rows(&'a B::Tensor, usize),
+    OneHot(&'a B::Ints),
+}
+
+/// The buffers of one layer's backward (every direction's or, in a
+/// wavefront, every layer's parts) that [`part_grads`] reads and adds to.
+struct GradBuffers<'a, B: Backend> {
+    dgh: &'a B::Tensor,
+    dgx: Option<&'a B::Tensor>,
+    carry: &'a B::Tensor,
+    hs: &'a B::Tensor,
+    cs: Option<&'a B::Tensor>,
+    gates: Option<&'a B::Tensor>,
+    grad_h0: &'a B::Tensor,
+    grad_c0: Option<&'a B::Tensor>,
+    param_grads: &'a B::Tensor,
+}
+
+/// One layer-direction's part of those buffers: its parameters, its state
+/// index (`l·D + d`), where its parts start, its input, and where the
+/// gradient of its input goes (`(dx, accumulate)`), if anywhere.
+struct GradPart<'a, B: Backend> {
+    p: DirParams,
+    state: usize,
+    reverse: bool,
+    o_dgh: usize,
+    o_dgx: usize,
+    o_hs: usize,
+    o_cs: usize,
+    o_gates: usize,
+    o_carry: usize,
+    input: LayerIn<'a, B>,
+    in_size: usize,
+    dx: Option<(&'a B::Tensor, bool)>,
+}
+
+/// After a layer-direction's backward sweep: the initial-state gradients,
+/// its weight and bias gradients over all T·B rows at once, and the
+/// gradient of its input.
+fn part_grads<B: Backend>(
+    b: &B,
+    cfg: &RnnConfig,
+    params: &B::Tensor,
+    steps: usize,
+    batch: usize,
+    part: &GradPart<'_, B>,
+    bufs: &GradBuffers<'_, B>,
+) -> Result<()> {
+    let h = cfg.hidden_size;
+    let hp = cfg.state_size();
+    let (bh, bp) = (batch * h, batch * hp);
+    let gh = cfg.cell.gates() * h;
+    let dl = cfg.variant.dgh_width(cfg.cell, h);
+    let proj = cfg.variant.proj_size > 0;
+    let reset = cfg.variant.reset_before;
+    let separate_dgx = cfg.cell == Cell::Gru && !reset;
+    let rows = steps * batch;
+    let in_size = part.in_size;
+    let GradBuffers {
+        dgh,
+        dgx,
+        carry,
+        hs,
+        cs,
+        gates,
+        grad_h0,
+        grad_c0,
+        param_grads,
+    } = *bufs;
+    let GradPart {
+        p,
+        state: sd,
+        reverse,
+        o_dgh,
+        o_dgx,
+        o_hs,
+        o_cs,
+        o_gates,
+        o_carry,
+        ..
+    } = *part;
+    // grad_h0 = carry + dG(last step of the sweep) · W_hh (the
+    // reset-before GRU: r's and z's rows; the carry holds n's part)
+    let par = steps % 2;
+    let t_last = if reverse { steps - 1 } else { 0 };
+    b.copy(carry, o_carry + par * 2 * bh, grad_h0, sd * bp, bp)?;
+    let rec_rows = if reset { 2 * h } else { gh };
+    let g = Gemm {
+        lda: dl,
+        ..Gemm::nn(batch, hp, rec_rows)
+            .offsets(o_dgh + t_last * batch * dl, p.w_hh, sd * bp)
+            .accumulating(true)
+    };
+    b.gemm(&g, dgh, params, None, grad_h0)?;
+    if let Some(gc0) = grad_c0 {
+        b.copy(carry, o_carry + (par * 2 + 1) * bh, gc0, sd * bh, bh)?;
+    }
+    // Weight gradients over all T·B rows at once (dgh's rows are
+    // dl wide: the gates', and a projection's dh).
+    let dgx = dgx.unwrap_or(dgh);
+    match part.input {
+        LayerIn::Rows(input, in_off) => {
+            let g = Gemm {
+                lda: dl,
+                ..Gemm::tn(gh, in_size, rows)
+                    .offsets(o_dgx, in_off, p.w_ih)
+                    .accumulating(true)
+            };
+            b.gemm(&g, dgx, input, None, param_grads)?;
+        }
+        // One-hot rows: each token's gate gradients added into
+        // its column of W_ih, in position order.
+        LayerIn::OneHot(tokens) => {
+            let s = one_hot_columns(rows, gh, in_size, &p, o_dgx, dl);
+            b.embed_backward(&s, tokens, dgx, param_grads, true)?;
+        }
+    }
+    let prev_rows = if reverse { bp } else { 0 };
+    let g = Gemm {
+        lda: dl,
+        ..Gemm::tn(rec_rows, hp, rows)
+            .offsets(o_dgh, o_hs + prev_rows, p.w_hh)
+            .accumulating(true)
+    };
+    b.gemm(&g, dgh, hs, None, param_grads)?;
+    if let (true, Some(gates)) = (proj, gates) {
+        // dW_hr = dhᵀ · m, m = o ⊙ h(c) in the gates' fifth block.
+        let g = Gemm {
+            lda: dl,
+            ldb: 5 * h,
+            ..Gemm::tn(hp, h, rows)
+                .offsets(o_dgh + gh, o_gates + 4 * h, p.hr)
+                .accumulating(true)
+        };
+        b.gemm(&g, dgh, gates, None, param_grads)?;
+    }
+    if let (true, Some(gates)) = (reset, gates) {
+        // dW_hn = dnᵀ · (r ⊙ h), r ⊙ h in the gates' fourth block.
+        let g = Gemm {
+            lda: gh,
+            ldb: 4 * h,
+            ..Gemm::tn(h, h, rows)
+                .offsets(o_dgh + 2 * h, o_gates + 3 * h, p.w_hh + 2 * h * h)
+                .accumulating(true)
+        };
+        b.gemm(&g, dgh, gates, None, param_grads)?;
+    }
+    // The bias gradients: the same sums for b_ih and b_hh unless
+    // the GRU's input side differs (then one pass each).
+    let bias = |x_off: usize, out_off: usize, also: Option<usize>| ColSum {
+        ld: dl,
+        x_off,
+        out_off,
+        accumulate: true,
+        also_off: also,
+        ..ColSum::new(rows, gh)
+    };
+    if separate_dgx {
+        b.sum_cols(&bias(o_dgx, p.b_ih, None), dgx, param_grads)?;
+        b.sum_cols(&bias(o_dgh, p.b_hh, None), dgh, param_grads)?;
+    } else {
+        b.sum_cols(&bias(o_dgh, p.b_ih, Some(p.b_hh)), dgh, param_grads)?;
+    }
+    // Peephole gradients: dP_i = Σ di ⊙ c_prev, dP_f = Σ df ⊙ c_prev,
+    // dP_o = Σ do ⊙ c (over T·B rows; c_prev of the row of step t
+    // is slot t forward, t + 1 reverse).
+    if let (true, Some(cs)) = (cfg.variant.peepholes, cs) {
+        let (prev_base, next_base) = if reverse { (bh, 0) } else { (0, bh) };
+        for (k, gate, base) in [(0, 0, prev_base), (1, 1, prev_base), (2, 3, next_base)] {
+            let dot = ColDot {
+                sum: ColSum {
+                    ld: dl,
+                    x_off: o_dgh + gate * h,
+                    out_off: p.peep + k * h,
+                    accumulate: true,
+                    ..ColSum::new(rows, h)
+                },
+                y_off: o_cs + base,
+                y_ld: h,
+            };
+            b.dot_cols(&dot, dgh, cs, param_grads)?;
+        }
+    }
+    // Gradient of this layer's input, summed over directions
+    // (for the first layer only when the caller wants it).
+    if let Some((dx, accumulate)) = part.dx {
+        let g = Gemm {
+            lda: dl,
+            ..Gemm::nn(rows, in_size, gh)
+                .offsets(o_dgx, p.w_ih, 0)
+                .accumulating(accumulate)
+        };
+        b.gemm(&g, dgx, params, None, dx)?;
+    }
+    Ok(())
 }
 
 /// The first layer's input product for one-hot rows as a lookup: `rows`
