@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, XentBuffers};
 use crate::error::{Error, Result};
 use crate::gpu::{Counters, GpuContext};
-use crate::nn::{Rnn, RnnConfig};
+use crate::nn::{Rnn, RnnConfig, StepOrder};
 use crate::ops::cell::{Cell, Variant};
 use crate::ops::matmul::Gemm;
 use crate::ops::optim::Optimizer;
@@ -492,8 +492,9 @@ pub struct RnnBench {
     /// Compute dispatches per step (GPU).
     pub dispatches_per_step: u64,
     /// Of those, the cells' step kernels: the chain of dependent dispatches
-    /// (2·L·D·T today, twice that for the reset-before GRU and the
-    /// projected LSTM).
+    /// (2·L·D·T layer by layer, twice that for the reset-before GRU and the
+    /// projected LSTM; 2·(T + L − 1) for a wavefront; fewer with the
+    /// resident kernel's multi-step dispatches).
     pub recurrent_dispatches: u64,
     /// Queue submissions per step (GPU).
     pub submits_per_step: u64,
@@ -501,6 +502,9 @@ pub struct RnnBench {
     pub allocations_per_step: u64,
     /// The cell steps' recurrent-product variant (`tiled` or `split`; empty on the CPU).
     pub step_kernel: String,
+    /// How the passes ordered the layers' steps: `layers` or `wavefront`
+    /// (see [`StepOrder`]).
+    pub step_order: String,
     /// The step's FLOPs ([`RnnShape::step_flops`]).
     pub min_flops: f64,
     /// The least bytes the step moves ([`RnnShape::step_bytes`], f32).
@@ -567,9 +571,23 @@ pub fn bench_rnn<B: Backend>(
     shape: &RnnShape,
     iters: usize,
 ) -> Result<RnnBench> {
+    bench_rnn_ordered(b, ctx, device, shape, iters, StepOrder::Auto)
+}
+
+/// [`bench_rnn`] with the stack's passes ordered by `order`.
+pub fn bench_rnn_ordered<B: Backend>(
+    b: &B,
+    ctx: Option<&GpuContext>,
+    device: &str,
+    shape: &RnnShape,
+    iters: usize,
+    order: StepOrder,
+) -> Result<RnnBench> {
     let cfg = shape.config();
     let mut rnn = Rnn::new(b.clone(), cfg, 1)?;
+    rnn.set_step_order(order);
     let (t, bsz) = (shape.seq, shape.batch);
+    let wavefront = rnn.runs_wavefront(bsz, false)?;
     let x = b.tensor_f64(
         &[t, bsz, shape.input],
         &uniform(2, t * bsz * shape.input, -1.0, 1.0),
@@ -641,6 +659,13 @@ pub fn bench_rnn<B: Backend>(
         step_kernel: ctx
             .map(|c| c.step_kernel(bsz, shape.hidden).name().to_string())
             .unwrap_or_default(),
+        step_order: if wavefront {
+            StepOrder::Wavefront
+        } else {
+            StepOrder::Layers
+        }
+        .name()
+        .into(),
         min_flops: shape.step_flops(),
         min_bytes: shape.step_bytes(F32_BYTES, None),
         peak_tflops: None,

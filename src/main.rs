@@ -19,9 +19,9 @@ use rnn_wgpu::backend::{BackendChoice, GpuBackend};
 use rnn_wgpu::eval::{EvalOptions, run as run_eval};
 use rnn_wgpu::gpu::{GpuContext, list_adapters};
 use rnn_wgpu::gradcheck::GradCheck;
-use rnn_wgpu::nn::RnnConfig;
 use rnn_wgpu::nn::case::{RnnCase, check_case_gradients};
 use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
+use rnn_wgpu::nn::{RnnConfig, StepOrder};
 use rnn_wgpu::ops::cell::{Act, Activations, Cell, Nonlinearity, Variant};
 use rnn_wgpu::ops::matmul::GemmKernel;
 use rnn_wgpu::ops::optim::Optimizer;
@@ -337,6 +337,23 @@ struct TrainArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum StepOrderArg {
+    Auto,
+    Layers,
+    Wavefront,
+}
+
+impl From<StepOrderArg> for StepOrder {
+    fn from(s: StepOrderArg) -> Self {
+        match s {
+            StepOrderArg::Auto => StepOrder::Auto,
+            StepOrderArg::Layers => StepOrder::Layers,
+            StepOrderArg::Wavefront => StepOrder::Wavefront,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum TableArg {
     Gpu,
     Cpu,
@@ -377,6 +394,10 @@ struct BenchArgs {
     /// Timed iterations per shape (the median is reported).
     #[arg(long, default_value_t = 10)]
     iters: usize,
+    /// How the passes order the layers' steps: auto (a wavefront where it
+    /// runs and pays), layers, or wavefront (an error on a stack it cannot run).
+    #[arg(long, value_enum, default_value = "auto")]
+    step_order: StepOrderArg,
     /// Also run the matmul and cross-entropy micro-benchmarks.
     #[arg(long)]
     kernels: bool,
@@ -1205,7 +1226,7 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
 fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     refuse_unused(m, &a, BENCH_UNUSED)?;
     use rnn_wgpu::bench::{
-        Peak, RnnShape, bench_matmul, bench_rnn, bench_xent, lookup_peak, shape_table,
+        Peak, RnnShape, bench_matmul, bench_rnn_ordered, bench_xent, lookup_peak, shape_table,
     };
     for (arg, v) in [
         ("--peak-tflops", a.peak_tflops),
@@ -1321,7 +1342,7 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             None => eprintln!("peak unknown: pass --peak-tflops/--peak-gbps ({no_peak})"),
         }
         println!(
-            "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6} {:>9} {:>7} {:>10}",
+            "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6} {:>8} {:>9} {:>9} {:>7} {:>10}",
             "cell",
             "I",
             "H",
@@ -1333,7 +1354,9 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             "GFLOP/s",
             "record ms",
             "dispatches",
+            "chain",
             "step",
+            "order",
             "limit ms",
             "% limit",
             "bound"
@@ -1343,7 +1366,7 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     rnn_wgpu::with_backend!(chosen, b => {
         let ctx = rnn_wgpu::backend::Backend::is_gpu(&b).then(|| gpu_ctx_of(&b)).flatten();
         for shape in &shapes {
-            let mut r = bench_rnn(&b, ctx.as_deref(), &device, shape, a.iters)?;
+            let mut r = bench_rnn_ordered(&b, ctx.as_deref(), &device, shape, a.iters, a.step_order.into())?;
             if let Some((p, source)) = &peak {
                 r.set_roofline(*p, source, a.launch_us);
             }
@@ -1357,9 +1380,10 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
                     _ => ("-".into(), "-".into(), "-"),
                 };
                 println!(
-                    "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11.3} {:>11.3} {:>11.3} {:>9.1} {:>10.3} {:>10} {:>6} {:>9} {:>7} {:>10}",
+                    "{:<5} {:>5} {:>5} {:>4} {:>4} {:>11.3} {:>11.3} {:>11.3} {:>9.1} {:>10.3} {:>10} {:>6} {:>8} {:>9} {:>9} {:>7} {:>10}",
                     r.cell, r.input, r.hidden, r.batch, r.seq, r.forward_ms, r.backward_ms, r.step_ms,
-                    r.gflops, r.record_ms, r.dispatches_per_step, r.step_kernel, limit, percent, bound
+                    r.gflops, r.record_ms, r.dispatches_per_step, r.recurrent_dispatches, r.step_kernel,
+                    r.step_order, limit, percent, bound
                 );
             }
         }
