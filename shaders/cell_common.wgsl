@@ -136,57 +136,45 @@ var<private> st: Step;
 // elements further, its buffers' parts p.d_* further, its columns of out
 // after direction 0's, and runs at time T - 1 - t.
 //
-// A wavefront (p.wave: 1 forward, 2 backward) steps p.dirs layers of a unidirectional stack
-// instead: part d is layer l = p.l0 + d at time p.t - d, every offset the
-// layer's (p.whh_off, ... are layer 0's, layer l's l strides further; W_ih
-// and b_ih at p.wih_off, p.bih_off are layer 1's), and each buffer binds the
-// whole stack, layer l's part l strides in (out and dout: p.d_out).
+// A wavefront (p.wave: 1 forward, 2 backward) steps p.dirs layers of a
+// unidirectional stack instead: part d is layer l = p.l0 + d at time
+// p.t - d, every offset the layer's (p.whh_off, ... are layer 0's, layer l's
+// l strides further; W_ih and b_ih at p.wih_off, p.bih_off are layer 1's),
+// and each buffer binds the whole stack, layer l's part l strides in (out
+// and dout: p.d_out).
 fn set_direction(d: u32) {
-    st.wave_in = false;
-    st.wave_up = false;
-    st.o_out = 0u;
-    if (p.wave != 0u) {
-        let l = p.l0 + d;
-        st.d = 0u;
-        st.reverse = p.reverse;
-        st.whh_off = p.whh_off + l * p.d_param;
-        st.bhh_off = p.bhh_off + l * p.d_param;
-        st.peep_off = p.peep_off + l * p.d_param;
-        st.out_col = p.out_col;
-        st.o_xg = l * p.d_xg;
-        st.o_hs = l * p.d_hs;
-        st.o_cs = l * p.d_cs;
-        st.o_g = l * p.d_gates;
-        st.o_dgh = l * p.d_dgh;
-        st.o_dgx = l * p.d_dgx;
-        st.o_carry = l * p.d_carry;
-        st.o_out = l * p.d_out;
-        // Forward: this layer's W_ih (layers above the first); backward: the
-        // layer above's (layers below the top).
-        if (p.wave == 2u) {
-            st.wave_up = l < p.top;
-            st.wih_off = p.wih_off + l * p.d_param;
-        } else {
-            st.wave_in = l > 0u;
-            st.wih_off = p.wih_off + (l - 1u) * p.d_param;
-            st.bih_off = p.bih_off + (l - 1u) * p.d_param;
-        }
-        st.t = p.t - d;
-        return;
+    let wave = p.wave != 0u;
+    // The part's index in the weights and buffers: the direction, or the
+    // wavefront's layer.
+    let k = select(d, p.l0 + d, wave);
+    st.d = select(d, 0u, wave);
+    st.reverse = select(p.reverse, 1u - p.reverse, d == 1u && !wave);
+    st.whh_off = p.whh_off + k * p.d_param;
+    st.bhh_off = p.bhh_off + k * p.d_param;
+    st.peep_off = p.peep_off + k * p.d_param;
+    st.out_col = p.out_col + st.d * p.hp;
+    st.o_xg = k * p.d_xg;
+    st.o_hs = k * p.d_hs;
+    st.o_cs = k * p.d_cs;
+    st.o_g = k * p.d_gates;
+    st.o_dgh = k * p.d_dgh;
+    st.o_dgx = k * p.d_dgx;
+    st.o_carry = k * p.d_carry;
+    st.o_out = k * p.d_out;
+    // Forward: this layer's W_ih (layers above the first); backward: the
+    // layer above's (layers below the top).
+    st.wave_in = p.wave == 1u && k > 0u;
+    st.wave_up = p.wave == 2u && k < p.top;
+    if (st.wave_up) {
+        st.wih_off = p.wih_off + k * p.d_param;
     }
-    st.d = d;
-    st.reverse = select(p.reverse, 1u - p.reverse, d == 1u);
-    st.whh_off = p.whh_off + d * p.d_param;
-    st.bhh_off = p.bhh_off + d * p.d_param;
-    st.peep_off = p.peep_off + d * p.d_param;
-    st.out_col = p.out_col + d * p.hp;
-    st.o_xg = d * p.d_xg;
-    st.o_hs = d * p.d_hs;
-    st.o_cs = d * p.d_cs;
-    st.o_g = d * p.d_gates;
-    st.o_dgh = d * p.d_dgh;
-    st.o_dgx = d * p.d_dgx;
-    st.o_carry = d * p.d_carry;
+    if (st.wave_in) {
+        st.wih_off = p.wih_off + (k - 1u) * p.d_param;
+        st.bih_off = p.bih_off + (k - 1u) * p.d_param;
+    }
+    if (wave) {
+        st.t = p.t - d;
+    }
 }
 
 // Step s of the p.k_steps this dispatch advances: direction 0's time moves

@@ -478,6 +478,16 @@ enum StackInput<'a, B: Backend> {
     OneHot(&'a B::Ints),
 }
 
+impl<B: Backend> StackInput<'_, B> {
+    /// What a training forward keeps of it (a reference, not a copy).
+    fn saved(&self) -> SavedInput<B> {
+        match self {
+            StackInput::Rows(x) => SavedInput::Rows((*x).clone()),
+            StackInput::OneHot(t) => SavedInput::OneHot((*t).clone()),
+        }
+    }
+}
+
 /// The input a training forward read, for its backward.
 #[derive(Debug)]
 enum SavedInput<B: Backend> {
@@ -1178,10 +1188,7 @@ impl<B: Backend> Rnn<B> {
             stack: self.id,
             steps,
             batch,
-            input: match x {
-                StackInput::Rows(x) => SavedInput::Rows(x.clone()),
-                StackInput::OneHot(t) => SavedInput::OneHot(t.clone()),
-            },
+            input: x.saved(),
             lengths,
             dropout,
             layers,
@@ -1580,10 +1587,7 @@ impl<B: Backend> Rnn<B> {
             stack: self.id,
             steps,
             batch,
-            input: match x {
-                StackInput::Rows(x) => SavedInput::Rows(x.clone()),
-                StackInput::OneHot(t) => SavedInput::OneHot(t.clone()),
-            },
+            input: x.saved(),
             lengths,
             dropout: None,
             layers: Vec::new(),
