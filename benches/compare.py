@@ -6,7 +6,8 @@ writes a Markdown table (and an SVG chart of the step-time ratios).
         [--also tiled.jsonl split.jsonl resident.jsonl]
 
 `--also` adds, per file, a column with that run's step time (runs of `bench`
-with one recurrent-product variant forced: RNN_WGPU_STEP_KERNEL).
+with one recurrent-product variant forced: RNN_WGPU_STEP_KERNEL, the column
+named after it; `NAME=file.jsonl` names the column, e.g. a `--step-order`).
 The `ours % limit` column is `bench`'s fraction of its roofline's limit and
 the limit that binds (– where the adapter's peaks were unknown).
 """
@@ -65,8 +66,13 @@ def main():
     ours, peer = load(args.ours), load(args.peer)
     also = []
     for path in args.also:
+        # NAME=PATH names the column; else the run's step kernel does.
+        name, _, named = path.partition("=")
+        if named:
+            path = named
         rows = [r for r in load(path) if "cell" in r]
-        name = next((r.get("step_kernel") for r in rows if r.get("step_kernel")), path)
+        if not named:
+            name = next((r.get("step_kernel") for r in rows if r.get("step_kernel")), path)
         also.append((name, {key(r): r for r in rows}))
     peer_rnn = {key(r): r for r in peer if "cell" in r}
     lines = []

@@ -49,5 +49,16 @@ else
     python3 benches/pytorch_bench.py --device cpu --table cpu --kernels --iters "$iters" > "$out/pytorch.jsonl"
 fi
 python3 benches/compare.py "$out/ours.jsonl" "$out/pytorch.jsonl" --md "$out/comparison.md" --svg "$out/comparison.svg" --also ${also[@]+"${also[@]}"}
+if [ "$mode" = gpu ]; then
+    # Two-layer stacks in each step order (auto: the wavefront with the tiled
+    # and split kernels), against cuDNN's stacks; appended to comparison.md.
+    for o in auto layers wavefront; do
+        "$bin" bench --backend gpu --table stack --step-order "$o" --json --iters "$iters" > "$out/ours-stack-$o.jsonl"
+    done
+    python3 benches/pytorch_bench.py --device cuda --table stack --iters "$iters" > "$out/pytorch-stack.jsonl"
+    python3 benches/compare.py "$out/ours-stack-auto.jsonl" "$out/pytorch-stack.jsonl" --md "$out/comparison-stack.md" \
+        --also "layers=$out/ours-stack-layers.jsonl" "wavefront=$out/ours-stack-wavefront.jsonl"
+    { echo; echo "## Two-layer stacks, each step order"; echo; cat "$out/comparison-stack.md"; } >> "$out/comparison.md"
+fi
 git rev-parse --short HEAD > "$out/commit.txt" 2>/dev/null || true
 date -u +%Y-%m-%dT%H:%MZ > "$out/date.txt"

@@ -86,6 +86,9 @@ pub struct ShapeTable {
     pub gpu: Grid,
     /// The CPU target.
     pub cpu: Grid,
+    /// Unidirectional stacks of two layers on a GPU, for the step orders
+    /// (`--step-order`).
+    pub stack: Grid,
     /// A small grid for software adapters and quick checks.
     pub small: Grid,
 }

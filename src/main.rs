@@ -357,6 +357,7 @@ impl From<StepOrderArg> for StepOrder {
 enum TableArg {
     Gpu,
     Cpu,
+    Stack,
     Small,
 }
 
@@ -367,7 +368,8 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
     /// Shape table from benches/shapes.json (default: gpu on a hardware GPU,
-    /// cpu on the CPU path, small on a software adapter).
+    /// cpu on the CPU path, small on a software adapter; stack: two-layer
+    /// stacks, for --step-order).
     #[arg(long, value_enum)]
     table: Option<TableArg>,
     /// One shape instead of a table: cell (with --input, --hidden, --batch, --seq).
@@ -1311,6 +1313,7 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             let grid = match (a.table, &chosen) {
                 (Some(TableArg::Gpu), _) => t.gpu,
                 (Some(TableArg::Cpu), _) => t.cpu,
+                (Some(TableArg::Stack), _) => t.stack,
                 (Some(TableArg::Small), _) => t.small,
                 (None, rnn_wgpu::backend::Chosen::Gpu(_)) if !software => t.gpu,
                 (None, rnn_wgpu::backend::Chosen::Gpu(_)) => t.small,

@@ -1297,3 +1297,80 @@ fn train_under_mpirun_without_mpi_support_is_refused() {
     );
     assert!(!dir.path("x.st").exists());
 }
+
+/// `bench --step-order`: the order that ran is reported, its dispatch chain
+/// on the GPU follows the formula (T + L − 1 a pass as a wavefront, L·T layer
+/// by layer, with the tiled step kernel), and a wavefront the stack cannot
+/// run is an error naming why.
+#[test]
+fn bench_runs_each_step_order() {
+    let args = |backend: &'static str, order: &'static str, extra: &[&'static str]| {
+        let mut v = vec![
+            "bench",
+            "--backend",
+            backend,
+            "--cell",
+            "lstm",
+            "--input",
+            "3",
+            "--hidden",
+            "5",
+            "--batch",
+            "2",
+            "--seq",
+            "4",
+            "--layers",
+            "3",
+            "--iters",
+            "1",
+            "--json",
+            "--step-order",
+            order,
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+    let json = |out: &Out| -> serde_json::Value {
+        assert!(out.ok, "{}", out.stderr);
+        serde_json::from_str(out.stdout.trim()).unwrap()
+    };
+    for (order, ran) in [
+        ("auto", "layers"),
+        ("layers", "layers"),
+        ("wavefront", "wavefront"),
+    ] {
+        let r = json(&run_in(None, &args("cpu", order, &[])));
+        assert_eq!(r["step_order"], ran, "{order}: {r}");
+    }
+    let out = run_in(None, &args("cpu", "wavefront", &["--bidirectional"]));
+    assert!(
+        !out.ok && out.stderr.contains("step_order") && out.stderr.contains("bidirectional"),
+        "{}",
+        out.stderr
+    );
+    if common::gpu_ctx().is_none() {
+        return;
+    }
+    for (order, ran, chain) in [
+        ("auto", "wavefront", 2 * (4 + 3 - 1)),
+        ("layers", "layers", 2 * 3 * 4),
+        ("wavefront", "wavefront", 2 * (4 + 3 - 1)),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rnn-wgpu"))
+            .args(args("gpu", order, &[]))
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .env("RNN_WGPU_STEP_KERNEL", "tiled")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        assert_eq!(r["step_order"], ran, "{order}: {r}");
+        assert_eq!(r["step_kernel"], "tiled", "{r}");
+        assert_eq!(r["recurrent_dispatches"], chain, "{order}: {r}");
+    }
+}
