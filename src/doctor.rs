@@ -7,9 +7,9 @@ use std::time::Instant;
 use crate::backend::{Backend, CpuBackend, GpuBackend, XentBuffers, api};
 use crate::error::Result;
 use crate::gpu::StepKernel;
-use crate::nn::RnnConfig;
-use crate::nn::case::{RnnCase, run_case};
+use crate::nn::case::{RnnCase, run_case, run_case_ordered};
 use crate::nn::model::{InputEncoding, ModelConfig};
+use crate::nn::{RnnConfig, StepOrder};
 use crate::ops::activation::{Activation, Span};
 use crate::ops::cell::{Act, Activations, Cell, Nonlinearity, Variant};
 use crate::ops::matmul::{Gemm, GemmKernel};
@@ -364,6 +364,14 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
                 .with_states()
                 .with_lengths(vec![6, 3, 1, 6, 5, 2, 4, 6, 6]);
             rnn_case(&mut report, gpu, &case, kernel.name());
+            // A unidirectional stack as a wavefront, against the CPU's
+            // layer order.
+            let cfg = RnnConfig::new(cell, 5, 37).layers(3);
+            let case = RnnCase::new(cfg, 6, 9, 85 + i as u64)
+                .with_states()
+                .with_lengths(vec![6, 3, 1, 6, 5, 2, 4, 6, 6]);
+            let tag = format!("{}, wavefront", kernel.name());
+            rnn_case_ordered(&mut report, gpu, &case, &tag, StepOrder::Wavefront);
         }
         for (i, cfg) in variant_stacks().into_iter().enumerate() {
             let case = RnnCase::new(cfg, 5, 9, 90 + i as u64)
@@ -434,12 +442,23 @@ pub fn variant_stacks() -> Vec<RnnConfig> {
 /// Compares a forward + backward of `case` on `gpu` with the f64 CPU path;
 /// `tag` is appended to the case's name.
 pub fn rnn_case(report: &mut Report, gpu: &GpuBackend, case: &RnnCase, tag: &str) {
+    rnn_case_ordered(report, gpu, case, tag, StepOrder::Auto)
+}
+
+/// [`rnn_case`] with the GPU's passes in `order` (the CPU's: layer by layer).
+pub fn rnn_case_ordered(
+    report: &mut Report,
+    gpu: &GpuBackend,
+    case: &RnnCase,
+    tag: &str,
+    order: StepOrder,
+) {
     let name = format!("{} [{tag}]", case.describe());
     let data = case.data();
     let cpu = CpuBackend::<f64>::new();
     let (expected, actual) = match (
         run_case(&cpu, &case.config, &data, true),
-        run_case(gpu, &case.config, &data, true),
+        run_case_ordered(gpu, &case.config, &data, true, order),
     ) {
         (Ok(e), Ok(a)) => (e, a),
         (Err(e), _) | (_, Err(e)) => return report.error(&name, &e),
