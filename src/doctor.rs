@@ -354,10 +354,8 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
         gpu,
     );
     // Every cell with each recurrent-product variant forced in turn.
-    let ctx = gpu.ctx();
-    let chosen = ctx.set_step_kernel(None);
     for kernel in StepKernel::ALL {
-        ctx.set_step_kernel(Some(kernel));
+        let gpu = &gpu.clone().with_step_kernel(kernel);
         for (i, cell) in Cell::ALL.into_iter().enumerate() {
             let cfg = RnnConfig::new(cell, 5, 37).layers(2).bidirectional(true);
             let case = RnnCase::new(cfg, 6, 9, 80 + i as u64)
@@ -380,7 +378,6 @@ pub fn run_kernels(gpu: &GpuBackend) -> Report {
             rnn_case(&mut report, gpu, &case, kernel.name());
         }
     }
-    ctx.set_step_kernel(chosen);
     report
 }
 

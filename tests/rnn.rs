@@ -1365,3 +1365,23 @@ fn recurrent_dispatches_follow_the_formula() {
         }
     }
 }
+
+/// A step kernel forced on a backend applies to that backend and its
+/// clones, not to others on the same context; the resident kernel computes
+/// bitwise what the tiled one does.
+#[test]
+fn a_forced_step_kernel_belongs_to_its_backend() {
+    let gpu = gpu_or_skip!();
+    let v = Variant::default();
+    let tiled = gpu.clone().with_step_kernel(StepKernel::Tiled);
+    let resident = gpu.clone().with_step_kernel(StepKernel::Resident);
+    assert_eq!(tiled.steps_per_call(&v, 4, 8), 1);
+    assert!(resident.steps_per_call(&v, 4, 8) > 1);
+    assert_eq!(resident.clone().step_kernel(4, 8), StepKernel::Resident);
+    assert_eq!(gpu.step_kernel(4, 8), gpu.ctx().step_kernel(4, 8));
+    let case = RnnCase::new(RnnConfig::new(Cell::Lstm, 3, 5).layers(2), 5, 3, 77).with_states();
+    let data = case.data();
+    let run =
+        |b: &GpuBackend| run_case_ordered(b, &case.config, &data, true, StepOrder::Layers).unwrap();
+    assert_eq!(run(&tiled), run(&resident));
+}

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Backend, PendingRead, RangeAndInts, XentBuffers, check_read_range};
 use crate::error::Result;
-use crate::gpu::{DType, GpuContext, GpuTensor, download_many};
+use crate::gpu::{DType, GpuContext, GpuTensor, StepKernel, download_many};
 use crate::ops::activation::{self, Activation, Span};
 use crate::ops::cell::{self, Cell, StepBackward, StepForward, StepSpec, Variant};
 use crate::ops::dropout::{self, DropoutSpec};
@@ -22,6 +22,7 @@ use crate::ops::softmax_xent::{self, Rows, XentOut};
 pub struct GpuBackend {
     ctx: Arc<GpuContext>,
     gemm: GemmKernel,
+    step_kernel: Option<StepKernel>,
     // Partial results of whole-vector reductions (at most 1024 partials).
     scratch: GpuTensor,
     // Bound where a kernel's optional i32 input (sequence lengths) is absent.
@@ -46,6 +47,7 @@ impl GpuBackend {
         Ok(GpuBackend {
             ctx,
             gemm: GemmKernel::Auto,
+            step_kernel: None,
             scratch,
             dummy_ints,
             dummy_floats,
@@ -64,6 +66,22 @@ impl GpuBackend {
     pub fn with_gemm_kernel(mut self, kernel: GemmKernel) -> Self {
         self.gemm = kernel;
         self
+    }
+
+    /// Forces the cell steps' recurrent-product variant for the steps this
+    /// backend (and its clones) records; others on the same context keep
+    /// theirs. Every variant computes the same function.
+    pub fn with_step_kernel(mut self, kernel: StepKernel) -> Self {
+        self.step_kernel = Some(kernel);
+        self
+    }
+
+    /// The recurrent-product variant of a cell step with `batch` rows and
+    /// `units` units: the forced one ([`GpuBackend::with_step_kernel`]),
+    /// else the context's ([`GpuContext::step_kernel`]).
+    pub fn step_kernel(&self, batch: usize, units: usize) -> StepKernel {
+        self.step_kernel
+            .unwrap_or_else(|| self.ctx.step_kernel(batch, units))
     }
 
     /// Sets how matmuls split their reduction ([`SplitK::Auto`] by default).
@@ -100,6 +118,7 @@ impl GpuBackend {
         cell::Placeholders {
             ints: &self.dummy_ints,
             floats: &self.dummy_floats,
+            step_kernel: self.step_kernel,
         }
     }
 }
@@ -320,14 +339,13 @@ impl Backend for GpuBackend {
     }
 
     fn steps_per_call(&self, variant: &Variant, batch: usize, units: usize) -> usize {
-        let resident = self.ctx.step_kernel(batch, units) == crate::gpu::StepKernel::Resident;
+        let resident = self.step_kernel(batch, units) == StepKernel::Resident;
         if resident && !variant.gates_between_dispatches() {
             // Fewer steps a dispatch when a forced resident kernel walks many
             // column tiles a step, so no dispatch runs much longer than 64
             // steps at H = 128 (display watchdogs).
             let tiles = units.div_ceil(32).max(1);
-            (crate::gpu::StepKernel::RESIDENT_STEPS * 4 / tiles)
-                .clamp(1, crate::gpu::StepKernel::RESIDENT_STEPS)
+            (StepKernel::RESIDENT_STEPS * 4 / tiles).clamp(1, StepKernel::RESIDENT_STEPS)
         } else {
             1
         }

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -286,9 +286,8 @@ pub struct GpuContext {
     limit_base: LimitBase,
     max_groups_per_dim: u32,
     max_dispatches_per_submit: usize,
-    // The forced recurrent-product variant (`step_kernel_code`), read for
-    // every cell step without a lock.
-    step_kernel: AtomicU8,
+    // The forced recurrent-product variant (None: chosen per shape).
+    step_kernel: Option<StepKernel>,
     /// Every shader compiled with runtime bounds checks (see ContextOptions).
     checked_shaders: bool,
     timeout: Duration,
@@ -304,25 +303,6 @@ pub struct GpuContext {
     read_bytes: AtomicU64,
     allocations: AtomicU64,
     allocated_bytes: AtomicU64,
-}
-
-/// `ContextOptions::step_kernel` as a byte (0: choose per shape).
-fn step_kernel_code(kernel: Option<StepKernel>) -> u8 {
-    match kernel {
-        None => 0,
-        Some(StepKernel::Tiled) => 1,
-        Some(StepKernel::Split) => 2,
-        Some(StepKernel::Resident) => 3,
-    }
-}
-
-fn step_kernel_of(code: u8) -> Option<StepKernel> {
-    match code {
-        1 => Some(StepKernel::Tiled),
-        2 => Some(StepKernel::Split),
-        3 => Some(StepKernel::Resident),
-        _ => None,
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -396,7 +376,7 @@ impl GpuContext {
             limit_base,
             max_groups_per_dim,
             max_dispatches_per_submit: opts.max_dispatches_per_submit.max(1),
-            step_kernel: AtomicU8::new(step_kernel_code(opts.step_kernel)),
+            step_kernel: opts.step_kernel,
             checked_shaders: opts.checked_shaders,
             timeout: opts.timeout,
             param_align,
@@ -418,18 +398,8 @@ impl GpuContext {
     /// `hidden` units: the forced one ([`ContextOptions::step_kernel`]), else
     /// [`StepKernel::auto`].
     pub fn step_kernel(&self, batch: usize, hidden: usize) -> StepKernel {
-        step_kernel_of(self.step_kernel.load(Ordering::Relaxed))
+        self.step_kernel
             .unwrap_or_else(|| StepKernel::auto(batch, hidden))
-    }
-
-    /// Forces a recurrent-product variant for the steps recorded from now on
-    /// (`None`: choose per shape). Returns the previous setting. Every variant
-    /// computes the same function; `doctor` checks each this way.
-    pub fn set_step_kernel(&self, kernel: Option<StepKernel>) -> Option<StepKernel> {
-        step_kernel_of(
-            self.step_kernel
-                .swap(step_kernel_code(kernel), Ordering::Relaxed),
-        )
     }
 
     /// Opens a context as configured by the environment (`RNN_WGPU_BACKEND`,

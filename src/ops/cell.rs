@@ -2799,7 +2799,8 @@ fn backward_kernel(cell: Cell) -> KernelDef<Params> {
     }
 }
 
-/// Records one step dispatch with the context's recurrent-product variant.
+/// Records one step dispatch with the recurrent-product variant `forced`, else the
+/// context's.
 fn dispatch_step(
     rec: &mut Recorder<'_>,
     kernel: KernelDef<Params>,
@@ -2807,10 +2808,11 @@ fn dispatch_step(
     buffers: &[(u32, &wgpu::Buffer)],
     params: &Params,
     from_gates: bool,
+    forced: Option<StepKernel>,
 ) -> Result<()> {
     // The units this dispatch owns: H, or the projection's P.
     let units = params.h as usize;
-    let variant = rec.ctx().step_kernel(s.batch, units);
+    let variant = forced.unwrap_or_else(|| rec.ctx().step_kernel(s.batch, units));
     let resident = variant == StepKernel::Resident;
     if params.k_steps > 1 && !resident {
         return Err(Error::invalid(
@@ -2895,6 +2897,9 @@ pub struct Placeholders<'a> {
     pub ints: &'a GpuTensor,
     /// A one-element f32 tensor.
     pub floats: &'a GpuTensor,
+    /// The backend's forced recurrent-product variant (`None`: the
+    /// context's, [`crate::gpu::GpuContext::step_kernel`]).
+    pub step_kernel: Option<StepKernel>,
 }
 
 /// Records one forward step (with its [`Fusion`]: one dispatch per phase);
@@ -2945,18 +2950,42 @@ pub fn forward_step_gpu(
         (Cell::Gru | Cell::Rnn(_), _) => buffers.push((binding::GATES, gates)),
         _ => return Err(missing("cs", cell)),
     }
-    dispatch_step(rec, forward_kernel(cell), s, &buffers, &params, false)?;
+    dispatch_step(
+        rec,
+        forward_kernel(cell),
+        s,
+        &buffers,
+        &params,
+        false,
+        dummies.step_kernel,
+    )?;
     if s.variant.proj_size > 0 {
         // h = W_hr m and the output, from the m the cell saved.
         let params = proj_params(s, &params)?;
         buffers.retain(|(n, _)| ![binding::CS, binding::XG].contains(n));
-        dispatch_step(rec, LSTM_PROJECT, s, &buffers, &params, true)?;
+        dispatch_step(
+            rec,
+            LSTM_PROJECT,
+            s,
+            &buffers,
+            &params,
+            true,
+            dummies.step_kernel,
+        )?;
     }
     if cell == Cell::Gru && s.variant.reset_before {
         // The candidate and the update, from the r ⊙ h the first saved.
         let params = reset_params(s, &params)?;
         buffers.retain(|(n, _)| *n != binding::CS);
-        dispatch_step(rec, GRU_RESET_FORWARD, s, &buffers, &params, true)?;
+        dispatch_step(
+            rec,
+            GRU_RESET_FORWARD,
+            s,
+            &buffers,
+            &params,
+            true,
+            dummies.step_kernel,
+        )?;
     }
     Ok(())
 }
@@ -3037,20 +3066,52 @@ pub fn backward_step_gpu(
             .filter(|(n, _)| keep.contains(n))
             .copied()
             .collect();
-        dispatch_step(rec, LSTM_PROJECT_BACKWARD, s, &first, &pp, false)?;
+        dispatch_step(
+            rec,
+            LSTM_PROJECT_BACKWARD,
+            s,
+            &first,
+            &pp,
+            false,
+            dummies.step_kernel,
+        )?;
         let cell_params = Params {
             whh_off: u32_of("hr_off", s.hr_off)?,
             dg_rows: u32_of("P", s.state_size())?,
             ..params
         };
-        return dispatch_step(rec, backward_kernel(cell), s, &buffers, &cell_params, false);
+        return dispatch_step(
+            rec,
+            backward_kernel(cell),
+            s,
+            &buffers,
+            &cell_params,
+            false,
+            dummies.step_kernel,
+        );
     }
-    dispatch_step(rec, backward_kernel(cell), s, &buffers, &params, false)?;
+    dispatch_step(
+        rec,
+        backward_kernel(cell),
+        s,
+        &buffers,
+        &params,
+        false,
+        dummies.step_kernel,
+    )?;
     if cell == Cell::Gru && s.variant.reset_before {
         // dr and the carry's r part, from this step's dn.
         let params = reset_params(s, &params)?;
         buffers.retain(|(n, _)| ![binding::DOUT, binding::DGX].contains(n));
-        dispatch_step(rec, GRU_RESET_BACKWARD, s, &buffers, &params, false)?;
+        dispatch_step(
+            rec,
+            GRU_RESET_BACKWARD,
+            s,
+            &buffers,
+            &params,
+            false,
+            dummies.step_kernel,
+        )?;
     }
     Ok(())
 }
