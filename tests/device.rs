@@ -350,3 +350,46 @@ fn ranks_take_the_kth_adapter_and_hardware_only_refuses_software() {
         }
     }
 }
+
+/// Readbacks reuse their staging buffers by size class: a repeated read
+/// creates none, a larger one creates one, and what is kept stays bounded.
+#[test]
+fn readbacks_reuse_their_staging_buffers() {
+    use rnn_wgpu::gpu::STAGING_KEPT_BYTES;
+    let Some((ctx, gpu)) = common::own_gpu(|_| {}) else {
+        return;
+    };
+    let small = gpu.tensor_f32(&[10], &[1.5; 10]).unwrap();
+    let staged = |f: &dyn Fn()| {
+        let before = ctx.counters().staging_allocations;
+        f();
+        ctx.counters().staging_allocations - before
+    };
+    assert_eq!(
+        staged(&|| assert_eq!(gpu.read(&small).unwrap(), vec![1.5; 10])),
+        1
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            staged(&|| assert_eq!(gpu.read(&small).unwrap(), vec![1.5; 10])),
+            0
+        );
+    }
+    let big: Vec<f32> = (0..100_000).map(|i| i as f32).collect();
+    let large = gpu.tensor_f32(&[big.len()], &big).unwrap();
+    assert_eq!(staged(&|| assert_eq!(gpu.read(&large).unwrap(), big)), 1);
+    assert_eq!(staged(&|| assert_eq!(gpu.read(&large).unwrap(), big)), 0);
+    // Many size classes: at most STAGING_KEPT buffers, STAGING_KEPT_BYTES, kept.
+    for k in 0..12 {
+        let n = 64 << k;
+        let t = gpu.zeros(&[n]).unwrap();
+        assert_eq!(gpu.read(&t).unwrap().len(), n);
+    }
+    let kept = ctx.staging_bytes();
+    assert!(kept > 0 && kept <= STAGING_KEPT_BYTES, "{kept}");
+    // The smallest class (256 bytes) is still kept beside the others.
+    assert_eq!(
+        staged(&|| assert_eq!(gpu.read(&small).unwrap(), vec![1.5; 10])),
+        0
+    );
+}

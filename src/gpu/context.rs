@@ -54,6 +54,9 @@ pub struct Counters {
     pub readbacks: u64,
     /// Bytes those readbacks brought to the host.
     pub read_bytes: u64,
+    /// Staging buffers created for readbacks (a readback reuses a free one
+    /// of its size class when it can; see [`STAGING_KEPT`]).
+    pub staging_allocations: u64,
     /// Tensor buffers allocated.
     pub allocations: u64,
     /// Bytes of those buffers.
@@ -69,6 +72,7 @@ impl Counters {
             submits: self.submits - earlier.submits,
             readbacks: self.readbacks - earlier.readbacks,
             read_bytes: self.read_bytes - earlier.read_bytes,
+            staging_allocations: self.staging_allocations - earlier.staging_allocations,
             allocations: self.allocations - earlier.allocations,
             allocated_bytes: self.allocated_bytes - earlier.allocated_bytes,
         }
@@ -301,8 +305,24 @@ pub struct GpuContext {
     submits: AtomicU64,
     readbacks: AtomicU64,
     read_bytes: AtomicU64,
+    staging_allocations: AtomicU64,
+    // Unmapped readback staging buffers, free for the next readback of
+    // their size class (at most STAGING_KEPT of them, STAGING_KEPT_BYTES).
+    staging_free: Mutex<Vec<wgpu::Buffer>>,
     allocations: AtomicU64,
     allocated_bytes: AtomicU64,
+}
+
+/// At most this many readback staging buffers are kept for reuse...
+pub const STAGING_KEPT: usize = 8;
+/// ... holding at most these many bytes together; a larger readback's buffer
+/// is released after it.
+pub const STAGING_KEPT_BYTES: u64 = 32 << 20;
+
+/// The staging size of a readback of `bytes`: the next power of two, at
+/// least 256 bytes, so that readbacks of similar sizes share buffers.
+fn staging_class(bytes: u64) -> u64 {
+    bytes.max(256).next_power_of_two()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -389,6 +409,8 @@ impl GpuContext {
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
             read_bytes: AtomicU64::new(0),
+            staging_allocations: AtomicU64::new(0),
+            staging_free: Mutex::new(Vec::new()),
             allocations: AtomicU64::new(0),
             allocated_bytes: AtomicU64::new(0),
         })
@@ -453,6 +475,7 @@ impl GpuContext {
             submits: self.submits.load(Ordering::Relaxed),
             readbacks: self.readbacks.load(Ordering::Relaxed),
             read_bytes: self.read_bytes.load(Ordering::Relaxed),
+            staging_allocations: self.staging_allocations.load(Ordering::Relaxed),
             allocations: self.allocations.load(Ordering::Relaxed),
             allocated_bytes: self.allocated_bytes.load(Ordering::Relaxed),
         }
@@ -1064,12 +1087,7 @@ impl GpuContext {
             // Map offsets must be multiples of 8.
             total += padded.div_ceil(8) * 8;
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback staging"),
-            size: total.max(8),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = self.take_staging(total)?;
         let submission = {
             let mut pending = lock(&self.pending);
             for (&(buffer, offset, size), &(at, _)) in parts.iter().zip(&layout) {
@@ -1088,21 +1106,58 @@ impl GpuContext {
             pending.last_submission.clone()
         };
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            sender.send(r).ok();
-        });
+        staging
+            .slice(..total.max(8))
+            .map_async(wgpu::MapMode::Read, move |r| {
+                sender.send(r).ok();
+            });
         Ok(ReadInFlight {
             staging,
+            mapped: total.max(8),
             layout,
             submission,
             receiver,
         })
+    }
+
+    /// A free staging buffer of `bytes`' size class, or a new one.
+    fn take_staging(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        let class = staging_class(bytes);
+        let mut free = lock(&self.staging_free);
+        if let Some(i) = free.iter().position(|b| b.size() == class) {
+            return Ok(free.swap_remove(i));
+        }
+        drop(free);
+        self.staging_allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback staging"),
+            size: class,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// Keeps an unmapped staging buffer for the next readback of its size
+    /// class, unless the free list is full (then it is released).
+    fn give_staging(&self, buffer: wgpu::Buffer) {
+        let mut free = lock(&self.staging_free);
+        let held: u64 = free.iter().map(|b| b.size()).sum();
+        if free.len() < STAGING_KEPT && held + buffer.size() <= STAGING_KEPT_BYTES {
+            free.push(buffer);
+        }
+    }
+
+    /// Bytes of the readback staging buffers kept for reuse.
+    pub fn staging_bytes(&self) -> u64 {
+        lock(&self.staging_free).iter().map(|b| b.size()).sum()
     }
 }
 
 /// A readback started by `GpuContext::start_read`.
 pub(crate) struct ReadInFlight {
     staging: wgpu::Buffer,
+    /// The mapped bytes at its start (the buffer may be larger).
+    mapped: u64,
     /// Offset in the staging buffer and size of every part.
     layout: Vec<(u64, u64)>,
     submission: Option<wgpu::SubmissionIndex>,
@@ -1116,6 +1171,7 @@ impl ReadInFlight {
     pub(crate) fn finish(self, ctx: &GpuContext) -> Result<Vec<Vec<u8>>> {
         let ReadInFlight {
             staging,
+            mapped,
             layout,
             submission,
             receiver,
@@ -1143,7 +1199,7 @@ impl ReadInFlight {
         }
         let out = {
             let view = staging
-                .slice(..)
+                .slice(..mapped)
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu {
                     op: "readback".into(),
@@ -1155,6 +1211,7 @@ impl ReadInFlight {
                 .collect()
         };
         staging.unmap();
+        ctx.give_staging(staging);
         Ok(out)
     }
 }

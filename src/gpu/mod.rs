@@ -39,7 +39,7 @@ pub use adapter::{
 };
 pub use context::{
     Counters, GpuContext, KERNEL_STORAGE_BUFFERS_PER_STAGE, REQUIRED_DOWNLEVEL_FLAGS, Recorder,
-    required_limits,
+    STAGING_KEPT, STAGING_KEPT_BYTES, required_limits,
 };
 pub use kernel::StepKernel;
 pub use tensor::{DType, GpuTensor, checked_numel, download_many, numel};
