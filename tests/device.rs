@@ -393,3 +393,34 @@ fn readbacks_reuse_their_staging_buffers() {
         0
     );
 }
+
+/// The backend's grown scratch and the context's staging buffers can be
+/// released; the next op that needs scratch allocates it again, with the
+/// same results.
+#[test]
+fn scratch_and_staging_can_be_released() {
+    use rnn_wgpu::ops::matmul::Gemm;
+    let Some((ctx, gpu)) = common::own_gpu(|_| {}) else {
+        return;
+    };
+    // A weight-gradient-like product, K = 4096 rows: split over K.
+    let (m, n, k) = (8, 8, 4096);
+    let a = gpu.tensor_f32(&[k, m], &vec![0.25; k * m]).unwrap();
+    let b = gpu.tensor_f32(&[k, n], &vec![0.5; k * n]).unwrap();
+    let run = || {
+        let c = gpu.zeros(&[m, n]).unwrap();
+        gpu.gemm(&Gemm::tn(m, n, k), &a, &b, None, &c).unwrap();
+        gpu.read(&c).unwrap()
+    };
+    let first = run();
+    assert!(first.iter().all(|&v| v == 0.125 * k as f32), "{first:?}");
+    let grown = gpu.scratch_bytes();
+    assert!(grown > 0, "the split product kept no scratch");
+    assert!(ctx.staging_bytes() > 0);
+    gpu.release_scratch();
+    ctx.release_staging();
+    assert_eq!(gpu.scratch_bytes(), 0);
+    assert_eq!(ctx.staging_bytes(), 0);
+    assert_eq!(run(), first);
+    assert_eq!(gpu.scratch_bytes(), grown);
+}

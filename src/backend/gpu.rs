@@ -109,6 +109,28 @@ impl GpuBackend {
         }
     }
 
+    /// Bytes of the scratch this backend (and its clones) keeps grown for
+    /// the embedding backward's sort and split matmuls' partials.
+    pub fn scratch_bytes(&self) -> u64 {
+        [&self.embed_scratch, &self.split_scratch]
+            .iter()
+            .map(|slot| {
+                let slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                slot.as_ref()
+                    .map_or(0, |t| (t.dtype().size() * t.len()) as u64)
+            })
+            .sum()
+    }
+
+    /// Releases that scratch (after a one-off large evaluation, say); the
+    /// next op that needs it allocates it again. Work already recorded keeps
+    /// the buffers it uses until it has run.
+    pub fn release_scratch(&self) {
+        for slot in [&self.embed_scratch, &self.split_scratch] {
+            *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        }
+    }
+
     /// The context.
     pub fn ctx(&self) -> &Arc<GpuContext> {
         &self.ctx

@@ -1151,6 +1151,12 @@ impl GpuContext {
     pub fn staging_bytes(&self) -> u64 {
         lock(&self.staging_free).iter().map(|b| b.size()).sum()
     }
+
+    /// Releases the staging buffers kept for reuse (readbacks in flight keep
+    /// theirs).
+    pub fn release_staging(&self) {
+        lock(&self.staging_free).clear();
+    }
 }
 
 /// A readback started by `GpuContext::start_read`.
