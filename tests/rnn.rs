@@ -1385,3 +1385,42 @@ fn a_forced_step_kernel_belongs_to_its_backend() {
         |b: &GpuBackend| run_case_ordered(b, &case.config, &data, true, StepOrder::Layers).unwrap();
     assert_eq!(run(&tiled), run(&resident));
 }
+
+/// Truncated BPTT's restart state (`state_after`) from a wavefront's forward
+/// is the layer order's, at the start, in the middle and at the end.
+#[test]
+fn a_wavefront_restarts_truncated_bptt_like_the_layers() {
+    let cpu = cpu();
+    for cell in CELLS {
+        let cfg = RnnConfig::new(cell, 3, 5).layers(3);
+        let (steps, batch) = (6, 2);
+        let x = cpu
+            .tensor_f64(
+                &[steps, batch, 3],
+                &uniform(7, steps * batch * 3, -1.0, 1.0),
+            )
+            .unwrap();
+        let states = |order: StepOrder| {
+            let mut rnn = Rnn::new(cpu.clone(), cfg, 11).unwrap();
+            rnn.set_step_order(order);
+            let (_, saved) = rnn.forward_train(&x, None, None, None, None).unwrap();
+            [0, 2, steps]
+                .into_iter()
+                .flat_map(|k| {
+                    let s = rnn.state_after(&saved, k).unwrap();
+                    let mut v = cpu.read_f64(&s.h).unwrap();
+                    v.extend(s.c.map(|c| cpu.read_f64(&c).unwrap()).unwrap_or_default());
+                    v
+                })
+                .collect::<Vec<f64>>()
+        };
+        let (layers, wave) = (states(StepOrder::Layers), states(StepOrder::Wavefront));
+        assert!(layers.iter().any(|&v| v != 0.0));
+        check(
+            &format!("{} state_after", cell.name()),
+            &layers,
+            &wave,
+            Tolerance::new(1e-12, 1e-10),
+        );
+    }
+}
