@@ -590,7 +590,7 @@ pub fn bench_rnn_ordered<B: Backend>(
     let mut rnn = Rnn::new(b.clone(), cfg, 1)?;
     rnn.set_step_order(order);
     let (t, bsz) = (shape.seq, shape.batch);
-    let wavefront = rnn.runs_wavefront(bsz, false)?;
+    let wavefront = rnn.runs_wavefront(t, bsz, false)?;
     let x = b.tensor_f64(
         &[t, bsz, shape.input],
         &uniform(2, t * bsz * shape.input, -1.0, 1.0),

@@ -873,7 +873,8 @@ fn bad_fusions_are_errors() {
             hidden: h,
             steps,
             t,
-            out_ld: 2 * h,
+            // A wavefront's layers each write [T, B, H] (two of them fit).
+            out_ld: if fusion.wave.is_some() { h } else { 2 * h },
             fusion,
             ..Default::default()
         };
@@ -931,12 +932,16 @@ fn bad_fusions_are_errors() {
         };
         let e = run(overlap, 0);
         assert!(e.contains("hs") && e.contains("inside"), "{e}");
-        // Wavefronts: beside a pair, past the stack's layers, into columns.
+        // Wavefronts: beside a pair, past the stack's layers, before time 0,
+        // a lone lane whose layer's part overlaps the one below it reads.
         let wave = Wave {
             layer: 0,
             lanes: 2,
             layers: 2,
-            strides: good,
+            strides: DirStrides {
+                out: 4 * 2 * 3,
+                ..good
+            },
             wih_off: 0,
             bih_off: 0,
         };
@@ -952,11 +957,25 @@ fn bad_fusions_are_errors() {
         };
         let e = run(past, 1);
         assert!(e.contains("layers 1..3") && e.contains("inside"), "{e}");
-        let columns = Fusion {
+        let early = Fusion {
             wave: Some(wave),
             ..Default::default()
         };
-        assert!(run(columns, 1).contains("own [T, B, H] output"));
+        assert!(run(early, 0).contains("before time 0"));
+        let lone = Fusion {
+            wave: Some(Wave {
+                layer: 1,
+                lanes: 1,
+                strides: DirStrides {
+                    hs: 0,
+                    ..wave.strides
+                },
+                ..wave
+            }),
+            ..Default::default()
+        };
+        let e = run(lone, 1);
+        assert!(e.contains("hs") && e.contains("inside"), "{e}");
     }
     // An empty product: the same error on both backends (no panic in the
     // GPU's split planning).
@@ -1423,4 +1442,30 @@ fn a_wavefront_restarts_truncated_bptt_like_the_layers() {
             Tolerance::new(1e-12, 1e-10),
         );
     }
+}
+
+/// A stack whose whole-stack wavefront buffers exceed the adapter's largest
+/// binding runs layer by layer under `Auto` (each layer's buffers fit), and
+/// a forced wavefront says why it cannot run.
+#[test]
+fn a_wavefront_too_big_for_the_adapter_falls_back_to_layers() {
+    let _ = gpu_or_skip!();
+    // L = 4, T = 40, B = 8, LSTM H = 16: [L, T + 1, B, 4H] is 335 872 bytes,
+    // one layer's at most about 84 KiB; the binding limit 128 KiB.
+    let Some((_, gpu)) = common::own_gpu(|o| {
+        o.step_kernel = Some(StepKernel::Tiled);
+        o.max_storage_binding = Some(128 << 10);
+    }) else {
+        return;
+    };
+    let case = RnnCase::new(RnnConfig::new(Cell::Lstm, 3, 16).layers(4), 40, 8, 5);
+    let data = case.data();
+    let rnn = Rnn::new(gpu.clone(), case.config, 1).unwrap();
+    assert!(!rnn.runs_wavefront(40, 8, false).unwrap());
+    assert!(rnn.runs_wavefront(4, 8, false).unwrap());
+    let expected = run_case(&cpu(), &case.config, &data, true).unwrap();
+    let actual = run_case(&gpu, &case.config, &data, true).unwrap();
+    results_match(&case.describe(), &expected, &actual);
+    let e = run_case_ordered(&gpu, &case.config, &data, true, StepOrder::Wavefront).unwrap_err();
+    assert!(e.to_string().contains("whole stack"), "{e}");
 }

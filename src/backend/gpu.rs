@@ -360,6 +360,12 @@ impl Backend for GpuBackend {
         })
     }
 
+    fn max_tensor_elems(&self) -> usize {
+        let l = self.ctx.limits();
+        let bytes = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
+        usize::try_from(bytes / 4).unwrap_or(usize::MAX)
+    }
+
     fn steps_per_call(&self, variant: &Variant, batch: usize, units: usize) -> usize {
         let resident = self.step_kernel(batch, units) == StepKernel::Resident;
         if resident && !variant.gates_between_dispatches() {

@@ -240,6 +240,12 @@ pub trait Backend: Clone {
     /// resident kernel takes. A step of two dispatches takes 1.
     fn steps_per_call(&self, variant: &Variant, batch: usize, units: usize) -> usize;
 
+    /// The most f32 elements one tensor a kernel binds may hold (the GPU's
+    /// storage-binding and buffer limits; on the CPU, no limit).
+    fn max_tensor_elems(&self) -> usize {
+        usize::MAX
+    }
+
     /// One fused forward step of a recurrent cell.
     fn cell_forward(
         &self,

@@ -319,10 +319,17 @@ pub const STAGING_KEPT: usize = 8;
 /// is released after it.
 pub const STAGING_KEPT_BYTES: u64 = 32 << 20;
 
-/// The staging size of a readback of `bytes`: the next power of two, at
-/// least 256 bytes, so that readbacks of similar sizes share buffers.
+/// The staging size of a readback of `bytes` (a multiple of 8): the next
+/// power of two, at least 256 bytes, so that readbacks of similar sizes share
+/// buffers; a readback too large to be kept gets exactly its size (no
+/// rounding past the device's buffer limit, no memory wasted).
 fn staging_class(bytes: u64) -> u64 {
-    bytes.max(256).next_power_of_two()
+    let class = bytes.max(256).next_power_of_two();
+    if class <= STAGING_KEPT_BYTES {
+        class
+    } else {
+        bytes
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -693,10 +693,18 @@ impl<B: Backend> Rnn<B> {
         self.step_order = order;
     }
 
-    /// Whether a pass over `batch` rows runs as a wavefront (see
+    /// Whether a pass over `steps` × `batch` rows runs as a wavefront (see
     /// [`StepOrder`]); `dropout`: the pass drops between layers.
-    pub fn runs_wavefront(&self, batch: usize, dropout: bool) -> Result<bool> {
+    pub fn runs_wavefront(&self, steps: usize, batch: usize, dropout: bool) -> Result<bool> {
         let cfg = &self.config;
+        // The largest buffer a wavefront holds for the whole stack: the gate
+        // gradients [L, T, B, G·H] (or the saved gates, or the state slots).
+        let width = cfg.cell.gates().max(cfg.variant.saved(cfg.cell)) * cfg.hidden_size;
+        let stack_wide = [cfg.num_layers, steps.saturating_add(1), batch, width]
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d));
+        let fits = stack_wide
+            .is_some_and(|n| n <= self.backend.max_tensor_elems() && u32::try_from(n).is_ok());
         let why = if cfg.bidirectional {
             Some("a bidirectional layer's next layer needs both directions' whole output")
         } else if cfg.num_layers < 2 {
@@ -711,6 +719,11 @@ impl<B: Backend> Rnn<B> {
             Some("its step is two dispatches")
         } else if self.wave_plan()?.is_none() {
             Some("its layers' parameters are not evenly spaced")
+        } else if !fits {
+            Some(
+                "its buffers for the whole stack ([L, T, B, G·H]) exceed the largest \
+                 tensor this backend binds",
+            )
         } else {
             None
         };
@@ -999,7 +1012,7 @@ impl<B: Backend> Rnn<B> {
         let slots = if train { steps + 1 } else { 2 };
         let hn = pool.take(b, &hstate)?;
         let cn = pool.take_if(b, lstm, &state)?;
-        if self.runs_wavefront(batch, dropout.is_some())? {
+        if self.runs_wavefront(steps, batch, dropout.is_some())? {
             let pass = Pass {
                 steps,
                 batch,

@@ -991,6 +991,21 @@ impl StepSpec {
                 }
             }
             one.validate(cell, backward, &part)?;
+            if let (true, Some(m)) = (backward, reads) {
+                // The layer above's gate gradients at this step's row, read
+                // by the in-step product (that layer may be outside the
+                // dispatch's lanes).
+                let above = lens.for_direction(m, &st);
+                let rows = self.steps.saturating_mul(self.batch);
+                Self::need(
+                    "dgh (the layer above's part)",
+                    rows.saturating_mul(self.variant.dgh_width(cell, self.hidden)),
+                    above.dgh,
+                )?;
+                if let Some(dgx) = above.dgx {
+                    Self::need("dgx (the layer above's part)", rows.saturating_mul(gh), dgx)?;
+                }
+            }
             if let Some(m) = reads {
                 let by = (m - 1).saturating_mul(st.params);
                 let wih = gh.saturating_mul(self.hidden);
@@ -1006,7 +1021,9 @@ impl StepSpec {
                 )?;
             }
         }
-        if w.lanes > 1 {
+        // Layers read their neighbours' parts (even a dispatch of one lane),
+        // so the parts must be apart whenever the stack has two layers.
+        if w.layers > 1 {
             self.check_apart(cell, backward, lens, &st)?;
             if !backward && st.out < self.steps.saturating_mul(self.batch * self.out_ld) {
                 return Err(Error::invalid(
