@@ -1094,7 +1094,7 @@ impl GpuContext {
             // Map offsets must be multiples of 8.
             total += padded.div_ceil(8) * 8;
         }
-        let staging = self.take_staging(total)?;
+        let staging = self.take_staging(total);
         let submission = {
             let mut pending = lock(&self.pending);
             for (&(buffer, offset, size), &(at, _)) in parts.iter().zip(&layout) {
@@ -1128,20 +1128,20 @@ impl GpuContext {
     }
 
     /// A free staging buffer of `bytes`' size class, or a new one.
-    fn take_staging(&self, bytes: u64) -> Result<wgpu::Buffer> {
+    fn take_staging(&self, bytes: u64) -> wgpu::Buffer {
         let class = staging_class(bytes);
         let mut free = lock(&self.staging_free);
         if let Some(i) = free.iter().position(|b| b.size() == class) {
-            return Ok(free.swap_remove(i));
+            return free.swap_remove(i);
         }
         drop(free);
         self.staging_allocations.fetch_add(1, Ordering::Relaxed);
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback staging"),
             size: class,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        }))
+        })
     }
 
     /// Keeps an unmapped staging buffer for the next readback of its size

@@ -127,9 +127,6 @@ pub enum StepOrder {
 }
 
 impl StepOrder {
-    /// Every order.
-    pub const ALL: [StepOrder; 3] = [StepOrder::Auto, StepOrder::Layers, StepOrder::Wavefront];
-
     /// `auto`, `layers` or `wavefront`.
     pub fn name(&self) -> &'static str {
         match self {
