@@ -40,6 +40,7 @@ fn train<B: Backend>(b: B, path: &str, steps: u64) -> rnn_wgpu::Result<()> {
             max_norm: Some(1.0),
             norm_idx: 6,
             loss_idx: Some(2),
+            grad_scale: 1.0,
         };
         b.optim_update(&opt, &spec, model.params(), model.grads(), &s1, &s2, &stats)?;
         if step % 10 == 0 || step + 1 == steps {

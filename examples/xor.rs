@@ -32,6 +32,7 @@ fn train<B: Backend>(b: &B, widths: &[usize]) -> rnn_wgpu::Result<()> {
             max_norm: None,
             norm_idx: 6,
             loss_idx: None,
+            grad_scale: 1.0,
         };
         b.optim_update(&opt, &spec, mlp.params(), mlp.grads(), &s1, &s2, &stats)?;
     }

@@ -37,7 +37,7 @@ struct Params {
     loss_idx: u32,     // NO_LOSS: no loss to check
     stride: u32,       // gate_updates: values per window in stats
     invalid_idx: u32,  // gate_updates: the invalid-target count in a window
-    _pad1: u32,
+    grad_scale: f32,   // gradients are of the loss times 1 / grad_scale (loss scaling; 1 otherwise)
     _pad2: u32,
 }
 
@@ -71,9 +71,9 @@ fn clip_coef() -> f32 {
         return -1.0;
     }
     if (p.max_norm > 0.0) {
-        return min(1.0, p.max_norm / (sqrt(norm_sq) + 1e-6));
+        return min(1.0, p.max_norm / (sqrt(norm_sq) * p.grad_scale + 1e-6)) * p.grad_scale;
     }
-    return 1.0;
+    return p.grad_scale;
 }
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {

@@ -33,6 +33,7 @@ use crate::ops::optim::Optimizer;
 use crate::ops::skip::Skip;
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
 use crate::parity::{uniform, uniform_i32};
+use crate::precision::Precision;
 
 /// Matrix-multiply shapes `(M, N, K)`: square sizes, and the shapes of an
 /// LSTM's input projection (`T·B × 4H × I`) and recurrent product (`B × 4H × H`).
@@ -482,6 +483,18 @@ pub struct RnnBench {
     pub layers: usize,
     /// Two directions.
     pub bidirectional: bool,
+    /// Storage precision (`f32`, `f16`, `bf16`).
+    pub precision: String,
+    /// Memory a training step holds, in bytes at each tensor's storage
+    /// precision: parameters (a 16-bit mode adds the f32 master copy), f32
+    /// gradients, Adam's two f32 states, input and output gradient, and the
+    /// stack's workspace (activations, saved states and gates, activation
+    /// gradients).
+    pub memory_bytes: u64,
+    /// Of `memory_bytes`, what the recurrent layer itself holds: the
+    /// weights it reads, its f32 gradients, input and output gradient, and
+    /// its workspace (not the master copy nor the optimizer's state).
+    pub layer_bytes: u64,
     /// Median forward time.
     pub forward_ms: f64,
     /// Median backward time (step − forward of the same iteration).
@@ -586,18 +599,40 @@ pub fn bench_rnn_ordered<B: Backend>(
     iters: usize,
     order: StepOrder,
 ) -> Result<RnnBench> {
+    bench_rnn_at(b, ctx, device, shape, iters, order, Precision::F32)
+}
+
+/// [`bench_rnn_ordered`] at `precision`: in a 16-bit mode the stack reads
+/// a 16-bit copy of its parameters and stores its input, output gradient,
+/// activations and activation gradients in 16 bits (the parameter
+/// gradients are f32).
+pub fn bench_rnn_at<B: Backend>(
+    b: &B,
+    ctx: Option<&GpuContext>,
+    device: &str,
+    shape: &RnnShape,
+    iters: usize,
+    order: StepOrder,
+    precision: Precision,
+) -> Result<RnnBench> {
     let cfg = shape.config();
-    let mut rnn = Rnn::new(b.clone(), cfg, 1)?;
+    let n = cfg.layout().total;
+    let k = 1.0 / (cfg.hidden_size as f64).sqrt();
+    let weights = b.tensor_stored(&[n], &uniform(1, n, -k, k), precision)?;
+    let mut rnn = Rnn::shared(b.clone(), cfg, weights.clone(), 0)?;
+    rnn.set_precision(precision)?;
     rnn.set_step_order(order);
     let (t, bsz) = (shape.seq, shape.batch);
     let wavefront = rnn.runs_wavefront(t, bsz, false)?;
-    let x = b.tensor_f64(
+    let x = b.tensor_stored(
         &[t, bsz, shape.input],
         &uniform(2, t * bsz * shape.input, -1.0, 1.0),
+        precision,
     )?;
-    let dy = b.tensor_f64(
+    let dy = b.tensor_stored(
         &[t, bsz, cfg.output_size()],
         &uniform(3, t * bsz * cfg.output_size(), -1.0, 1.0),
+        precision,
     )?;
     let grads = rnn.zeros_like_params()?;
     let sync = || sync(ctx);
@@ -638,6 +673,17 @@ pub fn bench_rnn_ordered<B: Backend>(
         bwd.push(total - fwd[fwd.len() - 1]);
     }
     let step_ms = median(step);
+    // What a training step holds: the parameters the passes read (and in
+    // 16 bits their f32 master copy), the f32 gradients and Adam's two f32
+    // states, the input and output gradient, and the stack's workspace.
+    let f32_bytes = (n * F32_BYTES) as u64;
+    let layer_bytes = b.stored_bytes(&weights)
+        + b.stored_bytes(&grads)
+        + b.stored_bytes(&x)
+        + b.stored_bytes(&dy)
+        + rnn.workspace_bytes();
+    let memory_bytes =
+        layer_bytes + if precision.is_16bit() { f32_bytes } else { 0 } + 2 * f32_bytes;
     Ok(RnnBench {
         implementation: "rnn-wgpu".into(),
         backend: backend_name(b),
@@ -670,7 +716,12 @@ pub fn bench_rnn_ordered<B: Backend>(
         .name()
         .into(),
         min_flops: shape.step_flops(),
-        min_bytes: shape.step_bytes(F32_BYTES, None),
+        // (The parameter gradients are f32 in every mode.)
+        min_bytes: shape.step_bytes(precision.bytes(), None)
+            + (F32_BYTES - precision.bytes()) as u64 * n as u64,
+        precision: precision.name().into(),
+        memory_bytes,
+        layer_bytes,
         peak_tflops: None,
         peak_gbps: None,
         peak_source: None,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::backend::{Backend, CpuBackend, GpuBackend, XentBuffers, api};
 use crate::error::Result;
 use crate::gpu::StepKernel;
-use crate::nn::case::{RnnCase, run_case, run_case_ordered};
+use crate::nn::case::{RnnCase, run_case, run_case_at, run_case_ordered};
 use crate::nn::model::{InputEncoding, ModelConfig};
 use crate::nn::{RnnConfig, StepOrder};
 use crate::ops::activation::{Activation, Span};
@@ -18,6 +18,7 @@ use crate::ops::reduce::{ColDot, ColSum, ReduceOp};
 use crate::ops::skip::Skip;
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
 use crate::parity::{Tolerance, compare, uniform, uniform_i32};
+use crate::precision::Precision;
 use crate::train::schedule::Schedule;
 use crate::train::tasks::TaskSpec;
 use crate::train::{Bptt, TrainConfig, Trainer};
@@ -69,6 +70,36 @@ impl Report {
             },
         };
         self.rows.push(row);
+    }
+
+    /// Records the relative Frobenius error `‖actual − expected‖ / ‖expected‖`
+    /// against `tol` (the measure of 16-bit storage, whose rounding error is
+    /// relative to each value's magnitude and large next to tiny values).
+    pub fn compare_frobenius(&mut self, name: &str, expected: &[f64], actual: &[f64], tol: f64) {
+        let (max_abs, err) = if expected.len() == actual.len() {
+            let max_abs = expected
+                .iter()
+                .zip(actual)
+                .map(|(e, a)| (e - a).abs())
+                .fold(0.0, f64::max);
+            (max_abs, crate::parity::rel_frobenius(expected, actual))
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        let pass = err <= tol;
+        self.rows.push(CheckRow {
+            name: name.into(),
+            max_abs,
+            max_rel: err,
+            pass,
+            detail: (!pass).then(|| {
+                format!(
+                    "{name}: relative Frobenius error {err:.3e} > {tol:e} ({} values, {} expected)\n",
+                    actual.len(),
+                    expected.len()
+                )
+            }),
+        });
     }
 
     /// Records a check that could not run.
@@ -249,6 +280,7 @@ impl<B: Backend> Runner for B {
                 max_norm: Some(1.0),
                 norm_idx: 0,
                 loss_idx: Some(1),
+                grad_scale: 1.0,
             };
             self.optim_update(&opt, &spec, &params, &grads, &s1, &s2, &stats)?;
             out.extend(self.read_f64(&params)?);
@@ -553,6 +585,79 @@ pub fn unchecked_check(report: &mut Report, checked: &GpuBackend, unchecked: &Gp
             report.compare(name, &e, &a, Tolerance::new(0.0, 0.0));
         }
         (Err(e), _) | (_, Err(e)) => report.error(name, &e),
+    }
+}
+
+/// The tolerances of 16-bit storage against the f64 reference, as relative
+/// Frobenius errors: (values, gradients, losses).
+pub fn precision_tolerances(p: Precision) -> (f64, f64, f64) {
+    match p {
+        Precision::F32 => (1e-5, 1e-4, 1e-5),
+        Precision::F16 => (2e-3, 1e-2, 2e-3),
+        Precision::Bf16 => (1.5e-2, 5e-2, 1.5e-2),
+    }
+}
+
+/// The 16-bit checks of `doctor --precision`: stacks of every cell forward
+/// and backward with `p` storage on `b` against the f64 CPU path, and three
+/// training steps against f32 training, within [`precision_tolerances`].
+/// `label` names the backend in the rows.
+pub fn precision_check<B: Backend>(report: &mut Report, b: &B, p: Precision, label: &str) {
+    let (tol_v, tol_g, tol_loss) = precision_tolerances(p);
+    let cases = [
+        RnnCase::new(RnnConfig::new(Cell::Lstm, 5, 8).layers(2), 6, 3, 41),
+        RnnCase::new(
+            RnnConfig::new(Cell::Gru, 5, 8).bidirectional(true),
+            6,
+            3,
+            42,
+        ),
+        RnnCase::new(
+            RnnConfig::new(Cell::Rnn(Nonlinearity::Tanh), 5, 8),
+            6,
+            3,
+            43,
+        ),
+    ];
+    let cpu = CpuBackend::<f64>::new();
+    for case in &cases {
+        let name = format!("{} [{label}, {p}]", case.describe());
+        let data = case.data();
+        match (
+            run_case(&cpu, &case.config, &data, true),
+            run_case_at(b, &case.config, &data, true, StepOrder::Auto, p),
+        ) {
+            (Ok(e), Ok(a)) => {
+                report.compare_frobenius(
+                    &format!("{name}: forward"),
+                    &e.values(),
+                    &a.values(),
+                    tol_v,
+                );
+                report.compare_frobenius(
+                    &format!("{name}: backward"),
+                    &e.gradients(),
+                    &a.gradients(),
+                    tol_g,
+                );
+            }
+            (Err(e), _) | (_, Err(e)) => report.error(&name, &e),
+        }
+    }
+    let name = format!("training: 3 steps [{label}, {p}] against f32");
+    let config = training_config();
+    let at = TrainConfig {
+        precision: p,
+        ..config.clone()
+    };
+    match (
+        train_three(CpuBackend::<f32>::new(), &config),
+        train_three(b.clone(), &at),
+    ) {
+        (Ok((le, _)), Ok((la, _))) => {
+            report.compare_frobenius(&format!("{name}: losses"), &le, &la, tol_loss)
+        }
+        (Err(e), _) | (_, Err(e)) => report.error(&name, &e),
     }
 }
 

@@ -27,10 +27,12 @@ use crate::backend::{BackendChoice, choose};
 use crate::error::{Error, Result};
 use crate::io::{HostTensor, TensorMap, flat_params, read_safetensors, write_safetensors};
 use crate::nn::RnnConfig;
-use crate::nn::case::{RnnCaseData, RnnResults, run_case};
+use crate::nn::StepOrder;
+use crate::nn::case::{RnnCaseData, RnnResults, run_case_at};
 use crate::nn::rnn::check_lengths;
 use crate::ops::cell::{Act, Activations, Cell, Nonlinearity, Variant};
 use crate::ops::skip::Skip;
+use crate::precision::Precision;
 
 /// Arguments of `rnn-wgpu eval`.
 #[derive(Clone, Debug)]
@@ -56,6 +58,8 @@ pub struct EvalOptions {
     /// Residual connections between the layers (highway connections are
     /// inferred from `weight_t_l{k}`).
     pub residual: bool,
+    /// Storage precision (f32, or 16-bit storage with f32 arithmetic).
+    pub precision: Precision,
 }
 
 fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
@@ -439,11 +443,23 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
     check_output_path("--out", &opts.out)?;
     let (config, data) = load(opts)?;
     let (backend, why) = choose(opts.backend)?;
-    let results = crate::with_backend!(backend, b => run_case(&b, &config, &data, opts.backward))?;
+    let results = crate::with_backend!(backend, b => run_case_at(
+        &b,
+        &config,
+        &data,
+        opts.backward,
+        StepOrder::Auto,
+        opts.precision
+    ))?;
     let tensors = output_tensors(&config, &data, &results, opts.backward);
     write_safetensors(&opts.out, &tensors, None)?;
+    let prec = if opts.precision.is_16bit() {
+        format!(", {} storage", opts.precision)
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "{}{} I={} H={} L={}{}{}, T={} B={}{}: {} tensors written to {} ({why})",
+        "{}{} I={} H={} L={}{}{}, T={} B={}{}: {} tensors written to {} ({why}{prec})",
         config.cell.name(),
         config.variant.tag(config.cell),
         config.input_size,

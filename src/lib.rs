@@ -92,10 +92,12 @@ pub mod nn;
 pub mod onnx;
 pub mod ops;
 pub mod parity;
+pub mod precision;
 pub mod real;
 pub mod train;
 
 pub use error::{Error, Result};
+pub use precision::Precision;
 pub use real::Real;
 
 // The README's Rust examples run as doctests.

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use rnn_wgpu::Precision;
 use rnn_wgpu::backend::{BackendChoice, GpuBackend};
 use rnn_wgpu::eval::{EvalOptions, run as run_eval};
 use rnn_wgpu::gpu::{GpuContext, list_adapters};
@@ -58,6 +59,24 @@ impl From<BackendArg> for BackendChoice {
             BackendArg::Gpu => BackendChoice::Gpu,
             BackendArg::Cpu => BackendChoice::Cpu,
             BackendArg::Cpu64 => BackendChoice::Cpu64,
+        }
+    }
+}
+
+/// `--precision`: how tensors are stored (arithmetic is f32 in every mode).
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F16 => Precision::F16,
+            PrecisionArg::Bf16 => Precision::Bf16,
         }
     }
 }
@@ -331,6 +350,10 @@ struct TrainArgs {
     /// On a NaN or infinite gradient norm: stop with an error, or skip the update.
     #[arg(long, value_enum, default_value = "error")]
     non_finite: NonFiniteArg,
+    /// Storage precision: f32, or 16-bit storage (f16, bf16) of weights,
+    /// activations, states and gates with f32 arithmetic (f16 trains with dynamic loss scaling; checkpoints stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
     /// Print one final JSON line on stdout.
     #[arg(long)]
     json: bool,
@@ -417,6 +440,10 @@ struct BenchArgs {
     /// The roofline's cost of one dependent dispatch, in µs (GPU).
     #[arg(long, default_value_t = rnn_wgpu::bench::LAUNCH_US, value_name = "US")]
     launch_us: f64,
+    /// Storage precision: f32, or 16-bit storage (f16, bf16) of weights,
+    /// activations, states and gates with f32 arithmetic.
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
     #[command(flatten)]
     cell_options: CellOptionArgs,
     #[command(flatten)]
@@ -446,6 +473,10 @@ struct SampleArgs {
     /// Where to run (auto: a hardware GPU, else the CPU).
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
+    /// Storage precision: f32, or 16-bit storage (f16, bf16) of weights,
+    /// activations, states and gates with f32 arithmetic (the checkpoint's f32 weights are rounded).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
 }
 
 /// Flags of `gradcheck`.
@@ -501,7 +532,13 @@ enum Cmd {
     /// List adapters and check every kernel, cell and a training step on the
     /// chosen adapter against the CPU path (a pass/fail table).
     #[command(alias = "selfcheck")]
-    Doctor,
+    Doctor {
+        /// Storage precision: f32, or 16-bit storage (f16, bf16) of weights,
+        /// activations, states and gates with f32 arithmetic.
+        /// With f16 or bf16: the 16-bit checks instead of the f32 ones.
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: PrecisionArg,
+    },
     /// Run a PyTorch nn.LSTM / nn.GRU / nn.RNN state_dict, or an ONNX model of
     /// LSTM / GRU / RNN nodes, on inputs from a safetensors file.
     Eval {
@@ -534,6 +571,11 @@ enum Cmd {
         /// off weight_t_l{k}; peepholes off weight_p_l{k}).
         #[arg(long)]
         residual: bool,
+        /// Storage precision: f32, or 16-bit storage (f16, bf16) of weights,
+        /// activations, states and gates with f32 arithmetic. The
+        /// weights and inputs are rounded to it, as torch.autocast casts them.
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: PrecisionArg,
     },
     /// Train a sequence model (the main job; defaults: the add task).
     ///
@@ -644,6 +686,7 @@ const RUN_DEFINING: &[&str] = &[
     "seed",
     "eval_problems",
     "non_finite",
+    "precision",
 ];
 
 /// Flags of `train` that act on a resumed run too (`--steps` trains on to a
@@ -1079,6 +1122,7 @@ fn train(a: TrainArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             NonFiniteArg::Skip => NonFinite::Skip,
         },
         eval_problems: a.eval_problems,
+        precision: a.precision.into(),
     };
     // An explicit checkpoint that exists is another run's: refused unless
     // --resume or --overwrite. The default one is numbered instead.
@@ -1228,7 +1272,7 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
 fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     refuse_unused(m, &a, BENCH_UNUSED)?;
     use rnn_wgpu::bench::{
-        Peak, RnnShape, bench_matmul, bench_rnn_ordered, bench_xent, lookup_peak, shape_table,
+        Peak, RnnShape, bench_matmul, bench_rnn_at, bench_xent, lookup_peak, shape_table,
     };
     for (arg, v) in [
         ("--peak-tflops", a.peak_tflops),
@@ -1369,7 +1413,15 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     rnn_wgpu::with_backend!(chosen, b => {
         let ctx = rnn_wgpu::backend::Backend::is_gpu(&b).then(|| gpu_ctx_of(&b)).flatten();
         for shape in &shapes {
-            let mut r = bench_rnn_ordered(&b, ctx.as_deref(), &device, shape, a.iters, a.step_order.into())?;
+            let mut r = bench_rnn_at(
+                &b,
+                ctx.as_deref(),
+                &device,
+                shape,
+                a.iters,
+                a.step_order.into(),
+                a.precision.into(),
+            )?;
             if let Some((p, source)) = &peak {
                 r.set_roofline(*p, source, a.launch_us);
             }
@@ -1450,7 +1502,7 @@ fn sample_cmd(a: SampleArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     let (chosen, _) = rnn_wgpu::backend::choose(a.backend.into())?;
     let text = rnn_wgpu::with_backend!(chosen, b => {
         let (mut model, task, config) =
-            rnn_wgpu::train::checkpoint::load_model(b, &a.checkpoint)?;
+            rnn_wgpu::train::checkpoint::load_model_at(b, &a.checkpoint, a.precision.into())?;
         refuse_unused(
             m,
             &ctx(Some(task.has_answers()), task.spec().name()),
@@ -1488,6 +1540,44 @@ fn sample_cmd(a: SampleArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
     Ok(true)
 }
 
+/// `doctor --precision f16|bf16`: the 16-bit checks on the CPU path (the
+/// reference of the GPU's 16-bit path) and on the adapter.
+fn doctor_16bit(precision: Precision) -> rnn_wgpu::Result<bool> {
+    use rnn_wgpu::doctor::{Report, precision_check};
+    let start = std::time::Instant::now();
+    let mut report = Report::default();
+    precision_check(
+        &mut report,
+        &rnn_wgpu::backend::CpuBackend::<f32>::new(),
+        precision,
+        "cpu",
+    );
+    let ctx = GpuContext::new(rnn_wgpu::gpu::ContextOptions::from_env()?)?;
+    println!("checking: {} ({precision} storage)", ctx.adapter());
+    let gpu = GpuBackend::new(Arc::new(ctx))?;
+    let unsupported = (!rnn_wgpu::backend::Backend::supports(&gpu, precision)).then(|| {
+        rnn_wgpu::backend::unsupported_precision(
+            &rnn_wgpu::backend::Backend::describe(&gpu),
+            precision,
+        )
+    });
+    if unsupported.is_none() {
+        precision_check(&mut report, &gpu, precision, "gpu");
+    }
+    print!("{}", report.table());
+    if let Some(e) = &unsupported {
+        println!("FAIL: {e}");
+    }
+    let failed = report.rows.iter().filter(|r| !r.pass).count();
+    println!(
+        "{} checks, {} failed, {:.1} s",
+        report.rows.len(),
+        failed,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(report.passed() && unsupported.is_none())
+}
+
 /// The matches of the subcommand (the flags `refuse_unused` looks at).
 fn sub_matches(m: &ArgMatches) -> &ArgMatches {
     m.subcommand().map_or(m, |(_, s)| s)
@@ -1510,7 +1600,7 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             }
             Ok(true)
         }
-        Cmd::Doctor => {
+        Cmd::Doctor { precision } => {
             let adapters = list_adapters(wgpu::Backends::all());
             println!("adapters:");
             if adapters.is_empty() {
@@ -1519,6 +1609,10 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             }
             for a in &adapters {
                 println!("  {a}");
+            }
+            let precision: Precision = precision.into();
+            if precision.is_16bit() {
+                return doctor_16bit(precision);
             }
             // The checks run on shaders compiled with runtime bounds checks;
             // then the default build (hot kernels unchecked) is compared with it.
@@ -1570,8 +1664,15 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             nonlinearity,
             cell_options,
             residual,
+            precision,
         } => {
             if let Some(model) = onnx {
+                if given(m, "precision") {
+                    return Err(rnn_wgpu::Error::invalid(
+                        "--precision",
+                        "ONNX models run in f32 only so far; leave out --precision with --onnx",
+                    ));
+                }
                 // An ONNX node carries its cell's attributes.
                 for id in [
                     "backward",
@@ -1629,6 +1730,7 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
                 variant,
                 activations,
                 residual,
+                precision: precision.into(),
             };
             println!("{}", run_eval(&opts)?);
             Ok(true)

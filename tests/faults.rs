@@ -39,6 +39,7 @@ fn train_config() -> TrainConfig {
         seed: 9,
         non_finite: NonFinite::Error,
         eval_problems: 20,
+        precision: Default::default(),
     }
 }
 

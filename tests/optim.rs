@@ -113,6 +113,7 @@ fn trajectory<B: Backend>(b: &B, c: &Case) -> Vec<Vec<f64>> {
             max_norm: c.clip,
             norm_idx: 1,
             loss_idx: None,
+            grad_scale: 1.0,
         };
         b.optim_update(&c.opt, &spec, &params, &grads, &s1, &s2, &stats)
             .unwrap();
@@ -190,6 +191,7 @@ fn non_finite_gradients_skip_the_update() {
             max_norm: Some(1.0),
             norm_idx: 0,
             loss_idx: None,
+            grad_scale: 1.0,
         };
         b.optim_update(&opt, &spec, &params, &grads, &s1, &s2, &stats)
             .unwrap();
@@ -237,6 +239,7 @@ fn non_finite_loss_skips_the_update() {
             max_norm: None,
             norm_idx: 1,
             loss_idx: Some(0),
+            grad_scale: 1.0,
         };
         b.optim_update(&opt, &spec, &params, &grads, &s1, &s2, &stats)
             .unwrap();
@@ -316,6 +319,7 @@ fn every_optimizer_skips_non_finite_norms_and_losses() {
             max_norm: Some(1.0),
             norm_idx: 0,
             loss_idx: Some(1),
+            grad_scale: 1.0,
         };
         b.optim_update(opt, &spec, &params, &grads, &s1, &s2, &stats)
             .unwrap();

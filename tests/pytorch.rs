@@ -10,10 +10,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rnn_wgpu::Precision;
 use rnn_wgpu::backend::{Backend, BackendChoice, CpuBackend};
 use rnn_wgpu::eval::{EvalOptions, load, output_tensors};
 use rnn_wgpu::io::{TensorMap, read_safetensors};
-use rnn_wgpu::nn::case::run_case;
+use rnn_wgpu::nn::StepOrder;
+use rnn_wgpu::nn::case::{run_case, run_case_at};
 use rnn_wgpu::ops::cell::{Act, Nonlinearity, Variant};
 use rnn_wgpu::parity::rel_frobenius;
 
@@ -115,6 +117,7 @@ fn options(f: &Fixture, out: PathBuf) -> EvalOptions {
         variant: f.variant,
         activations: f.activations.clone(),
         residual: f.residual,
+        precision: Precision::F32,
     }
 }
 
@@ -147,6 +150,62 @@ fn eval_on<B: Backend>(b: &B, label: &str) {
         let (config, data) = load(&options(&f, PathBuf::new())).unwrap();
         let r = run_case(b, &config, &data, true).unwrap();
         compare_to_expected(label, &f, &output_tensors(&config, &data, &r, true));
+    }
+}
+
+/// The worst relative Frobenius error of the values and of the gradients
+/// over every fixture, computed at `precision` on `b`.
+fn worst_errors<B: Backend>(b: &B, precision: Precision) -> (f64, String, f64, String) {
+    let (mut worst_v, mut at_v, mut worst_g, mut at_g) = (0.0, String::new(), 0.0, String::new());
+    for f in fixtures().into_iter().chain(variant_fixtures()) {
+        let (config, data) = load(&options(&f, PathBuf::new())).unwrap();
+        let r = run_case_at(b, &config, &data, true, StepOrder::Auto, precision).unwrap();
+        let got = output_tensors(&config, &data, &r, true);
+        let expected =
+            read_safetensors(&dir().join(format!("{}.expected.safetensors", f.name))).unwrap();
+        for (name, e) in &expected {
+            let err = rel_frobenius(&e.floats(name).unwrap(), &got[name].floats(name).unwrap());
+            let (worst, at) = if name.starts_with("grad") {
+                (&mut worst_g, &mut at_g)
+            } else {
+                (&mut worst_v, &mut at_v)
+            };
+            if err > *worst {
+                *worst = err;
+                *at = format!("{} {name}", f.name);
+            }
+        }
+    }
+    (worst_v, at_v, worst_g, at_g)
+}
+
+/// 16-bit storage with f32 arithmetic against PyTorch's f64 values: f16
+/// within 2e-3 (values) and 1e-2 (gradients), bf16 (three fewer
+/// significant bits) within 1.5e-2 and 5e-2 (measured 2026-12-03: f16
+/// 8.6e-4 and 2.4e-3 at worst, bf16 5.6e-3 and 1.4e-2).
+#[test]
+fn cpu_16bit_storage_matches_pytorch_within_its_tolerance() {
+    let b = CpuBackend::<f32>::new();
+    for (p, tol_v, tol_g) in [
+        (Precision::F16, 2e-3, 1e-2),
+        (Precision::Bf16, 1.5e-2, 5e-2),
+    ] {
+        let (v, at_v, g, at_g) = worst_errors(&b, p);
+        eprintln!("{p}: worst value error {v:.3e} ({at_v}), worst gradient error {g:.3e} ({at_g})");
+        assert!(
+            v <= tol_v,
+            "{p}: {at_v}: relative Frobenius error {v:.3e} > {tol_v:e}"
+        );
+        assert!(
+            g <= tol_g,
+            "{p}: {at_g}: relative Frobenius error {g:.3e} > {tol_g:e}"
+        );
+        // The rounding is real: 16-bit storage is measurably less exact
+        // than f32's ~1e-6.
+        assert!(
+            v > 1e-5,
+            "{p}: values agree to {v:.3e}, as if nothing were rounded"
+        );
     }
 }
 
@@ -250,4 +309,84 @@ fn eval_command_writes_the_contract() {
         }
     }
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// `eval --precision f16` end to end: the outputs within f16's tolerance
+/// (and not f32's bits), the summary naming the storage; `--precision`
+/// with `--onnx` and a 16-bit precision on the GPU refused with a reason.
+#[test]
+fn eval_command_at_16_bits() {
+    let s = common::Scratch::new("eval-f16");
+    let f = fixtures()
+        .into_iter()
+        .find(|f| f.name == "lstm_2layer_bi_states_lengths")
+        .unwrap();
+    let out = s.path("f16.safetensors");
+    let o = options(&f, out.clone());
+    let (w, i, o_) = (
+        o.weights.display().to_string(),
+        o.inputs.display().to_string(),
+        out.display().to_string(),
+    );
+    let base = [
+        "eval",
+        "--weights",
+        &w,
+        "--inputs",
+        &i,
+        "--out",
+        &o_,
+        "--backward",
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        run_cli(&a)
+    };
+    let res = with(&["--backend", "cpu", "--precision", "f16"]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&res.stdout).contains("f16 storage"),
+        "{}",
+        String::from_utf8_lossy(&res.stdout)
+    );
+    let got = read_safetensors(&out).unwrap();
+    let expected =
+        read_safetensors(&dir().join(format!("{}.expected.safetensors", f.name))).unwrap();
+    let mut worst: f64 = 0.0;
+    for (name, e) in &expected {
+        let err = rel_frobenius(&e.floats(name).unwrap(), &got[name].floats(name).unwrap());
+        let tol = if name.starts_with("grad") { 1e-2 } else { 2e-3 };
+        assert!(err <= tol, "{name}: {err:.3e} > {tol:e}");
+        worst = worst.max(err);
+    }
+    assert!(worst > 1e-5, "f16 storage rounds: {worst:.3e}");
+    if common::gpu_ctx().is_some() {
+        let res = with(&["--backend", "gpu", "--precision", "bf16"]);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(
+            !res.status.success() && err.contains("--backend cpu"),
+            "{err}"
+        );
+    }
+    let res = run_cli(&[
+        "eval",
+        "--onnx",
+        "m.onnx",
+        "--inputs",
+        &i,
+        "--out",
+        &o_,
+        "--precision",
+        "f16",
+    ]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("--precision"),
+        "{err}"
+    );
 }

@@ -51,6 +51,7 @@ fn config(task: TaskSpec, model: ModelConfig, optimizer: Optimizer) -> TrainConf
         seed: 3,
         non_finite: NonFinite::Error,
         eval_problems: 50,
+        precision: Default::default(),
     }
 }
 
@@ -381,6 +382,7 @@ fn xor_needs_a_hidden_layer() {
                 max_norm: None,
                 norm_idx: 6,
                 loss_idx: None,
+                grad_scale: 1.0,
             };
             b.optim_update(&opt, &spec, mlp.params(), mlp.grads(), &s1, &s2, &stats)
                 .unwrap();

@@ -222,6 +222,7 @@ fn training_allocates_nothing_once_warm<B: Backend>(b: B) {
         seed: 5,
         non_finite: NonFinite::Error,
         eval_problems: 20,
+        precision: Default::default(),
     };
     let mut trainer = Trainer::new(b.clone(), cfg).unwrap();
     for _ in 0..2 {

@@ -19,6 +19,7 @@ use crate::ops::optim::{self, GateSpec, Optimizer, UpdateSpec};
 use crate::ops::reduce::{ColDot, ColSum, ReduceOp, dot_cols_cpu, reduce_cpu, sum_cols_cpu};
 use crate::ops::skip::{self, Skip, SkipBackward, SkipForward};
 use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, argmax_rows_cpu, softmax_cpu, xent_cpu};
+use crate::precision::Precision;
 use crate::real::Real;
 
 /// A host tensor. Cloning shares the storage (like a GPU buffer handle).
@@ -26,6 +27,7 @@ use crate::real::Real;
 pub struct CpuTensor<T> {
     data: Arc<RwLock<Vec<T>>>,
     shape: Vec<usize>,
+    store: Precision,
 }
 
 /// An empty vector with room for `n` elements, or an error (never an abort)
@@ -48,6 +50,25 @@ pub(crate) fn host_zeros<T: Clone + Default>(shape: &[usize]) -> Result<Vec<T>> 
     Ok(v)
 }
 
+impl<T: Real> CpuTensor<T> {
+    /// Rounds `v[from .. from + n]` (as much as `v` holds) to the tensor's
+    /// storage precision: what a kernel stored there, as 16-bit storage
+    /// keeps it. `v` is this tensor's storage, borrowed for writing.
+    fn settle(&self, v: &mut [T], from: usize, n: usize) {
+        if self.store.is_16bit() {
+            let end = from.saturating_add(n).min(v.len());
+            if from < end {
+                self.store.round_slice(&mut v[from..end]);
+            }
+        }
+    }
+
+    /// [`CpuTensor::settle`] over the whole storage.
+    fn settle_all(&self, v: &mut [T]) {
+        self.settle(v, 0, v.len());
+    }
+}
+
 impl<T: Clone> CpuTensor<T> {
     /// A tensor owning `data` with `shape`.
     pub fn new(shape: &[usize], data: Vec<T>) -> Result<Self> {
@@ -64,12 +85,19 @@ impl<T: Clone> CpuTensor<T> {
         Ok(CpuTensor {
             data: Arc::new(RwLock::new(data)),
             shape: shape.to_vec(),
+            store: Precision::F32,
         })
     }
 
     /// Shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
+    }
+
+    /// How the tensor stores its values: with a 16-bit precision every
+    /// value the backend stores into it is rounded to that precision.
+    pub fn store(&self) -> Precision {
+        self.store
     }
 
     /// Borrow for reading; fails if `op` is writing this very storage.
@@ -133,6 +161,7 @@ impl<T: Clone> CpuTensor<T> {
         Ok(CpuTensor {
             data: self.data.clone(),
             shape: shape.to_vec(),
+            store: self.store,
         })
     }
 
@@ -198,6 +227,20 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.counted(shape, data.to_vec())
     }
 
+    fn zeros_stored(&self, shape: &[usize], store: Precision) -> Result<Self::Tensor> {
+        let mut t = self.zeros(shape)?;
+        t.store = store;
+        Ok(t)
+    }
+
+    fn store_of(&self, t: &Self::Tensor) -> Precision {
+        t.store
+    }
+
+    fn supports(&self, _p: Precision) -> bool {
+        true
+    }
+
     fn is_unique(&self, t: &Self::Tensor) -> bool {
         t.is_unique()
     }
@@ -251,7 +294,11 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn write(&self, t: &Self::Tensor, data: &[T]) -> Result<()> {
-        t.overwrite(data)
+        t.overwrite(data)?;
+        if t.store.is_16bit() {
+            t.settle_all(&mut t.write("write", "tensor")?);
+        }
+        Ok(())
     }
 
     fn write_ints(&self, t: &Self::Ints, data: &[i32]) -> Result<()> {
@@ -259,7 +306,12 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn fill(&self, t: &Self::Tensor, off: usize, n: usize, value: f64) -> Result<()> {
-        fill_cpu(&mut t.write("fill", "tensor")?, off, n, T::of(value))
+        fill_cpu(
+            &mut t.write("fill", "tensor")?,
+            off,
+            n,
+            t.store.round(T::of(value)),
+        )
     }
 
     fn copy(
@@ -275,6 +327,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             check_range("copy source", src_off, n, d.len())?;
             check_range("copy destination", dst_off, n, d.len())?;
             d.copy_within(src_off..src_off + n, dst_off);
+            dst.settle(&mut d, dst_off, n);
             return Ok(());
         }
         let s = src.read("copy", "source")?;
@@ -282,6 +335,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         check_range("copy source", src_off, n, s.len())?;
         check_range("copy destination", dst_off, n, d.len())?;
         d[dst_off..dst_off + n].copy_from_slice(&s[src_off..src_off + n]);
+        dst.settle(&mut d, dst_off, n);
         Ok(())
     }
 
@@ -296,8 +350,17 @@ impl<T: Real> Backend for CpuBackend<T> {
         let a = a.read("matmul", "A")?;
         let b = b.read("matmul", "B")?;
         let bias = bias.map(|t| t.read("matmul", "bias")).transpose()?;
-        let mut c = c.write("matmul", "C")?;
-        gemm_cpu(g, &a, &b, bias.as_deref().map(|v| v.as_slice()), &mut c)
+        let mut cv = c.write("matmul", "C")?;
+        gemm_cpu(g, &a, &b, bias.as_deref().map(|v| v.as_slice()), &mut cv)?;
+        if g.m > 0 {
+            // Rows c_off + i·ldc, n wide: the span from the first to the last.
+            c.settle(
+                &mut cv,
+                g.c_off,
+                (g.m - 1).saturating_mul(g.ldc).saturating_add(g.n),
+            );
+        }
+        Ok(())
     }
 
     fn activation(
@@ -308,14 +371,16 @@ impl<T: Real> Backend for CpuBackend<T> {
         y: &Self::Tensor,
     ) -> Result<()> {
         let x = x.read("activation", "x")?;
-        let mut y = y.write("activation", "y")?;
+        let mut yv = y.write("activation", "y")?;
         check_range("activation x", span.x_off, span.n, x.len())?;
-        check_range("activation y", span.out_off, span.n, y.len())?;
+        check_range("activation y", span.out_off, span.n, yv.len())?;
         activation::forward_cpu(
             act,
             &x[span.x_off..span.x_off + span.n],
-            &mut y[span.out_off..span.out_off + span.n],
-        )
+            &mut yv[span.out_off..span.out_off + span.n],
+        )?;
+        y.settle(&mut yv, span.out_off, span.n);
+        Ok(())
     }
 
     fn activation_backward(
@@ -329,23 +394,27 @@ impl<T: Real> Backend for CpuBackend<T> {
     ) -> Result<()> {
         let x = x.read("activation backward", "x")?;
         let dy = dy.read("activation backward", "dy")?;
-        let mut dx = dx.write("activation backward", "dx")?;
+        let mut dxv = dx.write("activation backward", "dx")?;
         check_range("activation x", span.x_off, span.n, x.len())?;
         check_range("activation dy", span.dy_off, span.n, dy.len())?;
-        check_range("activation dx", span.out_off, span.n, dx.len())?;
+        check_range("activation dx", span.out_off, span.n, dxv.len())?;
         activation::backward_cpu(
             act,
             &x[span.x_off..span.x_off + span.n],
             &dy[span.dy_off..span.dy_off + span.n],
-            &mut dx[span.out_off..span.out_off + span.n],
+            &mut dxv[span.out_off..span.out_off + span.n],
             accumulate,
-        )
+        )?;
+        dx.settle(&mut dxv, span.out_off, span.n);
+        Ok(())
     }
 
     fn softmax(&self, shape: Rows, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         let x = x.read("softmax", "x")?;
-        let mut y = y.write("softmax", "y")?;
-        softmax_cpu(shape, &x, &mut y)
+        let mut yv = y.write("softmax", "y")?;
+        softmax_cpu(shape, &x, &mut yv)?;
+        y.settle_all(&mut yv);
+        Ok(())
     }
 
     fn xent(
@@ -361,7 +430,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         let x = x.read("cross_entropy", "logits")?;
         let t = targets.read("cross_entropy", "targets")?;
         let mut loss = out.loss.write("cross_entropy", "loss")?;
-        let mut dx = dx
+        let mut dxv = dx
             .map(|d| d.write("cross_entropy", "dlogits"))
             .transpose()?;
         let s = xent_cpu(
@@ -371,8 +440,12 @@ impl<T: Real> Backend for CpuBackend<T> {
             ignore_index,
             T::of(scale),
             &mut loss,
-            dx.as_deref_mut().map(|v| v.as_mut_slice()),
+            dxv.as_deref_mut().map(|v| v.as_mut_slice()),
         )?;
+        out.loss.settle_all(&mut loss);
+        if let (Some(d), Some(v)) = (dx, dxv.as_deref_mut()) {
+            d.settle_all(v);
+        }
         let mut summary = out.summary.write("cross_entropy", "summary")?;
         let off = out.summary_off;
         if summary.len() < off.saturating_add(SUMMARY_LEN) {
@@ -384,13 +457,16 @@ impl<T: Real> Backend for CpuBackend<T> {
         for (d, v) in summary[off..off + SUMMARY_LEN].iter_mut().zip(s.to_vec()) {
             *d = T::of(v);
         }
+        out.summary.settle(&mut summary, off, SUMMARY_LEN);
         Ok(())
     }
 
     fn sum_cols(&self, s: &ColSum, x: &Self::Tensor, out: &Self::Tensor) -> Result<()> {
         let x = x.read("sum_cols", "x")?;
-        let mut out = out.write("sum_cols", "out")?;
-        sum_cols_cpu(s, &x, &mut out)
+        let mut ov = out.write("sum_cols", "out")?;
+        sum_cols_cpu(s, &x, &mut ov)?;
+        out.settle_all(&mut ov);
+        Ok(())
     }
 
     fn dot_cols(
@@ -402,8 +478,10 @@ impl<T: Real> Backend for CpuBackend<T> {
     ) -> Result<()> {
         let x = x.read("dot_cols", "x")?;
         let y = y.read("dot_cols", "y")?;
-        let mut out = out.write("dot_cols", "out")?;
-        dot_cols_cpu(d, &x, &y, &mut out)
+        let mut ov = out.write("dot_cols", "out")?;
+        dot_cols_cpu(d, &x, &y, &mut ov)?;
+        out.settle_all(&mut ov);
+        Ok(())
     }
 
     fn reduce(
@@ -417,15 +495,16 @@ impl<T: Real> Backend for CpuBackend<T> {
         accumulate: bool,
     ) -> Result<()> {
         let x = x.read("reduce", "x")?;
-        let mut out = out.write("reduce", "out")?;
+        let mut ov = out.write("reduce", "out")?;
         check_range("reduce x", x_off, n, x.len())?;
-        check_range("reduce out", out_off, 1, out.len())?;
+        check_range("reduce out", out_off, 1, ov.len())?;
         let v = reduce_cpu(op, &x[x_off..x_off + n])?;
-        out[out_off] = match (accumulate, op) {
+        ov[out_off] = match (accumulate, op) {
             (false, _) => v,
-            (true, ReduceOp::Max) => out[out_off].max(v),
-            (true, _) => out[out_off] + v,
+            (true, ReduceOp::Max) => ov[out_off].max(v),
+            (true, _) => ov[out_off] + v,
         };
+        out.settle(&mut ov, out_off, 1);
         Ok(())
     }
 
@@ -446,6 +525,16 @@ impl<T: Real> Backend for CpuBackend<T> {
         b: &StepForward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()> {
         const OP: &str = "cell forward";
+        check_stores(
+            OP,
+            s.store,
+            &[
+                ("hs", Some(b.hs)),
+                ("cs", b.cs),
+                ("gates", b.gates),
+                ("out", Some(b.out)),
+            ],
+        )?;
         let xg = b.xg.read(OP, "xg")?;
         let weights = b.weights.read(OP, "weights")?;
         let lengths = b.lengths.map(|l| l.read(OP, "lengths")).transpose()?;
@@ -475,6 +564,15 @@ impl<T: Real> Backend for CpuBackend<T> {
         b: &StepBackward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()> {
         const OP: &str = "cell backward";
+        check_stores(
+            OP,
+            s.store,
+            &[
+                ("dgh", Some(b.dgh)),
+                ("dgx", b.dgx),
+                ("carry", Some(b.carry)),
+            ],
+        )?;
         let weights = b.weights.read(OP, "weights")?;
         let lengths = b.lengths.map(|l| l.read(OP, "lengths")).transpose()?;
         let hs = b.hs.read(OP, "hs")?;
@@ -510,8 +608,10 @@ impl<T: Real> Backend for CpuBackend<T> {
     ) -> Result<()> {
         let tokens = tokens.read("embedding", "tokens")?;
         let table = table.read("embedding", "table")?;
-        let mut out = out.write("embedding", "output")?;
-        embed::forward_cpu(s, &tokens, &table, &mut out)
+        let mut ov = out.write("embedding", "output")?;
+        embed::forward_cpu(s, &tokens, &table, &mut ov)?;
+        out.settle_all(&mut ov);
+        Ok(())
     }
 
     fn embed_backward(
@@ -524,8 +624,10 @@ impl<T: Real> Backend for CpuBackend<T> {
     ) -> Result<()> {
         let tokens = tokens.read("embedding backward", "tokens")?;
         let dout = dout.read("embedding backward", "dout")?;
-        let mut dtable = dtable.write("embedding backward", "dtable")?;
-        embed::backward_cpu(s, &tokens, &dout, &mut dtable, accumulate)
+        let mut dv = dtable.write("embedding backward", "dtable")?;
+        embed::backward_cpu(s, &tokens, &dout, &mut dv, accumulate)?;
+        dtable.settle_all(&mut dv);
+        Ok(())
     }
 
     fn skip_forward(&self, skip: Skip, n: usize, t: &SkipForward<'_, Self::Tensor>) -> Result<()> {
@@ -541,7 +643,12 @@ impl<T: Real> Backend for CpuBackend<T> {
             &out,
             gate.as_deref_mut().map(|v| v.as_mut_slice()),
             &mut y,
-        )
+        )?;
+        t.y.settle_all(&mut y);
+        if let (Some(g), Some(v)) = (t.gate, gate.as_deref_mut()) {
+            g.settle_all(v);
+        }
+        Ok(())
     }
 
     fn skip_backward(
@@ -570,13 +677,23 @@ impl<T: Real> Backend for CpuBackend<T> {
                 d_out: d_out.as_deref_mut().map(|v| v.as_mut_slice()),
                 dgate: dgate.as_deref_mut().map(|v| v.as_mut_slice()),
             },
-        )
+        )?;
+        t.dx.settle_all(&mut dx);
+        if let (Some(g), Some(v)) = (t.d_out, d_out.as_deref_mut()) {
+            g.settle_all(v);
+        }
+        if let (Some(g), Some(v)) = (t.dgate, dgate.as_deref_mut()) {
+            g.settle_all(v);
+        }
+        Ok(())
     }
 
     fn dropout(&self, s: &DropoutSpec, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         let x = x.read("dropout", "x")?;
-        let mut y = y.write("dropout", "y")?;
-        dropout::apply_cpu(s, &x, &mut y)
+        let mut yv = y.write("dropout", "y")?;
+        dropout::apply_cpu(s, &x, &mut yv)?;
+        y.settle_all(&mut yv);
+        Ok(())
     }
 
     fn optim_update(
@@ -592,10 +709,11 @@ impl<T: Real> Backend for CpuBackend<T> {
         const OP: &str = "optimizer";
         let grads = grads.read(OP, "gradients")?;
         let stats = stats.read(OP, "stats")?;
-        let mut params = params.write(OP, "parameters")?;
+        let mut pv = params.write(OP, "parameters")?;
         let mut s1 = s1.write(OP, "state 1")?;
         let mut s2 = s2.write(OP, "state 2")?;
-        optim::update_cpu(opt, s, &mut params, &grads, &mut s1, &mut s2, &stats)?;
+        optim::update_cpu(opt, s, &mut pv, &grads, &mut s1, &mut s2, &stats)?;
+        params.settle_all(&mut pv);
         Ok(())
     }
 
@@ -614,4 +732,22 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn flush(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// Fails unless every given tensor stores at the step's precision `want`.
+fn check_stores<T>(op: &str, want: Precision, ts: &[(&str, Option<&CpuTensor<T>>)]) -> Result<()> {
+    for (arg, t) in ts {
+        if let Some(t) = t
+            && t.store != want
+        {
+            return Err(Error::invalid(
+                format!("{op} {arg}"),
+                format!(
+                    "is stored in {} but the step stores in {want} (StepSpec::store)",
+                    t.store
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -385,6 +385,9 @@ impl Backend for GpuBackend {
         s: &StepSpec,
         b: &StepForward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()> {
+        if s.store.is_16bit() {
+            return Err(super::unsupported_precision(&self.describe(), s.store));
+        }
         self.ctx
             .record(|rec| cell::forward_step_gpu(rec, cell, s, b, self.placeholders()))
     }
@@ -395,6 +398,9 @@ impl Backend for GpuBackend {
         s: &StepSpec,
         b: &StepBackward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()> {
+        if s.store.is_16bit() {
+            return Err(super::unsupported_precision(&self.describe(), s.store));
+        }
         self.ctx
             .record(|rec| cell::backward_step_gpu(rec, cell, s, b, self.placeholders()))
     }

@@ -53,6 +53,7 @@ use crate::ops::optim::{GateSpec, Optimizer, UpdateSpec};
 use crate::ops::reduce::{ColDot, ColSum, ReduceOp};
 use crate::ops::skip::{Skip, SkipBackward, SkipForward};
 use crate::ops::softmax_xent::{Rows, SUMMARY_LEN, XentSummary};
+use crate::precision::Precision;
 use crate::real::Real;
 
 /// Buffers one cross-entropy evaluation writes.
@@ -110,6 +111,41 @@ pub trait Backend: Clone {
 
     /// An i32 tensor holding `data`.
     fn ints(&self, shape: &[usize], data: &[i32]) -> Result<Self::Ints>;
+
+    /// A zero-filled tensor that stores its values at `store`: with a
+    /// 16-bit precision, every value a kernel (or [`Backend::write`],
+    /// [`Backend::fill`], [`Backend::copy`]) stores into it is rounded to
+    /// that precision (see [`crate::precision`]). Fails on a backend that
+    /// has no such storage ([`Backend::supports`]).
+    fn zeros_stored(&self, shape: &[usize], store: Precision) -> Result<Self::Tensor> {
+        if store.is_16bit() {
+            return Err(unsupported_precision(&self.describe(), store));
+        }
+        self.zeros(shape)
+    }
+
+    /// How `t` stores its values ([`Backend::zeros_stored`]).
+    fn store_of(&self, _t: &Self::Tensor) -> Precision {
+        Precision::F32
+    }
+
+    /// Bytes `t` takes at its storage precision (2 a value in 16 bits; the
+    /// CPU path keeps 16-bit values in its f32 vectors, so its host memory
+    /// is the f32 figure).
+    fn stored_bytes(&self, t: &Self::Tensor) -> u64 {
+        let store = self.store_of(t);
+        let per = if store.is_16bit() {
+            store.bytes()
+        } else {
+            std::mem::size_of::<Self::Elem>()
+        };
+        (self.numel(t) * per) as u64
+    }
+
+    /// True when tensors can be stored at `p` on this backend.
+    fn supports(&self, p: Precision) -> bool {
+        !p.is_16bit()
+    }
 
     /// True when no other handle (a clone or a reshaped view) shares `t`'s
     /// storage: the holder of `t` is its only user, so its memory may be reused.
@@ -328,6 +364,22 @@ pub trait Backend: Clone {
         self.tensor(shape, &v)
     }
 
+    /// A tensor stored at `store` holding `data` (rounded to `store`).
+    fn tensor_stored(
+        &self,
+        shape: &[usize],
+        data: &[f64],
+        store: Precision,
+    ) -> Result<Self::Tensor> {
+        if !store.is_16bit() {
+            return self.tensor_f64(shape, data);
+        }
+        let t = self.zeros_stored(shape, store)?;
+        let v: Vec<Self::Elem> = data.iter().map(|&x| Self::Elem::of(x)).collect();
+        self.write(&t, &v)?;
+        Ok(t)
+    }
+
     /// A tensor from f32 values.
     fn tensor_f32(&self, shape: &[usize], data: &[f32]) -> Result<Self::Tensor> {
         let v: Vec<Self::Elem> = data.iter().map(|&x| Self::Elem::of(x as f64)).collect();
@@ -431,6 +483,17 @@ impl<T> std::fmt::Debug for PendingRead<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PendingRead")
     }
+}
+
+/// The error of a backend asked for a precision it has no kernels for.
+pub fn unsupported_precision(backend: &str, p: Precision) -> Error {
+    Error::invalid(
+        "precision",
+        format!(
+            "{p} storage runs on the CPU path only so far: {backend} has no 16-bit kernels \
+             yet; use --backend cpu, or --precision f32"
+        ),
+    )
 }
 
 /// Fails unless `got` equals `want`, naming `arg` and the expected shape in letters.

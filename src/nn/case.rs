@@ -6,9 +6,10 @@
 
 use super::rnn::{Rnn, RnnConfig, StepOrder};
 use crate::backend::{Backend, CpuBackend};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gradcheck::{GradCheck, spread_indices};
 use crate::parity::{Comparison, Mismatch, uniform};
+use crate::precision::Precision;
 use crate::real::Real;
 
 /// A recurrent stack and the shape of one batch to run through it.
@@ -204,17 +205,46 @@ pub fn run_case_ordered<B: Backend>(
     backward: bool,
     order: StepOrder,
 ) -> Result<RnnResults> {
+    run_case_at(backend, config, data, backward, order, Precision::F32)
+}
+
+/// [`run_case_ordered`] at `precision`: in a 16-bit mode the parameters,
+/// the inputs (x, the initial states, the incoming gradients) and every
+/// activation are stored in 16 bits, as `torch.autocast` casts them; the
+/// parameter gradients are f32 sums.
+pub fn run_case_at<B: Backend>(
+    backend: &B,
+    config: &RnnConfig,
+    data: &RnnCaseData,
+    backward: bool,
+    order: StepOrder,
+    precision: Precision,
+) -> Result<RnnResults> {
     let c = config;
-    let conv = |v: &[f64]| -> Vec<B::Elem> { v.iter().map(|&x| B::Elem::of(x)).collect() };
-    let mut rnn = Rnn::from_params(backend.clone(), *c, &conv(&data.params))?;
+    let weights = backend.tensor_stored(&[data.params.len()], &data.params, precision)?;
+    let mut rnn = Rnn::shared(backend.clone(), *c, weights, 0)?;
+    if data.params.len() != rnn.layout().total {
+        return Err(Error::invalid(
+            "parameters",
+            format!(
+                "{} values given, the {} layout has {}",
+                data.params.len(),
+                c.cell.name(),
+                rnn.layout().total
+            ),
+        ));
+    }
+    rnn.set_precision(precision)?;
     rnn.set_step_order(order);
     let (steps, batch) = (data.steps, data.batch);
     let state = [c.num_layers * c.directions(), batch, c.hidden_size];
     let hstate = [state[0], batch, c.state_size()];
     let opt = |shape: &[usize], v: &Option<Vec<f64>>| {
-        v.as_ref().map(|v| backend.tensor_f64(shape, v)).transpose()
+        v.as_ref()
+            .map(|v| backend.tensor_stored(shape, v, precision))
+            .transpose()
     };
-    let x = backend.tensor_f64(&[steps, batch, c.input_size], &data.x)?;
+    let x = backend.tensor_stored(&[steps, batch, c.input_size], &data.x, precision)?;
     let h0 = opt(&hstate, &data.h0)?;
     let c0 = opt(&state, &data.c0)?;
     let lengths = data.lengths.as_deref();

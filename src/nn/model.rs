@@ -49,6 +49,7 @@ use crate::ops::reduce::ColSum;
 use crate::ops::skip::Skip;
 use crate::ops::softmax_xent::Rows;
 use crate::parity::rng;
+use crate::precision::Precision;
 use crate::real::Real;
 
 use rand::RngExt;
@@ -356,6 +357,10 @@ pub struct SeqModel<B: Backend> {
     layout: ParamLayout,
     backend: B,
     params: B::Tensor,
+    /// What the passes read: `params` itself in f32, a 16-bit copy
+    /// otherwise (refreshed by [`SeqModel::refresh_weights`]).
+    weights: B::Tensor,
+    precision: Precision,
     grads: B::Tensor,
     rnn: Rnn<B>,
     pool: Pool<B>,
@@ -364,7 +369,28 @@ pub struct SeqModel<B: Backend> {
 impl<B: Backend> SeqModel<B> {
     /// A model holding the flat parameters `values` (laid out by [`ModelConfig::layout`]).
     pub fn new(backend: B, config: ModelConfig, values: &[f64]) -> Result<Self> {
+        Self::with_precision(backend, config, values, Precision::F32)
+    }
+
+    /// [`SeqModel::new`] computing at `precision`: in a 16-bit mode the
+    /// parameters stay f32 (the master copy the optimizer updates, as do
+    /// the gradients), the forward and backward read a 16-bit copy of them
+    /// ([`SeqModel::weights`]), and activations, saved states and gates and
+    /// the activation gradients are stored in 16 bits
+    /// ([`crate::precision`]).
+    pub fn with_precision(
+        backend: B,
+        config: ModelConfig,
+        values: &[f64],
+        precision: Precision,
+    ) -> Result<Self> {
         config.validate()?;
+        if !backend.supports(precision) {
+            return Err(crate::backend::unsupported_precision(
+                &backend.describe(),
+                precision,
+            ));
+        }
         let layout = config.layout();
         if values.len() != layout.total {
             return Err(Error::invalid(
@@ -373,24 +399,57 @@ impl<B: Backend> SeqModel<B> {
             ));
         }
         let params = backend.tensor_f64(&[layout.total], values)?;
+        let weights = if precision.is_16bit() {
+            let w = backend.zeros_stored(&[layout.total], precision)?;
+            backend.copy(&params, 0, &w, 0, layout.total)?;
+            w
+        } else {
+            params.clone()
+        };
         let grads = backend.zeros(&[layout.total])?;
         let rnn_offset = layout
             .get("rnn.weight_ih_l0")
             .map(|e| e.offset)
             .ok_or_else(|| Error::invalid("layout", "has no recurrent stack"))?;
-        let mut rnn = Rnn::shared(backend.clone(), config.rnn(), params.clone(), rnn_offset)?;
+        let mut rnn = Rnn::shared(backend.clone(), config.rnn(), weights.clone(), rnn_offset)?;
+        rnn.set_precision(precision)?;
         // One-hot inputs are constants: their gradient would be thrown away.
         rnn.set_input_gradient(config.input != InputEncoding::OneHot);
+        let mut pool = Pool::default();
+        pool.set_store(precision);
         Ok(SeqModel {
             id: next_owner_id(),
             config,
             layout,
             backend,
             params,
+            weights,
+            precision,
             grads,
             rnn,
-            pool: Pool::default(),
+            pool,
         })
+    }
+
+    /// The precision the model computes at ([`SeqModel::with_precision`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The parameters the passes read `[P]`: [`SeqModel::params`] in f32,
+    /// their 16-bit copy otherwise.
+    pub fn weights(&self) -> &B::Tensor {
+        &self.weights
+    }
+
+    /// Copies the f32 parameters into the 16-bit copy the passes read
+    /// (after an optimizer update; nothing to do in f32).
+    pub fn refresh_weights(&self) -> Result<()> {
+        if self.precision.is_16bit() {
+            self.backend
+                .copy(&self.params, 0, &self.weights, 0, self.layout.total)?;
+        }
+        Ok(())
     }
 
     /// The configuration.
@@ -457,7 +516,7 @@ impl<B: Backend> SeqModel<B> {
             table_off: self.offset("embedding.weight")?,
             ..Default::default()
         };
-        self.backend.embed_forward(&s, tokens, &self.params, &x)?;
+        self.backend.embed_forward(&s, tokens, &self.weights, &x)?;
         Ok(Some(x))
     }
 
@@ -469,7 +528,7 @@ impl<B: Backend> SeqModel<B> {
             .offsets(0, self.offset("decoder.weight")?, 0)
             .with_bias(self.offset("decoder.bias")?);
         self.backend
-            .gemm(&g, top, &self.params, Some(&self.params), &logits)?;
+            .gemm(&g, top, &self.weights, Some(&self.weights), &logits)?;
         Ok(logits)
     }
 
@@ -671,7 +730,7 @@ impl<B: Backend> SeqModel<B> {
         b.gemm(
             &Gemm::nn(rows, h, v).offsets(0, w_off, 0),
             &dlogits,
-            &self.params,
+            &self.weights,
             None,
             &dh,
         )?;
@@ -834,7 +893,8 @@ impl<B: Backend> SeqModel<B> {
             ));
         }
         let v: Vec<B::Elem> = values.iter().map(|&x| B::Elem::of(x)).collect();
-        self.backend.write(&self.params, &v)
+        self.backend.write(&self.params, &v)?;
+        self.refresh_weights()
     }
 
     /// Zeroes the gradients.

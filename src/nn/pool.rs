@@ -24,6 +24,7 @@ use crate::backend::{Backend, XentBuffers};
 use crate::error::Result;
 use crate::gpu::checked_numel;
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows};
+use crate::precision::Precision;
 
 /// Passes a free tensor may go unused before the pool releases it.
 pub const IDLE_PASSES: u64 = 256;
@@ -49,6 +50,7 @@ pub(crate) struct Pool<B: Backend> {
     entries: Vec<Entry<B>>,
     pass: u64,
     poison: bool,
+    store: Precision,
 }
 
 impl<B: Backend> Default for Pool<B> {
@@ -57,6 +59,7 @@ impl<B: Backend> Default for Pool<B> {
             entries: Vec::new(),
             pass: 0,
             poison: false,
+            store: Precision::F32,
         }
     }
 }
@@ -66,6 +69,12 @@ impl<B: Backend> Pool<B> {
     /// kernel reading memory it was not given shows up (for tests and debugging).
     pub fn set_poison(&mut self, on: bool) {
         self.poison = on;
+    }
+
+    /// Stores the tensors [`Pool::take`] hands out from now on at `p` (the
+    /// layer's activations and activation gradients; f32 by default).
+    pub fn set_store(&mut self, p: Precision) {
+        self.store = p;
     }
 
     /// Starts a pass; releases free tensors unused for [`IDLE_PASSES`] passes
@@ -84,12 +93,18 @@ impl<B: Backend> Pool<B> {
     /// A tensor of `shape` that nobody else holds. A reused one keeps its
     /// old contents: the caller writes every element before reading it.
     pub fn take(&mut self, b: &B, shape: &[usize]) -> Result<B::Tensor> {
+        self.take_stored(b, shape, self.store)
+    }
+
+    /// [`Pool::take`] of a tensor stored at `store` (f32 scratch of a
+    /// 16-bit pass: the per-row losses).
+    pub fn take_stored(&mut self, b: &B, shape: &[usize], store: Precision) -> Result<B::Tensor> {
         let len = checked_numel(shape).unwrap_or(usize::MAX);
         let pass = self.pass;
         if let Some(e) = self
             .entries
             .iter_mut()
-            .find(|e| e.len == len && b.is_unique(&e.tensor))
+            .find(|e| e.len == len && b.store_of(&e.tensor) == store && b.is_unique(&e.tensor))
         {
             e.last_pass = pass;
             let t = b.reshape(&e.tensor, shape)?;
@@ -98,7 +113,7 @@ impl<B: Backend> Pool<B> {
             }
             return Ok(t);
         }
-        let t = b.zeros(shape)?;
+        let t = b.zeros_stored(shape, store)?;
         self.entries.push(Entry {
             tensor: t.clone(),
             len,
@@ -112,6 +127,12 @@ impl<B: Backend> Pool<B> {
         let t = self.take(b, shape)?;
         b.fill(&t, 0, b.numel(&t), 0.0)?;
         Ok(t)
+    }
+
+    /// Bytes the pool's tensors take at their storage precision (in use or
+    /// free): the layer's workspace.
+    pub fn bytes(&self, b: &B) -> u64 {
+        self.entries.iter().map(|e| b.stored_bytes(&e.tensor)).sum()
     }
 
     /// An optional tensor: [`Pool::take`] when `want`.
@@ -136,8 +157,8 @@ impl<B: Backend> Pool<B> {
         dlogits: Option<&B::Tensor>,
     ) -> Result<()> {
         let out = XentBuffers {
-            loss: self.take(b, &[shape.rows])?,
-            stats: self.take(b, &[3 * shape.rows])?,
+            loss: self.take_stored(b, &[shape.rows], Precision::F32)?,
+            stats: self.take_stored(b, &[3 * shape.rows], Precision::F32)?,
             summary: summary.clone(),
             summary_off,
         };

@@ -74,6 +74,7 @@ use crate::ops::matmul::Gemm;
 use crate::ops::reduce::{ColDot, ColSum};
 use crate::ops::skip::{Skip, SkipBackward, SkipForward};
 use crate::parity::rng;
+use crate::precision::Precision;
 use crate::real::Real;
 use serde::{Deserialize, Serialize};
 
@@ -589,6 +590,7 @@ pub struct Rnn<B: Backend> {
     offset: usize,
     input_grad: bool,
     step_order: StepOrder,
+    precision: Precision,
     pool: Pool<B>,
     // The last packed-sequence lengths uploaded, and their tensor.
     lengths: Option<(Vec<i32>, B::Ints)>,
@@ -671,6 +673,7 @@ impl<B: Backend> Rnn<B> {
             offset,
             input_grad: true,
             step_order: StepOrder::Auto,
+            precision: Precision::F32,
             pool: Pool::default(),
             lengths: None,
         })
@@ -681,6 +684,37 @@ impl<B: Backend> Rnn<B> {
     /// saves a `[T·B, G·H] × [G·H, I]` matmul per direction).
     pub fn set_input_gradient(&mut self, on: bool) {
         self.input_grad = on;
+    }
+
+    /// Stores the stack's activations, saved states and gates, and the
+    /// activation gradients of its backward at `p` (f32 by default), every
+    /// product and sum still accumulating in f32 ([`crate::precision`]).
+    /// The parameters are read from the tensor the stack was given: a
+    /// [`crate::nn::model::SeqModel`] of a 16-bit precision gives it a
+    /// 16-bit copy of its f32 master weights. Fails on a backend without
+    /// 16-bit storage.
+    pub fn set_precision(&mut self, p: Precision) -> Result<()> {
+        if !self.backend.supports(p) {
+            return Err(crate::backend::unsupported_precision(
+                &self.backend.describe(),
+                p,
+            ));
+        }
+        self.precision = p;
+        self.pool.set_store(p);
+        Ok(())
+    }
+
+    /// Bytes of the stack's pooled buffers (activations, saved states and
+    /// gates, activation gradients, in use or free) at their storage
+    /// precision ([`Backend::stored_bytes`]).
+    pub fn workspace_bytes(&self) -> u64 {
+        self.pool.bytes(&self.backend)
+    }
+
+    /// The precision of the stack's activations ([`Rnn::set_precision`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// How the passes order the layers' steps ([`StepOrder::Auto`] by
@@ -1089,6 +1123,7 @@ impl<B: Backend> Rnn<B> {
                     more_steps: more,
                     ..Default::default()
                 },
+                store: self.precision,
                 ..Default::default()
             };
             // Each direction's first and last state slots.
@@ -1418,6 +1453,7 @@ impl<B: Backend> Rnn<B> {
                         more_steps: n - 1,
                         ..Default::default()
                     },
+                    store: self.precision,
                 };
                 b.cell_backward(cfg.cell, &spec, &bufs)?;
                 s += n;
@@ -1568,7 +1604,7 @@ impl<B: Backend> Rnn<B> {
         for w in 0..steps + layers - 1 {
             let lo = w.saturating_sub(steps - 1);
             let hi = w.min(layers - 1);
-            let spec = wave_step(
+            let mut spec = wave_step(
                 &cfg,
                 &plan[lo],
                 steps,
@@ -1581,6 +1617,7 @@ impl<B: Backend> Rnn<B> {
                     ..wave
                 },
             );
+            spec.store = self.precision;
             b.cell_forward(cfg.cell, &spec, &bufs)?;
         }
         // The slot after the last step.
@@ -1699,7 +1736,7 @@ impl<B: Backend> Rnn<B> {
             let lo = top.saturating_sub(s);
             let hi = top.min(top + steps - 1 - s);
             let t = steps - 1 - s + (top - lo);
-            let spec = wave_step(
+            let mut spec = wave_step(
                 &cfg,
                 &plan[lo],
                 steps,
@@ -1713,6 +1750,7 @@ impl<B: Backend> Rnn<B> {
                     ..shape
                 },
             );
+            spec.store = self.precision;
             b.cell_backward(cfg.cell, &spec, &bufs)?;
         }
         let grad_bufs = GradBuffers {

@@ -34,6 +34,7 @@ use super::need_len;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder, StepKernel};
+use crate::precision::Precision;
 use crate::real::Real;
 
 /// Nonlinearity of a vanilla RNN.
@@ -525,6 +526,12 @@ pub struct StepSpec {
     /// More work in the same step: the reverse direction beside this
     /// forward one, further time steps (none by default).
     pub fusion: Fusion,
+    /// How the step's buffers store values (f32 by default): with a 16-bit
+    /// precision every value a single step writes — the state slot, the
+    /// saved gates, the output rows, and in the backward the gate gradients
+    /// and the carries — is rounded to it as it is stored, so that the next
+    /// step reads what 16-bit storage holds (see [`crate::precision`]).
+    pub store: Precision,
 }
 
 /// Work a step takes on beside its own (one direction, one time step), so
@@ -1076,6 +1083,14 @@ impl StepSpec {
 }
 
 /// `v[from..]`, or an error naming the buffer when it is shorter.
+/// Rounds `v[from .. from + n]` (as much of it as `v` holds) to `p`.
+fn settle<T: Real>(p: Precision, v: &mut [T], from: usize, n: usize) {
+    let end = from.saturating_add(n).min(v.len());
+    if from < end {
+        p.round_slice(&mut v[from..end]);
+    }
+}
+
 fn tail<'v, T>(arg: &str, v: &'v [T], from: usize) -> Result<&'v [T]> {
     v.get(from..).ok_or_else(|| {
         Error::invalid(
@@ -1249,6 +1264,8 @@ fn forward_one<T: Real>(
                         .offsets((d - 1) * st.out + one.t * bsz * h, w.wih_off + by, 0)
                         .with_bias(w.bih_off + by);
                     gemm_cpu(&g, out, weights, Some(weights), &mut x_in)?;
+                    // (Stored, like the layer order's xg, at the step's precision.)
+                    s.store.round_slice(&mut x_in);
                     Some(&x_in[..])
                 }
                 _ => None,
@@ -1271,6 +1288,35 @@ fn forward_one<T: Real>(
             };
             forward_one(cell, &one, view, input)?;
         }
+        return Ok(());
+    }
+    if s.store.is_16bit() {
+        // The step in f32, then what it stored rounded to the precision.
+        let plain = StepSpec {
+            store: Precision::F32,
+            ..*s
+        };
+        let view = ForwardSlices {
+            xg,
+            weights,
+            lengths,
+            hs: &mut *hs,
+            cs: cs.as_deref_mut(),
+            gates: gates.as_deref_mut(),
+            out: &mut *out,
+        };
+        forward_one(cell, &plain, view, x_in)?;
+        let (bsz, h, p) = (s.batch, s.hidden, s.store);
+        let w = s.variant.state_size(h);
+        settle(p, hs, s.next() * bsz * w, bsz * w);
+        if let Some(c) = cs {
+            settle(p, c, s.next() * bsz * h, bsz * h);
+        }
+        if let Some(g) = gates {
+            let sv = s.variant.saved(cell) * h;
+            settle(p, g, s.t * bsz * sv, bsz * sv);
+        }
+        settle(p, out, s.t * bsz * s.out_ld, bsz * s.out_ld);
         return Ok(());
     }
     s.validate(cell, false, &lens)?;
@@ -1741,6 +1787,9 @@ fn backward_one<T: Real>(
                         0,
                     );
                     gemm_cpu(&g, src, weights, None, &mut grad)?;
+                    // (Stored, like the layer order's input gradient, at the
+                    // step's precision.)
+                    s.store.round_slice(&mut grad);
                     Some(&grad[..])
                 }
                 _ => None,
@@ -1761,6 +1810,33 @@ fn backward_one<T: Real>(
             };
             backward_one(cell, &one, view, up)?;
         }
+        return Ok(());
+    }
+    if s.store.is_16bit() {
+        let plain = StepSpec {
+            store: Precision::F32,
+            ..*s
+        };
+        let view = BackwardSlices {
+            weights,
+            lengths,
+            hs,
+            cs,
+            gates,
+            dout,
+            dgh: &mut *dgh,
+            dgx: dgx.as_deref_mut(),
+            carry: &mut *carry,
+        };
+        backward_one(cell, &plain, view, up)?;
+        let (bsz, h, p) = (s.batch, s.hidden, s.store);
+        let dl = s.variant.dgh_width(cell, h);
+        settle(p, dgh, s.t * bsz * dl, bsz * dl);
+        if let Some(d) = dgx {
+            let gh = cell.gates() * h;
+            settle(p, d, s.t * bsz * gh, bsz * gh);
+        }
+        settle(p, carry, 0, carry.len());
         return Ok(());
     }
     s.validate(cell, true, &lens)?;

@@ -222,6 +222,11 @@ pub struct UpdateSpec {
     pub norm_idx: usize,
     /// Index of the loss in the stats buffer: a non-finite loss skips the update too.
     pub loss_idx: Option<usize>,
+    /// The gradients (and the sum of their squares) are of the loss times
+    /// `1 / grad_scale`: each gradient is multiplied by it before clipping
+    /// and the update, and the norm by it before the clip (dynamic loss
+    /// scaling; 1 otherwise, which changes no bit).
+    pub grad_scale: f32,
 }
 
 kernel_params! {
@@ -244,7 +249,7 @@ kernel_params! {
         loss_idx: u32,
         stride: u32,
         invalid_idx: u32,
-        _pad1: u32,
+        grad_scale: f32,
         _pad2: u32,
     }
 }
@@ -265,6 +270,12 @@ impl Params {
                 "steps are numbered from 1",
             ));
         }
+        if !(s.grad_scale > 0.0 && s.grad_scale.is_finite()) {
+            return Err(Error::invalid(
+                "grad_scale",
+                format!("{} must be a positive finite number", s.grad_scale),
+            ));
+        }
         let mut p = Params {
             n: u32_of("parameters", s.n)?,
             norm_idx: u32_of("norm_idx", s.norm_idx)?,
@@ -275,6 +286,7 @@ impl Params {
             step: s.step.min(u32::MAX as u64) as u32,
             lr: s.lr,
             max_norm: s.max_norm.unwrap_or(0.0),
+            grad_scale: s.grad_scale,
             bias_c1: 1.0,
             bias_c2_sqrt: 1.0,
             ..Default::default()
@@ -366,13 +378,19 @@ fn check_lens(opt: &Optimizer, s: &UpdateSpec, lens: [usize; 5]) -> Result<()> {
 /// The clipping coefficient for a sum of squared gradients, or `None` to skip
 /// (in `T`, as the shader computes it in f32).
 pub fn clip_coef<T: Real>(norm_sq: T, max_norm: Option<f32>) -> Option<T> {
-    let norm = norm_sq.sqrt();
+    clip_coef_scaled(norm_sq, max_norm, T::one())
+}
+
+/// [`clip_coef`] of gradients that are `1 / unscale` times the true ones:
+/// the coefficient (times `unscale`) that takes each to its clipped true value.
+pub fn clip_coef_scaled<T: Real>(norm_sq: T, max_norm: Option<f32>, unscale: T) -> Option<T> {
+    let norm = norm_sq.sqrt() * unscale;
     if !norm.is_finite() {
         return None;
     }
     Some(match max_norm {
-        Some(m) if m > 0.0 => (T::of(m as f64) / (norm + T::of(1e-6))).min(T::one()),
-        _ => T::one(),
+        Some(m) if m > 0.0 => (T::of(m as f64) / (norm + T::of(1e-6))).min(T::one()) * unscale,
+        _ => unscale,
     })
 }
 
@@ -394,7 +412,9 @@ pub fn update_cpu<T: Real>(
     let p = Params::of(opt, s)?;
     // Same arithmetic as the shader, in T.
     let loss_ok = s.loss_idx.is_none_or(|i| stats[i].is_finite());
-    let Some(coef) = clip_coef(stats[s.norm_idx], s.max_norm).filter(|_| loss_ok) else {
+    let unscale = T::of(p.grad_scale as f64);
+    let Some(coef) = clip_coef_scaled(stats[s.norm_idx], s.max_norm, unscale).filter(|_| loss_ok)
+    else {
         return Ok(false);
     };
     let one = T::one();

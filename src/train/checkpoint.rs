@@ -13,13 +13,14 @@ use serde::{Deserialize, Serialize};
 
 use super::dist::Collective;
 use super::tasks::{Task, Vocab};
-use super::{EvalReport, HistoryPoint, TrainConfig, Trainer};
+use super::{EvalReport, HistoryPoint, LossScale, TrainConfig, Trainer};
 use crate::backend::{Backend, host_vec};
 use crate::error::{Error, Result};
 use crate::io::{
     HostTensor, TensorMap, flat_params, named_floats, parse_safetensors, write_safetensors,
 };
 use crate::nn::model::SeqModel;
+use crate::precision::Precision;
 use crate::real::Real;
 
 /// Points of the loss history a checkpoint keeps (evenly thinned beyond
@@ -54,6 +55,9 @@ struct Meta {
     skipped: u64,
     history: Vec<HistoryPoint>,
     evals: Vec<EvalReport>,
+    /// Dynamic loss scaling's state (f16 runs; absent in older checkpoints).
+    #[serde(default)]
+    loss_scale: Option<LossScale>,
 }
 
 fn meta_err(path: &Path, what: impl std::fmt::Display) -> Error {
@@ -143,6 +147,7 @@ impl<B: Backend> Trainer<B> {
             skipped: self.skipped,
             history: thin(&self.history, HISTORY_KEPT),
             evals: self.evals.clone(),
+            loss_scale: self.loss_scale,
         };
         let json = serde_json::to_string(&meta)
             .map_err(|e| Error::invalid("checkpoint", format!("cannot encode metadata: {e}")))?;
@@ -218,18 +223,34 @@ impl<B: Backend> Trainer<B> {
         t.skipped = meta.skipped;
         t.history = meta.history;
         t.evals = meta.evals;
+        if t.loss_scale.is_some()
+            && let Some(ls) = meta.loss_scale
+        {
+            t.loss_scale = Some(ls);
+        }
         Ok(t)
     }
 }
 
 /// Loads only the model (for sampling): the model, the task and the run's configuration.
 pub fn load_model<B: Backend>(backend: B, path: &Path) -> Result<(SeqModel<B>, Task, TrainConfig)> {
+    load_model_at(backend, path, Precision::F32)
+}
+
+/// [`load_model`] computing at `precision`: the checkpoint's f32 weights
+/// are the model's master parameters, and in a 16-bit mode its passes read
+/// them rounded to 16 bits ([`SeqModel::with_precision`]).
+pub fn load_model_at<B: Backend>(
+    backend: B,
+    path: &Path,
+    precision: Precision,
+) -> Result<(SeqModel<B>, Task, TrainConfig)> {
     let (tensors, meta) = read_meta(path)?;
     // Sampling needs the vocabulary only, not the training data.
     let task = Task::from_vocab(meta.config.task.clone(), meta.vocab.clone());
     let layout = meta.config.model.layout();
     let params = flat_params(&tensors, path, &layout)?;
-    let model = SeqModel::new(backend, meta.config.model, &params)?;
+    let model = SeqModel::with_precision(backend, meta.config.model, &params, precision)?;
     Ok((model, task, meta.config))
 }
 

@@ -71,6 +71,7 @@ pub mod mpi;
 pub mod plot;
 pub mod run;
 pub mod sample;
+pub mod scale;
 pub mod schedule;
 pub mod tasks;
 
@@ -88,8 +89,10 @@ use crate::nn::{BatchRows, State};
 use crate::ops::optim::{GateSpec, Optimizer, UpdateSpec};
 use crate::ops::reduce::ReduceOp;
 use crate::ops::softmax_xent::{IGNORE_INDEX, Rows, SUMMARY_LEN, XentSummary};
+use crate::precision::Precision;
 use crate::real::Real;
 use dist::Collective;
+pub use scale::LossScale;
 use schedule::Schedule;
 use tasks::{Batch, Task, TaskSpec};
 
@@ -147,6 +150,7 @@ impl TrainConfig {
             seed: 1,
             non_finite: NonFinite::Error,
             eval_problems: 1000,
+            precision: Precision::F32,
         }
     }
 }
@@ -220,6 +224,10 @@ pub struct TrainConfig {
     pub non_finite: NonFinite,
     /// Held-out problems per evaluation.
     pub eval_problems: usize,
+    /// Storage precision of the passes (f32 in checkpoints written before
+    /// it); f16 trains with dynamic loss scaling ([`LossScale`]).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// The outcome of one training step.
@@ -237,6 +245,10 @@ pub struct StepReport {
     pub grad_norm: f64,
     /// Windows whose update was skipped (non-finite norm).
     pub skipped: usize,
+    /// The loss scale the step's backward used (f16 training; `None`
+    /// otherwise). A step whose gradients overflowed was skipped (counted
+    /// in `skipped`) and the next one runs at half the scale.
+    pub loss_scale: Option<f64>,
 }
 
 /// The outcome of an evaluation on held-out problems.
@@ -312,6 +324,8 @@ pub struct Trainer<B: Backend> {
     eval_bufs: Option<EvalBufs<B>>,
     /// Steps recorded but not finished, oldest first.
     in_flight: VecDeque<InFlight<B::Elem>>,
+    /// Dynamic loss scaling (f16).
+    loss_scale: Option<LossScale>,
     step: u64,
     updates: u64,
     skipped: u64,
@@ -450,7 +464,12 @@ impl<B: Backend> Trainer<B> {
             "evaluation problems × steps (a workspace tensor)",
             (steps as u128 + 1) * config.eval_problems as u128 * width,
         )?;
-        let model = SeqModel::new(backend.clone(), config.model, params)?;
+        let model =
+            SeqModel::with_precision(backend.clone(), config.model, params, config.precision)?;
+        let loss_scale = config
+            .precision
+            .needs_loss_scaling()
+            .then(LossScale::default);
         let n = model.layout().total;
         let (l1, l2) = config.optimizer.state_lens(n);
         let s1 = backend.zeros(&[l1.max(1)])?;
@@ -479,6 +498,7 @@ impl<B: Backend> Trainer<B> {
             window_bufs,
             eval_bufs: None,
             in_flight: VecDeque::new(),
+            loss_scale,
             step: 0,
             updates: 0,
             skipped: 0,
@@ -585,6 +605,42 @@ impl<B: Backend> Trainer<B> {
     /// Updates whose norm was not finite and that were skipped.
     pub fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// The state of dynamic loss scaling (f16 training; `None` otherwise).
+    pub fn loss_scale(&self) -> Option<&LossScale> {
+        self.loss_scale.as_ref()
+    }
+
+    /// Replaces the state of dynamic loss scaling (to start from another
+    /// scale or grow at another interval). Fails unless the run trains in
+    /// f16, or when the scale is not a power of two in
+    /// `[MIN_SCALE, MAX_SCALE]` (its inverse must be exact).
+    pub fn set_loss_scale(&mut self, s: LossScale) -> Result<()> {
+        self.idle("set_loss_scale")?;
+        if self.loss_scale.is_none() {
+            return Err(Error::invalid(
+                "loss scale",
+                format!(
+                    "only f16 training scales its loss; this run stores in {}",
+                    self.config.precision
+                ),
+            ));
+        }
+        let exp = s.scale.log2();
+        if !(s.scale >= scale::MIN_SCALE && s.scale <= scale::MAX_SCALE && exp == exp.round()) {
+            return Err(Error::invalid(
+                "loss scale",
+                format!(
+                    "{} is not a power of two in [{}, {}]",
+                    s.scale,
+                    scale::MIN_SCALE,
+                    scale::MAX_SCALE
+                ),
+            ));
+        }
+        self.loss_scale = Some(s);
+        Ok(())
     }
 
     /// Loss and accuracy of every step so far.
@@ -799,8 +855,11 @@ impl<B: Backend> Trainer<B> {
     /// in flight: alone, yes; a data-parallel rank sums its gradients over
     /// the ranks on the host within each step (a readback and a write), so
     /// it waits for the device there anyway and runs one step at a time.
+    ///
+    /// Dynamic loss scaling (f16) also runs one step at a time: the scale
+    /// of a step depends on whether the one before it overflowed.
     pub fn can_overlap(&self) -> bool {
-        self.dist.is_none()
+        self.dist.is_none() && self.loss_scale.is_none()
     }
 
     /// Records the next training step (the one after those in flight) and
@@ -818,10 +877,16 @@ impl<B: Backend> Trainer<B> {
     /// [`Trainer::train_step`]'s, step for step.
     pub fn begin_step(&mut self) -> Result<()> {
         if !self.in_flight.is_empty() && !self.can_overlap() {
+            let why = if self.dist.is_some() {
+                "a data-parallel rank runs one step at a time (its sum over ranks \
+                 waits for the device within the step)"
+            } else {
+                "with dynamic loss scaling a step's scale depends on whether the step \
+                 before it overflowed, so steps run one at a time"
+            };
             return Err(Error::invalid(
                 "begin_step",
-                "a data-parallel rank runs one step at a time (its sum over ranks \
-                 waits for the device within the step); finish the step in flight first",
+                format!("{why}; finish the step in flight first"),
             ));
         }
         if self.dist.as_ref().is_some_and(|d| !d.agreed) {
@@ -832,7 +897,12 @@ impl<B: Backend> Trainer<B> {
             .task
             .train_batch(self.config.seed, step, self.config.batch)?;
         let lr = self.lr_at(step);
-        let scales = self.upload_windows(&batch)?;
+        let loss_scale = self.loss_scale.map_or(1.0, |l| l.scale);
+        let scales: Vec<f64> = self
+            .upload_windows(&batch)?
+            .into_iter()
+            .map(|s| s * loss_scale)
+            .collect();
         let rows = self.dist.as_ref().map(|d| BatchRows {
             offset: d.rows.start,
             global: self.config.batch,
@@ -930,6 +1000,7 @@ impl<B: Backend> Trainer<B> {
                 norm_idx,
                 // The summary's loss sum: a non-finite loss skips the update too.
                 loss_idx: Some(c * STATS_STRIDE + LOSS_SUM),
+                grad_scale: self.loss_scale.map_or(1.0, |l| l.unscale()),
             };
             b.optim_update(
                 &self.config.optimizer,
@@ -940,6 +1011,8 @@ impl<B: Backend> Trainer<B> {
                 &self.s2,
                 &self.stats,
             )?;
+            // The next window's (and step's) passes read the 16-bit copy.
+            self.model.refresh_weights()?;
         }
         // The only readback of the step, started now and waited for by
         // finish_step.
@@ -969,6 +1042,9 @@ impl<B: Backend> Trainer<B> {
         match report {
             Ok(report) => {
                 self.skipped += report.skipped as u64;
+                if let Some(ls) = &mut self.loss_scale {
+                    ls.update(report.skipped > 0);
+                }
                 self.history.push(HistoryPoint {
                     step: report.step,
                     loss: report.loss,
@@ -1015,7 +1091,10 @@ impl<B: Backend> Trainer<B> {
             norm_sq = stats[at + NORM];
             let bad_loss = !s.sum.is_finite();
             if !norm_sq.is_finite() || bad_loss {
-                if self.config.non_finite == NonFinite::Error {
+                // Under loss scaling, gradients that overflow f16 (a finite
+                // loss) are expected now and then: skipped, and the scale halves.
+                let overflow = self.loss_scale.is_some() && !bad_loss;
+                if self.config.non_finite == NonFinite::Error && !overflow {
                     let (what, value) = if bad_loss {
                         ("loss", s.sum)
                     } else {
@@ -1046,8 +1125,9 @@ impl<B: Backend> Trainer<B> {
             loss: total.sum / total.count.max(1) as f64,
             accuracy: total.correct as f64 / total.count.max(1) as f64,
             tokens: total.count,
-            grad_norm: norm_sq.sqrt(),
+            grad_norm: norm_sq.sqrt() / self.loss_scale.map_or(1.0, |l| l.scale),
             skipped,
+            loss_scale: self.loss_scale.map(|l| l.scale),
         })
     }
 

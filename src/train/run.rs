@@ -18,6 +18,7 @@ use super::plot::write_svg;
 use super::{EvalReport, TrainConfig, Trainer};
 use crate::backend::{Backend, BackendChoice, Chosen, choose_for_rank};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use crate::with_backend;
 
 /// What a new run (not a resume) does when its checkpoint file exists.
@@ -239,6 +240,13 @@ pub struct RunSummary {
     pub tokens_per_second: f64,
     /// Updates skipped for non-finite gradients.
     pub skipped_updates: u64,
+    /// Storage precision (`f32`, `f16`, `bf16`).
+    pub precision: String,
+    /// The loss scale at the end (f16 training; `None` otherwise).
+    pub loss_scale: Option<f64>,
+    /// Steps whose gradients overflowed f16 (skipped, the scale halved;
+    /// counted in `skipped_updates` too).
+    pub loss_scale_overflows: Option<u64>,
     /// Checkpoint written, if any.
     pub checkpoint: Option<String>,
     /// Plot written, if any.
@@ -489,7 +497,7 @@ fn run_on<B: Backend>(
     let cfg = trainer.config().clone();
     let m = &cfg.model;
     log(&format!(
-        "task {} | {} | {} params | batch {} × {} steps | {} lr {} | {} steps",
+        "task {} | {} | {} params | batch {} × {} steps | {} lr {} | {} steps{}",
         cfg.task.name(),
         m.describe_stack(),
         trainer.model().layout().total,
@@ -497,7 +505,12 @@ fn run_on<B: Backend>(
         trainer.task().steps(),
         cfg.optimizer.name(),
         cfg.optimizer.lr(),
-        cfg.steps
+        cfg.steps,
+        match cfg.precision {
+            Precision::F32 => String::new(),
+            Precision::F16 => " | f16 storage, dynamic loss scaling".into(),
+            p => format!(" | {p} storage"),
+        }
     ));
     let start = Instant::now();
     let first = trainer.step();
@@ -560,12 +573,16 @@ fn run_on<B: Backend>(
         smooth = Some(smooth.map_or(r.loss, |s| 0.95 * s + 0.05 * r.loss));
         smooth_acc = 0.95 * smooth_acc + 0.05 * r.accuracy;
         let done = trainer.step();
+        // (f16: the loss scale, a power of two.)
+        let scale = r
+            .loss_scale
+            .map_or_else(String::new, |s| format!(" scale 2^{}", s.log2().round()));
         if let Some(bar) = &bar {
             let rate =
                 (done - first) as f64 * tokens_per_step / start.elapsed().as_secs_f64().max(1e-9);
             bar.set_position(done);
             bar.set_message(format!(
-                "loss {:.4} acc {} {:.0} tok/s",
+                "loss {:.4} acc {} {:.0} tok/s{scale}",
                 smooth.unwrap_or(r.loss),
                 percent(smooth_acc),
                 rate
@@ -574,7 +591,11 @@ fn run_on<B: Backend>(
         if eval_every > 0 && done.is_multiple_of(eval_every) && done < total {
             if root {
                 let e = trainer.evaluate()?;
-                let line = format!("step {done}: loss {:.4}; {}", r.loss, describe_eval(&e));
+                let line = format!(
+                    "step {done}: loss {:.4}{scale}; {}",
+                    r.loss,
+                    describe_eval(&e)
+                );
                 match &bar {
                     Some(bar) if !bar.is_hidden() => bar.println(line),
                     _ => log(&line),
@@ -651,6 +672,9 @@ fn run_on<B: Backend>(
         seconds,
         tokens_per_second: trained as f64 * tokens_per_step / seconds.max(1e-9),
         skipped_updates: trainer.skipped(),
+        precision: cfg.precision.name().into(),
+        loss_scale: trainer.loss_scale().map(|s| s.scale),
+        loss_scale_overflows: trainer.loss_scale().map(|s| s.overflows),
         checkpoint: paths.checkpoint.as_ref().map(|p| p.display().to_string()),
         plot: paths.plot.as_ref().map(|p| p.display().to_string()),
         interrupted,

@@ -1,0 +1,283 @@
+//! 16-bit storage (f16, bf16) with f32 arithmetic: the CPU path stores
+//! every value a kernel writes into a 16-bit tensor rounded to that
+//! precision, the schedules agree bitwise, training keeps f32 master
+//! weights and (f16) scales its loss, checkpoints stay f32, and a backend
+//! without 16-bit kernels says so. The tolerances against PyTorch are in
+//! tests/pytorch.rs.
+
+mod common;
+
+use rnn_wgpu::Precision;
+use rnn_wgpu::backend::{Backend, CpuBackend};
+use rnn_wgpu::nn::case::{RnnCase, run_case_at};
+use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig, SeqModel};
+use rnn_wgpu::nn::{RnnConfig, StepOrder};
+use rnn_wgpu::ops::activation::{Activation, Span};
+use rnn_wgpu::ops::cell::Cell;
+use rnn_wgpu::ops::matmul::Gemm;
+use rnn_wgpu::ops::optim::Optimizer;
+use rnn_wgpu::parity::uniform;
+use rnn_wgpu::train::schedule::Schedule;
+use rnn_wgpu::train::tasks::TaskSpec;
+use rnn_wgpu::train::{Bptt, LossScale, NonFinite, TrainConfig, Trainer};
+
+const HALVES: [Precision; 2] = [Precision::F16, Precision::Bf16];
+
+fn on_grid(p: Precision, v: &[f32]) -> bool {
+    v.iter().all(|&x| p.round_f32(x).to_bits() == x.to_bits())
+}
+
+#[test]
+fn kernels_store_into_a_16bit_tensor_on_its_grid() {
+    let b = CpuBackend::<f32>::new();
+    let a = b.tensor_f64(&[3, 4], &uniform(1, 12, -1.0, 1.0)).unwrap();
+    let w = b.tensor_f64(&[4, 5], &uniform(2, 20, -1.0, 1.0)).unwrap();
+    let plain = b.zeros(&[3, 5]).unwrap();
+    b.gemm(&Gemm::nn(3, 5, 4), &a, &w, None, &plain).unwrap();
+    let exact = b.read(&plain).unwrap();
+    for p in HALVES {
+        assert!(!on_grid(p, &exact), "{p}: an f32 tensor is not rounded");
+        let c = b.zeros_stored(&[3, 5], p).unwrap();
+        assert_eq!(b.store_of(&c), p);
+        // A view keeps the storage's precision.
+        assert_eq!(b.store_of(&b.reshape(&c, &[15]).unwrap()), p);
+        let rounded: Vec<f32> = exact.iter().map(|&x| p.round_f32(x)).collect();
+        b.gemm(&Gemm::nn(3, 5, 4), &a, &w, None, &c).unwrap();
+        assert_eq!(b.read(&c).unwrap(), rounded, "{p}: matmul");
+        b.fill(&c, 0, 15, 0.1).unwrap();
+        assert_eq!(b.read(&c).unwrap(), vec![p.round_f32(0.1); 15], "{p}: fill");
+        b.copy(&plain, 0, &c, 0, 15).unwrap();
+        assert_eq!(b.read(&c).unwrap(), rounded, "{p}: copy");
+        b.write(&c, &exact).unwrap();
+        assert_eq!(b.read(&c).unwrap(), rounded, "{p}: write");
+        b.activation(Activation::Tanh, Span::all(15), &plain, &c)
+            .unwrap();
+        let t = b.read(&c).unwrap();
+        assert!(on_grid(p, &t), "{p}: activation");
+        for (y, x) in t.iter().zip(&exact) {
+            assert!(
+                (y - x.tanh()).abs() <= 4e-3 * x.tanh().abs().max(1e-3),
+                "{p}: tanh"
+            );
+        }
+        assert_eq!(b.stored_bytes(&c), 30);
+    }
+    assert_eq!(b.stored_bytes(&plain), 60);
+}
+
+#[test]
+fn schedules_agree_bitwise_in_16_bits_and_differ_from_f32() {
+    let b = CpuBackend::<f32>::new();
+    for cell in [Cell::Lstm, Cell::Gru] {
+        let case = RnnCase::new(RnnConfig::new(cell, 4, 6).layers(3), 7, 3, 5);
+        let data = case.data();
+        let f32_run = run_case_at(
+            &b,
+            &case.config,
+            &data,
+            true,
+            StepOrder::Layers,
+            Precision::F32,
+        )
+        .unwrap();
+        for p in HALVES {
+            let run = |order| run_case_at(&b, &case.config, &data, true, order, p).unwrap();
+            let (layers, wave) = (run(StepOrder::Layers), run(StepOrder::Wavefront));
+            assert_eq!(layers.values(), wave.values(), "{cell:?} {p}: values");
+            assert_eq!(
+                layers.gradients(),
+                wave.gradients(),
+                "{cell:?} {p}: gradients"
+            );
+            assert_ne!(
+                layers.values(),
+                f32_run.values(),
+                "{cell:?} {p}: nothing rounded"
+            );
+            let out: Vec<f32> = layers.output.iter().map(|&x| x as f32).collect();
+            assert!(
+                on_grid(p, &out),
+                "{cell:?} {p}: the output is stored in 16 bits"
+            );
+        }
+    }
+}
+
+fn model() -> ModelConfig {
+    ModelConfig {
+        vocab: 0,
+        input: InputEncoding::Embedding(8),
+        cell: Cell::Lstm,
+        hidden: 24,
+        layers: 1,
+        dropout: 0.0,
+        forget_bias: 1.0,
+        init: Init::Uniform,
+        variant: Default::default(),
+        skip: Default::default(),
+    }
+}
+
+fn config(precision: Precision) -> TrainConfig {
+    TrainConfig {
+        batch: 16,
+        steps: 60,
+        bptt: Bptt::Full,
+        optimizer: Optimizer::adam(0.01),
+        schedule: Schedule::Constant,
+        clip: Some(1.0),
+        seed: 9,
+        non_finite: NonFinite::Error,
+        eval_problems: 50,
+        precision,
+        ..TrainConfig::new(TaskSpec::add(2), model())
+    }
+}
+
+#[test]
+fn training_keeps_f32_master_weights_and_follows_f32() {
+    let mut f32_run = Trainer::new(CpuBackend::<f32>::new(), config(Precision::F32)).unwrap();
+    let base: Vec<f64> = (0..40)
+        .map(|_| f32_run.train_step().unwrap().loss)
+        .collect();
+    for p in HALVES {
+        let mut t = Trainer::new(CpuBackend::<f32>::new(), config(p)).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..40 {
+            let r = t.train_step().unwrap();
+            assert_eq!(r.loss_scale.is_some(), p == Precision::F16, "{p}");
+            losses.push(r.loss);
+        }
+        // Learning, and close to the f32 run.
+        let (first, last) = (losses[0], losses[39]);
+        assert!(last < 0.8 * first, "{p}: loss {first} -> {last}");
+        assert!(
+            (last - base[39]).abs() < 0.1 * base[39],
+            "{p}: loss {last} after 40 steps, f32 {}",
+            base[39]
+        );
+        let b = t.model().backend();
+        let master = b.read(t.model().params()).unwrap();
+        let copy = b.read(t.model().weights()).unwrap();
+        assert!(!on_grid(p, &master), "{p}: the master weights are f32");
+        assert!(on_grid(p, &copy), "{p}: the passes read 16-bit weights");
+        let rounded: Vec<f32> = master.iter().map(|&x| p.round_f32(x)).collect();
+        assert_eq!(
+            copy, rounded,
+            "{p}: the copy is the master, rounded, after the update"
+        );
+    }
+}
+
+#[test]
+fn f16_overflow_skips_the_update_and_halves_the_scale() {
+    let mut t = Trainer::new(CpuBackend::<f32>::new(), config(Precision::F16)).unwrap();
+    t.set_loss_scale(LossScale {
+        scale: rnn_wgpu::train::scale::MAX_SCALE,
+        growth_interval: 3,
+        ..LossScale::default()
+    })
+    .unwrap();
+    let mut overflowed = 0;
+    for _ in 0..30 {
+        let before = t.read_params().unwrap();
+        let scale = t.loss_scale().unwrap().scale;
+        let r = t.train_step().unwrap();
+        assert!(r.loss.is_finite());
+        assert_eq!(r.loss_scale, Some(scale));
+        let after = t.read_params().unwrap();
+        if r.skipped > 0 {
+            overflowed += 1;
+            assert_eq!(before, after, "an overflowed step changes nothing");
+            assert_eq!(t.loss_scale().unwrap().scale, scale / 2.0);
+        } else {
+            assert_ne!(before, after);
+            assert!(
+                r.grad_norm.is_finite() && r.grad_norm < 1e3,
+                "unscaled norm {}",
+                r.grad_norm
+            );
+        }
+    }
+    let s = t.loss_scale().unwrap();
+    assert!(overflowed > 0, "2^24 overflows f16 gradients");
+    assert_eq!(s.overflows, overflowed);
+    // Three clean steps double it again: it settles below the start.
+    assert!(s.scale < rnn_wgpu::train::scale::MAX_SCALE);
+    assert_eq!(t.skipped(), overflowed);
+    // Only f16 has a loss scale to set.
+    let mut bf = Trainer::new(CpuBackend::<f32>::new(), config(Precision::Bf16)).unwrap();
+    let e = bf
+        .set_loss_scale(LossScale::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("only f16"), "{e}");
+    let e = t
+        .set_loss_scale(LossScale {
+            scale: 3.0,
+            ..LossScale::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("power of two"), "{e}");
+}
+
+#[test]
+fn checkpoints_stay_f32_and_resume_the_loss_scale() {
+    let s = common::Scratch::new("precision-checkpoint");
+    let path = s.path("f16.safetensors");
+    let mut t = Trainer::new(CpuBackend::<f32>::new(), config(Precision::F16)).unwrap();
+    t.set_loss_scale(LossScale {
+        scale: 1024.0,
+        ..LossScale::default()
+    })
+    .unwrap();
+    for _ in 0..5 {
+        t.train_step().unwrap();
+    }
+    t.save(&path).unwrap();
+    let mut back = Trainer::load(CpuBackend::<f32>::new(), &path).unwrap();
+    assert_eq!(back.config().precision, Precision::F16);
+    assert_eq!(back.loss_scale(), t.loss_scale());
+    assert_eq!(back.read_params().unwrap(), t.read_params().unwrap());
+    // The same trajectory on.
+    for _ in 0..3 {
+        assert_eq!(back.train_step().unwrap(), t.train_step().unwrap());
+    }
+    // The saved weights are the f32 master copy, and a model loaded at
+    // another precision reads them rounded.
+    let (m, _, cfg) = rnn_wgpu::train::checkpoint::load_model_at(
+        CpuBackend::<f32>::new(),
+        &path,
+        Precision::Bf16,
+    )
+    .unwrap();
+    assert_eq!(cfg.precision, Precision::F16);
+    let b = m.backend();
+    let master = b.read(m.params()).unwrap();
+    assert!(!on_grid(Precision::F16, &master));
+    assert!(on_grid(Precision::Bf16, &b.read(m.weights()).unwrap()));
+}
+
+#[test]
+fn a_backend_without_16bit_kernels_says_so() {
+    let gpu = gpu_or_skip!();
+    let cfg = ModelConfig {
+        vocab: 12,
+        ..model()
+    };
+    let params = cfg.init_params(1).unwrap();
+    for p in HALVES {
+        assert!(!gpu.supports(p));
+        let e = SeqModel::with_precision(gpu.clone(), cfg, &params, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--backend cpu") && e.contains(p.name()), "{e}");
+        let e = Trainer::new(gpu.clone(), config(p))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no 16-bit kernels"), "{e}");
+    }
+    // f32 is as before.
+    assert!(SeqModel::with_precision(gpu, cfg, &params, Precision::F32).is_ok());
+}
