@@ -34,7 +34,7 @@ fn act_forward(
     if (i >= p.n) {
         return;
     }
-    y[p.out_off + i] = act_f(ACT, x[p.x_off + i], p.slope);
+    y[p.out_off + i] = stored(act_f(ACT, x[p.x_off + i], p.slope));
 }
 
 // dx = dy * act'(x)   (or dx += ... with FLAG_ACCUMULATE)
@@ -52,5 +52,5 @@ fn act_backward(
     if ((p.flags & FLAG_ACCUMULATE) != 0u) {
         g += dx[p.out_off + i];
     }
-    dx[p.out_off + i] = g;
+    dx[p.out_off + i] = stored(g);
 }

@@ -231,7 +231,8 @@ fn out_index(b: u32, j: u32) -> u32 {
 // (gate block and unit).
 fn x_pre(i: u32, v: f32, gj: u32) -> f32 {
     if (st.wave_in) {
-        return v + weights[st.bih_off + gj];
+        // (Rounded as the layer order's xg stores it.)
+        return stored(v + weights[st.bih_off + gj]);
     }
     return xg[st.o_xg + i];
 }
@@ -240,7 +241,8 @@ fn x_pre(i: u32, v: f32, gj: u32) -> f32 {
 // wavefront's layer below the top, its in-step product `up`.
 fn grad_out(b: u32, j: u32, up: f32) -> f32 {
     if (st.wave_up) {
-        return up;
+        // (Rounded as the layer order's input gradient stores it.)
+        return stored(up);
     }
     return dout[out_index(b, j)];
 }

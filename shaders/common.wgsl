@@ -143,3 +143,56 @@ fn act_d(kind: u32, x: f32, slope: f32) -> f32 {
         default: { return 1.0; }
     }
 }
+
+// Storage precision of the values a kernel stores into its 16-bit-able
+// outputs (0: f32, 1: f16, 2: bf16; src/precision.rs): every such value is
+// rounded to it as it is stored, so the tensor holds exactly what 16-bit
+// storage holds. Kernels that never store into one leave it 0.
+override STORE: u32 = 0u;
+
+// x rounded to the nearest f16 value (ties to even, +-inf from 65520 on,
+// NaN kept), as an f32: the integer twin of precision::round_f16, so that
+// fast math cannot fold it.
+fn round_f16(x: f32) -> f32 {
+    let bits = bitcast<u32>(x);
+    let sign = bits & 0x80000000u;
+    let a = bits & 0x7fffffffu;
+    // Normal: keep 10 of the 23 fraction bits (a carry into the exponent is
+    // the right result); past 65504, infinity.
+    var n = (a + 0x0fffu + ((a >> 13u) & 1u)) & 0xffffe000u;
+    n = select(n, 0x7f800000u, n > 0x477fe000u);
+    // Below 2^-14: a multiple q of 2^-24. The value is m * 2^(e - 150) with
+    // e the (at least 1) biased exponent and m the significand, so
+    // q = m / 2^(126 - e), rounded to nearest even (0 from a shift of 25 on).
+    let e = max(a >> 23u, 1u);
+    let m = (a & 0x007fffffu) | select(0u, 0x00800000u, (a >> 23u) > 0u);
+    let s = clamp(126u - min(e, 125u), 1u, 31u);
+    var q = m >> s;
+    let rem = m - (q << s);
+    let half = 1u << (s - 1u);
+    q += select(0u, 1u, rem > half || (rem == half && (q & 1u) == 1u));
+    q = select(q, 0u, s > 24u);
+    // q <= 1024: exact in f32, and the scaling by 2^-24 is exact.
+    let sub = bitcast<u32>(f32(q) * 5.9604644775390625e-8);
+    let r = select(n, sub, a < 0x38800000u);
+    return bitcast<f32>(select(r | sign, bits, a > 0x7f800000u));
+}
+
+// x rounded to the nearest bf16 value (ties to even, overflow to +-inf, NaN
+// kept), as an f32 (precision::round_bf16).
+fn round_bf16(x: f32) -> f32 {
+    let bits = bitcast<u32>(x);
+    let r = (bits + 0x7fffu + ((bits >> 16u) & 1u)) & 0xffff0000u;
+    return bitcast<f32>(select(r, bits, (bits & 0x7fffffffu) > 0x7f800000u));
+}
+
+// x as a tensor stored at STORE holds it.
+fn stored(x: f32) -> f32 {
+    if (STORE == 1u) {
+        return round_f16(x);
+    }
+    if (STORE == 2u) {
+        return round_bf16(x);
+    }
+    return x;
+}

@@ -66,5 +66,5 @@ fn dropout(
     if (uniform01(g) >= p.p) {
         v = x[p.x_off + i] * p.scale;
     }
-    y[p.y_off + i] = v;
+    y[p.y_off + i] = stored(v);
 }

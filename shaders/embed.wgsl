@@ -62,7 +62,7 @@ fn embed_forward(
     if (p.columns == 1u) {
         v += table[p.bias_off + j];
     }
-    out[p.out_off + i] = v;
+    out[p.out_off + i] = stored(v);
 }
 
 const NONE: u32 = 0xffffffffu;
@@ -187,5 +187,5 @@ fn embed_backward(
     if (p.accumulate != 0u) {
         s += dtable[at];
     }
-    dtable[at] = s;
+    dtable[at] = stored(s);
 }

@@ -43,13 +43,13 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let h_prev = hs[st.o_hs + prev_slot() * bh + hc];
     let rb = p.reset_before == 1u;
     if (!is_live(b)) {
-        hs[st.o_hs + next_slot() * bh + hc] = h_prev;
+        hs[st.o_hs + next_slot() * bh + hc] = stored(h_prev);
         if (p.save == 1u || rb) {
             for (var g = 0u; g < 4u; g++) {
-                gates[st.o_g + srow + g * p.H + j] = 0.0;
+                gates[st.o_g + srow + g * p.H + j] = stored(0.0);
             }
         }
-        out[out_index(b, j)] = 0.0;
+        out[out_index(b, j)] = stored(0.0);
         return;
     }
     let hr = acc[0] + weights[st.bhh_off + j];
@@ -61,9 +61,9 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let z = cell_act(p.act_f, zz);
     if (rb) {
         // Reset-before: the gates and r * h_prev; gru_reset_forward follows.
-        gates[st.o_g + srow + j] = select(r, zr, clipping());
-        gates[st.o_g + srow + p.H + j] = select(z, zz, clipping());
-        gates[st.o_g + srow + 3u * p.H + j] = r * h_prev;
+        gates[st.o_g + srow + j] = stored(select(r, zr, clipping()));
+        gates[st.o_g + srow + p.H + j] = stored(select(z, zz, clipping()));
+        gates[st.o_g + srow + 3u * p.H + j] = stored(r * h_prev);
         return;
     }
     let zn = clip_v(x_pre(row + 2u * p.H + j, xin[2], 2u * p.H + j) + r * hn);
@@ -74,13 +74,13 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         if (clipping()) {
             keep = vec3<f32>(zr, zz, zn);
         }
-        gates[st.o_g + srow + j] = keep.x;
-        gates[st.o_g + srow + p.H + j] = keep.y;
-        gates[st.o_g + srow + 2u * p.H + j] = keep.z;
-        gates[st.o_g + srow + 3u * p.H + j] = hn;
+        gates[st.o_g + srow + j] = stored(keep.x);
+        gates[st.o_g + srow + p.H + j] = stored(keep.y);
+        gates[st.o_g + srow + 2u * p.H + j] = stored(keep.z);
+        gates[st.o_g + srow + 3u * p.H + j] = stored(hn);
     }
-    hs[st.o_hs + next_slot() * bh + hc] = h;
-    out[out_index(b, j)] = h;
+    hs[st.o_hs + next_slot() * bh + hc] = stored(h);
+    out[out_index(b, j)] = stored(h);
 }
 
 @compute @workgroup_size(32, 8)
@@ -119,12 +119,12 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let rb = p.reset_before == 1u;
     if (!live) {
         for (var g = 0u; g < G; g++) {
-            dgh[st.o_dgh + row + g * p.H + j] = 0.0;
+            dgh[st.o_dgh + row + g * p.H + j] = stored(0.0);
             if (!rb) {
-                dgx[st.o_dgx + row + g * p.H + j] = 0.0;
+                dgx[st.o_dgx + row + g * p.H + j] = stored(0.0);
             }
         }
-        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh;
+        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dh);
         return;
     }
     if (rb) {
@@ -134,9 +134,9 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
         let gn = saved_gate(srow, 2u, j, p.act_g);
         let h_prev = hs_saved[st.o_hs + prev_slot() * bh + hc];
         let dn = clip_pass(gn.y, cell_act_back(p.act_g, gn.x, dh * (1.0 - gz.x)));
-        dgh[st.o_dgh + row + p.H + j] = clip_pass(gz.y, cell_act_back(p.act_f, gz.x, dh * (h_prev - gn.x)));
-        dgh[st.o_dgh + row + 2u * p.H + j] = dn;
-        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh * gz.x;
+        dgh[st.o_dgh + row + p.H + j] = stored(clip_pass(gz.y, cell_act_back(p.act_f, gz.x, dh * (h_prev - gn.x))));
+        dgh[st.o_dgh + row + 2u * p.H + j] = stored(dn);
+        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dh * gz.x);
         return;
     }
     let gr = saved_gate(srow, 0u, j, p.act_f);
@@ -150,13 +150,13 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let dn = clip_pass(gn.y, cell_act_back(p.act_g, n, dh * (1.0 - z)));
     let dr = clip_pass(gr.y, cell_act_back(p.act_f, r, dn * hn));
     let dz = clip_pass(gz.y, cell_act_back(p.act_f, z, dh * (h_prev - n)));
-    dgx[st.o_dgx + row + j] = dr;
-    dgx[st.o_dgx + row + p.H + j] = dz;
-    dgx[st.o_dgx + row + 2u * p.H + j] = dn;
-    dgh[st.o_dgh + row + j] = dr;
-    dgh[st.o_dgh + row + p.H + j] = dz;
-    dgh[st.o_dgh + row + 2u * p.H + j] = dn * r;
-    carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh * z;
+    dgx[st.o_dgx + row + j] = stored(dr);
+    dgx[st.o_dgx + row + p.H + j] = stored(dz);
+    dgx[st.o_dgx + row + 2u * p.H + j] = stored(dn);
+    dgh[st.o_dgh + row + j] = stored(dr);
+    dgh[st.o_dgh + row + p.H + j] = stored(dz);
+    dgh[st.o_dgh + row + 2u * p.H + j] = stored(dn * r);
+    carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dh * z);
 }
 
 // Element i of the input-side gate gradients (dgx (the n block differs from dgh's by r)): what a

@@ -37,17 +37,17 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let srow = (st.t * p.B + b) * gh4;
     let h_prev = hs[st.o_hs + prev_slot() * bh + hc];
     if (!is_live(b)) {
-        hs[st.o_hs + next_slot() * bh + hc] = h_prev;
-        out[out_index(b, j)] = 0.0;
+        hs[st.o_hs + next_slot() * bh + hc] = stored(h_prev);
+        out[out_index(b, j)] = stored(0.0);
         return;
     }
     let z = gate_value(gates[st.o_g + srow + p.H + j], p.act_f).x;
     let zn = clip_v(xg[st.o_xg + row + 2u * p.H + j] + (acc[0] + weights[st.bhh_off + j]));
     let n = cell_act(p.act_g, zn);
     let h = (1.0 - z) * n + z * h_prev;
-    gates[st.o_g + srow + 2u * p.H + j] = select(n, zn, clipping());
-    hs[st.o_hs + next_slot() * bh + hc] = h;
-    out[out_index(b, j)] = h;
+    gates[st.o_g + srow + 2u * p.H + j] = stored(select(n, zn, clipping()));
+    hs[st.o_hs + next_slot() * bh + hc] = stored(h);
+    out[out_index(b, j)] = stored(h);
 }
 
 @compute @workgroup_size(32, 8)
@@ -77,14 +77,14 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let dq = acc;
     let row = (st.t * p.B + b) * gh3;
     if (!is_live(b)) {
-        dgh[st.o_dgh + row + j] = 0.0;
+        dgh[st.o_dgh + row + j] = stored(0.0);
         return;
     }
     let gr = saved_gate((st.t * p.B + b) * 4u * p.H, 0u, j, p.act_f);
     let h_prev = hs_saved[st.o_hs + prev_slot() * p.B * p.H + b * p.H + j];
-    dgh[st.o_dgh + row + j] = clip_pass(gr.y, cell_act_back(p.act_f, gr.x, dq * h_prev));
+    dgh[st.o_dgh + row + j] = stored(clip_pass(gr.y, cell_act_back(p.act_f, gr.x, dq * h_prev)));
     let c = carry_index(1u - st.parity, 0u, b, j);
-    carry[st.o_carry + c] = carry[st.o_carry + c] + dq * gr.x;
+    carry[st.o_carry + c] = stored(carry[st.o_carry + c] + dq * gr.x);
 }
 
 // Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a

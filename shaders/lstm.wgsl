@@ -43,15 +43,15 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let c_prev = cs[st.o_cs + prev_slot() * bh + hc];
     let proj = p.proj == 1u;
     if (!is_live(b)) {
-        cs[st.o_cs + next_slot() * bh + hc] = c_prev;
+        cs[st.o_cs + next_slot() * bh + hc] = stored(c_prev);
         if (p.save == 1u || proj) {
             for (var g = 0u; g < p.gates_ld / p.H; g++) {
-                gates[st.o_g + srow + g * p.H + j] = 0.0;
+                gates[st.o_g + srow + g * p.H + j] = stored(0.0);
             }
         }
         if (!proj) {
-            hs[st.o_hs + next_slot() * bh + hc] = hs[st.o_hs + prev_slot() * bh + hc];
-            out[out_index(b, j)] = 0.0;
+            hs[st.o_hs + next_slot() * bh + hc] = stored(hs[st.o_hs + prev_slot() * bh + hc]);
+            out[out_index(b, j)] = stored(0.0);
         }
         return;
     }
@@ -84,19 +84,19 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         if (clipping()) {
             keep = vec4<f32>(zi, zf, zg, zo);
         }
-        gates[st.o_g + srow + j] = keep.x;
-        gates[st.o_g + srow + p.H + j] = keep.y;
-        gates[st.o_g + srow + 2u * p.H + j] = keep.z;
-        gates[st.o_g + srow + 3u * p.H + j] = keep.w;
+        gates[st.o_g + srow + j] = stored(keep.x);
+        gates[st.o_g + srow + p.H + j] = stored(keep.y);
+        gates[st.o_g + srow + 2u * p.H + j] = stored(keep.z);
+        gates[st.o_g + srow + 3u * p.H + j] = stored(keep.w);
     }
-    cs[st.o_cs + next_slot() * bh + hc] = c;
+    cs[st.o_cs + next_slot() * bh + hc] = stored(c);
     if (proj) {
         // m = o * h(c), which lstm_project multiplies by W_hr.
-        gates[st.o_g + srow + 4u * p.H + j] = h;
+        gates[st.o_g + srow + 4u * p.H + j] = stored(h);
         return;
     }
-    hs[st.o_hs + next_slot() * bh + hc] = h;
-    out[out_index(b, j)] = h;
+    hs[st.o_hs + next_slot() * bh + hc] = stored(h);
+    out[out_index(b, j)] = stored(h);
 }
 
 // dG (one buffer: the input and recurrent pre-activations get the same gradient)
@@ -145,15 +145,15 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let out_par = 1u - st.parity;
     if (!live) {
         for (var g = 0u; g < G; g++) {
-            dgh[st.o_dgh + row + g * p.H + j] = 0.0;
+            dgh[st.o_dgh + row + g * p.H + j] = stored(0.0);
         }
         if (!proj) {
-            carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh;
+            carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dh);
         } else if (j < p.hp) {
             // Past the row's end h is carried: its gradient too.
-            carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dgh[st.o_dgh + row + gh + j];
+            carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dgh[st.o_dgh + row + gh + j]);
         }
-        carry[st.o_carry + carry_index(out_par, 1u, b, j)] = dc_in;
+        carry[st.o_carry + carry_index(out_par, 1u, b, j)] = stored(dc_in);
         return;
     }
     let gi = saved_gate(srow, 0u, j, p.act_f);
@@ -182,18 +182,18 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
         df = clip_pass(gf.y, cell_act_back(p.act_f, f, dc * c_prev));
     }
     let di = clip_pass(gi.y, cell_act_back(p.act_f, i, di_up));
-    dgh[st.o_dgh + row + j] = di;
-    dgh[st.o_dgh + row + p.H + j] = df;
-    dgh[st.o_dgh + row + 2u * p.H + j] = clip_pass(gg.y, cell_act_back(p.act_g, g, dc * i));
-    dgh[st.o_dgh + row + 3u * p.H + j] = d_o;
+    dgh[st.o_dgh + row + j] = stored(di);
+    dgh[st.o_dgh + row + p.H + j] = stored(df);
+    dgh[st.o_dgh + row + 2u * p.H + j] = stored(clip_pass(gg.y, cell_act_back(p.act_g, g, dc * i)));
+    dgh[st.o_dgh + row + 3u * p.H + j] = stored(d_o);
     var dcp = dc * f;
     if (p.peepholes == 1u) {
         dcp += di * weights[st.peep_off + j] + df * weights[st.peep_off + p.H + j];
     }
     if (j < p.hp) {
-        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = 0.0;
+        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(0.0);
     }
-    carry[st.o_carry + carry_index(out_par, 1u, b, j)] = dcp;
+    carry[st.o_carry + carry_index(out_par, 1u, b, j)] = stored(dcp);
 }
 
 // Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a

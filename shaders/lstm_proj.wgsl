@@ -34,12 +34,12 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
-        hs[st.o_hs + next_slot() * bh + hc] = hs[st.o_hs + prev_slot() * bh + hc];
-        out[out_index(b, j)] = 0.0;
+        hs[st.o_hs + next_slot() * bh + hc] = stored(hs[st.o_hs + prev_slot() * bh + hc]);
+        out[out_index(b, j)] = stored(0.0);
         return;
     }
-    hs[st.o_hs + next_slot() * bh + hc] = acc[0];
-    out[out_index(b, j)] = acc[0];
+    hs[st.o_hs + next_slot() * bh + hc] = stored(acc[0]);
+    out[out_index(b, j)] = stored(acc[0]);
 }
 
 @compute @workgroup_size(32, 8)
@@ -68,7 +68,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     if (is_live(b)) {
         dh += dout[out_index(b, j)];
     }
-    dgh[st.o_dgh + (st.t * p.B + b) * p.dg_ld + 4u * p.cell_h + j] = dh;
+    dgh[st.o_dgh + (st.t * p.B + b) * p.dg_ld + 4u * p.cell_h + j] = stored(dh);
 }
 
 // Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a

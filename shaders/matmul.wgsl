@@ -134,7 +134,8 @@ fn store(row: u32, col: u32, acc: f32) {
     if ((p.flags & FLAG_ACCUMULATE) != 0u) {
         v += c[idx];
     }
-    c[idx] = v;
+    // (A split's partials are f32: STORE is 0 for them.)
+    c[idx] = stored(v);
 }
 
 // Reference variant: one invocation per element of C, K-loop from global memory.

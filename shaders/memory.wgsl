@@ -72,3 +72,19 @@ fn f16_to_f32(
         data[p.off + 2u * w + 1u] = v.y;
     }
 }
+
+// data[off + i] = src_f32[src_off + i] as a tensor stored at STORE holds it
+// (a copy into a 16-bit tensor from an f32 one: the 16-bit weights from the
+// master copy).
+@compute @workgroup_size(256)
+fn round_copy(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = linear_group(wid, nwg) * 256u + lid;
+    if (i >= p.n) {
+        return;
+    }
+    data[p.off + i] = stored(src_f32[p.src_off + i]);
+}

@@ -27,18 +27,18 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
-        hs[st.o_hs + next_slot() * bh + hc] = hs[st.o_hs + prev_slot() * bh + hc];
-        out[out_index(b, j)] = 0.0;
+        hs[st.o_hs + next_slot() * bh + hc] = stored(hs[st.o_hs + prev_slot() * bh + hc]);
+        out[out_index(b, j)] = stored(0.0);
         return;
     }
     let idx = (st.t * p.B + b) * p.H + j;
     let z = clip_v(x_pre(idx, xin[0], j) + (acc[0] + weights[st.bhh_off + j]));
     let h = cell_act(p.act_f, z);
     if (p.save == 1u && clipping()) {
-        gates[st.o_g + idx] = z;
+        gates[st.o_g + idx] = stored(z);
     }
-    hs[st.o_hs + next_slot() * bh + hc] = h;
-    out[out_index(b, j)] = h;
+    hs[st.o_hs + next_slot() * bh + hc] = stored(h);
+    out[out_index(b, j)] = stored(h);
 }
 
 @compute @workgroup_size(32, 8)
@@ -69,8 +69,8 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     var dh = acc + carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
     let out_par = 1u - st.parity;
     if (!live) {
-        dgh[st.o_dgh + idx] = 0.0;
-        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = dh;
+        dgh[st.o_dgh + idx] = stored(0.0);
+        carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dh);
         return;
     }
     dh += grad_out(b, j, up);
@@ -81,8 +81,8 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     } else {
         d = cell_act_back(p.act_f, hs_saved[st.o_hs + next_slot() * p.B * p.H + hc], dh);
     }
-    dgh[st.o_dgh + idx] = d;
-    carry[st.o_carry + carry_index(out_par, 0u, b, j)] = 0.0;
+    dgh[st.o_dgh + idx] = stored(d);
+    carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(0.0);
 }
 
 // Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a

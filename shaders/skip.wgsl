@@ -44,7 +44,7 @@ fn residual_forward(
     if (i >= p.n) {
         return;
     }
-    y[i] = out[i] + x[i];
+    y[i] = stored(out[i] + x[i]);
 }
 
 @compute @workgroup_size(256)
@@ -58,8 +58,8 @@ fn highway_forward(
         return;
     }
     let t = sigmoid_f(gate[i]);
-    gate[i] = t;
-    y[i] = t * out[i] + (1.0 - t) * x[i];
+    gate[i] = stored(t);
+    y[i] = stored(t * out[i] + (1.0 - t) * x[i]);
 }
 
 @compute @workgroup_size(256)
@@ -72,7 +72,7 @@ fn residual_backward(
     if (i >= p.n) {
         return;
     }
-    dx[i] = dy[i];
+    dx[i] = stored(dy[i]);
 }
 
 @compute @workgroup_size(256)
@@ -87,7 +87,7 @@ fn highway_backward(
     }
     let t = saved_gate[i];
     let g = dy[i];
-    d_out[i] = g * t;
-    dgate[i] = g * (out[i] - x[i]) * t * (1.0 - t);
-    dx[i] = g * (1.0 - t);
+    d_out[i] = stored(g * t);
+    dgate[i] = stored(g * (out[i] - x[i]) * t * (1.0 - t));
+    dx[i] = stored(g * (1.0 - t));
 }

@@ -115,7 +115,7 @@ fn softmax_rows(
     let inv = 1.0 / st.y;
     let base = p.x_off + row * p.ld;
     for (var j = lid; j < p.cols; j += WG) {
-        out[p.out_off + row * p.cols + j] = exp(x[base + j] - st.x) * inv;
+        out[p.out_off + row * p.cols + j] = stored(exp(x[base + j] - st.x) * inv);
     }
 }
 
@@ -213,7 +213,7 @@ fn xent_grad(
         let sm = exp(x[p.x_off + row * p.ld + col] - stats_in[3u * row]) / stats_in[3u * row + 1u];
         g = (sm - select(0.0, 1.0, u32(t) == col)) * (p.scale / count);
     }
-    out[row * p.cols + col] = g;
+    out[row * p.cols + col] = stored(g);
 }
 
 // predicted[row] = the first column j of row `row` with x[j] > x[best] for

@@ -485,16 +485,23 @@ pub struct RnnBench {
     pub bidirectional: bool,
     /// Storage precision (`f32`, `f16`, `bf16`).
     pub precision: String,
-    /// Memory a training step holds, in bytes at each tensor's storage
-    /// precision: parameters (a 16-bit mode adds the f32 master copy), f32
-    /// gradients, Adam's two f32 states, input and output gradient, and the
-    /// stack's workspace (activations, saved states and gates, activation
-    /// gradients).
+    /// Memory a training step holds, in bytes: parameters (a 16-bit mode
+    /// adds the f32 master copy), f32 gradients, Adam's two f32 states,
+    /// input and output gradient, and the stack's workspace (activations,
+    /// saved states and gates, activation gradients). Both backends hold a
+    /// 16-bit tensor's values in 32-bit words today, so a 16-bit mode holds
+    /// more than f32 here; `packed_memory_bytes` is the figure at storage
+    /// precision.
     pub memory_bytes: u64,
     /// Of `memory_bytes`, what the recurrent layer itself holds: the
     /// weights it reads, its f32 gradients, input and output gradient, and
     /// its workspace (not the master copy nor the optimizer's state).
     pub layer_bytes: u64,
+    /// `memory_bytes` with every 16-bit tensor at 2 bytes a value (packed
+    /// two a word).
+    pub packed_memory_bytes: u64,
+    /// `layer_bytes` at 2 bytes a 16-bit value.
+    pub packed_layer_bytes: u64,
     /// Median forward time.
     pub forward_ms: f64,
     /// Median backward time (step − forward of the same iteration).
@@ -677,13 +684,18 @@ pub fn bench_rnn_at<B: Backend>(
     // 16 bits their f32 master copy), the f32 gradients and Adam's two f32
     // states, the input and output gradient, and the stack's workspace.
     let f32_bytes = (n * F32_BYTES) as u64;
-    let layer_bytes = b.stored_bytes(&weights)
-        + b.stored_bytes(&grads)
-        + b.stored_bytes(&x)
-        + b.stored_bytes(&dy)
-        + rnn.workspace_bytes();
-    let memory_bytes =
-        layer_bytes + if precision.is_16bit() { f32_bytes } else { 0 } + 2 * f32_bytes;
+    let layer = |packed: bool| {
+        let bytes = |t: &B::Tensor| {
+            if packed {
+                b.stored_bytes(t)
+            } else {
+                b.held_bytes(t)
+            }
+        };
+        bytes(&weights) + bytes(&grads) + bytes(&x) + bytes(&dy) + rnn.workspace_bytes(packed)
+    };
+    let (layer_bytes, packed_layer_bytes) = (layer(false), layer(true));
+    let master_and_adam = if precision.is_16bit() { f32_bytes } else { 0 } + 2 * f32_bytes;
     Ok(RnnBench {
         implementation: "rnn-wgpu".into(),
         backend: backend_name(b),
@@ -720,8 +732,10 @@ pub fn bench_rnn_at<B: Backend>(
         min_bytes: shape.step_bytes(precision.bytes(), None)
             + (F32_BYTES - precision.bytes()) as u64 * n as u64,
         precision: precision.name().into(),
-        memory_bytes,
+        memory_bytes: layer_bytes + master_and_adam,
         layer_bytes,
+        packed_memory_bytes: packed_layer_bytes + master_and_adam,
+        packed_layer_bytes,
         peak_tflops: None,
         peak_gbps: None,
         peak_source: None,

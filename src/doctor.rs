@@ -598,10 +598,23 @@ pub fn precision_tolerances(p: Precision) -> (f64, f64, f64) {
     }
 }
 
+/// The tolerance of the GPU's 16-bit path against its CPU twin (relative
+/// Frobenius): about one 16-bit step, the most a value near a rounding
+/// boundary can move when the f32 sums beneath it add in another order
+/// (measured on lavapipe: bitwise equal, or 1.4e-6, in f16).
+pub fn twin_tolerance(p: Precision) -> f64 {
+    match p {
+        Precision::F32 => 1e-5,
+        Precision::F16 => 5e-4,
+        Precision::Bf16 => 4e-3,
+    }
+}
+
 /// The 16-bit checks of `doctor --precision`: stacks of every cell forward
 /// and backward with `p` storage on `b` against the f64 CPU path, and three
-/// training steps against f32 training, within [`precision_tolerances`].
-/// `label` names the backend in the rows.
+/// training steps against f32 training, within [`precision_tolerances`];
+/// on a GPU also against the CPU's 16-bit path (its twin, which rounds the
+/// same values at the same places). `label` names the backend in the rows.
 pub fn precision_check<B: Backend>(report: &mut Report, b: &B, p: Precision, label: &str) {
     let (tol_v, tol_g, tol_loss) = precision_tolerances(p);
     let cases = [
@@ -628,6 +641,26 @@ pub fn precision_check<B: Backend>(report: &mut Report, b: &B, p: Precision, lab
             run_case_at(b, &case.config, &data, true, StepOrder::Auto, p),
         ) {
             (Ok(e), Ok(a)) => {
+                if b.is_gpu() {
+                    let twin = CpuBackend::<f32>::new();
+                    match run_case_at(&twin, &case.config, &data, true, StepOrder::Auto, p) {
+                        Ok(t) => {
+                            report.compare_frobenius(
+                                &format!("{name}: forward, cpu twin"),
+                                &t.values(),
+                                &a.values(),
+                                twin_tolerance(p),
+                            );
+                            report.compare_frobenius(
+                                &format!("{name}: backward, cpu twin"),
+                                &t.gradients(),
+                                &a.gradients(),
+                                twin_tolerance(p),
+                            );
+                        }
+                        Err(e) => report.error(&name, &e),
+                    }
+                }
                 report.compare_frobenius(
                     &format!("{name}: forward"),
                     &e.values(),

@@ -68,6 +68,16 @@ impl Precision {
         }
     }
 
+    /// The value of the shaders' `STORE` override constant (0 f32, 1 f16,
+    /// 2 bf16; `stored()` in `shaders/common.wgsl` rounds by it).
+    pub fn code(self) -> u32 {
+        match self {
+            Precision::F32 => 0,
+            Precision::F16 => 1,
+            Precision::Bf16 => 2,
+        }
+    }
+
     /// True for the 16-bit modes.
     pub fn is_16bit(self) -> bool {
         self != Precision::F32

@@ -10,7 +10,7 @@ mod common;
 use rnn_wgpu::Precision;
 use rnn_wgpu::backend::{Backend, CpuBackend};
 use rnn_wgpu::nn::case::{RnnCase, run_case_at};
-use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig, SeqModel};
+use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
 use rnn_wgpu::nn::{RnnConfig, StepOrder};
 use rnn_wgpu::ops::activation::{Activation, Span};
 use rnn_wgpu::ops::cell::Cell;
@@ -259,25 +259,174 @@ fn checkpoints_stay_f32_and_resume_the_loss_scale() {
     assert!(on_grid(Precision::Bf16, &b.read(m.weights()).unwrap()));
 }
 
+/// The GPU's `stored()` (integer rounding in WGSL) gives the host's bits
+/// on every value: a sweep of bit patterns and the edges, through the
+/// rounding copy into a 16-bit tensor.
 #[test]
-fn a_backend_without_16bit_kernels_says_so() {
+fn gpu_rounding_is_the_hosts_bit_for_bit() {
     let gpu = gpu_or_skip!();
-    let cfg = ModelConfig {
-        vocab: 12,
-        ..model()
-    };
-    let params = cfg.init_params(1).unwrap();
-    for p in HALVES {
-        assert!(!gpu.supports(p));
-        let e = SeqModel::with_precision(gpu.clone(), cfg, &params, p)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("--backend cpu") && e.contains(p.name()), "{e}");
-        let e = Trainer::new(gpu.clone(), config(p))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("no 16-bit kernels"), "{e}");
+    let mut vals: Vec<f32> = Vec::new();
+    let mut b = 0u32;
+    while let Some(next) = b.checked_add(65_537) {
+        vals.push(f32::from_bits(b));
+        b = next;
     }
-    // f32 is as before.
-    assert!(SeqModel::with_precision(gpu, cfg, &params, Precision::F32).is_ok());
+    vals.extend([
+        65504.0,
+        65519.0,
+        65520.0,
+        65536.0,
+        6.1035156e-5,
+        6.097555e-5,
+        5.9604645e-8,
+        2.9802322e-8,
+        2.980233e-8,
+        8.940697e-8,
+        1.0004883,
+        1.0014648,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NAN,
+    ]);
+    let neg: Vec<f32> = vals.iter().map(|v| -v).collect();
+    vals.extend(neg);
+    // Non-NaN values only: a NaN's payload may change on the way.
+    let vals: Vec<f32> = vals.into_iter().filter(|v| !v.is_nan()).collect();
+    let n = vals.len();
+    let src = gpu.tensor(&[n], &vals).unwrap();
+    for p in HALVES {
+        let dst = gpu.zeros_stored(&[n], p).unwrap();
+        gpu.copy(&src, 0, &dst, 0, n).unwrap();
+        let got = gpu.read(&dst).unwrap();
+        for (x, g) in vals.iter().zip(&got) {
+            assert_eq!(
+                g.to_bits(),
+                p.round_f32(*x).to_bits(),
+                "{p}: {x:e} ({:#x}) -> {g:e}",
+                x.to_bits()
+            );
+        }
+    }
+}
+
+/// Relative Frobenius error between two runs' values and gradients.
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    rnn_wgpu::parity::rel_frobenius(a, b)
+}
+
+/// The 16-bit path on the GPU against its CPU twin: every cell (and the
+/// two-dispatch variants), each recurrent-product kernel forced, the
+/// wavefront, packed lengths and initial states. Both round the same
+/// values at the same places; the f32 sums beneath them add in other
+/// orders, so a value near a rounding boundary may land one 16-bit step
+/// apart: within `doctor::twin_tolerance`, 5e-4 (f16) and 4e-3 (bf16),
+/// relative Frobenius.
+#[test]
+fn gpu_16bit_path_matches_the_cpu_twin() {
+    use rnn_wgpu::gpu::StepKernel;
+    use rnn_wgpu::ops::cell::{Nonlinearity, Variant};
+    let gpu = gpu_or_skip!();
+    let cpu = CpuBackend::<f32>::new();
+    let lstm = RnnConfig::new(Cell::Lstm, 5, 8);
+    let mut cases = vec![
+        RnnCase::new(lstm.layers(2).bidirectional(true), 6, 3, 11).with_lengths(vec![6, 3, 1]),
+        RnnCase::new(RnnConfig::new(Cell::Gru, 5, 8), 6, 3, 12).with_states(),
+        RnnCase::new(
+            RnnConfig::new(Cell::Rnn(Nonlinearity::Relu), 5, 8),
+            6,
+            3,
+            13,
+        ),
+        RnnCase::new(
+            RnnConfig::new(Cell::Gru, 5, 8).variant(Variant {
+                reset_before: true,
+                ..Variant::default()
+            }),
+            5,
+            2,
+            14,
+        ),
+        RnnCase::new(
+            lstm.variant(Variant {
+                proj_size: 3,
+                ..Variant::default()
+            }),
+            5,
+            2,
+            15,
+        ),
+    ];
+    // A unidirectional stack the wavefront runs.
+    let wave = RnnCase::new(lstm.layers(3), 6, 2, 16);
+    cases.push(wave.clone());
+    for p in HALVES {
+        let tol = rnn_wgpu::doctor::twin_tolerance(p);
+        let mut worst: f64 = 0.0;
+        for case in &cases {
+            let data = case.data();
+            let want = run_case_at(&cpu, &case.config, &data, true, StepOrder::Layers, p).unwrap();
+            for kernel in StepKernel::ALL {
+                let g = gpu.clone().with_step_kernel(kernel);
+                let got = run_case_at(&g, &case.config, &data, true, StepOrder::Auto, p)
+                    .unwrap_or_else(|e| panic!("{} {p} {}: {e}", case.describe(), kernel.name()));
+                let (ev, eg) = (
+                    rel(&want.values(), &got.values()),
+                    rel(&want.gradients(), &got.gradients()),
+                );
+                assert!(
+                    ev <= tol && eg <= tol,
+                    "{} {p} [{}]: values {ev:.2e}, gradients {eg:.2e} > {tol:e}",
+                    case.describe(),
+                    kernel.name()
+                );
+                worst = worst.max(ev).max(eg);
+                let out: Vec<f32> = got.output.iter().map(|&x| x as f32).collect();
+                assert!(
+                    on_grid(p, &out),
+                    "{} {p}: the GPU stores in 16 bits",
+                    case.describe()
+                );
+            }
+        }
+        let data = wave.data();
+        let want = run_case_at(&cpu, &wave.config, &data, true, StepOrder::Wavefront, p).unwrap();
+        let got = run_case_at(&gpu, &wave.config, &data, true, StepOrder::Wavefront, p).unwrap();
+        let ev = rel(&want.values(), &got.values());
+        let eg = rel(&want.gradients(), &got.gradients());
+        assert!(ev <= tol && eg <= tol, "wavefront {p}: {ev:.2e}, {eg:.2e}");
+        common::say(&format!(
+            "gpu {p} against the cpu twin: at most {:.2e}",
+            worst.max(ev).max(eg)
+        ));
+    }
+}
+
+/// Training steps in f16 (with loss scaling) and bf16 on the GPU follow the
+/// CPU twin's, and the GPU's 16-bit weight copy is its master rounded.
+#[test]
+fn gpu_16bit_training_follows_the_cpu_twin() {
+    let gpu = gpu_or_skip!();
+    for p in HALVES {
+        let cfg = TrainConfig {
+            steps: 10,
+            ..config(p)
+        };
+        let mut c = Trainer::new(CpuBackend::<f32>::new(), cfg.clone()).unwrap();
+        let mut g = Trainer::new(gpu.clone(), cfg).unwrap();
+        for step in 0..5 {
+            let (rc, rg) = (c.train_step().unwrap(), g.train_step().unwrap());
+            assert_eq!(rc.loss_scale, rg.loss_scale, "{p} step {step}");
+            let d = (rc.loss - rg.loss).abs() / rc.loss;
+            assert!(d < 2e-3, "{p} step {step}: loss {} vs {}", rc.loss, rg.loss);
+        }
+        let (pc, pg) = (c.read_params().unwrap(), g.read_params().unwrap());
+        let e = rel(&pc, &pg);
+        assert!(e < 1e-3, "{p}: parameters {e:.2e} apart");
+        let b = g.model().backend();
+        let master = b.read(g.model().params()).unwrap();
+        let copy = b.read(g.model().weights()).unwrap();
+        let rounded: Vec<f32> = master.iter().map(|&x| p.round_f32(x)).collect();
+        assert_eq!(copy, rounded, "{p}: the GPU's weight copy");
+    }
 }

@@ -14,7 +14,7 @@ use crate::ops::cell::{
 use crate::ops::dropout::{self, DropoutSpec};
 use crate::ops::embed::{self, EmbedSpec};
 use crate::ops::matmul::{Gemm, gemm_cpu};
-use crate::ops::memory::{check_range, fill_cpu};
+use crate::ops::memory::{check_range, expect_f32_store, fill_cpu};
 use crate::ops::optim::{self, GateSpec, Optimizer, UpdateSpec};
 use crate::ops::reduce::{ColDot, ColSum, ReduceOp, dot_cols_cpu, reduce_cpu, sum_cols_cpu};
 use crate::ops::skip::{self, Skip, SkipBackward, SkipForward};
@@ -427,6 +427,13 @@ impl<T: Real> Backend for CpuBackend<T> {
         out: &XentBuffers<Self>,
         dx: Option<&Self::Tensor>,
     ) -> Result<()> {
+        for (arg, t) in [
+            ("loss", &out.loss),
+            ("stats", &out.stats),
+            ("summary", &out.summary),
+        ] {
+            expect_f32_store("cross_entropy", arg, t.store)?;
+        }
         let x = x.read("cross_entropy", "logits")?;
         let t = targets.read("cross_entropy", "targets")?;
         let mut loss = out.loss.write("cross_entropy", "loss")?;
@@ -442,7 +449,6 @@ impl<T: Real> Backend for CpuBackend<T> {
             &mut loss,
             dxv.as_deref_mut().map(|v| v.as_mut_slice()),
         )?;
-        out.loss.settle_all(&mut loss);
         if let (Some(d), Some(v)) = (dx, dxv.as_deref_mut()) {
             d.settle_all(v);
         }
@@ -457,16 +463,13 @@ impl<T: Real> Backend for CpuBackend<T> {
         for (d, v) in summary[off..off + SUMMARY_LEN].iter_mut().zip(s.to_vec()) {
             *d = T::of(v);
         }
-        out.summary.settle(&mut summary, off, SUMMARY_LEN);
         Ok(())
     }
 
     fn sum_cols(&self, s: &ColSum, x: &Self::Tensor, out: &Self::Tensor) -> Result<()> {
+        expect_f32_store("sum_cols", "out", out.store)?;
         let x = x.read("sum_cols", "x")?;
-        let mut ov = out.write("sum_cols", "out")?;
-        sum_cols_cpu(s, &x, &mut ov)?;
-        out.settle_all(&mut ov);
-        Ok(())
+        sum_cols_cpu(s, &x, &mut out.write("sum_cols", "out")?)
     }
 
     fn dot_cols(
@@ -476,12 +479,10 @@ impl<T: Real> Backend for CpuBackend<T> {
         y: &Self::Tensor,
         out: &Self::Tensor,
     ) -> Result<()> {
+        expect_f32_store("dot_cols", "out", out.store)?;
         let x = x.read("dot_cols", "x")?;
         let y = y.read("dot_cols", "y")?;
-        let mut ov = out.write("dot_cols", "out")?;
-        dot_cols_cpu(d, &x, &y, &mut ov)?;
-        out.settle_all(&mut ov);
-        Ok(())
+        dot_cols_cpu(d, &x, &y, &mut out.write("dot_cols", "out")?)
     }
 
     fn reduce(
@@ -494,6 +495,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         out_off: usize,
         accumulate: bool,
     ) -> Result<()> {
+        expect_f32_store("reduce", "out", out.store)?;
         let x = x.read("reduce", "x")?;
         let mut ov = out.write("reduce", "out")?;
         check_range("reduce x", x_off, n, x.len())?;
@@ -504,7 +506,6 @@ impl<T: Real> Backend for CpuBackend<T> {
             (true, ReduceOp::Max) => ov[out_off].max(v),
             (true, _) => ov[out_off] + v,
         };
-        out.settle(&mut ov, out_off, 1);
         Ok(())
     }
 
@@ -707,13 +708,21 @@ impl<T: Real> Backend for CpuBackend<T> {
         stats: &Self::Tensor,
     ) -> Result<()> {
         const OP: &str = "optimizer";
+        for (arg, t) in [
+            ("parameters", params),
+            ("gradients", grads),
+            ("state 1", s1),
+            ("state 2", s2),
+            ("stats", stats),
+        ] {
+            expect_f32_store(OP, arg, t.store)?;
+        }
         let grads = grads.read(OP, "gradients")?;
         let stats = stats.read(OP, "stats")?;
         let mut pv = params.write(OP, "parameters")?;
         let mut s1 = s1.write(OP, "state 1")?;
         let mut s2 = s2.write(OP, "state 2")?;
         optim::update_cpu(opt, s, &mut pv, &grads, &mut s1, &mut s2, &stats)?;
-        params.settle_all(&mut pv);
         Ok(())
     }
 

@@ -16,6 +16,11 @@ use crate::ops::optim::{self, GateSpec, Optimizer, UpdateSpec};
 use crate::ops::reduce::{self, ColDot, ColSum, ReduceOp, reduce_gpu, sum_cols_gpu};
 use crate::ops::skip::{self, Skip, SkipBackward, SkipForward};
 use crate::ops::softmax_xent::{self, Rows, XentOut};
+use crate::precision::Precision;
+
+/// Whether the kernels store 16-bit tensors (every kernel a training step
+/// uses rounds its stores by the `STORE` constant).
+const SIXTEEN_BIT_KERNELS: bool = true;
 
 /// Records every launch for the GPU.
 #[derive(Clone, Debug)]
@@ -170,6 +175,21 @@ impl Backend for GpuBackend {
         GpuTensor::from_i32(&self.ctx, shape, data)
     }
 
+    fn zeros_stored(&self, shape: &[usize], store: Precision) -> Result<GpuTensor> {
+        if !self.supports(store) {
+            return Err(super::unsupported_precision(&self.describe(), store));
+        }
+        GpuTensor::zeros(&self.ctx, shape, DType::F32)?.stored_at(store)
+    }
+
+    fn store_of(&self, t: &GpuTensor) -> Precision {
+        t.store()
+    }
+
+    fn supports(&self, p: Precision) -> bool {
+        !p.is_16bit() || SIXTEEN_BIT_KERNELS
+    }
+
     fn is_unique(&self, t: &GpuTensor) -> bool {
         t.is_unique()
     }
@@ -225,6 +245,11 @@ impl Backend for GpuBackend {
     }
 
     fn write(&self, t: &GpuTensor, data: &[f32]) -> Result<()> {
+        if t.store().is_16bit() {
+            // Rounded on the host, as a kernel storing them would.
+            let v: Vec<f32> = data.iter().map(|&x| t.store().round_f32(x)).collect();
+            return t.write_f32(&self.ctx, &v);
+        }
         t.write_f32(&self.ctx, data)
     }
 
@@ -385,7 +410,7 @@ impl Backend for GpuBackend {
         s: &StepSpec,
         b: &StepForward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()> {
-        if s.store.is_16bit() {
+        if !self.supports(s.store) {
             return Err(super::unsupported_precision(&self.describe(), s.store));
         }
         self.ctx
@@ -398,7 +423,7 @@ impl Backend for GpuBackend {
         s: &StepSpec,
         b: &StepBackward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()> {
-        if s.store.is_16bit() {
+        if !self.supports(s.store) {
             return Err(super::unsupported_precision(&self.describe(), s.store));
         }
         self.ctx

@@ -129,9 +129,15 @@ pub trait Backend: Clone {
         Precision::F32
     }
 
-    /// Bytes `t` takes at its storage precision (2 a value in 16 bits; the
-    /// CPU path keeps 16-bit values in its f32 vectors, so its host memory
-    /// is the f32 figure).
+    /// Bytes the backend holds for `t`: both backends keep a 16-bit
+    /// tensor's values (each on the 16-bit grid) in words of their scalar
+    /// type, so this is the f32 (or f64) figure in every mode.
+    fn held_bytes(&self, t: &Self::Tensor) -> u64 {
+        (self.numel(t) * std::mem::size_of::<Self::Elem>()) as u64
+    }
+
+    /// Bytes `t` takes at its storage precision, 2 a value in 16 bits: what
+    /// it holds once 16-bit tensors are packed two values a word.
     fn stored_bytes(&self, t: &Self::Tensor) -> u64 {
         let store = self.store_of(t);
         let per = if store.is_16bit() {
@@ -490,8 +496,7 @@ pub fn unsupported_precision(backend: &str, p: Precision) -> Error {
     Error::invalid(
         "precision",
         format!(
-            "{p} storage runs on the CPU path only so far: {backend} has no 16-bit kernels \
-             yet; use --backend cpu, or --precision f32"
+            "{backend} cannot store tensors in {p}; use another backend, or --precision f32"
         ),
     )
 }

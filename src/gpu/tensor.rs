@@ -10,6 +10,7 @@ use half::f16;
 
 use super::GpuContext;
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,6 +53,7 @@ pub struct GpuTensor {
     buffer: Arc<wgpu::Buffer>,
     shape: Vec<usize>,
     dtype: DType,
+    store: Precision,
 }
 
 impl GpuTensor {
@@ -64,6 +66,7 @@ impl GpuTensor {
             buffer: Arc::new(buffer),
             shape: shape.to_vec(),
             dtype,
+            store: Precision::F32,
         })
     }
 
@@ -113,6 +116,23 @@ impl GpuTensor {
         self.dtype
     }
 
+    /// How an F32 tensor stores its values: with a 16-bit precision every
+    /// kernel rounds what it stores into it to that precision (the buffer
+    /// holds f32 words, each on the 16-bit grid; see [`crate::precision`]).
+    pub fn store(&self) -> Precision {
+        self.store
+    }
+
+    /// The same tensor, its values to be stored at `store` from now on
+    /// (an F32 tensor only; the values already there are not rounded).
+    pub fn stored_at(mut self, store: Precision) -> Result<Self> {
+        if store.is_16bit() {
+            self.expect_dtype("16-bit storage", DType::F32)?;
+        }
+        self.store = store;
+        Ok(self)
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         numel(&self.shape)
@@ -150,6 +170,7 @@ impl GpuTensor {
             buffer: self.buffer.clone(),
             shape: shape.to_vec(),
             dtype: self.dtype,
+            store: self.store,
         })
     }
 

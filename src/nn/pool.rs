@@ -129,10 +129,20 @@ impl<B: Backend> Pool<B> {
         Ok(t)
     }
 
-    /// Bytes the pool's tensors take at their storage precision (in use or
-    /// free): the layer's workspace.
-    pub fn bytes(&self, b: &B) -> u64 {
-        self.entries.iter().map(|e| b.stored_bytes(&e.tensor)).sum()
+    /// Bytes of the pool's tensors (in use or free): the layer's workspace,
+    /// as held ([`Backend::held_bytes`]) or at the storage precision
+    /// ([`Backend::stored_bytes`]) with `packed`.
+    pub fn bytes(&self, b: &B, packed: bool) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| {
+                if packed {
+                    b.stored_bytes(&e.tensor)
+                } else {
+                    b.held_bytes(&e.tensor)
+                }
+            })
+            .sum()
     }
 
     /// An optional tensor: [`Pool::take`] when `want`.

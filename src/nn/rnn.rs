@@ -706,10 +706,11 @@ impl<B: Backend> Rnn<B> {
     }
 
     /// Bytes of the stack's pooled buffers (activations, saved states and
-    /// gates, activation gradients, in use or free) at their storage
+    /// gates, activation gradients, in use or free): as held
+    /// ([`Backend::held_bytes`]), or with `packed` at their storage
     /// precision ([`Backend::stored_bytes`]).
-    pub fn workspace_bytes(&self) -> u64 {
-        self.pool.bytes(&self.backend)
+    pub fn workspace_bytes(&self, packed: bool) -> u64 {
+        self.pool.bytes(&self.backend, packed)
     }
 
     /// The precision of the stack's activations ([`Rnn::set_precision`]).

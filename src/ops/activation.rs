@@ -232,7 +232,7 @@ const FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Activation,
     "act_forward",
     &[(binding::X, Access::Read), (binding::Y, Access::ReadWrite)],
-    &["ACT"],
+    &["ACT", "STORE"],
 );
 
 const BACKWARD: KernelDef<Params> = KernelDef::new(
@@ -243,7 +243,7 @@ const BACKWARD: KernelDef<Params> = KernelDef::new(
         (binding::DY, Access::Read),
         (binding::DX, Access::ReadWrite),
     ],
-    &["ACT"],
+    &["ACT", "STORE"],
 );
 
 /// Every kernel of this module (see [`super::kernels`]).
@@ -310,7 +310,10 @@ pub fn forward_gpu(
     let grid = rec.ctx().grid((span.n as u64).div_ceil(256))?;
     rec.dispatch(
         FORWARD,
-        &[("ACT", act.code() as f64)],
+        &[
+            ("ACT", act.code() as f64),
+            crate::ops::memory::store_constant(y),
+        ],
         &[(binding::X, x.buffer()), (binding::Y, y.buffer())],
         &params,
         grid,
@@ -350,7 +353,10 @@ pub fn backward_gpu(
     let grid = rec.ctx().grid((span.n as u64).div_ceil(256))?;
     rec.dispatch(
         BACKWARD,
-        &[("ACT", act.code() as f64)],
+        &[
+            ("ACT", act.code() as f64),
+            crate::ops::memory::store_constant(dx),
+        ],
         &[
             (binding::X, x.buffer()),
             (binding::DY, dy.buffer()),

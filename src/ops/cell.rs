@@ -1305,7 +1305,9 @@ fn forward_one<T: Real>(
             gates: gates.as_deref_mut(),
             out: &mut *out,
         };
-        forward_one(cell, &plain, view, x_in)?;
+        // (The two-dispatch variants round what passes between their
+        // dispatches as they go: `mid`.)
+        forward_single(cell, &plain, view, x_in, &lens, s.store)?;
         let (bsz, h, p) = (s.batch, s.hidden, s.store);
         let w = s.variant.state_size(h);
         settle(p, hs, s.next() * bsz * w, bsz * w);
@@ -1319,12 +1321,43 @@ fn forward_one<T: Real>(
         settle(p, out, s.t * bsz * s.out_ld, bsz * s.out_ld);
         return Ok(());
     }
-    s.validate(cell, false, &lens)?;
+    let view = ForwardSlices {
+        xg,
+        weights,
+        lengths,
+        hs,
+        cs,
+        gates,
+        out,
+    };
+    forward_single(cell, s, view, x_in, &lens, Precision::F32)
+}
+
+/// One single step of [`forward_one`]; `mid`: the precision of what a
+/// two-dispatch variant stores between its dispatches.
+fn forward_single<T: Real>(
+    cell: Cell,
+    s: &StepSpec,
+    bufs: ForwardSlices<'_, T>,
+    x_in: Option<&[T]>,
+    lens: &Lens,
+    mid: Precision,
+) -> Result<()> {
+    let ForwardSlices {
+        xg,
+        weights,
+        lengths,
+        hs,
+        cs,
+        gates,
+        out,
+    } = bufs;
+    s.validate(cell, false, lens)?;
     if s.variant.proj_size > 0 {
         let (Some(cs), Some(gates)) = (cs, gates) else {
             return Err(missing("cs/gates", cell));
         };
-        return lstm_proj_forward_cpu(s, xg, weights, lengths, hs, cs, gates, out);
+        return lstm_proj_forward_cpu(s, xg, weights, lengths, hs, cs, gates, out, mid);
     }
     let (bsz, h) = (s.batch, s.hidden);
     let gh = cell.gates() * h;
@@ -1340,7 +1373,7 @@ fn forward_one<T: Real>(
 
     if cell == Cell::Gru && s.variant.reset_before {
         let gates = gates.ok_or_else(|| missing("gates", cell))?;
-        return gru_reset_forward_cpu(s, xg, weights, lengths, hs, gates, out, &rec);
+        return gru_reset_forward_cpu(s, xg, weights, lengths, hs, gates, out, &rec, mid);
     }
     if cell.has_cell_state() && cs.is_none() {
         return Err(missing("cs", cell));
@@ -1828,7 +1861,7 @@ fn backward_one<T: Real>(
             dgx: dgx.as_deref_mut(),
             carry: &mut *carry,
         };
-        backward_one(cell, &plain, view, up)?;
+        backward_single(cell, &plain, view, up, &lens, s.store)?;
         let (bsz, h, p) = (s.batch, s.hidden, s.store);
         let dl = s.variant.dgh_width(cell, h);
         settle(p, dgh, s.t * bsz * dl, bsz * dl);
@@ -1839,7 +1872,41 @@ fn backward_one<T: Real>(
         settle(p, carry, 0, carry.len());
         return Ok(());
     }
-    s.validate(cell, true, &lens)?;
+    let view = BackwardSlices {
+        weights,
+        lengths,
+        hs,
+        cs,
+        gates,
+        dout,
+        dgh,
+        dgx,
+        carry,
+    };
+    backward_single(cell, s, view, up, &lens, Precision::F32)
+}
+
+/// One single step of [`backward_one`]; `mid` as in [`forward_single`].
+fn backward_single<T: Real>(
+    cell: Cell,
+    s: &StepSpec,
+    bufs: BackwardSlices<'_, T>,
+    up: Option<&[T]>,
+    lens: &Lens,
+    mid: Precision,
+) -> Result<()> {
+    let BackwardSlices {
+        weights,
+        lengths,
+        hs,
+        cs,
+        gates,
+        dout,
+        dgh,
+        mut dgx,
+        carry,
+    } = bufs;
+    s.validate(cell, true, lens)?;
     let (bsz, h) = (s.batch, s.hidden);
     let gh = cell.gates() * h;
     let bh = bsz * h;
@@ -1850,7 +1917,7 @@ fn backward_one<T: Real>(
         let (Some(cs), Some(gates)) = (cs, gates) else {
             return Err(missing("cs/gates", cell));
         };
-        return lstm_proj_backward_cpu(s, lengths, cs, gates, weights, dout, dgh, carry);
+        return lstm_proj_backward_cpu(s, lengths, cs, gates, weights, dout, dgh, carry, mid);
     }
     // (The reset-before GRU: over r's and z's rows only; its n part comes
     // through r ⊙ h, below.)
@@ -1866,7 +1933,7 @@ fn backward_one<T: Real>(
     }
     if reset {
         let gates = gates.ok_or_else(|| missing("gates", cell))?;
-        return gru_reset_backward_cpu(s, lengths, hs, gates, weights, dout, dgh, carry, acc);
+        return gru_reset_backward_cpu(s, lengths, hs, gates, weights, dout, dgh, carry, acc, mid);
     }
 
     // carry is [2 (parity), 2 (h, c), B, H]: read one half, write the other.
@@ -2011,6 +2078,7 @@ fn lstm_proj_forward_cpu<T: Real>(
     cs: &mut [T],
     gates: &mut [T],
     out: &mut [T],
+    mid: Precision,
 ) -> Result<()> {
     let (bsz, h, hp) = (s.batch, s.hidden, s.state_size());
     let (gh, sv) = (4 * h, 5 * h);
@@ -2049,6 +2117,8 @@ fn lstm_proj_forward_cpu<T: Real>(
             peep,
         };
         row.run_variant(Cell::Lstm);
+        // m as the second dispatch reads it back from the gates.
+        mid.round_slice(&mut m[b * h..(b + 1) * h]);
         gates[srow + 4 * h..srow + sv].copy_from_slice(&m[b * h..(b + 1) * h]);
     }
     let mut proj = vec![T::zero(); bp];
@@ -2083,6 +2153,7 @@ fn lstm_proj_backward_cpu<T: Real>(
     dout: &[T],
     dgh: &mut [T],
     carry: &mut [T],
+    mid: Precision,
 ) -> Result<()> {
     let (bsz, h, hp) = (s.batch, s.hidden, s.state_size());
     let (gh, sv, dl) = (4 * h, 5 * h, 4 * h + hp);
@@ -2109,6 +2180,8 @@ fn lstm_proj_backward_cpu<T: Real>(
             if live {
                 d += dout[o + j];
             }
+            // (As the first dispatch stores it and the second reads it.)
+            let d = mid.round(d);
             dh[b * hp + j] = d;
             dgh[row + gh + j] = d;
         }
@@ -2163,6 +2236,7 @@ fn gru_reset_forward_cpu<T: Real>(
     gates: &mut [T],
     out: &mut [T],
     rec: &[T],
+    mid: Precision,
 ) -> Result<()> {
     let (bsz, h) = (s.batch, s.hidden);
     let (gh, bh) = (3 * h, bsz * h);
@@ -2187,6 +2261,9 @@ fn gru_reset_forward_cpu<T: Real>(
             q[b * h + j] = r * h_prev[b * h + j];
             g[3 * h + j] = q[b * h + j];
         }
+        // As the first dispatch stores them and the second reads them.
+        mid.round_slice(g);
+        mid.round_slice(&mut q[b * h..(b + 1) * h]);
     }
     let mut rn = vec![T::zero(); bh];
     let mm = Gemm::nt(bsz, h, h)
@@ -2230,6 +2307,7 @@ fn gru_reset_backward_cpu<T: Real>(
     dgh: &mut [T],
     carry: &mut [T],
     mut acc: Vec<T>,
+    mid: Precision,
 ) -> Result<()> {
     let (bsz, h) = (s.batch, s.hidden);
     let (gh, bh) = (3 * h, bsz * h);
@@ -2265,6 +2343,9 @@ fn gru_reset_backward_cpu<T: Real>(
             dh_out[b * h + j] = dh * z;
         }
     }
+    // As the first dispatch stores them and the second reads them.
+    settle(mid, dgh, s.t * bsz * gh, bsz * gh);
+    mid.round_slice(dh_out);
     // dq = dn · W_hn, for every row (a past-the-end row's dn is zero).
     let mut dq = vec![T::zero(); bh];
     let mm = Gemm {
@@ -2717,7 +2798,7 @@ const W: Access = Access::ReadWrite;
 /// The override constants of every step kernel: the recurrent-product
 /// variant (see [`crate::gpu::StepKernel`]) and where the forward product's
 /// vector comes from.
-const STEP_CONSTANTS: &[&str] = &["SPLIT", "FROM_GATES"];
+const STEP_CONSTANTS: &[&str] = &["SPLIT", "FROM_GATES", "STORE"];
 
 const LSTM_FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Lstm,
@@ -2892,6 +2973,24 @@ fn backward_kernel(cell: Cell) -> KernelDef<Params> {
     }
 }
 
+/// Fails unless every given buffer stores at the step's precision.
+fn step_stores(op: &str, want: Precision, ts: &[(&str, Option<&GpuTensor>)]) -> Result<()> {
+    for (arg, t) in ts {
+        if let Some(t) = t
+            && t.store() != want
+        {
+            return Err(Error::invalid(
+                format!("{op} {arg}"),
+                format!(
+                    "is stored in {} but the step stores in {want} (StepSpec::store)",
+                    t.store()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Records one step dispatch with the recurrent-product variant `forced`, else the
 /// context's.
 fn dispatch_step(
@@ -2923,10 +3022,11 @@ fn dispatch_step(
     };
     let groups = variant.groups(s.batch, units) * params.dirs as u64;
     let grid = rec.ctx().grid(groups)?;
-    // The variant's SPLIT, then FROM_GATES when set (no allocation a step).
+    // The variant's SPLIT, the step's STORE, then FROM_GATES when set (no
+    // allocation a step).
     let split = variant.constants()[0];
-    let both = [split, ("FROM_GATES", 1.0)];
-    let constants: &[(&str, f64)] = if from_gates { &both } else { &both[..1] };
+    let all = [split, ("STORE", s.store.code() as f64), ("FROM_GATES", 1.0)];
+    let constants: &[(&str, f64)] = if from_gates { &all } else { &all[..2] };
     rec.dispatch(kernel, constants, buffers, params, grid)
 }
 
@@ -3016,6 +3116,16 @@ pub fn forward_step_gpu(
         out: f32_len("out", bufs.out)?,
         ..Default::default()
     };
+    step_stores(
+        "cell forward",
+        s.store,
+        &[
+            ("hs", Some(bufs.hs)),
+            ("cs", bufs.cs),
+            ("gates", bufs.gates),
+            ("out", Some(bufs.out)),
+        ],
+    )?;
     // Every single step the dispatch stands for, checked; the uniform is
     // the first's with the fusion's fields.
     let one = s.checked_parts(cell, false, &lens)?[0].1;
@@ -3105,6 +3215,15 @@ pub fn backward_step_gpu(
         carry: f32_len("carry", bufs.carry)?,
         ..Default::default()
     };
+    step_stores(
+        "cell backward",
+        s.store,
+        &[
+            ("dgh", Some(bufs.dgh)),
+            ("dgx", bufs.dgx),
+            ("carry", Some(bufs.carry)),
+        ],
+    )?;
     let one = s.checked_parts(cell, true, &lens)?[0].1;
     let s = &one;
     let params = Params::of(cell, s, bufs.lengths.is_some(), false)?.fused(&fused, true)?;

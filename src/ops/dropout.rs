@@ -178,7 +178,7 @@ const DROPOUT: KernelDef<Params> = KernelDef::new(
     Shader::Dropout,
     "dropout",
     &[(binding::X, Access::Read), (binding::Y, Access::ReadWrite)],
-    &[],
+    &["STORE"],
 );
 
 /// Every kernel of this module (see [`super::kernels`]).
@@ -217,7 +217,13 @@ pub fn apply_gpu(
     };
     let grid = rec.ctx().grid((s.n as u64).div_ceil(256))?;
     let buffers = [(binding::X, x.buffer()), (binding::Y, y.buffer())];
-    rec.dispatch(DROPOUT, &[], &buffers, &params, grid)
+    rec.dispatch(
+        DROPOUT,
+        &[crate::ops::memory::store_constant(y)],
+        &buffers,
+        &params,
+        grid,
+    )
 }
 
 #[cfg(test)]

@@ -256,7 +256,7 @@ const FORWARD: KernelDef<Params> = KernelDef::new(
         (binding::TABLE, Access::Read),
         (binding::OUT, Access::ReadWrite),
     ],
-    &[],
+    &["STORE"],
 );
 
 const SORT: KernelDef<Params> = KernelDef::new(
@@ -278,7 +278,7 @@ const BACKWARD: KernelDef<Params> = KernelDef::new(
         (binding::DTABLE, Access::ReadWrite),
         (binding::ORDER_IN, Access::Read),
     ],
-    &[],
+    &["STORE"],
 );
 
 /// Every kernel of this module (see [`super::kernels`]).
@@ -299,7 +299,7 @@ pub fn forward_gpu(
     let grid = rec.ctx().grid(((s.n * s.e) as u64).div_ceil(256))?;
     rec.dispatch(
         FORWARD,
-        &[],
+        &[crate::ops::memory::store_constant(out)],
         &[
             (binding::TOKENS, tokens.buffer()),
             (binding::TABLE, table.buffer()),
@@ -362,7 +362,7 @@ pub fn backward_gpu(
     let grid = rec.ctx().grid(((s.v * s.e) as u64).div_ceil(256))?;
     rec.dispatch(
         BACKWARD,
-        &[],
+        &[crate::ops::memory::store_constant(dtable)],
         &[
             (binding::TOKENS, tokens.buffer()),
             (binding::DOUT, dout.buffer()),

@@ -490,7 +490,7 @@ const BINDINGS: &[(u32, Access)] = &[
     (binding::C, Access::ReadWrite),
 ];
 
-const CONSTANTS: &[&str] = &["TRANS_A", "TRANS_B"];
+const CONSTANTS: &[&str] = &["TRANS_A", "TRANS_B", "STORE"];
 
 const NAIVE: KernelDef<Params> =
     KernelDef::new(Shader::Matmul, "matmul_naive", BINDINGS, CONSTANTS);
@@ -509,7 +509,7 @@ const SPLIT_SUM: KernelDef<Params> = KernelDef::new(
         (binding::BIAS, Access::Read),
         (binding::C, Access::ReadWrite),
     ],
-    &[],
+    &["STORE"],
 );
 
 /// Every kernel of this module (see [`super::kernels`]).
@@ -585,9 +585,10 @@ pub fn gemm_gpu(
         _pad2: 0,
         _pad3: 0,
     };
-    let constants = [
+    let mut constants = [
         ("TRANS_A", g.trans_a as u32 as f64),
         ("TRANS_B", g.trans_b as u32 as f64),
+        crate::ops::memory::store_constant(c),
     ];
     // Without a bias the binding still needs a read-only buffer: reuse A.
     let bias_buf = bias.unwrap_or(a).buffer();
@@ -599,6 +600,10 @@ pub fn gemm_gpu(
     };
     let (splits, chunk) = split.plan(g, resolved);
     let scratch = scratch.filter(|_| splits > 1);
+    if scratch.is_some() {
+        // The partials are f32; the sum stores into C at C's precision.
+        constants[2].1 = 0.0;
+    }
     // The product: into C, or a split one's partials into the scratch.
     let (first, target, groups) = match scratch {
         None => (params, c, groups),
@@ -655,7 +660,7 @@ pub fn gemm_gpu(
     };
     rec.dispatch(
         SPLIT_SUM,
-        &[],
+        &[crate::ops::memory::store_constant(c)],
         &[
             (binding::A, scratch.buffer()),
             (binding::BIAS, bias.unwrap_or(scratch).buffer()),

@@ -85,8 +85,65 @@ const TO_F32: KernelDef<Params> = KernelDef::new(
     &[],
 );
 
+const ROUND_COPY: KernelDef<Params> = KernelDef::new(
+    Shader::Memory,
+    "round_copy",
+    &[
+        (binding::DATA, Access::ReadWrite),
+        (binding::SRC_F32, Access::Read),
+    ],
+    &["STORE"],
+);
+
 /// Every kernel of this module (see [`super::kernels`]).
-pub(super) const KERNELS: &[KernelInfo] = &[FILL.info(), TO_F16.info(), TO_F32.info()];
+pub(super) const KERNELS: &[KernelInfo] =
+    &[FILL.info(), TO_F16.info(), TO_F32.info(), ROUND_COPY.info()];
+
+/// The `STORE` override constant of a kernel storing into `t` (see
+/// [`crate::precision::Precision::code`]).
+pub(crate) fn store_constant(t: &GpuTensor) -> (&'static str, f64) {
+    ("STORE", t.store().code() as f64)
+}
+
+/// Fails unless `store` is f32: `arg` of `op` holds sums or statistics
+/// that stay f32 in every mode (losses, summaries, norms, parameter
+/// gradients, optimizer state).
+pub fn expect_f32_store(op: &str, arg: &str, store: crate::precision::Precision) -> Result<()> {
+    if store.is_16bit() {
+        return Err(Error::invalid(
+            format!("{op} {arg}"),
+            format!("is stored in {store}; it holds sums or statistics, which stay f32"),
+        ));
+    }
+    Ok(())
+}
+
+/// The `STORE` constant of a kernel storing into every tensor of `outs`,
+/// which must all store at one precision.
+pub(crate) fn shared_store(
+    op: &str,
+    outs: &[(&str, Option<&GpuTensor>)],
+) -> Result<(&'static str, f64)> {
+    let mut first: Option<(&str, &GpuTensor)> = None;
+    for (arg, t) in outs {
+        let Some(t) = t else { continue };
+        match first {
+            None => first = Some((arg, t)),
+            Some((a0, t0)) if t0.store() != t.store() => {
+                return Err(Error::invalid(
+                    format!("{op} {arg}"),
+                    format!(
+                        "is stored in {} but {a0} in {}: one kernel stores at one precision",
+                        t.store(),
+                        t0.store()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(("STORE", first.map_or(0, |(_, t)| t.store().code()) as f64))
+}
 
 /// Records `x[off .. off + n] = value` on the GPU (a clear when the value is 0
 /// and the range is word aligned, a fill kernel otherwise).
@@ -99,6 +156,7 @@ pub fn fill_gpu(
 ) -> Result<()> {
     x.expect_dtype("fill", DType::F32)?;
     check_range("fill", off, n, x.len())?;
+    let value = x.store().round_f32(value);
     if n == 0 {
         return Ok(());
     }
@@ -137,6 +195,30 @@ pub fn copy_gpu(
     }
     check_range("copy source", src_off, n, src.len())?;
     check_range("copy destination", dst_off, n, dst.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    if dst.store().is_16bit() && src.store() != dst.store() {
+        // Values that may be off the destination's grid (two stores mean
+        // two buffers): rounded as they are stored.
+        let params = Params {
+            n: u32_of("n", n)?,
+            off: u32_of("destination offset", dst_off)?,
+            value: 0.0,
+            src_off: u32_of("source offset", src_off)?,
+        };
+        let grid = rec.ctx().grid((n as u64).div_ceil(256))?;
+        return rec.dispatch(
+            ROUND_COPY,
+            &[store_constant(dst)],
+            &[
+                (binding::DATA, dst.buffer()),
+                (binding::SRC_F32, src.buffer()),
+            ],
+            &params,
+            grid,
+        );
+    }
     let bytes = n as u64 * 4;
     if src.buffer() == dst.buffer() {
         // wgpu cannot copy within one buffer: go through a temporary one, which

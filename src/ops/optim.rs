@@ -638,6 +638,7 @@ pub fn update_gpu(
         ("stats", stats),
     ] {
         t.expect_dtype(arg, DType::F32)?;
+        crate::ops::memory::expect_f32_store("optimizer", arg, t.store())?;
     }
     check_lens(
         opt,

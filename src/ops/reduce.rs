@@ -283,6 +283,7 @@ pub fn sum_cols_gpu(
 ) -> Result<()> {
     x.expect_dtype("sum_cols x", DType::F32)?;
     out.expect_dtype("sum_cols out", DType::F32)?;
+    crate::ops::memory::expect_f32_store("sum_cols", "out", out.store())?;
     s.validate(x.len(), out.len())?;
     let params = col_params(s, 0, 0)?;
     let grid = rec.ctx().grid((s.cols as u64).div_ceil(COLS_PER_GROUP))?;
@@ -321,6 +322,7 @@ pub fn dot_cols_gpu(
     x.expect_dtype("dot_cols x", DType::F32)?;
     y.expect_dtype("dot_cols y", DType::F32)?;
     out.expect_dtype("dot_cols out", DType::F32)?;
+    crate::ops::memory::expect_f32_store("dot_cols", "out", out.store())?;
     d.validate(x.len(), y.len(), out.len())?;
     let params = col_params(&d.sum, d.y_off, d.y_ld)?;
     let grid = rec
@@ -356,6 +358,7 @@ pub fn reduce_gpu(
 ) -> Result<()> {
     x.expect_dtype("reduce x", DType::F32)?;
     out.expect_dtype("reduce out", DType::F32)?;
+    crate::ops::memory::expect_f32_store("reduce", "out", out.store())?;
     scratch.expect_dtype("reduce scratch", DType::F32)?;
     if n == 0 {
         return Err(Error::invalid("reduce x", "is empty"));

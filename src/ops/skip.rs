@@ -11,6 +11,7 @@ use super::need_len;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
+use crate::ops::memory::shared_store;
 use crate::real::Real;
 
 /// How a stacked layer (every layer above the first) joins its input to its output.
@@ -212,7 +213,7 @@ const RESIDUAL_FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Skip,
     "residual_forward",
     &[(binding::X, R), (binding::OUT, R), (binding::Y, W)],
-    &[],
+    &["STORE"],
 );
 
 const HIGHWAY_FORWARD: KernelDef<Params> = KernelDef::new(
@@ -224,14 +225,14 @@ const HIGHWAY_FORWARD: KernelDef<Params> = KernelDef::new(
         (binding::GATE, W),
         (binding::Y, W),
     ],
-    &[],
+    &["STORE"],
 );
 
 const RESIDUAL_BACKWARD: KernelDef<Params> = KernelDef::new(
     Shader::Skip,
     "residual_backward",
     &[(binding::DY, R), (binding::DX, W)],
-    &[],
+    &["STORE"],
 );
 
 const HIGHWAY_BACKWARD: KernelDef<Params> = KernelDef::new(
@@ -246,7 +247,7 @@ const HIGHWAY_BACKWARD: KernelDef<Params> = KernelDef::new(
         (binding::DGATE, W),
         (binding::DX, W),
     ],
-    &[],
+    &["STORE"],
 );
 
 /// Every kernel of this module (see [`super::kernels`]).
@@ -270,6 +271,7 @@ fn launch(
     kernel: KernelDef<Params>,
     n: usize,
     buffers: &[(u32, &wgpu::Buffer)],
+    store: (&'static str, f64),
 ) -> Result<()> {
     let params = Params {
         n: super::matmul::u32_of("n", n)?,
@@ -278,7 +280,7 @@ fn launch(
         _pad2: 0,
     };
     let grid = rec.ctx().grid((n as u64).div_ceil(256))?;
-    rec.dispatch(kernel, &[], buffers, &params, grid)
+    rec.dispatch(kernel, &[store], buffers, &params, grid)
 }
 
 /// Records a forward on the GPU.
@@ -303,7 +305,8 @@ pub fn forward_gpu(
             HIGHWAY_FORWARD
         }
     };
-    launch(rec, kernel, n, &buffers)
+    let store = shared_store("skip forward", &[("y", Some(t.y)), ("gate", t.gate)])?;
+    launch(rec, kernel, n, &buffers, store)
 }
 
 /// Records a backward on the GPU.
@@ -339,13 +342,22 @@ pub fn backward_gpu(
                 (binding::DGATE, dgate.buffer()),
                 (binding::DX, t.dx.buffer()),
             ];
-            launch(rec, HIGHWAY_BACKWARD, n, &buffers)
+            let store = shared_store(
+                "skip backward",
+                &[
+                    ("dx", Some(t.dx)),
+                    ("d_out", Some(d_out)),
+                    ("dgate", Some(dgate)),
+                ],
+            )?;
+            launch(rec, HIGHWAY_BACKWARD, n, &buffers, store)
         }
         _ => launch(
             rec,
             RESIDUAL_BACKWARD,
             n,
             &[(binding::DY, t.dy.buffer()), (binding::DX, t.dx.buffer())],
+            crate::ops::memory::store_constant(t.dx),
         ),
     }
 }

@@ -259,7 +259,7 @@ const SOFTMAX: KernelDef<Params> = KernelDef::new(
     Shader::SoftmaxXent,
     "softmax_rows",
     &[(binding::X, R), (binding::OUT, W)],
-    &[],
+    &["STORE"],
 );
 
 const XENT_ROWS: KernelDef<Params> = KernelDef::new(
@@ -296,7 +296,7 @@ const XENT_GRAD: KernelDef<Params> = KernelDef::new(
         (binding::OUT, W),
         (binding::SUMMARY_IN, R),
     ],
-    &[],
+    &["STORE"],
 );
 
 const ARGMAX: KernelDef<Params> = KernelDef::new(
@@ -394,7 +394,7 @@ pub fn softmax_gpu(
     let grid = rec.ctx().grid(shape.rows as u64)?;
     rec.dispatch(
         SOFTMAX,
-        &[],
+        &[crate::ops::memory::store_constant(y)],
         &[(binding::X, x.buffer()), (binding::OUT, y.buffer())],
         &params(shape, 0, 1.0)?,
         grid,
@@ -436,6 +436,7 @@ pub fn xent_gpu(
         ("summary", out.summary),
     ] {
         t.expect_dtype(arg, DType::F32)?;
+        crate::ops::memory::expect_f32_store("cross_entropy", arg, t.store())?;
     }
     shape.check_len("logits", x.len(), shape.rows * shape.cols)?;
     shape.check_len("targets", targets.len(), shape.rows)?;
@@ -487,7 +488,7 @@ pub fn xent_gpu(
             .grid((shape.rows as u64 * shape.cols as u64).div_ceil(256))?;
         rec.dispatch(
             XENT_GRAD,
-            &[],
+            &[crate::ops::memory::store_constant(dx)],
             &[
                 (binding::X, x.buffer()),
                 (binding::TARGETS, targets.buffer()),
