@@ -83,7 +83,18 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> xg: array<f32>;
-@group(0) @binding(2) var<storage, read> weights: array<f32>;
+// The flat parameters: f32 words, or 16-bit values packed two a word
+// (W_LAYOUT 1: f16, 2: bf16), read through wt().
+@group(0) @binding(2) var<storage, read> weights: array<u32>;
+override W_LAYOUT: u32 = 0u;
+
+// Parameter i.
+fn wt(i: u32) -> f32 {
+    if (W_LAYOUT == 0u) {
+        return bitcast<f32>(weights[i]);
+    }
+    return unpack_half(weights[i >> 1u], i & 1u, W_LAYOUT);
+}
 @group(0) @binding(3) var<storage, read> lengths: array<i32>;
 @group(0) @binding(4) var<storage, read_write> hs: array<f32>;
 @group(0) @binding(5) var<storage, read_write> cs: array<f32>;
@@ -232,7 +243,7 @@ fn out_index(b: u32, j: u32) -> u32 {
 fn x_pre(i: u32, v: f32, gj: u32) -> f32 {
     if (st.wave_in) {
         // (Rounded as the layer order's xg stores it.)
-        return stored(v + weights[st.bih_off + gj]);
+        return stored(v + wt(st.bih_off + gj));
     }
     return xg[st.o_xg + i];
 }

@@ -196,3 +196,29 @@ fn stored(x: f32) -> f32 {
     }
     return x;
 }
+
+// The f32 value of the IEEE half with bits h (exact; integer arithmetic,
+// so that no driver flushes a subnormal half to zero).
+fn half_to_f32(h: u32) -> f32 {
+    let s = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    if (e == 0u) {
+        // Zero or subnormal: m * 2^-24, normal in f32.
+        return bitcast<f32>(s | bitcast<u32>(f32(m) * 5.9604644775390625e-8));
+    }
+    if (e == 31u) {
+        return bitcast<f32>(s | 0x7f800000u | (m << 13u));
+    }
+    return bitcast<f32>(s | ((e + 112u) << 23u) | (m << 13u));
+}
+
+// Element `which` (0: the low 16 bits, 1: the high) of a word of packed
+// 16-bit values in format `fmt` (1: f16, 2: bf16), as an f32.
+fn unpack_half(word: u32, which: u32, fmt: u32) -> f32 {
+    let h = (word >> (16u * which)) & 0xffffu;
+    if (fmt == 2u) {
+        return bitcast<f32>(h << 16u);
+    }
+    return half_to_f32(h);
+}

@@ -29,7 +29,17 @@ fn table_at(t: u32, j: u32) -> u32 {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> tokens: array<i32>;
-@group(0) @binding(2) var<storage, read> table: array<f32>;
+// f32 words, or 16-bit values packed two a word (TABLE_LAYOUT 1: f16, 2:
+// bf16), read through table_el.
+@group(0) @binding(2) var<storage, read> table: array<u32>;
+override TABLE_LAYOUT: u32 = 0u;
+
+fn table_el(i: u32) -> f32 {
+    if (TABLE_LAYOUT == 0u) {
+        return bitcast<f32>(table[i]);
+    }
+    return unpack_half(table[i >> 1u], i & 1u, TABLE_LAYOUT);
+}
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> dout: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dtable: array<f32>;
@@ -57,10 +67,10 @@ fn embed_forward(
     let t = tokens[n];
     var v = 0.0;
     if (t >= 0 && u32(t) < p.v) {
-        v = table[table_at(u32(t), j)];
+        v = table_el(table_at(u32(t), j));
     }
     if (p.columns == 1u) {
-        v += table[p.bias_off + j];
+        v += table_el(p.bias_off + j);
     }
     out[p.out_off + i] = stored(v);
 }

@@ -52,9 +52,9 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         out[out_index(b, j)] = stored(0.0);
         return;
     }
-    let hr = acc[0] + weights[st.bhh_off + j];
-    let hz = acc[1] + weights[st.bhh_off + p.H + j];
-    let hn = acc[2] + weights[st.bhh_off + 2u * p.H + j];
+    let hr = acc[0] + wt(st.bhh_off + j);
+    let hz = acc[1] + wt(st.bhh_off + p.H + j);
+    let hn = acc[2] + wt(st.bhh_off + 2u * p.H + j);
     let zr = clip_v(x_pre(row + j, xin[0], j) + hr);
     let zz = clip_v(x_pre(row + p.H + j, xin[1], p.H + j) + hz);
     let r = cell_act(p.act_f, zr);

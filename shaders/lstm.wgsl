@@ -57,11 +57,11 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     }
     var pre: array<f32, 4>;
     for (var g = 0u; g < G; g++) {
-        pre[g] = x_pre(row + g * p.H + j, xin[g], g * p.H + j) + (acc[g] + weights[st.bhh_off + g * p.H + j]);
+        pre[g] = x_pre(row + g * p.H + j, xin[g], g * p.H + j) + (acc[g] + wt(st.bhh_off + g * p.H + j));
     }
     if (p.peepholes == 1u) {
-        pre[0] += weights[st.peep_off + j] * c_prev;
-        pre[1] += weights[st.peep_off + p.H + j] * c_prev;
+        pre[0] += wt(st.peep_off + j) * c_prev;
+        pre[1] += wt(st.peep_off + p.H + j) * c_prev;
     }
     let zi = clip_v(pre[0]);
     let zf = clip_v(pre[1]);
@@ -74,7 +74,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let gg = cell_act(p.act_g, zg);
     let c = f * c_prev + i * gg;
     if (p.peepholes == 1u) {
-        pre[3] += weights[st.peep_off + 2u * p.H + j] * c;
+        pre[3] += wt(st.peep_off + 2u * p.H + j) * c;
     }
     let zo = clip_v(pre[3]);
     let o = cell_act(p.act_f, zo);
@@ -172,7 +172,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let d_o = clip_pass(go.y, cell_act_back(p.act_f, o, dh * tc));
     var dc = dc_in + cell_act_back(p.act_h, tc, dh * o);
     if (p.peepholes == 1u) {
-        dc += d_o * weights[st.peep_off + 2u * p.H + j];
+        dc += d_o * wt(st.peep_off + 2u * p.H + j);
     }
     var di_up = dc * g;
     var df = 0.0;
@@ -188,7 +188,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     dgh[st.o_dgh + row + 3u * p.H + j] = stored(d_o);
     var dcp = dc * f;
     if (p.peepholes == 1u) {
-        dcp += di * weights[st.peep_off + j] + df * weights[st.peep_off + p.H + j];
+        dcp += di * wt(st.peep_off + j) + df * wt(st.peep_off + p.H + j);
     }
     if (j < p.hp) {
         carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(0.0);

@@ -44,9 +44,36 @@ override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
+// A, B and the bias: f32 words, or 16-bit values packed two a word
+// (A_LAYOUT, B_LAYOUT, BIAS_LAYOUT 1: f16, 2: bf16; the passes' 16-bit copy
+// of the parameters), read through a_el, b_el and bias_el.
+@group(0) @binding(1) var<storage, read> a: array<u32>;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<u32>;
+override A_LAYOUT: u32 = 0u;
+override B_LAYOUT: u32 = 0u;
+override BIAS_LAYOUT: u32 = 0u;
+
+fn a_el(i: u32) -> f32 {
+    if (A_LAYOUT == 0u) {
+        return bitcast<f32>(a[i]);
+    }
+    return unpack_half(a[i >> 1u], i & 1u, A_LAYOUT);
+}
+
+fn b_el(i: u32) -> f32 {
+    if (B_LAYOUT == 0u) {
+        return bitcast<f32>(b[i]);
+    }
+    return unpack_half(b[i >> 1u], i & 1u, B_LAYOUT);
+}
+
+fn bias_el(i: u32) -> f32 {
+    if (BIAS_LAYOUT == 0u) {
+        return bitcast<f32>(bias[i]);
+    }
+    return unpack_half(bias[i >> 1u], i & 1u, BIAS_LAYOUT);
+}
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
 // The part of the product this workgroup takes: the whole one, or one
@@ -94,17 +121,17 @@ fn split_tile(wid: vec3<u32>, nwg: vec3<u32>, rs: u32, cs: u32) -> vec3<u32> {
 // op(A)[row, kk]; callers guarantee row < m, kk < k.
 fn a_at(row: u32, kk: u32) -> f32 {
     if (TRANS_A) {
-        return a[part.a_off + kk * p.lda + row];
+        return a_el(part.a_off + kk * p.lda + row);
     }
-    return a[part.a_off + row * p.lda + kk];
+    return a_el(part.a_off + row * p.lda + kk);
 }
 
 // op(B)[kk, col]; callers guarantee kk < k, col < n.
 fn b_at(kk: u32, col: u32) -> f32 {
     if (TRANS_B) {
-        return b[part.b_off + col * p.ldb + kk];
+        return b_el(part.b_off + col * p.ldb + kk);
     }
-    return b[part.b_off + kk * p.ldb + col];
+    return b_el(part.b_off + kk * p.ldb + col);
 }
 
 // op(A)[row, kk], zero outside the matrix.
@@ -128,7 +155,7 @@ fn b_or_zero(kk: u32, col: u32) -> f32 {
 fn store(row: u32, col: u32, acc: f32) {
     var v = acc;
     if ((p.flags & FLAG_BIAS) != 0u) {
-        v += bias[p.bias_off + col];
+        v += bias_el(p.bias_off + col);
     }
     let idx = part.c_off + row * p.ldc + col;
     if ((p.flags & FLAG_ACCUMULATE) != 0u) {
@@ -399,7 +426,7 @@ fn matmul_split_sum(
     }
     var v = 0.0;
     for (var s = 0u; s < p.splits; s++) {
-        v += a[s * p.c_split + i];
+        v += bitcast<f32>(a[s * p.c_split + i]);
     }
     part.c_off = p.c_off;
     store(i / p.n, i % p.n, v);

@@ -229,7 +229,7 @@ fn recurrent_product(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32, w_off: u32
             let kk = rem % TK;
             var v = 0.0;
             if (j0 + jj < p.H && k0 + kk < p.pk) {
-                v = weights[w_off + (g * p.H + j0 + jj) * p.pk + k0 + kk];
+                v = wt(w_off + (g * p.H + j0 + jj) * p.pk + k0 + kk);
             }
             rhs_tile[(g * TK + kk) * TPAD + jj] = v;
         }
@@ -296,7 +296,7 @@ fn recurrent_product_split(b0: u32, j0: u32, lx: u32, ly: u32, h_base: u32, w_of
                 }
             }
             for (var g = 0u; g < G; g++) {
-                let w = weights[w_off + (g * p.H + j) * p.pk + k];
+                let w = wt(w_off + (g * p.H + j) * p.pk + k);
                 for (var bb = 0u; bb < TB; bb++) {
                     part[g * TB + bb] += w * hv[bb];
                 }
@@ -353,7 +353,7 @@ fn recurrent_product_t(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32, w_off: 
             let jj = e % TJ;
             var v = 0.0;
             if (m0 + mm < gh && j0 + jj < p.H) {
-                v = weights[w_off + (m0 + mm) * p.H + j0 + jj];
+                v = wt(w_off + (m0 + mm) * p.H + j0 + jj);
             }
             rhs_tile[mm * TJ + jj] = v;
         }
@@ -382,7 +382,7 @@ fn recurrent_product_t_split(b0: u32, j0: u32, lx: u32, ly: u32, dg_base: u32, w
     var part: array<f32, 16>; // [TB]
     if (j < p.H) {
         for (var m = lane; m < gh; m += SL) {
-            let w = weights[w_off + m * p.H + j];
+            let w = wt(w_off + m * p.H + j);
             for (var bb = 0u; bb < TB; bb++) {
                 if (bb < rows) {
                     part[bb] += dg_at(dg_base + (b0 + bb) * p.dg_ld + m, input) * w;

@@ -32,7 +32,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         return;
     }
     let idx = (st.t * p.B + b) * p.H + j;
-    let z = clip_v(x_pre(idx, xin[0], j) + (acc[0] + weights[st.bhh_off + j]));
+    let z = clip_v(x_pre(idx, xin[0], j) + (acc[0] + wt(st.bhh_off + j)));
     let h = cell_act(p.act_f, z);
     if (p.save == 1u && clipping()) {
         gates[st.o_g + idx] = stored(z);

@@ -625,7 +625,7 @@ pub fn bench_rnn_at<B: Backend>(
     let cfg = shape.config();
     let n = cfg.layout().total;
     let k = 1.0 / (cfg.hidden_size as f64).sqrt();
-    let weights = b.tensor_stored(&[n], &uniform(1, n, -k, k), precision)?;
+    let weights = b.tensor_packed(&[n], &uniform(1, n, -k, k), precision)?;
     let mut rnn = Rnn::shared(b.clone(), cfg, weights.clone(), 0)?;
     rnn.set_precision(precision)?;
     rnn.set_step_order(order);

@@ -310,6 +310,53 @@ fn gpu_rounding_is_the_hosts_bit_for_bit() {
     }
 }
 
+/// The GPU's packed 16-bit tensors (the passes' copy of the parameters):
+/// half the bytes, written by the host and by copies from f32 at any
+/// offsets (a word's other half kept), read back as the host rounds.
+#[test]
+fn gpu_packed_tensors_hold_half_the_bytes_and_copy_at_any_offset() {
+    let gpu = gpu_or_skip!();
+    let n = 11;
+    let base: Vec<f64> = uniform(7, n, -2.0, 2.0);
+    let src: Vec<f32> = uniform(8, 9, -70000.0, 70000.0)
+        .iter()
+        .map(|&x| x as f32)
+        .chain([1e-6, -3e-8, 0.1])
+        .collect();
+    let src_t = gpu.tensor(&[src.len()], &src).unwrap();
+    for p in HALVES {
+        let t = gpu.tensor_packed(&[n], &base, p).unwrap();
+        assert_eq!(gpu.store_of(&t), p);
+        assert_eq!(gpu.held_bytes(&t), 2 * n as u64);
+        let host: Vec<f32> = base.iter().map(|&x| p.round_f32(x as f32)).collect();
+        assert_eq!(gpu.read(&t).unwrap(), host, "{p}: written");
+        // Elements 3..8 from src[2..7]: odd start, odd end.
+        gpu.copy(&src_t, 2, &t, 3, 5).unwrap();
+        let mut want = host.clone();
+        for i in 0..5 {
+            want[3 + i] = p.round_f32(src[2 + i]);
+        }
+        let got = gpu.read(&t).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{p}: element {i}: {g:e} vs {w:e}");
+        }
+        // The whole range, from offset 0 (with ±∞ past f16's range).
+        gpu.copy(&src_t, 1, &t, 0, n).unwrap();
+        let want: Vec<f32> = src[1..=n].iter().map(|&x| p.round_f32(x)).collect();
+        assert_eq!(gpu.read(&t).unwrap(), want, "{p}: whole");
+    }
+    // A model's weight copy is packed: half the parameters' bytes.
+    let cfg = ModelConfig {
+        vocab: 12,
+        ..model()
+    };
+    let params = cfg.init_params(1).unwrap();
+    let m =
+        rnn_wgpu::nn::model::SeqModel::with_precision(gpu.clone(), cfg, &params, Precision::F16)
+            .unwrap();
+    assert_eq!(2 * gpu.held_bytes(m.weights()), gpu.held_bytes(m.params()));
+}
+
 /// Relative Frobenius error between two runs' values and gradients.
 fn rel(a: &[f64], b: &[f64]) -> f64 {
     rnn_wgpu::parity::rel_frobenius(a, b)

@@ -182,8 +182,19 @@ impl Backend for GpuBackend {
         GpuTensor::zeros(&self.ctx, shape, DType::F32)?.stored_at(store)
     }
 
+    fn zeros_packed(&self, shape: &[usize], store: Precision) -> Result<GpuTensor> {
+        if !store.is_16bit() {
+            return self.zeros(shape);
+        }
+        GpuTensor::zeros_packed(&self.ctx, shape, store)
+    }
+
     fn store_of(&self, t: &GpuTensor) -> Precision {
         t.store()
+    }
+
+    fn held_bytes(&self, t: &GpuTensor) -> u64 {
+        (t.len() * t.dtype().size()) as u64
     }
 
     fn supports(&self, p: Precision) -> bool {
@@ -245,6 +256,9 @@ impl Backend for GpuBackend {
     }
 
     fn write(&self, t: &GpuTensor, data: &[f32]) -> Result<()> {
+        if t.dtype().packed().is_some() {
+            return t.write_packed(&self.ctx, data);
+        }
         if t.store().is_16bit() {
             // Rounded on the host, as a kernel storing them would.
             let v: Vec<f32> = data.iter().map(|&x| t.store().round_f32(x)).collect();

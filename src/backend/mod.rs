@@ -124,6 +124,16 @@ pub trait Backend: Clone {
         self.zeros(shape)
     }
 
+    /// A zero-filled tensor for values that kernels read but never write
+    /// (the passes' copy of the parameters), stored at `store`: on the GPU a
+    /// 16-bit one is packed two values a word, so that it takes half the
+    /// memory and every read of it half the bandwidth; it is written only
+    /// by [`Backend::write`] and by [`Backend::copy`] from an f32 tensor.
+    /// Elsewhere (and in f32), [`Backend::zeros_stored`].
+    fn zeros_packed(&self, shape: &[usize], store: Precision) -> Result<Self::Tensor> {
+        self.zeros_stored(shape, store)
+    }
+
     /// How `t` stores its values ([`Backend::zeros_stored`]).
     fn store_of(&self, _t: &Self::Tensor) -> Precision {
         Precision::F32
@@ -380,10 +390,20 @@ pub trait Backend: Clone {
         if !store.is_16bit() {
             return self.tensor_f64(shape, data);
         }
-        let t = self.zeros_stored(shape, store)?;
-        let v: Vec<Self::Elem> = data.iter().map(|&x| Self::Elem::of(x)).collect();
-        self.write(&t, &v)?;
-        Ok(t)
+        written(self, self.zeros_stored(shape, store)?, data)
+    }
+
+    /// [`Backend::zeros_packed`] holding `data` (rounded to `store`).
+    fn tensor_packed(
+        &self,
+        shape: &[usize],
+        data: &[f64],
+        store: Precision,
+    ) -> Result<Self::Tensor> {
+        if !store.is_16bit() {
+            return self.tensor_f64(shape, data);
+        }
+        written(self, self.zeros_packed(shape, store)?, data)
     }
 
     /// A tensor from f32 values.
@@ -491,13 +511,18 @@ impl<T> std::fmt::Debug for PendingRead<T> {
     }
 }
 
+/// `t` after writing `data` into it.
+fn written<B: Backend>(b: &B, t: B::Tensor, data: &[f64]) -> Result<B::Tensor> {
+    let v: Vec<B::Elem> = data.iter().map(|&x| B::Elem::of(x)).collect();
+    b.write(&t, &v)?;
+    Ok(t)
+}
+
 /// The error of a backend asked for a precision it has no kernels for.
 pub fn unsupported_precision(backend: &str, p: Precision) -> Error {
     Error::invalid(
         "precision",
-        format!(
-            "{backend} cannot store tensors in {p}; use another backend, or --precision f32"
-        ),
+        format!("{backend} cannot store tensors in {p}; use another backend, or --precision f32"),
     )
 }
 

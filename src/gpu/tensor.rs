@@ -19,6 +19,8 @@ pub enum DType {
     F32,
     /// 16-bit float, packed two per word.
     F16,
+    /// bfloat16, packed two per word (low half first, as `F16`).
+    Bf16,
     /// 32-bit signed integer.
     I32,
 }
@@ -28,8 +30,33 @@ impl DType {
     pub fn size(self) -> usize {
         match self {
             DType::F32 | DType::I32 => 4,
-            DType::F16 => 2,
+            DType::F16 | DType::Bf16 => 2,
         }
+    }
+
+    /// The precision of a packed 16-bit type (`None` for F32 and I32).
+    pub fn packed(self) -> Option<Precision> {
+        match self {
+            DType::F16 => Some(Precision::F16),
+            DType::Bf16 => Some(Precision::Bf16),
+            DType::F32 | DType::I32 => None,
+        }
+    }
+
+    /// The packed type of a 16-bit precision (`None` for f32).
+    pub fn packing(p: Precision) -> Option<DType> {
+        match p {
+            Precision::F16 => Some(DType::F16),
+            Precision::Bf16 => Some(DType::Bf16),
+            Precision::F32 => None,
+        }
+    }
+
+    /// The value of a kernel's override constant saying how an input it
+    /// reads is laid out: 0 f32 words, 1 packed f16, 2 packed bf16 (the
+    /// codes of [`Precision::code`]).
+    pub fn layout_code(self) -> u32 {
+        self.packed().map_or(0, |p| p.code())
     }
 }
 
@@ -126,11 +153,51 @@ impl GpuTensor {
     /// The same tensor, its values to be stored at `store` from now on
     /// (an F32 tensor only; the values already there are not rounded).
     pub fn stored_at(mut self, store: Precision) -> Result<Self> {
-        if store.is_16bit() {
-            self.expect_dtype("16-bit storage", DType::F32)?;
+        match self.dtype.packed() {
+            Some(p) if p != store => {
+                return Err(Error::invalid(
+                    "16-bit storage",
+                    format!("a packed {p} tensor stores in {p}, not {store}"),
+                ));
+            }
+            None if store.is_16bit() => self.expect_dtype("16-bit storage", DType::F32)?,
+            _ => {}
         }
         self.store = store;
         Ok(self)
+    }
+
+    /// A zero-filled tensor of 16-bit values packed two per word, stored
+    /// at `p` (the passes' copy of the parameters, which kernels read but
+    /// never write).
+    pub fn zeros_packed(ctx: &GpuContext, shape: &[usize], p: Precision) -> Result<Self> {
+        let dtype = DType::packing(p)
+            .ok_or_else(|| Error::invalid("packed tensor", "packs 16-bit values only"))?;
+        Self::zeros(ctx, shape, dtype)?.stored_at(p)
+    }
+
+    /// Overwrites a packed tensor with `data`, each value rounded to its
+    /// precision on the host (after all work recorded so far).
+    pub fn write_packed(&self, ctx: &GpuContext, data: &[f32]) -> Result<()> {
+        Self::check_len("data", &self.shape, data.len())?;
+        let mut halves: Vec<u16> = match self.dtype {
+            DType::F16 => data.iter().map(|&x| f16::from_f32(x).to_bits()).collect(),
+            DType::Bf16 => data
+                .iter()
+                .map(|&x| half::bf16::from_f32(x).to_bits())
+                .collect(),
+            other => {
+                return Err(Error::invalid(
+                    "tensor",
+                    format!("expected packed 16-bit elements, got {other:?}"),
+                ));
+            }
+        };
+        // Whole words.
+        if halves.len() % 2 == 1 {
+            halves.push(0);
+        }
+        ctx.write_buffer(&self.buffer, 0, bytemuck::cast_slice(&halves))
     }
 
     /// Number of elements.
@@ -187,15 +254,29 @@ impl GpuTensor {
 
     fn read_bytes(&self, ctx: &GpuContext) -> Result<Vec<u8>> {
         let bytes = (self.len() * self.dtype.size()) as u64;
-        let mut parts = ctx.read_buffers(&[(&self.buffer, 0, bytes)])?;
-        Ok(parts.pop().unwrap_or_default())
+        let mut parts = ctx.read_buffers(&[(&self.buffer, 0, bytes.div_ceil(4) * 4)])?;
+        let mut v = parts.pop().unwrap_or_default();
+        v.truncate(bytes as usize);
+        Ok(v)
+    }
+
+    /// The values of a packed tensor from its bytes, widened to f32.
+    fn widen(&self, bytes: &[u8]) -> Vec<f32> {
+        let halves = bytes
+            .chunks_exact(2)
+            .take(self.len())
+            .map(|c| u16::from_le_bytes([c[0], c[1]]));
+        match self.dtype {
+            DType::Bf16 => halves.map(|h| half::bf16::from_bits(h).to_f32()).collect(),
+            _ => halves.map(|h| f16::from_bits(h).to_f32()).collect(),
+        }
     }
 
     /// Downloads an f32 tensor (an f16 tensor is widened on the host).
     pub fn to_f32_vec(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
         match self.dtype {
             DType::F32 => Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(ctx)?)),
-            DType::F16 => Ok(self.to_f16_vec(ctx)?.iter().map(|h| h.to_f32()).collect()),
+            DType::F16 | DType::Bf16 => Ok(self.widen(&self.read_bytes(ctx)?)),
             DType::I32 => Err(Error::invalid("tensor", "is I32; use to_i32_vec")),
         }
     }
@@ -229,18 +310,28 @@ impl GpuTensor {
     }
 }
 
-/// Downloads several f32 tensors in one submission and one map.
+/// Downloads several f32 tensors in one submission and one map (packed
+/// 16-bit ones are widened on the host).
 pub fn download_many(ctx: &GpuContext, tensors: &[&GpuTensor]) -> Result<Vec<Vec<f32>>> {
     for t in tensors {
-        t.expect_dtype("tensor", DType::F32)?;
+        if t.dtype.packed().is_none() {
+            t.expect_dtype("tensor", DType::F32)?;
+        }
     }
     let parts: Vec<(&wgpu::Buffer, u64, u64)> = tensors
         .iter()
-        .map(|t| (t.buffer(), 0, (t.len() * 4) as u64))
+        .map(|t| {
+            let bytes = (t.len() * t.dtype.size()) as u64;
+            (t.buffer(), 0, bytes.div_ceil(4) * 4)
+        })
         .collect();
     Ok(ctx
         .read_buffers(&parts)?
         .iter()
-        .map(|b| bytemuck::pod_collect_to_vec(b))
+        .zip(tensors)
+        .map(|(b, t)| match t.dtype.packed() {
+            Some(_) => t.widen(b),
+            None => bytemuck::pod_collect_to_vec(b),
+        })
         .collect())
 }

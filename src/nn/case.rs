@@ -221,7 +221,7 @@ pub fn run_case_at<B: Backend>(
     precision: Precision,
 ) -> Result<RnnResults> {
     let c = config;
-    let weights = backend.tensor_stored(&[data.params.len()], &data.params, precision)?;
+    let weights = backend.tensor_packed(&[data.params.len()], &data.params, precision)?;
     let mut rnn = Rnn::shared(backend.clone(), *c, weights, 0)?;
     if data.params.len() != rnn.layout().total {
         return Err(Error::invalid(

@@ -400,7 +400,7 @@ impl<B: Backend> SeqModel<B> {
         }
         let params = backend.tensor_f64(&[layout.total], values)?;
         let weights = if precision.is_16bit() {
-            let w = backend.zeros_stored(&[layout.total], precision)?;
+            let w = backend.zeros_packed(&[layout.total], precision)?;
             backend.copy(&params, 0, &w, 0, layout.total)?;
             w
         } else {

@@ -34,6 +34,7 @@ use super::need_len;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder, StepKernel};
+use crate::ops::memory::read_layout;
 use crate::precision::Precision;
 use crate::real::Real;
 
@@ -2798,7 +2799,7 @@ const W: Access = Access::ReadWrite;
 /// The override constants of every step kernel: the recurrent-product
 /// variant (see [`crate::gpu::StepKernel`]) and where the forward product's
 /// vector comes from.
-const STEP_CONSTANTS: &[&str] = &["SPLIT", "FROM_GATES", "STORE"];
+const STEP_CONSTANTS: &[&str] = &["SPLIT", "FROM_GATES", "STORE", "W_LAYOUT"];
 
 const LSTM_FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Lstm,
@@ -2992,7 +2993,8 @@ fn step_stores(op: &str, want: Precision, ts: &[(&str, Option<&GpuTensor>)]) -> 
 }
 
 /// Records one step dispatch with the recurrent-product variant `forced`, else the
-/// context's.
+/// context's; `w_layout`: how the weights are laid out (`W_LAYOUT`).
+#[allow(clippy::too_many_arguments)]
 fn dispatch_step(
     rec: &mut Recorder<'_>,
     kernel: KernelDef<Params>,
@@ -3001,6 +3003,7 @@ fn dispatch_step(
     params: &Params,
     from_gates: bool,
     forced: Option<StepKernel>,
+    w_layout: f64,
 ) -> Result<()> {
     // The units this dispatch owns: H, or the projection's P.
     let units = params.h as usize;
@@ -3025,8 +3028,13 @@ fn dispatch_step(
     // The variant's SPLIT, the step's STORE, then FROM_GATES when set (no
     // allocation a step).
     let split = variant.constants()[0];
-    let all = [split, ("STORE", s.store.code() as f64), ("FROM_GATES", 1.0)];
-    let constants: &[(&str, f64)] = if from_gates { &all } else { &all[..2] };
+    let all = [
+        split,
+        ("STORE", s.store.code() as f64),
+        ("W_LAYOUT", w_layout),
+        ("FROM_GATES", 1.0),
+    ];
+    let constants: &[(&str, f64)] = if from_gates { &all } else { &all[..3] };
     rec.dispatch(kernel, constants, buffers, params, grid)
 }
 
@@ -3105,10 +3113,11 @@ pub fn forward_step_gpu(
     dummies: Placeholders<'_>,
 ) -> Result<()> {
     let fused = *s;
+    let w_layout = read_layout("weights", bufs.weights)?;
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
         xg: f32_len("xg", bufs.xg)?,
-        weights: f32_len("weights", bufs.weights)?,
+        weights: bufs.weights.len(),
         lengths: lengths_len(bufs.lengths)?,
         hs: f32_len("hs", bufs.hs)?,
         cs: opt_len("cs", bufs.cs)?,
@@ -3161,6 +3170,7 @@ pub fn forward_step_gpu(
         &params,
         false,
         dummies.step_kernel,
+        w_layout,
     )?;
     if s.variant.proj_size > 0 {
         // h = W_hr m and the output, from the m the cell saved.
@@ -3174,6 +3184,7 @@ pub fn forward_step_gpu(
             &params,
             true,
             dummies.step_kernel,
+            w_layout,
         )?;
     }
     if cell == Cell::Gru && s.variant.reset_before {
@@ -3188,6 +3199,7 @@ pub fn forward_step_gpu(
             &params,
             true,
             dummies.step_kernel,
+            w_layout,
         )?;
     }
     Ok(())
@@ -3202,9 +3214,10 @@ pub fn backward_step_gpu(
     dummies: Placeholders<'_>,
 ) -> Result<()> {
     let fused = *s;
+    let w_layout = read_layout("weights", bufs.weights)?;
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
-        weights: f32_len("weights", bufs.weights)?,
+        weights: bufs.weights.len(),
         lengths: lengths_len(bufs.lengths)?,
         hs: f32_len("hs", bufs.hs)?,
         cs: opt_len("cs", bufs.cs)?,
@@ -3286,6 +3299,7 @@ pub fn backward_step_gpu(
             &pp,
             false,
             dummies.step_kernel,
+            w_layout,
         )?;
         let cell_params = Params {
             whh_off: u32_of("hr_off", s.hr_off)?,
@@ -3300,6 +3314,7 @@ pub fn backward_step_gpu(
             &cell_params,
             false,
             dummies.step_kernel,
+            w_layout,
         );
     }
     dispatch_step(
@@ -3310,6 +3325,7 @@ pub fn backward_step_gpu(
         &params,
         false,
         dummies.step_kernel,
+        w_layout,
     )?;
     if cell == Cell::Gru && s.variant.reset_before {
         // dr and the carry's r part, from this step's dn.
@@ -3323,6 +3339,7 @@ pub fn backward_step_gpu(
             &params,
             false,
             dummies.step_kernel,
+            w_layout,
         )?;
     }
     Ok(())

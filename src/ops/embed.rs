@@ -256,7 +256,7 @@ const FORWARD: KernelDef<Params> = KernelDef::new(
         (binding::TABLE, Access::Read),
         (binding::OUT, Access::ReadWrite),
     ],
-    &["STORE"],
+    &["STORE", "TABLE_LAYOUT"],
 );
 
 const SORT: KernelDef<Params> = KernelDef::new(
@@ -293,13 +293,16 @@ pub fn forward_gpu(
     out: &GpuTensor,
 ) -> Result<()> {
     tokens.expect_dtype("embedding tokens", DType::I32)?;
-    table.expect_dtype("embedding table", DType::F32)?;
+    let table_layout = crate::ops::memory::read_layout("embedding table", table)?;
     out.expect_dtype("embedding output", DType::F32)?;
     s.validate(tokens.len(), table.len(), out.len(), false)?;
     let grid = rec.ctx().grid(((s.n * s.e) as u64).div_ceil(256))?;
     rec.dispatch(
         FORWARD,
-        &[crate::ops::memory::store_constant(out)],
+        &[
+            crate::ops::memory::store_constant(out),
+            ("TABLE_LAYOUT", table_layout),
+        ],
         &[
             (binding::TOKENS, tokens.buffer()),
             (binding::TABLE, table.buffer()),

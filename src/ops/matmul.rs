@@ -37,6 +37,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
+use crate::ops::memory::read_layout;
 use crate::real::Real;
 
 /// A matrix multiply: sizes, layouts, element offsets and epilogue.
@@ -490,7 +491,14 @@ const BINDINGS: &[(u32, Access)] = &[
     (binding::C, Access::ReadWrite),
 ];
 
-const CONSTANTS: &[&str] = &["TRANS_A", "TRANS_B", "STORE"];
+const CONSTANTS: &[&str] = &[
+    "TRANS_A",
+    "TRANS_B",
+    "STORE",
+    "A_LAYOUT",
+    "B_LAYOUT",
+    "BIAS_LAYOUT",
+];
 
 const NAIVE: KernelDef<Params> =
     KernelDef::new(Shader::Matmul, "matmul_naive", BINDINGS, CONSTANTS);
@@ -509,7 +517,7 @@ const SPLIT_SUM: KernelDef<Params> = KernelDef::new(
         (binding::BIAS, Access::Read),
         (binding::C, Access::ReadWrite),
     ],
-    &["STORE"],
+    &["STORE", "BIAS_LAYOUT"],
 );
 
 /// Every kernel of this module (see [`super::kernels`]).
@@ -545,12 +553,10 @@ pub fn gemm_gpu(
     c: &GpuTensor,
     scratch: Option<&GpuTensor>,
 ) -> Result<()> {
-    a.expect_dtype("matmul A", DType::F32)?;
-    b.expect_dtype("matmul B", DType::F32)?;
+    let a_layout = read_layout("matmul A", a)?;
+    let b_layout = read_layout("matmul B", b)?;
     c.expect_dtype("matmul C", DType::F32)?;
-    if let Some(bias) = bias {
-        bias.expect_dtype("matmul bias", DType::F32)?;
-    }
+    let bias_layout = bias.map(|t| read_layout("matmul bias", t)).transpose()?;
     g.validate(a.len(), b.len(), bias.map(|x| x.len()), c.len())?;
     // Every index the kernels form must fit in u32 (the hot kernels run
     // without runtime bounds checks).
@@ -585,10 +591,15 @@ pub fn gemm_gpu(
         _pad2: 0,
         _pad3: 0,
     };
+    // Without a bias the binding holds A (its layout then, unread).
+    let bias_layout = bias_layout.unwrap_or(a_layout);
     let mut constants = [
         ("TRANS_A", g.trans_a as u32 as f64),
         ("TRANS_B", g.trans_b as u32 as f64),
         crate::ops::memory::store_constant(c),
+        ("A_LAYOUT", a_layout),
+        ("B_LAYOUT", b_layout),
+        ("BIAS_LAYOUT", bias_layout),
     ];
     // Without a bias the binding still needs a read-only buffer: reuse A.
     let bias_buf = bias.unwrap_or(a).buffer();
@@ -658,9 +669,16 @@ pub fn gemm_gpu(
         c_split: first.c_split,
         ..params
     };
+    let sum_bias_layout = match bias {
+        Some(t) => read_layout("matmul bias", t)?,
+        None => 0.0,
+    };
     rec.dispatch(
         SPLIT_SUM,
-        &[crate::ops::memory::store_constant(c)],
+        &[
+            crate::ops::memory::store_constant(c),
+            ("BIAS_LAYOUT", sum_bias_layout),
+        ],
         &[
             (binding::A, scratch.buffer()),
             (binding::BIAS, bias.unwrap_or(scratch).buffer()),

@@ -95,9 +95,34 @@ const ROUND_COPY: KernelDef<Params> = KernelDef::new(
     &["STORE"],
 );
 
+const PACK_COPY: KernelDef<Params> = KernelDef::new(
+    Shader::Memory,
+    "pack_copy",
+    &[
+        (binding::SRC_F32, Access::Read),
+        (binding::DST_WORDS, Access::ReadWrite),
+    ],
+    &["STORE"],
+);
+
 /// Every kernel of this module (see [`super::kernels`]).
-pub(super) const KERNELS: &[KernelInfo] =
-    &[FILL.info(), TO_F16.info(), TO_F32.info(), ROUND_COPY.info()];
+pub(super) const KERNELS: &[KernelInfo] = &[
+    FILL.info(),
+    TO_F16.info(),
+    TO_F32.info(),
+    ROUND_COPY.info(),
+    PACK_COPY.info(),
+];
+
+/// How a kernel reads `t`, an input that may be the passes' packed 16-bit
+/// copy of the parameters: the value of its `*_LAYOUT` override constant
+/// ([`DType::layout_code`]); an error for an i32 tensor.
+pub(crate) fn read_layout(arg: &str, t: &GpuTensor) -> Result<f64> {
+    if t.dtype().packed().is_none() {
+        t.expect_dtype(arg, DType::F32)?;
+    }
+    Ok(t.dtype().layout_code() as f64)
+}
 
 /// The `STORE` override constant of a kernel storing into `t` (see
 /// [`crate::precision::Precision::code`]).
@@ -183,7 +208,33 @@ pub fn copy_gpu(
     dst_off: usize,
     n: usize,
 ) -> Result<()> {
-    if src.dtype() != dst.dtype() || src.dtype() == DType::F16 {
+    if let (DType::F32, Some(p)) = (src.dtype(), dst.dtype().packed()) {
+        // Into packed 16-bit values (the passes' copy of the parameters).
+        check_range("copy source", src_off, n, src.len())?;
+        check_range("copy destination", dst_off, n, dst.len())?;
+        if n == 0 {
+            return Ok(());
+        }
+        let params = Params {
+            n: u32_of("n", n)?,
+            off: u32_of("destination offset", dst_off)?,
+            value: 0.0,
+            src_off: u32_of("source offset", src_off)?,
+        };
+        let words = (dst_off + n).div_ceil(2) - dst_off / 2;
+        let grid = rec.ctx().grid((words as u64).div_ceil(256))?;
+        return rec.dispatch(
+            PACK_COPY,
+            &[("STORE", p.code() as f64)],
+            &[
+                (binding::SRC_F32, src.buffer()),
+                (binding::DST_WORDS, dst.buffer()),
+            ],
+            &params,
+            grid,
+        );
+    }
+    if src.dtype() != dst.dtype() || src.dtype().packed().is_some() {
         return Err(Error::invalid(
             "copy",
             format!(
