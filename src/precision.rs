@@ -18,6 +18,32 @@
 //! 2⁻²⁴): its training needs dynamic loss scaling (the trainer's
 //! `LossScale`). bf16 has 8 significant bits and f32's
 //! range, so it needs none.
+//!
+//! A model trains at a precision set once, in the library as on the command
+//! line (`--precision`):
+//!
+//! ```
+//! use rnn_wgpu::Precision;
+//! use rnn_wgpu::backend::{Backend, CpuBackend};
+//! use rnn_wgpu::nn::model::ModelConfig;
+//! use rnn_wgpu::ops::cell::Cell;
+//! use rnn_wgpu::train::tasks::TaskSpec;
+//! use rnn_wgpu::train::{TrainConfig, Trainer};
+//!
+//! # fn main() -> rnn_wgpu::Result<()> {
+//! let mut config = TrainConfig::new(TaskSpec::add(2), ModelConfig::new(Cell::Lstm, 32));
+//! (config.batch, config.eval_problems, config.precision) = (8, 20, Precision::F16);
+//! let mut trainer = Trainer::new(CpuBackend::<f32>::new(), config)?;
+//! let report = trainer.train_step()?;
+//! // f16 scales its loss (2^16 to start); the master weights stay f32 and
+//! // the passes read them rounded to f16.
+//! assert_eq!(report.loss_scale, Some(65536.0));
+//! let b = trainer.model().backend();
+//! let copy = b.read(trainer.model().weights())?;
+//! assert!(copy.iter().all(|&w| Precision::F16.round_f32(w) == w));
+//! # Ok(())
+//! # }
+//! ```
 
 use serde::{Deserialize, Serialize};
 

@@ -477,3 +477,38 @@ fn gpu_16bit_training_follows_the_cpu_twin() {
         assert_eq!(copy, rounded, "{p}: the GPU's weight copy");
     }
 }
+
+/// Sampling at 16 bits from an f32 checkpoint: the CPU path, and the GPU's
+/// 16-bit path writing the same greedy text.
+#[test]
+fn sampling_reads_an_f32_checkpoint_at_16_bits() {
+    use rnn_wgpu::train::checkpoint::load_model_at;
+    use rnn_wgpu::train::sample::{SampleOptions, sample};
+    let s = common::Scratch::new("precision-sample");
+    let path = s.path("f32.safetensors");
+    let mut t = Trainer::new(CpuBackend::<f32>::new(), config(Precision::F32)).unwrap();
+    for _ in 0..30 {
+        t.train_step().unwrap();
+    }
+    t.save(&path).unwrap();
+    let opts = SampleOptions {
+        prompt: "12+34=".into(),
+        temperature: 0.0,
+        length: 6,
+        seed: 1,
+    };
+    for p in HALVES {
+        let (mut m, task, _) = load_model_at(CpuBackend::<f32>::new(), &path, p).unwrap();
+        assert_eq!(m.precision(), p);
+        let text = sample(&mut m, &task, &opts).unwrap();
+        assert!(text.chars().count() <= 6, "{p}: {text:?}");
+        if let Some(gpu) = common::gpu() {
+            let (mut g, task, _) = load_model_at(gpu, &path, p).unwrap();
+            assert_eq!(
+                sample(&mut g, &task, &opts).unwrap(),
+                text,
+                "{p}: GPU and CPU"
+            );
+        }
+    }
+}
