@@ -512,3 +512,41 @@ fn sampling_reads_an_f32_checkpoint_at_16_bits() {
         }
     }
 }
+
+/// `bench`'s memory of a training step (the shape: an LSTM at
+/// I = H = 256, B = 32, T = 50): the 16-bit layer holds at most 0.6× the
+/// f32 layer at storage precision, the whole step (with the f32 master copy
+/// and Adam's f32 states) at most 0.7×; as held, the CPU keeps 32-bit words.
+#[test]
+fn bench_counts_the_memory_of_a_16bit_step() {
+    use rnn_wgpu::bench::{RnnShape, bench_rnn_at};
+    let shape = RnnShape {
+        cell: Cell::Lstm,
+        input: 256,
+        hidden: 256,
+        batch: 32,
+        seq: 50,
+        layers: 1,
+        bidirectional: false,
+        variant: Default::default(),
+        skip: Default::default(),
+    };
+    let b = CpuBackend::<f32>::new();
+    let run = |p| bench_rnn_at(&b, None, "cpu", &shape, 1, StepOrder::Auto, p).unwrap();
+    let (f32_run, f16_run) = (run(Precision::F32), run(Precision::F16));
+    assert_eq!(f32_run.packed_memory_bytes, f32_run.memory_bytes);
+    assert_eq!(f16_run.precision, "f16");
+    let layer = f16_run.packed_layer_bytes as f64 / f32_run.layer_bytes as f64;
+    let step = f16_run.packed_memory_bytes as f64 / f32_run.memory_bytes as f64;
+    assert!(layer <= 0.6, "layer {layer:.3}");
+    assert!(step <= 0.7, "step {step:.3}");
+    // The CPU holds 16-bit values in f32 words: the same layer bytes.
+    assert_eq!(f16_run.layer_bytes, f32_run.layer_bytes);
+    // The 16-bit bytes are counted, not estimated: half of every 16-bit
+    // tensor, the f32 gradients and states whole.
+    let params = shape.config().layout().total as u64;
+    assert_eq!(
+        f16_run.packed_memory_bytes,
+        f16_run.packed_layer_bytes + 12 * params
+    );
+}
