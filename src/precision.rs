@@ -141,6 +141,15 @@ impl Precision {
         }
     }
 
+    /// Rounds `v[from .. from + n]` in place (as much of it as `v` holds):
+    /// what a kernel stored there, as this precision keeps it.
+    pub fn round_range<T: Real>(self, v: &mut [T], from: usize, n: usize) {
+        let end = from.saturating_add(n).min(v.len());
+        if from < end {
+            self.round_slice(&mut v[from..end]);
+        }
+    }
+
     /// Rounds every value of `v` in place ([`Precision::round`]; for f32
     /// values the branch-free [`round_f16`] / [`round_bf16`], which
     /// vectorize).

@@ -55,12 +55,7 @@ impl<T: Real> CpuTensor<T> {
     /// storage precision: what a kernel stored there, as 16-bit storage
     /// keeps it. `v` is this tensor's storage, borrowed for writing.
     fn settle(&self, v: &mut [T], from: usize, n: usize) {
-        if self.store.is_16bit() {
-            let end = from.saturating_add(n).min(v.len());
-            if from < end {
-                self.store.round_slice(&mut v[from..end]);
-            }
-        }
+        self.store.round_range(v, from, n);
     }
 
     /// [`CpuTensor::settle`] over the whole storage.
@@ -526,14 +521,14 @@ impl<T: Real> Backend for CpuBackend<T> {
         b: &StepForward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()> {
         const OP: &str = "cell forward";
-        check_stores(
+        cell::check_step_stores(
             OP,
             s.store,
             &[
-                ("hs", Some(b.hs)),
-                ("cs", b.cs),
-                ("gates", b.gates),
-                ("out", Some(b.out)),
+                ("hs", Some(b.hs.store)),
+                ("cs", b.cs.map(|t| t.store)),
+                ("gates", b.gates.map(|t| t.store)),
+                ("out", Some(b.out.store)),
             ],
         )?;
         let xg = b.xg.read(OP, "xg")?;
@@ -565,13 +560,13 @@ impl<T: Real> Backend for CpuBackend<T> {
         b: &StepBackward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()> {
         const OP: &str = "cell backward";
-        check_stores(
+        cell::check_step_stores(
             OP,
             s.store,
             &[
-                ("dgh", Some(b.dgh)),
-                ("dgx", b.dgx),
-                ("carry", Some(b.carry)),
+                ("dgh", Some(b.dgh.store)),
+                ("dgx", b.dgx.map(|t| t.store)),
+                ("carry", Some(b.carry.store)),
             ],
         )?;
         let weights = b.weights.read(OP, "weights")?;
@@ -741,22 +736,4 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn flush(&self) -> Result<()> {
         Ok(())
     }
-}
-
-/// Fails unless every given tensor stores at the step's precision `want`.
-fn check_stores<T>(op: &str, want: Precision, ts: &[(&str, Option<&CpuTensor<T>>)]) -> Result<()> {
-    for (arg, t) in ts {
-        if let Some(t) = t
-            && t.store != want
-        {
-            return Err(Error::invalid(
-                format!("{op} {arg}"),
-                format!(
-                    "is stored in {} but the step stores in {want} (StepSpec::store)",
-                    t.store
-                ),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -18,10 +18,6 @@ use crate::ops::skip::{self, Skip, SkipBackward, SkipForward};
 use crate::ops::softmax_xent::{self, Rows, XentOut};
 use crate::precision::Precision;
 
-/// Whether the kernels store 16-bit tensors (every kernel a training step
-/// uses rounds its stores by the `STORE` constant).
-const SIXTEEN_BIT_KERNELS: bool = true;
-
 /// Records every launch for the GPU.
 #[derive(Clone, Debug)]
 pub struct GpuBackend {
@@ -176,9 +172,6 @@ impl Backend for GpuBackend {
     }
 
     fn zeros_stored(&self, shape: &[usize], store: Precision) -> Result<GpuTensor> {
-        if !self.supports(store) {
-            return Err(super::unsupported_precision(&self.describe(), store));
-        }
         GpuTensor::zeros(&self.ctx, shape, DType::F32)?.stored_at(store)
     }
 
@@ -197,8 +190,9 @@ impl Backend for GpuBackend {
         (t.len() * t.dtype().size()) as u64
     }
 
-    fn supports(&self, p: Precision) -> bool {
-        !p.is_16bit() || SIXTEEN_BIT_KERNELS
+    fn supports(&self, _p: Precision) -> bool {
+        // Every kernel a training step uses rounds its stores by `STORE`.
+        true
     }
 
     fn is_unique(&self, t: &GpuTensor) -> bool {
@@ -424,9 +418,6 @@ impl Backend for GpuBackend {
         s: &StepSpec,
         b: &StepForward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()> {
-        if !self.supports(s.store) {
-            return Err(super::unsupported_precision(&self.describe(), s.store));
-        }
         self.ctx
             .record(|rec| cell::forward_step_gpu(rec, cell, s, b, self.placeholders()))
     }
@@ -437,9 +428,6 @@ impl Backend for GpuBackend {
         s: &StepSpec,
         b: &StepBackward<'_, Self::Tensor, Self::Ints>,
     ) -> Result<()> {
-        if !self.supports(s.store) {
-            return Err(super::unsupported_precision(&self.describe(), s.store));
-        }
         self.ctx
             .record(|rec| cell::backward_step_gpu(rec, cell, s, b, self.placeholders()))
     }

@@ -139,9 +139,10 @@ pub trait Backend: Clone {
         Precision::F32
     }
 
-    /// Bytes the backend holds for `t`: both backends keep a 16-bit
-    /// tensor's values (each on the 16-bit grid) in words of their scalar
-    /// type, so this is the f32 (or f64) figure in every mode.
+    /// Bytes the backend holds for `t`. By default a value takes a word of
+    /// the scalar type, as a 16-bit tensor of [`Backend::zeros_stored`]
+    /// does on both backends (its values on the 16-bit grid); the GPU's
+    /// packed tensors ([`Backend::zeros_packed`]) take 2 bytes a value.
     fn held_bytes(&self, t: &Self::Tensor) -> u64 {
         (self.numel(t) * std::mem::size_of::<Self::Elem>()) as u64
     }

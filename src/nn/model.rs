@@ -385,12 +385,6 @@ impl<B: Backend> SeqModel<B> {
         precision: Precision,
     ) -> Result<Self> {
         config.validate()?;
-        if !backend.supports(precision) {
-            return Err(crate::backend::unsupported_precision(
-                &backend.describe(),
-                precision,
-            ));
-        }
         let layout = config.layout();
         if values.len() != layout.total {
             return Err(Error::invalid(

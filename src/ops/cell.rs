@@ -1084,14 +1084,6 @@ impl StepSpec {
 }
 
 /// `v[from..]`, or an error naming the buffer when it is shorter.
-/// Rounds `v[from .. from + n]` (as much of it as `v` holds) to `p`.
-fn settle<T: Real>(p: Precision, v: &mut [T], from: usize, n: usize) {
-    let end = from.saturating_add(n).min(v.len());
-    if from < end {
-        p.round_slice(&mut v[from..end]);
-    }
-}
-
 fn tail<'v, T>(arg: &str, v: &'v [T], from: usize) -> Result<&'v [T]> {
     v.get(from..).ok_or_else(|| {
         Error::invalid(
@@ -1291,59 +1283,45 @@ fn forward_one<T: Real>(
         }
         return Ok(());
     }
-    if s.store.is_16bit() {
-        // The step in f32, then what it stored rounded to the precision.
-        let plain = StepSpec {
-            store: Precision::F32,
-            ..*s
-        };
-        let view = ForwardSlices {
-            xg,
-            weights,
-            lengths,
-            hs: &mut *hs,
-            cs: cs.as_deref_mut(),
-            gates: gates.as_deref_mut(),
-            out: &mut *out,
-        };
-        // (The two-dispatch variants round what passes between their
-        // dispatches as they go: `mid`.)
-        forward_single(cell, &plain, view, x_in, &lens, s.store)?;
-        let (bsz, h, p) = (s.batch, s.hidden, s.store);
-        let w = s.variant.state_size(h);
-        settle(p, hs, s.next() * bsz * w, bsz * w);
-        if let Some(c) = cs {
-            settle(p, c, s.next() * bsz * h, bsz * h);
-        }
-        if let Some(g) = gates {
-            let sv = s.variant.saved(cell) * h;
-            settle(p, g, s.t * bsz * sv, bsz * sv);
-        }
-        settle(p, out, s.t * bsz * s.out_ld, bsz * s.out_ld);
-        return Ok(());
-    }
+    // The step in f32, then (16-bit storage) what it stored rounded to the
+    // precision; the two-dispatch variants round what passes between their
+    // dispatches as they go.
     let view = ForwardSlices {
         xg,
         weights,
         lengths,
-        hs,
-        cs,
-        gates,
-        out,
+        hs: &mut *hs,
+        cs: cs.as_deref_mut(),
+        gates: gates.as_deref_mut(),
+        out: &mut *out,
     };
-    forward_single(cell, s, view, x_in, &lens, Precision::F32)
+    forward_single(cell, s, view, x_in, &lens)?;
+    let (bsz, h, p) = (s.batch, s.hidden, s.store);
+    if p.is_16bit() {
+        let w = s.variant.state_size(h);
+        p.round_range(hs, s.next() * bsz * w, bsz * w);
+        if let Some(c) = cs {
+            p.round_range(c, s.next() * bsz * h, bsz * h);
+        }
+        if let Some(g) = gates {
+            let sv = s.variant.saved(cell) * h;
+            p.round_range(g, s.t * bsz * sv, bsz * sv);
+        }
+        p.round_range(out, s.t * bsz * s.out_ld, bsz * s.out_ld);
+    }
+    Ok(())
 }
 
-/// One single step of [`forward_one`]; `mid`: the precision of what a
-/// two-dispatch variant stores between its dispatches.
+/// One single step of [`forward_one`], in f32 but for what a two-dispatch
+/// variant stores between its dispatches, rounded to `s.store`.
 fn forward_single<T: Real>(
     cell: Cell,
     s: &StepSpec,
     bufs: ForwardSlices<'_, T>,
     x_in: Option<&[T]>,
     lens: &Lens,
-    mid: Precision,
 ) -> Result<()> {
+    let mid = s.store;
     let ForwardSlices {
         xg,
         weights,
@@ -1846,33 +1824,6 @@ fn backward_one<T: Real>(
         }
         return Ok(());
     }
-    if s.store.is_16bit() {
-        let plain = StepSpec {
-            store: Precision::F32,
-            ..*s
-        };
-        let view = BackwardSlices {
-            weights,
-            lengths,
-            hs,
-            cs,
-            gates,
-            dout,
-            dgh: &mut *dgh,
-            dgx: dgx.as_deref_mut(),
-            carry: &mut *carry,
-        };
-        backward_single(cell, &plain, view, up, &lens, s.store)?;
-        let (bsz, h, p) = (s.batch, s.hidden, s.store);
-        let dl = s.variant.dgh_width(cell, h);
-        settle(p, dgh, s.t * bsz * dl, bsz * dl);
-        if let Some(d) = dgx {
-            let gh = cell.gates() * h;
-            settle(p, d, s.t * bsz * gh, bsz * gh);
-        }
-        settle(p, carry, 0, carry.len());
-        return Ok(());
-    }
     let view = BackwardSlices {
         weights,
         lengths,
@@ -1880,22 +1831,33 @@ fn backward_one<T: Real>(
         cs,
         gates,
         dout,
-        dgh,
-        dgx,
-        carry,
+        dgh: &mut *dgh,
+        dgx: dgx.as_deref_mut(),
+        carry: &mut *carry,
     };
-    backward_single(cell, s, view, up, &lens, Precision::F32)
+    backward_single(cell, s, view, up, &lens)?;
+    let (bsz, h, p) = (s.batch, s.hidden, s.store);
+    if p.is_16bit() {
+        let dl = s.variant.dgh_width(cell, h);
+        p.round_range(dgh, s.t * bsz * dl, bsz * dl);
+        if let Some(d) = dgx {
+            let gh = cell.gates() * h;
+            p.round_range(d, s.t * bsz * gh, bsz * gh);
+        }
+        p.round_range(carry, 0, carry.len());
+    }
+    Ok(())
 }
 
-/// One single step of [`backward_one`]; `mid` as in [`forward_single`].
+/// One single step of [`backward_one`], rounding as [`forward_single`] does.
 fn backward_single<T: Real>(
     cell: Cell,
     s: &StepSpec,
     bufs: BackwardSlices<'_, T>,
     up: Option<&[T]>,
     lens: &Lens,
-    mid: Precision,
 ) -> Result<()> {
+    let mid = s.store;
     let BackwardSlices {
         weights,
         lengths,
@@ -2345,7 +2307,7 @@ fn gru_reset_backward_cpu<T: Real>(
         }
     }
     // As the first dispatch stores them and the second reads them.
-    settle(mid, dgh, s.t * bsz * gh, bsz * gh);
+    mid.round_range(dgh, s.t * bsz * gh, bsz * gh);
     mid.round_slice(dh_out);
     // dq = dn · W_hn, for every row (a past-the-end row's dn is zero).
     let mut dq = vec![T::zero(); bh];
@@ -2974,18 +2936,21 @@ fn backward_kernel(cell: Cell) -> KernelDef<Params> {
     }
 }
 
-/// Fails unless every given buffer stores at the step's precision.
-fn step_stores(op: &str, want: Precision, ts: &[(&str, Option<&GpuTensor>)]) -> Result<()> {
-    for (arg, t) in ts {
-        if let Some(t) = t
-            && t.store() != want
+/// Fails unless every given buffer of a step (its store, when given)
+/// stores at the step's precision `want`: both backends check the buffers
+/// a step writes with it.
+pub(crate) fn check_step_stores(
+    op: &str,
+    want: Precision,
+    stores: &[(&str, Option<Precision>)],
+) -> Result<()> {
+    for (arg, store) in stores {
+        if let Some(store) = *store
+            && store != want
         {
             return Err(Error::invalid(
                 format!("{op} {arg}"),
-                format!(
-                    "is stored in {} but the step stores in {want} (StepSpec::store)",
-                    t.store()
-                ),
+                format!("is stored in {store} but the step stores in {want} (StepSpec::store)"),
             ));
         }
     }
@@ -3125,14 +3090,14 @@ pub fn forward_step_gpu(
         out: f32_len("out", bufs.out)?,
         ..Default::default()
     };
-    step_stores(
+    check_step_stores(
         "cell forward",
         s.store,
         &[
-            ("hs", Some(bufs.hs)),
-            ("cs", bufs.cs),
-            ("gates", bufs.gates),
-            ("out", Some(bufs.out)),
+            ("hs", Some(bufs.hs.store())),
+            ("cs", bufs.cs.map(GpuTensor::store)),
+            ("gates", bufs.gates.map(GpuTensor::store)),
+            ("out", Some(bufs.out.store())),
         ],
     )?;
     // Every single step the dispatch stands for, checked; the uniform is
@@ -3228,13 +3193,13 @@ pub fn backward_step_gpu(
         carry: f32_len("carry", bufs.carry)?,
         ..Default::default()
     };
-    step_stores(
+    check_step_stores(
         "cell backward",
         s.store,
         &[
-            ("dgh", Some(bufs.dgh)),
-            ("dgx", bufs.dgx),
-            ("carry", Some(bufs.carry)),
+            ("dgh", Some(bufs.dgh.store())),
+            ("dgx", bufs.dgx.map(GpuTensor::store)),
+            ("carry", Some(bufs.carry.store())),
         ],
     )?;
     let one = s.checked_parts(cell, true, &lens)?[0].1;

@@ -591,15 +591,14 @@ pub fn gemm_gpu(
         _pad2: 0,
         _pad3: 0,
     };
-    // Without a bias the binding holds A (its layout then, unread).
-    let bias_layout = bias_layout.unwrap_or(a_layout);
     let mut constants = [
         ("TRANS_A", g.trans_a as u32 as f64),
         ("TRANS_B", g.trans_b as u32 as f64),
         crate::ops::memory::store_constant(c),
         ("A_LAYOUT", a_layout),
         ("B_LAYOUT", b_layout),
-        ("BIAS_LAYOUT", bias_layout),
+        // Without a bias the binding holds A (its layout then, unread).
+        ("BIAS_LAYOUT", bias_layout.unwrap_or(a_layout)),
     ];
     // Without a bias the binding still needs a read-only buffer: reuse A.
     let bias_buf = bias.unwrap_or(a).buffer();
@@ -669,15 +668,12 @@ pub fn gemm_gpu(
         c_split: first.c_split,
         ..params
     };
-    let sum_bias_layout = match bias {
-        Some(t) => read_layout("matmul bias", t)?,
-        None => 0.0,
-    };
     rec.dispatch(
         SPLIT_SUM,
         &[
             crate::ops::memory::store_constant(c),
-            ("BIAS_LAYOUT", sum_bias_layout),
+            // Without a bias the binding holds the f32 scratch.
+            ("BIAS_LAYOUT", bias_layout.unwrap_or(0.0)),
         ],
         &[
             (binding::A, scratch.buffer()),

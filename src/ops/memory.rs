@@ -208,37 +208,20 @@ pub fn copy_gpu(
     dst_off: usize,
     n: usize,
 ) -> Result<()> {
-    if let (DType::F32, Some(p)) = (src.dtype(), dst.dtype().packed()) {
-        // Into packed 16-bit values (the passes' copy of the parameters).
-        check_range("copy source", src_off, n, src.len())?;
-        check_range("copy destination", dst_off, n, dst.len())?;
-        if n == 0 {
-            return Ok(());
-        }
-        let params = Params {
-            n: u32_of("n", n)?,
-            off: u32_of("destination offset", dst_off)?,
-            value: 0.0,
-            src_off: u32_of("source offset", src_off)?,
-        };
-        let words = (dst_off + n).div_ceil(2) - dst_off / 2;
-        let grid = rec.ctx().grid((words as u64).div_ceil(256))?;
-        return rec.dispatch(
-            PACK_COPY,
-            &[("STORE", p.code() as f64)],
-            &[
-                (binding::SRC_F32, src.buffer()),
-                (binding::DST_WORDS, dst.buffer()),
-            ],
-            &params,
-            grid,
-        );
-    }
-    if src.dtype() != dst.dtype() || src.dtype().packed().is_some() {
+    // Into packed 16-bit values (the passes' copy of the parameters) from
+    // f32; otherwise between tensors of one unpacked type.
+    let packed = dst.dtype().packed().is_some();
+    let ok = if packed {
+        src.dtype() == DType::F32
+    } else {
+        src.dtype() == dst.dtype() && src.dtype().packed().is_none()
+    };
+    if !ok {
         return Err(Error::invalid(
             "copy",
             format!(
-                "copies F32 or I32 between tensors of one type, got {:?} -> {:?}",
+                "copies F32 or I32 between tensors of one type (or F32 into packed 16-bit \
+                 values), got {:?} -> {:?}",
                 src.dtype(),
                 dst.dtype()
             ),
@@ -249,22 +232,29 @@ pub fn copy_gpu(
     if n == 0 {
         return Ok(());
     }
-    if dst.store().is_16bit() && src.store() != dst.store() {
+    if packed || (dst.store().is_16bit() && src.store() != dst.store()) {
         // Values that may be off the destination's grid (two stores mean
-        // two buffers): rounded as they are stored.
+        // two buffers): rounded as they are stored, into f32 words, or
+        // packed by one invocation a destination word.
         let params = Params {
             n: u32_of("n", n)?,
             off: u32_of("destination offset", dst_off)?,
             value: 0.0,
             src_off: u32_of("source offset", src_off)?,
         };
-        let grid = rec.ctx().grid((n as u64).div_ceil(256))?;
+        let (kernel, dst_binding, invocations) = if packed {
+            let words = (dst_off + n).div_ceil(2) - dst_off / 2;
+            (PACK_COPY, binding::DST_WORDS, words)
+        } else {
+            (ROUND_COPY, binding::DATA, n)
+        };
+        let grid = rec.ctx().grid((invocations as u64).div_ceil(256))?;
         return rec.dispatch(
-            ROUND_COPY,
+            kernel,
             &[store_constant(dst)],
             &[
-                (binding::DATA, dst.buffer()),
                 (binding::SRC_F32, src.buffer()),
+                (dst_binding, dst.buffer()),
             ],
             &params,
             grid,
