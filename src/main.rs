@@ -440,8 +440,9 @@ struct BenchArgs {
     /// The roofline's cost of one dependent dispatch, in µs (GPU).
     #[arg(long, default_value_t = rnn_wgpu::bench::LAUNCH_US, value_name = "US")]
     launch_us: f64,
-    /// Storage precision: f32, or 16-bit storage (f16, bf16) of weights,
-    /// activations, states and gates with f32 arithmetic.
+    /// Storage precision of the recurrent shapes: f32, or 16-bit storage
+    /// (f16, bf16) of weights, activations, states and gates with f32
+    /// arithmetic (the --kernels micro-benchmarks run in f32).
     #[arg(long, value_enum, default_value = "f32")]
     precision: PrecisionArg,
     #[command(flatten)]

@@ -431,7 +431,9 @@ impl<B: Backend> SeqModel<B> {
     }
 
     /// The parameters the passes read `[P]`: [`SeqModel::params`] in f32,
-    /// their 16-bit copy otherwise.
+    /// their 16-bit copy otherwise — the model's own buffer, which every
+    /// [`SeqModel::refresh_weights`] (after each update) overwrites; read
+    /// it to keep its values.
     pub fn weights(&self) -> &B::Tensor {
         &self.weights
     }
