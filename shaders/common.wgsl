@@ -197,6 +197,27 @@ fn stored(x: f32) -> f32 {
     return x;
 }
 
+// The 16-bit bits of x as stored at STORE (1: f16, 2: bf16), rounded to
+// nearest even: the bits of stored(x), which is on the grid, so the
+// conversion below is exact (pack2x16float is given no value it would
+// have to round, and no infinity, whose result it leaves indeterminate).
+fn packed_bits(x: f32) -> u32 {
+    let r = stored(x);
+    if (STORE == 2u) {
+        return bitcast<u32>(r) >> 16u;
+    }
+    let bits = bitcast<u32>(r);
+    let sign = (bits >> 16u) & 0x8000u;
+    let a = bits & 0x7fffffffu;
+    if (a > 0x7f800000u) {
+        return sign | 0x7e00u;
+    }
+    if (a == 0x7f800000u) {
+        return sign | 0x7c00u;
+    }
+    return pack2x16float(vec2<f32>(r, 0.0)) & 0xffffu;
+}
+
 // The f32 value of the IEEE half with bits h (exact; integer arithmetic,
 // so that no driver flushes a subnormal half to zero).
 fn half_to_f32(h: u32) -> f32 {

@@ -55,6 +55,7 @@ const FLAG_GATE_FINITE: u32 = 8u;
 @group(0) @binding(4) var<storage, read_write> s2: array<f32>;
 @group(0) @binding(5) var<storage, read> stats: array<f32>;
 @group(0) @binding(6) var<storage, read_write> gate_stats: array<f32>;
+@group(0) @binding(7) var<storage, read_write> copy_words: array<u32>;
 
 // The clipping coefficient, or a negative value when the step must be skipped.
 fn clip_coef() -> f32 {
@@ -85,12 +86,17 @@ fn grad(i: u32, coef: f32) -> f32 {
     return grads[i] * coef + p.weight_decay * params[i];
 }
 
-@compute @workgroup_size(256)
-fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wid, nwg, lid);
-    let coef = clip_coef();
-    if (i >= p.n || coef < 0.0) {
-        return;
+// Each rule updates element i (its state and params[i]) and returns the
+// new parameter (it does nothing, and returns 0, for i >= p.n). The plain
+// entry points run one invocation per element; the `_copy` ones one per
+// word of copy_words, the packed 16-bit copy of the parameters that the
+// passes read (elements 2w and 2w + 1, at STORE), so the update writes the
+// copy itself. Both call the same rule element by element, so parameters
+// and state come out the same.
+
+fn sgd_at(i: u32, coef: f32) -> f32 {
+    if (i >= p.n) {
+        return 0.0;
     }
     var g = grad(i, coef);
     if (p.momentum != 0.0) {
@@ -107,28 +113,26 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             g = buf;
         }
     }
-    params[i] = params[i] - p.lr * g;
+    let x = params[i] - p.lr * g;
+    params[i] = x;
+    return x;
 }
 
-@compute @workgroup_size(256)
-fn adagrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wid, nwg, lid);
-    let coef = clip_coef();
-    if (i >= p.n || coef < 0.0) {
-        return;
+fn adagrad_at(i: u32, coef: f32) -> f32 {
+    if (i >= p.n) {
+        return 0.0;
     }
     let g = grad(i, coef);
     let sum = s1[i] + g * g;
     s1[i] = sum;
-    params[i] = params[i] - p.lr * g / (sqrt(sum) + p.eps);
+    let x = params[i] - p.lr * g / (sqrt(sum) + p.eps);
+    params[i] = x;
+    return x;
 }
 
-@compute @workgroup_size(256)
-fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wid, nwg, lid);
-    let coef = clip_coef();
-    if (i >= p.n || coef < 0.0) {
-        return;
+fn rmsprop_at(i: u32, coef: f32) -> f32 {
+    if (i >= p.n) {
+        return 0.0;
     }
     let g = grad(i, coef);
     let alpha = p.beta1;
@@ -142,21 +146,21 @@ fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     } else {
         avg = sqrt(sq) + p.eps;
     }
+    var x: f32;
     if (p.momentum > 0.0) {
         let buf = p.momentum * s2[i] + g / avg;
         s2[i] = buf;
-        params[i] = params[i] - p.lr * buf;
+        x = params[i] - p.lr * buf;
     } else {
-        params[i] = params[i] - p.lr * g / avg;
+        x = params[i] - p.lr * g / avg;
     }
+    params[i] = x;
+    return x;
 }
 
-@compute @workgroup_size(256)
-fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wid, nwg, lid);
-    let coef = clip_coef();
-    if (i >= p.n || coef < 0.0) {
-        return;
+fn adam_at(i: u32, coef: f32) -> f32 {
+    if (i >= p.n) {
+        return 0.0;
     }
     let g = grad(i, coef);
     let m = p.beta1 * s1[i] + (1.0 - p.beta1) * g;
@@ -164,7 +168,91 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     s1[i] = m;
     s2[i] = v;
     let denom = sqrt(v) / p.bias_c2_sqrt + p.eps;
-    params[i] = params[i] - (p.lr / p.bias_c1) * m / denom;
+    let x = params[i] - (p.lr / p.bias_c1) * m / denom;
+    params[i] = x;
+    return x;
+}
+
+// The element this invocation updates: p.n (none) past the end or when
+// the step is skipped.
+fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, coef: f32) -> u32 {
+    let i = index(wid, nwg, lid);
+    return select(i, p.n, i >= p.n || coef < 0.0);
+}
+
+// The word of copy_words this invocation writes: past the last one when
+// it writes none (past the end, or a skipped step: the copy then still
+// holds the unchanged parameters).
+fn copy_word(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, coef: f32) -> u32 {
+    let w = index(wid, nwg, lid);
+    let words = (p.n + 1u) / 2u;
+    return select(w, words, w >= words || coef < 0.0);
+}
+
+// Word w of the copy from its two updated elements (lo: element 2w; hi:
+// element 2w + 1, or the word's old high half when that is past p.n).
+// Arguments are evaluated left to right, so the rule runs on 2w first.
+fn write_copy(w: u32, lo: f32, hi: f32) {
+    if (2u * w >= p.n) {
+        return;
+    }
+    var high = copy_words[w] & 0xffff0000u;
+    if (2u * w + 1u < p.n) {
+        high = packed_bits(hi) << 16u;
+    }
+    copy_words[w] = high | packed_bits(lo);
+}
+
+@compute @workgroup_size(256)
+fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let coef = clip_coef();
+    sgd_at(element(wid, nwg, lid, coef), coef);
+}
+
+@compute @workgroup_size(256)
+fn sgd_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let coef = clip_coef();
+    let w = copy_word(wid, nwg, lid, coef);
+    write_copy(w, sgd_at(2u * w, coef), sgd_at(2u * w + 1u, coef));
+}
+
+@compute @workgroup_size(256)
+fn adagrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let coef = clip_coef();
+    adagrad_at(element(wid, nwg, lid, coef), coef);
+}
+
+@compute @workgroup_size(256)
+fn adagrad_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let coef = clip_coef();
+    let w = copy_word(wid, nwg, lid, coef);
+    write_copy(w, adagrad_at(2u * w, coef), adagrad_at(2u * w + 1u, coef));
+}
+
+@compute @workgroup_size(256)
+fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let coef = clip_coef();
+    rmsprop_at(element(wid, nwg, lid, coef), coef);
+}
+
+@compute @workgroup_size(256)
+fn rmsprop_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let coef = clip_coef();
+    let w = copy_word(wid, nwg, lid, coef);
+    write_copy(w, rmsprop_at(2u * w, coef), rmsprop_at(2u * w + 1u, coef));
+}
+
+@compute @workgroup_size(256)
+fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let coef = clip_coef();
+    adam_at(element(wid, nwg, lid, coef), coef);
+}
+
+@compute @workgroup_size(256)
+fn adam_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let coef = clip_coef();
+    let w = copy_word(wid, nwg, lid, coef);
+    write_copy(w, adam_at(2u * w, coef), adam_at(2u * w + 1u, coef));
 }
 
 // True when the host counts v as at least one invalid target (it reads the

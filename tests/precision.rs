@@ -550,3 +550,163 @@ fn bench_counts_the_memory_of_a_16bit_step() {
         f16_run.packed_layer_bytes + 12 * params
     );
 }
+
+#[test]
+fn the_optimizer_writes_the_16bit_copy_in_its_own_dispatch() {
+    use rnn_wgpu::ops::optim::UpdateSpec;
+    let Some((ctx, gpu)) = common::own_gpu(|_| {}) else {
+        return;
+    };
+    let cpu = CpuBackend::<f32>::new();
+    let optimizers = [
+        Optimizer::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: true,
+            weight_decay: 0.01,
+        },
+        Optimizer::Adagrad {
+            lr: 0.1,
+            lr_decay: 0.0,
+            eps: 1e-10,
+            weight_decay: 0.0,
+        },
+        Optimizer::RmsProp {
+            lr: 0.01,
+            alpha: 0.99,
+            eps: 1e-8,
+            momentum: 0.5,
+            centered: true,
+            weight_decay: 0.0,
+        },
+        Optimizer::adam(0.1),
+    ];
+    // An odd count (the last word's high half is outside) over several
+    // workgroups; two steps, the second skipped (a non-finite loss).
+    let n = 1001;
+    assert!(refusal(&cpu, false, 5).contains("f32"));
+    let p0: Vec<f64> = uniform(21, n, -2.0, 2.0);
+    let g0: Vec<f64> = uniform(22, n, -1.0, 1.0);
+    type Run = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+    // (params, state 1, state 2, the copy) after the steps, through the
+    // update with a copy (`fused`) or the update and then a copy.
+    fn run<B: Backend<Elem = f32>>(
+        b: &B,
+        opt: &Optimizer,
+        p: Precision,
+        p0: &[f64],
+        g0: &[f64],
+        packed: bool,
+        fused: bool,
+    ) -> Run {
+        let n = p0.len();
+        let (l1, l2) = opt.state_lens(n);
+        let params = b.tensor_f64(&[n], p0).unwrap();
+        let grads = b.tensor_f64(&[n], g0).unwrap();
+        let s1 = b.zeros(&[l1.max(1)]).unwrap();
+        let s2 = b.zeros(&[l2.max(1)]).unwrap();
+        let copy = if packed {
+            b.zeros_packed(&[n], p).unwrap()
+        } else {
+            b.zeros_stored(&[n], p).unwrap()
+        };
+        // A marker the skipped step must leave: the copy of the first step.
+        for (step, loss) in [(1, 0.5), (2, f64::NAN)] {
+            let stats = b.tensor_f64(&[2], &[0.7, loss]).unwrap();
+            let spec = UpdateSpec {
+                n,
+                step,
+                lr: opt.lr(),
+                max_norm: Some(1.0),
+                norm_idx: 0,
+                loss_idx: Some(1),
+                grad_scale: 1.0,
+            };
+            if fused {
+                b.optim_update_copy(opt, &spec, &params, &grads, &s1, &s2, &stats, &copy)
+                    .unwrap();
+            } else {
+                b.optim_update(opt, &spec, &params, &grads, &s1, &s2, &stats)
+                    .unwrap();
+                b.copy(&params, 0, &copy, 0, n).unwrap();
+            }
+        }
+        let v = b.read_many(&[&params, &s1, &s2, &copy]).unwrap();
+        (v[0].clone(), v[1].clone(), v[2].clone(), v[3].clone())
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for opt in &optimizers {
+        for p in HALVES {
+            let what = format!("{opt:?} {p}");
+            let c0 = ctx.counters();
+            let fused = run(&gpu, opt, p, &p0, &g0, true, true);
+            let c1 = ctx.counters();
+            let apart = run(&gpu, opt, p, &p0, &g0, true, false);
+            let c2 = ctx.counters();
+            // One kernel a step, where the update and the copy are two.
+            assert_eq!(c2.dispatches - c1.dispatches, 4, "{what}");
+            assert_eq!(c1.dispatches - c0.dispatches, 2, "{what}");
+            // The same parameters, state and copy as the update then a copy.
+            assert_eq!(bits(&fused.0), bits(&apart.0), "{what}: parameters");
+            assert_eq!(bits(&fused.1), bits(&apart.1), "{what}: state 1");
+            assert_eq!(bits(&fused.2), bits(&apart.2), "{what}: state 2");
+            assert_eq!(bits(&fused.3), bits(&apart.3), "{what}: copy");
+            // The copy is the parameters rounded.
+            let rounded: Vec<f32> = fused.0.iter().map(|&x| p.round_f32(x)).collect();
+            assert_eq!(bits(&fused.3), bits(&rounded), "{what}: copy of the update");
+            assert_ne!(fused.0, p0.iter().map(|&x| x as f32).collect::<Vec<_>>());
+            // The CPU twin (its copy a rounded f32 tensor).
+            let twin = run(&cpu, opt, p, &p0, &g0, false, true);
+            let close = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
+            };
+            assert!(close(&fused.0, &twin.0), "{what}: GPU vs CPU parameters");
+            let rounded_twin: Vec<f32> = twin.0.iter().map(|&x| p.round_f32(x)).collect();
+            assert_eq!(bits(&twin.3), bits(&rounded_twin), "{what}: CPU copy");
+        }
+    }
+    // A copy the update cannot write: f32, or too short.
+    for e in [
+        refusal(&gpu, false, 5),
+        refusal(&gpu, true, 4),
+        refusal(&cpu, false, 5),
+        refusal(&cpu, true, 4),
+    ] {
+        assert!(e.contains("optimizer copy"), "{e}");
+    }
+    assert!(refusal(&gpu, false, 5).contains("f32"));
+}
+
+/// The error of an Adam update of 5 values with a copy of `len` (16-bit
+/// when `half`, f32 otherwise).
+fn refusal<B: Backend>(b: &B, half: bool, len: usize) -> String {
+    use rnn_wgpu::ops::optim::UpdateSpec;
+    let opt = Optimizer::adam(0.1);
+    let n = 5;
+    let (l1, l2) = opt.state_lens(n);
+    let params = b.zeros(&[n]).unwrap();
+    let grads = b.zeros(&[n]).unwrap();
+    let s1 = b.zeros(&[l1]).unwrap();
+    let s2 = b.zeros(&[l2]).unwrap();
+    let stats = b.tensor_f64(&[2], &[0.7, 0.5]).unwrap();
+    let copy = if half {
+        b.zeros_packed(&[len], Precision::F16).unwrap()
+    } else {
+        b.zeros(&[len]).unwrap()
+    };
+    let spec = UpdateSpec {
+        n,
+        step: 1,
+        lr: 0.1,
+        max_norm: None,
+        norm_idx: 0,
+        loss_idx: Some(1),
+        grad_scale: 1.0,
+    };
+    b.optim_update_copy(&opt, &spec, &params, &grads, &s1, &s2, &stats, &copy)
+        .unwrap_err()
+        .to_string()
+}

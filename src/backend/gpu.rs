@@ -480,7 +480,28 @@ impl Backend for GpuBackend {
         stats: &GpuTensor,
     ) -> Result<()> {
         self.ctx
-            .record(|rec| optim::update_gpu(rec, opt, s, params, grads, s1, s2, stats))
+            .record(|rec| optim::update_gpu(rec, opt, s, params, grads, s1, s2, stats, None))
+    }
+
+    fn optim_update_copy(
+        &self,
+        opt: &Optimizer,
+        s: &UpdateSpec,
+        params: &GpuTensor,
+        grads: &GpuTensor,
+        s1: &GpuTensor,
+        s2: &GpuTensor,
+        stats: &GpuTensor,
+        copy: &GpuTensor,
+    ) -> Result<()> {
+        optim::check_copy(s.n, copy.store(), copy.len())?;
+        if copy.dtype().packed().is_none() {
+            // A 16-bit tensor held in f32 words: the update, then a copy.
+            self.optim_update(opt, s, params, grads, s1, s2, stats)?;
+            return self.copy(params, 0, copy, 0, s.n);
+        }
+        self.ctx
+            .record(|rec| optim::update_gpu(rec, opt, s, params, grads, s1, s2, stats, Some(copy)))
     }
 
     fn argmax_rows(&self, shape: Rows, x: &GpuTensor, predicted: &GpuTensor) -> Result<()> {

@@ -357,6 +357,30 @@ pub trait Backend: Clone {
         stats: &Self::Tensor,
     ) -> Result<()>;
 
+    /// [`Backend::optim_update`] that also writes the updated parameters
+    /// `[0, s.n)` into `copy`, a 16-bit copy of them (a packed tensor of
+    /// [`Backend::zeros_packed`] on the GPU), rounded to its precision: the
+    /// 16-bit weights a mixed-precision model's passes read, refreshed by
+    /// the update itself (one kernel on the GPU). A skipped update leaves
+    /// both as they were. By default, the update and then [`Backend::copy`],
+    /// which is the result every backend gives.
+    #[allow(clippy::too_many_arguments)]
+    fn optim_update_copy(
+        &self,
+        opt: &Optimizer,
+        s: &UpdateSpec,
+        params: &Self::Tensor,
+        grads: &Self::Tensor,
+        s1: &Self::Tensor,
+        s2: &Self::Tensor,
+        stats: &Self::Tensor,
+        copy: &Self::Tensor,
+    ) -> Result<()> {
+        crate::ops::optim::check_copy(s.n, self.store_of(copy), self.numel(copy))?;
+        self.optim_update(opt, s, params, grads, s1, s2, stats)?;
+        self.copy(params, 0, copy, 0, s.n)
+    }
+
     /// `predicted[r]` = the argmax of row `r` of `x` `[R, V]` (the first
     /// index of its largest value, [`crate::ops::softmax_xent::argmax`]).
     fn argmax_rows(&self, shape: Rows, x: &Self::Tensor, predicted: &Self::Ints) -> Result<()>;

@@ -45,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::ops::cell::{Cell, Variant};
 use crate::ops::embed::EmbedSpec;
 use crate::ops::matmul::Gemm;
+use crate::ops::optim::{Optimizer, UpdateSpec};
 use crate::ops::reduce::ColSum;
 use crate::ops::skip::Skip;
 use crate::ops::softmax_xent::Rows;
@@ -446,6 +447,36 @@ impl<B: Backend> SeqModel<B> {
                 .copy(&self.params, 0, &self.weights, 0, self.layout.total)?;
         }
         Ok(())
+    }
+
+    /// One optimizer update of [`SeqModel::params`] from
+    /// [`SeqModel::grads`] ([`Backend::optim_update`]); in a 16-bit mode
+    /// the update also refreshes the copy the passes read
+    /// ([`Backend::optim_update_copy`]: one kernel on the GPU), so no
+    /// [`SeqModel::refresh_weights`] is needed after it.
+    pub fn optim_update(
+        &self,
+        opt: &Optimizer,
+        spec: &UpdateSpec,
+        s1: &B::Tensor,
+        s2: &B::Tensor,
+        stats: &B::Tensor,
+    ) -> Result<()> {
+        let b = &self.backend;
+        if self.precision.is_16bit() {
+            b.optim_update_copy(
+                opt,
+                spec,
+                &self.params,
+                &self.grads,
+                s1,
+                s2,
+                stats,
+                &self.weights,
+            )
+        } else {
+            b.optim_update(opt, spec, &self.params, &self.grads, s1, s2, stats)
+        }
     }
 
     /// The configuration.

@@ -23,6 +23,7 @@ use super::need_len;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuTensor, Recorder};
+use crate::precision::Precision;
 use crate::real::Real;
 
 /// An optimizer and its hyper-parameters.
@@ -557,6 +558,7 @@ binding_names! {
     S2 = 4,
     STATS = 5,
     GATE_STATS = 6,
+    COPY_WORDS = 7,
 }
 
 const R: Access = Access::Read;
@@ -576,10 +578,36 @@ const TWO_STATES: &[(u32, Access)] = &[
     (binding::STATS, R),
 ];
 
+// The `_copy` variants also write the packed 16-bit copy of the parameters.
+const ONE_STATE_COPY: &[(u32, Access)] = &[
+    (binding::PARAMS, W),
+    (binding::GRADS, R),
+    (binding::S1, W),
+    (binding::STATS, R),
+    (binding::COPY_WORDS, W),
+];
+const TWO_STATES_COPY: &[(u32, Access)] = &[
+    (binding::PARAMS, W),
+    (binding::GRADS, R),
+    (binding::S1, W),
+    (binding::S2, W),
+    (binding::STATS, R),
+    (binding::COPY_WORDS, W),
+];
+
 const SGD: KernelDef<Params> = KernelDef::new(Shader::Optim, "sgd", ONE_STATE, &[]);
 const ADAGRAD: KernelDef<Params> = KernelDef::new(Shader::Optim, "adagrad", ONE_STATE, &[]);
 const RMSPROP: KernelDef<Params> = KernelDef::new(Shader::Optim, "rmsprop", TWO_STATES, &[]);
 const ADAM: KernelDef<Params> = KernelDef::new(Shader::Optim, "adam", TWO_STATES, &[]);
+const STORE: &[&str] = &["STORE"];
+const SGD_COPY: KernelDef<Params> =
+    KernelDef::new(Shader::Optim, "sgd_copy", ONE_STATE_COPY, STORE);
+const ADAGRAD_COPY: KernelDef<Params> =
+    KernelDef::new(Shader::Optim, "adagrad_copy", ONE_STATE_COPY, STORE);
+const RMSPROP_COPY: KernelDef<Params> =
+    KernelDef::new(Shader::Optim, "rmsprop_copy", TWO_STATES_COPY, STORE);
+const ADAM_COPY: KernelDef<Params> =
+    KernelDef::new(Shader::Optim, "adam_copy", TWO_STATES_COPY, STORE);
 const GATE: KernelDef<Params> = KernelDef::new(
     Shader::Optim,
     "gate_updates",
@@ -593,6 +621,10 @@ pub(super) const KERNELS: &[KernelInfo] = &[
     ADAGRAD.info(),
     RMSPROP.info(),
     ADAM.info(),
+    SGD_COPY.info(),
+    ADAGRAD_COPY.info(),
+    RMSPROP_COPY.info(),
+    ADAM_COPY.info(),
     GATE.info(),
 ];
 
@@ -609,16 +641,34 @@ pub fn gate_gpu(rec: &mut Recorder<'_>, g: &GateSpec, stats: &GpuTensor) -> Resu
     )
 }
 
-fn kernel(opt: &Optimizer) -> KernelDef<Params> {
-    match opt {
-        Optimizer::Sgd { .. } => SGD,
-        Optimizer::Adagrad { .. } => ADAGRAD,
-        Optimizer::RmsProp { .. } => RMSPROP,
-        Optimizer::Adam { .. } => ADAM,
+fn kernel(opt: &Optimizer, copy: bool) -> KernelDef<Params> {
+    match (opt, copy) {
+        (Optimizer::Sgd { .. }, false) => SGD,
+        (Optimizer::Adagrad { .. }, false) => ADAGRAD,
+        (Optimizer::RmsProp { .. }, false) => RMSPROP,
+        (Optimizer::Adam { .. }, false) => ADAM,
+        (Optimizer::Sgd { .. }, true) => SGD_COPY,
+        (Optimizer::Adagrad { .. }, true) => ADAGRAD_COPY,
+        (Optimizer::RmsProp { .. }, true) => RMSPROP_COPY,
+        (Optimizer::Adam { .. }, true) => ADAM_COPY,
     }
 }
 
-/// Records one update on the GPU.
+/// Fails unless `copy` can take the updated parameters `[0, n)` as the
+/// 16-bit copy the passes read: stored at 16 bits, at least `n` long.
+pub fn check_copy(n: usize, store: Precision, len: usize) -> Result<()> {
+    if !store.is_16bit() {
+        return Err(Error::invalid(
+            "optimizer copy",
+            "is stored in f32; the update writes a 16-bit copy (use the update without one)",
+        ));
+    }
+    need_len("optimizer copy", n, len)
+}
+
+/// Records one update on the GPU; with `copy` (a packed 16-bit tensor,
+/// from element 0) the same kernel writes the updated parameters into it,
+/// rounded to its precision.
 #[allow(clippy::too_many_arguments)]
 pub fn update_gpu(
     rec: &mut Recorder<'_>,
@@ -629,6 +679,7 @@ pub fn update_gpu(
     s1: &GpuTensor,
     s2: &GpuTensor,
     stats: &GpuTensor,
+    copy: Option<&GpuTensor>,
 ) -> Result<()> {
     for (arg, t) in [
         ("parameters", params),
@@ -646,19 +697,34 @@ pub fn update_gpu(
         [params.len(), grads.len(), s1.len(), s2.len(), stats.len()],
     )?;
     let p = Params::of(opt, s)?;
-    let grid = rec.ctx().grid((s.n as u64).div_ceil(256))?;
-    let def = kernel(opt);
-    let (params, grads, s1, s2, stats) = (
+    let def = kernel(opt, copy.is_some());
+    let two = def.spec().bindings.contains(&(binding::S2, W));
+    let mut buffers: Vec<(u32, &wgpu::Buffer)> = vec![
         (binding::PARAMS, params.buffer()),
         (binding::GRADS, grads.buffer()),
         (binding::S1, s1.buffer()),
-        (binding::S2, s2.buffer()),
         (binding::STATS, stats.buffer()),
-    );
-    let buffers: &[(u32, &wgpu::Buffer)] = if def.spec().bindings == TWO_STATES {
-        &[params, grads, s1, s2, stats]
-    } else {
-        &[params, grads, s1, stats]
+    ];
+    if two {
+        buffers.push((binding::S2, s2.buffer()));
+    }
+    let (constants, invocations) = match copy {
+        Some(c) => {
+            let Some(store) = c.dtype().packed() else {
+                return Err(Error::invalid(
+                    "optimizer copy",
+                    format!(
+                        "is a {:?} tensor; the update writes a packed 16-bit copy",
+                        c.dtype()
+                    ),
+                ));
+            };
+            check_copy(s.n, store, c.len())?;
+            buffers.push((binding::COPY_WORDS, c.buffer()));
+            (vec![("STORE", store.code() as f64)], s.n.div_ceil(2))
+        }
+        None => (Vec::new(), s.n),
     };
-    rec.dispatch(def, &[], buffers, &p, grid)
+    let grid = rec.ctx().grid((invocations as u64).div_ceil(256))?;
+    rec.dispatch(def, &constants, &buffers, &p, grid)
 }

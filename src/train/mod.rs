@@ -1002,17 +1002,15 @@ impl<B: Backend> Trainer<B> {
                 loss_idx: Some(c * STATS_STRIDE + LOSS_SUM),
                 grad_scale: self.loss_scale.map_or(1.0, |l| l.unscale()),
             };
-            b.optim_update(
+            // In a 16-bit mode this also refreshes the copy the next
+            // window's (and step's) passes read.
+            self.model.optim_update(
                 &self.config.optimizer,
                 &spec,
-                self.model.params(),
-                self.model.grads(),
                 &self.s1,
                 &self.s2,
                 &self.stats,
             )?;
-            // The next window's (and step's) passes read the 16-bit copy.
-            self.model.refresh_weights()?;
         }
         // The only readback of the step, started now and waited for by
         // finish_step.
