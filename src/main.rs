@@ -575,6 +575,7 @@ enum Cmd {
         /// Storage precision: f32, or 16-bit storage (f16, bf16) of weights,
         /// activations, states and gates with f32 arithmetic. The
         /// weights and inputs are rounded to it, as torch.autocast casts them.
+        /// With --onnx it applies to the recurrent nodes.
         #[arg(long, value_enum, default_value = "f32")]
         precision: PrecisionArg,
     },
@@ -1657,12 +1658,6 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
             precision,
         } => {
             if let Some(model) = onnx {
-                if given(m, "precision") {
-                    return Err(rnn_wgpu::Error::invalid(
-                        "--precision",
-                        "ONNX models run in f32 only so far; leave out --precision with --onnx",
-                    ));
-                }
                 // An ONNX node carries its cell's attributes.
                 for id in [
                     "backward",
@@ -1686,6 +1681,7 @@ fn run(cli: Cli, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
                     inputs,
                     out,
                     backend: backend.into(),
+                    precision: precision.into(),
                 };
                 println!("{}", rnn_wgpu::onnx::run(&opts)?);
                 return Ok(true);

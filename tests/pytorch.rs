@@ -334,8 +334,8 @@ fn eval_command_writes_the_contract() {
 }
 
 /// `eval --precision f16` end to end on both backends: the outputs within
-/// f16's tolerance (and not f32's bits), the summary naming the storage;
-/// `--precision` with `--onnx` refused with a reason.
+/// f16's tolerance (and not f32's bits), the summary naming the storage
+/// (`eval --onnx --precision`: tests/onnx.rs).
 #[test]
 fn eval_command_at_16_bits() {
     let s = common::Scratch::new("eval-f16");
@@ -402,20 +402,4 @@ fn eval_command_at_16_bits() {
             assert!(err <= tol, "gpu {name}: {err:.3e} > {tol:e}");
         }
     }
-    let res = run_cli(&[
-        "eval",
-        "--onnx",
-        "m.onnx",
-        "--inputs",
-        &i,
-        "--out",
-        &o_,
-        "--precision",
-        "f16",
-    ]);
-    let err = String::from_utf8_lossy(&res.stderr);
-    assert!(
-        !res.status.success() && err.contains("--precision"),
-        "{err}"
-    );
 }

@@ -38,8 +38,10 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::io::{HostData, HostTensor, TensorMap};
 use crate::nn::RnnConfig;
-use crate::nn::case::{RnnCaseData, run_case};
+use crate::nn::StepOrder;
+use crate::nn::case::{RnnCaseData, run_case_at};
 use crate::ops::cell::{Act, Activations, Cell, Nonlinearity, Variant};
+use crate::precision::Precision;
 
 use proto::tensor_proto::DataType;
 
@@ -703,6 +705,7 @@ fn recurrent<B: Backend>(
     backend: &B,
     node: &proto::NodeProto,
     ins: &[Option<HostTensor>],
+    precision: Precision,
 ) -> Result<Vec<Option<HostTensor>>> {
     let op = node.op_type();
     let input = |i: usize| ins.get(i).and_then(|t| t.as_ref());
@@ -768,7 +771,7 @@ fn recurrent<B: Backend>(
         ));
     }
     if dirs == 2 && !acts.is_empty() && acts[..per_dir] != acts[per_dir..] {
-        return split_directions(backend, node, ins, per_dir, layout);
+        return split_directions(backend, node, ins, per_dir, layout, precision);
     }
     let cell = match op {
         "LSTM" => Cell::Lstm,
@@ -976,7 +979,8 @@ fn recurrent<B: Backend>(
         grad_hn: None,
         grad_cn: None,
     };
-    let res = run_case(backend, &config, &data, false).map_err(|e| node_err(node, e))?;
+    let res = run_case_at(backend, &config, &data, false, StepOrder::Auto, precision)
+        .map_err(|e| node_err(node, e))?;
     let y = if reverse {
         flip(&res.output, h)
     } else {
@@ -1016,6 +1020,7 @@ fn split_directions<B: Backend>(
     ins: &[Option<HostTensor>],
     per_dir: usize,
     layout: i64,
+    precision: Precision,
 ) -> Result<Vec<Option<HostTensor>>> {
     // The direction axis: W, R, B, P on 0; initial_h / initial_c on 0
     // (layout 0) or 1 (layout 1).
@@ -1045,7 +1050,7 @@ fn split_directions<B: Backend>(
                 })
             })
             .collect();
-        outs.push(recurrent(backend, &one, &sliced)?);
+        outs.push(recurrent(backend, &one, &sliced, precision)?);
     }
     // Y: [T, D, B, H] (axis 1) or [B, T, D, H] (axis 2); Y_h, Y_c: [D, B, H]
     // (axis 0) or [B, D, H] (axis 1).
@@ -1067,6 +1072,20 @@ pub fn run_model<B: Backend>(
     backend: &B,
     model: &proto::ModelProto,
     inputs: &TensorMap,
+) -> Result<TensorMap> {
+    run_model_at(backend, model, inputs, Precision::F32)
+}
+
+/// [`run_model`] with the recurrent nodes (LSTM, GRU, RNN) computed at
+/// `precision`: in a 16-bit mode their weights, inputs, initial states and
+/// every activation are stored in 16 bits with f32 arithmetic
+/// ([`run_case_at`], as `torch.autocast` casts a recurrent layer); the other
+/// nodes (reshapes, slices, concatenations) move values unchanged.
+pub fn run_model_at<B: Backend>(
+    backend: &B,
+    model: &proto::ModelProto,
+    inputs: &TensorMap,
+    precision: Precision,
 ) -> Result<TensorMap> {
     let graph = model
         .graph
@@ -1131,7 +1150,7 @@ pub fn run_model<B: Backend>(
             })
             .collect::<Result<_>>()?;
         let outs: Vec<Option<HostTensor>> = match node.op_type() {
-            "LSTM" | "GRU" | "RNN" => recurrent(backend, node, &ins)?,
+            "LSTM" | "GRU" | "RNN" => recurrent(backend, node, &ins, precision)?,
             _ => glue(node, &ins)?.into_iter().map(Some).collect(),
         };
         for (name, v) in node.output.iter().zip(outs) {
@@ -1164,6 +1183,8 @@ pub struct OnnxEvalOptions {
     pub out: std::path::PathBuf,
     /// Which backend runs the recurrent nodes.
     pub backend: crate::backend::BackendChoice,
+    /// The precision of the recurrent nodes ([`run_model_at`]).
+    pub precision: Precision,
 }
 
 /// Runs `eval --onnx`: returns a one-line summary of what was computed where.
@@ -1172,7 +1193,8 @@ pub fn run(opts: &OnnxEvalOptions) -> Result<String> {
     let model = read_model(&opts.model)?;
     let inputs = crate::io::read_safetensors(&opts.inputs)?;
     let (backend, why) = crate::backend::choose(opts.backend)?;
-    let outputs = crate::with_backend!(backend, b => run_model(&b, &model, &inputs))?;
+    let precision = opts.precision;
+    let outputs = crate::with_backend!(backend, b => run_model_at(&b, &model, &inputs, precision))?;
     crate::io::write_safetensors(&opts.out, &outputs, None)?;
     let graph = model.graph.as_ref();
     let recurrent = graph.map_or(0, |g| {
@@ -1183,9 +1205,14 @@ pub fn run(opts: &OnnxEvalOptions) -> Result<String> {
     });
     let nodes = graph.map_or(0, |g| g.node.len());
     Ok(format!(
-        "{} node{} ({recurrent} recurrent): {} output{} ({}) written to {} ({why})",
+        "{} node{} ({recurrent} recurrent{}): {} output{} ({}) written to {} ({why})",
         nodes,
         if nodes == 1 { "" } else { "s" },
+        if precision.is_16bit() {
+            format!(", {precision} storage")
+        } else {
+            String::new()
+        },
         outputs.len(),
         if outputs.len() == 1 { "" } else { "s" },
         outputs.keys().cloned().collect::<Vec<_>>().join(", "),
