@@ -222,6 +222,76 @@ fn f16_overflow_skips_the_update_and_halves_the_scale() {
     assert!(e.contains("power of two"), "{e}");
 }
 
+/// Per step (step, loss bits, skipped windows, scale), the scale after each
+/// step, and the parameters' bits at the end.
+type F16Run = (Vec<(u64, u64, usize, Option<f64>)>, Vec<f64>, Vec<u32>);
+
+/// `steps` f16 steps, each begun while up to `depth - 1` before it are in
+/// flight (a dropped step is begun again): the reports, the scales after
+/// each step and the parameters.
+fn f16_run<B: Backend>(b: B, non_finite: NonFinite, steps: u64, depth: usize) -> F16Run {
+    let mut t = Trainer::new(
+        b,
+        TrainConfig {
+            non_finite,
+            ..config(Precision::F16)
+        },
+    )
+    .unwrap();
+    t.set_loss_scale(LossScale {
+        scale: rnn_wgpu::train::scale::MAX_SCALE,
+        growth_interval: 3,
+        ..LossScale::default()
+    })
+    .unwrap();
+    let mut reports = Vec::new();
+    let mut scales = Vec::new();
+    while t.step() < steps {
+        while t.step() + (t.steps_in_flight() as u64) < steps && t.steps_in_flight() < depth {
+            t.begin_step().unwrap();
+        }
+        let r = t.finish_step().unwrap().expect("a step in flight");
+        reports.push((r.step, r.loss.to_bits(), r.skipped, r.loss_scale));
+        scales.push(t.loss_scale().unwrap().scale);
+    }
+    assert_eq!(t.finish_step().unwrap(), None);
+    let params = t.read_params().unwrap();
+    (
+        reports,
+        scales,
+        params.iter().map(|&x| (x as f32).to_bits()).collect(),
+    )
+}
+
+fn f16_overlap_is_one_step_at_a_time<B: Backend>(b: B, steps: u64) {
+    for non_finite in [NonFinite::Error, NonFinite::Skip] {
+        let one = f16_run(b.clone(), non_finite, steps, 1);
+        let skips = one.0.iter().filter(|r| r.2 > 0).count();
+        let grows = one.1.windows(2).filter(|w| w[1] > w[0]).count();
+        assert!(
+            skips >= 2 && grows >= 1,
+            "{non_finite:?}: {skips} overflows, {grows} growths"
+        );
+        for depth in [2, 3] {
+            let got = f16_run(b.clone(), non_finite, steps, depth);
+            assert_eq!(got.0, one.0, "{non_finite:?}, {depth} in flight: reports");
+            assert_eq!(got.1, one.1, "{non_finite:?}, {depth} in flight: scales");
+            assert!(
+                got.2 == one.2,
+                "{non_finite:?}, {depth} in flight: parameters"
+            );
+        }
+    }
+}
+
+#[test]
+fn f16_steps_overlap_through_overflows_as_one_at_a_time() {
+    f16_overlap_is_one_step_at_a_time(CpuBackend::<f32>::new(), 24);
+    if let Some(gpu) = common::gpu() {
+        f16_overlap_is_one_step_at_a_time(gpu, 12);
+    }
+}
+
 #[test]
 fn checkpoints_stay_f32_and_resume_the_loss_scale() {
     let s = common::Scratch::new("precision-checkpoint");

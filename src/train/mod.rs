@@ -25,6 +25,10 @@
 //! with a gate on step n's stats (`gate_updates`): its updates are skipped
 //! exactly when the host is going to stop at step n. The trajectory is the
 //! same bit for bit as [`Trainer::train_step`]'s, one step at a time.
+//! Under f16 loss scaling step n + 1 also depends on whether step n
+//! skipped its update (the scale halves): it is recorded with the scale of
+//! no skip, gated on that too, and recorded again when step n did skip
+//! ([`Trainer::can_overlap`]).
 //!
 //! ## Truncated BPTT
 //! With `k1 ≤ k2`, an update happens every `k1` steps and backpropagates through
@@ -856,10 +860,29 @@ impl<B: Backend> Trainer<B> {
     /// the ranks on the host within each step (a readback and a write), so
     /// it waits for the device there anyway and runs one step at a time.
     ///
-    /// Dynamic loss scaling (f16) also runs one step at a time: the scale
-    /// of a step depends on whether the one before it overflowed.
+    /// Under dynamic loss scaling (f16) a step's scale depends on whether
+    /// the steps before it skipped their updates. A step recorded while
+    /// others are in flight takes the scale they lead to if none skips
+    /// (overflows are rare), and its gate also stops its updates when the
+    /// step before it skipped (a non-finite loss or norm); when the host
+    /// then finds a skipped step, the steps recorded after it (all gated,
+    /// so nothing of theirs was applied) are dropped and recorded again
+    /// with the scale it left. The trajectory is the same as one step at a
+    /// time.
     pub fn can_overlap(&self) -> bool {
-        self.dist.is_none() && self.loss_scale.is_none()
+        self.dist.is_none()
+    }
+
+    /// The loss scale of the next step recorded: the current one taken
+    /// through every step in flight as if none skips (`None` without loss
+    /// scaling).
+    fn next_loss_scale(&self) -> Option<LossScale> {
+        self.loss_scale.map(|mut s| {
+            for _ in &self.in_flight {
+                s.update(false);
+            }
+            s
+        })
     }
 
     /// Records the next training step (the one after those in flight) and
@@ -877,16 +900,10 @@ impl<B: Backend> Trainer<B> {
     /// [`Trainer::train_step`]'s, step for step.
     pub fn begin_step(&mut self) -> Result<()> {
         if !self.in_flight.is_empty() && !self.can_overlap() {
-            let why = if self.dist.is_some() {
-                "a data-parallel rank runs one step at a time (its sum over ranks \
-                 waits for the device within the step)"
-            } else {
-                "with dynamic loss scaling a step's scale depends on whether the step \
-                 before it overflowed, so steps run one at a time"
-            };
             return Err(Error::invalid(
                 "begin_step",
-                format!("{why}; finish the step in flight first"),
+                "a data-parallel rank runs one step at a time (its sum over ranks \
+                 waits for the device within the step); finish the step in flight first",
             ));
         }
         if self.dist.as_ref().is_some_and(|d| !d.agreed) {
@@ -897,7 +914,8 @@ impl<B: Backend> Trainer<B> {
             .task
             .train_batch(self.config.seed, step, self.config.batch)?;
         let lr = self.lr_at(step);
-        let loss_scale = self.loss_scale.map_or(1.0, |l| l.scale);
+        let step_scale = self.next_loss_scale();
+        let loss_scale = step_scale.map_or(1.0, |l| l.scale);
         let scales: Vec<f64> = self
             .upload_windows(&batch)?
             .into_iter()
@@ -919,7 +937,9 @@ impl<B: Backend> Trainer<B> {
                 norm: NORM,
                 loss: LOSS_SUM,
                 invalid: INVALID,
-                finite: self.config.non_finite == NonFinite::Error,
+                // Under loss scaling a skipped step changes the scale the
+                // steps after it take: they are recorded again (finish_step).
+                finite: self.config.non_finite == NonFinite::Error || self.loss_scale.is_some(),
             };
             b.gate_updates(&gate, &self.stats)?;
         }
@@ -1000,7 +1020,7 @@ impl<B: Backend> Trainer<B> {
                 norm_idx,
                 // The summary's loss sum: a non-finite loss skips the update too.
                 loss_idx: Some(c * STATS_STRIDE + LOSS_SUM),
-                grad_scale: self.loss_scale.map_or(1.0, |l| l.unscale()),
+                grad_scale: step_scale.map_or(1.0, |l| l.unscale()),
             };
             // In a 16-bit mode this also refreshes the copy the next
             // window's (and step's) passes read.
@@ -1042,6 +1062,12 @@ impl<B: Backend> Trainer<B> {
                 self.skipped += report.skipped as u64;
                 if let Some(ls) = &mut self.loss_scale {
                     ls.update(report.skipped > 0);
+                    if report.skipped > 0 {
+                        // The steps after it took the scale of no skip and
+                        // were gated (nothing of theirs applied): the next
+                        // begin_step records them again.
+                        self.drop_in_flight();
+                    }
                 }
                 self.history.push(HistoryPoint {
                     step: report.step,
@@ -1052,13 +1078,18 @@ impl<B: Backend> Trainer<B> {
                 Ok(Some(report))
             }
             Err(e) => {
-                for later in self.in_flight.drain(..) {
-                    // Its reads finish (or fail) with the device; nothing is kept.
-                    let _ = later.stats.wait();
-                    self.updates -= later.updates;
-                }
+                self.drop_in_flight();
                 Err(e)
             }
+        }
+    }
+
+    /// Forgets the steps in flight, whose updates were gated off: their
+    /// reads finish (or fail) with the device; nothing is kept.
+    fn drop_in_flight(&mut self) {
+        for later in self.in_flight.drain(..) {
+            let _ = later.stats.wait();
+            self.updates -= later.updates;
         }
     }
 
