@@ -191,54 +191,37 @@ fn eval_onnx_writes_every_graph_output() {
                 file(&c, "inputs.safetensors"),
                 out.clone(),
             );
-            let res = cli(&[
-                "eval",
-                "--onnx",
-                m.to_str().unwrap(),
-                "--inputs",
-                i.to_str().unwrap(),
-                "--out",
-                o.to_str().unwrap(),
-                "--backend",
-                backend,
-            ]);
-            assert!(
-                res.status.success(),
-                "{}",
-                String::from_utf8_lossy(&res.stderr)
-            );
-            compare(
-                &format!("cli {backend}"),
-                &c,
-                &read_safetensors(&out).unwrap(),
-            );
-            // The recurrent nodes at f16 storage, named in the summary.
-            let res = cli(&[
-                "eval",
-                "--onnx",
-                m.to_str().unwrap(),
-                "--inputs",
-                i.to_str().unwrap(),
-                "--out",
-                o.to_str().unwrap(),
-                "--backend",
-                backend,
-                "--precision",
-                "f16",
-            ]);
-            let stdout = String::from_utf8_lossy(&res.stdout);
-            assert!(
-                res.status.success() && stdout.contains("recurrent, f16 storage"),
-                "{stdout}{}",
-                String::from_utf8_lossy(&res.stderr)
-            );
-            let err = compare_within(
-                &format!("cli {backend} f16"),
-                &c,
-                &read_safetensors(&out).unwrap(),
-                F16_TOL,
-            );
-            assert!(err > 1e-5, "cli {backend} f16: {err:.2e} is f32's");
+            // f32, then the recurrent nodes at f16 storage (named in the summary).
+            for precision in ["f32", "f16"] {
+                let res = cli(&[
+                    "eval",
+                    "--onnx",
+                    m.to_str().unwrap(),
+                    "--inputs",
+                    i.to_str().unwrap(),
+                    "--out",
+                    o.to_str().unwrap(),
+                    "--backend",
+                    backend,
+                    "--precision",
+                    precision,
+                ]);
+                let stdout = String::from_utf8_lossy(&res.stdout);
+                assert!(
+                    res.status.success()
+                        && stdout.contains("recurrent, f16 storage") == (precision == "f16"),
+                    "{stdout}{}",
+                    String::from_utf8_lossy(&res.stderr)
+                );
+                let got = read_safetensors(&out).unwrap();
+                let label = format!("cli {backend} {precision}");
+                if precision == "f32" {
+                    compare(&label, &c, &got);
+                } else {
+                    let err = compare_within(&label, &c, &got, F16_TOL);
+                    assert!(err > 1e-5, "{label}: {err:.2e} is f32's");
+                }
+            }
         }
     }
     // Not protobuf.

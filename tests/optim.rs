@@ -263,31 +263,7 @@ fn non_finite_loss_skips_the_update() {
 /// cannot fold away; a finite control moves the parameters.
 #[test]
 fn every_optimizer_skips_non_finite_norms_and_losses() {
-    let optimizers = [
-        Optimizer::sgd(0.5),
-        Optimizer::Sgd {
-            lr: 0.1,
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: true,
-            weight_decay: 0.01,
-        },
-        Optimizer::Adagrad {
-            lr: 0.1,
-            lr_decay: 0.0,
-            eps: 1e-10,
-            weight_decay: 0.0,
-        },
-        Optimizer::RmsProp {
-            lr: 0.01,
-            alpha: 0.99,
-            eps: 1e-8,
-            momentum: 0.5,
-            centered: true,
-            weight_decay: 0.0,
-        },
-        Optimizer::adam(0.1),
-    ];
+    let optimizers = common::every_optimizer();
     let (inf, nan) = (f64::INFINITY, f64::NAN);
     // (Σg², loss, what)
     let bad = [

@@ -628,30 +628,7 @@ fn the_optimizer_writes_the_16bit_copy_in_its_own_dispatch() {
         return;
     };
     let cpu = CpuBackend::<f32>::new();
-    let optimizers = [
-        Optimizer::Sgd {
-            lr: 0.1,
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: true,
-            weight_decay: 0.01,
-        },
-        Optimizer::Adagrad {
-            lr: 0.1,
-            lr_decay: 0.0,
-            eps: 1e-10,
-            weight_decay: 0.0,
-        },
-        Optimizer::RmsProp {
-            lr: 0.01,
-            alpha: 0.99,
-            eps: 1e-8,
-            momentum: 0.5,
-            centered: true,
-            weight_decay: 0.0,
-        },
-        Optimizer::adam(0.1),
-    ];
+    let optimizers = common::every_optimizer();
     // An odd count (the last word's high half is outside) over several
     // workgroups; two steps, the second skipped (a non-finite loss).
     let n = 1001;

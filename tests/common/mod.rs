@@ -134,3 +134,34 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// One optimizer of each kind with its options on (momentum with Nesterov
+/// and weight decay, centered RMSprop with momentum), and plain SGD.
+pub fn every_optimizer() -> Vec<rnn_wgpu::ops::optim::Optimizer> {
+    use rnn_wgpu::ops::optim::Optimizer;
+    vec![
+        Optimizer::sgd(0.5),
+        Optimizer::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: true,
+            weight_decay: 0.01,
+        },
+        Optimizer::Adagrad {
+            lr: 0.1,
+            lr_decay: 0.0,
+            eps: 1e-10,
+            weight_decay: 0.0,
+        },
+        Optimizer::RmsProp {
+            lr: 0.01,
+            alpha: 0.99,
+            eps: 1e-8,
+            momentum: 0.5,
+            centered: true,
+            weight_decay: 0.0,
+        },
+        Optimizer::adam(0.1),
+    ]
+}
