@@ -312,3 +312,86 @@ fn ranks_that_differ_are_refused_before_the_first_step() {
         "{errs:?}"
     );
 }
+
+/// f16 over ranks: the ranks scale their losses alike (the scale is part of
+/// what they agree on), skip the same overflowing steps (the sum of squares
+/// is of the summed gradients), stay bit-identical, and train what one
+/// process trains.
+#[test]
+fn f16_ranks_scale_and_skip_together() {
+    use rnn_wgpu::Precision;
+    use rnn_wgpu::train::LossScale;
+    use rnn_wgpu::train::scale::MAX_SCALE;
+    let mut c = config(Cell::Lstm, Bptt::Full, 0.0);
+    c.precision = Precision::F16;
+    let steps = 16;
+    let scale = LossScale {
+        scale: MAX_SCALE,
+        growth_interval: 3,
+        ..LossScale::default()
+    };
+    let mut alone = Trainer::new(CpuBackend::<f32>::new(), c.clone()).unwrap();
+    alone.set_loss_scale(scale).unwrap();
+    let alone_losses: Vec<f64> = (0..steps)
+        .map(|_| alone.train_step().unwrap().loss)
+        .collect();
+    let ranks = ThreadGroup::new(2, Duration::from_secs(120));
+    // Per rank: (loss bits, skipped windows, scale) per step, and the parameters.
+    type RankRun = (Vec<(u64, usize, Option<f64>)>, Vec<f64>);
+    let runs: Vec<RankRun> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
+                let c = c.clone();
+                s.spawn(move || {
+                    let comm: Arc<dyn Collective> = Arc::new(rank);
+                    let mut t = Trainer::data_parallel(CpuBackend::<f32>::new(), c, comm).unwrap();
+                    t.set_loss_scale(scale).unwrap();
+                    let reports = (0..steps)
+                        .map(|_| {
+                            let r = t.train_step().unwrap();
+                            (r.loss.to_bits(), r.skipped, r.loss_scale)
+                        })
+                        .collect();
+                    t.check_replicas().unwrap();
+                    (reports, t.read_params().unwrap())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(runs[0].0, runs[1].0, "the ranks' reports");
+    assert_eq!(bits(&runs[0].1), bits(&runs[1].1), "the ranks' parameters");
+    let skips = runs[0].0.iter().filter(|r| r.1 > 0).count();
+    assert!(skips >= 2, "2^24 overflows: {skips} skipped steps");
+    let last = f64::from_bits(runs[0].0[steps - 1].0);
+    let want = alone_losses[steps - 1];
+    assert!(
+        rel(last, want) < 2e-2,
+        "final loss {last} over 2 ranks, {want} alone"
+    );
+    // A rank with another loss scale is refused before the first step.
+    let ranks = ThreadGroup::new(2, Duration::from_secs(60));
+    let errs: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
+                let c = c.clone();
+                s.spawn(move || {
+                    let r = rank.rank();
+                    let comm: Arc<dyn Collective> = Arc::new(rank);
+                    let mut t = Trainer::data_parallel(CpuBackend::<f32>::new(), c, comm).unwrap();
+                    if r == 1 {
+                        t.set_loss_scale(scale).unwrap();
+                    }
+                    t.train_step().unwrap_err().to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        errs.iter().all(|e| e.contains("rank 1's configuration")),
+        "{errs:?}"
+    );
+}

@@ -819,11 +819,13 @@ impl<B: Backend> Trainer<B> {
             return Ok(());
         };
         let comm = d.comm.clone();
-        let config = serde_json::to_vec(&(&self.config, self.task.vocab(), self.step))
-            .map_err(|e| Error::invalid("configuration", format!("cannot encode: {e}")))?;
+        let config =
+            serde_json::to_vec(&(&self.config, self.task.vocab(), self.step, self.loss_scale))
+                .map_err(|e| Error::invalid("configuration", format!("cannot encode: {e}")))?;
         dist::same_on_all(
             comm.as_ref(),
-            "configuration (task, vocabulary, model, batch, optimizer, seed, step)",
+            "configuration (task, vocabulary, model, batch, optimizer, precision, seed, \
+             step, loss scale)",
             &config,
         )?;
         dist::same_on_all(
