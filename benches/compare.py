@@ -79,6 +79,10 @@ def main():
     dev_ours = next((r["device"] for r in ours if "device" in r), "?")
     dev_peer = next((r["device"] for r in peer if "device" in r), "?")
     lines.append(f"rnn-wgpu on: {dev_ours}  \npeer (PyTorch {next((r.get('torch') for r in peer if r.get('torch')), '?')}, {next((r['backend'] for r in peer if 'backend' in r), '?')}) on: {dev_peer}\n")
+    prec = {r.get("precision", "f32") for r in ours + peer if "cell" in r} - {"f32"}
+    if prec:
+        lines.append(f"precision: ours at {'/'.join(sorted(prec))} storage with f32 arithmetic, "
+                     f"the peer under torch.autocast (rows whose precisions differ are not paired)\n")
     extra = "".join(f" {name} step ms |" for name, _ in also)
     lines.append("| cell | I | H | B | T | ours fwd ms | peer fwd ms | peer infer ms | ours step ms | peer step ms | step ratio | ours GFLOP/s | ours % limit | dispatches | record ms | step kernel |" + extra)
     lines.append("|---" * (16 + len(also)) + "|")
@@ -87,7 +91,7 @@ def main():
         if "cell" not in r:
             continue
         p = peer_rnn.get(key(r))
-        if p is None:
+        if p is None or p.get("precision", "f32") != r.get("precision", "f32"):
             continue
         ratio = r["step_ms"] / p["step_ms"]
         label = f'{r["cell"]} I{r["input"]} H{r["hidden"]} B{r["batch"]} T{r["seq"]}'

@@ -7,15 +7,24 @@ A step is forward plus backward (gradients of the input and every parameter)
 with a given output gradient, as `rnn-wgpu bench` measures it. TF32 is off
 (fp32 everywhere), as the comparison requires.
 
+With --precision f16 (or bf16) the cell runs under
+torch.autocast(dtype=torch.float16): cuDNN's 16-bit RNN with f32 weights
+cast on the way in, the counterpart of `rnn-wgpu bench --precision f16`
+(16-bit storage, f32 arithmetic); the JSON says which.
+
     python3 benches/pytorch_bench.py --device cuda --table gpu [--kernels]
+    python3 benches/pytorch_bench.py --device cuda --table half --precision f16
     python3 benches/pytorch_bench.py --device cpu --table cpu
 """
+
+import contextlib
 
 import argparse
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -64,6 +73,8 @@ def main():
     ap.add_argument("--table", default=None, help="gpu, cpu or small (default: gpu on cuda, cpu otherwise)")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--kernels", action="store_true", help="also time torch.matmul on the matmul shapes")
+    ap.add_argument("--precision", choices=["f32", "f16", "bf16"], default="f32",
+                    help="f16/bf16: the cells under torch.autocast with that dtype")
     args = ap.parse_args()
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -76,6 +87,13 @@ def main():
         name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         backend = "cpu"
     run = timer(device)
+    half = {"f16": torch.float16, "bf16": torch.bfloat16}.get(args.precision)
+
+    def autocast():
+        if half is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=half)
+
     torch.manual_seed(0)
     for cell, i, h, b, t, layers in shapes(table):
         module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](i, h, num_layers=layers).to(device)
@@ -83,19 +101,26 @@ def main():
         dy = torch.randn(t, b, h, device=device)
 
         def forward():
-            module(x)
+            with autocast():
+                module(x)
 
         def infer():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 module(x)
 
         def step():
-            out, _ = module(x)
-            out.backward(dy)
+            with autocast():
+                out, _ = module(x)
+            out.backward(dy.to(out.dtype))
 
-        fwd = run(forward, args.iters)
-        inf = run(infer, args.iters)
-        st = run(step, args.iters)
+        try:
+            fwd = run(forward, args.iters)
+            inf = run(infer, args.iters)
+            st = run(step, args.iters)
+        except RuntimeError as e:
+            # (oneDNN has no 16-bit LSTM on CPUs without AVX-512 BF16/FP16.)
+            print(f"skipped {cell} I{i} H{h} B{b} T{t} at {args.precision}: {e}", file=sys.stderr)
+            continue
         g = {"lstm": 4, "gru": 3}[cell]
         flops = 3 * sum(2.0 * t * b * g * h * ((i if l == 0 else h) + h) for l in range(layers))
         print(json.dumps({
@@ -103,6 +128,7 @@ def main():
             "input": i, "hidden": h, "batch": b, "seq": t, "layers": layers,
             "forward_ms": fwd, "backward_ms": st - fwd, "step_ms": st, "inference_ms": inf,
             "gflops": flops / (st * 1e-3) / 1e9, "torch": torch.__version__,
+            "precision": args.precision,
         }), flush=True)
     if args.kernels:
         sizes = [(256, 256, 256), (1024, 1024, 1024), (4096, 4096, 4096), (1600, 2048, 512), (64, 4096, 1024)]

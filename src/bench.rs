@@ -90,6 +90,9 @@ pub struct ShapeTable {
     /// Unidirectional stacks of two layers on a GPU, for the step orders
     /// (`--step-order`).
     pub stack: Grid,
+    /// The 16-bit comparison on a GPU (`--precision f16` against
+    /// PyTorch's `torch.autocast(dtype=torch.float16)`), a subset of `gpu`.
+    pub half: Grid,
     /// A small grid for software adapters and quick checks.
     pub small: Grid,
 }

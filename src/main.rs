@@ -381,6 +381,7 @@ enum TableArg {
     Gpu,
     Cpu,
     Stack,
+    Half,
     Small,
 }
 
@@ -392,7 +393,8 @@ struct BenchArgs {
     backend: BackendArg,
     /// Shape table from benches/shapes.json (default: gpu on a hardware GPU,
     /// cpu on the CPU path, small on a software adapter; stack: two-layer
-    /// stacks, for --step-order).
+    /// stacks, for --step-order; half: the shapes of the 16-bit comparison,
+    /// for --precision).
     #[arg(long, value_enum)]
     table: Option<TableArg>,
     /// One shape instead of a table: cell (with --input, --hidden, --batch, --seq).
@@ -1360,6 +1362,7 @@ fn bench(a: BenchArgs, m: &ArgMatches) -> rnn_wgpu::Result<bool> {
                 (Some(TableArg::Gpu), _) => t.gpu,
                 (Some(TableArg::Cpu), _) => t.cpu,
                 (Some(TableArg::Stack), _) => t.stack,
+                (Some(TableArg::Half), _) => t.half,
                 (Some(TableArg::Small), _) => t.small,
                 (None, rnn_wgpu::backend::Chosen::Gpu(_)) if !software => t.gpu,
                 (None, rnn_wgpu::backend::Chosen::Gpu(_)) => t.small,
