@@ -98,7 +98,9 @@ fn wt(i: u32) -> f32 {
 @group(0) @binding(3) var<storage, read> lengths: array<i32>;
 @group(0) @binding(4) var<storage, read_write> hs: array<f32>;
 @group(0) @binding(5) var<storage, read_write> cs: array<f32>;
-@group(0) @binding(6) var<storage, read_write> gates: array<f32>;
+// The saved gates: f32 words, or (G_LAYOUT 1: f16, 2: bf16) 16-bit values
+// two a word, read and written through gate_load / gate_store (below).
+@group(0) @binding(6) var<storage, read_write> gates: array<u32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 @group(0) @binding(8) var<storage, read> dout: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dgh: array<f32>;
@@ -108,7 +110,63 @@ fn wt(i: u32) -> f32 {
 // as hs, cs and gates; a backward kernel never writes them).
 @group(0) @binding(12) var<storage, read> hs_saved: array<f32>;
 @group(0) @binding(13) var<storage, read> cs_saved: array<f32>;
-@group(0) @binding(14) var<storage, read> gates_saved: array<f32>;
+@group(0) @binding(14) var<storage, read> gates_saved: array<u32>;
+
+// How the gates buffer holds its values (gates and gates_saved alike).
+// 0: one f32 a word, element e at word e. 1 (f16), 2 (bf16): two values a
+// word, the gate blocks 2q and 2q + 1 of a unit side by side: element
+// e = u·H + j (u = e / H counts the H-wide gate blocks over the whole
+// buffer; every row has an even number of them) is half u & 1 of word
+// (u >> 1)·H + j. Both halves of a word are then one unit's of one row,
+// which a single invocation writes, so no store needs an atomic.
+override G_LAYOUT: u32 = 0u;
+
+// (word, half) of gate element e in a packed layout.
+fn gate_word(e: u32) -> vec2<u32> {
+    let u = e / p.H;
+    return vec2<u32>((u >> 1u) * p.H + (e - u * p.H), u & 1u);
+}
+
+// Gate element e as the forward's kernels read it back.
+fn gate_load(e: u32) -> f32 {
+    if (G_LAYOUT == 0u) {
+        return bitcast<f32>(gates[e]);
+    }
+    let w = gate_word(e);
+    return unpack_half(gates[w.x], w.y, G_LAYOUT);
+}
+
+// Gate element e of what a forward saved, in the backward.
+fn gate_saved_load(e: u32) -> f32 {
+    if (G_LAYOUT == 0u) {
+        return bitcast<f32>(gates_saved[e]);
+    }
+    let w = gate_word(e);
+    return unpack_half(gates_saved[w.x], w.y, G_LAYOUT);
+}
+
+// Stores v (rounded to STORE) at gate element e; packed, the other half of
+// the word (the same unit's) is kept.
+fn gate_store(e: u32, v: f32) {
+    if (G_LAYOUT == 0u) {
+        gates[e] = bitcast<u32>(stored(v));
+        return;
+    }
+    let w = gate_word(e);
+    let shift = 16u * w.y;
+    gates[w.x] = (gates[w.x] & ~(0xffffu << shift)) | (packed_bits(v) << shift);
+}
+
+// Stores v0 at gate element e and v1 at e + H (blocks 2q and 2q + 1 of one
+// unit: e is in an even block): packed, one word.
+fn gate_store2(e: u32, v0: f32, v1: f32) {
+    if (G_LAYOUT == 0u) {
+        gates[e] = bitcast<u32>(stored(v0));
+        gates[e + p.H] = bitcast<u32>(stored(v1));
+        return;
+    }
+    gates[gate_word(e).x] = packed_bits(v0) | (packed_bits(v1) << 16u);
+}
 
 // The step this invocation is at: the uniform's fields for one direction
 // and one time step of the dispatch (see set_direction, set_step), and the
@@ -316,5 +374,5 @@ fn gate_value(v: f32, kind: u32) -> vec2<f32> {
 
 // A saved gate (k-th block of a row at srow), in the backward.
 fn saved_gate(srow: u32, k: u32, j: u32, kind: u32) -> vec2<f32> {
-    return gate_value(gates_saved[st.o_g + srow + k * p.H + j], kind);
+    return gate_value(gate_saved_load(st.o_g + srow + k * p.H + j), kind);
 }

@@ -46,7 +46,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         hs[st.o_hs + next_slot() * bh + hc] = stored(h_prev);
         if (p.save == 1u || rb) {
             for (var g = 0u; g < 4u; g++) {
-                gates[st.o_g + srow + g * p.H + j] = stored(0.0);
+                gate_store(st.o_g + srow + g * p.H + j, 0.0);
             }
         }
         out[out_index(b, j)] = stored(0.0);
@@ -61,9 +61,9 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let z = cell_act(p.act_f, zz);
     if (rb) {
         // Reset-before: the gates and r * h_prev; gru_reset_forward follows.
-        gates[st.o_g + srow + j] = stored(select(r, zr, clipping()));
-        gates[st.o_g + srow + p.H + j] = stored(select(z, zz, clipping()));
-        gates[st.o_g + srow + 3u * p.H + j] = stored(r * h_prev);
+        gate_store2(st.o_g + srow + j, select(r, zr, clipping()), select(z, zz, clipping()));
+        // (Block 2, the candidate, is gru_reset_forward's.)
+        gate_store(st.o_g + srow + 3u * p.H + j, r * h_prev);
         return;
     }
     let zn = clip_v(x_pre(row + 2u * p.H + j, xin[2], 2u * p.H + j) + r * hn);
@@ -74,10 +74,8 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         if (clipping()) {
             keep = vec3<f32>(zr, zz, zn);
         }
-        gates[st.o_g + srow + j] = stored(keep.x);
-        gates[st.o_g + srow + p.H + j] = stored(keep.y);
-        gates[st.o_g + srow + 2u * p.H + j] = stored(keep.z);
-        gates[st.o_g + srow + 3u * p.H + j] = stored(hn);
+        gate_store2(st.o_g + srow + j, keep.x, keep.y);
+        gate_store2(st.o_g + srow + 2u * p.H + j, keep.z, hn);
     }
     hs[st.o_hs + next_slot() * bh + hc] = stored(h);
     out[out_index(b, j)] = stored(h);
@@ -145,7 +143,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let r = gr.x;
     let z = gz.x;
     let n = gn.x;
-    let hn = gates_saved[st.o_g + srow + 3u * p.H + j];
+    let hn = gate_saved_load(st.o_g + srow + 3u * p.H + j);
     let h_prev = hs_saved[st.o_hs + prev_slot() * bh + hc];
     let dn = clip_pass(gn.y, cell_act_back(p.act_g, n, dh * (1.0 - z)));
     let dr = clip_pass(gr.y, cell_act_back(p.act_f, r, dn * hn));

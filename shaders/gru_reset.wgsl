@@ -41,11 +41,11 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         out[out_index(b, j)] = stored(0.0);
         return;
     }
-    let z = gate_value(gates[st.o_g + srow + p.H + j], p.act_f).x;
+    let z = gate_value(gate_load(st.o_g + srow + p.H + j), p.act_f).x;
     let zn = clip_v(xg[st.o_xg + row + 2u * p.H + j] + (acc[0] + wt(st.bhh_off + j)));
     let n = cell_act(p.act_g, zn);
     let h = (1.0 - z) * n + z * h_prev;
-    gates[st.o_g + srow + 2u * p.H + j] = stored(select(n, zn, clipping()));
+    gate_store(st.o_g + srow + 2u * p.H + j, select(n, zn, clipping()));
     hs[st.o_hs + next_slot() * bh + hc] = stored(h);
     out[out_index(b, j)] = stored(h);
 }

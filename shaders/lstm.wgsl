@@ -46,7 +46,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         cs[st.o_cs + next_slot() * bh + hc] = stored(c_prev);
         if (p.save == 1u || proj) {
             for (var g = 0u; g < p.gates_ld / p.H; g++) {
-                gates[st.o_g + srow + g * p.H + j] = stored(0.0);
+                gate_store(st.o_g + srow + g * p.H + j, 0.0);
             }
         }
         if (!proj) {
@@ -84,15 +84,13 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         if (clipping()) {
             keep = vec4<f32>(zi, zf, zg, zo);
         }
-        gates[st.o_g + srow + j] = stored(keep.x);
-        gates[st.o_g + srow + p.H + j] = stored(keep.y);
-        gates[st.o_g + srow + 2u * p.H + j] = stored(keep.z);
-        gates[st.o_g + srow + 3u * p.H + j] = stored(keep.w);
+        gate_store2(st.o_g + srow + j, keep.x, keep.y);
+        gate_store2(st.o_g + srow + 2u * p.H + j, keep.z, keep.w);
     }
     cs[st.o_cs + next_slot() * bh + hc] = stored(c);
     if (proj) {
         // m = o * h(c), which lstm_project multiplies by W_hr.
-        gates[st.o_g + srow + 4u * p.H + j] = stored(h);
+        gate_store(st.o_g + srow + 4u * p.H + j, h);
         return;
     }
     hs[st.o_hs + next_slot() * bh + hc] = stored(h);

@@ -43,7 +43,7 @@ override FROM_GATES: bool = false;
 // state width, or the gates' row).
 fn vec_at(base: u32, b: u32, k: u32) -> f32 {
     if (FROM_GATES) {
-        return gates[base + b * p.vec_ld + k];
+        return gate_load(base + b * p.vec_ld + k);
     }
     return hs[base + b * p.vec_ld + k];
 }

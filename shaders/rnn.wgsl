@@ -35,7 +35,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let z = clip_v(x_pre(idx, xin[0], j) + (acc[0] + wt(st.bhh_off + j)));
     let h = cell_act(p.act_f, z);
     if (p.save == 1u && clipping()) {
-        gates[st.o_g + idx] = stored(z);
+        gate_store(st.o_g + idx, z);
     }
     hs[st.o_hs + next_slot() * bh + hc] = stored(h);
     out[out_index(b, j)] = stored(h);
@@ -76,7 +76,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     dh += grad_out(b, j, up);
     var d: f32;
     if (clipping()) {
-        let z = gates_saved[st.o_g + idx];
+        let z = gate_saved_load(st.o_g + idx);
         d = clip_pass(z, cell_act_back(p.act_f, cell_act(p.act_f, z), dh));
     } else {
         d = cell_act_back(p.act_f, hs_saved[st.o_hs + next_slot() * p.B * p.H + hc], dh);

@@ -474,6 +474,16 @@ fn gpu_16bit_path_matches_the_cpu_twin() {
             15,
         ),
     ];
+    // Odd H: the packed gates' words pair gate blocks of one unit, never
+    // units or rows.
+    cases
+        .push(RnnCase::new(RnnConfig::new(Cell::Lstm, 4, 7), 5, 3, 17).with_lengths(vec![5, 2, 4]));
+    cases.push(RnnCase::new(
+        RnnConfig::new(Cell::Gru, 4, 7).bidirectional(true),
+        5,
+        3,
+        18,
+    ));
     // A unidirectional stack the wavefront runs.
     let wave = RnnCase::new(lstm.layers(3), 6, 2, 16);
     cases.push(wave.clone());
@@ -619,6 +629,38 @@ fn bench_counts_the_memory_of_a_16bit_step() {
         f16_run.packed_memory_bytes,
         f16_run.packed_layer_bytes + 12 * params
     );
+}
+
+/// On the GPU a 16-bit step holds its weight copy and its saved gates
+/// packed, two values a word: the layer's held bytes are the f32 layer's
+/// less half of each (LSTM and GRU at odd H; the other activations are
+/// still held in 32-bit words).
+#[test]
+fn gpu_16bit_step_holds_its_gates_packed() {
+    use rnn_wgpu::bench::{RnnShape, bench_rnn_at};
+    let gpu = gpu_or_skip!();
+    for cell in [Cell::Lstm, Cell::Gru] {
+        let shape = RnnShape {
+            cell,
+            input: 6,
+            hidden: 7,
+            batch: 3,
+            seq: 4,
+            layers: 1,
+            bidirectional: false,
+            variant: Default::default(),
+            skip: Default::default(),
+        };
+        let run = |p| bench_rnn_at(&gpu, None, "gpu", &shape, 1, StepOrder::Auto, p).unwrap();
+        let (f32_run, f16_run) = (run(Precision::F32), run(Precision::F16));
+        let params = shape.config().layout().total as u64;
+        let gates = (shape.seq * shape.batch * 4 * shape.hidden) as u64;
+        assert_eq!(
+            f16_run.layer_bytes,
+            f32_run.layer_bytes - 2 * params - 2 * gates,
+            "{cell:?}"
+        );
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 mod common;
 
+use rnn_wgpu::Precision;
 use rnn_wgpu::backend::{Backend, CpuBackend};
 use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig, SeqModel, Train};
 use rnn_wgpu::nn::rnn::LayerDropout;
@@ -114,12 +115,17 @@ fn backward_differentiates_its_own_forward<B: Backend>(b: B) {
 }
 
 /// With reused buffers poisoned (NaN), a second identical pass gives the
-/// first pass's bits: no kernel reads memory it did not write.
+/// first pass's bits: no kernel reads memory it did not write, in f32 and
+/// in 16 bits (where the GPU packs the saved gates).
 fn reuse_leaks_nothing<B: Backend>(b: B) {
     let (t, n) = (4, 3);
     let lengths = [4, 1, 3];
-    for cfg in stacks(true) {
+    for (cfg, p) in stacks(true)
+        .into_iter()
+        .flat_map(|cfg| [(cfg, Precision::F32), (cfg, Precision::F16)])
+    {
         let mut rnn = Rnn::new(b.clone(), cfg, 8).unwrap();
+        rnn.set_precision(p).unwrap();
         rnn.set_poison_reused(true);
         let x = tensor(&b, &[t, n, 3], 21);
         let state = [cfg.num_layers * cfg.directions(), n, cfg.hidden_size];
@@ -148,13 +154,13 @@ fn reuse_leaks_nothing<B: Backend>(b: B) {
         };
         let first = pass();
         let second = pass();
-        assert_eq!(first, second, "{cfg:?}");
+        assert_eq!(first, second, "{cfg:?} {p}");
         assert!(
             first
                 .iter()
                 .flatten()
                 .all(|v| f64::from_bits(*v).is_finite()),
-            "{cfg:?}: a NaN leaked"
+            "{cfg:?} {p}: a NaN leaked"
         );
     }
 }

@@ -124,12 +124,16 @@ pub trait Backend: Clone {
         self.zeros(shape)
     }
 
-    /// A zero-filled tensor for values that kernels read but never write
-    /// (the passes' copy of the parameters), stored at `store`: on the GPU a
-    /// 16-bit one is packed two values a word, so that it takes half the
-    /// memory and every read of it half the bandwidth; it is written only
-    /// by [`Backend::write`] and by [`Backend::copy`] from an f32 tensor.
-    /// Elsewhere (and in f32), [`Backend::zeros_stored`].
+    /// A zero-filled tensor stored at `store` that only the kernels that
+    /// know its packing write: on the GPU a 16-bit one is packed two values
+    /// a word, so that it takes half the memory and every read of it half
+    /// the bandwidth. Two kinds use it: the passes' copy of the parameters
+    /// (written by [`Backend::write`] and by [`Backend::copy`] from an f32
+    /// tensor, read by every kernel) and the gates a training forward saves
+    /// for its backward (written and read only by the cell steps, which pair
+    /// gate blocks in a word; see `shaders/cell_common.wgsl`), besides
+    /// [`Backend::fill`] of whole words. Elsewhere (and in f32),
+    /// [`Backend::zeros_stored`].
     fn zeros_packed(&self, shape: &[usize], store: Precision) -> Result<Self::Tensor> {
         self.zeros_stored(shape, store)
     }

@@ -41,6 +41,8 @@ pub(crate) fn next_owner_id() -> u64 {
 struct Entry<B: Backend> {
     tensor: B::Tensor,
     len: usize,
+    /// From [`Backend::zeros_packed`] ([`Pool::take_packed`]).
+    packed: bool,
     last_pass: u64,
 }
 
@@ -99,13 +101,31 @@ impl<B: Backend> Pool<B> {
     /// [`Pool::take`] of a tensor stored at `store` (f32 scratch of a
     /// 16-bit pass: the per-row losses).
     pub fn take_stored(&mut self, b: &B, shape: &[usize], store: Precision) -> Result<B::Tensor> {
+        self.take_as(b, shape, store, false)
+    }
+
+    /// [`Pool::take`] of a tensor only the cell steps write and read (the
+    /// saved gates): packed two values a word on the GPU in a 16-bit pass
+    /// ([`Backend::zeros_packed`]); reused only as such.
+    pub fn take_packed(&mut self, b: &B, shape: &[usize]) -> Result<B::Tensor> {
+        self.take_as(b, shape, self.store, true)
+    }
+
+    fn take_as(
+        &mut self,
+        b: &B,
+        shape: &[usize],
+        store: Precision,
+        packed: bool,
+    ) -> Result<B::Tensor> {
         let len = checked_numel(shape).unwrap_or(usize::MAX);
         let pass = self.pass;
-        if let Some(e) = self
-            .entries
-            .iter_mut()
-            .find(|e| e.len == len && b.store_of(&e.tensor) == store && b.is_unique(&e.tensor))
-        {
+        if let Some(e) = self.entries.iter_mut().find(|e| {
+            e.len == len
+                && e.packed == packed
+                && b.store_of(&e.tensor) == store
+                && b.is_unique(&e.tensor)
+        }) {
             e.last_pass = pass;
             let t = b.reshape(&e.tensor, shape)?;
             if self.poison {
@@ -113,10 +133,15 @@ impl<B: Backend> Pool<B> {
             }
             return Ok(t);
         }
-        let t = b.zeros_stored(shape, store)?;
+        let t = if packed {
+            b.zeros_packed(shape, store)?
+        } else {
+            b.zeros_stored(shape, store)?
+        };
         self.entries.push(Entry {
             tensor: t.clone(),
             len,
+            packed,
             last_pass: pass,
         });
         Ok(t)

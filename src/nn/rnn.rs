@@ -1099,9 +1099,12 @@ impl<B: Backend> Rnn<B> {
             let cs = pool.take_if(b, lstm, &[dirs, slots, batch, h])?;
             // (A step of two dispatches passes values in the gates, so
             // its inference keeps them too.)
-            let gates = pool.take_if(
+            let gates = take_gates(
+                pool,
                 b,
+                &cfg,
                 (train || passes) && saved_per_unit > 0,
+                saved_per_unit,
                 &[dirs, steps, batch, saved_per_unit * h],
             )?;
             // Direction 0's step at t, standing for `more` further steps and
@@ -1581,9 +1584,12 @@ impl<B: Backend> Rnn<B> {
         let lstm = cfg.cell.has_cell_state();
         let hs = pool.take(b, &[layers, slots, batch, h])?;
         let cs = pool.take_if(b, lstm, &[layers, slots, batch, h])?;
-        let gates = pool.take_if(
+        let gates = take_gates(
+            pool,
             b,
+            &cfg,
             train && saved_per_unit > 0,
+            saved_per_unit,
             &[layers, steps, batch, saved_per_unit * h],
         )?;
         let outs = pool.take(b, &[layers, steps, batch, h])?;
@@ -2194,6 +2200,31 @@ fn highway_offsets(layout: &ParamLayout, offset: usize, l: usize) -> Result<(usi
             .ok_or_else(|| Error::invalid("parameters", format!("the layout has no {name}")))
     };
     Ok((off(format!("weight_t_l{l}"))?, off(format!("bias_t_l{l}"))?))
+}
+
+/// The gates a forward saves (`want`), `blocks` H-wide blocks a row: packed
+/// ([`Pool::take_packed`]) when only the step kernels read them and the
+/// count is even (the LSTM's and GRU's four: the kernels keep a unit's
+/// blocks 2q and 2q + 1 in one word); otherwise like the other activations
+/// (the clipped RNN's one block, and the variants whose parameter gradients
+/// multiply a block of the gates as a matrix: the projection's m, the
+/// reset-before GRU's r ⊙ h).
+fn take_gates<B: Backend>(
+    pool: &mut Pool<B>,
+    b: &B,
+    cfg: &RnnConfig,
+    want: bool,
+    blocks: usize,
+    shape: &[usize],
+) -> Result<Option<B::Tensor>> {
+    if !want {
+        return Ok(None);
+    }
+    if blocks.is_multiple_of(2) && !cfg.variant.gates_between_dispatches() {
+        pool.take_packed(b, shape).map(Some)
+    } else {
+        pool.take(b, shape).map(Some)
+    }
 }
 
 fn load_state<B: Backend>(

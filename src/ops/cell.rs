@@ -2761,7 +2761,7 @@ const W: Access = Access::ReadWrite;
 /// The override constants of every step kernel: the recurrent-product
 /// variant (see [`crate::gpu::StepKernel`]) and where the forward product's
 /// vector comes from.
-const STEP_CONSTANTS: &[&str] = &["SPLIT", "FROM_GATES", "STORE", "W_LAYOUT"];
+const STEP_CONSTANTS: &[&str] = &["SPLIT", "FROM_GATES", "STORE", "W_LAYOUT", "G_LAYOUT"];
 
 const LSTM_FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Lstm,
@@ -2957,8 +2957,40 @@ pub(crate) fn check_step_stores(
     Ok(())
 }
 
+/// How a step's weights and gates hold their values: the `W_LAYOUT` and
+/// `G_LAYOUT` override constants (0: f32 words; 1, 2: f16, bf16 packed two a
+/// word, the gates in cell_common.wgsl's pairing of gate blocks).
+#[derive(Clone, Copy)]
+struct Layouts {
+    weights: f64,
+    gates: f64,
+}
+
+impl Layouts {
+    fn of(weights: &GpuTensor, gates: Option<&GpuTensor>) -> Result<Layouts> {
+        Ok(Layouts {
+            weights: read_layout("weights", weights)?,
+            gates: gates
+                .map(|g| read_layout("gates", g))
+                .transpose()?
+                .unwrap_or(0.0),
+        })
+    }
+}
+
+/// The length of a gates tensor: f32 words, or packed 16-bit values (a
+/// packed one stores at its own precision, which `check_step_stores` then
+/// compares with the step's).
+fn gates_len(t: Option<&GpuTensor>) -> Result<Option<usize>> {
+    t.map(|t| {
+        read_layout("gates", t)?;
+        Ok(t.len())
+    })
+    .transpose()
+}
+
 /// Records one step dispatch with the recurrent-product variant `forced`, else the
-/// context's; `w_layout`: how the weights are laid out (`W_LAYOUT`).
+/// context's, on weights and gates laid out as `layouts` says.
 #[allow(clippy::too_many_arguments)]
 fn dispatch_step(
     rec: &mut Recorder<'_>,
@@ -2968,7 +3000,7 @@ fn dispatch_step(
     params: &Params,
     from_gates: bool,
     forced: Option<StepKernel>,
-    w_layout: f64,
+    layouts: Layouts,
 ) -> Result<()> {
     // The units this dispatch owns: H, or the projection's P.
     let units = params.h as usize;
@@ -2990,16 +3022,17 @@ fn dispatch_step(
     };
     let groups = variant.groups(s.batch, units) * params.dirs as u64;
     let grid = rec.ctx().grid(groups)?;
-    // The variant's SPLIT, the step's STORE, then FROM_GATES when set (no
-    // allocation a step).
+    // The variant's SPLIT, the step's STORE, the layouts, then FROM_GATES
+    // when set (no allocation a step).
     let split = variant.constants()[0];
     let all = [
         split,
         ("STORE", s.store.code() as f64),
-        ("W_LAYOUT", w_layout),
+        ("W_LAYOUT", layouts.weights),
+        ("G_LAYOUT", layouts.gates),
         ("FROM_GATES", 1.0),
     ];
-    let constants: &[(&str, f64)] = if from_gates { &all } else { &all[..3] };
+    let constants: &[(&str, f64)] = if from_gates { &all } else { &all[..4] };
     rec.dispatch(kernel, constants, buffers, params, grid)
 }
 
@@ -3078,7 +3111,7 @@ pub fn forward_step_gpu(
     dummies: Placeholders<'_>,
 ) -> Result<()> {
     let fused = *s;
-    let w_layout = read_layout("weights", bufs.weights)?;
+    let layouts = Layouts::of(bufs.weights, bufs.gates)?;
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
         xg: f32_len("xg", bufs.xg)?,
@@ -3086,7 +3119,7 @@ pub fn forward_step_gpu(
         lengths: lengths_len(bufs.lengths)?,
         hs: f32_len("hs", bufs.hs)?,
         cs: opt_len("cs", bufs.cs)?,
-        gates: opt_len("gates", bufs.gates)?,
+        gates: gates_len(bufs.gates)?,
         out: f32_len("out", bufs.out)?,
         ..Default::default()
     };
@@ -3135,7 +3168,7 @@ pub fn forward_step_gpu(
         &params,
         false,
         dummies.step_kernel,
-        w_layout,
+        layouts,
     )?;
     if s.variant.proj_size > 0 {
         // h = W_hr m and the output, from the m the cell saved.
@@ -3149,7 +3182,7 @@ pub fn forward_step_gpu(
             &params,
             true,
             dummies.step_kernel,
-            w_layout,
+            layouts,
         )?;
     }
     if cell == Cell::Gru && s.variant.reset_before {
@@ -3164,7 +3197,7 @@ pub fn forward_step_gpu(
             &params,
             true,
             dummies.step_kernel,
-            w_layout,
+            layouts,
         )?;
     }
     Ok(())
@@ -3179,14 +3212,14 @@ pub fn backward_step_gpu(
     dummies: Placeholders<'_>,
 ) -> Result<()> {
     let fused = *s;
-    let w_layout = read_layout("weights", bufs.weights)?;
+    let layouts = Layouts::of(bufs.weights, bufs.gates)?;
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
         weights: bufs.weights.len(),
         lengths: lengths_len(bufs.lengths)?,
         hs: f32_len("hs", bufs.hs)?,
         cs: opt_len("cs", bufs.cs)?,
-        gates: opt_len("gates", bufs.gates)?,
+        gates: gates_len(bufs.gates)?,
         out: f32_len("dout", bufs.dout)?,
         dgh: f32_len("dgh", bufs.dgh)?,
         dgx: opt_len("dgx", bufs.dgx)?,
@@ -3264,7 +3297,7 @@ pub fn backward_step_gpu(
             &pp,
             false,
             dummies.step_kernel,
-            w_layout,
+            layouts,
         )?;
         let cell_params = Params {
             whh_off: u32_of("hr_off", s.hr_off)?,
@@ -3279,7 +3312,7 @@ pub fn backward_step_gpu(
             &cell_params,
             false,
             dummies.step_kernel,
-            w_layout,
+            layouts,
         );
     }
     dispatch_step(
@@ -3290,7 +3323,7 @@ pub fn backward_step_gpu(
         &params,
         false,
         dummies.step_kernel,
-        w_layout,
+        layouts,
     )?;
     if cell == Cell::Gru && s.variant.reset_before {
         // dr and the carry's r part, from this step's dn.
@@ -3304,7 +3337,7 @@ pub fn backward_step_gpu(
             &params,
             false,
             dummies.step_kernel,
-            w_layout,
+            layouts,
         )?;
     }
     Ok(())

@@ -179,6 +179,9 @@ pub fn fill_gpu(
     n: usize,
     value: f32,
 ) -> Result<()> {
+    if let Some(p) = x.dtype().packed() {
+        return fill_packed(rec, x, p, off, n, value);
+    }
     x.expect_dtype("fill", DType::F32)?;
     check_range("fill", off, n, x.len())?;
     let value = x.store().round_f32(value);
@@ -196,6 +199,51 @@ pub fn fill_gpu(
         src_off: 0,
     };
     let grid = rec.ctx().grid((n as u64).div_ceil(256))?;
+    rec.dispatch(FILL, &[], &[(binding::DATA, x.buffer())], &params, grid)
+}
+
+/// `fill_gpu` of a packed 16-bit tensor: whole words only (`off` even, and
+/// `n` even unless the range ends the tensor), each word both halves the
+/// value rounded to `p`.
+fn fill_packed(
+    rec: &mut Recorder<'_>,
+    x: &GpuTensor,
+    p: crate::precision::Precision,
+    off: usize,
+    n: usize,
+    value: f32,
+) -> Result<()> {
+    let len = x.len();
+    check_range("fill", off, n, len)?;
+    if !off.is_multiple_of(2) || (!n.is_multiple_of(2) && off + n != len) {
+        return Err(Error::invalid(
+            "fill",
+            format!(
+                "range {off}..{} of a packed {p} tensor splits a word (two values a word)",
+                off + n
+            ),
+        ));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let half = u32::from(match p {
+        crate::precision::Precision::Bf16 => half::bf16::from_f32(value).to_bits(),
+        _ => half::f16::from_f32(value).to_bits(),
+    });
+    let (first, words) = (off / 2, n.div_ceil(2));
+    if half == 0 {
+        rec.clear(x.buffer(), first as u64 * 4, words as u64 * 4);
+        return Ok(());
+    }
+    let params = Params {
+        n: u32_of("n", words)?,
+        off: u32_of("off", first)?,
+        // (The kernel moves the word's bits; it computes nothing with them.)
+        value: f32::from_bits(half | (half << 16)),
+        src_off: 0,
+    };
+    let grid = rec.ctx().grid((words as u64).div_ceil(256))?;
     rec.dispatch(FILL, &[], &[(binding::DATA, x.buffer())], &params, grid)
 }
 
