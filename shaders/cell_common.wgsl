@@ -116,9 +116,10 @@ fn wt(i: u32) -> f32 {
 // 0: one f32 a word, element e at word e. 1 (f16), 2 (bf16): two values a
 // word, the gate blocks 2q and 2q + 1 of a unit side by side: element
 // e = u·H + j (u = e / H counts the H-wide gate blocks over the whole
-// buffer; every row has an even number of them) is half u & 1 of word
-// (u >> 1)·H + j. Both halves of a word are then one unit's of one row,
-// which a single invocation writes, so no store needs an atomic.
+// buffer) is half u & 1 of word (u >> 1)·H + j. The host packs only rows
+// of an even number of blocks whose parts start on a pair
+// (ops::cell::check_packed_gates), so both halves of a word are one unit's
+// of one row, which a single invocation writes: no store needs an atomic.
 override G_LAYOUT: u32 = 0u;
 
 // (word, half) of gate element e in a packed layout.
@@ -166,6 +167,18 @@ fn gate_store2(e: u32, v0: f32, v1: f32) {
         return;
     }
     gates[gate_word(e).x] = packed_bits(v0) | (packed_bits(v1) << 16u);
+}
+
+// Zeros in the first `blocks` gate blocks of one unit of a row, from its
+// element e in block 0: pairs of blocks a store, an odd last block alone.
+fn gates_zero(e: u32, blocks: u32) {
+    var g = 0u;
+    for (; g + 1u < blocks; g += 2u) {
+        gate_store2(e + g * p.H, 0.0, 0.0);
+    }
+    if (g < blocks) {
+        gate_store(e + g * p.H, 0.0);
+    }
 }
 
 // The step this invocation is at: the uniform's fields for one direction

@@ -199,8 +199,9 @@ fn stored(x: f32) -> f32 {
 
 // The 16-bit bits of x as stored at STORE (1: f16, 2: bf16), rounded to
 // nearest even: the bits of stored(x), which is on the grid, so the
-// conversion below is exact (pack2x16float is given no value it would
-// have to round, and no infinity, whose result it leaves indeterminate).
+// conversion below is exact. It is integer arithmetic, the twin of
+// half_to_f32: pack2x16float may flush a subnormal half to zero (and
+// sigmoid's gates reach below 2^-14), and leaves infinities indeterminate.
 fn packed_bits(x: f32) -> u32 {
     let r = stored(x);
     if (STORE == 2u) {
@@ -215,7 +216,13 @@ fn packed_bits(x: f32) -> u32 {
     if (a == 0x7f800000u) {
         return sign | 0x7c00u;
     }
-    return pack2x16float(vec2<f32>(r, 0.0)) & 0xffffu;
+    if (a < 0x38800000u) {
+        // Zero or subnormal: |r| = q * 2^-24 with q < 1024, an integer the
+        // product gives exactly (|r| >= 2^-24 is a normal f32).
+        return sign | u32(bitcast<f32>(a) * 16777216.0);
+    }
+    // Normal: the exponent rebiased (127 -> 15), the top 10 fraction bits.
+    return sign | (((a >> 23u) - 112u) << 10u) | ((a >> 13u) & 0x3ffu);
 }
 
 // The f32 value of the IEEE half with bits h (exact; integer arithmetic,

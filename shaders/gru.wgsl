@@ -45,9 +45,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     if (!is_live(b)) {
         hs[st.o_hs + next_slot() * bh + hc] = stored(h_prev);
         if (p.save == 1u || rb) {
-            for (var g = 0u; g < 4u; g++) {
-                gate_store(st.o_g + srow + g * p.H + j, 0.0);
-            }
+            gates_zero(st.o_g + srow + j, 4u);
         }
         out[out_index(b, j)] = stored(0.0);
         return;

@@ -45,9 +45,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     if (!is_live(b)) {
         cs[st.o_cs + next_slot() * bh + hc] = stored(c_prev);
         if (p.save == 1u || proj) {
-            for (var g = 0u; g < p.gates_ld / p.H; g++) {
-                gate_store(st.o_g + srow + g * p.H + j, 0.0);
-            }
+            gates_zero(st.o_g + srow + j, p.gates_ld / p.H);
         }
         if (!proj) {
             hs[st.o_hs + next_slot() * bh + hc] = stored(hs[st.o_hs + prev_slot() * bh + hc]);

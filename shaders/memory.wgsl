@@ -28,6 +28,22 @@ fn fill(
     data[p.off + i] = p.value;
 }
 
+// Words off .. off + n of a packed 16-bit tensor set to the bits of p.value
+// (two halves, given as the word's bits), stored as an integer so that no
+// driver touches a word that reads as an f32 NaN or subnormal.
+@compute @workgroup_size(256)
+fn fill_words(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = linear_group(wid, nwg) * 256u + lid;
+    if (i >= p.n) {
+        return;
+    }
+    dst_words[p.off + i] = bitcast<u32>(p.value);
+}
+
 // One half float, overflow to +-inf as IEEE rounding would (pack2x16float leaves
 // values beyond the f16 range indeterminate).
 fn half_bits(v: f32) -> u32 {

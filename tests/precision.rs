@@ -414,6 +414,25 @@ fn gpu_packed_tensors_hold_half_the_bytes_and_copy_at_any_offset() {
         gpu.copy(&src_t, 1, &t, 0, n).unwrap();
         let want: Vec<f32> = src[1..=n].iter().map(|&x| p.round_f32(x)).collect();
         assert_eq!(gpu.read(&t).unwrap(), want, "{p}: whole");
+        // Fills of whole words (the pool's NaN poisoning among them); a
+        // range that splits a word is refused.
+        gpu.fill(&t, 0, n, -0.3).unwrap();
+        assert!(
+            gpu.read(&t)
+                .unwrap()
+                .iter()
+                .all(|&v| v == p.round_f32(-0.3)),
+            "{p}"
+        );
+        gpu.fill(&t, 2, n - 2, f64::NAN).unwrap();
+        let got = gpu.read(&t).unwrap();
+        assert!(
+            got[..2].iter().all(|&v| v == p.round_f32(-0.3)),
+            "{p}: {got:?}"
+        );
+        assert!(got[2..].iter().all(|v| v.is_nan()), "{p}: {got:?}");
+        let err = gpu.fill(&t, 1, 2, 0.0).unwrap_err().to_string();
+        assert!(err.contains("splits a word"), "{p}: {err}");
     }
     // A model's weight copy is packed: half the parameters' bytes.
     let cfg = ModelConfig {
@@ -659,6 +678,85 @@ fn gpu_16bit_step_holds_its_gates_packed() {
             f16_run.layer_bytes,
             f32_run.layer_bytes - 2 * params - 2 * gates,
             "{cell:?}"
+        );
+    }
+}
+
+/// Packed gates that a step cannot pair (a row of an odd number of gate
+/// blocks, or gates a weight gradient reads as a matrix) are refused by the
+/// GPU step before anything runs, naming the gates; the LSTM's are taken.
+#[test]
+fn gpu_refuses_packed_gates_it_cannot_pair() {
+    use rnn_wgpu::ops::cell::{Nonlinearity, StepForward, StepSpec, Variant};
+    let gpu = gpu_or_skip!();
+    let p = Precision::F16;
+    let (steps, batch, h) = (3, 2, 4);
+    let attempt = |cell: Cell, variant: Variant| {
+        let saved = variant.saved(cell).max(1);
+        let hp = if variant.proj_size > 0 {
+            variant.proj_size
+        } else {
+            h
+        };
+        let zeros = |n: usize| gpu.zeros_stored(&[n], p).unwrap();
+        let xg = zeros(steps * batch * cell.gates() * h);
+        let w = gpu.zeros_packed(&[4096], p).unwrap();
+        let (hs, cs) = (
+            zeros((steps + 1) * batch * hp),
+            zeros((steps + 1) * batch * h),
+        );
+        let gates = gpu.zeros_packed(&[steps * batch * saved * h], p).unwrap();
+        let out = zeros(steps * batch * hp);
+        let spec = StepSpec {
+            batch,
+            hidden: h,
+            steps,
+            out_ld: hp,
+            variant,
+            store: p,
+            ..Default::default()
+        };
+        let bufs = StepForward {
+            xg: &xg,
+            weights: &w,
+            lengths: None,
+            hs: &hs,
+            cs: cell.has_cell_state().then_some(&cs),
+            gates: Some(&gates),
+            out: &out,
+        };
+        gpu.cell_forward(cell, &spec, &bufs)
+    };
+    attempt(Cell::Lstm, Variant::default()).unwrap();
+    attempt(Cell::Gru, Variant::default()).unwrap();
+    let refused = [
+        (
+            Cell::Rnn(Nonlinearity::Tanh),
+            Variant {
+                cell_clip: Some(3.0),
+                ..Variant::default()
+            },
+        ),
+        (
+            Cell::Lstm,
+            Variant {
+                proj_size: 2,
+                ..Variant::default()
+            },
+        ),
+        (
+            Cell::Gru,
+            Variant {
+                reset_before: true,
+                ..Variant::default()
+            },
+        ),
+    ];
+    for (cell, variant) in refused {
+        let err = attempt(cell, variant).unwrap_err().to_string();
+        assert!(
+            err.contains("gates") && err.contains("packed"),
+            "{cell:?} {variant:?}: {err}"
         );
     }
 }

@@ -132,8 +132,10 @@ pub trait Backend: Clone {
     /// tensor, read by every kernel) and the gates a training forward saves
     /// for its backward (written and read only by the cell steps, which pair
     /// gate blocks in a word; see `shaders/cell_common.wgsl`), besides
-    /// [`Backend::fill`] of whole words. Elsewhere (and in f32),
-    /// [`Backend::zeros_stored`].
+    /// [`Backend::fill`] of whole words. [`Backend::read`] and
+    /// [`Backend::copy`] take a packed tensor's values in word order, which
+    /// is element order for the parameters but not for the paired gates.
+    /// Elsewhere (and in f32), [`Backend::zeros_stored`].
     fn zeros_packed(&self, shape: &[usize], store: Precision) -> Result<Self::Tensor> {
         self.zeros_stored(shape, store)
     }

@@ -2979,14 +2979,67 @@ impl Layouts {
 }
 
 /// The length of a gates tensor: f32 words, or packed 16-bit values (a
-/// packed one stores at its own precision, which `check_step_stores` then
-/// compares with the step's).
+/// packed one holds its own precision, which `G_LAYOUT` decodes; the
+/// forward's `check_step_stores` requires it to be the step's).
 fn gates_len(t: Option<&GpuTensor>) -> Result<Option<usize>> {
     t.map(|t| {
         read_layout("gates", t)?;
         Ok(t.len())
     })
     .transpose()
+}
+
+/// Fails unless packed gates (`gates` of a 16-bit packed dtype) suit the
+/// step: the kernels pair a unit's gate blocks 2q and 2q + 1 in one word,
+/// which needs rows of an even number of blocks that only the step kernels
+/// read (the LSTM's and GRU's four; not the clipped RNN's one, the
+/// projection's five or the reset-before GRU's, whose weight gradients read
+/// a block as a matrix), and parts (directions, a wavefront's layers) that
+/// start on a word pair (`d_gates` a multiple of 2H).
+fn check_packed_gates(
+    cell: Cell,
+    s: &StepSpec,
+    params: &Params,
+    gates: Option<&GpuTensor>,
+) -> Result<()> {
+    let Some(g) = gates.filter(|g| g.dtype().packed().is_some()) else {
+        return Ok(());
+    };
+    let v = &s.variant;
+    let pairs = matches!(cell, Cell::Lstm | Cell::Gru)
+        && v.saved(cell).is_multiple_of(2)
+        && !v.gates_between_dispatches();
+    if !pairs {
+        let what = if v.proj_size > 0 {
+            format!("{} with a projection", cell.name())
+        } else if v.reset_before {
+            format!("{} reset-before", cell.name())
+        } else {
+            format!("{} saving {} value(s) a unit", cell.name(), v.saved(cell))
+        };
+        return Err(Error::invalid(
+            "cell gates",
+            format!(
+                "are packed ({}), which only an LSTM's or GRU's four saved gates can be \
+                 (without a projection or reset-before), and this step is {what}; \
+                 give them in 32-bit words (Backend::zeros_stored)",
+                g.store()
+            ),
+        ));
+    }
+    let h = params.h.max(1);
+    if !params.d_gates.is_multiple_of(2 * h) {
+        return Err(Error::invalid(
+            "cell gates",
+            format!(
+                "are packed, so each direction's or layer's part must start on a pair of gate \
+                 blocks: stride {} is not a multiple of 2H = {}",
+                params.d_gates,
+                2 * h
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Records one step dispatch with the recurrent-product variant `forced`, else the
@@ -3139,6 +3192,7 @@ pub fn forward_step_gpu(
     let s = &one;
     let params =
         Params::of(cell, s, bufs.lengths.is_some(), bufs.gates.is_some())?.fused(&fused, false)?;
+    check_packed_gates(cell, s, &params, bufs.gates)?;
     let lengths = bufs.lengths.unwrap_or(dummies.ints).buffer();
     // Without a gates buffer nothing is saved (p.save = 0); the kernel still
     // declares the binding, so a placeholder fills it.
@@ -3238,6 +3292,7 @@ pub fn backward_step_gpu(
     let one = s.checked_parts(cell, true, &lens)?[0].1;
     let s = &one;
     let params = Params::of(cell, s, bufs.lengths.is_some(), false)?.fused(&fused, true)?;
+    check_packed_gates(cell, s, &params, bufs.gates)?;
     let lengths = bufs.lengths.unwrap_or(dummies.ints).buffer();
     let mut buffers = vec![
         (binding::WEIGHTS, bufs.weights.buffer()),

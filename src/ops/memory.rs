@@ -9,6 +9,7 @@ use super::matmul::u32_of;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuContext, GpuTensor, Recorder};
+use crate::precision::Precision;
 use crate::real::Real;
 
 /// `x[off .. off + n] = value`.
@@ -65,6 +66,13 @@ const FILL: KernelDef<Params> = KernelDef::new(
     &[],
 );
 
+const FILL_WORDS: KernelDef<Params> = KernelDef::new(
+    Shader::Memory,
+    "fill_words",
+    &[(binding::DST_WORDS, Access::ReadWrite)],
+    &[],
+);
+
 const TO_F16: KernelDef<Params> = KernelDef::new(
     Shader::Memory,
     "f32_to_f16",
@@ -108,6 +116,7 @@ const PACK_COPY: KernelDef<Params> = KernelDef::new(
 /// Every kernel of this module (see [`super::kernels`]).
 pub(super) const KERNELS: &[KernelInfo] = &[
     FILL.info(),
+    FILL_WORDS.info(),
     TO_F16.info(),
     TO_F32.info(),
     ROUND_COPY.info(),
@@ -208,7 +217,7 @@ pub fn fill_gpu(
 fn fill_packed(
     rec: &mut Recorder<'_>,
     x: &GpuTensor,
-    p: crate::precision::Precision,
+    p: Precision,
     off: usize,
     n: usize,
     value: f32,
@@ -228,8 +237,9 @@ fn fill_packed(
         return Ok(());
     }
     let half = u32::from(match p {
-        crate::precision::Precision::Bf16 => half::bf16::from_f32(value).to_bits(),
-        _ => half::f16::from_f32(value).to_bits(),
+        Precision::F16 => f16::from_f32(value).to_bits(),
+        Precision::Bf16 => half::bf16::from_f32(value).to_bits(),
+        Precision::F32 => return Err(Error::invalid("fill", "an f32 tensor is not packed")),
     });
     let (first, words) = (off / 2, n.div_ceil(2));
     if half == 0 {
@@ -239,12 +249,18 @@ fn fill_packed(
     let params = Params {
         n: u32_of("n", words)?,
         off: u32_of("off", first)?,
-        // (The kernel moves the word's bits; it computes nothing with them.)
+        // (The word's bits: the kernel stores them as an integer.)
         value: f32::from_bits(half | (half << 16)),
         src_off: 0,
     };
     let grid = rec.ctx().grid((words as u64).div_ceil(256))?;
-    rec.dispatch(FILL, &[], &[(binding::DATA, x.buffer())], &params, grid)
+    rec.dispatch(
+        FILL_WORDS,
+        &[],
+        &[(binding::DST_WORDS, x.buffer())],
+        &params,
+        grid,
+    )
 }
 
 /// Records a copy of `n` f32/i32 elements between tensors.
