@@ -58,6 +58,16 @@ impl DType {
     pub fn layout_code(self) -> u32 {
         self.packed().map_or(0, |p| p.code())
     }
+
+    /// The 16 bits a packed type stores for `x` (rounded to nearest even),
+    /// `None` for F32 and I32.
+    pub fn half_bits(self, x: f32) -> Option<u16> {
+        match self {
+            DType::F16 => Some(f16::from_f32(x).to_bits()),
+            DType::Bf16 => Some(half::bf16::from_f32(x).to_bits()),
+            DType::F32 | DType::I32 => None,
+        }
+    }
 }
 
 /// Number of elements of `shape` (saturating: an absurd shape gives `usize::MAX`,
@@ -180,18 +190,15 @@ impl GpuTensor {
     /// precision on the host (after all work recorded so far).
     pub fn write_packed(&self, ctx: &GpuContext, data: &[f32]) -> Result<()> {
         Self::check_len("data", &self.shape, data.len())?;
-        let mut halves: Vec<u16> = match self.dtype {
-            DType::F16 => data.iter().map(|&x| f16::from_f32(x).to_bits()).collect(),
-            DType::Bf16 => data
-                .iter()
-                .map(|&x| half::bf16::from_f32(x).to_bits())
-                .collect(),
-            other => {
-                return Err(Error::invalid(
-                    "tensor",
-                    format!("expected packed 16-bit elements, got {other:?}"),
-                ));
-            }
+        let Some(mut halves) = data
+            .iter()
+            .map(|&x| self.dtype.half_bits(x))
+            .collect::<Option<Vec<u16>>>()
+        else {
+            return Err(Error::invalid(
+                "tensor",
+                format!("expected packed 16-bit elements, got {:?}", self.dtype),
+            ));
         };
         // Whole words.
         if halves.len() % 2 == 1 {

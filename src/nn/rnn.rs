@@ -1104,7 +1104,6 @@ impl<B: Backend> Rnn<B> {
                 b,
                 &cfg,
                 (train || passes) && saved_per_unit > 0,
-                saved_per_unit,
                 &[dirs, steps, batch, saved_per_unit * h],
             )?;
             // Direction 0's step at t, standing for `more` further steps and
@@ -1589,7 +1588,6 @@ impl<B: Backend> Rnn<B> {
             b,
             &cfg,
             train && saved_per_unit > 0,
-            saved_per_unit,
             &[layers, steps, batch, saved_per_unit * h],
         )?;
         let outs = pool.take(b, &[layers, steps, batch, h])?;
@@ -2202,25 +2200,20 @@ fn highway_offsets(layout: &ParamLayout, offset: usize, l: usize) -> Result<(usi
     Ok((off(format!("weight_t_l{l}"))?, off(format!("bias_t_l{l}"))?))
 }
 
-/// The gates a forward saves (`want`), `blocks` H-wide blocks a row: packed
-/// ([`Pool::take_packed`]) when only the step kernels read them and the
-/// count is even (the LSTM's and GRU's four: the kernels keep a unit's
-/// blocks 2q and 2q + 1 in one word); otherwise like the other activations
-/// (the clipped RNN's one block, and the variants whose parameter gradients
-/// multiply a block of the gates as a matrix: the projection's m, the
-/// reset-before GRU's r ⊙ h).
+/// The gates a forward saves (`want`): packed ([`Pool::take_packed`]) where
+/// the step kernels pair them ([`Variant::pairs_gates`]), otherwise like
+/// the other activations.
 fn take_gates<B: Backend>(
     pool: &mut Pool<B>,
     b: &B,
     cfg: &RnnConfig,
     want: bool,
-    blocks: usize,
     shape: &[usize],
 ) -> Result<Option<B::Tensor>> {
     if !want {
         return Ok(None);
     }
-    if blocks.is_multiple_of(2) && !cfg.variant.gates_between_dispatches() {
+    if cfg.variant.pairs_gates(cfg.cell) {
         pool.take_packed(b, shape).map(Some)
     } else {
         pool.take(b, shape).map(Some)

@@ -397,6 +397,18 @@ impl Variant {
         self.reset_before || self.proj_size > 0
     }
 
+    /// True when `cell`'s saved gates can be packed two 16-bit values a
+    /// word on the GPU, as the step kernels pair a unit's gate blocks 2q and
+    /// 2q + 1: rows of an even number of blocks (the LSTM's and GRU's four,
+    /// not the clipped RNN's one or the projection's five) that only the
+    /// step kernels read (not the reset-before GRU's or the projection's,
+    /// whose weight gradients multiply a block as a matrix).
+    pub fn pairs_gates(&self, cell: Cell) -> bool {
+        matches!(cell, Cell::Lstm | Cell::Gru)
+            && self.saved(cell).is_multiple_of(2)
+            && !self.gates_between_dispatches()
+    }
+
     /// Width of the hidden state h for `hidden` cells: P with a projection, else H.
     pub fn state_size(&self, hidden: usize) -> usize {
         if self.proj_size > 0 {
@@ -2990,12 +3002,9 @@ fn gates_len(t: Option<&GpuTensor>) -> Result<Option<usize>> {
 }
 
 /// Fails unless packed gates (`gates` of a 16-bit packed dtype) suit the
-/// step: the kernels pair a unit's gate blocks 2q and 2q + 1 in one word,
-/// which needs rows of an even number of blocks that only the step kernels
-/// read (the LSTM's and GRU's four; not the clipped RNN's one, the
-/// projection's five or the reset-before GRU's, whose weight gradients read
-/// a block as a matrix), and parts (directions, a wavefront's layers) that
-/// start on a word pair (`d_gates` a multiple of 2H).
+/// step: a variant whose gates pair ([`Variant::pairs_gates`]), and parts
+/// (directions, a wavefront's layers) that start on a word pair (`d_gates`
+/// a multiple of 2H).
 fn check_packed_gates(
     cell: Cell,
     s: &StepSpec,
@@ -3006,10 +3015,7 @@ fn check_packed_gates(
         return Ok(());
     };
     let v = &s.variant;
-    let pairs = matches!(cell, Cell::Lstm | Cell::Gru)
-        && v.saved(cell).is_multiple_of(2)
-        && !v.gates_between_dispatches();
-    if !pairs {
+    if !v.pairs_gates(cell) {
         let what = if v.proj_size > 0 {
             format!("{} with a projection", cell.name())
         } else if v.reset_before {

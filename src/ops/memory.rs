@@ -9,7 +9,6 @@ use super::matmul::u32_of;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Access, KernelDef, KernelInfo, Shader, binding_names, kernel_params};
 use crate::gpu::{DType, GpuContext, GpuTensor, Recorder};
-use crate::precision::Precision;
 use crate::real::Real;
 
 /// `x[off .. off + n] = value`.
@@ -188,8 +187,8 @@ pub fn fill_gpu(
     n: usize,
     value: f32,
 ) -> Result<()> {
-    if let Some(p) = x.dtype().packed() {
-        return fill_packed(rec, x, p, off, n, value);
+    if let Some(half) = x.dtype().half_bits(value) {
+        return fill_packed(rec, x, half, off, n);
     }
     x.expect_dtype("fill", DType::F32)?;
     check_range("fill", off, n, x.len())?;
@@ -212,15 +211,14 @@ pub fn fill_gpu(
 }
 
 /// `fill_gpu` of a packed 16-bit tensor: whole words only (`off` even, and
-/// `n` even unless the range ends the tensor), each word both halves the
-/// value rounded to `p`.
+/// `n` even unless the range ends the tensor), both halves of each word
+/// `half` (the value's 16 bits, [`DType::half_bits`]).
 fn fill_packed(
     rec: &mut Recorder<'_>,
     x: &GpuTensor,
-    p: Precision,
+    half: u16,
     off: usize,
     n: usize,
-    value: f32,
 ) -> Result<()> {
     let len = x.len();
     check_range("fill", off, n, len)?;
@@ -228,19 +226,16 @@ fn fill_packed(
         return Err(Error::invalid(
             "fill",
             format!(
-                "range {off}..{} of a packed {p} tensor splits a word (two values a word)",
-                off + n
+                "range {off}..{} of a packed {} tensor splits a word (two values a word)",
+                off + n,
+                x.store()
             ),
         ));
     }
     if n == 0 {
         return Ok(());
     }
-    let half = u32::from(match p {
-        Precision::F16 => f16::from_f32(value).to_bits(),
-        Precision::Bf16 => half::bf16::from_f32(value).to_bits(),
-        Precision::F32 => return Err(Error::invalid("fill", "an f32 tensor is not packed")),
-    });
+    let half = u32::from(half);
     let (first, words) = (off / 2, n.div_ceil(2));
     if half == 0 {
         rec.clear(x.buffer(), first as u64 * 4, words as u64 * 4);
