@@ -11,7 +11,7 @@ use std::time::Duration;
 use rnn_wgpu::backend::{Backend, CpuBackend};
 use rnn_wgpu::nn::model::ModelConfig;
 use rnn_wgpu::ops::cell::Cell;
-use rnn_wgpu::train::dist::{Collective, ThreadGroup};
+use rnn_wgpu::train::dist::{Collective, ThreadGroup, ThreadRank};
 use rnn_wgpu::train::tasks::TaskSpec;
 use rnn_wgpu::train::{Bptt, TrainConfig, Trainer};
 
@@ -42,6 +42,22 @@ fn train_alone<B: Backend>(b: B, c: &TrainConfig, steps: usize) -> Run {
     }
 }
 
+/// `run(rank)` on each of `n` ranks, each in its own thread (a wait on the
+/// others fails after `timeout`), the results in rank order.
+fn on_ranks<T: Send>(n: usize, timeout: Duration, run: impl Fn(ThreadRank) -> T + Sync) -> Vec<T> {
+    let ranks = ThreadGroup::new(n, timeout);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
+                let run = &run;
+                s.spawn(move || run(rank))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 /// Every rank's run, each rank a thread with a backend from `backend`.
 fn train_ranks<B: Backend + Send + 'static>(
     n: usize,
@@ -60,27 +76,17 @@ fn train_ranks_with<B: Backend + Send + 'static>(
     steps: usize,
     overlap: bool,
 ) -> Vec<Run> {
-    let ranks = ThreadGroup::new(n, Duration::from_secs(120));
-    std::thread::scope(|s| {
-        let handles: Vec<_> = ranks
-            .into_iter()
-            .map(|rank| {
-                let backend = &backend;
-                s.spawn(move || {
-                    let comm: Arc<dyn Collective> = Arc::new(rank);
-                    let mut t = Trainer::data_parallel(backend(), c.clone(), comm).unwrap();
-                    t.set_overlap(overlap);
-                    assert_eq!(t.world_size(), n);
-                    let losses = (0..steps).map(|_| t.train_step().unwrap().loss).collect();
-                    t.check_replicas().unwrap();
-                    Run {
-                        losses,
-                        params: t.read_params().unwrap(),
-                    }
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    on_ranks(n, Duration::from_secs(120), |rank| {
+        let comm: Arc<dyn Collective> = Arc::new(rank);
+        let mut t = Trainer::data_parallel(backend(), c.clone(), comm).unwrap();
+        t.set_overlap(overlap);
+        assert_eq!(t.world_size(), n);
+        let losses = (0..steps).map(|_| t.train_step().unwrap().loss).collect();
+        t.check_replicas().unwrap();
+        Run {
+            losses,
+            params: t.read_params().unwrap(),
+        }
     })
 }
 
@@ -204,42 +210,24 @@ fn a_checkpoint_resumes_with_another_number_of_ranks() {
     let c = config(Cell::Gru, Bptt::Full, 0.0);
     // 10 steps with 3 ranks, saved by rank 0, then 10 more with 2 ranks,
     // against the same 10 more alone from the same checkpoint.
-    let ranks = ThreadGroup::new(3, Duration::from_secs(120));
-    std::thread::scope(|s| {
-        for rank in ranks {
-            let (c, path) = (&c, &path);
-            s.spawn(move || {
-                let comm: Arc<dyn Collective> = Arc::new(rank);
-                let mut t =
-                    Trainer::data_parallel(CpuBackend::<f64>::new(), c.clone(), comm).unwrap();
-                for _ in 0..10 {
-                    t.train_step().unwrap();
-                }
-                if t.rank() == 0 {
-                    t.save(path).unwrap();
-                }
-            });
+    on_ranks(3, Duration::from_secs(120), |rank| {
+        let comm: Arc<dyn Collective> = Arc::new(rank);
+        let mut t = Trainer::data_parallel(CpuBackend::<f64>::new(), c.clone(), comm).unwrap();
+        for _ in 0..10 {
+            t.train_step().unwrap();
+        }
+        if t.rank() == 0 {
+            t.save(&path).unwrap();
         }
     });
-    let ranks = ThreadGroup::new(2, Duration::from_secs(120));
-    let resumed: Vec<Vec<f64>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ranks
-            .into_iter()
-            .map(|rank| {
-                let path = &path;
-                s.spawn(move || {
-                    let comm: Arc<dyn Collective> = Arc::new(rank);
-                    let mut t =
-                        Trainer::load_data_parallel(CpuBackend::<f64>::new(), path, comm).unwrap();
-                    assert_eq!(t.step(), 10);
-                    for _ in 0..10 {
-                        t.train_step().unwrap();
-                    }
-                    t.read_params().unwrap()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let resumed = on_ranks(2, Duration::from_secs(120), |rank| {
+        let comm: Arc<dyn Collective> = Arc::new(rank);
+        let mut t = Trainer::load_data_parallel(CpuBackend::<f64>::new(), &path, comm).unwrap();
+        assert_eq!(t.step(), 10);
+        for _ in 0..10 {
+            t.train_step().unwrap();
+        }
+        t.read_params().unwrap()
     });
     let mut alone = Trainer::load(CpuBackend::<f64>::new(), &path).unwrap();
     for _ in 0..10 {
@@ -279,26 +267,15 @@ fn a_batch_smaller_than_the_group_is_refused() {
 #[test]
 fn ranks_that_differ_are_refused_before_the_first_step() {
     fn first_step_errors(edit: impl Fn(usize, &mut TrainConfig, &mut bool) + Sync) -> Vec<String> {
-        let ranks = ThreadGroup::new(2, Duration::from_secs(60));
-        std::thread::scope(|s| {
-            let handles: Vec<_> = ranks
-                .into_iter()
-                .map(|rank| {
-                    let edit = &edit;
-                    s.spawn(move || {
-                        let r = rank.rank();
-                        let mut c = config(Cell::Gru, Bptt::Full, 0.0);
-                        let mut overlap = true;
-                        edit(r, &mut c, &mut overlap);
-                        let comm: Arc<dyn Collective> = Arc::new(rank);
-                        let mut t =
-                            Trainer::data_parallel(CpuBackend::<f32>::new(), c, comm).unwrap();
-                        t.set_overlap(overlap);
-                        t.train_step().unwrap_err().to_string()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        on_ranks(2, Duration::from_secs(60), |rank| {
+            let r = rank.rank();
+            let mut c = config(Cell::Gru, Bptt::Full, 0.0);
+            let mut overlap = true;
+            edit(r, &mut c, &mut overlap);
+            let comm: Arc<dyn Collective> = Arc::new(rank);
+            let mut t = Trainer::data_parallel(CpuBackend::<f32>::new(), c, comm).unwrap();
+            t.set_overlap(overlap);
+            t.train_step().unwrap_err().to_string()
         })
     }
     let errs = first_step_errors(|r, c, _| c.seed = 1 + r as u64);
@@ -335,30 +312,20 @@ fn f16_ranks_scale_and_skip_together() {
     let alone_losses: Vec<f64> = (0..steps)
         .map(|_| alone.train_step().unwrap().loss)
         .collect();
-    let ranks = ThreadGroup::new(2, Duration::from_secs(120));
     // Per rank: (loss bits, skipped windows, scale) per step, and the parameters.
     type RankRun = (Vec<(u64, usize, Option<f64>)>, Vec<f64>);
-    let runs: Vec<RankRun> = std::thread::scope(|s| {
-        let handles: Vec<_> = ranks
-            .into_iter()
-            .map(|rank| {
-                let c = c.clone();
-                s.spawn(move || {
-                    let comm: Arc<dyn Collective> = Arc::new(rank);
-                    let mut t = Trainer::data_parallel(CpuBackend::<f32>::new(), c, comm).unwrap();
-                    t.set_loss_scale(scale).unwrap();
-                    let reports = (0..steps)
-                        .map(|_| {
-                            let r = t.train_step().unwrap();
-                            (r.loss.to_bits(), r.skipped, r.loss_scale)
-                        })
-                        .collect();
-                    t.check_replicas().unwrap();
-                    (reports, t.read_params().unwrap())
-                })
+    let runs: Vec<RankRun> = on_ranks(2, Duration::from_secs(120), |rank| {
+        let comm: Arc<dyn Collective> = Arc::new(rank);
+        let mut t = Trainer::data_parallel(CpuBackend::<f32>::new(), c.clone(), comm).unwrap();
+        t.set_loss_scale(scale).unwrap();
+        let reports = (0..steps)
+            .map(|_| {
+                let r = t.train_step().unwrap();
+                (r.loss.to_bits(), r.skipped, r.loss_scale)
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        t.check_replicas().unwrap();
+        (reports, t.read_params().unwrap())
     });
     assert_eq!(runs[0].0, runs[1].0, "the ranks' reports");
     assert_eq!(bits(&runs[0].1), bits(&runs[1].1), "the ranks' parameters");
@@ -371,24 +338,14 @@ fn f16_ranks_scale_and_skip_together() {
         "final loss {last} over 2 ranks, {want} alone"
     );
     // A rank with another loss scale is refused before the first step.
-    let ranks = ThreadGroup::new(2, Duration::from_secs(60));
-    let errs: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = ranks
-            .into_iter()
-            .map(|rank| {
-                let c = c.clone();
-                s.spawn(move || {
-                    let r = rank.rank();
-                    let comm: Arc<dyn Collective> = Arc::new(rank);
-                    let mut t = Trainer::data_parallel(CpuBackend::<f32>::new(), c, comm).unwrap();
-                    if r == 1 {
-                        t.set_loss_scale(scale).unwrap();
-                    }
-                    t.train_step().unwrap_err().to_string()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let errs = on_ranks(2, Duration::from_secs(60), |rank| {
+        let r = rank.rank();
+        let comm: Arc<dyn Collective> = Arc::new(rank);
+        let mut t = Trainer::data_parallel(CpuBackend::<f32>::new(), c.clone(), comm).unwrap();
+        if r == 1 {
+            t.set_loss_scale(scale).unwrap();
+        }
+        t.train_step().unwrap_err().to_string()
     });
     assert!(
         errs.iter().all(|e| e.contains("rank 1's configuration")),
