@@ -124,8 +124,7 @@ override G_LAYOUT: u32 = 0u;
 
 // (word, half) of gate element e in a packed layout.
 fn gate_word(e: u32) -> vec2<u32> {
-    let u = e / p.H;
-    return vec2<u32>((u >> 1u) * p.H + (e - u * p.H), u & 1u);
+    return pair_word(e, p.H);
 }
 
 // Gate element e as the forward's kernels read it back.

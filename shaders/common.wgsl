@@ -241,6 +241,28 @@ fn half_to_f32(h: u32) -> f32 {
     return bitcast<f32>(s | ((e + 112u) << 23u) | (m << 13u));
 }
 
+// Where element e of a tensor of 16-bit values packed two a word lives:
+// (word, half). Period 0: elements 2w and 2w + 1 share word w. Period P > 0
+// (a row of gate blocks P wide): blocks 2q and 2q + 1 side by side, so
+// element e, in block u = e / P, is half u & 1 of word (u >> 1)·P + e mod P;
+// the two halves of a word are one unit's, which one invocation owns.
+fn pair_word(e: u32, period: u32) -> vec2<u32> {
+    if (period == 0u) {
+        return vec2<u32>(e >> 1u, e & 1u);
+    }
+    let u = e / period;
+    return vec2<u32>((u >> 1u) * period + (e - u * period), u & 1u);
+}
+
+// The element held in half `half` of word w: the inverse of pair_word.
+fn pair_element(w: u32, half: u32, period: u32) -> u32 {
+    if (period == 0u) {
+        return 2u * w + half;
+    }
+    let q = w / period;
+    return (2u * q + half) * period + (w - q * period);
+}
+
 // Element `which` (0: the low 16 bits, 1: the high) of a word of packed
 // 16-bit values in format `fmt` (1: f16, 2: bf16), as an f32.
 fn unpack_half(word: u32, which: u32, fmt: u32) -> f32 {

@@ -13,6 +13,16 @@
 // c_off + s * c_split (a scratch [splits, M, N], ldc = N); then
 // matmul_split_sum adds the partials in order s = 0, 1, ... and applies the
 // bias and the accumulation. The order depends only on the sizes.
+//
+// Packed C (C_LAYOUT 1: f16, 2: bf16): two values a word, in pair_word's
+// layout of period p.c_pairs (common.wgsl; 0: plain). The kernels then walk
+// C's columns in stored order (VCOLS): column v of a row stores the product's
+// column pair_element(v >> 1, v & 1, c_pairs) (B's column and the bias's),
+// and one invocation computes the two columns of a word and stores it
+// whole: no store needs an atomic. The host requires rows and offsets that
+// start on a word (a pair of blocks). A split product's partials stay f32
+// words in stored order; the sum stores them packed.
+// A read packed with A_LAYOUT may be paired the same way (p.a_pairs).
 
 struct Params {
     m: u32,
@@ -31,10 +41,10 @@ struct Params {
     a_kstep: u32,
     b_kstep: u32,
     c_split: u32,
+    c_pairs: u32,
+    a_pairs: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;
@@ -42,6 +52,9 @@ const FLAG_ACCUMULATE: u32 = 2u;
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
+// C packed (C_LAYOUT > 0, or its split's partials): columns in stored order.
+override VCOLS: bool = false;
+override C_LAYOUT: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // A, B and the bias: f32 words, or 16-bit values packed two a word
@@ -58,7 +71,8 @@ fn a_el(i: u32) -> f32 {
     if (A_LAYOUT == 0u) {
         return bitcast<f32>(a[i]);
     }
-    return unpack_half(a[i >> 1u], i & 1u, A_LAYOUT);
+    let w = pair_word(i, p.a_pairs);
+    return unpack_half(a[w.x], w.y, A_LAYOUT);
 }
 
 fn b_el(i: u32) -> f32 {
@@ -74,7 +88,16 @@ fn bias_el(i: u32) -> f32 {
     }
     return unpack_half(bias[i >> 1u], i & 1u, BIAS_LAYOUT);
 }
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+// C: f32 words, or (C_LAYOUT) packed 16-bit values.
+@group(0) @binding(4) var<storage, read_write> c: array<u32>;
+
+// The product's column that stored column v of C holds (see the top).
+fn real_col(v: u32) -> u32 {
+    if (VCOLS) {
+        return pair_element(v >> 1u, v & 1u, p.c_pairs);
+    }
+    return v;
+}
 
 // The part of the product this workgroup takes: the whole one, or one
 // split of K (see the top of the file).
@@ -129,9 +152,9 @@ fn a_at(row: u32, kk: u32) -> f32 {
 // op(B)[kk, col]; callers guarantee kk < k, col < n.
 fn b_at(kk: u32, col: u32) -> f32 {
     if (TRANS_B) {
-        return b_el(part.b_off + col * p.ldb + kk);
+        return b_el(part.b_off + real_col(col) * p.ldb + kk);
     }
-    return b_el(part.b_off + kk * p.ldb + col);
+    return b_el(part.b_off + kk * p.ldb + real_col(col));
 }
 
 // op(A)[row, kk], zero outside the matrix.
@@ -152,17 +175,55 @@ fn b_or_zero(kk: u32, col: u32) -> f32 {
 
 // The epilogue shared by the variants: bias, then accumulation into C (a
 // split's partial takes neither: the host clears both flags).
+// (C_LAYOUT 0: an f32 word; packed C stores through store2.)
 fn store(row: u32, col: u32, acc: f32) {
     var v = acc;
     if ((p.flags & FLAG_BIAS) != 0u) {
-        v += bias_el(p.bias_off + col);
+        v += bias_el(p.bias_off + real_col(col));
     }
     let idx = part.c_off + row * p.ldc + col;
     if ((p.flags & FLAG_ACCUMULATE) != 0u) {
-        v += c[idx];
+        v += bitcast<f32>(c[idx]);
     }
     // (A split's partials are f32: STORE is 0 for them.)
-    c[idx] = stored(v);
+    c[idx] = bitcast<u32>(stored(v));
+}
+
+// Stored columns col (even) and col + 1 of a row: one word of packed C, or
+// two f32 words.
+fn store2(row: u32, col: u32, acc0: f32, acc1: f32) {
+    if (C_LAYOUT == 0u) {
+        store(row, col, acc0);
+        store(row, col + 1u, acc1);
+        return;
+    }
+    var v = vec2<f32>(acc0, acc1);
+    if ((p.flags & FLAG_BIAS) != 0u) {
+        v += vec2<f32>(bias_el(p.bias_off + real_col(col)), bias_el(p.bias_off + real_col(col + 1u)));
+    }
+    let w = (part.c_off + row * p.ldc + col) >> 1u;
+    if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+        let old = c[w];
+        v += vec2<f32>(unpack_half(old, 0u, C_LAYOUT), unpack_half(old, 1u, C_LAYOUT));
+    }
+    c[w] = packed_bits(v.x) | (packed_bits(v.y) << 16u);
+}
+
+// Elements (words of packed C) a one-invocation-each kernel covers.
+fn c_items() -> u32 {
+    if (C_LAYOUT == 0u) {
+        return p.m * p.n;
+    }
+    return p.m * (p.n / 2u);
+}
+
+// (row, first stored column) of item i of c_items.
+fn c_item(i: u32) -> vec2<u32> {
+    if (C_LAYOUT == 0u) {
+        return vec2<u32>(i / p.n, i % p.n);
+    }
+    let half_n = p.n / 2u;
+    return vec2<u32>(i / half_n, 2u * (i % half_n));
 }
 
 // Reference variant: one invocation per element of C, K-loop from global memory.
@@ -174,29 +235,50 @@ fn matmul_naive(
 ) {
     set_part(0u);
     let i = linear_group(wid, nwg) * 64u + lid;
-    if (i >= p.m * p.n) {
+    if (i >= c_items()) {
         return;
     }
-    let row = i / p.n;
-    let col = i % p.n;
+    let rc = c_item(i);
+    let row = rc.x;
+    let col = rc.y;
     var acc = 0.0;
-    for (var kk = 0u; kk < part.k; kk++) {
-        acc += a_at(row, kk) * b_at(kk, col);
+    if (C_LAYOUT == 0u) {
+        for (var kk = 0u; kk < part.k; kk++) {
+            acc += a_at(row, kk) * b_at(kk, col);
+        }
+        store(row, col, acc);
+        return;
     }
-    store(row, col, acc);
+    var acc1 = 0.0;
+    for (var kk = 0u; kk < part.k; kk++) {
+        let av = a_at(row, kk);
+        acc += av * b_at(kk, col);
+        acc1 += av * b_at(kk, col + 1u);
+    }
+    store2(row, col, acc, acc1);
 }
 
 // Tiled variant: a 64x64 tile of C per workgroup of 256 invocations, each
 // holding a 4x4 block in registers. A and B tiles of depth 16 are staged in
 // workgroup memory; each invocation's rows and columns are strided by 16 so
 // neighbouring invocations read neighbouring words (no bank conflicts) and
-// write neighbouring columns of C (coalesced).
+// write neighbouring columns of C (coalesced). With VCOLS an invocation's
+// columns are 2tx, 2tx + 1, 32 + 2tx, 33 + 2tx instead, so that it owns the
+// words of packed C it stores.
 const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
 
 var<workgroup> tile_a: array<f32, 1024>; // [TK][TM]
 var<workgroup> tile_b: array<f32, 1024>; // [TK][TN]
+
+// The tile column of an invocation's q-th column (q = 0..3).
+fn tiled_col(tx: u32, q: u32) -> u32 {
+    if (VCOLS) {
+        return 32u * (q >> 1u) + 2u * tx + (q & 1u);
+    }
+    return tx + 16u * q;
+}
 
 @compute @workgroup_size(256)
 fn matmul_tiled(
@@ -253,7 +335,7 @@ fn matmul_tiled(
             var br: array<f32, 4>;
             for (var r = 0u; r < 4u; r++) {
                 ar[r] = tile_a[kk * TM + ty + 16u * r];
-                br[r] = tile_b[kk * TN + tx + 16u * r];
+                br[r] = tile_b[kk * TN + tiled_col(tx, r)];
             }
             for (var r = 0u; r < 4u; r++) {
                 for (var q = 0u; q < 4u; q++) {
@@ -265,10 +347,23 @@ fn matmul_tiled(
     }
 
     for (var r = 0u; r < 4u; r++) {
+        let row = row0 + ty + 16u * r;
+        if (row >= p.m) {
+            continue;
+        }
+        if (C_LAYOUT != 0u) {
+            // (n is even: a word's second column is inside when its first is.)
+            for (var q = 0u; q < 4u; q += 2u) {
+                let col = col0 + tiled_col(tx, q);
+                if (col < p.n) {
+                    store2(row, col, acc[r * 4u + q], acc[r * 4u + q + 1u]);
+                }
+            }
+            continue;
+        }
         for (var q = 0u; q < 4u; q++) {
-            let row = row0 + ty + 16u * r;
-            let col = col0 + tx + 16u * q;
-            if (row < p.m && col < p.n) {
+            let col = col0 + tiled_col(tx, q);
+            if (col < p.n) {
                 store(row, col, acc[r * 4u + q]);
             }
         }
@@ -292,9 +387,23 @@ var<workgroup> large_b: array<vec4<f32>, 256>; // [LK][LN / 4]: see b_slot
 
 // Where column nn of a B stage row lives: entry (nn / 64) * 16 + nn % 16,
 // component (nn % 64) / 16, so entry tx holds columns tx, tx+16, tx+32, tx+48
-// and entry 16 + tx the same plus 64.
+// and entry 16 + tx the same plus 64. With VCOLS entry tx holds 2tx,
+// 2tx + 1, 32 + 2tx, 33 + 2tx (large_col), so that an invocation owns the
+// words of packed C it stores.
 fn b_slot(nn: u32) -> vec2<u32> {
+    if (VCOLS) {
+        let l = nn % 64u;
+        return vec2<u32>((nn / 64u) * 16u + (l % 32u) / 2u, (l / 32u) * 2u + l % 2u);
+    }
     return vec2<u32>((nn / 64u) * 16u + nn % 16u, (nn % 64u) / 16u);
+}
+
+// The tile column of component q of entry h * 16 + tx (the inverse of b_slot).
+fn large_col(h: u32, q: u32, tx: u32) -> u32 {
+    if (VCOLS) {
+        return h * 64u + (q >> 1u) * 32u + 2u * tx + (q & 1u);
+    }
+    return h * 64u + q * 16u + tx;
 }
 
 // This invocation's 4 words of the A stage at k0: 4 consecutive k of one row
@@ -402,10 +511,20 @@ fn matmul_large(
             continue;
         }
         for (var h = 0u; h < 2u; h++) {
+            let a = acc[r * 2u + h];
+            if (C_LAYOUT != 0u) {
+                for (var q = 0u; q < 4u; q += 2u) {
+                    let col = col0 + large_col(h, q, tx);
+                    if (col < p.n) {
+                        store2(row, col, a[q], a[q + 1u]);
+                    }
+                }
+                continue;
+            }
             for (var q = 0u; q < 4u; q++) {
-                let col = col0 + h * 64u + q * 16u + tx;
+                let col = col0 + large_col(h, q, tx);
                 if (col < p.n) {
-                    store(row, col, acc[r * 2u + h][q]);
+                    store(row, col, a[q]);
                 }
             }
         }
@@ -421,13 +540,23 @@ fn matmul_split_sum(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let i = linear_group(wid, nwg) * 256u + lid;
-    if (i >= p.m * p.n) {
+    if (i >= c_items()) {
         return;
     }
-    var v = 0.0;
-    for (var s = 0u; s < p.splits; s++) {
-        v += bitcast<f32>(a[s * p.c_split + i]);
-    }
     part.c_off = p.c_off;
-    store(i / p.n, i % p.n, v);
+    let rc = c_item(i);
+    // The partials are f32 words in C's stored order, N to a row.
+    let at = rc.x * p.n + rc.y;
+    var v = vec2<f32>(0.0);
+    for (var s = 0u; s < p.splits; s++) {
+        v.x += bitcast<f32>(a[s * p.c_split + at]);
+        if (C_LAYOUT != 0u) {
+            v.y += bitcast<f32>(a[s * p.c_split + at + 1u]);
+        }
+    }
+    if (C_LAYOUT == 0u) {
+        store(rc.x, rc.y, v.x);
+    } else {
+        store2(rc.x, rc.y, v.x, v.y);
+    }
 }

@@ -9,6 +9,7 @@ mod common;
 
 use rnn_wgpu::Precision;
 use rnn_wgpu::backend::{Backend, CpuBackend};
+use rnn_wgpu::gpu::pair_word;
 use rnn_wgpu::nn::case::{RnnCase, run_case_at};
 use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
 use rnn_wgpu::nn::{RnnConfig, StepOrder};
@@ -685,6 +686,139 @@ fn gpu_16bit_step_holds_its_gates_packed() {
 /// Packed gates that a step cannot pair (a row of an odd number of gate
 /// blocks, or gates a weight gradient reads as a matrix) are refused by the
 /// GPU step before anything runs, naming the gates; the LSTM's are taken.
+/// `logical`'s values in the stored order of a packed tensor pairing blocks
+/// of `period` (the order `tensor_packed` writes and `read` returns).
+fn to_stored<T: Copy + Default>(logical: &[T], period: usize) -> Vec<T> {
+    let mut stored = vec![T::default(); logical.len()];
+    for (e, &v) in logical.iter().enumerate() {
+        let (w, half) = pair_word(e, period);
+        stored[2 * w + half] = v;
+    }
+    stored
+}
+
+/// The logical order of a packed tensor's `stored` values.
+fn from_stored<T: Copy>(stored: &[T], period: usize) -> Vec<T> {
+    (0..stored.len())
+        .map(|e| {
+            let (w, half) = pair_word(e, period);
+            stored[2 * w + half]
+        })
+        .collect()
+}
+
+/// Matmuls over packed 16-bit operands (the LSTM's input projection into
+/// packed, gate-paired xg; its gate gradients read as a paired A): every
+/// kernel, split or not, computes bit for bit what it computes on the same
+/// values held in 32-bit words, and what cannot pair is refused.
+#[test]
+fn gpu_matmul_reads_and_stores_paired_16bit_operands() {
+    use rnn_wgpu::backend::GpuBackend;
+    use rnn_wgpu::ops::matmul::{GemmKernel, SplitK};
+    let gpu = gpu_or_skip!();
+    // (C's pairing period, A's, columns): odd blocks, blocks across the
+    // large kernel's 128-wide tiles, side by side.
+    let cases: [(usize, usize, usize); 3] = [(3, 5, 12), (33, 0, 132), (0, 7, 134)];
+    let (m, k): (usize, usize) = (37, 19);
+    for p in HALVES {
+        for (c_pairs, a_pairs, n) in cases {
+            let unit = 2 * c_pairs.max(1);
+            let (ldc, c_off) = (n + unit, unit);
+            let c_len = c_off + (m - 1) * ldc + n + unit;
+            let c_len = c_len.div_ceil(unit) * unit;
+            let a_unit = 2 * a_pairs.max(1);
+            let a_len = (3 + m * k).div_ceil(a_unit) * a_unit;
+            let rounded = |seed, len| -> Vec<f64> {
+                uniform(seed, len, -1.0, 1.0)
+                    .iter()
+                    .map(|&x| p.round_f32(x as f32) as f64)
+                    .collect()
+            };
+            let a = rounded(1, a_len);
+            let b = uniform(2, n * k, -1.0, 1.0);
+            let bias = uniform(3, n + 1, -1.0, 1.0);
+            let c0 = rounded(4, c_len);
+            for (trans_a, c_packed) in [(false, true), (true, false)] {
+                let mut g = Gemm::nt(m, n, k)
+                    .offsets(3, 0, c_off)
+                    .with_bias(1)
+                    .accumulating(true)
+                    .strides(if trans_a { m } else { k }, k, ldc)
+                    .paired(a_pairs, if c_packed { c_pairs } else { 0 });
+                g.trans_a = trans_a;
+                for kernel in GemmKernel::FORCED {
+                    for split in [SplitK::Into(1), SplitK::Into(3)] {
+                        let b_gpu: GpuBackend =
+                            gpu.clone().with_gemm_kernel(kernel).with_split_k(split);
+                        let run = |packed: bool| -> Vec<f32> {
+                            let a_t = if packed {
+                                b_gpu.tensor_packed(&[a_len], &to_stored(&a, a_pairs), p)
+                            } else {
+                                b_gpu.tensor_stored(&[a_len], &a, p)
+                            }
+                            .unwrap();
+                            let c_t = if packed && c_packed {
+                                b_gpu.tensor_packed(&[c_len], &to_stored(&c0, c_pairs), p)
+                            } else {
+                                b_gpu.tensor_stored(&[c_len], &c0, p)
+                            }
+                            .unwrap();
+                            let b_t = b_gpu.tensor_f64(&[b.len()], &b).unwrap();
+                            let bias_t = b_gpu.tensor_f64(&[bias.len()], &bias).unwrap();
+                            let g = if packed { g } else { g.paired(0, 0) };
+                            b_gpu.gemm(&g, &a_t, &b_t, Some(&bias_t), &c_t).unwrap();
+                            let got = b_gpu.read(&c_t).unwrap();
+                            if packed && c_packed {
+                                from_stored(&got, c_pairs)
+                            } else {
+                                got
+                            }
+                        };
+                        let (want, got) = (run(false), run(true));
+                        let what = format!(
+                            "{p} {kernel:?} {split:?} trans_a {trans_a} C pairs {c_pairs} A pairs {a_pairs}"
+                        );
+                        assert!(on_grid(p, &want), "{what}");
+                        for (i, (x, y)) in want.iter().zip(&got).enumerate() {
+                            assert_eq!(
+                                x.to_bits(),
+                                y.to_bits(),
+                                "{what}: element {i}: {x:e} vs {y:e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // A packed C whose rows do not start on a pair of blocks, and a
+        // pairing for an operand held in 32-bit words, are refused.
+        let a_t = gpu
+            .tensor_stored(&[24], &uniform(5, 24, -1.0, 1.0), p)
+            .unwrap();
+        let b_t = gpu.tensor_f64(&[24], &uniform(6, 24, -1.0, 1.0)).unwrap();
+        let c_t = gpu.zeros_packed(&[64], p).unwrap();
+        let err = gpu
+            .gemm(
+                &Gemm::nt(2, 12, 2).strides(2, 2, 14).paired(0, 3),
+                &a_t,
+                &b_t,
+                None,
+                &c_t,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("matmul C") && err.contains("row stride"),
+            "{err}"
+        );
+        let err = gpu
+            .gemm(&Gemm::nt(2, 12, 2).paired(2, 3), &a_t, &b_t, None, &c_t)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("matmul A") && err.contains("packed"), "{err}");
+    }
+}
+
 #[test]
 fn gpu_refuses_packed_gates_it_cannot_pair() {
     use rnn_wgpu::ops::cell::{Nonlinearity, StepForward, StepSpec, Variant};

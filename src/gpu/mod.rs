@@ -42,4 +42,4 @@ pub use context::{
     STAGING_KEPT, STAGING_KEPT_BYTES, required_limits,
 };
 pub use kernel::StepKernel;
-pub use tensor::{DType, GpuTensor, checked_numel, download_many, numel};
+pub use tensor::{DType, GpuTensor, checked_numel, download_many, numel, pair_word};

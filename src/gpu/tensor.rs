@@ -70,6 +70,19 @@ impl DType {
     }
 }
 
+/// Where element `e` of a tensor of 16-bit values packed two a word lives,
+/// as (word, half), when its elements pair in blocks of `period` (0: side by
+/// side; P > 0: blocks 2q and 2q + 1 of P elements side by side, element `e`
+/// of block `u = e / P` in half `u & 1` of word `(u >> 1)·P + e mod P`, the
+/// LSTM's gate layout). The host twin of shaders/common.wgsl's `pair_word`.
+pub fn pair_word(e: usize, period: usize) -> (usize, usize) {
+    if period == 0 {
+        return (e / 2, e % 2);
+    }
+    let u = e / period;
+    ((u >> 1) * period + e % period, u & 1)
+}
+
 /// Number of elements of `shape` (saturating: an absurd shape gives `usize::MAX`,
 /// which every allocation then rejects).
 pub fn numel(shape: &[usize]) -> usize {

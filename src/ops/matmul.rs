@@ -71,6 +71,15 @@ pub struct Gemm {
     pub bias: bool,
     /// Add to C instead of overwriting it.
     pub accumulate: bool,
+    /// How a packed A (16-bit values two a word, on the GPU) pairs its
+    /// elements: 0 side by side, P > 0 blocks of P (element `e` of block
+    /// `u = e / P` in half `u & 1` of word `(u >> 1)·P + e mod P`: the LSTM's
+    /// gate layout, shaders/common.wgsl's `pair_word`). The CPU, whose
+    /// tensors hold one value a word, ignores it.
+    pub a_pairs: usize,
+    /// The same for a packed C. C's rows and offset then start on a word
+    /// pair (multiples of 2, or of 2P).
+    pub c_pairs: usize,
 }
 
 impl Gemm {
@@ -91,6 +100,8 @@ impl Gemm {
             bias_off: 0,
             bias: false,
             accumulate: false,
+            a_pairs: 0,
+            c_pairs: 0,
         }
     }
 
@@ -130,6 +141,14 @@ impl Gemm {
         self.a_off = a_off;
         self.b_off = b_off;
         self.c_off = c_off;
+        self
+    }
+
+    /// Sets how a packed A and a packed C pair their elements (see
+    /// [`Gemm::a_pairs`]).
+    pub fn paired(mut self, a_pairs: usize, c_pairs: usize) -> Self {
+        self.a_pairs = a_pairs;
+        self.c_pairs = c_pairs;
         self
     }
 
@@ -469,10 +488,10 @@ kernel_params! {
         a_kstep: u32,
         b_kstep: u32,
         c_split: u32,
+        c_pairs: u32,
+        a_pairs: u32,
         _pad0: u32,
         _pad1: u32,
-        _pad2: u32,
-        _pad3: u32,
     }
 }
 
@@ -498,6 +517,8 @@ const CONSTANTS: &[&str] = &[
     "A_LAYOUT",
     "B_LAYOUT",
     "BIAS_LAYOUT",
+    "VCOLS",
+    "C_LAYOUT",
 ];
 
 const NAIVE: KernelDef<Params> =
@@ -517,7 +538,7 @@ const SPLIT_SUM: KernelDef<Params> = KernelDef::new(
         (binding::BIAS, Access::Read),
         (binding::C, Access::ReadWrite),
     ],
-    &["STORE", "BIAS_LAYOUT"],
+    &["STORE", "BIAS_LAYOUT", "VCOLS", "C_LAYOUT"],
 );
 
 /// Every kernel of this module (see [`super::kernels`]).
@@ -555,9 +576,10 @@ pub fn gemm_gpu(
 ) -> Result<()> {
     let a_layout = read_layout("matmul A", a)?;
     let b_layout = read_layout("matmul B", b)?;
-    c.expect_dtype("matmul C", DType::F32)?;
+    let c_layout = read_layout("matmul C", c)?;
     let bias_layout = bias.map(|t| read_layout("matmul bias", t)).transpose()?;
     g.validate(a.len(), b.len(), bias.map(|x| x.len()), c.len())?;
+    check_pairs(g, a_layout > 0.0, c_layout > 0.0)?;
     // Every index the kernels form must fit in u32 (the hot kernels run
     // without runtime bounds checks).
     let extent = |(rows, cols): (usize, usize), ld: usize, off: usize| {
@@ -586,10 +608,10 @@ pub fn gemm_gpu(
         a_kstep: 0,
         b_kstep: 0,
         c_split: 0,
+        c_pairs: u32_of("c_pairs", g.c_pairs)?,
+        a_pairs: u32_of("a_pairs", g.a_pairs)?,
         _pad0: 0,
         _pad1: 0,
-        _pad2: 0,
-        _pad3: 0,
     };
     let mut constants = [
         ("TRANS_A", g.trans_a as u32 as f64),
@@ -599,6 +621,8 @@ pub fn gemm_gpu(
         ("B_LAYOUT", b_layout),
         // Without a bias the binding holds A (its layout then, unread).
         ("BIAS_LAYOUT", bias_layout.unwrap_or(a_layout)),
+        ("VCOLS", (c_layout > 0.0) as u32 as f64),
+        ("C_LAYOUT", c_layout),
     ];
     // Without a bias the binding still needs a read-only buffer: reuse A.
     let bias_buf = bias.unwrap_or(a).buffer();
@@ -611,8 +635,10 @@ pub fn gemm_gpu(
     let (splits, chunk) = split.plan(g, resolved);
     let scratch = scratch.filter(|_| splits > 1);
     if scratch.is_some() {
-        // The partials are f32; the sum stores into C at C's precision.
+        // The partials are f32 (in C's stored order); the sum stores into C
+        // at C's precision and layout.
         constants[2].1 = 0.0;
+        constants[7].1 = 0.0;
     }
     // The product: into C, or a split one's partials into the scratch.
     let (first, target, groups) = match scratch {
@@ -674,6 +700,8 @@ pub fn gemm_gpu(
             crate::ops::memory::store_constant(c),
             // Without a bias the binding holds the f32 scratch.
             ("BIAS_LAYOUT", bias_layout.unwrap_or(0.0)),
+            ("VCOLS", (c_layout > 0.0) as u32 as f64),
+            ("C_LAYOUT", c_layout),
         ],
         &[
             (binding::A, scratch.buffer()),
@@ -683,6 +711,40 @@ pub fn gemm_gpu(
         &sum,
         rec.ctx().grid((g.m as u64 * g.n as u64).div_ceil(256))?,
     )
+}
+
+/// Fails unless the pairings of `g` suit its operands: a pairing only for a
+/// packed A or C, and a packed C whose rows and offset start on a word
+/// (a pair of P-wide blocks with `c_pairs` = P), so that each word is one
+/// row's two columns.
+fn check_pairs(g: &Gemm, a_packed: bool, c_packed: bool) -> Result<()> {
+    for (arg, pairs, packed) in [("A", g.a_pairs, a_packed), ("C", g.c_pairs, c_packed)] {
+        if pairs > 0 && !packed {
+            return Err(Error::invalid(
+                format!("matmul {arg}"),
+                format!(
+                    "pairs its elements in blocks of {pairs}, which only a packed 16-bit tensor can"
+                ),
+            ));
+        }
+    }
+    if !c_packed {
+        return Ok(());
+    }
+    let unit = 2 * g.c_pairs.max(1);
+    for (what, v) in [("columns", g.n), ("row stride", g.ldc), ("offset", g.c_off)] {
+        if !v.is_multiple_of(unit) {
+            return Err(Error::invalid(
+                "matmul C",
+                format!(
+                    "is packed two values a word (pairs of blocks of {}), so its {what} must be \
+                     a multiple of {unit}, not {v}; store C in 32-bit words (zeros_stored)",
+                    g.c_pairs.max(1)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
