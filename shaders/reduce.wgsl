@@ -21,7 +21,7 @@ struct Params {
     y_off: u32,
     y_ld: u32,
     out2_off: u32,
-    _pad1: u32,
+    x_pairs: u32,
 }
 
 const FLAG_ACCUMULATE: u32 = 1u;
@@ -33,7 +33,19 @@ const OP_SUMSQ: u32 = 2u;
 override OP: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+// x: f32 words, or (X_LAYOUT 1: f16, 2: bf16; sum_cols and dot_cols) 16-bit
+// values packed two a word, paired as common.wgsl's pair_word with period
+// p.x_pairs (the LSTM's packed gate gradients).
+@group(0) @binding(1) var<storage, read> x: array<u32>;
+override X_LAYOUT: u32 = 0u;
+
+fn x_el(i: u32) -> f32 {
+    if (X_LAYOUT == 0u) {
+        return bitcast<f32>(x[i]);
+    }
+    let w = pair_word(i, p.x_pairs);
+    return unpack_half(x[w.x], w.y, X_LAYOUT);
+}
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(4) var<storage, read> partial_in: array<f32>;
@@ -114,7 +126,7 @@ fn sum_cols(
     var s = 0.0;
     if (c < p.cols) {
         for (var r = lid.y; r < p.n; r += RL) {
-            s += x[p.x_off + r * p.ld + c];
+            s += x_el(p.x_off + r * p.ld + c);
         }
     }
     col_finish(lid.x, lid.y, c, s);
@@ -131,7 +143,7 @@ fn dot_cols(
     var s = 0.0;
     if (c < p.cols) {
         for (var r = lid.y; r < p.n; r += RL) {
-            s += x[p.x_off + r * p.ld + c] * y[p.y_off + r * p.y_ld + c];
+            s += x_el(p.x_off + r * p.ld + c) * y[p.y_off + r * p.y_ld + c];
         }
     }
     col_finish(lid.x, lid.y, c, s);
@@ -151,7 +163,7 @@ fn reduce_partial(
     let end = min(start + p.chunk, p.n);
     var acc = identity();
     for (var i = start + lid; i < end; i += WG) {
-        let v = x[p.x_off + i];
+        let v = x_el(p.x_off + i);
         if (OP == OP_SUMSQ) {
             acc += v * v;
         } else {

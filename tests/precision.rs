@@ -819,6 +819,66 @@ fn gpu_matmul_reads_and_stores_paired_16bit_operands() {
     }
 }
 
+/// Column sums and dot products (the bias and peephole gradients) over
+/// packed, gate-paired 16-bit gate gradients: bit for bit what they give
+/// over the same values in 32-bit words.
+#[test]
+fn gpu_column_reductions_read_paired_16bit_values() {
+    use rnn_wgpu::ops::reduce::{ColDot, ColSum};
+    let gpu = gpu_or_skip!();
+    let (rows, h) = (45, 5);
+    let ld = 4 * h;
+    let len = 2 * ld + rows * ld;
+    for p in HALVES {
+        let x: Vec<f64> = uniform(11, len, -2.0, 2.0)
+            .iter()
+            .map(|&v| p.round_f32(v as f32) as f64)
+            .collect();
+        let y = gpu.tensor_f64(&[len], &uniform(12, len, -1.0, 1.0)).unwrap();
+        for pairs in [0, h] {
+            let s = ColSum {
+                ld,
+                x_off: 2 * ld,
+                out_off: 1,
+                accumulate: true,
+                also_off: Some(2 * ld),
+                x_pairs: pairs,
+                ..ColSum::new(rows, ld)
+            };
+            let d = ColDot {
+                sum: ColSum { also_off: None, x_off: 2 * ld + h, cols: 2 * h, ..s },
+                y_off: 3,
+                y_ld: ld,
+            };
+            let run = |packed: bool| -> (Vec<f32>, Vec<f32>) {
+                let x_t = if packed {
+                    gpu.tensor_packed(&[len], &to_stored(&x, pairs), p)
+                } else {
+                    gpu.tensor_stored(&[len], &x, p)
+                }
+                .unwrap();
+                let pairs = if packed { pairs } else { 0 };
+                let out = gpu.tensor_f64(&[3 * ld], &uniform(13, 3 * ld, -1.0, 1.0)).unwrap();
+                gpu.sum_cols(&ColSum { x_pairs: pairs, ..s }, &x_t, &out).unwrap();
+                let dots = gpu.tensor_f64(&[3 * ld], &uniform(14, 3 * ld, -1.0, 1.0)).unwrap();
+                let dd = ColDot {
+                    sum: ColSum { x_pairs: pairs, ..d.sum },
+                    ..d
+                };
+                gpu.dot_cols(&dd, &x_t, &y, &dots).unwrap();
+                (gpu.read(&out).unwrap(), gpu.read(&dots).unwrap())
+            };
+            let (want, got) = (run(false), run(true));
+            assert_eq!(want, got, "{p} pairs {pairs}");
+        }
+        let words = gpu.tensor_stored(&[len], &x, p).unwrap();
+        let out = gpu.zeros(&[ld]).unwrap();
+        let s = ColSum { x_pairs: h, ..ColSum::new(rows, ld) };
+        let err = gpu.sum_cols(&s, &words, &out).unwrap_err().to_string();
+        assert!(err.contains("sum_cols x") && err.contains("packed"), "{err}");
+    }
+}
+
 #[test]
 fn gpu_refuses_packed_gates_it_cannot_pair() {
     use rnn_wgpu::ops::cell::{Nonlinearity, StepForward, StepSpec, Variant};

@@ -54,6 +54,9 @@ pub struct ColSum {
     /// rule): two outputs that take the same sums (the LSTM's and RNN's
     /// `b_ih` and `b_hh`) cost one pass over x.
     pub also_off: Option<usize>,
+    /// How a packed x (16-bit values two a word, on the GPU) pairs its
+    /// elements ([`crate::ops::matmul::Gemm::a_pairs`]); the CPU ignores it.
+    pub x_pairs: usize,
 }
 
 impl ColSum {
@@ -67,6 +70,7 @@ impl ColSum {
             out_off: 0,
             accumulate: false,
             also_off: None,
+            x_pairs: 0,
         }
     }
 
@@ -211,7 +215,7 @@ kernel_params! {
         y_off: u32,
         y_ld: u32,
         out2_off: u32,
-        _pad1: u32,
+        x_pairs: u32,
     }
 }
 
@@ -231,7 +235,7 @@ const SUM_COLS: KernelDef<Params> = KernelDef::new(
         (binding::X, Access::Read),
         (binding::OUT, Access::ReadWrite),
     ],
-    &[],
+    &["X_LAYOUT"],
 );
 
 const DOT_COLS: KernelDef<Params> = KernelDef::new(
@@ -242,7 +246,7 @@ const DOT_COLS: KernelDef<Params> = KernelDef::new(
         (binding::OUT, Access::ReadWrite),
         (binding::Y, Access::Read),
     ],
-    &[],
+    &["X_LAYOUT"],
 );
 
 const PARTIAL: KernelDef<Params> = KernelDef::new(
@@ -281,14 +285,30 @@ pub fn sum_cols_gpu(
     x: &GpuTensor,
     out: &GpuTensor,
 ) -> Result<()> {
-    x.expect_dtype("sum_cols x", DType::F32)?;
+    let x_layout = x_layout("sum_cols x", s, x)?;
     out.expect_dtype("sum_cols out", DType::F32)?;
     crate::ops::memory::expect_f32_store("sum_cols", "out", out.store())?;
     s.validate(x.len(), out.len())?;
     let params = col_params(s, 0, 0)?;
     let grid = rec.ctx().grid((s.cols as u64).div_ceil(COLS_PER_GROUP))?;
     let buffers = [(binding::X, x.buffer()), (binding::OUT, out.buffer())];
-    rec.dispatch(SUM_COLS, &[], &buffers, &params, grid)
+    rec.dispatch(SUM_COLS, &[("X_LAYOUT", x_layout)], &buffers, &params, grid)
+}
+
+/// The `X_LAYOUT` of a column reduction's x: f32 words, or packed 16-bit
+/// values (paired as `s.x_pairs` says).
+fn x_layout(arg: &str, s: &ColSum, x: &GpuTensor) -> Result<f64> {
+    let layout = crate::ops::memory::read_layout(arg, x)?;
+    if s.x_pairs > 0 && layout == 0.0 {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "pairs its elements in blocks of {}, which only a packed 16-bit tensor can",
+                s.x_pairs
+            ),
+        ));
+    }
+    Ok(layout)
 }
 
 /// Columns per workgroup of `sum_cols` and `dot_cols`.
@@ -307,7 +327,7 @@ fn col_params(s: &ColSum, y_off: usize, y_ld: usize) -> Result<Params> {
         y_off: u32_of("y_off", y_off)?,
         y_ld: u32_of("y_ld", y_ld)?,
         out2_off: u32_of("also_off", s.also_off.unwrap_or(0))?,
-        _pad1: 0,
+        x_pairs: u32_of("x_pairs", s.x_pairs)?,
     })
 }
 
@@ -319,7 +339,7 @@ pub fn dot_cols_gpu(
     y: &GpuTensor,
     out: &GpuTensor,
 ) -> Result<()> {
-    x.expect_dtype("dot_cols x", DType::F32)?;
+    let x_layout = x_layout("dot_cols x", &d.sum, x)?;
     y.expect_dtype("dot_cols y", DType::F32)?;
     out.expect_dtype("dot_cols out", DType::F32)?;
     crate::ops::memory::expect_f32_store("dot_cols", "out", out.store())?;
@@ -333,7 +353,7 @@ pub fn dot_cols_gpu(
         (binding::OUT, out.buffer()),
         (binding::Y, y.buffer()),
     ];
-    rec.dispatch(DOT_COLS, &[], &buffers, &params, grid)
+    rec.dispatch(DOT_COLS, &[("X_LAYOUT", x_layout)], &buffers, &params, grid)
 }
 
 /// Number of partial results (and scratch elements) a GPU reduction of `n` elements uses.
@@ -392,7 +412,7 @@ pub fn reduce_gpu(
         y_off: 0,
         y_ld: 0,
         out2_off: 0,
-        _pad1: 0,
+        x_pairs: 0,
     };
     let constants = [("OP", op.code() as f64)];
     let grid = rec.ctx().grid(parts as u64)?;
