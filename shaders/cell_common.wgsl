@@ -82,7 +82,13 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> xg: array<f32>;
+// xg, and the backward's dgh: f32 words, or (XG_LAYOUT, DG_LAYOUT 1: f16,
+// 2: bf16) 16-bit values two a word in the gates' pairing (gate_word; the
+// LSTM's four blocks without a projection: ops::cell::Variant::pairs_rows),
+// read and written through xg_load, dg_load, dg_store and dg_store2.
+@group(0) @binding(1) var<storage, read> xg: array<u32>;
+override XG_LAYOUT: u32 = 0u;
+override DG_LAYOUT: u32 = 0u;
 // The flat parameters: f32 words, or 16-bit values packed two a word
 // (W_LAYOUT 1: f16, 2: bf16), read through wt().
 @group(0) @binding(2) var<storage, read> weights: array<u32>;
@@ -103,7 +109,7 @@ fn wt(i: u32) -> f32 {
 @group(0) @binding(6) var<storage, read_write> gates: array<u32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 @group(0) @binding(8) var<storage, read> dout: array<f32>;
-@group(0) @binding(9) var<storage, read_write> dgh: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dgh: array<u32>;
 @group(0) @binding(10) var<storage, read_write> dgx: array<f32>;
 @group(0) @binding(11) var<storage, read_write> carry: array<f32>;
 // What the forward saved, bound read-only in the backward (the same buffers
@@ -166,6 +172,47 @@ fn gate_store2(e: u32, v0: f32, v1: f32) {
         return;
     }
     gates[gate_word(e).x] = packed_bits(v0) | (packed_bits(v1) << 16u);
+}
+
+// Element e of xg.
+fn xg_load(e: u32) -> f32 {
+    if (XG_LAYOUT == 0u) {
+        return bitcast<f32>(xg[e]);
+    }
+    let w = gate_word(e);
+    return unpack_half(xg[w.x], w.y, XG_LAYOUT);
+}
+
+// Element e of dgh.
+fn dg_load(e: u32) -> f32 {
+    if (DG_LAYOUT == 0u) {
+        return bitcast<f32>(dgh[e]);
+    }
+    let w = gate_word(e);
+    return unpack_half(dgh[w.x], w.y, DG_LAYOUT);
+}
+
+// Stores v (rounded to STORE) at element e of dgh; packed, the other half
+// of the word (the same unit's) is kept.
+fn dg_store(e: u32, v: f32) {
+    if (DG_LAYOUT == 0u) {
+        dgh[e] = bitcast<u32>(stored(v));
+        return;
+    }
+    let w = gate_word(e);
+    let shift = 16u * w.y;
+    dgh[w.x] = (dgh[w.x] & ~(0xffffu << shift)) | (packed_bits(v) << shift);
+}
+
+// Stores v0 at element e of dgh and v1 at e + H (blocks 2q and 2q + 1 of
+// one unit): packed, one word.
+fn dg_store2(e: u32, v0: f32, v1: f32) {
+    if (DG_LAYOUT == 0u) {
+        dgh[e] = bitcast<u32>(stored(v0));
+        dgh[e + p.H] = bitcast<u32>(stored(v1));
+        return;
+    }
+    dgh[gate_word(e).x] = packed_bits(v0) | (packed_bits(v1) << 16u);
 }
 
 // Zeros in the first `blocks` gate blocks of one unit of a row, from its
@@ -315,7 +362,7 @@ fn x_pre(i: u32, v: f32, gj: u32) -> f32 {
         // (Rounded as the layer order's xg stores it.)
         return stored(v + wt(st.bih_off + gj));
     }
-    return xg[st.o_xg + i];
+    return xg_load(st.o_xg + i);
 }
 
 // The gradient of the output of row b, unit j (backward): dout's, or, for a

@@ -115,7 +115,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let rb = p.reset_before == 1u;
     if (!live) {
         for (var g = 0u; g < G; g++) {
-            dgh[st.o_dgh + row + g * p.H + j] = stored(0.0);
+            dg_store(st.o_dgh + row + g * p.H + j, 0.0);
             if (!rb) {
                 dgx[st.o_dgx + row + g * p.H + j] = stored(0.0);
             }
@@ -130,8 +130,8 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
         let gn = saved_gate(srow, 2u, j, p.act_g);
         let h_prev = hs_saved[st.o_hs + prev_slot() * bh + hc];
         let dn = clip_pass(gn.y, cell_act_back(p.act_g, gn.x, dh * (1.0 - gz.x)));
-        dgh[st.o_dgh + row + p.H + j] = stored(clip_pass(gz.y, cell_act_back(p.act_f, gz.x, dh * (h_prev - gn.x))));
-        dgh[st.o_dgh + row + 2u * p.H + j] = stored(dn);
+        dg_store(st.o_dgh + row + p.H + j, clip_pass(gz.y, cell_act_back(p.act_f, gz.x, dh * (h_prev - gn.x))));
+        dg_store(st.o_dgh + row + 2u * p.H + j, dn);
         carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dh * gz.x);
         return;
     }
@@ -149,9 +149,9 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     dgx[st.o_dgx + row + j] = stored(dr);
     dgx[st.o_dgx + row + p.H + j] = stored(dz);
     dgx[st.o_dgx + row + 2u * p.H + j] = stored(dn);
-    dgh[st.o_dgh + row + j] = stored(dr);
-    dgh[st.o_dgh + row + p.H + j] = stored(dz);
-    dgh[st.o_dgh + row + 2u * p.H + j] = stored(dn * r);
+    dg_store(st.o_dgh + row + j, dr);
+    dg_store(st.o_dgh + row + p.H + j, dz);
+    dg_store(st.o_dgh + row + 2u * p.H + j, dn * r);
     carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dh * z);
 }
 

@@ -42,7 +42,7 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         return;
     }
     let z = gate_value(gate_load(st.o_g + srow + p.H + j), p.act_f).x;
-    let zn = clip_v(xg[st.o_xg + row + 2u * p.H + j] + (acc[0] + wt(st.bhh_off + j)));
+    let zn = clip_v(xg_load(st.o_xg + row + 2u * p.H + j) + (acc[0] + wt(st.bhh_off + j)));
     let n = cell_act(p.act_g, zn);
     let h = (1.0 - z) * n + z * h_prev;
     gate_store(st.o_g + srow + 2u * p.H + j, select(n, zn, clipping()));
@@ -77,12 +77,12 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let dq = acc;
     let row = (st.t * p.B + b) * gh3;
     if (!is_live(b)) {
-        dgh[st.o_dgh + row + j] = stored(0.0);
+        dg_store(st.o_dgh + row + j, 0.0);
         return;
     }
     let gr = saved_gate((st.t * p.B + b) * 4u * p.H, 0u, j, p.act_f);
     let h_prev = hs_saved[st.o_hs + prev_slot() * p.B * p.H + b * p.H + j];
-    dgh[st.o_dgh + row + j] = stored(clip_pass(gr.y, cell_act_back(p.act_f, gr.x, dq * h_prev)));
+    dg_store(st.o_dgh + row + j, clip_pass(gr.y, cell_act_back(p.act_f, gr.x, dq * h_prev)));
     let c = carry_index(1u - st.parity, 0u, b, j);
     carry[st.o_carry + c] = stored(carry[st.o_carry + c] + dq * gr.x);
 }
@@ -90,5 +90,5 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
 // Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a
 // wavefront's layer below multiplies by this layer's W_ih.
 fn grad_in(i: u32) -> f32 {
-    return dgh[i];
+    return dg_load(i);
 }

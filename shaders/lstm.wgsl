@@ -96,7 +96,8 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
 }
 
 // dG (one buffer: the input and recurrent pre-activations get the same gradient)
-// is written to dgh[st.o_dgh + t]; dh for this step = dG[later] . W_hh + carry + dout[t].
+// is written to dgh at st.o_dgh + t (packed in the gates' pairing with
+// DG_LAYOUT); dh for this step = dG[later] . W_hh + carry + dout[t].
 @compute @workgroup_size(32, 8)
 fn lstm_backward(
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -140,14 +141,13 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let dc_in = carry[st.o_carry + carry_index(st.parity, 1u, b, j)];
     let out_par = 1u - st.parity;
     if (!live) {
-        for (var g = 0u; g < G; g++) {
-            dgh[st.o_dgh + row + g * p.H + j] = stored(0.0);
-        }
+        dg_store2(st.o_dgh + row + j, 0.0, 0.0);
+        dg_store2(st.o_dgh + row + 2u * p.H + j, 0.0, 0.0);
         if (!proj) {
             carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dh);
         } else if (j < p.hp) {
             // Past the row's end h is carried: its gradient too.
-            carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dgh[st.o_dgh + row + gh + j]);
+            carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dg_load(st.o_dgh + row + gh + j));
         }
         carry[st.o_carry + carry_index(out_par, 1u, b, j)] = stored(dc_in);
         return;
@@ -178,10 +178,8 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
         df = clip_pass(gf.y, cell_act_back(p.act_f, f, dc * c_prev));
     }
     let di = clip_pass(gi.y, cell_act_back(p.act_f, i, di_up));
-    dgh[st.o_dgh + row + j] = stored(di);
-    dgh[st.o_dgh + row + p.H + j] = stored(df);
-    dgh[st.o_dgh + row + 2u * p.H + j] = stored(clip_pass(gg.y, cell_act_back(p.act_g, g, dc * i)));
-    dgh[st.o_dgh + row + 3u * p.H + j] = stored(d_o);
+    dg_store2(st.o_dgh + row + j, di, df);
+    dg_store2(st.o_dgh + row + 2u * p.H + j, clip_pass(gg.y, cell_act_back(p.act_g, g, dc * i)), d_o);
     var dcp = dc * f;
     if (p.peepholes == 1u) {
         dcp += di * wt(st.peep_off + j) + df * wt(st.peep_off + p.H + j);
@@ -195,5 +193,5 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
 // Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a
 // wavefront's layer below multiplies by this layer's W_ih.
 fn grad_in(i: u32) -> f32 {
-    return dgh[i];
+    return dg_load(i);
 }

@@ -68,11 +68,11 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     if (is_live(b)) {
         dh += dout[out_index(b, j)];
     }
-    dgh[st.o_dgh + (st.t * p.B + b) * p.dg_ld + 4u * p.cell_h + j] = stored(dh);
+    dg_store(st.o_dgh + (st.t * p.B + b) * p.dg_ld + 4u * p.cell_h + j, dh);
 }
 
 // Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a
 // wavefront's layer below multiplies by this layer's W_ih.
 fn grad_in(i: u32) -> f32 {
-    return dgh[i];
+    return dg_load(i);
 }

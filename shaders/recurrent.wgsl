@@ -191,7 +191,7 @@ fn dg_at(i: u32, input: bool) -> f32 {
     if (input) {
         return grad_in(i);
     }
-    return dgh[i];
+    return dg_load(i);
 }
 
 // Batch rows of the tile at b0 (at most TB).

@@ -69,7 +69,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     var dh = acc + carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
     let out_par = 1u - st.parity;
     if (!live) {
-        dgh[st.o_dgh + idx] = stored(0.0);
+        dg_store(st.o_dgh + idx, 0.0);
         carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(dh);
         return;
     }
@@ -81,12 +81,12 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     } else {
         d = cell_act_back(p.act_f, hs_saved[st.o_hs + next_slot() * p.B * p.H + hc], dh);
     }
-    dgh[st.o_dgh + idx] = stored(d);
+    dg_store(st.o_dgh + idx, d);
     carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(0.0);
 }
 
 // Element i of the input-side gate gradients (the input-side gate gradients are the recurrent side's): what a
 // wavefront's layer below multiplies by this layer's W_ih.
 fn grad_in(i: u32) -> f32 {
-    return dgh[i];
+    return dg_load(i);
 }

@@ -495,9 +495,19 @@ fn gpu_16bit_path_matches_the_cpu_twin() {
         ),
     ];
     // Odd H: the packed gates' words pair gate blocks of one unit, never
-    // units or rows.
+    // units or rows (the LSTM's xg and gate gradients too: with
+    // peepholes, their gradients read the packed dG's blocks).
     cases
         .push(RnnCase::new(RnnConfig::new(Cell::Lstm, 4, 7), 5, 3, 17).with_lengths(vec![5, 2, 4]));
+    cases.push(RnnCase::new(
+        RnnConfig::new(Cell::Lstm, 4, 7).variant(Variant {
+            peepholes: true,
+            ..Variant::default()
+        }),
+        4,
+        3,
+        19,
+    ));
     cases.push(RnnCase::new(
         RnnConfig::new(Cell::Gru, 4, 7).bidirectional(true),
         5,
@@ -652,9 +662,11 @@ fn bench_counts_the_memory_of_a_16bit_step() {
 }
 
 /// On the GPU a 16-bit step holds its weight copy and its saved gates
-/// packed, two values a word: the layer's held bytes are the f32 layer's
-/// less half of each (LSTM and GRU at odd H; the other activations are
-/// still held in 32-bit words).
+/// packed, two values a word, and the LSTM also its input projection and
+/// gate gradients (one buffer the pool hands to both): the layer's held
+/// bytes are the f32 layer's less half of each (LSTM and GRU at odd H; the
+/// GRU's three-block xg and the other activations are still held in 32-bit
+/// words).
 #[test]
 fn gpu_16bit_step_holds_its_gates_packed() {
     use rnn_wgpu::bench::{RnnShape, bench_rnn_at};
@@ -675,9 +687,10 @@ fn gpu_16bit_step_holds_its_gates_packed() {
         let (f32_run, f16_run) = (run(Precision::F32), run(Precision::F16));
         let params = shape.config().layout().total as u64;
         let gates = (shape.seq * shape.batch * 4 * shape.hidden) as u64;
+        let rows = if cell == Cell::Lstm { gates } else { 0 };
         assert_eq!(
             f16_run.layer_bytes,
-            f32_run.layer_bytes - 2 * params - 2 * gates,
+            f32_run.layer_bytes - 2 * params - 2 * gates - 2 * rows,
             "{cell:?}"
         );
     }
@@ -685,7 +698,8 @@ fn gpu_16bit_step_holds_its_gates_packed() {
 
 /// Packed gates that a step cannot pair (a row of an odd number of gate
 /// blocks, or gates a weight gradient reads as a matrix) are refused by the
-/// GPU step before anything runs, naming the gates; the LSTM's are taken.
+/// GPU step before anything runs, naming the gates; the LSTM's are taken,
+/// and its packed input projection too, but not the GRU's.
 /// `logical`'s values in the stored order of a packed tensor pairing blocks
 /// of `period` (the order `tensor_packed` writes and `read` returns).
 fn to_stored<T: Copy + Default>(logical: &[T], period: usize) -> Vec<T> {
@@ -834,7 +848,9 @@ fn gpu_column_reductions_read_paired_16bit_values() {
             .iter()
             .map(|&v| p.round_f32(v as f32) as f64)
             .collect();
-        let y = gpu.tensor_f64(&[len], &uniform(12, len, -1.0, 1.0)).unwrap();
+        let y = gpu
+            .tensor_f64(&[len], &uniform(12, len, -1.0, 1.0))
+            .unwrap();
         for pairs in [0, h] {
             let s = ColSum {
                 ld,
@@ -846,7 +862,12 @@ fn gpu_column_reductions_read_paired_16bit_values() {
                 ..ColSum::new(rows, ld)
             };
             let d = ColDot {
-                sum: ColSum { also_off: None, x_off: 2 * ld + h, cols: 2 * h, ..s },
+                sum: ColSum {
+                    also_off: None,
+                    x_off: 2 * ld + h,
+                    cols: 2 * h,
+                    ..s
+                },
                 y_off: 3,
                 y_ld: ld,
             };
@@ -858,11 +879,26 @@ fn gpu_column_reductions_read_paired_16bit_values() {
                 }
                 .unwrap();
                 let pairs = if packed { pairs } else { 0 };
-                let out = gpu.tensor_f64(&[3 * ld], &uniform(13, 3 * ld, -1.0, 1.0)).unwrap();
-                gpu.sum_cols(&ColSum { x_pairs: pairs, ..s }, &x_t, &out).unwrap();
-                let dots = gpu.tensor_f64(&[3 * ld], &uniform(14, 3 * ld, -1.0, 1.0)).unwrap();
+                let out = gpu
+                    .tensor_f64(&[3 * ld], &uniform(13, 3 * ld, -1.0, 1.0))
+                    .unwrap();
+                gpu.sum_cols(
+                    &ColSum {
+                        x_pairs: pairs,
+                        ..s
+                    },
+                    &x_t,
+                    &out,
+                )
+                .unwrap();
+                let dots = gpu
+                    .tensor_f64(&[3 * ld], &uniform(14, 3 * ld, -1.0, 1.0))
+                    .unwrap();
                 let dd = ColDot {
-                    sum: ColSum { x_pairs: pairs, ..d.sum },
+                    sum: ColSum {
+                        x_pairs: pairs,
+                        ..d.sum
+                    },
                     ..d
                 };
                 gpu.dot_cols(&dd, &x_t, &y, &dots).unwrap();
@@ -873,9 +909,15 @@ fn gpu_column_reductions_read_paired_16bit_values() {
         }
         let words = gpu.tensor_stored(&[len], &x, p).unwrap();
         let out = gpu.zeros(&[ld]).unwrap();
-        let s = ColSum { x_pairs: h, ..ColSum::new(rows, ld) };
+        let s = ColSum {
+            x_pairs: h,
+            ..ColSum::new(rows, ld)
+        };
         let err = gpu.sum_cols(&s, &words, &out).unwrap_err().to_string();
-        assert!(err.contains("sum_cols x") && err.contains("packed"), "{err}");
+        assert!(
+            err.contains("sum_cols x") && err.contains("packed"),
+            "{err}"
+        );
     }
 }
 
@@ -885,7 +927,7 @@ fn gpu_refuses_packed_gates_it_cannot_pair() {
     let gpu = gpu_or_skip!();
     let p = Precision::F16;
     let (steps, batch, h) = (3, 2, 4);
-    let attempt = |cell: Cell, variant: Variant| {
+    let attempt_with = |cell: Cell, variant: Variant, packed_xg: bool| {
         let saved = variant.saved(cell).max(1);
         let hp = if variant.proj_size > 0 {
             variant.proj_size
@@ -893,7 +935,12 @@ fn gpu_refuses_packed_gates_it_cannot_pair() {
             h
         };
         let zeros = |n: usize| gpu.zeros_stored(&[n], p).unwrap();
-        let xg = zeros(steps * batch * cell.gates() * h);
+        let xg_len = steps * batch * cell.gates() * h;
+        let xg = if packed_xg {
+            gpu.zeros_packed(&[xg_len], p).unwrap()
+        } else {
+            zeros(xg_len)
+        };
         let w = gpu.zeros_packed(&[4096], p).unwrap();
         let (hs, cs) = (
             zeros((steps + 1) * batch * hp),
@@ -921,8 +968,16 @@ fn gpu_refuses_packed_gates_it_cannot_pair() {
         };
         gpu.cell_forward(cell, &spec, &bufs)
     };
+    let attempt = |cell, variant| attempt_with(cell, variant, false);
     attempt(Cell::Lstm, Variant::default()).unwrap();
     attempt(Cell::Gru, Variant::default()).unwrap();
+    // The LSTM's input projection pairs as its gates do; the GRU's three
+    // blocks cannot.
+    attempt_with(Cell::Lstm, Variant::default(), true).unwrap();
+    let err = attempt_with(Cell::Gru, Variant::default(), true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cell xg") && err.contains("packed"), "{err}");
     let refused = [
         (
             Cell::Rnn(Nonlinearity::Tanh),

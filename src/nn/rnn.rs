@@ -1076,15 +1076,18 @@ impl<B: Backend> Rnn<B> {
                 gates: steps * batch * saved_per_unit * h,
                 ..Default::default()
             };
-            // The input projection of every step of every direction: a temporary.
-            let xg = pool.take(b, &[dirs, steps, batch, gh])?;
+            // The input projection of every step of every direction: a
+            // temporary (packed in the gates' pairing where the rows pair).
+            let pairs = row_pairs(&cfg, self.precision, input.is_none());
+            let xg = take_rows(pool, b, pairs, &[dirs, steps, batch, gh])?;
             for d in 0..dirs {
                 let p = DirParams::of(&self.layout, l, d)?.shifted(self.offset);
                 match (&input, &one_hot) {
                     (Some(input), _) => {
                         let g = Gemm::nt(steps * batch, gh, in_size)
                             .offsets(0, p.w_ih, d * strides.xg)
-                            .with_bias(p.b_ih);
+                            .with_bias(p.b_ih)
+                            .paired(0, pairs);
                         b.gemm(&g, input, &self.params, Some(&self.params), &xg)?;
                     }
                     // One-hot rows: W_ih's columns of the tokens, plus b_ih.
@@ -1397,7 +1400,10 @@ impl<B: Backend> Rnn<B> {
             // The GRU's input and recurrent sides differ (by r in the n
             // block) unless the reset gate comes before the product.
             let separate_dgx = cfg.cell == Cell::Gru && !reset;
-            let dgh = pool.take(b, &[dirs, steps, batch, dl])?;
+            // (Packed in the gates' pairing where the rows pair, as the
+            // forward's xg, whose memory the pool hands out again.)
+            let dg_pairs = row_pairs(&cfg, self.precision, input.is_none());
+            let dgh = take_rows(pool, b, dg_pairs, &[dirs, steps, batch, dl])?;
             let dgx = pool.take_if(b, separate_dgx, &[dirs, steps, batch, gh])?;
             let carry = pool.take(b, &[dirs, 2, 2, batch, h])?;
             let st = DirStrides {
@@ -1463,6 +1469,7 @@ impl<B: Backend> Rnn<B> {
             }
             let grad_bufs = GradBuffers {
                 dgh: &dgh,
+                dg_pairs,
                 dgx: dgx.as_ref(),
                 carry: &carry,
                 hs: &cells.hs,
@@ -1760,6 +1767,8 @@ impl<B: Backend> Rnn<B> {
         }
         let grad_bufs = GradBuffers {
             dgh: &dgh,
+            // (The wavefront's buffers stay 32-bit words.)
+            dg_pairs: 0,
             dgx: dgx.as_ref(),
             carry: &carry,
             hs: &wave.hs,
@@ -1946,6 +1955,8 @@ enum LayerIn<'a, B: Backend> {
 /// wavefront, every layer's parts) that [`part_grads`] reads and adds to.
 struct GradBuffers<'a, B: Backend> {
     dgh: &'a B::Tensor,
+    /// How a packed dgh pairs its elements (see [`row_pairs`]; 0 unpaired).
+    dg_pairs: usize,
     dgx: Option<&'a B::Tensor>,
     carry: &'a B::Tensor,
     hs: &'a B::Tensor,
@@ -1998,6 +2009,7 @@ fn part_grads<B: Backend>(
     let in_size = part.in_size;
     let GradBuffers {
         dgh,
+        dg_pairs,
         dgx,
         carry,
         hs,
@@ -2030,6 +2042,7 @@ fn part_grads<B: Backend>(
         ..Gemm::nn(batch, hp, rec_rows)
             .offsets(o_dgh + t_last * batch * dl, p.w_hh, sd * bp)
             .accumulating(true)
+            .paired(dg_pairs, 0)
     };
     b.gemm(&g, dgh, params, None, grad_h0)?;
     if let Some(gc0) = grad_c0 {
@@ -2045,6 +2058,7 @@ fn part_grads<B: Backend>(
                 ..Gemm::tn(gh, in_size, rows)
                     .offsets(o_dgx, in_off, p.w_ih)
                     .accumulating(true)
+                    .paired(dg_pairs, 0)
             };
             b.gemm(&g, dgx, input, None, param_grads)?;
         }
@@ -2061,6 +2075,7 @@ fn part_grads<B: Backend>(
         ..Gemm::tn(rec_rows, hp, rows)
             .offsets(o_dgh, o_hs + prev_rows, p.w_hh)
             .accumulating(true)
+            .paired(dg_pairs, 0)
     };
     b.gemm(&g, dgh, hs, None, param_grads)?;
     if let (true, Some(gates)) = (proj, gates) {
@@ -2093,6 +2108,7 @@ fn part_grads<B: Backend>(
         out_off,
         accumulate: true,
         also_off: also,
+        x_pairs: dg_pairs,
         ..ColSum::new(rows, gh)
     };
     if separate_dgx {
@@ -2113,6 +2129,7 @@ fn part_grads<B: Backend>(
                     x_off: o_dgh + gate * h,
                     out_off: p.peep + k * h,
                     accumulate: true,
+                    x_pairs: dg_pairs,
                     ..ColSum::new(rows, h)
                 },
                 y_off: o_cs + base,
@@ -2129,6 +2146,7 @@ fn part_grads<B: Backend>(
             ..Gemm::nn(rows, in_size, gh)
                 .offsets(o_dgx, p.w_ih, 0)
                 .accumulating(accumulate)
+                .paired(dg_pairs, 0)
         };
         b.gemm(&g, dgx, params, None, dx)?;
     }
@@ -2198,6 +2216,33 @@ fn highway_offsets(layout: &ParamLayout, offset: usize, l: usize) -> Result<(usi
             .ok_or_else(|| Error::invalid("parameters", format!("the layout has no {name}")))
     };
     Ok((off(format!("weight_t_l{l}"))?, off(format!("bias_t_l{l}"))?))
+}
+
+/// How a layer's input projection xg and gate gradients dgh are packed:
+/// in the gates' pairing (blocks of H, [`Variant::pairs_rows`]) in a 16-bit
+/// pass whose rows pair and come from rows (`one_hot`: the one-hot lookup
+/// writes and reads them plain), else 0 (32-bit words, or plain on the CPU,
+/// which ignores the pairing).
+fn row_pairs(cfg: &RnnConfig, precision: Precision, one_hot: bool) -> usize {
+    if precision.is_16bit() && cfg.variant.pairs_rows(cfg.cell) && !one_hot {
+        cfg.hidden_size
+    } else {
+        0
+    }
+}
+
+/// A layer's xg or dgh: packed ([`Pool::take_packed`]) when `pairs` > 0.
+fn take_rows<B: Backend>(
+    pool: &mut Pool<B>,
+    b: &B,
+    pairs: usize,
+    shape: &[usize],
+) -> Result<B::Tensor> {
+    if pairs > 0 {
+        pool.take_packed(b, shape)
+    } else {
+        pool.take(b, shape)
+    }
 }
 
 /// The gates a forward saves (`want`): packed ([`Pool::take_packed`]) where

@@ -409,6 +409,15 @@ impl Variant {
             && !self.gates_between_dispatches()
     }
 
+    /// True when `cell`'s input projection xg and its gate gradients dgh can
+    /// be packed on the GPU in the same pairing as the gates: rows of an even
+    /// number of gate blocks (the LSTM's four, without a projection, whose
+    /// dgh rows also hold dh), which the matmuls store and read paired
+    /// ([`crate::ops::matmul::Gemm::paired`]). Not the GRU's three.
+    pub fn pairs_rows(&self, cell: Cell) -> bool {
+        cell.gates().is_multiple_of(2) && self.proj_size == 0
+    }
+
     /// Width of the hidden state h for `hidden` cells: P with a projection, else H.
     pub fn state_size(&self, hidden: usize) -> usize {
         if self.proj_size > 0 {
@@ -2773,7 +2782,15 @@ const W: Access = Access::ReadWrite;
 /// The override constants of every step kernel: the recurrent-product
 /// variant (see [`crate::gpu::StepKernel`]) and where the forward product's
 /// vector comes from.
-const STEP_CONSTANTS: &[&str] = &["SPLIT", "FROM_GATES", "STORE", "W_LAYOUT", "G_LAYOUT"];
+const STEP_CONSTANTS: &[&str] = &[
+    "SPLIT",
+    "FROM_GATES",
+    "STORE",
+    "W_LAYOUT",
+    "G_LAYOUT",
+    "XG_LAYOUT",
+    "DG_LAYOUT",
+];
 
 const LSTM_FORWARD: KernelDef<Params> = KernelDef::new(
     Shader::Lstm,
@@ -2969,23 +2986,35 @@ pub(crate) fn check_step_stores(
     Ok(())
 }
 
-/// How a step's weights and gates hold their values: the `W_LAYOUT` and
-/// `G_LAYOUT` override constants (0: f32 words; 1, 2: f16, bf16 packed two a
-/// word, the gates in cell_common.wgsl's pairing of gate blocks).
+/// How a step's weights, gates, input projection and gate gradients hold
+/// their values: the `W_LAYOUT`, `G_LAYOUT`, `XG_LAYOUT` and `DG_LAYOUT`
+/// override constants (0: f32 words; 1, 2: f16, bf16 packed two a word, the
+/// last three in cell_common.wgsl's pairing of gate blocks).
 #[derive(Clone, Copy)]
 struct Layouts {
     weights: f64,
     gates: f64,
+    xg: f64,
+    dgh: f64,
 }
 
 impl Layouts {
-    fn of(weights: &GpuTensor, gates: Option<&GpuTensor>) -> Result<Layouts> {
+    fn of(
+        weights: &GpuTensor,
+        gates: Option<&GpuTensor>,
+        xg: Option<&GpuTensor>,
+        dgh: Option<&GpuTensor>,
+    ) -> Result<Layouts> {
+        let code = |arg: &str, t: Option<&GpuTensor>| {
+            t.map(|t| read_layout(arg, t))
+                .transpose()
+                .map(|c| c.unwrap_or(0.0))
+        };
         Ok(Layouts {
             weights: read_layout("weights", weights)?,
-            gates: gates
-                .map(|g| read_layout("gates", g))
-                .transpose()?
-                .unwrap_or(0.0),
+            gates: code("gates", gates)?,
+            xg: code("xg", xg)?,
+            dgh: code("dgh", dgh)?,
         })
     }
 }
@@ -2999,6 +3028,51 @@ fn gates_len(t: Option<&GpuTensor>) -> Result<Option<usize>> {
         Ok(t.len())
     })
     .transpose()
+}
+
+/// Fails unless a packed xg or dgh (the step's own pairs: `(name, tensor,
+/// part stride)`) suits the step: a variant whose rows pair
+/// ([`Variant::pairs_rows`]) and parts that start on a word pair.
+fn check_packed_rows(
+    cell: Cell,
+    s: &StepSpec,
+    params: &Params,
+    rows: &[(&str, &GpuTensor, u32)],
+) -> Result<()> {
+    for &(arg, t, stride) in rows {
+        if t.dtype().packed().is_none() {
+            continue;
+        }
+        if !s.variant.pairs_rows(cell) {
+            return Err(Error::invalid(
+                format!("cell {arg}"),
+                format!(
+                    "is packed ({}), which only an LSTM's rows of four gate blocks can be \
+                     (without a projection), and this step is {}{}; give it in 32-bit words \
+                     (Backend::zeros_stored)",
+                    t.store(),
+                    cell.name(),
+                    if s.variant.proj_size > 0 {
+                        " with a projection"
+                    } else {
+                        ""
+                    },
+                ),
+            ));
+        }
+        let h = params.h.max(1);
+        if !stride.is_multiple_of(2 * h) {
+            return Err(Error::invalid(
+                format!("cell {arg}"),
+                format!(
+                    "is packed, so each direction's or layer's part must start on a pair of \
+                     gate blocks: stride {stride} is not a multiple of 2H = {}",
+                    2 * h
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fails unless packed gates (`gates` of a 16-bit packed dtype) suit the
@@ -3089,9 +3163,11 @@ fn dispatch_step(
         ("STORE", s.store.code() as f64),
         ("W_LAYOUT", layouts.weights),
         ("G_LAYOUT", layouts.gates),
+        ("XG_LAYOUT", layouts.xg),
+        ("DG_LAYOUT", layouts.dgh),
         ("FROM_GATES", 1.0),
     ];
-    let constants: &[(&str, f64)] = if from_gates { &all } else { &all[..4] };
+    let constants: &[(&str, f64)] = if from_gates { &all } else { &all[..6] };
     rec.dispatch(kernel, constants, buffers, params, grid)
 }
 
@@ -3170,10 +3246,10 @@ pub fn forward_step_gpu(
     dummies: Placeholders<'_>,
 ) -> Result<()> {
     let fused = *s;
-    let layouts = Layouts::of(bufs.weights, bufs.gates)?;
+    let layouts = Layouts::of(bufs.weights, bufs.gates, Some(bufs.xg), None)?;
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
-        xg: f32_len("xg", bufs.xg)?,
+        xg: bufs.xg.len(),
         weights: bufs.weights.len(),
         lengths: lengths_len(bufs.lengths)?,
         hs: f32_len("hs", bufs.hs)?,
@@ -3199,6 +3275,7 @@ pub fn forward_step_gpu(
     let params =
         Params::of(cell, s, bufs.lengths.is_some(), bufs.gates.is_some())?.fused(&fused, false)?;
     check_packed_gates(cell, s, &params, bufs.gates)?;
+    check_packed_rows(cell, s, &params, &[("xg", bufs.xg, params.d_xg)])?;
     let lengths = bufs.lengths.unwrap_or(dummies.ints).buffer();
     // Without a gates buffer nothing is saved (p.save = 0); the kernel still
     // declares the binding, so a placeholder fills it.
@@ -3272,7 +3349,7 @@ pub fn backward_step_gpu(
     dummies: Placeholders<'_>,
 ) -> Result<()> {
     let fused = *s;
-    let layouts = Layouts::of(bufs.weights, bufs.gates)?;
+    let layouts = Layouts::of(bufs.weights, bufs.gates, None, Some(bufs.dgh))?;
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
         weights: bufs.weights.len(),
@@ -3281,7 +3358,7 @@ pub fn backward_step_gpu(
         cs: opt_len("cs", bufs.cs)?,
         gates: gates_len(bufs.gates)?,
         out: f32_len("dout", bufs.dout)?,
-        dgh: f32_len("dgh", bufs.dgh)?,
+        dgh: bufs.dgh.len(),
         dgx: opt_len("dgx", bufs.dgx)?,
         carry: f32_len("carry", bufs.carry)?,
         ..Default::default()
@@ -3299,6 +3376,7 @@ pub fn backward_step_gpu(
     let s = &one;
     let params = Params::of(cell, s, bufs.lengths.is_some(), false)?.fused(&fused, true)?;
     check_packed_gates(cell, s, &params, bufs.gates)?;
+    check_packed_rows(cell, s, &params, &[("dgh", bufs.dgh, params.d_dgh)])?;
     let lengths = bufs.lengths.unwrap_or(dummies.ints).buffer();
     let mut buffers = vec![
         (binding::WEIGHTS, bufs.weights.buffer()),
