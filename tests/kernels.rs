@@ -604,6 +604,7 @@ fn column_sums_match_cpu() {
                 out_off: 4,
                 accumulate,
                 also_off,
+                x_pairs: 0,
             };
             let oc = cpu.tensor_f64(&[out_len], &out0).unwrap();
             cpu.sum_cols(&s, &cpu.tensor_f64(&[x.len()], &x).unwrap(), &oc)
