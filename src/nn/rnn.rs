@@ -1574,12 +1574,14 @@ impl<B: Backend> Rnn<B> {
         let saved_per_unit = cfg.variant.saved(cfg.cell);
         let slots = st.hs / bh;
         let p0 = plan[0];
-        let xg = pool.take(b, &[steps, batch, gh])?;
+        let pairs = row_pairs(&cfg, self.precision, matches!(x, StackInput::OneHot(_)));
+        let xg = take_rows(pool, b, pairs, &[steps, batch, gh])?;
         match x {
             StackInput::Rows(x) => {
                 let g = Gemm::nt(steps * batch, gh, cfg.input_size)
                     .offsets(0, p0.w_ih, 0)
-                    .with_bias(p0.b_ih);
+                    .with_bias(p0.b_ih)
+                    .paired(0, pairs);
                 b.gemm(&g, x, &self.params, Some(&self.params), &xg)?;
             }
             StackInput::OneHot(tokens) => {
@@ -1712,7 +1714,10 @@ impl<B: Backend> Rnn<B> {
         let (h, layers) = (cfg.hidden_size, cfg.num_layers);
         let (bh, gh) = (batch * h, cfg.cell.gates() * h);
         let gru = cfg.cell == Cell::Gru;
-        let dgh = pool.take(b, &[layers, steps, batch, gh])?;
+        // (One-hot tokens' lookup reads the first layer's part unpaired.)
+        let one_hot = matches!(saved.input, SavedInput::OneHot(_));
+        let dg_pairs = row_pairs(&cfg, self.precision, one_hot);
+        let dgh = take_rows(pool, b, dg_pairs, &[layers, steps, batch, gh])?;
         let dgx = pool.take_if(b, gru, &[layers, steps, batch, gh])?;
         let carry = pool.take(b, &[layers, 2, 2, batch, h])?;
         let st = DirStrides {
@@ -1767,8 +1772,7 @@ impl<B: Backend> Rnn<B> {
         }
         let grad_bufs = GradBuffers {
             dgh: &dgh,
-            // (The wavefront's buffers stay 32-bit words.)
-            dg_pairs: 0,
+            dg_pairs,
             dgx: dgx.as_ref(),
             carry: &carry,
             hs: &wave.hs,
