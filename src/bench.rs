@@ -492,10 +492,11 @@ pub struct RnnBench {
     /// adds the f32 master copy), f32 gradients, Adam's two f32 states,
     /// input and output gradient, and the stack's workspace (activations,
     /// saved states and gates, activation gradients). The CPU holds a
-    /// 16-bit tensor's values in 32-bit words; the GPU packs the weight copy
-    /// and the LSTM's and GRU's saved gates (not a projection's or the
-    /// reset-before GRU's) two values a word and holds the other
-    /// activations in 32-bit words; `packed_memory_bytes` is the figure
+    /// 16-bit tensor's values in 32-bit words; the GPU packs the weight copy,
+    /// the LSTM's and GRU's saved gates (not a projection's or the
+    /// reset-before GRU's) and the LSTM's input projection and gate
+    /// gradients two values a word and holds the other activations in
+    /// 32-bit words; `packed_memory_bytes` is the figure
     /// with every 16-bit tensor at storage precision.
     pub memory_bytes: u64,
     /// Of `memory_bytes`, what the recurrent layer itself holds: the
