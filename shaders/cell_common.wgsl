@@ -159,8 +159,7 @@ fn gate_store(e: u32, v: f32) {
         return;
     }
     let w = gate_word(e);
-    let shift = 16u * w.y;
-    gates[w.x] = (gates[w.x] & ~(0xffffu << shift)) | (packed_bits(v) << shift);
+    gates[w.x] = with_half(gates[w.x], w.y, v);
 }
 
 // Stores v0 at gate element e and v1 at e + H (blocks 2q and 2q + 1 of one
@@ -171,7 +170,7 @@ fn gate_store2(e: u32, v0: f32, v1: f32) {
         gates[e + p.H] = bitcast<u32>(stored(v1));
         return;
     }
-    gates[gate_word(e).x] = packed_bits(v0) | (packed_bits(v1) << 16u);
+    gates[gate_word(e).x] = pack2(v0, v1);
 }
 
 // Element e of xg.
@@ -200,8 +199,7 @@ fn dg_store(e: u32, v: f32) {
         return;
     }
     let w = gate_word(e);
-    let shift = 16u * w.y;
-    dgh[w.x] = (dgh[w.x] & ~(0xffffu << shift)) | (packed_bits(v) << shift);
+    dgh[w.x] = with_half(dgh[w.x], w.y, v);
 }
 
 // Stores v0 at element e of dgh and v1 at e + H (blocks 2q and 2q + 1 of
@@ -212,7 +210,7 @@ fn dg_store2(e: u32, v0: f32, v1: f32) {
         dgh[e + p.H] = bitcast<u32>(stored(v1));
         return;
     }
-    dgh[gate_word(e).x] = packed_bits(v0) | (packed_bits(v1) << 16u);
+    dgh[gate_word(e).x] = pack2(v0, v1);
 }
 
 // Zeros in the first `blocks` gate blocks of one unit of a row, from its

@@ -225,6 +225,17 @@ fn packed_bits(x: f32) -> u32 {
     return sign | (((a >> 23u) - 112u) << 10u) | ((a >> 13u) & 0x3ffu);
 }
 
+// A word of two packed values: v0 in the low half, v1 in the high.
+fn pack2(v0: f32, v1: f32) -> u32 {
+    return packed_bits(v0) | (packed_bits(v1) << 16u);
+}
+
+// `word` with v (packed_bits) in half `half`, the other half kept.
+fn with_half(word: u32, half: u32, v: f32) -> u32 {
+    let shift = 16u * half;
+    return (word & ~(0xffffu << shift)) | (packed_bits(v) << shift);
+}
+
 // The f32 value of the IEEE half with bits h (exact; integer arithmetic,
 // so that no driver flushes a subnormal half to zero).
 fn half_to_f32(h: u32) -> f32 {

@@ -206,7 +206,7 @@ fn store2(row: u32, col: u32, acc0: f32, acc1: f32) {
         let old = c[w];
         v += vec2<f32>(unpack_half(old, 0u, C_LAYOUT), unpack_half(old, 1u, C_LAYOUT));
     }
-    c[w] = packed_bits(v.x) | (packed_bits(v.y) << 16u);
+    c[w] = pack2(v.x, v.y);
 }
 
 // Elements (words of packed C) a one-invocation-each kernel covers.
