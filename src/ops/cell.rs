@@ -3060,19 +3060,26 @@ fn check_packed_rows(
                 ),
             ));
         }
-        let h = params.h.max(1);
-        if !stride.is_multiple_of(2 * h) {
-            return Err(Error::invalid(
-                format!("cell {arg}"),
-                format!(
-                    "is packed, so each direction's or layer's part must start on a pair of \
-                     gate blocks: stride {stride} is not a multiple of 2H = {}",
-                    2 * h
-                ),
-            ));
-        }
+        check_pair_stride(arg, stride, params)?;
     }
     Ok(())
+}
+
+/// Fails unless a packed `arg`'s parts (directions, a wavefront's layers),
+/// `stride` elements apart, start on a pair of gate blocks (a multiple of 2H).
+fn check_pair_stride(arg: &str, stride: u32, params: &Params) -> Result<()> {
+    let h = params.h.max(1);
+    if stride.is_multiple_of(2 * h) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        format!("cell {arg}"),
+        format!(
+            "holds packed values, so each direction's or layer's part must start on a pair \
+             of gate blocks: stride {stride} is not a multiple of 2H = {}",
+            2 * h
+        ),
+    ))
 }
 
 /// Fails unless packed gates (`gates` of a 16-bit packed dtype) suit the
@@ -3107,19 +3114,7 @@ fn check_packed_gates(
             ),
         ));
     }
-    let h = params.h.max(1);
-    if !params.d_gates.is_multiple_of(2 * h) {
-        return Err(Error::invalid(
-            "cell gates",
-            format!(
-                "are packed, so each direction's or layer's part must start on a pair of gate \
-                 blocks: stride {} is not a multiple of 2H = {}",
-                params.d_gates,
-                2 * h
-            ),
-        ));
-    }
-    Ok(())
+    check_pair_stride("gates", params.d_gates, params)
 }
 
 /// Records one step dispatch with the recurrent-product variant `forced`, else the
