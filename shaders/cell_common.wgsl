@@ -102,20 +102,33 @@ fn wt(i: u32) -> f32 {
     return unpack_half(weights[i >> 1u], i & 1u, W_LAYOUT);
 }
 @group(0) @binding(3) var<storage, read> lengths: array<i32>;
-@group(0) @binding(4) var<storage, read_write> hs: array<f32>;
-@group(0) @binding(5) var<storage, read_write> cs: array<f32>;
+// The states hs and cs, the output out and its gradient dout: f32 words, or
+// (S_LAYOUT for hs and cs, O_LAYOUT for out, D_LAYOUT for dout; 1: f16,
+// 2: bf16) 16-bit values two a word side by side (element e in half e & 1
+// of word e >> 1), read through hs_load, cs_load, dout_load (and the
+// backward's hs_saved_load, cs_saved_load) and written through hs_store,
+// cs_store and out_store. A packed word's two units are two invocations'
+// (lanes 2q and 2q + 1 of a tile row): their stores meet in workgroup
+// memory and the even lane writes the word (stage_value, flush_pairs), so
+// no store needs an atomic. The host packs them only when H and every
+// part's start are even (ops::cell::check_packed_states).
+@group(0) @binding(4) var<storage, read_write> hs: array<u32>;
+@group(0) @binding(5) var<storage, read_write> cs: array<u32>;
+override S_LAYOUT: u32 = 0u;
+override O_LAYOUT: u32 = 0u;
+override D_LAYOUT: u32 = 0u;
 // The saved gates: f32 words, or (G_LAYOUT 1: f16, 2: bf16) 16-bit values
 // two a word, read and written through gate_load / gate_store (below).
 @group(0) @binding(6) var<storage, read_write> gates: array<u32>;
-@group(0) @binding(7) var<storage, read_write> out: array<f32>;
-@group(0) @binding(8) var<storage, read> dout: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out: array<u32>;
+@group(0) @binding(8) var<storage, read> dout: array<u32>;
 @group(0) @binding(9) var<storage, read_write> dgh: array<u32>;
 @group(0) @binding(10) var<storage, read_write> dgx: array<f32>;
 @group(0) @binding(11) var<storage, read_write> carry: array<f32>;
 // What the forward saved, bound read-only in the backward (the same buffers
 // as hs, cs and gates; a backward kernel never writes them).
-@group(0) @binding(12) var<storage, read> hs_saved: array<f32>;
-@group(0) @binding(13) var<storage, read> cs_saved: array<f32>;
+@group(0) @binding(12) var<storage, read> hs_saved: array<u32>;
+@group(0) @binding(13) var<storage, read> cs_saved: array<u32>;
 @group(0) @binding(14) var<storage, read> gates_saved: array<u32>;
 
 // How the gates buffer holds its values (gates and gates_saved alike).
@@ -211,6 +224,108 @@ fn dg_store2(e: u32, v0: f32, v1: f32) {
         return;
     }
     dgh[gate_word(e).x] = pack2(v0, v1);
+}
+
+// Element e of a buffer holding `word` (the word e, or e >> 1 packed) laid
+// out as `fmt` says (S_LAYOUT, O_LAYOUT, D_LAYOUT).
+fn plain_value(word: u32, e: u32, fmt: u32) -> f32 {
+    if (fmt == 0u) {
+        return bitcast<f32>(word);
+    }
+    return unpack_half(word, e & 1u, fmt);
+}
+
+// The word of a buffer laid out as `fmt` that holds element e.
+fn plain_word(e: u32, fmt: u32) -> u32 {
+    return select(e, e >> 1u, fmt != 0u);
+}
+
+fn hs_load(e: u32) -> f32 {
+    return plain_value(hs[plain_word(e, S_LAYOUT)], e, S_LAYOUT);
+}
+
+fn cs_load(e: u32) -> f32 {
+    return plain_value(cs[plain_word(e, S_LAYOUT)], e, S_LAYOUT);
+}
+
+fn hs_saved_load(e: u32) -> f32 {
+    return plain_value(hs_saved[plain_word(e, S_LAYOUT)], e, S_LAYOUT);
+}
+
+fn cs_saved_load(e: u32) -> f32 {
+    return plain_value(cs_saved[plain_word(e, S_LAYOUT)], e, S_LAYOUT);
+}
+
+fn dout_load(e: u32) -> f32 {
+    return plain_value(dout[plain_word(e, D_LAYOUT)], e, D_LAYOUT);
+}
+
+// The staged stores of a packed step (S_LAYOUT or O_LAYOUT set): which
+// buffer (STAGE_HS, STAGE_CS, STAGE_OUT), the update's tile row
+// (ly + LY * r) and lane, set by run_forward before each update; and, for
+// each of the invocation's RPI rows and each buffer, 1 + the element index
+// it stored (0: none).
+const STAGE_HS: u32 = 0u;
+const STAGE_CS: u32 = 1u;
+const STAGE_OUT: u32 = 2u;
+const STAGES: u32 = 3u;
+var<private> stage_lane: vec3<u32>; // (lane, tile row, r)
+var<private> staged: array<u32, 6>; // [RPI][STAGES]
+
+fn packing_states() -> bool {
+    return S_LAYOUT != 0u || O_LAYOUT != 0u;
+}
+
+// Keeps v for element e of buffer `which` in workgroup memory (rhs_tile,
+// free once the step's products have returned) until flush_pairs.
+fn stage_value(which: u32, e: u32, v: f32) {
+    rhs_tile[(which * TB + stage_lane.y) * TJ + stage_lane.x] = v;
+    staged[stage_lane.z * STAGES + which] = e + 1u;
+}
+
+// The word of each buffer an even lane staged for its r-th row: its value
+// and its odd neighbour's (the same row's next unit), packed. Call between
+// two workgroup barriers after the updates. (cs_word, each cell file's,
+// stores a word of cs: only the LSTM's kernels bind it.)
+fn flush_pairs(lane: u32, row: u32, r: u32) {
+    for (var which = 0u; which < STAGES; which++) {
+        let e1 = staged[r * STAGES + which];
+        if (e1 == 0u) {
+            continue;
+        }
+        let at = (which * TB + row) * TJ + lane;
+        let word = pack2(rhs_tile[at], rhs_tile[at + 1u]);
+        let w = (e1 - 1u) >> 1u;
+        switch which {
+            case STAGE_HS: { hs[w] = word; }
+            case STAGE_CS: { cs_word(w, word); }
+            default: { out[w] = word; }
+        }
+    }
+}
+
+fn hs_store(e: u32, v: f32) {
+    if (S_LAYOUT == 0u) {
+        hs[e] = bitcast<u32>(stored(v));
+        return;
+    }
+    stage_value(STAGE_HS, e, v);
+}
+
+fn cs_store(e: u32, v: f32) {
+    if (S_LAYOUT == 0u) {
+        cs[e] = bitcast<u32>(stored(v));
+        return;
+    }
+    stage_value(STAGE_CS, e, v);
+}
+
+fn out_store(e: u32, v: f32) {
+    if (O_LAYOUT == 0u) {
+        out[e] = bitcast<u32>(stored(v));
+        return;
+    }
+    stage_value(STAGE_OUT, e, v);
 }
 
 // Zeros in the first `blocks` gate blocks of one unit of a row, from its
@@ -370,7 +485,7 @@ fn grad_out(b: u32, j: u32, up: f32) -> f32 {
         // (Rounded as the layer order's input gradient stores it.)
         return stored(up);
     }
-    return dout[out_index(b, j)];
+    return dout_load(out_index(b, j));
 }
 
 // carry [2, 2, B, H]: each (parity, which) block is B * cell_h long; the h

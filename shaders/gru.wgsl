@@ -28,6 +28,9 @@ fn gru_forward(
     run_forward(lid, wid, nwg);
 }
 
+// No cell state here (flush_pairs in cell_common.wgsl).
+fn cs_word(w: u32, word: u32) {}
+
 // Where this step's product vector starts (see run_forward in recurrent.wgsl).
 fn forward_base() -> u32 {
     return st.o_hs + prev_slot() * p.B * p.H;
@@ -40,14 +43,14 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let row = (st.t * p.B + b) * gh;
     let srow = (st.t * p.B + b) * 4u * p.H;
     let hc = b * p.H + j;
-    let h_prev = hs[st.o_hs + prev_slot() * bh + hc];
+    let h_prev = hs_load(st.o_hs + prev_slot() * bh + hc);
     let rb = p.reset_before == 1u;
     if (!is_live(b)) {
-        hs[st.o_hs + next_slot() * bh + hc] = stored(h_prev);
+        hs_store(st.o_hs + next_slot() * bh + hc, h_prev);
         if (p.save == 1u || rb) {
             gates_zero(st.o_g + srow + j, 4u);
         }
-        out[out_index(b, j)] = stored(0.0);
+        out_store(out_index(b, j), 0.0);
         return;
     }
     let hr = acc[0] + wt(st.bhh_off + j);
@@ -75,8 +78,8 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         gate_store2(st.o_g + srow + j, keep.x, keep.y);
         gate_store2(st.o_g + srow + 2u * p.H + j, keep.z, hn);
     }
-    hs[st.o_hs + next_slot() * bh + hc] = stored(h);
-    out[out_index(b, j)] = stored(h);
+    hs_store(st.o_hs + next_slot() * bh + hc, h);
+    out_store(out_index(b, j), h);
 }
 
 @compute @workgroup_size(32, 8)
@@ -128,7 +131,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
         // and the carry's z part; gru_reset_backward adds dr and the r part.
         let gz = saved_gate(srow, 1u, j, p.act_f);
         let gn = saved_gate(srow, 2u, j, p.act_g);
-        let h_prev = hs_saved[st.o_hs + prev_slot() * bh + hc];
+        let h_prev = hs_saved_load(st.o_hs + prev_slot() * bh + hc);
         let dn = clip_pass(gn.y, cell_act_back(p.act_g, gn.x, dh * (1.0 - gz.x)));
         dg_store(st.o_dgh + row + p.H + j, clip_pass(gz.y, cell_act_back(p.act_f, gz.x, dh * (h_prev - gn.x))));
         dg_store(st.o_dgh + row + 2u * p.H + j, dn);
@@ -142,7 +145,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let z = gz.x;
     let n = gn.x;
     let hn = gate_saved_load(st.o_g + srow + 3u * p.H + j);
-    let h_prev = hs_saved[st.o_hs + prev_slot() * bh + hc];
+    let h_prev = hs_saved_load(st.o_hs + prev_slot() * bh + hc);
     let dn = clip_pass(gn.y, cell_act_back(p.act_g, n, dh * (1.0 - z)));
     let dr = clip_pass(gr.y, cell_act_back(p.act_f, r, dn * hn));
     let dz = clip_pass(gz.y, cell_act_back(p.act_f, z, dh * (h_prev - n)));

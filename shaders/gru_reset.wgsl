@@ -22,6 +22,9 @@ fn gru_reset_forward(
     run_forward(lid, wid, nwg);
 }
 
+// No cell state here (flush_pairs in cell_common.wgsl).
+fn cs_word(w: u32, word: u32) {}
+
 // Where this step's product vector starts (see run_forward in recurrent.wgsl).
 fn forward_base() -> u32 {
     // r * h_prev, the gates' fourth block.
@@ -35,10 +38,10 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let hc = b * p.H + j;
     let row = (st.t * p.B + b) * 3u * p.H;
     let srow = (st.t * p.B + b) * gh4;
-    let h_prev = hs[st.o_hs + prev_slot() * bh + hc];
+    let h_prev = hs_load(st.o_hs + prev_slot() * bh + hc);
     if (!is_live(b)) {
-        hs[st.o_hs + next_slot() * bh + hc] = stored(h_prev);
-        out[out_index(b, j)] = stored(0.0);
+        hs_store(st.o_hs + next_slot() * bh + hc, h_prev);
+        out_store(out_index(b, j), 0.0);
         return;
     }
     let z = gate_value(gate_load(st.o_g + srow + p.H + j), p.act_f).x;
@@ -46,8 +49,8 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let n = cell_act(p.act_g, zn);
     let h = (1.0 - z) * n + z * h_prev;
     gate_store(st.o_g + srow + 2u * p.H + j, select(n, zn, clipping()));
-    hs[st.o_hs + next_slot() * bh + hc] = stored(h);
-    out[out_index(b, j)] = stored(h);
+    hs_store(st.o_hs + next_slot() * bh + hc, h);
+    out_store(out_index(b, j), h);
 }
 
 @compute @workgroup_size(32, 8)
@@ -81,7 +84,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
         return;
     }
     let gr = saved_gate((st.t * p.B + b) * 4u * p.H, 0u, j, p.act_f);
-    let h_prev = hs_saved[st.o_hs + prev_slot() * p.B * p.H + b * p.H + j];
+    let h_prev = hs_saved_load(st.o_hs + prev_slot() * p.B * p.H + b * p.H + j);
     dg_store(st.o_dgh + row + j, clip_pass(gr.y, cell_act_back(p.act_f, gr.x, dq * h_prev)));
     let c = carry_index(1u - st.parity, 0u, b, j);
     carry[st.o_carry + c] = stored(carry[st.o_carry + c] + dq * gr.x);

@@ -28,6 +28,11 @@ fn lstm_forward(
     run_forward(lid, wid, nwg);
 }
 
+// Word w of the cell states (flush_pairs in cell_common.wgsl).
+fn cs_word(w: u32, word: u32) {
+    cs[w] = word;
+}
+
 // Where this step's product vector starts (see run_forward in recurrent.wgsl).
 fn forward_base() -> u32 {
     return st.o_hs + prev_slot() * p.B * p.hp;
@@ -40,16 +45,16 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let row = (st.t * p.B + b) * gh;
     let srow = (st.t * p.B + b) * p.gates_ld;
     let hc = b * p.H + j;
-    let c_prev = cs[st.o_cs + prev_slot() * bh + hc];
+    let c_prev = cs_load(st.o_cs + prev_slot() * bh + hc);
     let proj = p.proj == 1u;
     if (!is_live(b)) {
-        cs[st.o_cs + next_slot() * bh + hc] = stored(c_prev);
+        cs_store(st.o_cs + next_slot() * bh + hc, c_prev);
         if (p.save == 1u || proj) {
             gates_zero(st.o_g + srow + j, p.gates_ld / p.H);
         }
         if (!proj) {
-            hs[st.o_hs + next_slot() * bh + hc] = stored(hs[st.o_hs + prev_slot() * bh + hc]);
-            out[out_index(b, j)] = stored(0.0);
+            hs_store(st.o_hs + next_slot() * bh + hc, hs_load(st.o_hs + prev_slot() * bh + hc));
+            out_store(out_index(b, j), 0.0);
         }
         return;
     }
@@ -85,19 +90,19 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
         gate_store2(st.o_g + srow + j, keep.x, keep.y);
         gate_store2(st.o_g + srow + 2u * p.H + j, keep.z, keep.w);
     }
-    cs[st.o_cs + next_slot() * bh + hc] = stored(c);
+    cs_store(st.o_cs + next_slot() * bh + hc, c);
     if (proj) {
         // m = o * h(c), which lstm_project multiplies by W_hr.
         gate_store(st.o_g + srow + 4u * p.H + j, h);
         return;
     }
-    hs[st.o_hs + next_slot() * bh + hc] = stored(h);
-    out[out_index(b, j)] = stored(h);
+    hs_store(st.o_hs + next_slot() * bh + hc, h);
+    out_store(out_index(b, j), h);
 }
 
 // dG (one buffer: the input and recurrent pre-activations get the same gradient)
 // is written to dgh at st.o_dgh + t (packed in the gates' pairing with
-// DG_LAYOUT); dh for this step = dG[later] . W_hh + carry + dout[t].
+// DG_LAYOUT); dh for this step = dG[later] . W_hh + carry + dout_load(t).
 @compute @workgroup_size(32, 8)
 fn lstm_backward(
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -163,8 +168,8 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     let f = gf.x;
     let g = gg.x;
     let o = go.x;
-    let tc = cell_act(p.act_h, cs_saved[st.o_cs + next_slot() * bh + hc]);
-    let c_prev = cs_saved[st.o_cs + prev_slot() * bh + hc];
+    let tc = cell_act(p.act_h, cs_saved_load(st.o_cs + next_slot() * bh + hc));
+    let c_prev = cs_saved_load(st.o_cs + prev_slot() * bh + hc);
     let d_o = clip_pass(go.y, cell_act_back(p.act_f, o, dh * tc));
     var dc = dc_in + cell_act_back(p.act_h, tc, dh * o);
     if (p.peepholes == 1u) {

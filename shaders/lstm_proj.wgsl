@@ -23,6 +23,9 @@ fn lstm_project(
     run_forward(lid, wid, nwg);
 }
 
+// No cell state here (flush_pairs in cell_common.wgsl).
+fn cs_word(w: u32, word: u32) {}
+
 // Where this step's product vector starts (see run_forward in recurrent.wgsl).
 fn forward_base() -> u32 {
     // m = o * h(c), the gates' fifth block.
@@ -34,12 +37,12 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
-        hs[st.o_hs + next_slot() * bh + hc] = stored(hs[st.o_hs + prev_slot() * bh + hc]);
-        out[out_index(b, j)] = stored(0.0);
+        hs_store(st.o_hs + next_slot() * bh + hc, hs_load(st.o_hs + prev_slot() * bh + hc));
+        out_store(out_index(b, j), 0.0);
         return;
     }
-    hs[st.o_hs + next_slot() * bh + hc] = stored(acc[0]);
-    out[out_index(b, j)] = stored(acc[0]);
+    hs_store(st.o_hs + next_slot() * bh + hc, acc[0]);
+    out_store(out_index(b, j), acc[0]);
 }
 
 @compute @workgroup_size(32, 8)
@@ -66,7 +69,7 @@ fn backward_base() -> u32 {
 fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
     var dh = acc + carry[st.o_carry + carry_index(st.parity, 0u, b, j)];
     if (is_live(b)) {
-        dh += dout[out_index(b, j)];
+        dh += dout_load(out_index(b, j));
     }
     dg_store(st.o_dgh + (st.t * p.B + b) * p.dg_ld + 4u * p.cell_h + j, dh);
 }

@@ -130,3 +130,22 @@ fn pack_copy(
     }
     dst_words[w] = word;
 }
+
+// data[off + i] = element src_off + i of src_words, which holds 16-bit
+// values two a word (SRC_LAYOUT 1: f16, 2: bf16), as a tensor stored at
+// STORE holds it (a step's packed final state into the caller's hn, cn).
+override SRC_LAYOUT: u32 = 1u;
+
+@compute @workgroup_size(256)
+fn unpack_copy(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = linear_group(wid, nwg) * 256u + lid;
+    if (i >= p.n) {
+        return;
+    }
+    let e = p.src_off + i;
+    data[p.off + i] = stored(unpack_half(src_words[e >> 1u], e & 1u, SRC_LAYOUT));
+}

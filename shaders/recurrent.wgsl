@@ -45,7 +45,7 @@ fn vec_at(base: u32, b: u32, k: u32) -> f32 {
     if (FROM_GATES) {
         return gate_load(base + b * p.vec_ld + k);
     }
-    return hs[base + b * p.vec_ld + k];
+    return hs_load(base + b * p.vec_ld + k);
 }
 
 const TJ: u32 = 32u;
@@ -141,9 +141,25 @@ fn run_forward(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
             }
             for (var r = 0u; r < RPI; r++) {
                 let bj = tile_cell(vec2<u32>(tile.x, j0), lid, r);
+                stage_lane = vec3<u32>(lid.x, lid.y + LY * r, r);
+                for (var k = 0u; k < STAGES; k++) {
+                    staged[r * STAGES + k] = 0u;
+                }
                 if (bj.x < p.B) {
                     forward_at(bj.x, bj.y, acc[r], xin[r]);
                 }
+            }
+            if (packing_states()) {
+                // The units' packed stores, an even lane a word (see
+                // cell_common.wgsl's stage_value).
+                workgroupBarrier();
+                for (var r = 0u; r < RPI; r++) {
+                    let bj = tile_cell(vec2<u32>(tile.x, j0), lid, r);
+                    if (bj.x < p.B && (lid.x & 1u) == 0u) {
+                        flush_pairs(lid.x, lid.y + LY * r, r);
+                    }
+                }
+                workgroupBarrier();
             }
         }
         step_barrier();

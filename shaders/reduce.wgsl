@@ -49,7 +49,17 @@ fn x_el(i: u32) -> f32 {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(4) var<storage, read> partial_in: array<f32>;
-@group(0) @binding(5) var<storage, read> y: array<f32>;
+// y (dot_cols): f32 words, or (Y_LAYOUT 1: f16, 2: bf16) 16-bit values two
+// a word side by side (a step's packed cell states).
+@group(0) @binding(5) var<storage, read> y: array<u32>;
+override Y_LAYOUT: u32 = 0u;
+
+fn y_el(i: u32) -> f32 {
+    if (Y_LAYOUT == 0u) {
+        return bitcast<f32>(y[i]);
+    }
+    return unpack_half(y[i >> 1u], i & 1u, Y_LAYOUT);
+}
 
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, 256>;
@@ -143,7 +153,7 @@ fn dot_cols(
     var s = 0.0;
     if (c < p.cols) {
         for (var r = lid.y; r < p.n; r += RL) {
-            s += x_el(p.x_off + r * p.ld + c) * y[p.y_off + r * p.y_ld + c];
+            s += x_el(p.x_off + r * p.ld + c) * y_el(p.y_off + r * p.y_ld + c);
         }
     }
     col_finish(lid.x, lid.y, c, s);

@@ -17,6 +17,9 @@ fn rnn_forward(
     run_forward(lid, wid, nwg);
 }
 
+// No cell state here (flush_pairs in cell_common.wgsl).
+fn cs_word(w: u32, word: u32) {}
+
 // Where this step's product vector starts (see run_forward in recurrent.wgsl).
 fn forward_base() -> u32 {
     return st.o_hs + prev_slot() * p.B * p.H;
@@ -27,8 +30,8 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     let bh = p.B * p.H;
     let hc = b * p.H + j;
     if (!is_live(b)) {
-        hs[st.o_hs + next_slot() * bh + hc] = stored(hs[st.o_hs + prev_slot() * bh + hc]);
-        out[out_index(b, j)] = stored(0.0);
+        hs_store(st.o_hs + next_slot() * bh + hc, hs_load(st.o_hs + prev_slot() * bh + hc));
+        out_store(out_index(b, j), 0.0);
         return;
     }
     let idx = (st.t * p.B + b) * p.H + j;
@@ -37,8 +40,8 @@ fn forward_at(b: u32, j: u32, acc: array<f32, G>, xin: array<f32, G>) {
     if (p.save == 1u && clipping()) {
         gate_store(st.o_g + idx, z);
     }
-    hs[st.o_hs + next_slot() * bh + hc] = stored(h);
-    out[out_index(b, j)] = stored(h);
+    hs_store(st.o_hs + next_slot() * bh + hc, h);
+    out_store(out_index(b, j), h);
 }
 
 @compute @workgroup_size(32, 8)
@@ -79,7 +82,7 @@ fn backward_at(b: u32, j: u32, acc: f32, up: f32) {
         let z = gate_saved_load(st.o_g + idx);
         d = clip_pass(z, cell_act_back(p.act_f, cell_act(p.act_f, z), dh));
     } else {
-        d = cell_act_back(p.act_f, hs_saved[st.o_hs + next_slot() * p.B * p.H + hc], dh);
+        d = cell_act_back(p.act_f, hs_saved_load(st.o_hs + next_slot() * p.B * p.H + hc), dh);
     }
     dg_store(st.o_dgh + idx, d);
     carry[st.o_carry + carry_index(out_par, 0u, b, j)] = stored(0.0);

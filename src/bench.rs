@@ -494,8 +494,9 @@ pub struct RnnBench {
     /// saved states and gates, activation gradients). The CPU holds a
     /// 16-bit tensor's values in 32-bit words; the GPU packs the weight copy,
     /// the LSTM's and GRU's saved gates (not a projection's or the
-    /// reset-before GRU's) and the LSTM's input projection and gate
-    /// gradients two values a word and holds the other activations in
+    /// reset-before GRU's), the LSTM's input projection and gate
+    /// gradients, the states h and c (even H), the input rows and the
+    /// output gradient two values a word and holds the other activations in
     /// 32-bit words; `packed_memory_bytes` is the figure
     /// with every 16-bit tensor at storage precision.
     pub memory_bytes: u64,
@@ -637,16 +638,21 @@ pub fn bench_rnn_at<B: Backend>(
     rnn.set_step_order(order);
     let (t, bsz) = (shape.seq, shape.batch);
     let wavefront = rnn.runs_wavefront(t, bsz, false)?;
-    let x = b.tensor_stored(
+    // The input rows and the output gradient, packed two 16-bit values a
+    // word on the GPU (the first layer's products read x packed, its step
+    // reads dy packed), except a gradient that a skip connection reads.
+    let x = b.tensor_packed(
         &[t, bsz, shape.input],
         &uniform(2, t * bsz * shape.input, -1.0, 1.0),
         precision,
     )?;
-    let dy = b.tensor_stored(
-        &[t, bsz, cfg.output_size()],
-        &uniform(3, t * bsz * cfg.output_size(), -1.0, 1.0),
-        precision,
-    )?;
+    let dy_data = uniform(3, t * bsz * cfg.output_size(), -1.0, 1.0);
+    let dy_shape = [t, bsz, cfg.output_size()];
+    let dy = if cfg.reads_packed_output_grad() {
+        b.tensor_packed(&dy_shape, &dy_data, precision)?
+    } else {
+        b.tensor_stored(&dy_shape, &dy_data, precision)?
+    };
     let grads = rnn.zeros_like_params()?;
     let sync = || sync(ctx);
     let counters = || ctx.map(|c| c.counters()).unwrap_or_default();

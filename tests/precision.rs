@@ -8,7 +8,7 @@
 mod common;
 
 use rnn_wgpu::Precision;
-use rnn_wgpu::backend::{Backend, CpuBackend};
+use rnn_wgpu::backend::{Backend, CpuBackend, GpuBackend};
 use rnn_wgpu::gpu::pair_word;
 use rnn_wgpu::nn::case::{RnnCase, run_case_at};
 use rnn_wgpu::nn::model::{Init, InputEncoding, ModelConfig};
@@ -454,7 +454,8 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
 
 /// The 16-bit path on the GPU against its CPU twin: every cell (and the
 /// two-dispatch variants), each recurrent-product kernel forced, the
-/// wavefront, packed lengths and initial states. Both round the same
+/// wavefront, packed lengths and initial states; at even H the states
+/// packed, and the input rows and output gradient given packed. Both round the same
 /// values at the same places; the f32 sums beneath them add in other
 /// orders, so a value near a rounding boundary may land one 16-bit step
 /// apart: within `doctor::twin_tolerance`, 5e-4 (f16) and 4e-3 (bf16),
@@ -514,8 +515,36 @@ fn gpu_16bit_path_matches_the_cpu_twin() {
         3,
         18,
     ));
+    // Even H and P: the states hs and cs packed two units a word (a
+    // projection's h through its own dispatch; peepholes' gradients read
+    // the packed c), from and into f32 initial and final states.
+    cases.push(
+        RnnCase::new(
+            lstm.variant(Variant {
+                proj_size: 4,
+                ..Variant::default()
+            }),
+            5,
+            2,
+            20,
+        )
+        .with_states(),
+    );
+    cases.push(
+        RnnCase::new(
+            RnnConfig::new(Cell::Lstm, 4, 8).variant(Variant {
+                peepholes: true,
+                ..Variant::default()
+            }),
+            4,
+            3,
+            21,
+        )
+        .with_lengths(vec![2, 4, 3])
+        .with_states(),
+    );
     // A unidirectional stack the wavefront runs.
-    let wave = RnnCase::new(lstm.layers(3), 6, 2, 16);
+    let wave = RnnCase::new(lstm.layers(3), 6, 2, 16).with_states();
     cases.push(wave.clone());
     for p in HALVES {
         let tol = rnn_wgpu::doctor::twin_tolerance(p);
@@ -661,21 +690,27 @@ fn bench_counts_the_memory_of_a_16bit_step() {
     );
 }
 
-/// On the GPU a 16-bit step holds its weight copy and its saved gates
-/// packed, two values a word, and the LSTM also its input projection and
-/// gate gradients (one buffer the pool hands to both): the layer's held
-/// bytes are the f32 layer's less half of each (LSTM and GRU at odd H; the
-/// GRU's three-block xg and the other activations are still held in 32-bit
-/// words).
+/// On the GPU a 16-bit step holds its weight copy, its saved gates, the
+/// input rows and output gradient the bench gives it packed, two values a
+/// word; the LSTM also its input projection and gate gradients (one buffer
+/// the pool hands to both), and at even H every cell its states hs and cs:
+/// the layer's held bytes are the f32 layer's less half of each (LSTM and
+/// GRU at odd and even H; the GRU's three-block xg, the output and the
+/// activation gradients are still held in 32-bit words).
 #[test]
 fn gpu_16bit_step_holds_its_gates_packed() {
     use rnn_wgpu::bench::{RnnShape, bench_rnn_at};
     let gpu = gpu_or_skip!();
-    for cell in [Cell::Lstm, Cell::Gru] {
+    for (cell, hidden) in [
+        (Cell::Lstm, 7),
+        (Cell::Gru, 7),
+        (Cell::Lstm, 8),
+        (Cell::Gru, 8),
+    ] {
         let shape = RnnShape {
             cell,
             input: 6,
-            hidden: 7,
+            hidden,
             batch: 3,
             seq: 4,
             layers: 1,
@@ -685,13 +720,19 @@ fn gpu_16bit_step_holds_its_gates_packed() {
         };
         let run = |p| bench_rnn_at(&gpu, None, "gpu", &shape, 1, StepOrder::Auto, p).unwrap();
         let (f32_run, f16_run) = (run(Precision::F32), run(Precision::F16));
-        let params = shape.config().layout().total as u64;
-        let gates = (shape.seq * shape.batch * 4 * shape.hidden) as u64;
-        let rows = if cell == Cell::Lstm { gates } else { 0 };
+        let (t, b, h) = (shape.seq, shape.batch, hidden);
+        let params = shape.config().layout().total;
+        let gates = t * b * 4 * h;
+        let lstm = cell == Cell::Lstm;
+        let rows = if lstm { gates } else { 0 };
+        let io = t * b * (shape.input + h);
+        let state_sets = if h % 2 == 0 { 1 + usize::from(lstm) } else { 0 };
+        let states = state_sets * (t + 1) * b * h;
+        let halved = (params + gates + rows + io + states) as u64;
         assert_eq!(
             f16_run.layer_bytes,
-            f32_run.layer_bytes - 2 * params - 2 * gates - 2 * rows,
-            "{cell:?}"
+            f32_run.layer_bytes - 2 * halved,
+            "{cell:?} H = {h}"
         );
     }
 }
@@ -921,52 +962,67 @@ fn gpu_column_reductions_read_paired_16bit_values() {
     }
 }
 
+/// One forward step of `cell` at H = `h` in f16 on the GPU with packed
+/// weights, and packed those of xg, hs, cs, gates and out that `pack`
+/// names (the others in 32-bit words).
+fn packed_step_attempt(
+    gpu: &GpuBackend,
+    cell: Cell,
+    variant: rnn_wgpu::ops::cell::Variant,
+    h: usize,
+    pack: &[&str],
+) -> rnn_wgpu::Result<()> {
+    use rnn_wgpu::ops::cell::{StepForward, StepSpec};
+    let p = Precision::F16;
+    let (steps, batch) = (3, 2);
+    let saved = variant.saved(cell).max(1);
+    let hp = variant.state_size(h);
+    let take = |name: &str, n: usize| {
+        if pack.contains(&name) {
+            gpu.zeros_packed(&[n], p)
+        } else {
+            gpu.zeros_stored(&[n], p)
+        }
+    };
+    let xg = take("xg", steps * batch * cell.gates() * h)?;
+    let w = gpu.zeros_packed(&[4096], p)?;
+    let hs = take("hs", (steps + 1) * batch * hp)?;
+    let cs = take("cs", (steps + 1) * batch * h)?;
+    let gates = take("gates", steps * batch * saved * h)?;
+    let out = take("out", steps * batch * hp)?;
+    let spec = StepSpec {
+        batch,
+        hidden: h,
+        steps,
+        out_ld: hp,
+        variant,
+        store: p,
+        ..Default::default()
+    };
+    let bufs = StepForward {
+        xg: &xg,
+        weights: &w,
+        lengths: None,
+        hs: &hs,
+        cs: cell.has_cell_state().then_some(&cs),
+        gates: Some(&gates),
+        out: &out,
+    };
+    gpu.cell_forward(cell, &spec, &bufs)
+}
+
 #[test]
 fn gpu_refuses_packed_gates_it_cannot_pair() {
-    use rnn_wgpu::ops::cell::{Nonlinearity, StepForward, StepSpec, Variant};
+    use rnn_wgpu::ops::cell::{Nonlinearity, Variant};
     let gpu = gpu_or_skip!();
-    let p = Precision::F16;
-    let (steps, batch, h) = (3, 2, 4);
+    let h = 4;
     let attempt_with = |cell: Cell, variant: Variant, packed_xg: bool| {
-        let saved = variant.saved(cell).max(1);
-        let hp = if variant.proj_size > 0 {
-            variant.proj_size
+        let pack: &[&str] = if packed_xg {
+            &["gates", "xg"]
         } else {
-            h
+            &["gates"]
         };
-        let zeros = |n: usize| gpu.zeros_stored(&[n], p).unwrap();
-        let xg_len = steps * batch * cell.gates() * h;
-        let xg = if packed_xg {
-            gpu.zeros_packed(&[xg_len], p).unwrap()
-        } else {
-            zeros(xg_len)
-        };
-        let w = gpu.zeros_packed(&[4096], p).unwrap();
-        let (hs, cs) = (
-            zeros((steps + 1) * batch * hp),
-            zeros((steps + 1) * batch * h),
-        );
-        let gates = gpu.zeros_packed(&[steps * batch * saved * h], p).unwrap();
-        let out = zeros(steps * batch * hp);
-        let spec = StepSpec {
-            batch,
-            hidden: h,
-            steps,
-            out_ld: hp,
-            variant,
-            store: p,
-            ..Default::default()
-        };
-        let bufs = StepForward {
-            xg: &xg,
-            weights: &w,
-            lengths: None,
-            hs: &hs,
-            cs: cell.has_cell_state().then_some(&cs),
-            gates: Some(&gates),
-            out: &out,
-        };
-        gpu.cell_forward(cell, &spec, &bufs)
+        packed_step_attempt(&gpu, cell, variant, h, pack)
     };
     let attempt = |cell, variant| attempt_with(cell, variant, false);
     attempt(Cell::Lstm, Variant::default()).unwrap();
@@ -1008,6 +1064,45 @@ fn gpu_refuses_packed_gates_it_cannot_pair() {
             "{cell:?} {variant:?}: {err}"
         );
     }
+}
+
+/// Packed states and output: two units a word, so an even H (and state
+/// width), and hs and cs in one layout.
+#[test]
+fn gpu_refuses_packed_states_it_cannot_pair() {
+    use rnn_wgpu::ops::cell::{Nonlinearity, Variant};
+    let gpu = gpu_or_skip!();
+    let plain = Variant::default();
+    // (Gates in 32-bit words: a projection cannot pack them.)
+    let all: &[&str] = &["hs", "cs", "out"];
+    for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn(Nonlinearity::Tanh)] {
+        packed_step_attempt(&gpu, cell, plain, 4, all).unwrap();
+        packed_step_attempt(&gpu, cell, plain, 4, &["out"]).unwrap();
+        let err = packed_step_attempt(&gpu, cell, plain, 3, all)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cell states") && err.contains("even"),
+            "{cell:?}: {err}"
+        );
+    }
+    let err = packed_step_attempt(&gpu, Cell::Lstm, plain, 4, &["hs"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cell cs") && err.contains("one layout"),
+        "{err}"
+    );
+    // A projection's P is the state width: even, or refused.
+    let proj = |p: usize| Variant {
+        proj_size: p,
+        ..Variant::default()
+    };
+    packed_step_attempt(&gpu, Cell::Lstm, proj(2), 4, all).unwrap();
+    let err = packed_step_attempt(&gpu, Cell::Lstm, proj(3), 4, all)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("state width") && err.contains("even"), "{err}");
 }
 
 #[test]

@@ -629,7 +629,7 @@ pub(crate) struct Kernel {
 pub const MAX_STORAGE_BINDINGS: usize = 8;
 
 /// The most override constants one dispatch may set.
-pub const MAX_CONSTANTS: usize = 8;
+pub const MAX_CONSTANTS: usize = 12;
 
 /// Key of the pipeline cache: the kernel and its override constants (as bit
 /// patterns), held inline so that looking a pipeline up allocates nothing.

@@ -244,13 +244,21 @@ pub fn run_case_at<B: Backend>(
             .map(|v| backend.tensor_stored(shape, v, precision))
             .transpose()
     };
-    let x = backend.tensor_stored(&[steps, batch, c.input_size], &data.x, precision)?;
+    // The input rows and the output gradient packed where the stack reads
+    // them so (on the GPU, two 16-bit values a word).
+    let x = backend.tensor_packed(&[steps, batch, c.input_size], &data.x, precision)?;
     let h0 = opt(&hstate, &data.h0)?;
     let c0 = opt(&state, &data.c0)?;
     let lengths = data.lengths.as_deref();
     let (out, grads) = if backward {
         let (out, saved) = rnn.forward_train(&x, h0.as_ref(), c0.as_ref(), lengths, None)?;
-        let go = opt(&[steps, batch, c.output_size()], &data.grad_output)?;
+        let go_shape = [steps, batch, c.output_size()];
+        let go = match &data.grad_output {
+            Some(v) if c.reads_packed_output_grad() => {
+                Some(backend.tensor_packed(&go_shape, v, precision)?)
+            }
+            v => opt(&go_shape, v)?,
+        };
         let ghn = opt(&hstate, &data.grad_hn)?;
         let gcn = opt(&state, &data.grad_cn)?;
         let params = rnn.zeros_like_params()?;

@@ -296,6 +296,15 @@ impl RnnConfig {
         self.skip != Skip::None && l > 0
     }
 
+    /// Whether the stack reads a packed 16-bit output gradient (a GPU
+    /// tensor of [`Backend::zeros_packed`]): its top layer's steps read it,
+    /// unless a skip connection there does (which reads 32-bit words). The
+    /// input rows may always be packed: only the first layer's matrix
+    /// products read them.
+    pub fn reads_packed_output_grad(&self) -> bool {
+        !self.has_skip(self.num_layers.saturating_sub(1))
+    }
+
     /// With `n` layers.
     pub fn layers(mut self, n: usize) -> Self {
         self.num_layers = n;
@@ -1098,8 +1107,9 @@ impl<B: Backend> Rnn<B> {
                     (None, None) => return Err(Error::invalid("input", "no input for a layer")),
                 }
             }
-            let hs = pool.take(b, &[dirs, slots, batch, hp])?;
-            let cs = pool.take_if(b, lstm, &[dirs, slots, batch, h])?;
+            let packed = packs_states(&cfg, self.precision);
+            let hs = take_rows(pool, b, packed, &[dirs, slots, batch, hp])?;
+            let cs = take_states_if(pool, b, lstm, packed, &[dirs, slots, batch, h])?;
             // (A step of two dispatches passes values in the gates, so
             // its inference keeps them too.)
             let gates = take_gates(
@@ -1590,8 +1600,9 @@ impl<B: Backend> Rnn<B> {
             }
         }
         let lstm = cfg.cell.has_cell_state();
-        let hs = pool.take(b, &[layers, slots, batch, h])?;
-        let cs = pool.take_if(b, lstm, &[layers, slots, batch, h])?;
+        let packed = packs_states(&cfg, self.precision);
+        let hs = take_rows(pool, b, packed, &[layers, slots, batch, h])?;
+        let cs = take_states_if(pool, b, lstm, packed, &[layers, slots, batch, h])?;
         let gates = take_gates(
             pool,
             b,
@@ -2235,18 +2246,37 @@ fn row_pairs(cfg: &RnnConfig, precision: Precision, one_hot: bool) -> usize {
     }
 }
 
-/// A layer's xg or dgh: packed ([`Pool::take_packed`]) when `pairs` > 0.
+/// A layer's xg or dgh (`packed` > 0: the pairing), or its states (`packed`
+/// 1): packed ([`Pool::take_packed`]) when `packed` > 0.
 fn take_rows<B: Backend>(
     pool: &mut Pool<B>,
     b: &B,
-    pairs: usize,
+    packed: usize,
     shape: &[usize],
 ) -> Result<B::Tensor> {
-    if pairs > 0 {
+    if packed > 0 {
         pool.take_packed(b, shape)
     } else {
         pool.take(b, shape)
     }
+}
+
+/// 1 when a 16-bit pass packs the layers' states hs and cs two values a
+/// word on the GPU ([`Variant::pairs_states`]), else 0 (the argument of
+/// [`take_rows`]).
+fn packs_states(cfg: &RnnConfig, precision: Precision) -> usize {
+    usize::from(precision.is_16bit() && cfg.variant.pairs_states(cfg.hidden_size))
+}
+
+/// The cell states (`want`: an LSTM), as [`take_rows`].
+fn take_states_if<B: Backend>(
+    pool: &mut Pool<B>,
+    b: &B,
+    want: bool,
+    packed: usize,
+    shape: &[usize],
+) -> Result<Option<B::Tensor>> {
+    want.then(|| take_rows(pool, b, packed, shape)).transpose()
 }
 
 /// The gates a forward saves (`want`): packed ([`Pool::take_packed`]) where

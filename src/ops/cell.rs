@@ -418,6 +418,15 @@ impl Variant {
         cell.gates().is_multiple_of(2) && self.proj_size == 0
     }
 
+    /// True when a step of `hidden` cells can hold its states hs and cs
+    /// packed two 16-bit values a word on the GPU: an even H and state
+    /// width (two units of a row share a word, which the step writes from
+    /// two invocations' values at once, shaders/cell_common.wgsl's
+    /// flush_pairs). Every cell.
+    pub fn pairs_states(&self, hidden: usize) -> bool {
+        hidden.is_multiple_of(2) && self.state_size(hidden).is_multiple_of(2)
+    }
+
     /// Width of the hidden state h for `hidden` cells: P with a projection, else H.
     pub fn state_size(&self, hidden: usize) -> usize {
         if self.proj_size > 0 {
@@ -2790,6 +2799,9 @@ const STEP_CONSTANTS: &[&str] = &[
     "G_LAYOUT",
     "XG_LAYOUT",
     "DG_LAYOUT",
+    "S_LAYOUT",
+    "O_LAYOUT",
+    "D_LAYOUT",
 ];
 
 const LSTM_FORWARD: KernelDef<Params> = KernelDef::new(
@@ -2986,16 +2998,27 @@ pub(crate) fn check_step_stores(
     Ok(())
 }
 
-/// How a step's weights, gates, input projection and gate gradients hold
-/// their values: the `W_LAYOUT`, `G_LAYOUT`, `XG_LAYOUT` and `DG_LAYOUT`
-/// override constants (0: f32 words; 1, 2: f16, bf16 packed two a word, the
-/// last three in cell_common.wgsl's pairing of gate blocks).
-#[derive(Clone, Copy)]
+/// How a step's buffers hold their values: the `W_LAYOUT`, `G_LAYOUT`,
+/// `XG_LAYOUT`, `DG_LAYOUT`, `S_LAYOUT`, `O_LAYOUT` and `D_LAYOUT` override
+/// constants (0: f32 words; 1, 2: f16, bf16 packed two a word; the gates,
+/// xg and dgh in cell_common.wgsl's pairing of gate blocks, the states hs
+/// and cs, the output and its gradient side by side).
+#[derive(Clone, Copy, Default)]
 struct Layouts {
     weights: f64,
     gates: f64,
     xg: f64,
     dgh: f64,
+    states: f64,
+    out: f64,
+    dout: f64,
+}
+
+/// The layout code of an optional buffer (0 when absent).
+fn layout_of(arg: &str, t: Option<&GpuTensor>) -> Result<f64> {
+    t.map(|t| read_layout(arg, t))
+        .transpose()
+        .map(|c| c.unwrap_or(0.0))
 }
 
 impl Layouts {
@@ -3005,17 +3028,78 @@ impl Layouts {
         xg: Option<&GpuTensor>,
         dgh: Option<&GpuTensor>,
     ) -> Result<Layouts> {
-        let code = |arg: &str, t: Option<&GpuTensor>| {
-            t.map(|t| read_layout(arg, t))
-                .transpose()
-                .map(|c| c.unwrap_or(0.0))
-        };
         Ok(Layouts {
             weights: read_layout("weights", weights)?,
-            gates: code("gates", gates)?,
-            xg: code("xg", xg)?,
-            dgh: code("dgh", dgh)?,
+            gates: layout_of("gates", gates)?,
+            xg: layout_of("xg", xg)?,
+            dgh: layout_of("dgh", dgh)?,
+            ..Layouts::default()
         })
+    }
+
+    /// With the states' (hs and cs: one layout), the output's and its
+    /// gradient's layouts.
+    fn with_states(
+        self,
+        hs: &GpuTensor,
+        cs: Option<&GpuTensor>,
+        out: Option<&GpuTensor>,
+        dout: Option<&GpuTensor>,
+    ) -> Result<Layouts> {
+        let states = read_layout("hs", hs)?;
+        if let Some(cs) = cs
+            && cs.dtype() != hs.dtype()
+        {
+            return Err(Error::invalid(
+                "cell cs",
+                format!(
+                    "is {:?} but hs is {:?}: the step reads both states in one layout",
+                    cs.dtype(),
+                    hs.dtype()
+                ),
+            ));
+        }
+        Ok(Layouts {
+            states,
+            out: layout_of("out", out)?,
+            dout: layout_of("dout", dout)?,
+            ..self
+        })
+    }
+}
+
+/// Fails unless packed states or a packed output (which the step writes a
+/// word at a time from two units of one row, cell_common.wgsl's
+/// flush_pairs) suit the step: an even number of units (H, or a
+/// projection's P), and every part and column block starting on a word.
+fn check_packed_states(params: &Params, layouts: &Layouts) -> Result<()> {
+    let mut parts = Vec::new();
+    if layouts.states > 0.0 {
+        parts.extend([
+            ("hs part stride", params.d_hs),
+            ("cs part stride", params.d_cs),
+            ("hidden size", params.h),
+            ("state width", params.hp),
+            ("cell width", params.cell_h),
+        ]);
+    }
+    if layouts.out > 0.0 {
+        parts.extend([
+            ("out part stride", params.d_out),
+            ("out row stride", params.out_ld),
+            ("out column", params.out_col),
+            ("hidden size", params.h),
+            ("state width", params.hp),
+        ]);
+    }
+    match parts.iter().find(|(_, v)| v % 2 != 0) {
+        Some((what, v)) => Err(Error::invalid(
+            "cell states",
+            format!(
+                "are packed two 16-bit values a word, which needs the {what} even (it is                  {v}); give them in 32-bit words (Backend::zeros_stored)"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -3160,9 +3244,12 @@ fn dispatch_step(
         ("G_LAYOUT", layouts.gates),
         ("XG_LAYOUT", layouts.xg),
         ("DG_LAYOUT", layouts.dgh),
+        ("S_LAYOUT", layouts.states),
+        ("O_LAYOUT", layouts.out),
+        ("D_LAYOUT", layouts.dout),
         ("FROM_GATES", 1.0),
     ];
-    let constants: &[(&str, f64)] = if from_gates { &all } else { &all[..6] };
+    let constants: &[(&str, f64)] = if from_gates { &all } else { &all[..9] };
     rec.dispatch(kernel, constants, buffers, params, grid)
 }
 
@@ -3241,16 +3328,20 @@ pub fn forward_step_gpu(
     dummies: Placeholders<'_>,
 ) -> Result<()> {
     let fused = *s;
-    let layouts = Layouts::of(bufs.weights, bufs.gates, Some(bufs.xg), None)?;
-    let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
+    let layouts = Layouts::of(bufs.weights, bufs.gates, Some(bufs.xg), None)?.with_states(
+        bufs.hs,
+        bufs.cs,
+        Some(bufs.out),
+        None,
+    )?;
     let lens = Lens {
         xg: bufs.xg.len(),
         weights: bufs.weights.len(),
         lengths: lengths_len(bufs.lengths)?,
-        hs: f32_len("hs", bufs.hs)?,
-        cs: opt_len("cs", bufs.cs)?,
+        hs: bufs.hs.len(),
+        cs: bufs.cs.map(GpuTensor::len),
         gates: gates_len(bufs.gates)?,
-        out: f32_len("out", bufs.out)?,
+        out: bufs.out.len(),
         ..Default::default()
     };
     check_step_stores(
@@ -3271,6 +3362,10 @@ pub fn forward_step_gpu(
         Params::of(cell, s, bufs.lengths.is_some(), bufs.gates.is_some())?.fused(&fused, false)?;
     check_packed_gates(cell, s, &params, bufs.gates)?;
     check_packed_rows(cell, s, &params, &[("xg", bufs.xg, params.d_xg)])?;
+    check_packed_states(&params, &layouts)?;
+    if s.variant.proj_size > 0 {
+        check_packed_states(&proj_params(s, &params)?, &layouts)?;
+    }
     let lengths = bufs.lengths.unwrap_or(dummies.ints).buffer();
     // Without a gates buffer nothing is saved (p.save = 0); the kernel still
     // declares the binding, so a placeholder fills it.
@@ -3344,15 +3439,20 @@ pub fn backward_step_gpu(
     dummies: Placeholders<'_>,
 ) -> Result<()> {
     let fused = *s;
-    let layouts = Layouts::of(bufs.weights, bufs.gates, None, Some(bufs.dgh))?;
+    let layouts = Layouts::of(bufs.weights, bufs.gates, None, Some(bufs.dgh))?.with_states(
+        bufs.hs,
+        bufs.cs,
+        None,
+        Some(bufs.dout),
+    )?;
     let opt_len = |arg: &str, t: Option<&GpuTensor>| t.map(|t| f32_len(arg, t)).transpose();
     let lens = Lens {
         weights: bufs.weights.len(),
         lengths: lengths_len(bufs.lengths)?,
-        hs: f32_len("hs", bufs.hs)?,
-        cs: opt_len("cs", bufs.cs)?,
+        hs: bufs.hs.len(),
+        cs: bufs.cs.map(GpuTensor::len),
         gates: gates_len(bufs.gates)?,
-        out: f32_len("dout", bufs.dout)?,
+        out: bufs.dout.len(),
         dgh: bufs.dgh.len(),
         dgx: opt_len("dgx", bufs.dgx)?,
         carry: f32_len("carry", bufs.carry)?,

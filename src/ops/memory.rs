@@ -112,6 +112,16 @@ const PACK_COPY: KernelDef<Params> = KernelDef::new(
     &["STORE"],
 );
 
+const UNPACK_COPY: KernelDef<Params> = KernelDef::new(
+    Shader::Memory,
+    "unpack_copy",
+    &[
+        (binding::DATA, Access::ReadWrite),
+        (binding::SRC_WORDS, Access::Read),
+    ],
+    &["STORE", "SRC_LAYOUT"],
+);
+
 /// Every kernel of this module (see [`super::kernels`]).
 pub(super) const KERNELS: &[KernelInfo] = &[
     FILL.info(),
@@ -120,6 +130,7 @@ pub(super) const KERNELS: &[KernelInfo] = &[
     TO_F32.info(),
     ROUND_COPY.info(),
     PACK_COPY.info(),
+    UNPACK_COPY.info(),
 ];
 
 /// How a kernel reads `t`, an input that may be the passes' packed 16-bit
@@ -267,20 +278,22 @@ pub fn copy_gpu(
     dst_off: usize,
     n: usize,
 ) -> Result<()> {
-    // Into packed 16-bit values (the passes' copy of the parameters) from
-    // f32; otherwise between tensors of one unpacked type.
+    // Into packed 16-bit values (the passes' copy of the parameters, a
+    // step's initial state) from f32, out of them into f32 (a step's final
+    // state); otherwise between tensors of one unpacked type.
     let packed = dst.dtype().packed().is_some();
+    let unpack = src.dtype().packed().is_some() && dst.dtype() == DType::F32;
     let ok = if packed {
         src.dtype() == DType::F32
     } else {
-        src.dtype() == dst.dtype() && src.dtype().packed().is_none()
+        unpack || (src.dtype() == dst.dtype() && src.dtype().packed().is_none())
     };
     if !ok {
         return Err(Error::invalid(
             "copy",
             format!(
                 "copies F32 or I32 between tensors of one type (or F32 into packed 16-bit \
-                 values), got {:?} -> {:?}",
+                 values and back), got {:?} -> {:?}",
                 src.dtype(),
                 dst.dtype()
             ),
@@ -291,16 +304,30 @@ pub fn copy_gpu(
     if n == 0 {
         return Ok(());
     }
+    let params = Params {
+        n: u32_of("n", n)?,
+        off: u32_of("destination offset", dst_off)?,
+        value: 0.0,
+        src_off: u32_of("source offset", src_off)?,
+    };
+    if unpack {
+        let grid = rec.ctx().grid((n as u64).div_ceil(256))?;
+        let layout = ("SRC_LAYOUT", src.dtype().layout_code() as f64);
+        return rec.dispatch(
+            UNPACK_COPY,
+            &[store_constant(dst), layout],
+            &[
+                (binding::SRC_WORDS, src.buffer()),
+                (binding::DATA, dst.buffer()),
+            ],
+            &params,
+            grid,
+        );
+    }
     if packed || (dst.store().is_16bit() && src.store() != dst.store()) {
         // Values that may be off the destination's grid (two stores mean
         // two buffers): rounded as they are stored, into f32 words, or
         // packed by one invocation a destination word.
-        let params = Params {
-            n: u32_of("n", n)?,
-            off: u32_of("destination offset", dst_off)?,
-            value: 0.0,
-            src_off: u32_of("source offset", src_off)?,
-        };
         let (kernel, dst_binding, invocations) = if packed {
             let words = (dst_off + n).div_ceil(2) - dst_off / 2;
             (PACK_COPY, binding::DST_WORDS, words)

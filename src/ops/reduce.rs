@@ -246,7 +246,7 @@ const DOT_COLS: KernelDef<Params> = KernelDef::new(
         (binding::OUT, Access::ReadWrite),
         (binding::Y, Access::Read),
     ],
-    &["X_LAYOUT"],
+    &["X_LAYOUT", "Y_LAYOUT"],
 );
 
 const PARTIAL: KernelDef<Params> = KernelDef::new(
@@ -340,7 +340,7 @@ pub fn dot_cols_gpu(
     out: &GpuTensor,
 ) -> Result<()> {
     let x_layout = x_layout("dot_cols x", &d.sum, x)?;
-    y.expect_dtype("dot_cols y", DType::F32)?;
+    let y_layout = crate::ops::memory::read_layout("dot_cols y", y)?;
     out.expect_dtype("dot_cols out", DType::F32)?;
     crate::ops::memory::expect_f32_store("dot_cols", "out", out.store())?;
     d.validate(x.len(), y.len(), out.len())?;
@@ -353,7 +353,8 @@ pub fn dot_cols_gpu(
         (binding::OUT, out.buffer()),
         (binding::Y, y.buffer()),
     ];
-    rec.dispatch(DOT_COLS, &[("X_LAYOUT", x_layout)], &buffers, &params, grid)
+    let constants = [("X_LAYOUT", x_layout), ("Y_LAYOUT", y_layout)];
+    rec.dispatch(DOT_COLS, &constants, &buffers, &params, grid)
 }
 
 /// Number of partial results (and scratch elements) a GPU reduction of `n` elements uses.
