@@ -40,7 +40,11 @@ fn table_el(i: u32) -> f32 {
     }
     return unpack_half(table[i >> 1u], i & 1u, TABLE_LAYOUT);
 }
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// The gather's output: f32 words, or (OUT_LAYOUT 1: f16, 2: bf16) 16-bit
+// values two a word side by side (the stack's packed input rows), one
+// invocation a word so that no two write one word.
+@group(0) @binding(3) var<storage, read_write> out: array<u32>;
+override OUT_LAYOUT: u32 = 0u;
 @group(0) @binding(4) var<storage, read> dout: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dtable: array<f32>;
 // The sort's scratch [2N + V]: two position arrays [N] (the radix passes
@@ -59,9 +63,28 @@ fn embed_forward(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let i = linear_group(wid, nwg) * 256u + lid;
-    if (i >= p.n * p.e) {
+    let len = p.n * p.e;
+    if (OUT_LAYOUT == 0u) {
+        if (i < len) {
+            out[p.out_off + i] = bitcast<u32>(stored(embedded(i)));
+        }
         return;
     }
+    // Word i of the packed output (p.out_off even): elements 2i, 2i + 1; a
+    // last odd element keeps the word's other half.
+    if (2u * i >= len) {
+        return;
+    }
+    let w = p.out_off / 2u + i;
+    if (2u * i + 1u < len) {
+        out[w] = pack2(embedded(2u * i), embedded(2u * i + 1u));
+    } else {
+        out[w] = with_half(out[w], 0u, embedded(2u * i));
+    }
+}
+
+// Element i of the gather's output (position i / E, column i % E).
+fn embedded(i: u32) -> f32 {
     let n = i / p.e;
     let j = i % p.e;
     let t = tokens[n];
@@ -72,7 +95,7 @@ fn embed_forward(
     if (p.columns == 1u) {
         v += table_el(p.bias_off + j);
     }
-    out[p.out_off + i] = stored(v);
+    return v;
 }
 
 const NONE: u32 = 0xffffffffu;

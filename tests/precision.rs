@@ -1066,6 +1066,65 @@ fn gpu_refuses_packed_gates_it_cannot_pair() {
     }
 }
 
+/// The embedding gather into packed 16-bit rows (a 16-bit pass's input to
+/// the stack): bit for bit what the same gather stores in 32-bit words,
+/// both table layouts, from an even offset, at an odd element count (the
+/// last word's other half kept); an odd offset is refused.
+#[test]
+fn gpu_embedding_gathers_into_packed_rows() {
+    use rnn_wgpu::ops::embed::{EmbedSpec, Table};
+    let gpu = gpu_or_skip!();
+    let (n, e, v) = (5, 3, 7);
+    let tokens = gpu.ints(&[n], &[0, 6, 3, -1, 7]).unwrap();
+    let table: Vec<f64> = (0..e * (v + 2) + e + 4)
+        .map(|i| (i as f64 * 0.37).sin())
+        .collect();
+    for p in HALVES {
+        let tab = gpu.tensor_packed(&[table.len()], &table, p).unwrap();
+        for table_kind in [
+            Table::Rows,
+            Table::Columns {
+                ld: v + 2,
+                bias_off: 4 + e * (v + 2),
+                dout_ld: e,
+            },
+        ] {
+            let s = EmbedSpec {
+                n,
+                e,
+                v,
+                table_off: 4,
+                table: table_kind,
+                out_off: 2,
+            };
+            let len = s.out_off + n * e + 1;
+            let gather = |packed: bool| {
+                let out = if packed {
+                    gpu.zeros_packed(&[len], p).unwrap()
+                } else {
+                    gpu.zeros_stored(&[len], p).unwrap()
+                };
+                gpu.fill(&out, 0, len, 0.5).unwrap();
+                gpu.embed_forward(&s, &tokens, &tab, &out).map(|()| out)
+            };
+            let (plain, packed) = (gather(false).unwrap(), gather(true).unwrap());
+            let (want, got) = (gpu.read(&plain).unwrap(), gpu.read(&packed).unwrap());
+            assert_eq!(want, got, "{p} {table_kind:?}");
+            assert_eq!(got[len - 1], 0.5, "{p}: the last word's other half");
+            let odd = EmbedSpec { out_off: 1, ..s };
+            let out = gpu.zeros_packed(&[len], p).unwrap();
+            let err = gpu
+                .embed_forward(&odd, &tokens, &tab, &out)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("embedding output") && err.contains("even"),
+                "{err}"
+            );
+        }
+    }
+}
+
 /// Packed states and output: two units a word, so an even H (and state
 /// width), and hs and cs in one layout.
 #[test]

@@ -533,9 +533,11 @@ impl<B: Backend> SeqModel<B> {
         if cfg.input == InputEncoding::OneHot {
             return Ok(None);
         }
+        // Packed two 16-bit values a word on the GPU in a 16-bit pass: only
+        // the stack's first-layer matrix products read them.
         let x = self
             .pool
-            .take(&self.backend, &[steps, batch, cfg.input_width()])?;
+            .take_packed(&self.backend, &[steps, batch, cfg.input_width()])?;
         let s = EmbedSpec {
             n: steps * batch,
             e: cfg.input_width(),
@@ -753,7 +755,16 @@ impl<B: Backend> SeqModel<B> {
         // Decoder: logits = top · Wᵀ + b.
         let w_off = self.offset("decoder.weight")?;
         let b_off = self.offset("decoder.bias")?;
-        let dh = self.pool.take(b, &[steps, batch, h])?;
+        // The stack's output gradient: packed on the GPU in a 16-bit pass
+        // where the stack reads it so and the product can store it (an
+        // even width; no output dropout, whose kernel reads 32-bit words).
+        let packed =
+            saved.dropout.is_none() && cfg.rnn().reads_packed_output_grad() && h.is_multiple_of(2);
+        let dh = if packed {
+            self.pool.take_packed(b, &[steps, batch, h])?
+        } else {
+            self.pool.take(b, &[steps, batch, h])?
+        };
         b.gemm(
             &Gemm::nn(rows, h, v).offsets(0, w_off, 0),
             &dlogits,

@@ -256,7 +256,7 @@ const FORWARD: KernelDef<Params> = KernelDef::new(
         (binding::TABLE, Access::Read),
         (binding::OUT, Access::ReadWrite),
     ],
-    &["STORE", "TABLE_LAYOUT"],
+    &["STORE", "TABLE_LAYOUT", "OUT_LAYOUT"],
 );
 
 const SORT: KernelDef<Params> = KernelDef::new(
@@ -294,14 +294,31 @@ pub fn forward_gpu(
 ) -> Result<()> {
     tokens.expect_dtype("embedding tokens", DType::I32)?;
     let table_layout = crate::ops::memory::read_layout("embedding table", table)?;
-    out.expect_dtype("embedding output", DType::F32)?;
+    let out_layout = crate::ops::memory::read_layout("embedding output", out)?;
     s.validate(tokens.len(), table.len(), out.len(), false)?;
-    let grid = rec.ctx().grid(((s.n * s.e) as u64).div_ceil(256))?;
+    let len = (s.n * s.e) as u64;
+    // Packed: one invocation a word, from an even offset.
+    let invocations = if out_layout > 0.0 {
+        if !s.out_off.is_multiple_of(2) {
+            return Err(Error::invalid(
+                "embedding output",
+                format!(
+                    "is packed two 16-bit values a word, so its offset must be even (it is {})",
+                    s.out_off
+                ),
+            ));
+        }
+        len.div_ceil(2)
+    } else {
+        len
+    };
+    let grid = rec.ctx().grid(invocations.div_ceil(256))?;
     rec.dispatch(
         FORWARD,
         &[
             crate::ops::memory::store_constant(out),
             ("TABLE_LAYOUT", table_layout),
+            ("OUT_LAYOUT", out_layout),
         ],
         &[
             (binding::TOKENS, tokens.buffer()),
