@@ -543,6 +543,12 @@ fn gpu_16bit_path_matches_the_cpu_twin() {
         .with_lengths(vec![2, 4, 3])
         .with_states(),
     );
+    // Packed states across column and row tiles: H = 34 spans two of the
+    // tiled kernel's 32-unit tiles and five of the split one's, B = 17 two
+    // 16-row tiles (the resident kernel loops over the column tiles).
+    for (cell, seed) in [(Cell::Lstm, 22), (Cell::Gru, 23)] {
+        cases.push(RnnCase::new(RnnConfig::new(cell, 3, 34), 3, 17, seed).with_states());
+    }
     // A unidirectional stack the wavefront runs.
     let wave = RnnCase::new(lstm.layers(3), 6, 2, 16).with_states();
     cases.push(wave.clone());
