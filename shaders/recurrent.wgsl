@@ -72,6 +72,8 @@ const SPAD: u32 = 33u;
 // [TK][TJ] (backward) in `rhs_tile`. Split: partial sums of one round
 // [SU * SH][SPAD] in `rhs_tile`, sums of 8 lanes [SU * SH][4] in
 // `split_quarters`, and the finished sums [G][RPI][SU][SH] in `lhs_tile`.
+// After the products, a packed step stages its stores [3][TB][TJ] in
+// `rhs_tile` (cell_common.wgsl's stage_value and flush_pairs).
 var<workgroup> lhs_tile: array<f32, 512>;
 var<workgroup> rhs_tile: array<f32, 2112>;
 var<workgroup> split_quarters: array<f32, 256>;

@@ -3096,7 +3096,8 @@ fn check_packed_states(params: &Params, layouts: &Layouts) -> Result<()> {
         Some((what, v)) => Err(Error::invalid(
             "cell states",
             format!(
-                "are packed two 16-bit values a word, which needs the {what} even (it is                  {v}); give them in 32-bit words (Backend::zeros_stored)"
+                "are packed two 16-bit values a word, which needs the {what} even (it is {v}); \
+                 give them in 32-bit words (Backend::zeros_stored)"
             ),
         )),
         None => Ok(()),
